@@ -1,0 +1,290 @@
+//! The six entities of the user domain, as the application sees them. Fields are public plain
+//! data; the ones the schema constrains use validated value types, and [`validate`] methods
+//! check the column widths (`VARCHAR(n)`) that a type cannot express cheaply.
+//!
+//! Timestamps are UTC. PostgreSQL keeps microseconds; .NET keeps 100 ns ticks, so a value read
+//! back from PostgreSQL may be up to 999 ns earlier than the one written.
+//!
+//! [`validate`]: Account::validate
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{ValidationError, check_len, check_opt_len};
+use crate::values::{AgeGroup, Email, Role, Secret, SignupCode, SubscriptionType};
+
+/// `VARCHAR(255)`, the width of most text columns.
+const WIDE: usize = 255;
+
+/// An account (table `accounts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub id: Uuid,
+    /// The Cosmos `id`, when it is not the canonical text of `id` (see [`crate::ids`]).
+    pub cosmos_id: Option<String>,
+    /// Auth0 or Entra user id (`ExternalUserId`, formerly `Auth0UserId`). `None` means none; an
+    /// empty string in Cosmos also means none.
+    pub auth0_user_id: Option<String>,
+    pub email: Email,
+    pub display_name: String,
+    pub role: Role,
+    pub settings: AccountSettings,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: DateTime<Utc>,
+}
+
+impl Account {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_opt_len("auth0_user_id", self.auth0_user_id.as_deref(), WIDE)?;
+        check_len("display_name", &self.display_name, WIDE)?;
+        Ok(())
+    }
+}
+
+/// Account settings (column `accounts.settings`, JSONB). Keys keep the app's PascalCase names so
+/// the .NET app can map the column directly. Unknown keys are kept, not dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountSettings {
+    /// The embedded object's own `Id` (missing in documents older than December 2025).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub cache_credentials: bool,
+    #[serde(default)]
+    pub require_auth_on_startup: bool,
+    #[serde(default = "default_language")]
+    pub preferred_language: String,
+    #[serde(default = "default_true")]
+    pub notifications_enabled: bool,
+    #[serde(default)]
+    pub theme: String,
+    /// Keys this version does not know, kept verbatim.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_language() -> String {
+    "en".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            id: None,
+            cache_credentials: false,
+            require_auth_on_startup: false,
+            preferred_language: default_language(),
+            notifications_enabled: true,
+            theme: String::new(),
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// An account's subscription (table `subscriptions`, one per account).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub id: Uuid,
+    /// The embedded object's own `Id`, when it is not the canonical text of `id`.
+    pub cosmos_id: Option<String>,
+    pub account_id: Uuid,
+    pub subscription_type: SubscriptionType,
+    pub product_id: Option<String>,
+    pub tier: String,
+    pub is_active: bool,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub start_date: Option<DateTime<Utc>>,
+    /// `None` means no end (.NET's `DateTime.MaxValue` in Cosmos).
+    pub end_date: Option<DateTime<Utc>>,
+    pub purchase_token: Option<Secret<String>>,
+    pub last_verified: Option<DateTime<Utc>>,
+    pub purchased_scenarios: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_opt_len("product_id", self.product_id.as_deref(), WIDE)?;
+        check_len("tier", &self.tier, 50)?;
+        Ok(())
+    }
+
+    /// Whether the subscription grants access at `now`: active and not past `valid_until`
+    /// (the `active_subscriptions` view's rule).
+    pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
+        self.is_active && self.valid_until.is_none_or(|v| v > now)
+    }
+}
+
+/// A child or guest profile (table `user_profiles`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserProfile {
+    pub id: Uuid,
+    pub cosmos_id: Option<String>,
+    /// The owning account; `None` once the account is deleted (or never had one).
+    pub account_id: Option<Uuid>,
+    pub name: String,
+    pub age_group: AgeGroup,
+    pub date_of_birth: Option<Secret<NaiveDate>>,
+    pub is_guest: bool,
+    pub is_npc: bool,
+    pub pronouns: Option<String>,
+    pub bio: Option<String>,
+    pub avatar_media_id: Option<String>,
+    pub selected_avatar_media_id: Option<String>,
+    pub preferred_themes: Vec<String>,
+    pub has_completed_onboarding: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserProfile {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_len("name", &self.name, WIDE)?;
+        check_opt_len("pronouns", self.pronouns.as_deref(), 50)?;
+        check_opt_len("avatar_media_id", self.avatar_media_id.as_deref(), WIDE)?;
+        check_opt_len(
+            "selected_avatar_media_id",
+            self.selected_avatar_media_id.as_deref(),
+            WIDE,
+        )?;
+        Ok(())
+    }
+}
+
+/// A badge earned by a profile (table `user_badges`; embedded `EarnedBadges` in Cosmos).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserBadge {
+    pub id: Uuid,
+    pub cosmos_id: Option<String>,
+    pub user_profile_id: Uuid,
+    pub badge_configuration_id: String,
+    pub badge_id: Option<String>,
+    pub badge_name: String,
+    pub badge_message: String,
+    pub axis: String,
+    pub trigger_value: f32,
+    pub threshold: f32,
+    pub earned_at: DateTime<Utc>,
+    pub game_session_id: Option<String>,
+    pub scenario_id: Option<String>,
+    pub image_id: String,
+}
+
+impl UserBadge {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.badge_configuration_id.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "badge_configuration_id",
+            });
+        }
+        check_len("badge_configuration_id", &self.badge_configuration_id, WIDE)?;
+        check_opt_len("badge_id", self.badge_id.as_deref(), WIDE)?;
+        check_len("badge_name", &self.badge_name, WIDE)?;
+        check_len("axis", &self.axis, 100)?;
+        check_opt_len("game_session_id", self.game_session_id.as_deref(), WIDE)?;
+        check_opt_len("scenario_id", self.scenario_id.as_deref(), WIDE)?;
+        check_len("image_id", &self.image_id, WIDE)?;
+        Ok(())
+    }
+}
+
+/// A scenario an account has completed (table `completed_scenarios`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedScenario {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub scenario_id: String,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl CompletedScenario {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.scenario_id.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "scenario_id",
+            });
+        }
+        check_len("scenario_id", &self.scenario_id, WIDE)
+    }
+}
+
+/// A sign-up or sign-in waiting for its emailed code (table `pending_signups`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingSignup {
+    pub id: Uuid,
+    pub cosmos_id: Option<String>,
+    pub email: Email,
+    pub display_name: String,
+    pub code: SignupCode,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub is_used: bool,
+    pub is_signin: bool,
+    pub failed_attempts: i32,
+}
+
+impl PendingSignup {
+    /// The schema's ceiling on `failed_attempts` (`pending_signups_failed_attempts_check`).
+    pub const MAX_FAILED_ATTEMPTS: i32 = 10;
+    /// The app's lock-out limit: after this many wrong codes the sign-up is locked.
+    pub const DEFAULT_LOCKOUT_ATTEMPTS: i32 = 5;
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_len("display_name", &self.display_name, WIDE)?;
+        if !(0..=Self::MAX_FAILED_ATTEMPTS).contains(&self.failed_attempts) {
+            return Err(ValidationError::OutOfRange {
+                field: "failed_attempts",
+                rule: "must be between 0 and 10",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_keep_unknown_keys_and_fill_defaults() {
+        let s: AccountSettings =
+            serde_json::from_value(serde_json::json!({"Theme": "dark", "FutureFlag": 3}))
+                .expect("settings");
+        assert_eq!(s.theme, "dark");
+        assert_eq!(s.preferred_language, "en");
+        assert!(s.notifications_enabled);
+        assert_eq!(s.extra.get("FutureFlag"), Some(&serde_json::json!(3)));
+        let back = serde_json::to_value(&s).expect("json");
+        assert_eq!(back["FutureFlag"], 3);
+        assert_eq!(back["PreferredLanguage"], "en");
+    }
+
+    #[test]
+    fn signup_failed_attempts_range_is_the_checks() {
+        let mut s = PendingSignup {
+            id: Uuid::nil(),
+            cosmos_id: None,
+            email: Email::parse("a@b.co").expect("valid"),
+            display_name: String::new(),
+            code: SignupCode::parse("123456").expect("valid"),
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+            is_used: false,
+            is_signin: false,
+            failed_attempts: 10,
+        };
+        assert!(s.validate().is_ok());
+        s.failed_attempts = 11;
+        assert_eq!(s.validate().map_err(|e| e.field()), Err("failed_attempts"));
+        s.failed_attempts = -1;
+        assert!(s.validate().is_err());
+    }
+}

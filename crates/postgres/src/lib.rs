@@ -1,0 +1,11 @@
+//! The PostgreSQL side of mystira-users: the embedded schema migrations, the repositories that
+//! implement the domain ports, and a private PostgreSQL cluster that starts itself when no
+//! database is configured.
+
+pub mod error;
+pub mod local_cluster;
+pub mod repos;
+pub mod schema;
+
+pub use error::map_sqlx_error;
+pub use schema::{MIGRATOR, MigrationStatus, connect, ensure_database, migrate, status};

@@ -1,0 +1,1 @@
+//! Repositories implementing the domain ports on PostgreSQL.

@@ -1,0 +1,223 @@
+//! Migration bookkeeping in the `migration` schema: job runs and their counts, resume
+//! checkpoints, and the quarantine of documents that could not be migrated.
+//!
+//! Nothing here stores personal data outside `quarantine.document` (the raw document, kept so
+//! an operator can fix and retry it); messages name fields and rules, never values.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::error::map_sqlx_error;
+use mystira_domain::RepoError;
+
+type Result<T> = std::result::Result<T, RepoError>;
+
+/// Records the start of a job run; returns its id.
+pub async fn start_run(
+    pool: &PgPool,
+    job: &str,
+    source: &str,
+    scope: &serde_json::Value,
+) -> Result<Uuid> {
+    sqlx::query_scalar(
+        "insert into migration.runs (job, source, scope) values ($1, $2, $3) returning id",
+    )
+    .bind(job)
+    .bind(source)
+    .bind(scope)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| map_sqlx_error("runs", e))
+}
+
+/// Records the end of a run with its final counts.
+pub async fn finish_run(
+    pool: &PgPool,
+    run_id: Uuid,
+    status: &str,
+    counts: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "update migration.runs set finished_at = now(), status = $2, counts = $3 where id = $1",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(counts)
+    .execute(pool)
+    .await
+    .map_err(|e| map_sqlx_error("runs", e))?;
+    Ok(())
+}
+
+/// The saved position of `unit` in `job`, if any.
+pub async fn load_checkpoint<'e>(
+    exec: impl PgExecutor<'e>,
+    job: &str,
+    unit: &str,
+) -> Result<Option<serde_json::Value>> {
+    sqlx::query_scalar("select position from migration.checkpoints where job = $1 and unit = $2")
+        .bind(job)
+        .bind(unit)
+        .fetch_optional(exec)
+        .await
+        .map_err(|e| map_sqlx_error("checkpoints", e))
+}
+
+/// Saves the position of `unit` in `job`, replacing the previous one.
+pub async fn save_checkpoint<'e>(
+    exec: impl PgExecutor<'e>,
+    job: &str,
+    unit: &str,
+    position: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "insert into migration.checkpoints (job, unit, position) values ($1, $2, $3)
+         on conflict (job, unit) do update set position = excluded.position, updated_at = now()",
+    )
+    .bind(job)
+    .bind(unit)
+    .bind(position)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx_error("checkpoints", e))?;
+    Ok(())
+}
+
+/// Forgets every checkpoint of `job` (a fresh start).
+pub async fn clear_checkpoints(pool: &PgPool, job: &str) -> Result<u64> {
+    sqlx::query("delete from migration.checkpoints where job = $1")
+        .bind(job)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|e| map_sqlx_error("checkpoints", e))
+}
+
+/// A document that could not be migrated.
+#[derive(Debug, Clone)]
+pub struct QuarantinedDocument<'a> {
+    pub container: &'a str,
+    pub document_id: &'a str,
+    pub reason_code: &'a str,
+    /// Names the field and the rule; must not contain the document's values.
+    pub message: &'a str,
+    pub document: &'a serde_json::Value,
+    pub source_ts: Option<i64>,
+}
+
+/// Puts a document in quarantine, or refreshes its entry (new reason, new copy, one more
+/// attempt, open again) if it is already there.
+pub async fn quarantine<'e>(exec: impl PgExecutor<'e>, doc: &QuarantinedDocument<'_>) -> Result<()> {
+    sqlx::query(
+        "insert into migration.quarantine
+             (container, document_id, reason_code, message, document, source_ts)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (container, document_id) do update set
+             reason_code = excluded.reason_code,
+             message = excluded.message,
+             document = excluded.document,
+             source_ts = excluded.source_ts,
+             last_seen_at = now(),
+             attempts = migration.quarantine.attempts + 1,
+             resolved_at = null",
+    )
+    .bind(doc.container)
+    .bind(doc.document_id)
+    .bind(doc.reason_code)
+    .bind(doc.message)
+    .bind(doc.document)
+    .bind(doc.source_ts)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))?;
+    Ok(())
+}
+
+/// Marks quarantine entries resolved: the documents have now been migrated.
+pub async fn resolve_quarantined<'e>(
+    exec: impl PgExecutor<'e>,
+    container: &str,
+    document_ids: &[String],
+) -> Result<u64> {
+    sqlx::query(
+        "update migration.quarantine set resolved_at = now()
+         where container = $1 and document_id = any($2) and resolved_at is null",
+    )
+    .bind(container)
+    .bind(document_ids)
+    .execute(exec)
+    .await
+    .map(|r| r.rows_affected())
+    .map_err(|e| map_sqlx_error("quarantine", e))
+}
+
+/// One quarantine entry, as an operator sees it (without the document unless asked).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QuarantineEntry {
+    pub container: String,
+    pub document_id: String,
+    pub reason_code: String,
+    pub message: String,
+    pub source_ts: Option<i64>,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// Open (unresolved) quarantine entries, optionally of one container or reason, oldest first.
+pub async fn list_quarantine(
+    pool: &PgPool,
+    container: Option<&str>,
+    reason_code: Option<&str>,
+    include_resolved: bool,
+    limit: i64,
+) -> Result<Vec<QuarantineEntry>> {
+    sqlx::query_as(
+        "select container, document_id, reason_code, message, source_ts, first_seen_at,
+                last_seen_at, attempts, resolved_at
+         from migration.quarantine
+         where ($1::text is null or container = $1)
+           and ($2::text is null or reason_code = $2)
+           and ($3 or resolved_at is null)
+         order by first_seen_at, container, document_id
+         limit $4",
+    )
+    .bind(container)
+    .bind(reason_code)
+    .bind(include_resolved)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))
+}
+
+/// The raw document of a quarantine entry.
+pub async fn quarantined_document(
+    pool: &PgPool,
+    container: &str,
+    document_id: &str,
+) -> Result<Option<(QuarantineEntry, serde_json::Value)>> {
+    let entry: Option<QuarantineEntry> = sqlx::query_as(
+        "select container, document_id, reason_code, message, source_ts, first_seen_at,
+                last_seen_at, attempts, resolved_at
+         from migration.quarantine where container = $1 and document_id = $2",
+    )
+    .bind(container)
+    .bind(document_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))?;
+    let Some(entry) = entry else { return Ok(None) };
+    let doc: serde_json::Value = sqlx::query_scalar(
+        "select document from migration.quarantine where container = $1 and document_id = $2",
+    )
+    .bind(container)
+    .bind(document_id)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))?;
+    Ok(Some((entry, doc)))
+}

@@ -173,6 +173,7 @@ pub trait PendingSignupRepository: Send + Sync {
     ) -> RepoResult<VerifyOutcome>;
     /// Marks the sign-up used. Idempotent. `Ok(false)` if there is no such sign-up.
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool>;
-    /// Deletes sign-ups that expired more than 24 hours before `now` and returns how many.
+    /// Deletes sign-ups that expired more than 24 hours ago (by the store's clock) and returns
+    /// how many.
     async fn cleanup_expired(&self) -> RepoResult<u64>;
 }

@@ -109,7 +109,10 @@ pub struct QuarantinedDocument<'a> {
 
 /// Puts a document in quarantine, or refreshes its entry (new reason, new copy, one more
 /// attempt, open again) if it is already there.
-pub async fn quarantine<'e>(exec: impl PgExecutor<'e>, doc: &QuarantinedDocument<'_>) -> Result<()> {
+pub async fn quarantine<'e>(
+    exec: impl PgExecutor<'e>,
+    doc: &QuarantinedDocument<'_>,
+) -> Result<()> {
     sqlx::query(
         "insert into migration.quarantine
              (container, document_id, reason_code, message, document, source_ts)

@@ -189,13 +189,19 @@ async fn write_in_transaction<D: BulkDocument>(
     .into_iter()
     .collect();
 
-    let to_write: Vec<&D> =
-        docs.iter().copied().filter(|d| fresh.contains(&d.version().document_id)).collect();
+    let to_write: Vec<&D> = docs
+        .iter()
+        .copied()
+        .filter(|d| fresh.contains(&d.version().document_id))
+        .collect();
     if !to_write.is_empty() {
         let extra = D::write_rows(&mut tx, &to_write).await?;
         replace_notes::<D>(&mut tx, &to_write, &extra).await?;
     }
-    let all_ids: Vec<String> = docs.iter().map(|d| d.version().document_id.clone()).collect();
+    let all_ids: Vec<String> = docs
+        .iter()
+        .map(|d| d.version().document_id.clone())
+        .collect();
     crate::bookkeeping::resolve_quarantined(&mut *tx, D::CONTAINER, &all_ids).await?;
     tx.commit().await.map_err(map)?;
     Ok(fresh)
@@ -207,16 +213,25 @@ async fn replace_notes<D: BulkDocument>(
     extra: &[NotesFor],
 ) -> Result<()> {
     let map = |e| map_sqlx_error("document_notes", e);
-    let ids: Vec<String> = docs.iter().map(|d| d.version().document_id.clone()).collect();
-    sqlx::query("delete from migration.document_notes where container = $1 and document_id = any($2)")
-        .bind(D::CONTAINER)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(map)?;
+    let ids: Vec<String> = docs
+        .iter()
+        .map(|d| d.version().document_id.clone())
+        .collect();
+    sqlx::query(
+        "delete from migration.document_notes where container = $1 and document_id = any($2)",
+    )
+    .bind(D::CONTAINER)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
     let notes: Vec<(&str, &DocumentNote)> = docs
         .iter()
-        .flat_map(|d| d.notes().iter().map(|n| (d.version().document_id.as_str(), n)))
+        .flat_map(|d| {
+            d.notes()
+                .iter()
+                .map(|n| (d.version().document_id.as_str(), n))
+        })
         .chain(extra.iter().map(|n| (n.document_id.as_str(), &n.note)))
         .collect();
     if notes.is_empty() {
@@ -286,10 +301,18 @@ impl BulkDocument for AccountDocument {
         .map_err(map)?;
 
         let account_ids: Vec<Uuid> = accounts.iter().map(|a| a.id).collect();
-        write_subscriptions(conn, &account_ids, docs.iter().filter_map(|d| d.subscription.as_ref()))
-            .await?;
-        write_completed_scenarios(conn, &account_ids, docs.iter().flat_map(|d| &d.completed_scenarios))
-            .await?;
+        write_subscriptions(
+            conn,
+            &account_ids,
+            docs.iter().filter_map(|d| d.subscription.as_ref()),
+        )
+        .await?;
+        write_completed_scenarios(
+            conn,
+            &account_ids,
+            docs.iter().flat_map(|d| &d.completed_scenarios),
+        )
+        .await?;
         Ok(Vec::new())
     }
 }
@@ -305,17 +328,21 @@ async fn write_subscriptions<'a>(
     for s in &subs {
         s.validate()?;
     }
-    sqlx::query("delete from subscriptions where account_id = any($1) and not (account_id = any($2))")
-        .bind(account_ids)
-        .bind(subs.iter().map(|s| s.account_id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await
-        .map_err(map)?;
+    sqlx::query(
+        "delete from subscriptions where account_id = any($1) and not (account_id = any($2))",
+    )
+    .bind(account_ids)
+    .bind(subs.iter().map(|s| s.account_id).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
     if subs.is_empty() {
         return Ok(());
     }
-    let scenarios: Vec<serde_json::Value> =
-        subs.iter().map(|s| serde_json::json!(s.purchased_scenarios)).collect();
+    let scenarios: Vec<serde_json::Value> = subs
+        .iter()
+        .map(|s| serde_json::json!(s.purchased_scenarios))
+        .collect();
     sqlx::query(
         "insert into subscriptions
              (id, cosmos_id, account_id, type, product_id, tier, is_active, valid_until, start_date,
@@ -342,14 +369,26 @@ async fn write_subscriptions<'a>(
     .bind(subs.iter().map(|s| s.id).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.cosmos_id.clone()).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.account_id).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.subscription_type.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.product_id.clone()).collect::<Vec<_>>())
+    .bind(
+        subs.iter()
+            .map(|s| s.subscription_type.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        subs.iter()
+            .map(|s| s.product_id.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(subs.iter().map(|s| s.tier.clone()).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.is_active).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.valid_until).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.start_date).collect::<Vec<_>>())
     .bind(subs.iter().map(|s| s.end_date).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.purchase_token.as_ref().map(|t| t.expose().clone())).collect::<Vec<_>>())
+    .bind(
+        subs.iter()
+            .map(|s| s.purchase_token.as_ref().map(|t| t.expose().clone()))
+            .collect::<Vec<_>>(),
+    )
     .bind(subs.iter().map(|s| s.last_verified).collect::<Vec<_>>())
     .bind(scenarios)
     .bind(subs.iter().map(|s| s.created_at).collect::<Vec<_>>())
@@ -478,19 +517,59 @@ impl BulkDocument for ProfileDocument {
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
         )
         .bind(profiles.iter().map(|p| p.id).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.cosmos_id.clone()).collect::<Vec<_>>())
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.cosmos_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(account_ids)
         .bind(profiles.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.age_group.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.date_of_birth.as_ref().map(|d| *d.expose())).collect::<Vec<_>>())
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.age_group.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.date_of_birth.as_ref().map(|d| *d.expose()))
+                .collect::<Vec<_>>(),
+        )
         .bind(profiles.iter().map(|p| p.is_guest).collect::<Vec<_>>())
         .bind(profiles.iter().map(|p| p.is_npc).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.pronouns.clone()).collect::<Vec<_>>())
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.pronouns.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(profiles.iter().map(|p| p.bio.clone()).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.avatar_media_id.clone()).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.selected_avatar_media_id.clone()).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| serde_json::json!(p.preferred_themes)).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.has_completed_onboarding).collect::<Vec<_>>())
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.avatar_media_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.selected_avatar_media_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            profiles
+                .iter()
+                .map(|p| serde_json::json!(p.preferred_themes))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.has_completed_onboarding)
+                .collect::<Vec<_>>(),
+        )
         .bind(profiles.iter().map(|p| p.created_at).collect::<Vec<_>>())
         .bind(profiles.iter().map(|p| p.updated_at).collect::<Vec<_>>())
         .execute(&mut *conn)
@@ -542,19 +621,59 @@ async fn write_badges<'a>(
          on conflict (user_profile_id, badge_configuration_id) do nothing",
     )
     .bind(badges.iter().map(|b| b.id).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.cosmos_id.clone()).collect::<Vec<_>>())
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.cosmos_id.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(badges.iter().map(|b| b.user_profile_id).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.badge_configuration_id.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.badge_id.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.badge_name.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.badge_message.clone()).collect::<Vec<_>>())
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.badge_configuration_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.badge_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.badge_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.badge_message.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(badges.iter().map(|b| b.axis.clone()).collect::<Vec<_>>())
     .bind(badges.iter().map(|b| b.trigger_value).collect::<Vec<_>>())
     .bind(badges.iter().map(|b| b.threshold).collect::<Vec<_>>())
     .bind(badges.iter().map(|b| b.earned_at).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.game_session_id.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.scenario_id.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.image_id.clone()).collect::<Vec<_>>())
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.game_session_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.scenario_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        badges
+            .iter()
+            .map(|b| b.image_id.clone())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *conn)
     .await
     .map_err(map)?;
@@ -594,15 +713,40 @@ impl BulkDocument for SignupDocument {
                  failed_attempts = excluded.failed_attempts",
         )
         .bind(signups.iter().map(|s| s.id).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.cosmos_id.clone()).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.email.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.display_name.clone()).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.code.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(
+            signups
+                .iter()
+                .map(|s| s.cosmos_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            signups
+                .iter()
+                .map(|s| s.email.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            signups
+                .iter()
+                .map(|s| s.display_name.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            signups
+                .iter()
+                .map(|s| s.code.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
         .bind(signups.iter().map(|s| s.created_at).collect::<Vec<_>>())
         .bind(signups.iter().map(|s| s.expires_at).collect::<Vec<_>>())
         .bind(signups.iter().map(|s| s.is_used).collect::<Vec<_>>())
         .bind(signups.iter().map(|s| s.is_signin).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.failed_attempts).collect::<Vec<_>>())
+        .bind(
+            signups
+                .iter()
+                .map(|s| s.failed_attempts)
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await
         .map_err(|e| map_sqlx_error("pending_signups", e))?;

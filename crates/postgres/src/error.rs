@@ -27,10 +27,11 @@ pub fn map_sqlx_error(entity: &'static str, err: sqlx::Error) -> RepoError {
                 // check_violation
                 "23514" => RepoError::Invalid(check_violation(&constraint)),
                 // string_data_right_truncation: a value longer than its VARCHAR
-                "22001" => RepoError::Invalid(ValidationError::TooLong {
+                // (the domain checks widths first; this is the backstop, and PostgreSQL does not
+                // say which column)
+                "22001" => RepoError::Invalid(ValidationError::OutOfRange {
                     field: "value",
-                    max: 0,
-                    actual: 0,
+                    rule: "longer than its column allows",
                 }),
                 // serialization_failure, deadlock_detected, admin/crash shutdown, too many connections
                 "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" => {
@@ -43,7 +44,11 @@ pub fn map_sqlx_error(entity: &'static str, err: sqlx::Error) -> RepoError {
         sqlx::Error::PoolTimedOut => RepoError::Unavailable("connection pool timed out".into()),
         sqlx::Error::PoolClosed => RepoError::Unavailable("connection pool closed".into()),
         sqlx::Error::Tls(e) => RepoError::Unavailable(format!("tls error: {e}")),
-        // decoding and protocol errors describe types and columns, not values
+        // Decoding errors can carry serde text that quotes a value: keep only the kind.
+        sqlx::Error::ColumnDecode { index, .. } => {
+            RepoError::Store(format!("cannot decode column {index} of {entity}"))
+        }
+        sqlx::Error::Decode(_) => RepoError::Store(format!("cannot decode a value of {entity}")),
         other => RepoError::Store(other.to_string()),
     }
 }

@@ -2,10 +2,16 @@
 //! implement the domain ports, and a private PostgreSQL cluster that starts itself when no
 //! database is configured.
 
+pub mod bookkeeping;
+pub mod bulk;
 pub mod error;
 pub mod local_cluster;
 pub mod repos;
 pub mod schema;
 
 pub use error::map_sqlx_error;
+pub use repos::{
+    PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
+    PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,
+};
 pub use schema::{MIGRATOR, MigrationStatus, connect, ensure_database, migrate, status};

@@ -18,7 +18,11 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn version(id: Uuid, ts: i64, etag: &str) -> SourceVersion {
-    SourceVersion { document_id: id.to_string(), ts, etag: Some(etag.to_owned()) }
+    SourceVersion {
+        document_id: id.to_string(),
+        ts,
+        etag: Some(etag.to_owned()),
+    }
 }
 
 fn account_doc(id: Uuid, ts: i64, name: &str, auth0: Option<&str>) -> AccountDocument {
@@ -110,7 +114,9 @@ async fn display_name(pool: &PgPool, id: Uuid) -> String {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn rerunning_a_batch_writes_nothing_the_second_time(pool: PgPool) {
-    let docs: Vec<_> = (0..50).map(|_| account_doc(Uuid::new_v4(), 10, "A", None)).collect();
+    let docs: Vec<_> = (0..50)
+        .map(|_| account_doc(Uuid::new_v4(), 10, "A", None))
+        .collect();
     assert_eq!(count(&write_batch(&pool, &docs).await.unwrap()), (50, 0, 0));
     assert_eq!(count(&write_batch(&pool, &docs).await.unwrap()), (0, 50, 0));
     let rows: i64 = sqlx::query_scalar("select count(*) from completed_scenarios")
@@ -123,11 +129,17 @@ async fn rerunning_a_batch_writes_nothing_the_second_time(pool: PgPool) {
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn an_older_copy_never_overwrites_a_newer_one(pool: PgPool) {
     let id = Uuid::new_v4();
-    write_batch(&pool, &[account_doc(id, 20, "new", None)]).await.unwrap();
-    let out = write_batch(&pool, &[account_doc(id, 10, "old", None)]).await.unwrap();
+    write_batch(&pool, &[account_doc(id, 20, "new", None)])
+        .await
+        .unwrap();
+    let out = write_batch(&pool, &[account_doc(id, 10, "old", None)])
+        .await
+        .unwrap();
     assert_eq!(count(&out), (0, 1, 0));
     assert_eq!(display_name(&pool, id).await, "new");
-    let out = write_batch(&pool, &[account_doc(id, 30, "newer", None)]).await.unwrap();
+    let out = write_batch(&pool, &[account_doc(id, 30, "newer", None)])
+        .await
+        .unwrap();
     assert_eq!(count(&out), (1, 0, 0));
     assert_eq!(display_name(&pool, id).await, "newer");
 }
@@ -135,7 +147,10 @@ async fn an_older_copy_never_overwrites_a_newer_one(pool: PgPool) {
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn within_one_batch_the_newest_copy_of_a_document_wins(pool: PgPool) {
     let id = Uuid::new_v4();
-    let docs = [account_doc(id, 30, "newest", None), account_doc(id, 10, "oldest", None)];
+    let docs = [
+        account_doc(id, 30, "newest", None),
+        account_doc(id, 10, "oldest", None),
+    ];
     let out = write_batch(&pool, &docs).await.unwrap();
     assert_eq!(count(&out), (1, 1, 0));
     assert_eq!(display_name(&pool, id).await, "newest");
@@ -157,20 +172,30 @@ async fn a_conflicting_document_fails_alone_and_the_rest_land(pool: PgPool) {
         ),
         other => panic!("expected the third document to fail, got {other:?}"),
     }
-    let n: i64 = sqlx::query_scalar("select count(*) from accounts").fetch_one(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn source_updated_at_survives_the_trigger_on_rewrite(pool: PgPool) {
     let account = Uuid::new_v4();
-    write_batch(&pool, &[account_doc(account, 1, "a", None)]).await.unwrap();
+    write_batch(&pool, &[account_doc(account, 1, "a", None)])
+        .await
+        .unwrap();
     let id = Uuid::new_v4();
     let first = t0();
-    write_batch(&pool, &[profile_doc(id, Some(account), first)]).await.unwrap();
+    write_batch(&pool, &[profile_doc(id, Some(account), first)])
+        .await
+        .unwrap();
     let mut newer = profile_doc(id, Some(account), first + Duration::hours(1));
     newer.version.ts = 200;
-    assert_eq!(count(&write_batch(&pool, &[newer]).await.unwrap()), (1, 0, 0));
+    assert_eq!(
+        count(&write_batch(&pool, &[newer]).await.unwrap()),
+        (1, 0, 0)
+    );
     let stored: DateTime<Utc> =
         sqlx::query_scalar("select updated_at from user_profiles where id = $1")
             .bind(id)
@@ -184,7 +209,9 @@ async fn source_updated_at_survives_the_trigger_on_rewrite(pool: PgPool) {
 async fn a_profile_of_a_missing_account_lands_detached_with_its_reference_noted(pool: PgPool) {
     let id = Uuid::new_v4();
     let ghost = Uuid::new_v4();
-    let out = write_batch(&pool, &[profile_doc(id, Some(ghost), t0())]).await.unwrap();
+    let out = write_batch(&pool, &[profile_doc(id, Some(ghost), t0())])
+        .await
+        .unwrap();
     assert_eq!(count(&out), (1, 0, 0));
     let account: Option<Uuid> =
         sqlx::query_scalar("select account_id from user_profiles where id = $1")
@@ -202,10 +229,11 @@ async fn a_profile_of_a_missing_account_lands_detached_with_its_reference_noted(
     .await
     .unwrap();
     assert_eq!(note["account_ref"], ghost.to_string());
-    let badges: i64 = sqlx::query_scalar("select count(*) from user_badges where user_profile_id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let badges: i64 =
+        sqlx::query_scalar("select count(*) from user_badges where user_profile_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(badges, 1);
 }

@@ -1,0 +1,253 @@
+//! [`AccountRepository`] on table `accounts`. Settings are stored as JSONB in the shape
+//! [`AccountSettings`] serializes to (PascalCase keys, unknown keys kept).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mystira_domain::ports::{AccountRepository, Page, PageRequest, RepoResult};
+use mystira_domain::{Account, AccountSettings, Email, RepoError, Role};
+use sqlx::{Executor, PgPool, Postgres};
+use uuid::Uuid;
+
+use super::{column_error, fetch_limit, into_page};
+use crate::map_sqlx_error;
+
+const TABLE: &str = "accounts";
+
+/// The columns of an [`AccountRow`], in a `concat!`-able macro so every statement stays a
+/// `&'static str`.
+macro_rules! account_columns {
+    () => {
+        "id, cosmos_id, auth0_user_id, email, display_name, role, settings, created_at, \
+         last_login_at"
+    };
+}
+
+/// Accounts in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgAccountRepository {
+    pool: PgPool,
+}
+
+impl PgAccountRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    id: Uuid,
+    cosmos_id: Option<String>,
+    auth0_user_id: Option<String>,
+    email: String,
+    display_name: String,
+    role: String,
+    settings: serde_json::Value,
+    created_at: DateTime<Utc>,
+    last_login_at: DateTime<Utc>,
+}
+
+impl TryFrom<AccountRow> for Account {
+    type Error = RepoError;
+
+    fn try_from(row: AccountRow) -> Result<Self, Self::Error> {
+        let email = Email::parse(&row.email).map_err(|e| column_error(TABLE, "email", e))?;
+        let role = Role::parse(&row.role).map_err(|e| column_error(TABLE, "role", e))?;
+        // serde_json's message can quote the offending value, so only the column is named
+        let settings: AccountSettings = serde_json::from_value(row.settings)
+            .map_err(|_| column_error(TABLE, "settings", "not an account settings object"))?;
+        Ok(Account {
+            id: row.id,
+            cosmos_id: row.cosmos_id,
+            auth0_user_id: row.auth0_user_id,
+            email,
+            display_name: row.display_name,
+            role,
+            settings,
+            created_at: row.created_at,
+            last_login_at: row.last_login_at,
+        })
+    }
+}
+
+fn settings_json(settings: &AccountSettings) -> RepoResult<serde_json::Value> {
+    serde_json::to_value(settings)
+        .map_err(|_| RepoError::Store("account settings could not be serialized".into()))
+}
+
+/// Inserts `account`, validated first. An empty auth0 id is stored as NULL: Cosmos uses `""` for
+/// "none", and two empty strings would collide on the unique constraint.
+pub async fn insert_account<'c, E>(exec: E, account: &Account) -> RepoResult<()>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    account.validate()?;
+    sqlx::query(
+        "insert into accounts (id, cosmos_id, auth0_user_id, email, display_name, role, settings, \
+         created_at, last_login_at) values ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(account.id)
+    .bind(account.cosmos_id.as_deref())
+    .bind(account.auth0_user_id.as_deref())
+    .bind(account.email.as_str())
+    .bind(&account.display_name)
+    .bind(account.role.as_str())
+    .bind(settings_json(&account.settings)?)
+    .bind(account.created_at)
+    .bind(account.last_login_at)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx_error(TABLE, e))?;
+    Ok(())
+}
+
+/// Replaces every column of the account but `id` and `created_at`. Returns whether it existed.
+pub async fn update_account<'c, E>(exec: E, account: &Account) -> RepoResult<bool>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    account.validate()?;
+    let done = sqlx::query(
+        "update accounts set cosmos_id = $2, auth0_user_id = nullif($3, ''), email = $4, \
+         display_name = $5, role = $6, settings = $7, last_login_at = $8 where id = $1",
+    )
+    .bind(account.id)
+    .bind(account.cosmos_id.as_deref())
+    .bind(account.auth0_user_id.as_deref())
+    .bind(account.email.as_str())
+    .bind(&account.display_name)
+    .bind(account.role.as_str())
+    .bind(settings_json(&account.settings)?)
+    .bind(account.last_login_at)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx_error(TABLE, e))?;
+    Ok(done.rows_affected() > 0)
+}
+
+impl PgAccountRepository {
+    async fn fetch_optional(
+        &self,
+        query: sqlx::query::QueryAs<'_, Postgres, AccountRow, sqlx::postgres::PgArguments>,
+    ) -> RepoResult<Option<Account>> {
+        query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?
+            .map(Account::try_from)
+            .transpose()
+    }
+
+    async fn fetch_all(
+        &self,
+        query: sqlx::query::QueryAs<'_, Postgres, AccountRow, sqlx::postgres::PgArguments>,
+    ) -> RepoResult<Vec<Account>> {
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?
+            .into_iter()
+            .map(Account::try_from)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl AccountRepository for PgAccountRepository {
+    async fn create(&self, account: &Account) -> RepoResult<()> {
+        insert_account(&self.pool, account).await
+    }
+
+    async fn get(&self, id: Uuid) -> RepoResult<Option<Account>> {
+        self.fetch_optional(
+            sqlx::query_as(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where id = $1"
+            ))
+            .bind(id),
+        )
+        .await
+    }
+
+    async fn get_by_cosmos_id(&self, cosmos_id: &str) -> RepoResult<Option<Account>> {
+        // The key is a pure function of the Cosmos id, so the lookup goes through the primary
+        // key; the second condition tells apart ids that map to the same key but are spelled
+        // differently (an upper-case GUID is stored with its spelling in cosmos_id).
+        self.fetch_optional(
+            sqlx::query_as(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where id = mystira_key_for_cosmos_id($1) \
+                 and coalesce(cosmos_id, id::text) = $1"
+            ))
+            .bind(cosmos_id),
+        )
+        .await
+    }
+
+    async fn get_by_auth0_id(&self, auth0_user_id: &str) -> RepoResult<Option<Account>> {
+        self.fetch_optional(
+            sqlx::query_as(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where auth0_user_id = $1"
+            ))
+            .bind(auth0_user_id),
+        )
+        .await
+    }
+
+    async fn find_by_email(&self, email: &Email) -> RepoResult<Vec<Account>> {
+        // lower(email) matches idx_accounts_email_lower
+        self.fetch_all(
+            sqlx::query_as(concat!(
+                "select ",
+                account_columns!(),
+                " from accounts where lower(email) = lower($1) order by created_at, id"
+            ))
+            .bind(email.as_str()),
+        )
+        .await
+    }
+
+    async fn update(&self, account: &Account) -> RepoResult<bool> {
+        update_account(&self.pool, account).await
+    }
+
+    async fn record_login(&self, id: Uuid, at: DateTime<Utc>) -> RepoResult<bool> {
+        let done = sqlx::query("update accounts set last_login_at = $2 where id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, id: Uuid) -> RepoResult<bool> {
+        // the foreign keys do the rest: subscriptions and completed_scenarios cascade,
+        // user_profiles.account_id is set to null
+        let done = sqlx::query("delete from accounts where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list(&self, page: PageRequest) -> RepoResult<Page<Account>> {
+        let rows = self
+            .fetch_all(
+                sqlx::query_as(concat!(
+                    "select ",
+                    account_columns!(),
+                    " from accounts where ($1::uuid is null or id > $1) order by id limit $2"
+                ))
+                .bind(page.after)
+                .bind(fetch_limit(page)),
+            )
+            .await?;
+        Ok(into_page(rows, page, |a| a.id))
+    }
+}

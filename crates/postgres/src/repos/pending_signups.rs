@@ -1,0 +1,203 @@
+//! [`PendingSignupRepository`] on table `pending_signups`, including the code check with its
+//! lock-out, which runs in one transaction holding the sign-up's row lock so that concurrent
+//! guesses are counted one after the other.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mystira_domain::ports::{PendingSignupRepository, RepoResult, VerifyOutcome};
+use mystira_domain::{Email, PendingSignup, RepoError, SignupCode};
+use sqlx::{Executor, PgPool, Postgres};
+use uuid::Uuid;
+
+use super::column_error;
+use crate::map_sqlx_error;
+
+const TABLE: &str = "pending_signups";
+
+/// The columns of a [`SignupRow`], as a macro so statements stay `&'static str`.
+macro_rules! signup_columns {
+    () => {
+        "id, cosmos_id, email, display_name, code, created_at, expires_at, is_used, is_signin, \
+         failed_attempts"
+    };
+}
+
+/// Pending sign-ups in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgPendingSignupRepository {
+    pool: PgPool,
+}
+
+impl PgPendingSignupRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SignupRow {
+    id: Uuid,
+    cosmos_id: Option<String>,
+    email: String,
+    display_name: String,
+    code: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    is_used: bool,
+    is_signin: bool,
+    failed_attempts: i32,
+}
+
+impl TryFrom<SignupRow> for PendingSignup {
+    type Error = RepoError;
+
+    fn try_from(row: SignupRow) -> Result<Self, Self::Error> {
+        let email = Email::parse(&row.email).map_err(|e| column_error(TABLE, "email", e))?;
+        let code = SignupCode::parse(&row.code).map_err(|e| column_error(TABLE, "code", e))?;
+        Ok(PendingSignup {
+            id: row.id,
+            cosmos_id: row.cosmos_id,
+            email,
+            display_name: row.display_name,
+            code,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            is_used: row.is_used,
+            is_signin: row.is_signin,
+            failed_attempts: row.failed_attempts,
+        })
+    }
+}
+
+/// Inserts `signup`, validated first.
+pub async fn insert_signup<'c, E>(exec: E, signup: &PendingSignup) -> RepoResult<()>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    signup.validate()?;
+    sqlx::query(
+        "insert into pending_signups (id, cosmos_id, email, display_name, code, created_at, \
+         expires_at, is_used, is_signin, failed_attempts) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(signup.id)
+    .bind(signup.cosmos_id.as_deref())
+    .bind(signup.email.as_str())
+    .bind(&signup.display_name)
+    .bind(signup.code.as_str())
+    .bind(signup.created_at)
+    .bind(signup.expires_at)
+    .bind(signup.is_used)
+    .bind(signup.is_signin)
+    .bind(signup.failed_attempts)
+    .execute(exec)
+    .await
+    .map_err(|e| map_sqlx_error(TABLE, e))?;
+    Ok(())
+}
+
+/// The lock-out limit actually applied: never above the schema's ceiling (so the increment can
+/// never trip `pending_signups_failed_attempts_check`) and never negative. A limit of 0 locks
+/// every sign-up: a misconfiguration then refuses codes rather than accepting them unchecked.
+fn effective_lockout(lockout_attempts: i32) -> i32 {
+    lockout_attempts.clamp(0, PendingSignup::MAX_FAILED_ATTEMPTS)
+}
+
+#[async_trait]
+impl PendingSignupRepository for PgPendingSignupRepository {
+    async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
+        insert_signup(&self.pool, signup).await
+    }
+
+    async fn get(&self, id: Uuid) -> RepoResult<Option<PendingSignup>> {
+        sqlx::query_as::<_, SignupRow>(concat!(
+            "select ",
+            signup_columns!(),
+            " from pending_signups where id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_sqlx_error(TABLE, e))?
+        .map(PendingSignup::try_from)
+        .transpose()
+    }
+
+    /// The checks, in order: no unused sign-up -> `NotFound`; expired at `now` -> `Expired`;
+    /// `failed_attempts` at the limit -> `LockedOut` (even for the right code); right code ->
+    /// `Verified` (nothing written); wrong code -> the failure is counted and `WrongCode` says
+    /// how many tries are left. The wrong guess that reaches the limit returns
+    /// `WrongCode { attempts_left: 0 }` (the guess was wrong, and it was counted); every call
+    /// after it returns `LockedOut`.
+    async fn verify_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome> {
+        let lockout = effective_lockout(lockout_attempts);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?;
+        // `for update` serializes concurrent checks of one sign-up: a waiting check re-reads the
+        // row after the lock holder commits, so it sees the count that one wrote.
+        let row = sqlx::query_as::<_, SignupRow>(concat!(
+            "select ",
+            signup_columns!(),
+            " from pending_signups where lower(email) = lower($1) and not is_used \
+             order by created_at desc, id desc limit 1 for update"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx_error(TABLE, e))?;
+        let Some(row) = row else {
+            return Ok(VerifyOutcome::NotFound);
+        };
+        let signup = PendingSignup::try_from(row)?;
+        if signup.expires_at <= now {
+            return Ok(VerifyOutcome::Expired);
+        }
+        if signup.failed_attempts >= lockout {
+            return Ok(VerifyOutcome::LockedOut);
+        }
+        if signup.code.matches(code) {
+            // nothing was written; dropping the transaction releases the lock
+            return Ok(VerifyOutcome::Verified(signup));
+        }
+        // below the limit (checked above under the lock), so the count ends at most at it
+        let attempts: i32 = sqlx::query_scalar(
+            "update pending_signups set failed_attempts = failed_attempts + 1 where id = $1 \
+             returning failed_attempts",
+        )
+        .bind(signup.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx_error(TABLE, e))?;
+        tx.commit().await.map_err(|e| map_sqlx_error(TABLE, e))?;
+        Ok(VerifyOutcome::WrongCode {
+            attempts_left: (lockout - attempts).max(0),
+        })
+    }
+
+    async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {
+        let done = sqlx::query("update pending_signups set is_used = true where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn cleanup_expired(&self) -> RepoResult<u64> {
+        // the schema's function, so that a scheduled job calling it directly deletes the same
+        let deleted: i32 = sqlx::query_scalar("select cleanup_expired_signups()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx_error(TABLE, e))?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+}

@@ -1,0 +1,285 @@
+//! [`Container`]: point operations (read, create, upsert, replace with `If-Match`, delete) and
+//! paged queries on one container, each under the store's retry policy.
+//!
+//! Partition-key values are passed as the SDK's [`PartitionKey`] (`"value".into()`,
+//! `PartitionKey::NULL`, ...). They may be personal data (`PendingSignups` is partitioned by
+//! email), so they never appear in errors or logs; neither do item ids.
+
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::feed::FeedScope;
+use azure_data_cosmos::models::ItemResponse;
+use azure_data_cosmos::options::{ItemWriteOptions, Precondition};
+use azure_data_cosmos::{PartitionKey, Query};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::RetryPolicy;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pages::{Pages, ResumeToken};
+use crate::retry::with_retry;
+
+/// A document with the `_etag` it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    /// The ETag header of the response (`None` only if the service sent none).
+    pub etag: Option<String>,
+}
+
+/// A query text with named parameters (`@since`), bound as values, never spliced into the text.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    text: String,
+    params: Vec<(String, serde_json::Value)>,
+    partition: Option<PartitionKey>,
+}
+
+impl QuerySpec {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            params: Vec::new(),
+            partition: None,
+        }
+    }
+
+    /// Binds `@name` (include the `@`).
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Restricts the query to one logical partition (default: the whole container).
+    pub fn in_partition(mut self, partition: impl Into<PartitionKey>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
+    pub(crate) fn to_sdk(&self) -> Result<(Query, FeedScope)> {
+        let mut query = Query::from(self.text.clone());
+        for (name, value) in &self.params {
+            query = query.with_parameter(name.clone(), value).map_err(|e| {
+                Error::new(
+                    ErrorKind::Serialization,
+                    "query",
+                    format!("parameter {name} cannot be serialised"),
+                )
+                .with_source(e)
+            })?;
+        }
+        let scope = match &self.partition {
+            Some(pk) => FeedScope::partition(pk.clone()),
+            None => FeedScope::full_container(),
+        };
+        Ok((query, scope))
+    }
+}
+
+/// One open container of a [`crate::CosmosStore`].
+#[derive(Clone)]
+pub struct Container {
+    client: ContainerClient,
+    target: String,
+    retry: RetryPolicy,
+    page_size: u32,
+    partition_key_paths: Vec<String>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("target", &self.target)
+            .field("partition_key_paths", &self.partition_key_paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Container {
+    pub(crate) async fn open(
+        client: ContainerClient,
+        target: String,
+        retry: RetryPolicy,
+        page_size: u32,
+    ) -> Result<Self> {
+        let (client_ref, target_ref) = (&client, target.as_str());
+        let properties = with_retry(&retry, || async move {
+            client_ref
+                .read(None)
+                .await
+                .and_then(|r| r.into_model())
+                .map_err(|e| Error::from_sdk("read container", target_ref, e))
+        })
+        .await?;
+        let partition_key_paths = properties
+            .partition_key
+            .paths()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        Ok(Self {
+            client,
+            target,
+            retry,
+            page_size,
+            partition_key_paths,
+        })
+    }
+
+    /// `database/container`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The container's partition-key paths as the service reports them (e.g. `["/email"]`).
+    pub fn partition_key_paths(&self) -> &[String] {
+        &self.partition_key_paths
+    }
+
+    /// Point read; a missing item is `Ok(None)`.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>> {
+        const OP: &str = "read item";
+        let pk = partition.into();
+        let pk = &pk;
+        let result = with_retry(&self.retry, || async move {
+            self.client
+                .read_item(pk.clone(), id, None)
+                .await
+                .map_err(|e| Error::from_sdk(OP, &self.target, e))
+        })
+        .await;
+        match result {
+            Ok(response) => {
+                let etag = etag_of(&response);
+                let value = response
+                    .into_model()
+                    .map_err(|e| Error::from_sdk(OP, &self.target, e))?;
+                Ok(Some(Versioned { value, etag }))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the item; an existing id fails with [`ErrorKind::Conflict`]. Returns the ETag.
+    pub async fn create<T: Serialize + Sync>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+        item: &T,
+    ) -> Result<Option<String>> {
+        let pk = partition.into();
+        let pk = &pk;
+        with_retry(&self.retry, || async move {
+            self.client
+                .create_item(pk.clone(), id, item, None)
+                .await
+                .map_err(|e| Error::from_sdk("create item", &self.target, e))
+        })
+        .await
+        .map(|r| etag_of(&r))
+    }
+
+    /// Creates or overwrites the item. Returns the new ETag.
+    pub async fn upsert<T: Serialize + Sync>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+        item: &T,
+    ) -> Result<Option<String>> {
+        let pk = partition.into();
+        let pk = &pk;
+        with_retry(&self.retry, || async move {
+            self.client
+                .upsert_item(pk.clone(), id, item, None)
+                .await
+                .map_err(|e| Error::from_sdk("upsert item", &self.target, e))
+        })
+        .await
+        .map(|r| etag_of(&r))
+    }
+
+    /// Replaces the item only if its current ETag is `etag`; otherwise fails with
+    /// [`ErrorKind::PreconditionFailed`] (someone wrote in between: re-read and decide).
+    /// A missing item fails with [`ErrorKind::NotFound`]. Returns the new ETag.
+    pub async fn replace_if_match<T: Serialize + Sync>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+        item: &T,
+        etag: &str,
+    ) -> Result<Option<String>> {
+        let pk = partition.into();
+        let pk = &pk;
+        with_retry(&self.retry, || async move {
+            let options =
+                ItemWriteOptions::default().with_precondition(Precondition::if_match(etag));
+            self.client
+                .replace_item(pk.clone(), id, item, Some(options))
+                .await
+                .map_err(|e| Error::from_sdk("replace item", &self.target, e))
+        })
+        .await
+        .map(|r| etag_of(&r))
+    }
+
+    /// Deletes the item. Returns `false` if it did not exist (deleting is idempotent).
+    pub async fn delete(&self, partition: impl Into<PartitionKey>, id: &str) -> Result<bool> {
+        let pk = partition.into();
+        let pk = &pk;
+        let result = with_retry(&self.retry, || async move {
+            self.client
+                .delete_item(pk.clone(), id, None)
+                .await
+                .map_err(|e| Error::from_sdk("delete item", &self.target, e))
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a query in pages of the store's page size, starting at `resume` (a token saved from
+    /// an earlier [`crate::Page::resume_token`]) or at the beginning.
+    pub fn query<T: DeserializeOwned + Send + 'static>(
+        &self,
+        spec: QuerySpec,
+        resume: Option<ResumeToken>,
+    ) -> Pages<T> {
+        self.query_with_page_size(spec, resume, self.page_size)
+    }
+
+    /// [`Container::query`] with an explicit page size.
+    pub fn query_with_page_size<T: DeserializeOwned + Send + 'static>(
+        &self,
+        spec: QuerySpec,
+        resume: Option<ResumeToken>,
+        page_size: u32,
+    ) -> Pages<T> {
+        Pages::new(
+            self.client.clone(),
+            self.target.clone(),
+            self.retry.clone(),
+            spec,
+            page_size.max(1),
+            resume,
+        )
+    }
+
+    /// Streams every document of the container (`select * from c`), resumable from `resume`.
+    pub fn read_all<T: DeserializeOwned + Send + 'static>(
+        &self,
+        resume: Option<ResumeToken>,
+    ) -> Pages<T> {
+        self.query(QuerySpec::new("select * from c"), resume)
+    }
+}
+
+fn etag_of(response: &ItemResponse) -> Option<String> {
+    response.headers().etag().map(|e| e.to_string())
+}

@@ -1,0 +1,252 @@
+#!/usr/bin/env node
+// Launcher for the Cosmos-protocol test server (@vercel/cosmosdb-server 1.0.1).
+//
+// Why a launcher instead of the package's CLI (see shared/design/cosmos-test-server.md):
+// the CLI serves an expired certificate without subject alternative names and closes the
+// connection after every response. Here we
+//   - generate our own certificate (CN=localhost, SAN DNS:localhost + IP:127.0.0.1, CA:FALSE)
+//     per start,
+//   - turn keep-alive on,
+//   - listen on 127.0.0.1 with port 0 (or --port N) and write DIR/server.json once listening,
+//   - patch three protocol bugs so the official Rust SDK works against it:
+//       1. /pkranges answers a numeric "id": 0; real Cosmos answers the string "0";
+//       2. a query sent to one partition-key range without
+//          x-ms-documentdb-query-enablecrosspartition is rejected with 400;
+//       3. reading a missing document answers 500 instead of 404;
+//   - offer a small fault-injection admin endpoint (/_faults) so client retry behaviour can be
+//     tested against this real server (429 with x-ms-retry-after-ms, 503, dropped connections).
+//
+// Usage: node launch.js --state-dir DIR [--port N]
+// Exits 0 on SIGTERM/SIGINT after closing the listener.
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const { execFileSync } = require("child_process");
+
+function parseArgs(argv) {
+  const args = { stateDir: null, port: 0 };
+  for (let i = 0; i < argv.length; i += 1) {
+    const a = argv[i];
+    if (a === "--state-dir") args.stateDir = argv[++i];
+    else if (a === "--port") args.port = Number.parseInt(argv[++i], 10);
+    else throw new Error(`unknown argument: ${a}`);
+  }
+  if (!args.stateDir) throw new Error("--state-dir DIR is required");
+  if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) {
+    throw new Error("--port must be an integer between 0 and 65535");
+  }
+  return args;
+}
+
+function makeCertificate(stateDir) {
+  const cert = path.join(stateDir, "cert.pem");
+  const key = path.join(stateDir, "key.pem");
+  execFileSync(
+    "openssl",
+    [
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+      "-subj", "/CN=localhost",
+      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      // openssl marks a self-signed certificate CA:TRUE by default; rustls (webpki) then
+      // refuses it as a server certificate (CaUsedAsEndEntity). A self-signed leaf trusted
+      // directly as its own anchor is fine.
+      "-addext", "basicConstraints=critical,CA:FALSE",
+      "-addext", "extendedKeyUsage=serverAuth",
+      "-keyout", key, "-out", cert,
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  return { cert, key };
+}
+
+// --- protocol patches -------------------------------------------------------------------
+// The package's router captures each handler's `default` export when lib/routes.js is first
+// loaded, so the handler modules are patched *before* lib/index.js (which loads routes) is
+// required.
+const pkgLib = path.join(__dirname, "node_modules", "@vercel", "cosmosdb-server", "lib");
+
+function patchHandlers() {
+  // 1. String partition-key-range ids.
+  const pkranges = require(path.join(pkgLib, "handler", "read-partition-key-ranges.js"));
+  const readRanges = pkranges.default;
+  pkranges.default = async (...args) => {
+    const body = await readRanges(...args);
+    if (body && Array.isArray(body.PartitionKeyRanges)) {
+      for (const range of body.PartitionKeyRanges) {
+        if (range && typeof range.id === "number") range.id = String(range.id);
+      }
+    }
+    return body;
+  };
+
+  // 2. Per-range queries: the SDK addresses one range via x-ms-documentdb-partitionkeyrangeid
+  // without the cross-partition header; real Cosmos accepts that.
+  const query = require(path.join(pkgLib, "handler", "query-documents.js"));
+  const queryDocuments = query.default;
+  query.default = (account, req, res, params) => {
+    if (req.headers["x-ms-documentdb-partitionkeyrangeid"] !== undefined
+      && req.headers["x-ms-documentdb-query-enablecrosspartition"] === undefined) {
+      req.headers["x-ms-documentdb-query-enablecrosspartition"] = "true";
+    }
+    return queryDocuments(account, req, res, params);
+  };
+
+  // 3. Missing document -> 404. The original dereferences the missing document while checking
+  // partition-key components and throws (-> 500); on a throw, answer what a plain read says.
+  const readDoc = require(path.join(pkgLib, "handler", "read-document.js"));
+  const ops = require(path.join(pkgLib, "handler", "_document-operations.js"));
+  const partitionFromHeader = require(path.join(pkgLib, "utils", "get-partition-from-header.js"));
+  const readDocument = readDoc.default;
+  readDoc.default = (account, req, res, params) => {
+    try {
+      return readDocument(account, req, res, params);
+    } catch (err) {
+      const collection = account.database(params.dbId).collection(params.collId);
+      const result = ops.readOperation(collection, {
+        partitionKey: partitionFromHeader.default(req),
+        id: params.docId,
+      });
+      if (result.statusCode === 404) {
+        res.statusCode = 404;
+        return result.body;
+      }
+      throw err;
+    }
+  };
+}
+
+// --- fault injection ----------------------------------------------------------------------
+// Rules are matched in creation order against every non-admin request. Tests give each rule a
+// path fragment unique to their own database, so parallel tests do not see each other's faults.
+//   POST   /_faults      {"pathContains": "/dbs/x/", "method": "GET"?, "count": N,
+//                         "action": "respond"|"drop", "status": 429, "retryAfterMs": 10?,
+//                         "subStatus": 3200?}  -> {"id": ...}
+//   GET    /_faults/ID   -> the rule with its "hits" counter
+//   DELETE /_faults/ID   -> removes the rule
+const faults = new Map();
+let nextFaultId = 1;
+
+function readJson(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on("data", c => chunks.push(c));
+    req.on("end", () => {
+      try {
+        resolve(chunks.length ? JSON.parse(Buffer.concat(chunks).toString("utf8")) : {});
+      } catch (err) {
+        reject(err);
+      }
+    });
+    req.on("error", reject);
+  });
+}
+
+function sendJson(res, status, body) {
+  res.statusCode = status;
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify(body));
+}
+
+async function handleFaultAdmin(req, res) {
+  const id = req.url.split("/")[2];
+  if (req.method === "POST" && !id) {
+    const rule = await readJson(req);
+    if (typeof rule.pathContains !== "string" || !rule.pathContains) {
+      return sendJson(res, 400, { message: "pathContains must be a non-empty string" });
+    }
+    if (!["respond", "drop"].includes(rule.action)) {
+      return sendJson(res, 400, { message: "action must be respond or drop" });
+    }
+    if (!Number.isInteger(rule.count) || rule.count < 1) {
+      return sendJson(res, 400, { message: "count must be a positive integer" });
+    }
+    const stored = { ...rule, id: String(nextFaultId++), hits: 0 };
+    faults.set(stored.id, stored);
+    return sendJson(res, 201, stored);
+  }
+  if (req.method === "GET" && id && faults.has(id)) return sendJson(res, 200, faults.get(id));
+  if (req.method === "DELETE" && id && faults.delete(id)) return sendJson(res, 200, {});
+  return sendJson(res, 404, { message: "no such fault rule" });
+}
+
+// Returns true when a fault rule consumed the request.
+function injectFault(req, res) {
+  for (const rule of faults.values()) {
+    if (rule.hits >= rule.count) continue;
+    if (!req.url.includes(rule.pathContains)) continue;
+    if (rule.method && rule.method !== req.method) continue;
+    rule.hits += 1;
+    if (rule.action === "drop") {
+      req.socket.destroy();
+      return true;
+    }
+    res.statusCode = rule.status || 503;
+    res.setHeader("content-type", "application/json");
+    res.setHeader("x-ms-activity-id", "00000000-0000-0000-0000-000000000000");
+    if (rule.retryAfterMs !== undefined) res.setHeader("x-ms-retry-after-ms", String(rule.retryAfterMs));
+    if (rule.subStatus !== undefined) res.setHeader("x-ms-substatus", String(rule.subStatus));
+    // Drain the request body first so the keep-alive connection stays usable.
+    req.resume();
+    req.on("end", () => res.end(JSON.stringify({ code: "Injected", message: "injected fault" })));
+    return true;
+  }
+  return false;
+}
+
+// --- main -----------------------------------------------------------------------------------
+function main() {
+  const args = parseArgs(process.argv.slice(2));
+  fs.mkdirSync(args.stateDir, { recursive: true });
+  const stateFile = path.join(args.stateDir, "server.json");
+  fs.rmSync(stateFile, { force: true });
+  const { cert, key } = makeCertificate(args.stateDir);
+
+  patchHandlers();
+  const { createHttpsServer } = require(pkgLib);
+  const server = createHttpsServer({
+    cert: fs.readFileSync(cert),
+    key: fs.readFileSync(key),
+    keepAlive: true,
+  });
+  // Route fault admin and injected faults before the package's own request listener.
+  const [cosmosListener] = server.listeners("request");
+  server.removeAllListeners("request");
+  server.on("request", (req, res) => {
+    if (req.url === "/_faults" || req.url.startsWith("/_faults/")) {
+      handleFaultAdmin(req, res).catch(err => sendJson(res, 400, { message: err.message }));
+      return;
+    }
+    if (injectFault(req, res)) return;
+    cosmosListener(req, res);
+  });
+  // Keep idle connections longer than Node's 5 s default so a client's pooled connection is
+  // not closed under it between pages.
+  server.keepAliveTimeout = 120_000;
+  server.headersTimeout = 125_000;
+
+  server.listen(args.port, "127.0.0.1", () => {
+    const { port } = server.address();
+    const state = { endpoint: `https://127.0.0.1:${port}/`, cert, pid: process.pid };
+    // Write atomically: waiters poll for the file and must never read half of it.
+    fs.writeFileSync(`${stateFile}.tmp`, JSON.stringify(state));
+    fs.renameSync(`${stateFile}.tmp`, stateFile);
+    process.stdout.write(`cosmos test server listening on ${state.endpoint}\n`);
+  });
+
+  const stop = () => {
+    fs.rmSync(stateFile, { force: true });
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+try {
+  main();
+} catch (err) {
+  process.stderr.write(`cosmos test server failed to start: ${err.message}\n`);
+  process.exit(1);
+}

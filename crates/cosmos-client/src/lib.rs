@@ -17,6 +17,7 @@ mod error;
 mod pages;
 mod retry;
 mod store;
+pub mod transfer;
 
 pub use azure_data_cosmos::PartitionKey;
 pub use config::{CosmosConfig, DEFAULT_DATABASE, DEFAULT_PAGE_SIZE, RetryPolicy, TlsTrust};
@@ -24,6 +25,7 @@ pub use container::{Container, QuerySpec, Versioned};
 pub use error::{Error, ErrorKind, Result};
 pub use pages::{Page, Pages, ResumeToken};
 pub use store::CosmosStore;
+pub use transfer::{ImportCounts, USER_DOMAIN_CONTAINERS, export_dir, import_dir};
 
 #[cfg(test)]
 mod tests {

@@ -201,14 +201,14 @@ impl LocalCluster {
         if self.accepts_connections().await {
             return self.running(StartAction::Reused).await;
         }
+        let account = ServerAccount::for_this_process()?;
+        account.check_can_reach(&self.dir)?;
         create_private_dir(&self.dir)?;
         let _lock = self.lock().await?;
         // another process may have started it while we waited for the lock
         if self.accepts_connections().await {
             return self.running(StartAction::Reused).await;
         }
-        let account = ServerAccount::for_this_process()?;
-        account.check_can_reach(&self.dir)?;
         let binaries = ServerBinaries::find().await?;
         create_private_dir(&self.socket_dir())?;
         account.take_ownership(&self.dir)?;

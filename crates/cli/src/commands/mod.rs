@@ -1,0 +1,24 @@
+//! Runs one command: each submodule turns a command of the tree in `cli` into calls on the
+//! library crates and an [`Outcome`]; printing it is `main`'s job.
+
+mod db;
+
+use crate::cli::Command;
+use crate::config::Settings;
+use crate::exit::Exit;
+
+/// What a command produced: the exit code, and its output in both forms (human text for a
+/// terminal, JSON for `--json`).
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub human: String,
+    pub json: serde_json::Value,
+}
+
+/// Runs `command` with the resolved settings.
+pub async fn run(command: &Command, settings: &Settings) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Db(db) => db::run(db, settings).await,
+    }
+}

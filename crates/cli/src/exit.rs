@@ -1,0 +1,74 @@
+//! The process exit codes, defined once: the README and `--help` quote [`EXIT_CODES_HELP`].
+
+/// How `mystira-users` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The command did what was asked, and nothing needs attention.
+    Ok,
+    /// The command failed (database unreachable, PostgreSQL missing, a migration failed, ...).
+    Failure,
+    /// The command line or the configuration is wrong (clap uses 2 for usage errors as well).
+    Usage,
+    /// The command worked and found something that needs attention (for `db status`: pending
+    /// migrations, or an applied migration whose file was edited).
+    Attention,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Failure => 1,
+            Self::Usage => 2,
+            Self::Attention => 3,
+        }
+    }
+
+    /// The exit code for an error: usage for configuration mistakes, failure for the rest.
+    pub fn for_error(error: &anyhow::Error) -> Self {
+        if error.chain().any(|e| e.is::<crate::config::ConfigError>()) {
+            Self::Usage
+        } else {
+            Self::Failure
+        }
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        Self::from(exit.code())
+    }
+}
+
+/// The exit codes as shown in `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure (database unreachable, PostgreSQL not installed, a migration failed, ...)
+  2  usage or configuration error (bad flag, unreadable or invalid config file)
+  3  needs attention (db status: migrations pending, or an applied migration was edited)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_anywhere_in_the_chain_are_usage_errors() {
+        let config = crate::config::ConfigError::NotFound {
+            path: "/nope.toml".into(),
+        };
+        let wrapped = anyhow::Error::new(config).context("loading settings");
+        assert_eq!(Exit::for_error(&wrapped), Exit::Usage);
+        assert_eq!(
+            Exit::for_error(&anyhow::anyhow!("connection refused")),
+            Exit::Failure
+        );
+    }
+
+    #[test]
+    fn help_text_lists_every_code() {
+        for exit in [Exit::Ok, Exit::Failure, Exit::Usage, Exit::Attention] {
+            assert!(EXIT_CODES_HELP.contains(&format!("\n  {}  ", exit.code())));
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! From a raw Cosmos document to what the bulk writer writes, or to the reason it cannot be
+//! written. The same mapping serves the backfill and (later) verification, so equal data
+//! compares equal.
+
+use mystira_cosmos::codec::{self, Container, Decoded, Note};
+use mystira_postgres::bulk::{
+    AccountDocument, DocumentNote, ProfileDocument, SignupDocument, SourceVersion,
+};
+
+/// What a document becomes.
+#[derive(Debug)]
+pub enum Mapped {
+    Account(Box<AccountDocument>),
+    Profile(Box<ProfileDocument>),
+    Signup(Box<SignupDocument>),
+    /// Cannot be migrated: quarantine it with this reason.
+    Reject { document_id: String, code: &'static str, message: String, ts: Option<i64> },
+}
+
+/// Maps a document of `container`. `locator` names the document when it has no usable `id`
+/// (an export file and line, say).
+pub fn map_document(container: &str, raw: &serde_json::Value, locator: &str) -> Mapped {
+    let reject_id = || {
+        raw.get("id")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| locator.to_owned(), str::to_owned)
+    };
+    let ts = codec::source_version(raw).ts;
+    let Some(kind) = Container::from_name(container) else {
+        return Mapped::Reject {
+            document_id: reject_id(),
+            code: "unknown_container",
+            message: format!("container `{container}` is not part of the user domain"),
+            ts,
+        };
+    };
+    match codec::decode(kind, raw) {
+        Ok(Decoded::Account(a)) => {
+            let a = *a;
+            Mapped::Account(Box::new(AccountDocument {
+                version: version(a.document_id, &a.version),
+                account: a.account,
+                subscription: a.subscription,
+                completed_scenarios: a.completed_scenarios,
+                notes: notes(&a.notes),
+            }))
+        }
+        Ok(Decoded::Profile(p)) => {
+            let p = *p;
+            Mapped::Profile(Box::new(ProfileDocument {
+                version: version(p.document_id, &p.version),
+                profile: p.profile,
+                account_ref: p.account_ref,
+                badges: p.badges,
+                notes: notes(&p.notes),
+            }))
+        }
+        Ok(Decoded::PendingSignup(s)) => {
+            let s = *s;
+            Mapped::Signup(Box::new(SignupDocument {
+                version: version(s.document_id, &s.version),
+                signup: s.signup,
+                notes: notes(&s.notes),
+            }))
+        }
+        Err(e) => Mapped::Reject { document_id: reject_id(), code: e.code, message: e.message, ts },
+    }
+}
+
+/// A document without `_ts` (hand-made export files) counts as version 0: any copy with a real
+/// `_ts` supersedes it, and re-running it changes nothing.
+fn version(document_id: String, v: &codec::SourceVersion) -> SourceVersion {
+    SourceVersion { document_id, ts: v.ts.unwrap_or(0), etag: v.etag.clone() }
+}
+
+fn notes(notes: &[Note]) -> Vec<DocumentNote> {
+    notes
+        .iter()
+        .map(|n| DocumentNote {
+            code: n.code.to_owned(),
+            subject: n.subject.clone(),
+            detail: n.detail.clone(),
+        })
+        .collect()
+}

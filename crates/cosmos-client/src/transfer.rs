@@ -12,8 +12,11 @@ use crate::store::CosmosStore;
 use crate::{Container, PartitionKey};
 
 /// The containers of the user domain and their partition keys when we create them.
-pub const USER_DOMAIN_CONTAINERS: [(&str, &str); 3] =
-    [("Accounts", "/id"), ("UserProfiles", "/id"), ("PendingSignups", "/email")];
+pub const USER_DOMAIN_CONTAINERS: [(&str, &str); 3] = [
+    ("Accounts", "/id"),
+    ("UserProfiles", "/id"),
+    ("PendingSignups", "/email"),
+];
 
 /// What an import did, per container.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -58,7 +61,8 @@ pub async fn import_dir(
                 Err(e) => counts.rejected.push(e.to_string()),
             }
             if docs.len() >= 1000 {
-                counts.imported += upsert_all(&container, std::mem::take(&mut docs), concurrency).await?;
+                counts.imported +=
+                    upsert_all(&container, std::mem::take(&mut docs), concurrency).await?;
             }
         }
         counts.imported += upsert_all(&container, docs, concurrency).await?;
@@ -67,11 +71,22 @@ pub async fn import_dir(
     Ok(out)
 }
 
-async fn upsert_all(container: &Container, docs: Vec<(String, Value)>, concurrency: usize) -> Result<u64> {
+async fn upsert_all(
+    container: &Container,
+    docs: Vec<(String, Value)>,
+    concurrency: usize,
+) -> Result<u64> {
     let results: Vec<Result<()>> = futures::stream::iter(docs)
         .map(|(pk, doc)| async move {
-            let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-            container.upsert(PartitionKey::from(pk), &id, &strip_system_fields(doc)).await.map(|_| ())
+            let id = doc
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            container
+                .upsert(PartitionKey::from(pk), &id, &strip_system_fields(doc))
+                .await
+                .map(|_| ())
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -87,7 +102,8 @@ async fn upsert_all(container: &Container, docs: Vec<(String, Value)>, concurren
 /// Writes every container of the user domain that exists in the store to `dir`, with a
 /// manifest. Documents are written as Cosmos returns them, system fields included.
 pub async fn export_dir(store: &CosmosStore, dir: &Path) -> Result<Vec<(String, u64)>> {
-    let mut writer = ExportWriter::create(dir).map_err(|e| config_error("create export", e.to_string()))?;
+    let mut writer =
+        ExportWriter::create(dir).map_err(|e| config_error("create export", e.to_string()))?;
     let mut out = Vec::new();
     for (name, _) in USER_DOMAIN_CONTAINERS {
         let container = match store.container(name).await {
@@ -95,18 +111,24 @@ pub async fn export_dir(store: &CosmosStore, dir: &Path) -> Result<Vec<(String, 
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        writer.add_container(name).map_err(|e| config_error("write export", e.to_string()))?;
+        writer
+            .add_container(name)
+            .map_err(|e| config_error("write export", e.to_string()))?;
         let mut pages = container.read_all::<Value>(None);
         let mut n = 0u64;
         while let Some(page) = pages.next_page().await? {
             for doc in &page.items {
-                writer.write(name, doc).map_err(|e| config_error("write export", e.to_string()))?;
+                writer
+                    .write(name, doc)
+                    .map_err(|e| config_error("write export", e.to_string()))?;
                 n += 1;
             }
         }
         out.push((name.to_owned(), n));
     }
-    writer.finish().map_err(|e| config_error("write export", e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| config_error("write export", e.to_string()))?;
     Ok(out)
 }
 

@@ -40,7 +40,11 @@ pub struct BackfillConfig {
 
 impl Default for BackfillConfig {
     fn default() -> Self {
-        Self { batch_rows: 1000, max_docs_per_second: None, restart: false }
+        Self {
+            batch_rows: 1000,
+            max_docs_per_second: None,
+            restart: false,
+        }
     }
 }
 
@@ -170,7 +174,9 @@ async fn copy_container(
     let mut position = saved.and_then(|p| p.get("position").cloned());
     let pacer = Pacer::new(config.max_docs_per_second);
     loop {
-        let page = source.read_page(container, position.as_ref(), config.batch_rows).await?;
+        let page = source
+            .read_page(container, position.as_ref(), config.batch_rows)
+            .await?;
         pacer.wait_for(page.documents.len()).await;
         write_page(pool, container, page.documents, counts).await?;
         match page.next {
@@ -210,10 +216,22 @@ async fn write_page(
         counts.read += 1;
         let raw = match doc {
             SourceDocument::Document(v) => v,
-            SourceDocument::Malformed { locator, message, raw } => {
+            SourceDocument::Malformed {
+                locator,
+                message,
+                raw,
+            } => {
                 let document = serde_json::json!({ "malformed_line": raw });
-                quarantine(pool, container, &locator, "malformed_line", &message, &document, None)
-                    .await?;
+                quarantine(
+                    pool,
+                    container,
+                    &locator,
+                    "malformed_line",
+                    &message,
+                    &document,
+                    None,
+                )
+                .await?;
                 counts.quarantined += 1;
                 continue;
             }
@@ -233,7 +251,12 @@ async fn write_page(
                 raw_by_id.insert(d.version.document_id.clone(), raw);
                 signups.push(*d);
             }
-            Mapped::Reject { document_id, code, message, ts } => {
+            Mapped::Reject {
+                document_id,
+                code,
+                message,
+                ts,
+            } => {
                 quarantine(pool, container, &document_id, code, &message, &raw, ts).await?;
                 counts.quarantined += 1;
             }
@@ -264,8 +287,16 @@ async fn write_kind<D: BulkDocument>(
                 let id = &doc.version().document_id;
                 let code = failure_code(&e);
                 let raw = raw_by_id.get(id).cloned().unwrap_or_default();
-                quarantine(pool, container, id, code, &e.to_string(), &raw, Some(doc.version().ts))
-                    .await?;
+                quarantine(
+                    pool,
+                    container,
+                    id,
+                    code,
+                    &e.to_string(),
+                    &raw,
+                    Some(doc.version().ts),
+                )
+                .await?;
                 counts.quarantined += 1;
             }
         }
@@ -296,8 +327,14 @@ async fn quarantine(
     document: &serde_json::Value,
     source_ts: Option<i64>,
 ) -> Result<(), BackfillError> {
-    let entry =
-        QuarantinedDocument { container, document_id, reason_code, message, document, source_ts };
+    let entry = QuarantinedDocument {
+        container,
+        document_id,
+        reason_code,
+        message,
+        document,
+        source_ts,
+    };
     with_retry(|| bookkeeping::quarantine(pool, &entry)).await?;
     tracing::warn!(container, reason_code, "document quarantined");
     Ok(())
@@ -334,12 +371,20 @@ struct Pacer {
 
 impl Pacer {
     fn new(per_second: Option<u32>) -> Self {
-        Self { per_second, started: Instant::now(), done: 0.into() }
+        Self {
+            per_second,
+            started: Instant::now(),
+            done: 0.into(),
+        }
     }
 
     async fn wait_for(&self, docs: usize) {
-        let Some(rate) = self.per_second.filter(|r| *r > 0) else { return };
-        let done = self.done.fetch_add(docs as u64, std::sync::atomic::Ordering::Relaxed)
+        let Some(rate) = self.per_second.filter(|r| *r > 0) else {
+            return;
+        };
+        let done = self
+            .done
+            .fetch_add(docs as u64, std::sync::atomic::Ordering::Relaxed)
             + docs as u64;
         let due = Duration::from_secs_f64(done as f64 / f64::from(rate));
         if let Some(wait) = due.checked_sub(self.started.elapsed()) {

@@ -14,7 +14,12 @@ pub enum Mapped {
     Profile(Box<ProfileDocument>),
     Signup(Box<SignupDocument>),
     /// Cannot be migrated: quarantine it with this reason.
-    Reject { document_id: String, code: &'static str, message: String, ts: Option<i64> },
+    Reject {
+        document_id: String,
+        code: &'static str,
+        message: String,
+        ts: Option<i64>,
+    },
 }
 
 /// Maps a document of `container`. `locator` names the document when it has no usable `id`
@@ -64,14 +69,23 @@ pub fn map_document(container: &str, raw: &serde_json::Value, locator: &str) -> 
                 notes: notes(&s.notes),
             }))
         }
-        Err(e) => Mapped::Reject { document_id: reject_id(), code: e.code, message: e.message, ts },
+        Err(e) => Mapped::Reject {
+            document_id: reject_id(),
+            code: e.code,
+            message: e.message,
+            ts,
+        },
     }
 }
 
 /// A document without `_ts` (hand-made export files) counts as version 0: any copy with a real
 /// `_ts` supersedes it, and re-running it changes nothing.
 fn version(document_id: String, v: &codec::SourceVersion) -> SourceVersion {
-    SourceVersion { document_id, ts: v.ts.unwrap_or(0), etag: v.etag.clone() }
+    SourceVersion {
+        document_id,
+        ts: v.ts.unwrap_or(0),
+        etag: v.etag.clone(),
+    }
 }
 
 fn notes(notes: &[Note]) -> Vec<DocumentNote> {

@@ -13,7 +13,11 @@ pub enum SourceDocument {
     Document(serde_json::Value),
     /// A line of an export file that is not a JSON object.
     /// `raw` says where the line is (file, line, byte offset); the line itself stays there.
-    Malformed { locator: String, message: String, raw: serde_json::Value },
+    Malformed {
+        locator: String,
+        message: String,
+        raw: serde_json::Value,
+    },
 }
 
 /// A page of documents and the position after it (`None` when the container is exhausted).
@@ -58,7 +62,9 @@ pub struct ExportDirSource {
 
 impl ExportDirSource {
     pub fn new(dir: impl AsRef<Path>) -> Self {
-        Self { dir: dir.as_ref().to_path_buf() }
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+        }
     }
 
     fn file(&self, container: &str) -> PathBuf {
@@ -131,7 +137,8 @@ fn read_export_page(
 }
 
 fn file_name_of(path: &Path) -> String {
-    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// A live Cosmos database, read through the official SDK in pages with continuation tokens
@@ -191,12 +198,24 @@ impl DocumentSource for CosmosSource {
         // is exhausted.
         loop {
             match pages.next_page().await.map_err(cosmos_err)? {
-                None => return Ok(SourcePage { documents: Vec::new(), next: None }),
+                None => {
+                    return Ok(SourcePage {
+                        documents: Vec::new(),
+                        next: None,
+                    });
+                }
                 Some(page) if page.items.is_empty() => continue,
                 Some(page) => {
                     let next = serde_json::Value::String(page.resume_token().as_str().to_owned());
-                    let documents = page.items.into_iter().map(SourceDocument::Document).collect();
-                    return Ok(SourcePage { documents, next: Some(next) });
+                    let documents = page
+                        .items
+                        .into_iter()
+                        .map(SourceDocument::Document)
+                        .collect();
+                    return Ok(SourcePage {
+                        documents,
+                        next: Some(next),
+                    });
                 }
             }
         }

@@ -23,13 +23,23 @@ const TABLES: [&str; 6] = [
 
 fn export(accounts: u64, dirty: f64) -> (tempfile::TempDir, generate::GenerateSummary) {
     let dir = tempfile::tempdir().unwrap();
-    let summary =
-        generate::write_export(dir.path(), &GenerateOptions { accounts, seed: 11, dirty }).unwrap();
+    let summary = generate::write_export(
+        dir.path(),
+        &GenerateOptions {
+            accounts,
+            seed: 11,
+            dirty,
+        },
+    )
+    .unwrap();
     (dir, summary)
 }
 
 fn config(batch_rows: usize) -> BackfillConfig {
-    BackfillConfig { batch_rows, ..BackfillConfig::default() }
+    BackfillConfig {
+        batch_rows,
+        ..BackfillConfig::default()
+    }
 }
 
 fn no_progress(_: &str, _: &mystira_migrate::ContainerCounts) {}
@@ -41,8 +51,10 @@ async fn state(pool: &PgPool) -> BTreeMap<&'static str, (i64, String)> {
         let sql = format!(
             "select count(*), coalesce(md5(string_agg(t::text, '|' order by t.id)), '') from {table} t"
         );
-        let row: (i64, String) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.unwrap();
+        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .unwrap();
         out.insert(table, row);
     }
     out
@@ -62,16 +74,25 @@ async fn reset(pool: &PgPool) {
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn every_document_lands_or_is_quarantined_with_its_expected_reason(pool: PgPool) {
     let (dir, _) = export(150, 0.15);
-    let report = run_backfill(&pool, &ExportDirSource::new(dir.path()), &config(64), &no_progress)
-        .await
-        .unwrap();
+    let report = run_backfill(
+        &pool,
+        &ExportDirSource::new(dir.path()),
+        &config(64),
+        &no_progress,
+    )
+    .await
+    .unwrap();
     assert!(report.reconciles(), "{report:?}");
 
     // what the generator planted, by container and expected rejection code
     let mut expected_rejections: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut expected_orphans = 0i64;
     let mut total: BTreeMap<String, u64> = BTreeMap::new();
-    for doc in generate::documents_of(&GenerateOptions { accounts: 150, seed: 11, dirty: 0.15 }) {
+    for doc in generate::documents_of(&GenerateOptions {
+        accounts: 150,
+        seed: 11,
+        dirty: 0.15,
+    }) {
         *total.entry(doc.container.name().to_owned()).or_default() += 1;
         match doc.kind.expected() {
             Expected::Rejected(code) => {
@@ -83,7 +104,10 @@ async fn every_document_lands_or_is_quarantined_with_its_expected_reason(pool: P
             _ => {}
         }
     }
-    assert!(!expected_rejections.is_empty(), "the data set should hold problem documents");
+    assert!(
+        !expected_rejections.is_empty(),
+        "the data set should hold problem documents"
+    );
 
     let quarantined: BTreeMap<(String, String), i64> = sqlx::query_as::<_, (String, String, i64)>(
         "select container, reason_code, count(*) from migration.quarantine group by 1, 2",
@@ -108,7 +132,10 @@ async fn every_document_lands_or_is_quarantined_with_its_expected_reason(pool: P
     .unwrap();
     // planted orphans, plus the profiles of accounts that were quarantined: both land detached
     // with their reference kept in a note
-    assert!(orphans >= expected_orphans, "{orphans} < {expected_orphans}");
+    assert!(
+        orphans >= expected_orphans,
+        "{orphans} < {expected_orphans}"
+    );
     let detached_with_note: i64 = sqlx::query_scalar(
         "select count(*) from user_profiles p join migration.document_notes n
            on n.container = 'UserProfiles' and n.code = 'missing_account'
@@ -137,13 +164,20 @@ async fn every_document_lands_or_is_quarantined_with_its_expected_reason(pool: P
 async fn rerun_on_unchanged_data_changes_nothing(pool: PgPool) {
     let (dir, _) = export(80, 0.05);
     let source = ExportDirSource::new(dir.path());
-    let first = run_backfill(&pool, &source, &config(100), &no_progress).await.unwrap();
+    let first = run_backfill(&pool, &source, &config(100), &no_progress)
+        .await
+        .unwrap();
     let before = state(&pool).await;
-    let second = run_backfill(&pool, &source, &config(100), &no_progress).await.unwrap();
+    let second = run_backfill(&pool, &source, &config(100), &no_progress)
+        .await
+        .unwrap();
     assert_eq!(state(&pool).await, before);
     for (container, c) in &second.containers {
         assert_eq!(c.written, 0, "{container}");
-        assert_eq!(c.unchanged, first.containers[container].written, "{container}");
+        assert_eq!(
+            c.unchanged, first.containers[container].written,
+            "{container}"
+        );
         assert!(c.reconciles());
     }
 }
@@ -168,7 +202,11 @@ impl DocumentSource for Interrupted<'_> {
         position: Option<&serde_json::Value>,
         max: usize,
     ) -> Result<SourcePage, SourceError> {
-        if self.pages_left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+        if self
+            .pages_left
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            <= 0
+        {
             return Err(SourceError::Unavailable("killed".into()));
         }
         self.inner.read_page(container, position, max).await
@@ -179,7 +217,9 @@ impl DocumentSource for Interrupted<'_> {
 async fn interrupted_runs_resume_to_exactly_the_clean_final_state(pool: PgPool) {
     let (dir, _) = export(120, 0.05);
     let source = ExportDirSource::new(dir.path());
-    run_backfill(&pool, &source, &config(40), &no_progress).await.unwrap();
+    run_backfill(&pool, &source, &config(40), &no_progress)
+        .await
+        .unwrap();
     let clean = state(&pool).await;
     let clean_quarantine: i64 = sqlx::query_scalar("select count(*) from migration.quarantine")
         .fetch_one(&pool)
@@ -192,13 +232,24 @@ async fn interrupted_runs_resume_to_exactly_the_clean_final_state(pool: PgPool) 
     let mut attempts = 0;
     for pages in [2, 5, 9, 1, 3] {
         attempts += 1;
-        let flaky = Interrupted { inner: &source, pages_left: pages.into() };
-        if run_backfill(&pool, &flaky, &config(40), &no_progress).await.is_ok() {
+        let flaky = Interrupted {
+            inner: &source,
+            pages_left: pages.into(),
+        };
+        if run_backfill(&pool, &flaky, &config(40), &no_progress)
+            .await
+            .is_ok()
+        {
             break;
         }
     }
-    assert!(attempts > 1, "the run should have been interrupted at least once");
-    run_backfill(&pool, &source, &config(40), &no_progress).await.unwrap();
+    assert!(
+        attempts > 1,
+        "the run should have been interrupted at least once"
+    );
+    run_backfill(&pool, &source, &config(40), &no_progress)
+        .await
+        .unwrap();
     assert_eq!(state(&pool).await, clean);
     let quarantine: i64 = sqlx::query_scalar("select count(*) from migration.quarantine")
         .fetch_one(&pool)
@@ -210,8 +261,12 @@ async fn interrupted_runs_resume_to_exactly_the_clean_final_state(pool: PgPool) 
 #[test]
 fn generated_kinds_cover_every_container() {
     let kinds: std::collections::BTreeSet<(Container, bool)> =
-        generate::documents_of(&GenerateOptions { accounts: 50, seed: 1, dirty: 0.5 })
-            .map(|d| (d.container, d.kind != DocKind::Clean))
-            .collect();
+        generate::documents_of(&GenerateOptions {
+            accounts: 50,
+            seed: 1,
+            dirty: 0.5,
+        })
+        .map(|d| (d.container, d.kind != DocKind::Clean))
+        .collect();
     assert_eq!(kinds.len(), 6, "{kinds:?}");
 }

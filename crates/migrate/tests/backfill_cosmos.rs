@@ -20,8 +20,15 @@ fn env(name: &str) -> String {
 
 async fn seeded_store(accounts: u64) -> (CosmosStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    generate::write_export(dir.path(), &GenerateOptions { accounts, seed: 5, dirty: 0.05 })
-        .unwrap();
+    generate::write_export(
+        dir.path(),
+        &GenerateOptions {
+            accounts,
+            seed: 5,
+            dirty: 0.05,
+        },
+    )
+    .unwrap();
     let database = format!("backfill-{}", uuid::Uuid::new_v4().simple());
     let config = CosmosConfig::new(env("COSMOS_ENDPOINT"), Secret::new(EMULATOR_KEY.to_owned()))
         .with_database(database)
@@ -33,7 +40,15 @@ async fn seeded_store(accounts: u64) -> (CosmosStore, tempfile::TempDir) {
 
 async fn counts(pool: &PgPool) -> Vec<i64> {
     let mut out = Vec::new();
-    for t in ["accounts", "subscriptions", "user_profiles", "user_badges", "completed_scenarios", "pending_signups", "migration.quarantine"] {
+    for t in [
+        "accounts",
+        "subscriptions",
+        "user_profiles",
+        "user_badges",
+        "completed_scenarios",
+        "pending_signups",
+        "migration.quarantine",
+    ] {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {t}")))
             .fetch_one(pool)
             .await
@@ -46,9 +61,18 @@ async fn counts(pool: &PgPool) -> Vec<i64> {
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn backfill_from_cosmos_matches_backfill_from_export_files(pool: PgPool) {
     let (store, dir) = seeded_store(40).await;
-    let config = BackfillConfig { batch_rows: 50, ..BackfillConfig::default() };
-    let from_files =
-        run_backfill(&pool, &ExportDirSource::new(dir.path()), &config, &|_, _| {}).await.unwrap();
+    let config = BackfillConfig {
+        batch_rows: 50,
+        ..BackfillConfig::default()
+    };
+    let from_files = run_backfill(
+        &pool,
+        &ExportDirSource::new(dir.path()),
+        &config,
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
     let expected = counts(&pool).await;
     sqlx::raw_sql(
         "truncate accounts, user_profiles, pending_signups, migration.document_versions,
@@ -57,12 +81,16 @@ async fn backfill_from_cosmos_matches_backfill_from_export_files(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let from_cosmos =
-        run_backfill(&pool, &CosmosSource::new(store), &config, &|_, _| {}).await.unwrap();
+    let from_cosmos = run_backfill(&pool, &CosmosSource::new(store), &config, &|_, _| {})
+        .await
+        .unwrap();
     assert!(from_cosmos.reconciles());
     assert_eq!(counts(&pool).await, expected);
     for (container, c) in &from_cosmos.containers {
         assert_eq!(c.read, from_files.containers[container].read, "{container}");
-        assert_eq!(c.written, from_files.containers[container].written, "{container}");
+        assert_eq!(
+            c.written, from_files.containers[container].written,
+            "{container}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 pub mod bookkeeping;
 pub mod bulk;
 pub mod error;
+pub mod leases;
 pub mod local_cluster;
 pub mod repos;
 pub mod schema;

@@ -8,11 +8,14 @@
 //     per start,
 //   - turn keep-alive on,
 //   - listen on 127.0.0.1 with port 0 (or --port N) and write DIR/server.json once listening,
-//   - patch three protocol bugs so the official Rust SDK works against it:
+//   - patch four protocol bugs so the official Rust SDK works against it:
 //       1. /pkranges answers a numeric "id": 0; real Cosmos answers the string "0";
 //       2. a query sent to one partition-key range without
 //          x-ms-documentdb-query-enablecrosspartition is rejected with 400;
 //       3. reading a missing document answers 500 instead of 404;
+//       4. _rid values are plain standard base64 and so may contain "/" (the 63rd database
+//          gets "gAA/AA=="); real Cosmos writes "-" in place of "/", and the SDK rejects a
+//          rid containing "/" (opening such a container fails with 500/20020);
 //   - offer a small fault-injection admin endpoint (/_faults) so client retry behaviour can be
 //     tested against this real server (429 with x-ms-retry-after-ms, 503, dropped connections).
 //
@@ -67,6 +70,21 @@ function makeCertificate(stateDir) {
 const pkgLib = path.join(__dirname, "node_modules", "@vercel", "cosmosdb-server", "lib");
 
 function patchHandlers() {
+  // 4. Cosmos rid alphabet. Every rid the package mints (account/databases.js, collections.js,
+  // documents.js, partition-key-ranges.js, user-defined-functions.js) goes through
+  // ResourceId.toString() -> ResourceId.toBase64String(), and every rid it parses back (the
+  // parent rid when minting a child) through ResourceId.fromBase64String(). Real Cosmos
+  // encodes rids as standard base64 with "-" substituted for "/" ("+" and "=" stay), which is
+  // what azure_data_cosmos_driver's decode_rid expects: it rejects any rid containing "/"
+  // because rids are put into URL paths verbatim. The package emits "/" (whenever a 6-bit
+  // group is 63, e.g. database counter 63 -> "gAA/AA=="), and its decoder replaces only the
+  // first "-". Patch both statics on the class; callers reach them as ResourceId.x(...), so
+  // the patched functions are the ones used. Stored keys, _self links and URLs all carry the
+  // same "-" form, so rid-addressed requests still find their resource.
+  const resourceId = require(path.join(pkgLib, "account", "resource-id.js")).default;
+  resourceId.toBase64String = buffer => buffer.toString("base64").replace(/\//g, "-");
+  resourceId.fromBase64String = s => Buffer.from(s.replace(/-/g, "/"), "base64");
+
   // 1. String partition-key-range ids.
   const pkranges = require(path.join(pkgLib, "handler", "read-partition-key-ranges.js"));
   const readRanges = pkranges.default;

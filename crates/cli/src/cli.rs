@@ -62,9 +62,215 @@ pub struct GlobalArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Copy every Cosmos document (from export files or a live account) into PostgreSQL.
+    ///
+    /// Streams Accounts, then UserProfiles, then PendingSignups through decode, validation and
+    /// mapping into the six tables, in batches, idempotently: re-running changes nothing, an
+    /// older copy never overwrites newer data. Documents that cannot be migrated go to the
+    /// quarantine (see `quarantine list`) with the reason. Resumable: after a crash or kill,
+    /// run it again and it continues where it stopped; several processes (on several machines)
+    /// running it against one database share the work. With no source given, migrates the
+    /// bundled sample (examples/sample); with no database configured, into the private cluster.
+    /// Exit code 0 when every document read is accounted for (written, unchanged, quarantined
+    /// or skipped with a reason), 1 otherwise.
+    Migrate(MigrateArgs),
+
+    /// Write a deterministic synthetic data set (every historical document shape, and a share
+    /// of problem documents) as export files.
+    Generate(GenerateArgs),
+
+    /// Move export files in and out of a Cosmos account.
+    #[command(subcommand)]
+    Cosmos(CosmosCommand),
+
+    /// Look at documents that could not be migrated, and retry them.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+
+    /// Measure the backfill against PostgreSQL's own COPY of the same rows, and its memory.
+    ///
+    /// Generates N accounts as export files, migrates them into an empty database with a
+    /// `migrate` child process, then loads the same final rows into an empty copy of the schema
+    /// with binary COPY (the ceiling), and prints rows/s of both, their ratio and the peak
+    /// memory of the migrating process. With --memory-sizes, also migrates data sets of those
+    /// sizes and prints each one's peak memory, to show memory does not grow with the data.
+    /// Uses temporary databases on the configured server (or the private cluster).
+    Bench(BenchArgs),
+
     /// Manage the database: schema migrations and the private PostgreSQL cluster.
     #[command(subcommand)]
     Db(DbCommand),
+}
+
+/// `mystira-users bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Accounts to generate (about 15 rows each: 100000 gives ~1.5 million rows)
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub accounts: u64,
+
+    /// Also migrate data sets of these sizes (accounts, comma-separated) and report the peak
+    /// memory of each
+    #[arg(long, value_delimiter = ',', value_name = "N,N")]
+    pub memory_sizes: Vec<u64>,
+
+    /// Passed to `migrate`
+    #[arg(long, value_name = "ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// Passed to `migrate`
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Keep the benchmark databases and files instead of dropping them
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Where documents come from: export files, or a live Cosmos account.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SourceArgs {
+    /// A directory of export files (<Container>.jsonl, optional manifest.json)
+    #[arg(long, value_name = "DIR", conflicts_with = "cosmos_endpoint")]
+    pub export_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+}
+
+/// A Cosmos account (flags > environment > `[cosmos]` in the config file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CosmosArgs {
+    /// Cosmos account endpoint, e.g. https://myaccount.documents.azure.com:443/
+    #[arg(long, env = "COSMOS_ENDPOINT", value_name = "URL")]
+    pub cosmos_endpoint: Option<String>,
+
+    /// Cosmos account key (never printed)
+    #[arg(long, env = "COSMOS_KEY", value_name = "KEY", hide_env_values = true)]
+    pub cosmos_key: Option<String>,
+
+    /// Cosmos database [default: MystiraAppDb]
+    #[arg(long, env = "COSMOS_DATABASE", value_name = "NAME")]
+    pub cosmos_database: Option<String>,
+
+    /// PEM certificate to trust for the Cosmos endpoint (an emulator or test server); the
+    /// process must also be started with SSL_CERT_FILE set to it (an SDK limitation)
+    #[arg(long, env = "COSMOS_CERT_FILE", value_name = "FILE")]
+    pub cosmos_ca_file: Option<PathBuf>,
+}
+
+/// `mystira-users migrate`
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Documents per write transaction and per source page [default: 1000]
+    #[arg(long, value_name = "ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// Concurrent workers in this process (each holds one key range at a time) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Ranges each container is split into when a run starts [default: 16]
+    #[arg(long, value_name = "N")]
+    pub ranges: Option<usize>,
+
+    /// At most this many documents read per second by this process (a Cosmos RU budget)
+    #[arg(long, value_name = "DOCS_PER_SECOND")]
+    pub max_rps: Option<u32>,
+
+    /// Seconds a range stays leased without progress before another worker takes it over
+    /// [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
+
+    /// Start over instead of resuming or joining an unfinished run
+    #[arg(long)]
+    pub restart: bool,
+}
+
+/// `mystira-users generate`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of accounts (each with 1-4 profiles, 0-10 badges per profile, ...)
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub accounts: u64,
+
+    /// Seed: the same seed gives byte-identical files
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Share of documents (0.0-1.0) carrying a known problem (bad emails, legacy age groups,
+    /// duplicate badges, orphan profiles, foreign types, ...)
+    #[arg(long, default_value_t = 0.02, value_name = "SHARE")]
+    pub dirty: f64,
+
+    /// Directory to write the export files to (created)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// `mystira-users cosmos ...`
+#[derive(Debug, Subcommand)]
+pub enum CosmosCommand {
+    /// Dump the Accounts, UserProfiles and PendingSignups containers into export files.
+    Export {
+        #[command(flatten)]
+        cosmos: CosmosArgs,
+        /// Directory to write <Container>.jsonl and manifest.json to (created)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Load export files into a Cosmos account, creating the database and containers (with
+    /// their partition keys) when missing; a malformed line is reported and skipped.
+    Import {
+        #[command(flatten)]
+        cosmos: CosmosArgs,
+        /// Directory of export files
+        #[arg(long, value_name = "DIR")]
+        export_dir: PathBuf,
+        /// Documents written concurrently
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
+/// `mystira-users quarantine ...`
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined documents: container, id, reason code and message (never values).
+    List {
+        /// Only this container (Accounts, UserProfiles, PendingSignups)
+        #[arg(long)]
+        container: Option<String>,
+        /// Only this reason code (e.g. invalid_email)
+        #[arg(long)]
+        reason: Option<String>,
+        /// Include entries already resolved by a later migration or retry
+        #[arg(long)]
+        all: bool,
+        /// At most this many entries
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one quarantined document's entry; with --show-document, the raw document too
+    /// (personal data: print it only where that is allowed).
+    Show {
+        container: String,
+        document_id: String,
+        #[arg(long)]
+        show_document: bool,
+    },
+    /// Map the quarantined documents again with the current code and write the ones that now
+    /// pass; the rest stay quarantined with their new reason.
+    Retry {
+        #[arg(long)]
+        container: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// `mystira-users db ...`

@@ -23,6 +23,33 @@ pub const LOCAL_CONFIG_NAME: &str = "mystira-users.toml";
 pub struct ConfigFile {
     /// PostgreSQL url, used when neither `--database-url` nor `$DATABASE_URL` is given.
     pub database_url: Option<String>,
+    /// `[cosmos]`: the source account, used when the flags and environment do not say.
+    pub cosmos: Option<CosmosSection>,
+    /// `[migrate]`: batching and pacing of the backfill, used when the flags do not say.
+    pub migrate: Option<MigrateSection>,
+}
+
+/// `[cosmos]` in the config file.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosmosSection {
+    pub endpoint: Option<String>,
+    /// The account key. Prefer `$COSMOS_KEY`; a key in a file must be readable only by you.
+    pub key: Option<String>,
+    pub database: Option<String>,
+    /// PEM file of the certificate to trust (a local emulator or test server).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[migrate]` in the config file.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSection {
+    pub batch_rows: Option<usize>,
+    pub workers: Option<usize>,
+    pub ranges_per_container: Option<usize>,
+    pub max_rps: Option<u32>,
+    pub lease_seconds: Option<u64>,
 }
 
 /// A mistake in the configuration (exit code 2). Messages name the file, line and key, never a
@@ -44,6 +71,9 @@ pub enum ConfigError {
         location: String,
         message: String,
     },
+    /// Flags that do not fit together or name something that is not there.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Where a database url came from.
@@ -127,6 +157,8 @@ pub struct Settings {
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     pub database: DatabaseTarget,
+    /// The config file's contents (empty when there is none), for the commands' own sections.
+    pub file: ConfigFile,
 }
 
 impl Settings {
@@ -142,6 +174,7 @@ impl Settings {
         Ok(Self {
             database: resolve_database(cli_url, file.as_ref()),
             config_file,
+            file: file.unwrap_or_default(),
         })
     }
 }
@@ -248,7 +281,19 @@ mod tests {
     fn file_with(url: &str) -> ConfigFile {
         ConfigFile {
             database_url: Some(url.into()),
+            ..ConfigFile::default()
         }
+    }
+
+    #[test]
+    fn cosmos_and_migrate_sections_are_read_and_checked() {
+        let text =
+            "[cosmos]\nendpoint = \"https://h:8081/\"\ndatabase = \"Db\"\n[migrate]\nworkers = 4\n";
+        let file = parse(text, Path::new("c.toml")).expect("valid");
+        assert_eq!(file.cosmos.and_then(|c| c.database).as_deref(), Some("Db"));
+        assert_eq!(file.migrate.and_then(|m| m.workers), Some(4));
+        let err = parse("[migrate]\nworkerz = 4\n", Path::new("c.toml")).expect_err("unknown key");
+        assert!(err.to_string().contains("workerz"), "{err}");
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn run(cli: &cli::Cli, url_source: Option<config::UrlSource>) -> anyhow::Result<
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(commands::run(&cli.command, &settings))
+    runtime.block_on(commands::run(&cli.command, &settings, cli.global.json))
 }
 
 fn print_outcome(outcome: &Outcome, json: bool) {

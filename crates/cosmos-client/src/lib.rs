@@ -15,6 +15,7 @@ mod config;
 mod container;
 mod error;
 mod pages;
+pub mod repos;
 mod retry;
 mod store;
 pub mod transfer;
@@ -24,6 +25,11 @@ pub use config::{CosmosConfig, DEFAULT_DATABASE, DEFAULT_PAGE_SIZE, RetryPolicy,
 pub use container::{Container, QuerySpec, Versioned};
 pub use error::{Error, ErrorKind, Result};
 pub use pages::{Page, Pages, ResumeToken};
+pub use repos::{
+    CosmosAccountRepository, CosmosBadgeRepository, CosmosCompletedScenarioRepository,
+    CosmosPendingSignupRepository, CosmosProfileRepository, CosmosRepositories,
+    CosmosSubscriptionRepository,
+};
 pub use store::CosmosStore;
 pub use transfer::{ImportCounts, USER_DOMAIN_CONTAINERS, export_dir, import_dir};
 

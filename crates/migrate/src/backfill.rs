@@ -10,10 +10,12 @@
 //! Every document read is accounted for: `read = written + unchanged + quarantined + skipped`.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mystira_postgres::bookkeeping::{self, QuarantinedDocument};
 use mystira_postgres::bulk::{self, BulkDocument, WriteOutcome};
+use mystira_postgres::leases;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -24,18 +26,26 @@ use crate::source::{DocumentSource, SourceDocument, SourceError};
 pub const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
 
 const JOB: &str = "backfill";
-/// The checkpoint unit that says whether the last run of the job finished.
-const RUN_MARKER: &str = "_run";
 
-/// How the backfill batches and paces its work.
+/// How the backfill batches, paces and shares its work.
 #[derive(Debug, Clone)]
 pub struct BackfillConfig {
     /// Documents per write transaction (and per source page).
     pub batch_rows: usize,
-    /// Maximum source documents read per second (a Cosmos RU budget); `None` = unlimited.
+    /// Maximum source documents read per second by this process (a Cosmos RU budget);
+    /// `None` = unlimited.
     pub max_docs_per_second: Option<u32>,
-    /// Ignore saved checkpoints and read every container from the beginning.
+    /// Ignore an unfinished earlier run and start over.
     pub restart: bool,
+    /// Concurrent workers in this process. Each takes key ranges as leases; other processes
+    /// running the same job take the rest.
+    pub workers: usize,
+    /// Ranges each container is split into (when a run starts; later joiners use them).
+    pub ranges_per_container: usize,
+    /// How long a range stays leased without progress before another worker may take it over.
+    pub lease: Duration,
+    /// Names this process's workers in the lease table (`<owner>/<n>`).
+    pub owner: String,
 }
 
 impl Default for BackfillConfig {
@@ -44,19 +54,23 @@ impl Default for BackfillConfig {
             batch_rows: 1000,
             max_docs_per_second: None,
             restart: false,
+            workers: 2,
+            ranges_per_container: 16,
+            lease: Duration::from_secs(30),
+            owner: local_owner(std::process::id()),
         }
     }
 }
 
 /// What happened to one container's documents.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ContainerCounts {
     pub read: u64,
     pub written: u64,
     /// Already in PostgreSQL at this version or newer (a re-run, or a resumed page).
     pub unchanged: u64,
     pub quarantined: u64,
-    /// Not copied on purpose, by reason (e.g. a document of another entity type).
+    /// Not copied on purpose, by reason.
     pub skipped: BTreeMap<String, u64>,
 }
 
@@ -66,6 +80,16 @@ impl ContainerCounts {
         self.read
             == self.written + self.unchanged + self.quarantined + self.skipped.values().sum::<u64>()
     }
+
+    fn add(&mut self, other: &ContainerCounts) {
+        self.read += other.read;
+        self.written += other.written;
+        self.unchanged += other.unchanged;
+        self.quarantined += other.quarantined;
+        for (reason, n) in &other.skipped {
+            *self.skipped.entry(reason.clone()).or_default() += n;
+        }
+    }
 }
 
 /// The result of a backfill run.
@@ -73,16 +97,25 @@ impl ContainerCounts {
 pub struct BackfillReport {
     pub run_id: uuid::Uuid,
     pub source: String,
+    /// Whether this process joined a run that was already under way (resumed or shared).
+    pub joined: bool,
+    /// What this process did.
     pub containers: BTreeMap<String, ContainerCounts>,
+    /// What the whole job did, over every process and every resumed attempt.
+    pub job_totals: BTreeMap<String, ContainerCounts>,
     pub elapsed_seconds: f64,
 }
 
 impl BackfillReport {
+    /// Whether every document the job read is accounted for.
     pub fn reconciles(&self) -> bool {
-        self.containers.values().all(ContainerCounts::reconciles)
+        self.job_totals
+            .values()
+            .chain(self.containers.values())
+            .all(ContainerCounts::reconciles)
     }
     pub fn quarantined(&self) -> u64 {
-        self.containers.values().map(|c| c.quarantined).sum()
+        self.job_totals.values().map(|c| c.quarantined).sum()
     }
 }
 
@@ -95,10 +128,10 @@ pub enum BackfillError {
     Store(#[from] mystira_domain::RepoError),
 }
 
-/// Called after every batch with the container and its counts so far (for progress bars).
+/// Called after every batch with the container and this process's counts so far.
 pub type Progress<'a> = &'a (dyn Fn(&str, &ContainerCounts) + Send + Sync);
 
-/// Runs the backfill to the end (or to the first error that is not about one document).
+/// Runs the backfill to the end, or joins (resumes) the unfinished run in progress.
 pub async fn run_backfill(
     pool: &PgPool,
     source: &dyn DocumentSource,
@@ -106,102 +139,202 @@ pub async fn run_backfill(
     progress: Progress<'_>,
 ) -> Result<BackfillReport, BackfillError> {
     let started = Instant::now();
-    // Resume only an unfinished run: when the last run finished (or there was none), a new run
-    // reads everything again, so it picks up what changed since (cheaply: the version guard
-    // skips unchanged documents).
-    let last = bookkeeping::load_checkpoint(pool, JOB, RUN_MARKER).await?;
-    let resuming = !config.restart && last.is_some_and(|m| !is_done(&m));
-    if !resuming {
-        bookkeeping::clear_checkpoints(pool, JOB).await?;
-        bookkeeping::save_checkpoint(pool, JOB, RUN_MARKER, &serde_json::json!({ "done": false }))
-            .await?;
+    let mut plans = Vec::new();
+    for container in CONTAINERS {
+        if source.has_container(container).await? {
+            let ranges = source
+                .plan_ranges(container, config.ranges_per_container)
+                .await?;
+            plans.push((container.to_owned(), ranges));
+        } else {
+            tracing::info!(container, "container not in source, skipped");
+        }
     }
-    let scope = serde_json::json!({ "batch_rows": config.batch_rows, "restart": config.restart });
+    let joined = leases::start_or_join(pool, JOB, config.restart, &plans).await?;
+    if joined {
+        tracing::info!("joining the unfinished backfill run");
+        release_dead_local_owners(pool).await?;
+    }
+    let scope = serde_json::json!({
+        "batch_rows": config.batch_rows,
+        "workers": config.workers,
+        "joined": joined,
+    });
     let run_id = bookkeeping::start_run(pool, JOB, &source.describe(), &scope).await?;
+    let shared = Shared {
+        pool,
+        source,
+        config,
+        progress,
+        pacer: Pacer::new(config.max_docs_per_second),
+        counts: Mutex::new(BTreeMap::new()),
+    };
+    let workers = (0..config.workers.max(1)).map(|n| shared.worker(n));
+    let result = futures::future::try_join_all(workers).await.map(|_| ());
     let mut report = BackfillReport {
         run_id,
         source: source.describe(),
-        containers: BTreeMap::new(),
-        elapsed_seconds: 0.0,
+        joined,
+        containers: shared.counts.into_inner().unwrap_or_default(),
+        job_totals: job_totals(pool).await.unwrap_or_default(),
+        elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    let result = copy_all(pool, source, config, progress, &mut report).await;
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     let status = match &result {
         Ok(()) if report.reconciles() => "succeeded",
         Ok(()) => "failed",
         Err(_) => "interrupted",
     };
-    if result.is_ok() {
-        bookkeeping::save_checkpoint(pool, JOB, RUN_MARKER, &serde_json::json!({ "done": true }))
-            .await?;
-    }
-    let counts = serde_json::to_value(&report.containers).unwrap_or_default();
+    let counts = serde_json::json!({ "process": report.containers, "job": report.job_totals });
     bookkeeping::finish_run(pool, run_id, status, &counts).await?;
     result.map(|()| report)
 }
 
-async fn copy_all(
-    pool: &PgPool,
-    source: &dyn DocumentSource,
-    config: &BackfillConfig,
-    progress: Progress<'_>,
-    report: &mut BackfillReport,
-) -> Result<(), BackfillError> {
-    for container in CONTAINERS {
-        if !source.has_container(container).await? {
-            tracing::info!(container, "container not in source, skipped");
+/// `<host>:<pid>`: names the workers of this process in the lease table.
+pub fn local_owner(pid: u32) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{pid}", host.trim())
+}
+
+/// Leases held by processes of this host that no longer exist (killed) are released at once,
+/// so a re-run on the same machine resumes without waiting for them to expire. Leases of other
+/// hosts' processes are left to expire: their liveness cannot be checked from here.
+async fn release_dead_local_owners(pool: &PgPool) -> Result<(), BackfillError> {
+    let here = local_owner(0);
+    let host_prefix = here.trim_end_matches('0');
+    for owner in leases::owners(pool, JOB).await? {
+        let Some(rest) = owner.strip_prefix(host_prefix) else {
             continue;
+        };
+        let pid = rest.split('/').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let released = leases::release(pool, JOB, &owner).await?;
+            tracing::info!(
+                owner,
+                released,
+                "released the ranges of a dead local worker"
+            );
         }
-        let counts = report.containers.entry(container.to_owned()).or_default();
-        copy_container(pool, source, container, config, counts, progress).await?;
     }
     Ok(())
 }
 
-async fn copy_container(
-    pool: &PgPool,
-    source: &dyn DocumentSource,
-    container: &str,
-    config: &BackfillConfig,
-    counts: &mut ContainerCounts,
-    progress: Progress<'_>,
-) -> Result<(), BackfillError> {
-    let saved = bookkeeping::load_checkpoint(pool, JOB, container).await?;
-    if saved.as_ref().is_some_and(is_done) {
-        tracing::info!(container, "container already complete in an earlier run");
-        return Ok(());
+async fn job_totals(pool: &PgPool) -> Result<BTreeMap<String, ContainerCounts>, BackfillError> {
+    let mut totals = BTreeMap::new();
+    for (unit, ranges) in leases::counts_by_unit(pool, JOB).await? {
+        let ranges: Vec<ContainerCounts> = serde_json::from_value(ranges).unwrap_or_default();
+        let total: &mut ContainerCounts = totals.entry(unit).or_default();
+        for r in &ranges {
+            total.add(r);
+        }
     }
-    let mut position = saved.and_then(|p| p.get("position").cloned());
-    let pacer = Pacer::new(config.max_docs_per_second);
-    loop {
-        let page = source
-            .read_page(container, position.as_ref(), config.batch_rows)
-            .await?;
-        pacer.wait_for(page.documents.len()).await;
-        write_page(pool, container, page.documents, counts).await?;
-        match page.next {
-            Some(next) => {
-                let checkpoint = serde_json::json!({ "position": next });
-                bookkeeping::save_checkpoint(pool, JOB, container, &checkpoint).await?;
-                position = Some(next);
+    Ok(totals)
+}
+
+/// What the workers of one process share.
+struct Shared<'a> {
+    pool: &'a PgPool,
+    source: &'a dyn DocumentSource,
+    config: &'a BackfillConfig,
+    progress: Progress<'a>,
+    pacer: Pacer,
+    counts: Mutex<BTreeMap<String, ContainerCounts>>,
+}
+
+impl Shared<'_> {
+    /// One worker: container by container (accounts before the profiles that point at them),
+    /// take a range, copy it, repeat; wait while other workers finish the container's last
+    /// ranges (or their leases expire).
+    async fn worker(&self, n: usize) -> Result<(), BackfillError> {
+        let owner = format!("{}/{n}", self.config.owner);
+        for container in CONTAINERS {
+            loop {
+                let lease =
+                    leases::take(self.pool, JOB, container, &owner, self.config.lease).await?;
+                match lease {
+                    Some(lease) => self.copy_range(container, &owner, lease).await?,
+                    None => {
+                        let (total, done) =
+                            leases::unit_progress(self.pool, JOB, container).await?;
+                        if done >= total {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
             }
-            None => {
-                let checkpoint = serde_json::json!({ "done": true });
-                bookkeeping::save_checkpoint(pool, JOB, container, &checkpoint).await?;
-                progress(container, counts);
+        }
+        Ok(())
+    }
+
+    async fn copy_range(
+        &self,
+        container: &str,
+        owner: &str,
+        lease: leases::Lease,
+    ) -> Result<(), BackfillError> {
+        let range = leases::RangePlan {
+            start: lease.range_start.clone(),
+            end: lease.range_end.clone(),
+        };
+        let mut range_counts: ContainerCounts =
+            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
+        let mut position = lease.position.clone();
+        loop {
+            let page = self
+                .source
+                .read_range_page(container, &range, position.as_ref(), self.config.batch_rows)
+                .await?;
+            self.pacer.wait_for(page.documents.len()).await;
+            let mut page_counts = ContainerCounts::default();
+            write_page(self.pool, container, page.documents, &mut page_counts).await?;
+            range_counts.add(&page_counts);
+            let done = page.next.is_none();
+            if page.next.is_some() {
+                position = page.next;
+            }
+            let counts = serde_json::to_value(&range_counts).unwrap_or_default();
+            let kept = leases::advance(
+                self.pool,
+                JOB,
+                &lease,
+                owner,
+                position.as_ref(),
+                &counts,
+                done,
+                self.config.lease,
+            )
+            .await?;
+            let mine = {
+                let mut all = self
+                    .counts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mine = all.entry(container.to_owned()).or_default();
+                mine.add(&page_counts);
+                mine.clone()
+            };
+            (self.progress)(container, &mine);
+            if !kept {
+                tracing::warn!(
+                    container,
+                    range = lease.range_no,
+                    "lease lost to another worker"
+                );
+                return Ok(());
+            }
+            if done {
                 return Ok(());
             }
         }
-        progress(container, counts);
     }
 }
 
-fn is_done(checkpoint: &serde_json::Value) -> bool {
-    checkpoint.get("done") == Some(&serde_json::Value::Bool(true))
-}
-
 /// Maps and writes one page; quarantines what cannot be migrated.
-async fn write_page(
+pub(crate) async fn write_page(
     pool: &PgPool,
     container: &str,
     documents: Vec<SourceDocument>,
@@ -336,7 +469,7 @@ async fn quarantine(
         source_ts,
     };
     with_retry(|| bookkeeping::quarantine(pool, &entry)).await?;
-    tracing::warn!(container, reason_code, "document quarantined");
+    tracing::debug!(container, reason_code, "document quarantined");
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use mystira_cosmos::export::{DocumentReader, Position};
+pub use mystira_postgres::leases::RangePlan;
 
 /// One raw document, or a line that is not a document, with where it was read.
 #[derive(Debug, Clone)]
@@ -41,6 +42,38 @@ pub trait DocumentSource: Send + Sync {
         position: Option<&serde_json::Value>,
         max: usize,
     ) -> Result<SourcePage, SourceError>;
+
+    /// How many documents `container` holds, when the source can tell cheaply (for progress
+    /// bars and ETAs).
+    async fn estimate_documents(&self, _container: &str) -> Option<u64> {
+        None
+    }
+
+    /// Splits `container` into about `n` ranges that can be copied independently. The default
+    /// is one range: the whole container.
+    async fn plan_ranges(
+        &self,
+        _container: &str,
+        _n: usize,
+    ) -> Result<Vec<RangePlan>, SourceError> {
+        Ok(vec![RangePlan {
+            start: serde_json::Value::Null,
+            end: None,
+        }])
+    }
+
+    /// Like [`Self::read_page`], but stops at the end of `range` (`next` is `None` there).
+    /// `position` is where the range's copy got to; `None` means the range's start.
+    async fn read_range_page(
+        &self,
+        container: &str,
+        range: &RangePlan,
+        position: Option<&serde_json::Value>,
+        max: usize,
+    ) -> Result<SourcePage, SourceError> {
+        let start = Some(&range.start).filter(|s| !s.is_null());
+        self.read_page(container, position.or(start), max).await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,19 +128,122 @@ impl DocumentSource for ExportDirSource {
                 message: e.to_string(),
             })?,
         };
+        self.read_until(container, at, None, max).await
+    }
+
+    async fn estimate_documents(&self, container: &str) -> Option<u64> {
+        let export = mystira_cosmos::export::ExportDir::open(&self.dir).ok()?;
+        let manifest = export.manifest?;
+        manifest
+            .files
+            .get(&mystira_cosmos::export::file_name(container))
+            .map(|f| f.lines)
+    }
+
+    async fn plan_ranges(&self, container: &str, n: usize) -> Result<Vec<RangePlan>, SourceError> {
         let path = self.file(container);
-        let container = container.to_owned();
-        // file reads block: keep them off the async workers
-        tokio::task::spawn_blocking(move || read_export_page(&path, &container, at, max))
+        tokio::task::spawn_blocking(move || plan_file_ranges(&path, n))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
+
+    async fn read_range_page(
+        &self,
+        container: &str,
+        range: &RangePlan,
+        position: Option<&serde_json::Value>,
+        max: usize,
+    ) -> Result<SourcePage, SourceError> {
+        let bad = |message: String| SourceError::BadPosition {
+            container: container.to_owned(),
+            message,
+        };
+        let at: Position = serde_json::from_value(position.unwrap_or(&range.start).clone())
+            .map_err(|e| bad(e.to_string()))?;
+        let end = match &range.end {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| bad("a range end is a byte offset".into()))?,
+            ),
+        };
+        self.read_until(container, at, end, max).await
+    }
+}
+
+impl ExportDirSource {
+    async fn read_until(
+        &self,
+        container: &str,
+        at: Position,
+        end: Option<u64>,
+        max: usize,
+    ) -> Result<SourcePage, SourceError> {
+        let path = self.file(container);
+        let container = container.to_owned();
+        // file reads block: keep them off the async workers
+        tokio::task::spawn_blocking(move || read_export_page(&path, &container, at, end, max))
+            .await
+            .map_err(|e| SourceError::Unavailable(e.to_string()))?
+    }
+}
+
+/// Splits a file into `n` byte ranges whose boundaries are moved forward to line starts, and
+/// numbers each boundary's line (one streaming pass), so messages keep true line numbers.
+fn plan_file_ranges(path: &Path, n: usize) -> Result<Vec<RangePlan>, SourceError> {
+    use std::io::{BufRead, BufReader};
+    let io = |e: std::io::Error| SourceError::Io {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    let n = n.max(1) as u64;
+    let targets: Vec<u64> = (1..n).map(|i| size * i / n).collect();
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(io)?);
+    let mut starts = vec![Position::START];
+    let (mut offset, mut line_no, mut buf) = (0u64, 1u64, Vec::new());
+    let mut targets = targets.into_iter().peekable();
+    while targets.peek().is_some() {
+        buf.clear();
+        let read = reader.read_until(b'\n', &mut buf).map_err(io)? as u64;
+        offset += read;
+        line_no += 1;
+        if read == 0 || offset >= size {
+            break;
+        }
+        // the first line start at or after a target begins the next range
+        let mut crossed = false;
+        while targets.next_if(|t| *t <= offset).is_some() {
+            crossed = true;
+        }
+        if crossed {
+            starts.push(Position {
+                byte_offset: offset,
+                line_no,
+            });
+        }
+    }
+    let ends: Vec<Option<u64>> = starts
+        .iter()
+        .skip(1)
+        .map(|p| Some(p.byte_offset))
+        .chain([None])
+        .collect();
+    Ok(starts
+        .into_iter()
+        .zip(ends)
+        .map(|(start, end)| RangePlan {
+            start: serde_json::to_value(start).unwrap_or_default(),
+            end: end.map(serde_json::Value::from),
+        })
+        .collect())
 }
 
 fn read_export_page(
     path: &Path,
     container: &str,
     at: Position,
+    end: Option<u64>,
     max: usize,
 ) -> Result<SourcePage, SourceError> {
     let io = |e: mystira_cosmos::export::ExportError| SourceError::Io {
@@ -116,7 +252,16 @@ fn read_export_page(
     };
     let mut reader = DocumentReader::open_at(path, container, at).map_err(io)?;
     let mut documents = Vec::with_capacity(max);
-    for item in reader.by_ref().take(max) {
+    let mut range_done = false;
+    while documents.len() < max {
+        if end.is_some_and(|end| reader.position().byte_offset >= end) {
+            range_done = true;
+            break;
+        }
+        let Some(item) = reader.next() else {
+            range_done = true;
+            break;
+        };
         documents.push(match item {
             Ok(doc) => SourceDocument::Document(doc.value),
             Err(e) => SourceDocument::Malformed {
@@ -130,9 +275,8 @@ fn read_export_page(
             },
         });
     }
-    let next = (documents.len() == max).then(|| reader.position());
-    // a full page may end exactly at the end of the file: the next read returns an empty page
-    let next = next.map(|p| serde_json::to_value(p).unwrap_or_default());
+    // a full page may end exactly at the end: the next read then returns an empty last page
+    let next = (!range_done).then(|| serde_json::to_value(reader.position()).unwrap_or_default());
     Ok(SourcePage { documents, next })
 }
 

@@ -224,3 +224,31 @@ pub async fn quarantined_document(
     .map_err(|e| map_sqlx_error("quarantine", e))?;
     Ok(Some((entry, doc)))
 }
+
+/// Open quarantine entries' documents, in (container, document id) order after `after`, for
+/// retrying them.
+pub async fn open_quarantined_documents(
+    pool: &PgPool,
+    container: Option<&str>,
+    reason_code: Option<&str>,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<(String, String, serde_json::Value)>> {
+    sqlx::query_as(
+        "select container, document_id, document from migration.quarantine
+         where resolved_at is null
+           and ($1::text is null or container = $1)
+           and ($2::text is null or reason_code = $2)
+           and ($3::text is null or (container, document_id) > ($3, $4))
+         order by container, document_id
+         limit $5",
+    )
+    .bind(container)
+    .bind(reason_code)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))
+}

@@ -198,3 +198,30 @@ pub async fn counts_by_unit(pool: &PgPool, job: &str) -> Result<Vec<(String, Val
     .await
     .map_err(map)
 }
+
+/// The distinct owners holding leases on unfinished ranges of the job.
+pub async fn owners(pool: &PgPool, job: &str) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select distinct owner from migration.work_ranges
+         where job = $1 and not done and owner is not null",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+    .map_err(map)
+}
+
+/// Releases the leases of `owner` at once (it is known to be dead), instead of waiting for
+/// them to expire. Returns how many ranges were released.
+pub async fn release(pool: &PgPool, job: &str, owner: &str) -> Result<u64> {
+    sqlx::query(
+        "update migration.work_ranges set owner = null, lease_until = null
+         where job = $1 and owner = $2 and not done",
+    )
+    .bind(job)
+    .bind(owner)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+    .map_err(map)
+}

@@ -4,6 +4,7 @@
 
 pub mod bookkeeping;
 pub mod bulk;
+pub mod copy_baseline;
 pub mod error;
 pub mod leases;
 pub mod local_cluster;

@@ -25,7 +25,7 @@ pub async fn run(command: &DbCommand, settings: &Settings) -> anyhow::Result<Out
 
 /// The url to use, starting the private cluster when nothing is configured; and where it came
 /// from, for output.
-async fn database_url(settings: &Settings) -> anyhow::Result<(String, &'static str)> {
+pub(crate) async fn database_url(settings: &Settings) -> anyhow::Result<(String, &'static str)> {
     let source = settings.database.source_label();
     match &settings.database {
         DatabaseTarget::Url { url, .. } => Ok((url.clone(), source)),
@@ -34,6 +34,36 @@ async fn database_url(settings: &Settings) -> anyhow::Result<(String, &'static s
             Ok((running.url, source))
         }
     }
+}
+
+/// A small pool on `url`.
+pub(crate) async fn pool_on(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    mystira_postgres::connect(url, 4)
+        .await
+        .context("cannot connect to the database")
+}
+
+/// A pool on the configured database (the private cluster when none is), created and with
+/// the schema migrated first: the data commands work on a fresh machine with nothing set up.
+pub(crate) async fn prepared_pool(
+    settings: &Settings,
+    max_connections: u32,
+) -> anyhow::Result<sqlx::PgPool> {
+    let (url, source) = database_url(settings).await?;
+    tracing::debug!(source, "database chosen");
+    mystira_postgres::ensure_database(&url)
+        .await
+        .context("cannot create the database")?;
+    let pool = mystira_postgres::connect(&url, max_connections)
+        .await
+        .context("cannot connect to the database")?;
+    let applied = mystira_postgres::migrate(&pool)
+        .await
+        .context("migrating the schema failed")?;
+    if applied > 0 {
+        tracing::info!(applied, "schema migrations applied");
+    }
+    Ok(pool)
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<Outcome> {

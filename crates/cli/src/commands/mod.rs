@@ -1,7 +1,13 @@
 //! Runs one command: each submodule turns a command of the tree in `cli` into calls on the
 //! library crates and an [`Outcome`]; printing it is `main`'s job.
 
+mod bench;
+mod cosmos;
 mod db;
+mod generate;
+mod migrate;
+mod quarantine;
+mod source;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -17,8 +23,13 @@ pub struct Outcome {
 }
 
 /// Runs `command` with the resolved settings.
-pub async fn run(command: &Command, settings: &Settings) -> anyhow::Result<Outcome> {
+pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     match command {
+        Command::Migrate(args) => migrate::run(args, settings, json).await,
+        Command::Generate(args) => generate::run(args),
+        Command::Cosmos(cosmos) => cosmos::run(cosmos, settings).await,
+        Command::Quarantine(q) => quarantine::run(q, settings).await,
+        Command::Bench(args) => bench::run(args, settings).await,
         Command::Db(db) => db::run(db, settings).await,
     }
 }

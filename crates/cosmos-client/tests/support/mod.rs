@@ -149,3 +149,27 @@ impl Faults {
             .expect("disarm fault");
     }
 }
+
+/// A fresh database with the three user-domain containers (`Accounts` and `UserProfiles` on
+/// `/id`, `PendingSignups` on `/email`) and every repository on them.
+///
+/// The test server mints resource ids in standard base64, so now and then a container's `_rid`
+/// holds a `/`, which azure_data_cosmos 1.0 refuses when it opens the container ("invalid
+/// container _rid"; real Cosmos never writes `/` in a rid). Such a database is dropped and the
+/// setup retried on a new one; any other failure fails the test.
+pub async fn user_domain(test: &str) -> (CosmosStore, mystira_cosmos_client::CosmosRepositories) {
+    for _ in 0..5 {
+        let store = fresh_store(test, fast_retry(3)).await;
+        match mystira_cosmos_client::CosmosRepositories::ensure(&store).await {
+            Ok(repos) => return (store, repos),
+            Err(e) if format!("{e:?}").contains("invalid container _rid") => {
+                store
+                    .delete_database()
+                    .await
+                    .expect("drop the unusable database");
+            }
+            Err(e) => panic!("create the user-domain containers: {e:?}"),
+        }
+    }
+    panic!("the test server minted unusable container rids five times in a row");
+}

@@ -1,0 +1,195 @@
+//! `mystira-users migrate`: the backfill, with progress bars on a terminal, log lines
+//! otherwise, and a summary (human or `--json`).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mystira_migrate::backfill::CONTAINERS;
+use mystira_migrate::{BackfillConfig, BackfillReport, ContainerCounts, run_backfill};
+use serde_json::json;
+
+use super::{Outcome, db, source};
+use crate::cli::MigrateArgs;
+use crate::config::Settings;
+use crate::exit::Exit;
+
+pub async fn run(args: &MigrateArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+    let file = settings.file.migrate.clone().unwrap_or_default();
+    let defaults = BackfillConfig::default();
+    let config = BackfillConfig {
+        batch_rows: args
+            .batch_rows
+            .or(file.batch_rows)
+            .unwrap_or(defaults.batch_rows)
+            .max(1),
+        workers: args
+            .workers
+            .or(file.workers)
+            .unwrap_or(defaults.workers)
+            .max(1),
+        ranges_per_container: args
+            .ranges
+            .or(file.ranges_per_container)
+            .unwrap_or(defaults.ranges_per_container)
+            .max(1),
+        max_docs_per_second: args.max_rps.or(file.max_rps),
+        lease: args
+            .lease_seconds
+            .or(file.lease_seconds)
+            .map_or(defaults.lease, Duration::from_secs),
+        restart: args.restart,
+        ..defaults
+    };
+    let source = source::document_source(&args.source, settings).await?;
+    let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
+
+    let progress = Reporter::new(!json && std::io::stderr().is_terminal(), source.as_ref()).await;
+    let report = run_backfill(&pool, source.as_ref(), &config, &|c, counts| {
+        progress.update(c, counts)
+    })
+    .await
+    .context("the backfill stopped")?;
+    progress.finish();
+    pool.close().await;
+    Ok(outcome(&report))
+}
+
+fn outcome(report: &BackfillReport) -> Outcome {
+    let reconciled = report.reconciles();
+    let mut human = format!(
+        "migrated {} in {:.1} s{}\n",
+        report.source,
+        report.elapsed_seconds,
+        if report.joined {
+            " (joined an unfinished run)"
+        } else {
+            ""
+        }
+    );
+    human.push_str(&format!(
+        "  {:<15} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
+        "container", "read", "written", "unchanged", "quarantined", "skipped"
+    ));
+    for (container, c) in &report.job_totals {
+        human.push_str(&format!(
+            "  {:<15} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
+            container,
+            c.read,
+            c.written,
+            c.unchanged,
+            c.quarantined,
+            c.skipped.values().sum::<u64>()
+        ));
+    }
+    human.push_str(if reconciled {
+        "every document is accounted for: read = written + unchanged + quarantined + skipped\n"
+    } else {
+        "COUNTS DO NOT RECONCILE: some documents are not accounted for\n"
+    });
+    if report.quarantined() > 0 {
+        human.push_str(&format!(
+            "{} documents are in quarantine: `mystira-users quarantine list` shows why\n",
+            report.quarantined()
+        ));
+    }
+    Outcome {
+        exit: if reconciled { Exit::Ok } else { Exit::Failure },
+        human,
+        json: json!({
+            "run_id": report.run_id,
+            "source": report.source,
+            "joined": report.joined,
+            "elapsed_seconds": report.elapsed_seconds,
+            "reconciled": reconciled,
+            "process": report.containers,
+            "job": report.job_totals,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }),
+    }
+}
+
+/// The process's peak resident memory (VmHWM), for benchmarks.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+type Bars = (MultiProgress, BTreeMap<&'static str, ProgressBar>);
+
+/// Progress: one bar per container on a terminal, a log line every few seconds otherwise.
+struct Reporter {
+    bars: Option<Bars>,
+    last_log: Mutex<Instant>,
+}
+
+impl Reporter {
+    async fn new(terminal: bool, source: &dyn mystira_migrate::DocumentSource) -> Self {
+        let bars: Option<Bars> = terminal.then(|| {
+            let multi = MultiProgress::new();
+            let style = ProgressStyle::with_template(
+                "{prefix:>15} {bar:30} {pos:>9}/{len:<9} {per_sec:>12} eta {eta:>4}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let bars = CONTAINERS
+                .iter()
+                .map(|c| {
+                    let bar = multi.add(ProgressBar::no_length());
+                    bar.set_style(style.clone());
+                    bar.set_prefix(*c);
+                    (*c, bar)
+                })
+                .collect();
+            (multi, bars)
+        });
+        if let Some((_, bars)) = &bars {
+            for (container, bar) in bars {
+                if let Some(total) = source.estimate_documents(container).await {
+                    bar.set_length(total);
+                }
+            }
+        }
+        Self {
+            bars,
+            last_log: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn update(&self, container: &str, counts: &ContainerCounts) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(bar) = bars.get(container) {
+                bar.set_position(counts.read);
+                bar.set_message(format!("{} quarantined", counts.quarantined));
+            }
+            return;
+        }
+        let mut last = self
+            .last_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            tracing::info!(
+                container,
+                read = counts.read,
+                written = counts.written,
+                unchanged = counts.unchanged,
+                quarantined = counts.quarantined,
+                "backfill progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for bar in bars.values() {
+                bar.finish();
+            }
+        }
+    }
+}

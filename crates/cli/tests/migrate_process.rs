@@ -1,0 +1,221 @@
+//! The backfill as a process: `kill -9` at several points of a real run and a re-run reaches
+//! exactly the state of a clean run, row by row; two processes share one run, one is killed,
+//! and the other takes its ranges over when their leases expire. Against the PostgreSQL server
+//! in `DATABASE_URL` (which `./scripts/test` starts), one fresh database per run.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
+const TABLES: [&str; 9] = [
+    "accounts",
+    "subscriptions",
+    "user_profiles",
+    "user_badges",
+    "completed_scenarios",
+    "pending_signups",
+    "migration.quarantine",
+    "migration.document_notes",
+    "migration.document_versions",
+];
+
+fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must name a PostgreSQL server (scripts/test sets it)")
+}
+
+/// The url of a new, empty database on the server.
+async fn fresh_database(tag: &str) -> String {
+    let name = format!("mu_{tag}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&server_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&server_url()).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+fn migrate(export: &Path, db: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["migrate", "--export-dir"])
+        .arg(export)
+        .args([
+            "--database-url",
+            db,
+            "--batch-rows",
+            "40",
+            "--ranges",
+            "6",
+            "--json",
+        ])
+        .args(extra)
+        .env_remove("MYSTIRA_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+fn generate(dir: &Path, accounts: u64) {
+    let status = Command::new(BIN)
+        .args([
+            "generate",
+            "--accounts",
+            &accounts.to_string(),
+            "--seed",
+            "3",
+            "--dirty",
+            "0.05",
+            "--out",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Every row of every table that the backfill writes, as a digest per table. Timestamps of
+/// bookkeeping (when a copy was made) are left out: they differ between any two runs.
+async fn state(db: &str) -> BTreeMap<&'static str, (i64, String)> {
+    let mut conn = PgConnection::connect(db).await.unwrap();
+    let mut out = BTreeMap::new();
+    for table in TABLES {
+        let row_text = match table {
+            "migration.quarantine" => {
+                "(t.container, t.document_id, t.reason_code, t.message)::text"
+            }
+            "migration.document_notes" => {
+                "(t.container, t.document_id, t.code, t.subject, t.detail)::text"
+            }
+            "migration.document_versions" => {
+                "(t.container, t.document_id, t.key, t.source_ts, t.source_etag)::text"
+            }
+            _ => "t::text",
+        };
+        let sql = format!(
+            "select count(*), coalesce(md5(string_agg({row_text}, '|' order by {row_text})), '') from {table} t"
+        );
+        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        out.insert(table, row);
+    }
+    out
+}
+
+async fn copied_documents(db: &str) -> i64 {
+    let Ok(mut conn) = PgConnection::connect(db).await else {
+        return 0;
+    };
+    sqlx::query_scalar("select count(*) from migration.document_versions")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until at least `n` documents have been copied, then kills the child with
+/// SIGKILL (what `kill -9` sends).
+async fn kill_after(child: &mut Child, db: &str, n: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false; // finished before the kill point
+        }
+        if copied_documents(db).await >= n {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the run made no progress within two minutes");
+}
+
+fn finish(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_at_several_points_then_rerun_reaches_the_clean_state_row_by_row() {
+    let export = tempfile::tempdir().unwrap();
+    generate(export.path(), 600);
+
+    let clean_db = fresh_database("clean").await;
+    let clean = finish(&mut migrate(export.path(), &clean_db, &[]));
+    assert_eq!(clean["reconciled"], true);
+    let expected = state(&clean_db).await;
+
+    let db = fresh_database("killed").await;
+    let mut kills = 0;
+    // in Accounts, later in Accounts, in UserProfiles, in UserProfiles again
+    for n in [50, 400, 900, 1700] {
+        let mut child = migrate(export.path(), &db, &["--workers", "2"])
+            .spawn()
+            .unwrap();
+        if kill_after(&mut child, &db, n).await {
+            kills += 1;
+        }
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills happened: the data set is too small"
+    );
+    let resumed = finish(&mut migrate(export.path(), &db, &[]));
+    assert_eq!(
+        resumed["joined"], true,
+        "the re-run must resume the killed run"
+    );
+    assert_eq!(resumed["reconciled"], true);
+    assert_eq!(state(&db).await, expected);
+}
+
+#[tokio::test]
+async fn two_processes_share_a_run_and_one_takes_over_when_the_other_is_killed() {
+    let export = tempfile::tempdir().unwrap();
+    generate(export.path(), 500);
+    let clean_db = fresh_database("clean2").await;
+    finish(&mut migrate(export.path(), &clean_db, &[]));
+    let expected = state(&clean_db).await;
+
+    let db = fresh_database("shared").await;
+    let lease = ["--lease-seconds", "2", "--workers", "1"];
+    let mut victim = migrate(export.path(), &db, &lease).spawn().unwrap();
+    // let the victim plan the run and take a range, then start the survivor
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copied_documents(&db).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first process never started copying"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let survivor = migrate(export.path(), &db, &lease).spawn().unwrap();
+    assert!(
+        kill_after(&mut victim, &db, 300).await,
+        "the victim finished before it was killed"
+    );
+    let out = survivor.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["joined"], true,
+        "the second process must join the first one's run"
+    );
+    assert_eq!(report["reconciled"], true);
+    assert_eq!(state(&db).await, expected);
+}

@@ -1,0 +1,209 @@
+//! [`ProfileRepository`] on the `UserProfiles` container. The link to an account is the
+//! profile's `AccountId` string, which the app has written in several spellings of the
+//! account's id; lookups by account try all of them (see [`account_id_spellings`]).
+
+use async_trait::async_trait;
+use mystira_cosmos::codec;
+use mystira_domain::UserProfile;
+use mystira_domain::error::ConflictKind;
+use mystira_domain::ports::{ProfileRepository, RepoResult};
+use uuid::Uuid;
+
+use super::{Docs, Found, Step, conflict, now_ticks, undecodable, warn_skipped};
+use crate::container::QuerySpec;
+
+const ENTITY: &str = "UserProfiles";
+
+/// User profiles in Cosmos (badges are embedded; see [`super::CosmosBadgeRepository`]).
+#[derive(Debug, Clone)]
+pub struct CosmosProfileRepository {
+    docs: Docs,
+    accounts: Docs,
+}
+
+impl CosmosProfileRepository {
+    /// On open `UserProfiles` and `Accounts` containers (accounts are read to check and spell
+    /// the `AccountId` reference).
+    pub fn new(profiles: crate::Container, accounts: crate::Container) -> Self {
+        Self::from_docs(
+            Docs::new(profiles, codec::Container::UserProfiles),
+            Docs::new(accounts, codec::Container::Accounts),
+        )
+    }
+
+    pub(crate) fn from_docs(docs: Docs, accounts: Docs) -> Self {
+        Self { docs, accounts }
+    }
+
+    /// The `AccountId` string to write for account `key`: the account's own document id (or its
+    /// guid part in EF 8's `Account|<guid>` form) when that resolves to the key, as the app needs
+    /// for non-UUID ids; else the key's text. `Conflict(MissingReference)` if there is no such
+    /// account.
+    async fn account_reference(&self, key: Uuid) -> RepoResult<String> {
+        let found = self
+            .accounts
+            .locate(key)
+            .await?
+            .ok_or_else(|| conflict(ENTITY, ConflictKind::MissingReference, "AccountId"))?;
+        let stripped = found
+            .doc_id
+            .strip_prefix("Account|")
+            .unwrap_or(&found.doc_id);
+        Ok([stripped, found.doc_id.as_str()]
+            .into_iter()
+            .find(|raw| codec::reference_key(raw, "Account") == key)
+            .map_or_else(|| key.hyphenated().to_string(), str::to_owned))
+    }
+}
+
+/// Every spelling an `AccountId` pointing at `key` has been seen in: the canonical text, upper
+/// case, EF 8's `Account|` form of both, and the account document's own id when it exists.
+/// Mixed-case spellings are not covered (an exact `IN` keeps the query on the index).
+async fn account_id_spellings(accounts: &Docs, key: Uuid) -> RepoResult<Vec<String>> {
+    let lower = key.hyphenated().to_string();
+    let upper = lower.to_uppercase();
+    let mut out = vec![
+        format!("Account|{lower}"),
+        format!("Account|{upper}"),
+        lower,
+        upper,
+    ];
+    if let Some(found) = accounts.locate(key).await? {
+        let stripped = found.doc_id.strip_prefix("Account|").map(str::to_owned);
+        out.push(found.doc_id);
+        out.extend(stripped);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn decode_found(docs: &Docs, found: &Found) -> RepoResult<codec::DecodedProfile> {
+    codec::decode_profile(&found.doc).map_err(|e| undecodable(docs.kind(), &e))
+}
+
+#[async_trait]
+impl ProfileRepository for CosmosProfileRepository {
+    /// Checks (racily) that the key is not stored under another id spelling and that the account
+    /// exists, then creates the document.
+    async fn create(&self, profile: &UserProfile) -> RepoResult<()> {
+        profile.validate()?;
+        if self.docs.locate(profile.id).await?.is_some() {
+            return Err(conflict(ENTITY, ConflictKind::DuplicateId, "id"));
+        }
+        let reference = match profile.account_id {
+            Some(key) => Some(self.account_reference(key).await?),
+            None => None,
+        };
+        let doc = codec::encode_profile_with_account_id(profile, &[], reference.as_deref());
+        self.docs.create(&doc).await
+    }
+
+    async fn get(&self, id: Uuid) -> RepoResult<Option<UserProfile>> {
+        match self.docs.locate(id).await? {
+            Some(found) => Ok(Some(decode_found(&self.docs, &found)?.profile)),
+            None => Ok(None),
+        }
+    }
+
+    /// Profiles whose `AccountId` is any spelling of the account's id, oldest first. Profiles of
+    /// a deleted account are still listed (Cosmos does not detach them).
+    async fn list_by_account(&self, account_id: Uuid) -> RepoResult<Vec<UserProfile>> {
+        let spellings = account_id_spellings(&self.accounts, account_id).await?;
+        let names: Vec<String> = (0..spellings.len()).map(|i| format!("@a{i}")).collect();
+        let mut spec = QuerySpec::new(format!(
+            "select * from c where c.AccountId in ({})",
+            names.join(", ")
+        ));
+        for (name, value) in names.iter().zip(spellings) {
+            spec = spec.param(name.as_str(), value);
+        }
+        let mut profiles: Vec<UserProfile> = self
+            .docs
+            .query(spec)
+            .await?
+            .iter()
+            .filter_map(|doc| match codec::decode_profile(doc) {
+                Ok(d) => Some(d.profile),
+                Err(e) => {
+                    warn_skipped(self.docs.kind(), &e);
+                    None
+                }
+            })
+            .filter(|p| p.account_id == Some(account_id))
+            .collect();
+        profiles.sort_by_key(|p| (p.created_at, p.id));
+        Ok(profiles)
+    }
+
+    /// Keeps the stored document id and `created_at`, sets `updated_at` to now, and keeps the
+    /// badges and (when the account is unchanged) the `AccountId` spelling exactly as stored. A
+    /// changed account must exist (`Conflict(MissingReference)`).
+    async fn update(&self, profile: &UserProfile) -> RepoResult<bool> {
+        profile.validate()?;
+        let Some(found) = self.docs.locate(profile.id).await? else {
+            return Ok(false);
+        };
+        let stored_account = decode_found(&self.docs, &found)?.profile.account_id;
+        let reference = match profile.account_id {
+            Some(key) if Some(key) != stored_account => Some(self.account_reference(key).await?),
+            _ => None,
+        };
+        let docs = &self.docs;
+        let done = docs
+            .modify_from(found, |found| {
+                let decoded = decode_found(docs, found)?;
+                let next = UserProfile {
+                    id: decoded.profile.id,
+                    cosmos_id: decoded.profile.cosmos_id.clone(),
+                    created_at: decoded.profile.created_at,
+                    updated_at: now_ticks(),
+                    ..profile.clone()
+                };
+                let same_account = next.account_id == decoded.profile.account_id;
+                let encoded =
+                    codec::encode_profile_with_account_id(&next, &[], reference.as_deref());
+                let keep: &[&str] = if same_account {
+                    &["EarnedBadges", "AccountId"]
+                } else {
+                    &["EarnedBadges"]
+                };
+                Ok(Step::Write(docs.merge(&found.doc, encoded, keep), ()))
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// Deletes the profile document, and with it the embedded badges.
+    async fn delete(&self, id: Uuid) -> RepoResult<bool> {
+        match self.docs.locate(id).await? {
+            Some(found) => self.docs.delete(&found).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Sets `HasCompletedOnboarding` (and `updated_at`) unless it is already set; then nothing
+    /// is written (PostgreSQL's trigger would still move `updated_at`).
+    async fn mark_onboarded(&self, id: Uuid) -> RepoResult<bool> {
+        let docs = &self.docs;
+        let done = docs
+            .modify(id, |found| {
+                let decoded = decode_found(docs, found)?;
+                if decoded.profile.has_completed_onboarding {
+                    return Ok(Step::Keep(()));
+                }
+                let next = UserProfile {
+                    has_completed_onboarding: true,
+                    updated_at: now_ticks(),
+                    ..decoded.profile
+                };
+                let encoded = codec::encode_profile(&next, &[]);
+                Ok(Step::Write(
+                    docs.merge(&found.doc, encoded, &["EarnedBadges", "AccountId"]),
+                    (),
+                ))
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+}

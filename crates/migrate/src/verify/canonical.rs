@@ -1,0 +1,283 @@
+//! The canonical text of a stored value, produced identically in Rust (from a mapped source
+//! document) and in PostgreSQL (from the stored row), and the row hash built from it.
+//!
+//! Each column kind has one SQL expression and one Rust function that must agree byte for
+//! byte; the verification tests check that a clean copy hashes equal, including awkward values
+//! (sub-microsecond times, times before 2000, JSON numbers in exponent form, control
+//! characters, floats). A row's text is its columns' texts, each written as
+//! `<char count>:<text>` or `~` for null, so no value can be mistaken for a separator.
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use md5::{Digest, Md5};
+use serde_json::Value;
+
+/// How a column's value is written as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `::text` is already canonical: uuid, text, boolean, integer, enum.
+    Plain,
+    /// `timestamptz`, in UTC with microseconds (what PostgreSQL keeps).
+    Timestamp,
+    Date,
+    /// `real`, as the hex of its IEEE bits: exact, no formatting rules to agree on.
+    Real,
+    /// `jsonb`, in PostgreSQL's own output form (see [`json`]).
+    Json,
+    /// `text[]`, as the jsonb text of the array.
+    TextArray,
+}
+
+impl Kind {
+    /// The SQL expression for the canonical text of `expr` (null stays null).
+    pub(crate) fn sql(self, expr: &str) -> String {
+        match self {
+            Self::Plain | Self::Json => format!("({expr})::text"),
+            Self::Timestamp => {
+                format!("to_char(({expr}) at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            }
+            Self::Date => format!("to_char({expr}, 'YYYY-MM-DD')"),
+            Self::Real => format!("encode(float4send({expr}), 'hex')"),
+            Self::TextArray => format!("(to_jsonb({expr}))::text"),
+        }
+    }
+
+    /// How a canonical text is shown to an operator.
+    pub(crate) fn display(self, canonical: &str) -> String {
+        match self {
+            Self::Real => u32::from_str_radix(canonical, 16).map_or_else(
+                |_| canonical.to_owned(),
+                |bits| f32::from_bits(bits).to_string(),
+            ),
+            _ => canonical.to_owned(),
+        }
+    }
+}
+
+/// A timestamp as PostgreSQL stores what sqlx sends: sqlx encodes whole microseconds since
+/// 2000-01-01, truncated toward zero (so times before 2000 round up), and this repeats that.
+pub(crate) fn timestamp(t: &DateTime<Utc>) -> String {
+    const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+    let epoch = NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default();
+    match (t.naive_utc() - epoch).num_microseconds() {
+        Some(micros) => (epoch + TimeDelta::microseconds(micros))
+            .format(FORMAT)
+            .to_string(),
+        // out of PostgreSQL's range: the write fails, so the value never meets its copy
+        None => t.format(FORMAT).to_string(),
+    }
+}
+
+pub(crate) fn date(d: &NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+pub(crate) fn real(f: f32) -> String {
+    format!("{:08x}", f.to_bits())
+}
+
+/// A JSON value written as PostgreSQL writes the `jsonb` it parsed from serde_json's text:
+/// object keys ordered by byte length then bytes, `", "` and `": "` separators, numbers as
+/// `numeric` prints them (no exponent, the scale of the input).
+pub(crate) fn json(v: &Value) -> String {
+    let mut out = String::new();
+    write_json(v, &mut out);
+    out
+}
+
+fn write_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&numeric_text(&n.to_string())),
+        Value::String(s) => write_json_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| {
+                a.len()
+                    .cmp(&b.len())
+                    .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+            });
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json_string(key, out);
+                out.push_str(": ");
+                write_json(&map[key], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// PostgreSQL's `escape_json`.
+fn write_json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// What `numeric_out` prints for a number `numeric_in` read from `text` (serde_json's
+/// rendering: `12`, `-1.5`, `1e20`, `1.5e-7`): plain digits, scale = fraction digits minus the
+/// exponent (never below zero), no negative zero.
+fn numeric_text(text: &str) -> String {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().unwrap_or(0)),
+        None => (rest, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{int_part}{frac_part}");
+    let mut scale = frac_part.len() as i64 - exponent;
+    if scale < 0 {
+        digits.extend(std::iter::repeat_n(
+            '0',
+            usize::try_from(-scale).unwrap_or(0),
+        ));
+        scale = 0;
+    }
+    let scale = usize::try_from(scale).unwrap_or(0);
+    if digits.len() <= scale {
+        digits = format!("{}{digits}", "0".repeat(scale + 1 - digits.len()));
+    }
+    let (int_digits, frac_digits) = digits.split_at(digits.len() - scale);
+    let int_digits = int_digits.trim_start_matches('0');
+    let int_digits = if int_digits.is_empty() {
+        "0"
+    } else {
+        int_digits
+    };
+    let zero = int_digits == "0" && frac_digits.bytes().all(|b| b == b'0');
+    let sign = if negative && !zero { "-" } else { "" };
+    if frac_digits.is_empty() {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    }
+}
+
+/// A row's canonical text from its columns' canonical texts.
+pub(crate) fn row_text(values: &[Option<String>]) -> String {
+    let mut out = String::new();
+    for v in values {
+        match v {
+            Some(s) => {
+                out.push_str(&s.chars().count().to_string());
+                out.push(':');
+                out.push_str(s);
+            }
+            None => out.push('~'),
+        }
+    }
+    out
+}
+
+/// The SQL expression of a row's canonical text from its columns' canonical expressions.
+pub(crate) fn row_text_sql(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("coalesce(length({c})::text || ':' || {c}, '~')"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+/// The md5 of a row's canonical text, as the lower-case hex PostgreSQL's `md5()` returns.
+pub(crate) fn row_hash(values: &[Option<String>]) -> String {
+    let digest = Md5::digest(row_text(values).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Per key range: how many rows and the sums of the two halves of their hashes (as signed
+/// 64-bit integers, like the SQL side's `bit(64)::int8`). Sums, unlike xor, do not cancel
+/// out a pair of equal hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Aggregate {
+    pub count: u64,
+    pub hi: i128,
+    pub lo: i128,
+}
+
+impl Aggregate {
+    pub(crate) fn add(&mut self, hash_hex: &str) {
+        let half = |s: &str| u64::from_str_radix(s, 16).map_or(0, |u| i128::from(u as i64));
+        self.count += 1;
+        self.hi += half(hash_hex.get(..16).unwrap_or(""));
+        self.lo += half(hash_hex.get(16..).unwrap_or(""));
+    }
+}
+
+/// The SQL of one table's per-range aggregates: `(bucket, count, sum hi, sum lo)`.
+pub(crate) fn aggregate_sql(from: &str, bucket: &str, row_text: &str) -> String {
+    format!(
+        "select bucket, count(*)::int8, coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8), 0)::text,
+                coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8), 0)::text
+         from (select get_byte(uuid_send({bucket}), 0) as bucket, md5({row_text}) as h from {from}) r
+         where bucket between $1 and $2
+         group by bucket"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_as_numeric_does() {
+        for (input, expected) in [
+            ("12", "12"),
+            ("-3", "-3"),
+            ("1.5", "1.5"),
+            ("1.50", "1.50"),
+            ("1e20", "100000000000000000000"),
+            ("1.5e-7", "0.00000015"),
+            ("-0.0", "0.0"),
+            ("0", "0"),
+            ("2.5E3", "2500"),
+            ("12.345e1", "123.45"),
+        ] {
+            assert_eq!(numeric_text(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn json_orders_keys_by_length_then_bytes() {
+        let v = serde_json::json!({"bb": 1, "a": [1, "x\u{1}"], "c": null});
+        assert_eq!(json(&v), r#"{"a": [1, "x\u0001"], "c": null, "bb": 1}"#);
+    }
+
+    #[test]
+    fn row_text_cannot_confuse_values_with_separators() {
+        let a = row_text(&[Some("1:a".into()), None]);
+        let b = row_text(&[Some("1".into()), Some("a".into())]);
+        assert_ne!(a, b);
+        assert_eq!(row_text(&[Some("é".into())]), "1:é");
+    }
+}

@@ -1,0 +1,797 @@
+//! Verification: does PostgreSQL hold exactly what the source (export files or live Cosmos)
+//! holds, per entity? And repair of what it does not (see [`repair`]).
+//!
+//! # How it compares (data-diff style, streaming, bounded memory)
+//! The key space is split into 256 buckets by the first byte of the *document* key (every
+//! row is bucketed by the document it came from, so one document's rows share a bucket).
+//!
+//! 1. **Source pass.** Every source document is read once, page by page, mapped through the
+//!    backfill's own mapping ([`crate::mapping::map_document`]) and checked against the
+//!    quarantine; each row it should have produced is written as canonical text
+//!    ([`canonical`]), hashed (md5), and added to its (entity, bucket) aggregate: a count and
+//!    the sums of the hash halves. 6 × 256 aggregates: nothing else is kept.
+//! 2. **PostgreSQL aggregates.** One query per table computes the same aggregates inside
+//!    PostgreSQL from the same column list (the canonical text is built by SQL that agrees
+//!    byte for byte with the Rust side).
+//! 3. **Descent.** Only (entity, bucket) pairs whose aggregates differ are examined: the
+//!    source is read again keeping just the documents of those buckets (at most
+//!    `max_buckets_per_pass` buckets per pass, which bounds memory), PostgreSQL returns those
+//!    buckets' (key, hash) through a key-range predicate its indexes serve, and the
+//!    differences are classified. Only rows whose hashes differ have their values fetched,
+//!    for a field-level diff.
+//!
+//! # What is drift
+//! [`DriftKind`]: a row missing in PostgreSQL, an extra row, a changed row (with the names of
+//! the fields that differ), a stale copy (PostgreSQL's `_ts`/`_etag` of the document is older
+//! than the source's: the document changed in the source after the copy), a copy newer than
+//! the source (`ahead`: usually an old export), and a document that cannot be mapped and is
+//! not in quarantine. A quarantined document is reported as such and is not drift: it is
+//! accounted for, in `migration.quarantine`. Values are only reported with `show_values`
+//! (they are personal data); field names always are.
+//!
+//! # Splitting the work
+//! `first_bucket..=last_bucket` restricts a run to a slice of the key space: workers can each
+//! take a slice (each reads the whole source but keeps only its slice), and a slice that was
+//! interrupted is simply run again (verification writes nothing but its run record). The
+//! reports of the slices add up (counts are per bucket). Documents whose key is unknown (lines
+//! that are not documents) belong to the slice holding bucket 0.
+//!
+//! # Known limits
+//! Two source documents mapping to the same key (the same id twice) are reported as drift
+//! rather than resolved as the backfill's "newest wins". `completed_scenarios.completed_at`
+//! is not compared (Cosmos has no completion time; the copy keeps the first derived one).
+//! Repair cannot re-copy a document that has no `id` (it is named by its position in the
+//! source, which a repair pass does not reproduce).
+
+pub mod canonical;
+mod read;
+pub mod repair;
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use mystira_domain::RepoError;
+use mystira_postgres::bookkeeping;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::backfill::CONTAINERS;
+use crate::source::{DocumentSource, SourceError};
+use canonical::Aggregate;
+use read::{DocState, Pages, ReadDoc, read_docs};
+pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
+pub use tables::Entity;
+
+/// The `migration.runs` job name of verification runs.
+pub const JOB: &str = "verify";
+
+/// How verification runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyOptions {
+    /// Report values (source and PostgreSQL) of differing fields. Personal data: off by default.
+    pub show_values: bool,
+    /// Documents per source page.
+    pub page_size: usize,
+    /// The slice of the key space to verify (buckets = first byte of the document key).
+    pub first_bucket: u8,
+    pub last_bucket: u8,
+    /// At most this many differing buckets are held in memory per descent pass.
+    pub max_buckets_per_pass: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            show_values: false,
+            page_size: 1000,
+            first_bucket: 0,
+            last_bucket: 255,
+            max_buckets_per_pass: 64,
+        }
+    }
+}
+
+/// The overall result; the CLI maps it to its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Clean,
+    Drift,
+    CouldNotVerify,
+}
+
+impl Outcome {
+    /// 0 clean, 1 drift found, 2 could not verify.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Clean => 0,
+            Self::Drift => 1,
+            Self::CouldNotVerify => 2,
+        }
+    }
+
+    pub fn of(result: &Result<VerifyReport, VerifyError>) -> Self {
+        result.as_ref().map_or(Self::CouldNotVerify, |r| r.outcome)
+    }
+}
+
+/// What kind of difference a [`DriftItem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// In the source, not in PostgreSQL.
+    Missing,
+    /// In PostgreSQL, not in the source.
+    Extra,
+    /// In both, with different values (PostgreSQL was changed, or the copy went wrong).
+    Changed,
+    /// PostgreSQL's copy is older than the source document: it changed after the copy.
+    Stale,
+    /// PostgreSQL's copy is newer than the source document (an old export?).
+    Ahead,
+    /// Not migrated on purpose: in `migration.quarantine`. Not drift.
+    Quarantined,
+    /// Cannot be mapped, and not in quarantine: the backfill has not seen this version.
+    Unmigrated,
+}
+
+impl DriftKind {
+    pub fn is_drift(self) -> bool {
+        self != Self::Quarantined
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Extra => "extra",
+            Self::Changed => "changed",
+            Self::Stale => "stale",
+            Self::Ahead => "ahead",
+            Self::Quarantined => "quarantined",
+            Self::Unmigrated => "unmigrated",
+        }
+    }
+}
+
+/// A field's values on both sides (only with `show_values`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldValues {
+    pub field: String,
+    pub source: Option<String>,
+    pub postgres: Option<String>,
+}
+
+/// One difference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftItem {
+    pub entity: Entity,
+    pub kind: DriftKind,
+    /// The row's key (`id`), when known.
+    pub key: Option<String>,
+    /// The Cosmos id of the document the row belongs to.
+    pub cosmos_id: Option<String>,
+    /// The fields that differ (changed, stale, ahead).
+    pub fields: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<FieldValues>>,
+    /// The quarantine reason or the mapping's rejection code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the source has the row's document (for extra rows: a row the document no
+    /// longer has, rather than a document the source no longer has).
+    pub source_has_document: bool,
+}
+
+/// Per-entity counts. `source` = rows the source's mapped, not quarantined documents imply;
+/// `quarantined` and `unmigrated` count documents, on their container's document entity
+/// (`accounts`, `user_profiles`, `pending_signups`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EntityCounts {
+    pub source: u64,
+    pub postgres: u64,
+    pub matched: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub changed: u64,
+    pub stale: u64,
+    pub ahead: u64,
+    pub quarantined: u64,
+    pub unmigrated: u64,
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The `migration.runs` row, when the run was recorded ([`run_verify`]).
+    pub run_id: Option<Uuid>,
+    pub source: String,
+    pub outcome: Outcome,
+    pub first_bucket: u8,
+    pub last_bucket: u8,
+    pub entities: BTreeMap<Entity, EntityCounts>,
+    pub items: Vec<DriftItem>,
+    /// (entity, bucket) pairs whose aggregates differed and were descended into.
+    pub differing_buckets: u64,
+    /// Times the source was read (1 + descent passes).
+    pub source_passes: u32,
+    pub elapsed_seconds: f64,
+}
+
+impl VerifyReport {
+    /// The drift items (everything but quarantined documents).
+    pub fn drift(&self) -> impl Iterator<Item = &DriftItem> {
+        self.items.iter().filter(|i| i.kind.is_drift())
+    }
+
+    pub fn drift_count(&self) -> usize {
+        self.drift().count()
+    }
+
+    /// What is recorded in `migration.runs.counts`.
+    pub fn counts_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "outcome": self.outcome,
+            "entities": self.entities,
+            "drift": self.drift_count(),
+            "quarantined": self.items.len() - self.drift_count(),
+            "differing_buckets": self.differing_buckets,
+            "source_passes": self.source_passes,
+            "elapsed_seconds": self.elapsed_seconds,
+        })
+    }
+
+    /// A human summary: the per-entity table and up to `max_items` drift items.
+    pub fn summary(&self, max_items: usize) -> String {
+        let mut out = String::new();
+        let verdict = match self.outcome {
+            Outcome::Clean => "CLEAN".to_owned(),
+            Outcome::Drift => format!("DRIFT ({} items)", self.drift_count()),
+            Outcome::CouldNotVerify => "COULD NOT VERIFY".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "verify {}: {verdict} in {:.2} s",
+            self.source, self.elapsed_seconds
+        );
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11}",
+            "entity",
+            "source",
+            "postgres",
+            "matched",
+            "missing",
+            "extra",
+            "changed",
+            "stale",
+            "ahead",
+            "quarantined",
+            "unmigrated"
+        );
+        for (entity, c) in &self.entities {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11}",
+                entity.table(),
+                c.source,
+                c.postgres,
+                c.matched,
+                c.missing,
+                c.extra,
+                c.changed,
+                c.stale,
+                c.ahead,
+                c.quarantined,
+                c.unmigrated
+            );
+        }
+        let drift: Vec<&DriftItem> = self.drift().collect();
+        for item in drift.iter().take(max_items) {
+            let _ = write!(
+                out,
+                "  {:<10} {:<20} key={} cosmos_id={}",
+                item.kind.label(),
+                item.entity.table(),
+                item.key.as_deref().unwrap_or("-"),
+                item.cosmos_id.as_deref().unwrap_or("-"),
+            );
+            if !item.fields.is_empty() {
+                let _ = write!(out, " fields={}", item.fields.join(","));
+            }
+            if let Some(reason) = &item.reason {
+                let _ = write!(out, " reason={reason}");
+            }
+            let _ = writeln!(out);
+            for v in item.values.iter().flatten() {
+                let show = |s: &Option<String>| {
+                    s.as_deref().map_or("null".to_owned(), |s| format!("{s:?}"))
+                };
+                let _ = writeln!(
+                    out,
+                    "      {}: source {} / postgres {}",
+                    v.field,
+                    show(&v.source),
+                    show(&v.postgres)
+                );
+            }
+        }
+        if drift.len() > max_items {
+            let _ = writeln!(
+                out,
+                "  ... and {} more (use --json for all)",
+                drift.len() - max_items
+            );
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("postgresql: {0}")]
+    Store(#[from] RepoError),
+    #[error("invalid verify options: {0}")]
+    Options(&'static str),
+    #[error(transparent)]
+    Repair(#[from] crate::backfill::BackfillError),
+}
+
+fn sql(e: sqlx::Error) -> VerifyError {
+    VerifyError::Store(mystira_postgres::map_sqlx_error("verify", e))
+}
+
+/// Verifies and records the run in `migration.runs` (job `verify`; `counts` holds the
+/// outcome and per-entity counts, `scope` the options).
+pub async fn run_verify(
+    pool: &PgPool,
+    source: &dyn DocumentSource,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
+    let scope = serde_json::to_value(opts).unwrap_or_default();
+    let run_id = bookkeeping::start_run(pool, JOB, &source.describe(), &scope).await?;
+    let result = verify(pool, source, opts).await;
+    match &result {
+        Ok(report) => {
+            let status = if report.outcome == Outcome::Clean {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            bookkeeping::finish_run(pool, run_id, status, &report.counts_json()).await?;
+        }
+        Err(e) => {
+            let counts =
+                serde_json::json!({ "outcome": Outcome::CouldNotVerify, "error": e.to_string() });
+            bookkeeping::finish_run(pool, run_id, "interrupted", &counts).await?;
+        }
+    }
+    result.map(|mut r| {
+        r.run_id = Some(run_id);
+        r
+    })
+}
+
+/// Verifies without recording a run.
+pub async fn verify(
+    pool: &PgPool,
+    source: &dyn DocumentSource,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
+    if opts.first_bucket > opts.last_bucket {
+        return Err(VerifyError::Options("first_bucket is after last_bucket"));
+    }
+    let started = Instant::now();
+    let mut v = Verifier {
+        pool,
+        source,
+        opts,
+        counts: Entity::ALL
+            .iter()
+            .map(|e| (*e, EntityCounts::default()))
+            .collect(),
+        items: Vec::new(),
+        passes: 0,
+    };
+    let source_aggs = v.source_pass().await?;
+    let mut differing: Vec<(Entity, u8)> = Vec::new();
+    for entity in Entity::ALL {
+        let pg = pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket).await?;
+        let counts = v.counts.entry(entity).or_default();
+        for b in opts.first_bucket..=opts.last_bucket {
+            let src = source_aggs.get(&(entity, b)).copied().unwrap_or_default();
+            let dst = pg.get(&b).copied().unwrap_or_default();
+            counts.source += src.count;
+            counts.postgres += dst.count;
+            if src == dst {
+                counts.matched += src.count;
+            } else {
+                differing.push((entity, b));
+            }
+        }
+    }
+    let mut buckets: Vec<u8> = differing.iter().map(|(_, b)| *b).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let differing_set: HashSet<(Entity, u8)> = differing.iter().copied().collect();
+    for chunk in buckets.chunks(opts.max_buckets_per_pass.max(1)) {
+        v.descend(chunk, &differing_set).await?;
+    }
+
+    let Verifier {
+        mut counts,
+        mut items,
+        passes,
+        ..
+    } = v;
+    for item in &items {
+        let c = counts.entry(item.entity).or_default();
+        match item.kind {
+            DriftKind::Missing => c.missing += 1,
+            DriftKind::Extra => c.extra += 1,
+            DriftKind::Changed => c.changed += 1,
+            DriftKind::Stale => c.stale += 1,
+            DriftKind::Ahead => c.ahead += 1,
+            DriftKind::Unmigrated => c.unmigrated += 1,
+            // counted per row while reading
+            DriftKind::Quarantined => {}
+        }
+    }
+    items.sort_by(|a, b| {
+        (a.kind, a.entity, &a.key, &a.cosmos_id).cmp(&(b.kind, b.entity, &b.key, &b.cosmos_id))
+    });
+    let outcome = if items.iter().any(|i| i.kind.is_drift()) {
+        Outcome::Drift
+    } else {
+        Outcome::Clean
+    };
+    Ok(VerifyReport {
+        run_id: None,
+        source: source.describe(),
+        outcome,
+        first_bucket: opts.first_bucket,
+        last_bucket: opts.last_bucket,
+        entities: counts,
+        items,
+        differing_buckets: differing.len() as u64,
+        source_passes: passes,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A source row kept during descent.
+struct KeptRow {
+    document_id: String,
+    document_key: Uuid,
+    values: Vec<Option<String>>,
+    hash: String,
+}
+
+/// A source document kept during descent (to classify PostgreSQL's rows of it).
+struct KeptDoc {
+    /// False when quarantined or unmapped: PostgreSQL's rows of it are reported with it.
+    mapped: bool,
+}
+
+/// Whether PostgreSQL's copy of a document is at the source's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VersionStatus {
+    Current,
+    Stale,
+    Ahead,
+}
+
+struct Verifier<'a> {
+    pool: &'a PgPool,
+    source: &'a dyn DocumentSource,
+    opts: &'a VerifyOptions,
+    counts: BTreeMap<Entity, EntityCounts>,
+    items: Vec<DriftItem>,
+    passes: u32,
+}
+
+impl Verifier<'_> {
+    fn in_slice(&self, bucket: Option<u8>) -> bool {
+        let b = bucket.unwrap_or(0);
+        (self.opts.first_bucket..=self.opts.last_bucket).contains(&b)
+    }
+
+    /// Reads every container once, calling `each` with every document (of the `wanted`
+    /// buckets only, when given).
+    async fn each_doc(
+        &mut self,
+        wanted: Option<&HashSet<u8>>,
+        mut each: impl FnMut(&mut Self, ReadDoc),
+    ) -> Result<(), VerifyError> {
+        self.passes += 1;
+        for container in CONTAINERS {
+            if !self.source.has_container(container).await? {
+                continue;
+            }
+            let mut pages = Pages::new(self.source, container, self.opts.page_size);
+            while let Some(docs) = pages.next().await? {
+                let mut read = pages.read;
+                let docs = read_docs(self.pool, container, docs, &mut read, wanted).await?;
+                pages.read = read;
+                for doc in docs {
+                    each(self, doc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first pass: per (entity, bucket) aggregates of the rows the source implies; the
+    /// quarantined and unmapped documents are reported here.
+    async fn source_pass(&mut self) -> Result<HashMap<(Entity, u8), Aggregate>, VerifyError> {
+        let mut aggs: HashMap<(Entity, u8), Aggregate> = HashMap::new();
+        self.each_doc(None, |v, doc| {
+            if !v.in_slice(doc.bucket()) {
+                return;
+            }
+            let main = Entity::of_container(doc.container).unwrap_or(Entity::Accounts);
+            let (kind, reason) = match doc.state {
+                DocState::Mapped => {
+                    for row in &doc.rows {
+                        aggs.entry((row.entity, row.bucket()))
+                            .or_default()
+                            .add(&row.hash());
+                    }
+                    return;
+                }
+                DocState::Quarantined { reason } => (DriftKind::Quarantined, reason),
+                DocState::Unmigrated { code } => (DriftKind::Unmigrated, code),
+            };
+            if kind == DriftKind::Quarantined {
+                v.counts.entry(main).or_default().quarantined += 1;
+            }
+            v.items.push(DriftItem {
+                entity: main,
+                kind,
+                key: doc.document_key.map(|k| k.to_string()),
+                cosmos_id: Some(doc.document_id),
+                fields: Vec::new(),
+                values: None,
+                reason: Some(reason),
+                source_has_document: true,
+            });
+        })
+        .await?;
+        Ok(aggs)
+    }
+
+    /// Examines the differing (entity, bucket) pairs of `chunk`'s buckets.
+    async fn descend(
+        &mut self,
+        chunk: &[u8],
+        differing: &HashSet<(Entity, u8)>,
+    ) -> Result<(), VerifyError> {
+        let wanted: HashSet<u8> = chunk.iter().copied().collect();
+        let mut rows: HashMap<(Entity, u8), HashMap<String, KeptRow>> = HashMap::new();
+        let mut docs: HashMap<Uuid, KeptDoc> = HashMap::new();
+        self.each_doc(Some(&wanted), |_, doc| {
+            let (Some(key), Some(b)) = (doc.document_key, doc.bucket()) else {
+                return;
+            };
+            if !wanted.contains(&b) {
+                return;
+            }
+            docs.insert(
+                key,
+                KeptDoc {
+                    mapped: doc.state == DocState::Mapped,
+                },
+            );
+            for row in doc.rows {
+                if differing.contains(&(row.entity, b)) {
+                    let hash = row.hash();
+                    rows.entry((row.entity, b)).or_default().insert(
+                        row.key,
+                        KeptRow {
+                            document_id: doc.document_id.clone(),
+                            document_key: key,
+                            values: row.values,
+                            hash,
+                        },
+                    );
+                }
+            }
+        })
+        .await?;
+
+        let mut status: HashMap<Uuid, VersionStatus> = HashMap::new();
+        for entity in Entity::ALL {
+            for &b in chunk {
+                if !differing.contains(&(entity, b)) {
+                    continue;
+                }
+                let src = rows.remove(&(entity, b)).unwrap_or_default();
+                self.compare_bucket(entity, b, src, &docs, &mut status)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn compare_bucket(
+        &mut self,
+        entity: Entity,
+        bucket: u8,
+        mut src: HashMap<String, KeptRow>,
+        docs: &HashMap<Uuid, KeptDoc>,
+        status: &mut HashMap<Uuid, VersionStatus>,
+    ) -> Result<(), VerifyError> {
+        let table = tables::table(entity);
+        let (lo, hi) = bucket_bounds(bucket);
+        let pg: Vec<(String, Uuid, Option<String>, String)> = {
+            let q =
+                sqlx::query_as(sqlx::AssertSqlSafe(table.bucket_rows_sql(hi.is_none()))).bind(lo);
+            let q = match hi {
+                Some(hi) => q.bind(hi),
+                None => q,
+            };
+            q.fetch_all(self.pool).await.map_err(sql)?
+        };
+        let mut changed: Vec<String> = Vec::new();
+        let mut matched = 0u64;
+        for (key, document_key, pg_document_id, hash) in pg {
+            match src.get(&key) {
+                Some(s) if s.hash == hash => {
+                    matched += 1;
+                    src.remove(&key);
+                }
+                Some(_) => changed.push(key),
+                None => {
+                    let doc = docs.get(&document_key);
+                    if doc.is_some_and(|d| !d.mapped) {
+                        // a quarantined or unmapped document's earlier copy: reported with it
+                        continue;
+                    }
+                    let kind = match status.get(&document_key) {
+                        Some(VersionStatus::Stale) => DriftKind::Stale,
+                        Some(VersionStatus::Ahead) => DriftKind::Ahead,
+                        _ => DriftKind::Extra,
+                    };
+                    self.items.push(DriftItem {
+                        entity,
+                        kind,
+                        key: Some(key),
+                        cosmos_id: pg_document_id,
+                        fields: Vec::new(),
+                        values: None,
+                        reason: None,
+                        source_has_document: doc.is_some(),
+                    });
+                }
+            }
+        }
+        self.counts.entry(entity).or_default().matched += matched;
+
+        if !changed.is_empty() {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(table.values_sql(hi.is_none()))).bind(lo);
+            if let Some(hi) = hi {
+                q = q.bind(hi);
+            }
+            let pg_rows = q.bind(&changed).fetch_all(self.pool).await.map_err(sql)?;
+            for row in pg_rows {
+                let key: String = row.try_get(0).map_err(sql)?;
+                let Some(s) = src.remove(&key) else { continue };
+                let mut pg_values = Vec::with_capacity(table.columns.len());
+                for i in 0..table.columns.len() {
+                    pg_values.push(row.try_get::<Option<String>, _>(i + 1).map_err(sql)?);
+                }
+                let n = table.columns.len();
+                if entity.is_document() {
+                    let st = version_status(
+                        (&s.values[n - 2], &s.values[n - 1]),
+                        (&pg_values[n - 2], &pg_values[n - 1]),
+                    );
+                    status.insert(s.document_key, st);
+                }
+                let mut fields = Vec::new();
+                let mut values = Vec::new();
+                for (i, c) in table.columns.iter().enumerate() {
+                    if s.values[i] != pg_values[i] {
+                        fields.push(c.name.to_owned());
+                        values.push(FieldValues {
+                            field: c.name.to_owned(),
+                            source: s.values[i].as_deref().map(|v| c.kind.display(v)),
+                            postgres: pg_values[i].as_deref().map(|v| c.kind.display(v)),
+                        });
+                    }
+                }
+                let kind = match status.get(&s.document_key) {
+                    Some(VersionStatus::Stale) => DriftKind::Stale,
+                    Some(VersionStatus::Ahead) => DriftKind::Ahead,
+                    _ => DriftKind::Changed,
+                };
+                self.items.push(DriftItem {
+                    entity,
+                    kind,
+                    key: Some(key),
+                    cosmos_id: Some(s.document_id),
+                    fields,
+                    values: self.opts.show_values.then_some(values),
+                    reason: None,
+                    source_has_document: true,
+                });
+            }
+        }
+
+        // what is left of the source's rows is not in PostgreSQL
+        for (key, s) in src {
+            let kind = match status.get(&s.document_key) {
+                Some(VersionStatus::Stale) => DriftKind::Stale,
+                _ => DriftKind::Missing,
+            };
+            self.items.push(DriftItem {
+                entity,
+                kind,
+                key: Some(key),
+                cosmos_id: Some(s.document_id),
+                fields: Vec::new(),
+                values: None,
+                reason: None,
+                source_has_document: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Compares (`_ts`, `_etag`) of the source and of PostgreSQL's copy.
+fn version_status(
+    src: (&Option<String>, &Option<String>),
+    pg: (&Option<String>, &Option<String>),
+) -> VersionStatus {
+    let ts = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<i64>().ok());
+    match (ts(src.0), ts(pg.0)) {
+        (_, None) => VersionStatus::Stale,
+        (Some(s), Some(p)) if p < s => VersionStatus::Stale,
+        (Some(s), Some(p)) if p > s => VersionStatus::Ahead,
+        _ if src.1 != pg.1 => VersionStatus::Stale,
+        _ => VersionStatus::Current,
+    }
+}
+
+/// The uuid range of a bucket: `[lo, hi)`, `hi = None` for the last bucket.
+fn bucket_bounds(bucket: u8) -> (Uuid, Option<Uuid>) {
+    let at = |b: u8| {
+        let mut bytes = [0u8; 16];
+        bytes[0] = b;
+        Uuid::from_bytes(bytes)
+    };
+    (at(bucket), bucket.checked_add(1).map(at))
+}
+
+async fn pg_aggregates(
+    pool: &PgPool,
+    entity: Entity,
+    first: u8,
+    last: u8,
+) -> Result<HashMap<u8, Aggregate>, VerifyError> {
+    let rows: Vec<(i32, i64, String, String)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(tables::table(entity).aggregate_sql()))
+            .bind(i32::from(first))
+            .bind(i32::from(last))
+            .fetch_all(pool)
+            .await
+            .map_err(sql)?;
+    Ok(rows
+        .into_iter()
+        .map(|(b, count, hi, lo)| {
+            let bucket = u8::try_from(b).unwrap_or(0);
+            let agg = Aggregate {
+                count: u64::try_from(count).unwrap_or(0),
+                hi: hi.parse().unwrap_or(0),
+                lo: lo.parse().unwrap_or(0),
+            };
+            (bucket, agg)
+        })
+        .collect())
+}

@@ -1,0 +1,240 @@
+//! Reading the source for verification: every document streamed page by page, mapped through
+//! the backfill's own mapping, checked against the quarantine, and turned into the rows it
+//! should have produced in PostgreSQL.
+
+use std::collections::{HashMap, HashSet};
+
+use mystira_cosmos::codec::{self, Container};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::VerifyError;
+use super::tables::{self, SourceRow};
+use crate::mapping::{Mapped, map_document};
+use crate::source::{DocumentSource, SourceDocument, SourceError};
+
+/// A container read page by page from its beginning.
+pub(crate) struct Pages<'a> {
+    source: &'a dyn DocumentSource,
+    container: &'a str,
+    size: usize,
+    position: Option<serde_json::Value>,
+    done: bool,
+    /// Documents read so far (names documents without an id as the backfill does).
+    pub read: u64,
+}
+
+impl<'a> Pages<'a> {
+    pub(crate) fn new(source: &'a dyn DocumentSource, container: &'a str, size: usize) -> Self {
+        Self {
+            source,
+            container,
+            size: size.max(1),
+            position: None,
+            done: false,
+            read: 0,
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<SourceDocument>>, SourceError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .source
+            .read_page(self.container, self.position.as_ref(), self.size)
+            .await?;
+        match page.next {
+            Some(next) => self.position = Some(next),
+            None => self.done = true,
+        }
+        Ok(Some(page.documents))
+    }
+}
+
+/// What became of a source document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DocState {
+    /// Mapped, and should be in PostgreSQL.
+    Mapped,
+    /// In `migration.quarantine` (open) for this version or a newer one.
+    Quarantined { reason: String },
+    /// Cannot be mapped, and not in quarantine: the backfill has not seen this version.
+    Unmigrated { code: String },
+}
+
+/// One source document as verification sees it.
+#[derive(Debug)]
+pub(crate) struct ReadDoc {
+    pub container: &'static str,
+    pub document_id: String,
+    /// The PostgreSQL key of the document (unknown for a line that is not a document).
+    pub document_key: Option<Uuid>,
+    pub ts: i64,
+    pub state: DocState,
+    /// The rows it should have produced (only when [`DocState::Mapped`]).
+    pub rows: Vec<SourceRow>,
+}
+
+impl ReadDoc {
+    pub(crate) fn bucket(&self) -> Option<u8> {
+        self.document_key.map(|k| k.as_bytes()[0])
+    }
+}
+
+fn sql(e: sqlx::Error) -> VerifyError {
+    VerifyError::Store(mystira_postgres::map_sqlx_error("verify", e))
+}
+
+/// Maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With `wanted`, only
+/// documents of those buckets are mapped (the key is read from the id alone, far cheaper than
+/// mapping): the descent's passes skip the rest of the source.
+pub(crate) async fn read_docs(
+    pool: &PgPool,
+    container: &'static str,
+    docs: Vec<SourceDocument>,
+    read: &mut u64,
+    wanted: Option<&HashSet<u8>>,
+) -> Result<Vec<ReadDoc>, VerifyError> {
+    let kind = Container::from_name(container);
+    let mut out = Vec::with_capacity(docs.len());
+    let mut mapped = Vec::with_capacity(docs.len());
+    for doc in docs {
+        *read += 1;
+        let raw = match doc {
+            SourceDocument::Malformed { locator, .. } => {
+                out.push(ReadDoc {
+                    container,
+                    document_id: locator,
+                    document_key: None,
+                    ts: 0,
+                    state: DocState::Unmigrated {
+                        code: "malformed_line".into(),
+                    },
+                    rows: Vec::new(),
+                });
+                mapped.push(None);
+                continue;
+            }
+            SourceDocument::Document(raw) => raw,
+        };
+        if let Some(wanted) = wanted {
+            let key = kind
+                .and_then(|k| codec::document_ref(k, &raw))
+                .map(|r| r.key);
+            if key.is_some_and(|k| !wanted.contains(&k.as_bytes()[0])) {
+                continue;
+            }
+        }
+        // the backfill's name for a document without a usable id
+        let locator = format!("{container}#no-id-{read}");
+        let m = map_document(container, &raw, &locator);
+        let (document_id, document_key, ts, state) = match &m {
+            Mapped::Account(d) => (
+                d.version.document_id.clone(),
+                Some(d.account.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Profile(d) => (
+                d.version.document_id.clone(),
+                Some(d.profile.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Signup(d) => (
+                d.version.document_id.clone(),
+                Some(d.signup.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Reject {
+                document_id,
+                code,
+                ts,
+                ..
+            } => (
+                document_id.clone(),
+                kind.and_then(|k| codec::document_ref(k, &raw))
+                    .map(|r| r.key),
+                ts.unwrap_or(0),
+                DocState::Unmigrated {
+                    code: (*code).to_owned(),
+                },
+            ),
+        };
+        out.push(ReadDoc {
+            container,
+            document_id,
+            document_key,
+            ts,
+            state,
+            rows: Vec::new(),
+        });
+        mapped.push(Some(m));
+    }
+
+    // Open quarantine entries of this page. An entry for an older version than the source's
+    // does not cover it: the document changed since, and the change has not been copied.
+    let ids: Vec<String> = out.iter().map(|d| d.document_id.clone()).collect();
+    let quarantined: HashMap<String, (String, Option<i64>)> =
+        sqlx::query_as::<_, (String, String, Option<i64>)>(
+            "select document_id, reason_code, source_ts from migration.quarantine
+         where container = $1 and document_id = any($2) and resolved_at is null",
+        )
+        .bind(container)
+        .bind(&ids)
+        .fetch_all(pool)
+        .await
+        .map_err(sql)?
+        .into_iter()
+        .map(|(id, reason, ts)| (id, (reason, ts)))
+        .collect();
+    for doc in &mut out {
+        if let Some((reason, q_ts)) = quarantined.get(&doc.document_id)
+            && q_ts.is_none_or(|q| doc.ts <= q)
+        {
+            doc.state = DocState::Quarantined {
+                reason: reason.clone(),
+            };
+        }
+    }
+
+    // The writer attaches a profile only to an account that exists: ask the same question.
+    let referenced: Vec<Uuid> = out
+        .iter()
+        .zip(&mapped)
+        .filter(|(d, _)| d.state == DocState::Mapped)
+        .filter_map(|(_, m)| match m {
+            Some(Mapped::Profile(p)) => p.profile.account_id,
+            _ => None,
+        })
+        .collect();
+    let existing: HashSet<Uuid> = if referenced.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar("select id from accounts where id = any($1)")
+            .bind(&referenced)
+            .fetch_all(pool)
+            .await
+            .map_err(sql)?
+            .into_iter()
+            .collect()
+    };
+
+    for (doc, m) in out.iter_mut().zip(mapped) {
+        if doc.state != DocState::Mapped {
+            continue;
+        }
+        doc.rows = match m {
+            Some(Mapped::Account(d)) => tables::account_rows(&d),
+            Some(Mapped::Profile(d)) => {
+                let attached = d.profile.account_id.is_some_and(|a| existing.contains(&a));
+                tables::profile_rows(&d, attached)
+            }
+            Some(Mapped::Signup(d)) => tables::signup_rows(&d),
+            _ => Vec::new(),
+        };
+    }
+    Ok(out)
+}

@@ -1,0 +1,509 @@
+//! The six compared entities: which table, which columns (in one order shared by the SQL and
+//! the Rust side), how a row is keyed and bucketed, and the rows a mapped source document
+//! should have produced.
+//!
+//! Every row is bucketed by the key of the *document* it came from (an account's
+//! subscription and completed scenarios by the account id, a profile's badges by the profile
+//! id), so one document's rows all fall in the same key range: descending into a range reads
+//! whole documents, and repair re-copies whole documents.
+
+use mystira_postgres::bulk::{AccountDocument, ProfileDocument, SignupDocument};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::canonical::{self, Kind};
+
+/// A compared entity (serialized as its table name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    Accounts,
+    UserProfiles,
+    PendingSignups,
+    Subscriptions,
+    CompletedScenarios,
+    UserBadges,
+}
+
+impl Entity {
+    /// Document entities first: their rows say whether a document's copy is stale, which
+    /// the rows of the entities embedded in it need to know.
+    pub const ALL: [Entity; 6] = [
+        Self::Accounts,
+        Self::UserProfiles,
+        Self::PendingSignups,
+        Self::Subscriptions,
+        Self::CompletedScenarios,
+        Self::UserBadges,
+    ];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Accounts => "accounts",
+            Self::UserProfiles => "user_profiles",
+            Self::PendingSignups => "pending_signups",
+            Self::Subscriptions => "subscriptions",
+            Self::CompletedScenarios => "completed_scenarios",
+            Self::UserBadges => "user_badges",
+        }
+    }
+
+    /// The Cosmos container whose documents hold this entity.
+    pub fn container(self) -> &'static str {
+        match self {
+            Self::Accounts | Self::Subscriptions | Self::CompletedScenarios => "Accounts",
+            Self::UserProfiles | Self::UserBadges => "UserProfiles",
+            Self::PendingSignups => "PendingSignups",
+        }
+    }
+
+    /// Whether rows of this entity are whole documents (not embedded in one).
+    pub fn is_document(self) -> bool {
+        matches!(
+            self,
+            Self::Accounts | Self::UserProfiles | Self::PendingSignups
+        )
+    }
+
+    /// The document entity of a container.
+    pub fn of_container(container: &str) -> Option<Self> {
+        match container {
+            "Accounts" => Some(Self::Accounts),
+            "UserProfiles" => Some(Self::UserProfiles),
+            "PendingSignups" => Some(Self::PendingSignups),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.table())
+    }
+}
+
+/// A compared column. `_ts` and `_etag` are the document's source version, from
+/// `migration.document_versions`: a copy older than the source is drift even when its values
+/// happen to be equal.
+#[derive(Debug)]
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub expr: &'static str,
+    pub kind: Kind,
+}
+
+const fn col(name: &'static str, expr: &'static str, kind: Kind) -> Column {
+    Column { name, expr, kind }
+}
+
+/// How an entity's rows are read in PostgreSQL.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub from: &'static str,
+    /// The uuid the row is bucketed by: its document's key.
+    pub bucket: &'static str,
+    pub key: &'static str,
+    /// The Cosmos id of the row's document.
+    pub document: &'static str,
+    pub columns: &'static [Column],
+}
+
+const P: Kind = Kind::Plain;
+const TS: Kind = Kind::Timestamp;
+
+static ACCOUNTS: Table = Table {
+    from: "accounts t left join migration.document_versions v
+             on v.container = 'Accounts' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
+    bucket: "t.id",
+    key: "t.id::text",
+    document: "coalesce(t.cosmos_id, t.id::text)",
+    columns: &[
+        col("id", "t.id", P),
+        col("cosmos_id", "t.cosmos_id", P),
+        col("auth0_user_id", "t.auth0_user_id", P),
+        col("email", "t.email", P),
+        col("display_name", "t.display_name", P),
+        col("role", "t.role", P),
+        col("settings", "t.settings", Kind::Json),
+        col("created_at", "t.created_at", TS),
+        col("last_login_at", "t.last_login_at", TS),
+        col("_ts", "v.source_ts", P),
+        col("_etag", "v.source_etag", P),
+    ],
+};
+
+static SUBSCRIPTIONS: Table = Table {
+    from: "subscriptions t",
+    bucket: "t.account_id",
+    key: "t.id::text",
+    document: "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)",
+    columns: &[
+        col("id", "t.id", P),
+        col("cosmos_id", "t.cosmos_id", P),
+        col("account_id", "t.account_id", P),
+        col("type", "t.type", P),
+        col("product_id", "t.product_id", P),
+        col("tier", "t.tier", P),
+        col("is_active", "t.is_active", P),
+        col("valid_until", "t.valid_until", TS),
+        col("start_date", "t.start_date", TS),
+        col("end_date", "t.end_date", TS),
+        col("purchase_token", "t.purchase_token", P),
+        col("last_verified", "t.last_verified", TS),
+        col(
+            "purchased_scenarios",
+            "t.purchased_scenarios",
+            Kind::TextArray,
+        ),
+        col("created_at", "t.created_at", TS),
+        col("updated_at", "t.updated_at", TS),
+    ],
+};
+
+// `completed_at` is not compared: Cosmos keeps no completion time, the backfill derives one
+// and deliberately keeps the first copy's value (a re-copy must not move it).
+static COMPLETED_SCENARIOS: Table = Table {
+    from: "completed_scenarios t",
+    bucket: "t.account_id",
+    key: "t.id::text",
+    document: "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)",
+    columns: &[
+        col("id", "t.id", P),
+        col("account_id", "t.account_id", P),
+        col("scenario_id", "t.scenario_id", P),
+    ],
+};
+
+static USER_PROFILES: Table = Table {
+    from: "user_profiles t left join migration.document_versions v
+             on v.container = 'UserProfiles' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
+    bucket: "t.id",
+    key: "t.id::text",
+    document: "coalesce(t.cosmos_id, t.id::text)",
+    columns: &[
+        col("id", "t.id", P),
+        col("cosmos_id", "t.cosmos_id", P),
+        col("account_id", "t.account_id", P),
+        col("name", "t.name", P),
+        col("age_group", "t.age_group", P),
+        col("date_of_birth", "t.date_of_birth", Kind::Date),
+        col("is_guest", "t.is_guest", P),
+        col("is_npc", "t.is_npc", P),
+        col("pronouns", "t.pronouns", P),
+        col("bio", "t.bio", P),
+        col("avatar_media_id", "t.avatar_media_id", P),
+        col("selected_avatar_media_id", "t.selected_avatar_media_id", P),
+        col("preferred_themes", "t.preferred_themes", Kind::Json),
+        col("has_completed_onboarding", "t.has_completed_onboarding", P),
+        col("created_at", "t.created_at", TS),
+        col("updated_at", "t.updated_at", TS),
+        col("_ts", "v.source_ts", P),
+        col("_etag", "v.source_etag", P),
+    ],
+};
+
+static USER_BADGES: Table = Table {
+    from: "user_badges t",
+    bucket: "t.user_profile_id",
+    key: "t.id::text",
+    document: "(select coalesce(p.cosmos_id, p.id::text) from user_profiles p where p.id = t.user_profile_id)",
+    columns: &[
+        col("id", "t.id", P),
+        col("cosmos_id", "t.cosmos_id", P),
+        col("user_profile_id", "t.user_profile_id", P),
+        col("badge_configuration_id", "t.badge_configuration_id", P),
+        col("badge_id", "t.badge_id", P),
+        col("badge_name", "t.badge_name", P),
+        col("badge_message", "t.badge_message", P),
+        col("axis", "t.axis", P),
+        col("trigger_value", "t.trigger_value", Kind::Real),
+        col("threshold", "t.threshold", Kind::Real),
+        col("earned_at", "t.earned_at", TS),
+        col("game_session_id", "t.game_session_id", P),
+        col("scenario_id", "t.scenario_id", P),
+        col("image_id", "t.image_id", P),
+    ],
+};
+
+static PENDING_SIGNUPS: Table = Table {
+    from: "pending_signups t left join migration.document_versions v
+             on v.container = 'PendingSignups' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
+    bucket: "t.id",
+    key: "t.id::text",
+    document: "coalesce(t.cosmos_id, t.id::text)",
+    columns: &[
+        col("id", "t.id", P),
+        col("cosmos_id", "t.cosmos_id", P),
+        col("email", "t.email", P),
+        col("display_name", "t.display_name", P),
+        col("code", "t.code", P),
+        col("created_at", "t.created_at", TS),
+        col("expires_at", "t.expires_at", TS),
+        col("is_used", "t.is_used", P),
+        col("is_signin", "t.is_signin", P),
+        col("failed_attempts", "t.failed_attempts", P),
+        col("_ts", "v.source_ts", P),
+        col("_etag", "v.source_etag", P),
+    ],
+};
+
+pub(crate) fn table(entity: Entity) -> &'static Table {
+    match entity {
+        Entity::Accounts => &ACCOUNTS,
+        Entity::UserProfiles => &USER_PROFILES,
+        Entity::PendingSignups => &PENDING_SIGNUPS,
+        Entity::Subscriptions => &SUBSCRIPTIONS,
+        Entity::CompletedScenarios => &COMPLETED_SCENARIOS,
+        Entity::UserBadges => &USER_BADGES,
+    }
+}
+
+impl Table {
+    fn canonical_columns(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.kind.sql(c.expr)).collect()
+    }
+
+    fn row_text_sql(&self) -> String {
+        canonical::row_text_sql(&self.canonical_columns())
+    }
+
+    /// Per-bucket aggregates; binds `$1`, `$2` = the first and last bucket (int4).
+    pub(crate) fn aggregate_sql(&self) -> String {
+        canonical::aggregate_sql(self.from, self.bucket, &self.row_text_sql())
+    }
+
+    /// A key range's rows as (key, document key, document id, hash); binds `$1` (and `$2`
+    /// unless `open_end`) = the range's uuid bounds.
+    pub(crate) fn bucket_rows_sql(&self, open_end: bool) -> String {
+        format!(
+            "select {key}, {bucket}, {document}, md5({row}) from {from} where {range}",
+            key = self.key,
+            bucket = self.bucket,
+            document = self.document,
+            row = self.row_text_sql(),
+            from = self.from,
+            range = self.range_sql(open_end),
+        )
+    }
+
+    /// Some rows' canonical values: (key, values...); binds the range as above and then the
+    /// keys (text[]).
+    pub(crate) fn values_sql(&self, open_end: bool) -> String {
+        let keys = if open_end { "$2" } else { "$3" };
+        format!(
+            "select {key}, {cols} from {from} where {range} and {key} = any({keys})",
+            key = self.key,
+            cols = self.canonical_columns().join(", "),
+            from = self.from,
+            range = self.range_sql(open_end),
+        )
+    }
+
+    /// Uuid range predicates, so the tables' key indexes serve them.
+    fn range_sql(&self, open_end: bool) -> String {
+        if open_end {
+            format!("{b} >= $1", b = self.bucket)
+        } else {
+            format!("{b} >= $1 and {b} < $2", b = self.bucket)
+        }
+    }
+}
+
+/// A row a source document should have produced in PostgreSQL.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceRow {
+    pub entity: Entity,
+    /// The key of the document the row belongs to (what it is bucketed by).
+    pub document_key: Uuid,
+    pub key: String,
+    pub values: Vec<Option<String>>,
+}
+
+impl SourceRow {
+    fn new(
+        entity: Entity,
+        document_key: Uuid,
+        key: Uuid,
+        fields: Vec<(&'static str, Option<String>)>,
+    ) -> Self {
+        debug_assert!(
+            fields
+                .iter()
+                .map(|f| f.0)
+                .eq(table(entity).columns.iter().map(|c| c.name)),
+            "the Rust columns of {entity} are not the SQL columns"
+        );
+        Self {
+            entity,
+            document_key,
+            key: key.to_string(),
+            values: fields.into_iter().map(|f| f.1).collect(),
+        }
+    }
+
+    pub(crate) fn bucket(&self) -> u8 {
+        self.document_key.as_bytes()[0]
+    }
+
+    pub(crate) fn hash(&self) -> String {
+        canonical::row_hash(&self.values)
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn ts(t: &chrono::DateTime<chrono::Utc>) -> Option<String> {
+    Some(canonical::timestamp(t))
+}
+
+fn opt_ts(t: Option<&chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    t.map(canonical::timestamp)
+}
+
+fn json(v: &impl Serialize) -> Option<String> {
+    serde_json::to_value(v).ok().map(|v| canonical::json(&v))
+}
+
+fn version(v: &mystira_postgres::bulk::SourceVersion) -> [(&'static str, Option<String>); 2] {
+    [("_ts", s(v.ts)), ("_etag", v.etag.clone())]
+}
+
+pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
+    let a = &d.account;
+    let mut fields = vec![
+        ("id", s(a.id)),
+        ("cosmos_id", a.cosmos_id.clone()),
+        ("auth0_user_id", a.auth0_user_id.clone()),
+        ("email", s(a.email.as_str())),
+        ("display_name", s(&a.display_name)),
+        ("role", s(a.role.as_str())),
+        ("settings", json(&a.settings)),
+        ("created_at", ts(&a.created_at)),
+        ("last_login_at", ts(&a.last_login_at)),
+    ];
+    fields.extend(version(&d.version));
+    let mut rows = vec![SourceRow::new(Entity::Accounts, a.id, a.id, fields)];
+    if let Some(sub) = &d.subscription {
+        rows.push(SourceRow::new(
+            Entity::Subscriptions,
+            a.id,
+            sub.id,
+            vec![
+                ("id", s(sub.id)),
+                ("cosmos_id", sub.cosmos_id.clone()),
+                ("account_id", s(sub.account_id)),
+                ("type", s(sub.subscription_type.as_str())),
+                ("product_id", sub.product_id.clone()),
+                ("tier", s(&sub.tier)),
+                ("is_active", s(sub.is_active)),
+                ("valid_until", opt_ts(sub.valid_until.as_ref())),
+                ("start_date", opt_ts(sub.start_date.as_ref())),
+                ("end_date", opt_ts(sub.end_date.as_ref())),
+                (
+                    "purchase_token",
+                    sub.purchase_token.as_ref().map(|t| t.expose().clone()),
+                ),
+                ("last_verified", opt_ts(sub.last_verified.as_ref())),
+                ("purchased_scenarios", json(&sub.purchased_scenarios)),
+                ("created_at", ts(&sub.created_at)),
+                ("updated_at", ts(&sub.updated_at)),
+            ],
+        ));
+    }
+    rows.extend(d.completed_scenarios.iter().map(|c| {
+        SourceRow::new(
+            Entity::CompletedScenarios,
+            a.id,
+            c.id,
+            vec![
+                ("id", s(c.id)),
+                ("account_id", s(c.account_id)),
+                ("scenario_id", s(&c.scenario_id)),
+            ],
+        )
+    }));
+    rows
+}
+
+/// `account_attached`: whether the referenced account exists, as the writer decides (a
+/// profile whose account does not exist lands detached).
+pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<SourceRow> {
+    let p = &d.profile;
+    let mut fields = vec![
+        ("id", s(p.id)),
+        ("cosmos_id", p.cosmos_id.clone()),
+        (
+            "account_id",
+            p.account_id
+                .filter(|_| account_attached)
+                .map(|a| a.to_string()),
+        ),
+        ("name", s(&p.name)),
+        ("age_group", s(p.age_group.as_str())),
+        (
+            "date_of_birth",
+            p.date_of_birth
+                .as_ref()
+                .map(|d| canonical::date(d.expose())),
+        ),
+        ("is_guest", s(p.is_guest)),
+        ("is_npc", s(p.is_npc)),
+        ("pronouns", p.pronouns.clone()),
+        ("bio", p.bio.clone()),
+        ("avatar_media_id", p.avatar_media_id.clone()),
+        (
+            "selected_avatar_media_id",
+            p.selected_avatar_media_id.clone(),
+        ),
+        ("preferred_themes", json(&p.preferred_themes)),
+        ("has_completed_onboarding", s(p.has_completed_onboarding)),
+        ("created_at", ts(&p.created_at)),
+        ("updated_at", ts(&p.updated_at)),
+    ];
+    fields.extend(version(&d.version));
+    let mut rows = vec![SourceRow::new(Entity::UserProfiles, p.id, p.id, fields)];
+    rows.extend(d.badges.iter().map(|b| {
+        SourceRow::new(
+            Entity::UserBadges,
+            p.id,
+            b.id,
+            vec![
+                ("id", s(b.id)),
+                ("cosmos_id", b.cosmos_id.clone()),
+                ("user_profile_id", s(b.user_profile_id)),
+                ("badge_configuration_id", s(&b.badge_configuration_id)),
+                ("badge_id", b.badge_id.clone()),
+                ("badge_name", s(&b.badge_name)),
+                ("badge_message", s(&b.badge_message)),
+                ("axis", s(&b.axis)),
+                ("trigger_value", Some(canonical::real(b.trigger_value))),
+                ("threshold", Some(canonical::real(b.threshold))),
+                ("earned_at", ts(&b.earned_at)),
+                ("game_session_id", b.game_session_id.clone()),
+                ("scenario_id", b.scenario_id.clone()),
+                ("image_id", s(&b.image_id)),
+            ],
+        )
+    }));
+    rows
+}
+
+pub(crate) fn signup_rows(d: &SignupDocument) -> Vec<SourceRow> {
+    let g = &d.signup;
+    let mut fields = vec![
+        ("id", s(g.id)),
+        ("cosmos_id", g.cosmos_id.clone()),
+        ("email", s(g.email.as_str())),
+        ("display_name", s(&g.display_name)),
+        ("code", s(g.code.as_str())),
+        ("created_at", ts(&g.created_at)),
+        ("expires_at", ts(&g.expires_at)),
+        ("is_used", s(g.is_used)),
+        ("is_signin", s(g.is_signin)),
+        ("failed_attempts", s(g.failed_attempts)),
+    ];
+    fields.extend(version(&d.version));
+    vec![SourceRow::new(Entity::PendingSignups, g.id, g.id, fields)]
+}

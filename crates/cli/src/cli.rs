@@ -76,7 +76,7 @@ pub enum Command {
     Migrate(MigrateArgs),
 
     /// Write a deterministic synthetic data set (every historical document shape, and a share
-    /// of problem documents) as export files.
+    /// of problem documents) as export files, or straight into a Cosmos account.
     Generate(GenerateArgs),
 
     /// Move export files in and out of a Cosmos account.
@@ -208,8 +208,12 @@ pub struct GenerateArgs {
     pub dirty: f64,
 
     /// Directory to write the export files to (created)
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "cosmos_endpoint")]
+    pub out: Option<PathBuf>,
+
+    /// Write straight into this Cosmos account instead (also `COSMOS_KEY`, ...)
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
 }
 
 /// `mystira-users cosmos ...`

@@ -26,12 +26,16 @@ pub fn init(global: &GlobalArgs) {
 }
 
 /// The filter for a verbosity. sqlx stays at warn below -vv: at info and debug it logs every
-/// statement.
+/// statement. The Azure SDK's info lines (regions, HTTP versions) are noise for an operator.
 fn default_directives(verbose: u8, quiet: bool) -> &'static str {
     match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "info,sqlx=warn",
-        (false, 1) => "debug,sqlx=warn",
+        (false, 0) => {
+            "info,sqlx=warn,azure_core=warn,azure_data_cosmos=warn,azure_data_cosmos_driver=warn"
+        }
+        (false, 1) => {
+            "debug,sqlx=warn,azure_core=info,azure_data_cosmos=info,azure_data_cosmos_driver=info"
+        }
         (false, _) => "trace",
     }
 }

@@ -1,15 +1,16 @@
-//! `mystira-users generate`: a deterministic synthetic data set as export files.
+//! `mystira-users generate`: a deterministic synthetic data set, as export files or straight
+//! into a Cosmos account.
 
 use anyhow::Context as _;
 use mystira_cosmos::generate::{GenerateOptions, write_export};
 use serde_json::json;
 
-use super::Outcome;
+use super::{Outcome, source};
 use crate::cli::GenerateArgs;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
-pub fn run(args: &GenerateArgs) -> anyhow::Result<Outcome> {
+pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     if !(0.0..=1.0).contains(&args.dirty) {
         anyhow::bail!(ConfigError::Usage(
             "--dirty must be between 0.0 and 1.0".into()
@@ -21,20 +22,39 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<Outcome> {
         seed: args.seed,
         dirty: args.dirty,
     };
-    let summary = write_export(&args.out, &options)
-        .with_context(|| format!("cannot write the data set to {}", args.out.display()))?;
+    // into an account: generate into a scratch directory, then import it
+    let scratch = tempfile::Builder::new()
+        .prefix("mystira-generate-")
+        .tempdir()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| scratch.path().to_path_buf());
+    let summary = write_export(&out, &options)
+        .with_context(|| format!("cannot write the data set to {}", out.display()))?;
+    let imported_into = match (&args.out, &args.cosmos.cosmos_endpoint) {
+        (None, Some(_)) => {
+            let store = source::connect_cosmos(&args.cosmos, settings).await?;
+            mystira_cosmos_client::import_dir(&store, &out, 16)
+                .await
+                .context("the import failed")?;
+            Some(store.database_name().to_owned())
+        }
+        _ => None,
+    };
     let seconds = started.elapsed().as_secs_f64();
     let per_container: serde_json::Map<String, serde_json::Value> = summary
         .documents
         .iter()
         .map(|(c, n)| (c.name().to_owned(), json!(n)))
         .collect();
+    let target = imported_into.as_deref().map_or_else(
+        || out.display().to_string(),
+        |db| format!("Cosmos database {db}"),
+    );
     let mut human = format!(
-        "wrote {} documents ({} with a planted problem) for {} accounts to {} in {seconds:.1} s\n",
-        summary.total_documents,
-        summary.dirty_documents,
-        args.accounts,
-        args.out.display()
+        "wrote {} documents ({} with a planted problem) for {} accounts to {target} in {seconds:.1} s\n",
+        summary.total_documents, summary.dirty_documents, args.accounts,
     );
     for (container, n) in &summary.documents {
         human.push_str(&format!("  {:<15} {n:>10}\n", container.name()));
@@ -44,6 +64,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<Outcome> {
         human,
         json: json!({
             "out": args.out,
+            "cosmos_database": imported_into,
             "accounts": args.accounts,
             "seed": args.seed,
             "dirty": args.dirty,

@@ -26,7 +26,7 @@ pub struct Outcome {
 pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     match command {
         Command::Migrate(args) => migrate::run(args, settings, json).await,
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(args, settings).await,
         Command::Cosmos(cosmos) => cosmos::run(cosmos, settings).await,
         Command::Quarantine(q) => quarantine::run(q, settings).await,
         Command::Bench(args) => bench::run(args, settings).await,

@@ -219,3 +219,44 @@ async fn two_processes_share_a_run_and_one_takes_over_when_the_other_is_killed()
     assert_eq!(report["reconciled"], true);
     assert_eq!(state(&db).await, expected);
 }
+
+fn verify(export: &Path, db: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["verify", "--json", "--export-dir"])
+        .arg(export)
+        .args(["--database-url", db])
+        .args(extra)
+        .env_remove("MYSTIRA_CONFIG")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn verify_exits_0_when_clean_1_on_drift_2_when_it_cannot_compare_and_repair_fixes_drift() {
+    let export = tempfile::tempdir().unwrap();
+    generate(export.path(), 80);
+    let db = fresh_database("verify").await;
+    finish(&mut migrate(export.path(), &db, &[]));
+    assert_eq!(verify(export.path(), &db, &[]).status.code(), Some(0));
+
+    let mut conn = PgConnection::connect(&db).await.unwrap();
+    sqlx::raw_sql("delete from completed_scenarios where ctid in (select ctid from completed_scenarios limit 3)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let drift = verify(export.path(), &db, &[]);
+    assert_eq!(drift.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&drift.stdout).unwrap();
+    assert_eq!(
+        report["entities"]["completed_scenarios"]["missing"], 3,
+        "{report}"
+    );
+
+    let repaired = verify(export.path(), &db, &["--repair"]);
+    assert_eq!(repaired.status.code(), Some(0));
+    assert_eq!(verify(export.path(), &db, &[]).status.code(), Some(0));
+
+    let unreachable = verify(export.path(), "postgres://nobody@127.0.0.1:1/none", &[]);
+    assert_eq!(unreachable.status.code(), Some(2));
+}

@@ -31,6 +31,12 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
     )
     .await?;
 
+    // verification of the same data set, timed in the same run (issue: no slower than migrating)
+    let verify_seconds = time_verify(
+        &main.url,
+        &work.path().join(format!("export-{}", args.accounts)),
+    )?;
+
     // the ceiling: the same final rows, loaded with binary COPY into an empty schema
     let copy_url = database(&server, &format!("bench_{tag}_copy"));
     let from = db::pool_on(&main.url).await?;
@@ -72,7 +78,8 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
         "data set: {} accounts, {} rows in the six tables\n\
          migrate (export files -> PostgreSQL): {:>10.0} rows/s  ({:.1} s, peak memory {})\n\
          COPY baseline (binary, same rows):     {:>10.0} rows/s  ({:.1} s)\n\
-         ratio migrate / COPY: {:.2}\n",
+         ratio migrate / COPY: {:.2}\n\
+         verify (same data, clean):             {:>10.0} rows/s  ({:.1} s, {:.2}x the migration time)\n",
         args.accounts,
         main.rows,
         main.rows_per_second,
@@ -81,6 +88,9 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
         copy_rps,
         baseline.load_seconds,
         ratio,
+        main.rows as f64 / verify_seconds,
+        verify_seconds,
+        verify_seconds / main.seconds,
     );
     for m in &memory {
         human.push_str(&format!(
@@ -99,6 +109,7 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
             "migrate": { "seconds": main.seconds, "rows_per_second": main.rows_per_second, "peak_rss_bytes": main.peak_rss },
             "copy": { "seconds": baseline.load_seconds, "rows_per_second": copy_rps },
             "ratio": ratio,
+            "verify": { "seconds": verify_seconds, "relative_to_migrate": verify_seconds / main.seconds },
             "memory": memory,
         }),
     })
@@ -172,6 +183,25 @@ async fn measure_migration(
         rows_per_second: rows as f64 / seconds,
         peak_rss: report["peak_rss_bytes"].as_u64(),
     })
+}
+
+/// Runs `verify` on the migrated database with a child process; it must come out clean.
+fn time_verify(url: &str, export: &Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let output = Command::new(std::env::current_exe()?)
+        .args(["verify", "--json", "--quiet", "--export-dir"])
+        .arg(export)
+        .args(["--database-url", url])
+        .output()
+        .context("cannot run `verify`")?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "`verify` did not come out clean (exit {:?})",
+            output.status.code()
+        );
+    }
+    Ok(seconds)
 }
 
 /// `server`'s url with the database name replaced.

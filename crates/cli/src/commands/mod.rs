@@ -8,6 +8,7 @@ mod generate;
 mod migrate;
 mod quarantine;
 mod source;
+mod verify;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -26,6 +27,7 @@ pub struct Outcome {
 pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     match command {
         Command::Migrate(args) => migrate::run(args, settings, json).await,
+        Command::Verify(args) => verify::run(args, settings).await,
         Command::Generate(args) => generate::run(args, settings).await,
         Command::Cosmos(cosmos) => cosmos::run(cosmos, settings).await,
         Command::Quarantine(q) => quarantine::run(q, settings).await,

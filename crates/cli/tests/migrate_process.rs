@@ -59,7 +59,7 @@ fn migrate(export: &Path, db: &str, extra: &[&str]) -> Command {
         .env_remove("MYSTIRA_CONFIG")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     c
 }
 

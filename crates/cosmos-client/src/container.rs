@@ -9,7 +9,7 @@ use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::ItemResponse;
 use azure_data_cosmos::options::{ItemWriteOptions, Precondition};
-use azure_data_cosmos::{PartitionKey, Query};
+use azure_data_cosmos::{CosmosError, PartitionKey, Query};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -143,14 +143,9 @@ impl Container {
     ) -> Result<Option<Versioned<T>>> {
         const OP: &str = "read item";
         let pk = partition.into();
-        let pk = &pk;
-        let result = with_retry(&self.retry, || async move {
-            self.client
-                .read_item(pk.clone(), id, None)
-                .await
-                .map_err(|e| Error::from_sdk(OP, &self.target, e))
-        })
-        .await;
+        let result = self
+            .point_op(OP, || self.client.read_item(pk.clone(), id, None))
+            .await;
         match result {
             Ok(response) => {
                 let etag = etag_of(&response);
@@ -172,15 +167,10 @@ impl Container {
         item: &T,
     ) -> Result<Option<String>> {
         let pk = partition.into();
-        let pk = &pk;
-        with_retry(&self.retry, || async move {
-            self.client
-                .create_item(pk.clone(), id, item, None)
-                .await
-                .map_err(|e| Error::from_sdk("create item", &self.target, e))
+        self.write_op("create item", || {
+            self.client.create_item(pk.clone(), id, item, None)
         })
         .await
-        .map(|r| etag_of(&r))
     }
 
     /// Creates or overwrites the item. Returns the new ETag.
@@ -191,15 +181,10 @@ impl Container {
         item: &T,
     ) -> Result<Option<String>> {
         let pk = partition.into();
-        let pk = &pk;
-        with_retry(&self.retry, || async move {
-            self.client
-                .upsert_item(pk.clone(), id, item, None)
-                .await
-                .map_err(|e| Error::from_sdk("upsert item", &self.target, e))
+        self.write_op("upsert item", || {
+            self.client.upsert_item(pk.clone(), id, item, None)
         })
         .await
-        .map(|r| etag_of(&r))
     }
 
     /// Replaces the item only if its current ETag is `etag`; otherwise fails with
@@ -213,35 +198,52 @@ impl Container {
         etag: &str,
     ) -> Result<Option<String>> {
         let pk = partition.into();
-        let pk = &pk;
-        with_retry(&self.retry, || async move {
+        self.write_op("replace item", || {
             let options =
                 ItemWriteOptions::default().with_precondition(Precondition::if_match(etag));
             self.client
                 .replace_item(pk.clone(), id, item, Some(options))
-                .await
-                .map_err(|e| Error::from_sdk("replace item", &self.target, e))
         })
         .await
-        .map(|r| etag_of(&r))
     }
 
     /// Deletes the item. Returns `false` if it did not exist (deleting is idempotent).
     pub async fn delete(&self, partition: impl Into<PartitionKey>, id: &str) -> Result<bool> {
         let pk = partition.into();
-        let pk = &pk;
-        let result = with_retry(&self.retry, || async move {
-            self.client
-                .delete_item(pk.clone(), id, None)
-                .await
-                .map_err(|e| Error::from_sdk("delete item", &self.target, e))
-        })
-        .await;
+        let result = self
+            .point_op("delete item", || {
+                self.client.delete_item(pk.clone(), id, None)
+            })
+            .await;
         match result {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// One SDK call under the retry policy, its error named by `operation` and this
+    /// container (never by the item id or partition key, which may be personal data).
+    async fn point_op<R, F, Fut>(&self, operation: &'static str, call: F) -> Result<R>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<R, CosmosError>>,
+    {
+        with_retry(&self.retry, || async {
+            call()
+                .await
+                .map_err(|e| Error::from_sdk(operation, &self.target, e))
+        })
+        .await
+    }
+
+    /// [`Self::point_op`] for a write, which answers with the item's new ETag.
+    async fn write_op<F, Fut>(&self, operation: &'static str, call: F) -> Result<Option<String>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<ItemResponse, CosmosError>>,
+    {
+        self.point_op(operation, call).await.map(|r| etag_of(&r))
     }
 
     /// Runs a query in pages of the store's page size, starting at `resume` (a token saved from

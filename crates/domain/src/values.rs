@@ -11,6 +11,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ValidationError, check_len};
 
+/// The serde bridge of a validated string newtype (`TryFrom<String>` through its `parse`, and
+/// back `Into<String>`); with `redacted`, also a `Debug` that hides the value (personal data).
+macro_rules! string_value {
+    ($ty:ident) => {
+        impl TryFrom<String> for $ty {
+            type Error = ValidationError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(value: $ty) -> Self {
+                value.0
+            }
+        }
+    };
+    ($ty:ident, redacted) => {
+        string_value!($ty);
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($ty), "([redacted])"))
+            }
+        }
+    };
+}
+
 /// A value that must never be logged (purchase tokens). `Debug` prints `[redacted]`.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -116,24 +144,7 @@ fn is_tld(tld: &str) -> bool {
     }
 }
 
-impl fmt::Debug for Email {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Email([redacted])")
-    }
-}
-
-impl TryFrom<String> for Email {
-    type Error = ValidationError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<Email> for String {
-    fn from(value: Email) -> Self {
-        value.0
-    }
-}
+string_value!(Email, redacted);
 
 /// An account role (`accounts_role_check`). Parsing ignores case (`admin` is `Admin`); the stored
 /// form is the canonical spelling.
@@ -231,18 +242,7 @@ impl Default for AgeGroup {
     }
 }
 
-impl TryFrom<String> for AgeGroup {
-    type Error = ValidationError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<AgeGroup> for String {
-    fn from(value: AgeGroup) -> Self {
-        value.0
-    }
-}
+string_value!(AgeGroup);
 
 /// The `subscription_type` enum. Cosmos stores it as an integer (Free=0 ... Individual=4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -346,24 +346,7 @@ impl SignupCode {
     }
 }
 
-impl fmt::Debug for SignupCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SignupCode([redacted])")
-    }
-}
-
-impl TryFrom<String> for SignupCode {
-    type Error = ValidationError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<SignupCode> for String {
-    fn from(value: SignupCode) -> Self {
-        value.0
-    }
-}
+string_value!(SignupCode, redacted);
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,27 @@ pub struct NotesFor {
     pub note: DocumentNote,
 }
 
+/// One column of a batch, for binding as an array to an `unnest` insert.
+fn column<I, U>(rows: &[I], value: impl Fn(&I) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
+}
+
+/// The [`BulkDocument`] accessors every document kind has alike: `$main` is the field holding
+/// the document's main entity, whose id is the document's key.
+macro_rules! document_accessors {
+    ($main:ident) => {
+        fn version(&self) -> &SourceVersion {
+            &self.version
+        }
+        fn key(&self) -> Uuid {
+            self.$main.id
+        }
+        fn notes(&self) -> &[DocumentNote] {
+            &self.notes
+        }
+    };
+}
+
 /// Writes a batch and returns one outcome per input document, in order. `Err` only for a
 /// failure that says nothing about the documents (the database went away): retry the batch.
 pub async fn write_batch<D: BulkDocument>(pool: &PgPool, docs: &[D]) -> Result<Vec<WriteOutcome>> {
@@ -179,10 +200,10 @@ async fn write_in_transaction<D: BulkDocument>(
          returning document_id",
     )
     .bind(D::CONTAINER)
-    .bind(docs.iter().map(|d| d.version().document_id.clone()).collect::<Vec<_>>())
-    .bind(docs.iter().map(|d| d.key()).collect::<Vec<_>>())
-    .bind(docs.iter().map(|d| d.version().ts).collect::<Vec<_>>())
-    .bind(docs.iter().map(|d| d.version().etag.clone()).collect::<Vec<_>>())
+    .bind(column(docs, |d| d.version().document_id.clone()))
+    .bind(column(docs, |d| d.key()))
+    .bind(column(docs, |d| d.version().ts))
+    .bind(column(docs, |d| d.version().etag.clone()))
     .fetch_all(&mut *tx)
     .await
     .map_err(map)?
@@ -256,15 +277,7 @@ async fn replace_notes<D: BulkDocument>(
 #[async_trait]
 impl BulkDocument for AccountDocument {
     const CONTAINER: &'static str = "Accounts";
-    fn version(&self) -> &SourceVersion {
-        &self.version
-    }
-    fn key(&self) -> Uuid {
-        self.account.id
-    }
-    fn notes(&self) -> &[DocumentNote] {
-        &self.notes
-    }
+    document_accessors!(account);
 
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         for d in docs {
@@ -287,15 +300,15 @@ impl BulkDocument for AccountDocument {
                  role = excluded.role, settings = excluded.settings,
                  created_at = excluded.created_at, last_login_at = excluded.last_login_at",
         )
-        .bind(accounts.iter().map(|a| a.id).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.cosmos_id.clone()).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.auth0_user_id.clone()).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.email.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.display_name.clone()).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.role.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(column(&accounts, |a| a.id))
+        .bind(column(&accounts, |a| a.cosmos_id.clone()))
+        .bind(column(&accounts, |a| a.auth0_user_id.clone()))
+        .bind(column(&accounts, |a| a.email.as_str().to_owned()))
+        .bind(column(&accounts, |a| a.display_name.clone()))
+        .bind(column(&accounts, |a| a.role.as_str().to_owned()))
         .bind(settings)
-        .bind(accounts.iter().map(|a| a.created_at).collect::<Vec<_>>())
-        .bind(accounts.iter().map(|a| a.last_login_at).collect::<Vec<_>>())
+        .bind(column(&accounts, |a| a.created_at))
+        .bind(column(&accounts, |a| a.last_login_at))
         .execute(&mut *conn)
         .await
         .map_err(map)?;
@@ -332,7 +345,7 @@ async fn write_subscriptions<'a>(
         "delete from subscriptions where account_id = any($1) and not (account_id = any($2))",
     )
     .bind(account_ids)
-    .bind(subs.iter().map(|s| s.account_id).collect::<Vec<_>>())
+    .bind(column(&subs, |s| s.account_id))
     .execute(&mut *conn)
     .await
     .map_err(map)?;
@@ -366,33 +379,23 @@ async fn write_subscriptions<'a>(
              purchased_scenarios = excluded.purchased_scenarios,
              created_at = excluded.created_at, updated_at = excluded.updated_at",
     )
-    .bind(subs.iter().map(|s| s.id).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.cosmos_id.clone()).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.account_id).collect::<Vec<_>>())
-    .bind(
-        subs.iter()
-            .map(|s| s.subscription_type.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        subs.iter()
-            .map(|s| s.product_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(subs.iter().map(|s| s.tier.clone()).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.is_active).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.valid_until).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.start_date).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.end_date).collect::<Vec<_>>())
-    .bind(
-        subs.iter()
-            .map(|s| s.purchase_token.as_ref().map(|t| t.expose().clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(subs.iter().map(|s| s.last_verified).collect::<Vec<_>>())
+    .bind(column(&subs, |s| s.id))
+    .bind(column(&subs, |s| s.cosmos_id.clone()))
+    .bind(column(&subs, |s| s.account_id))
+    .bind(column(&subs, |s| s.subscription_type.as_str().to_owned()))
+    .bind(column(&subs, |s| s.product_id.clone()))
+    .bind(column(&subs, |s| s.tier.clone()))
+    .bind(column(&subs, |s| s.is_active))
+    .bind(column(&subs, |s| s.valid_until))
+    .bind(column(&subs, |s| s.start_date))
+    .bind(column(&subs, |s| s.end_date))
+    .bind(column(&subs, |s| {
+        s.purchase_token.as_ref().map(|t| t.expose().clone())
+    }))
+    .bind(column(&subs, |s| s.last_verified))
     .bind(scenarios)
-    .bind(subs.iter().map(|s| s.created_at).collect::<Vec<_>>())
-    .bind(subs.iter().map(|s| s.updated_at).collect::<Vec<_>>())
+    .bind(column(&subs, |s| s.created_at))
+    .bind(column(&subs, |s| s.updated_at))
     .execute(&mut *conn)
     .await
     .map_err(map)?;
@@ -434,10 +437,10 @@ async fn write_completed_scenarios<'a>(
          select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
          on conflict (account_id, scenario_id) do nothing",
     )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(column(&rows, |r| r.id))
     .bind(&owners)
     .bind(&scenario_ids)
-    .bind(rows.iter().map(|r| r.completed_at).collect::<Vec<_>>())
+    .bind(column(&rows, |r| r.completed_at))
     .execute(&mut *conn)
     .await
     .map_err(map)?;
@@ -447,15 +450,7 @@ async fn write_completed_scenarios<'a>(
 #[async_trait]
 impl BulkDocument for ProfileDocument {
     const CONTAINER: &'static str = "UserProfiles";
-    fn version(&self) -> &SourceVersion {
-        &self.version
-    }
-    fn key(&self) -> Uuid {
-        self.profile.id
-    }
-    fn notes(&self) -> &[DocumentNote] {
-        &self.notes
-    }
+    document_accessors!(profile);
 
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         let map = |e| map_sqlx_error("user_profiles", e);
@@ -516,62 +511,24 @@ impl BulkDocument for ProfileDocument {
                  has_completed_onboarding = excluded.has_completed_onboarding,
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
         )
-        .bind(profiles.iter().map(|p| p.id).collect::<Vec<_>>())
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.cosmos_id.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&profiles, |p| p.id))
+        .bind(column(&profiles, |p| p.cosmos_id.clone()))
         .bind(account_ids)
-        .bind(profiles.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.age_group.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.date_of_birth.as_ref().map(|d| *d.expose()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(profiles.iter().map(|p| p.is_guest).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.is_npc).collect::<Vec<_>>())
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.pronouns.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(profiles.iter().map(|p| p.bio.clone()).collect::<Vec<_>>())
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.avatar_media_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.selected_avatar_media_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            profiles
-                .iter()
-                .map(|p| serde_json::json!(p.preferred_themes))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            profiles
-                .iter()
-                .map(|p| p.has_completed_onboarding)
-                .collect::<Vec<_>>(),
-        )
-        .bind(profiles.iter().map(|p| p.created_at).collect::<Vec<_>>())
-        .bind(profiles.iter().map(|p| p.updated_at).collect::<Vec<_>>())
+        .bind(column(&profiles, |p| p.name.clone()))
+        .bind(column(&profiles, |p| p.age_group.as_str().to_owned()))
+        .bind(column(&profiles, |p| {
+            p.date_of_birth.as_ref().map(|d| *d.expose())
+        }))
+        .bind(column(&profiles, |p| p.is_guest))
+        .bind(column(&profiles, |p| p.is_npc))
+        .bind(column(&profiles, |p| p.pronouns.clone()))
+        .bind(column(&profiles, |p| p.bio.clone()))
+        .bind(column(&profiles, |p| p.avatar_media_id.clone()))
+        .bind(column(&profiles, |p| p.selected_avatar_media_id.clone()))
+        .bind(column(&profiles, |p| serde_json::json!(p.preferred_themes)))
+        .bind(column(&profiles, |p| p.has_completed_onboarding))
+        .bind(column(&profiles, |p| p.created_at))
+        .bind(column(&profiles, |p| p.updated_at))
         .execute(&mut *conn)
         .await
         .map_err(map)?;
@@ -620,60 +577,20 @@ async fn write_badges<'a>(
          order by n
          on conflict (user_profile_id, badge_configuration_id) do nothing",
     )
-    .bind(badges.iter().map(|b| b.id).collect::<Vec<_>>())
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.cosmos_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(badges.iter().map(|b| b.user_profile_id).collect::<Vec<_>>())
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.badge_configuration_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.badge_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.badge_name.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.badge_message.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(badges.iter().map(|b| b.axis.clone()).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.trigger_value).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.threshold).collect::<Vec<_>>())
-    .bind(badges.iter().map(|b| b.earned_at).collect::<Vec<_>>())
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.game_session_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.scenario_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        badges
-            .iter()
-            .map(|b| b.image_id.clone())
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(&badges, |b| b.id))
+    .bind(column(&badges, |b| b.cosmos_id.clone()))
+    .bind(column(&badges, |b| b.user_profile_id))
+    .bind(column(&badges, |b| b.badge_configuration_id.clone()))
+    .bind(column(&badges, |b| b.badge_id.clone()))
+    .bind(column(&badges, |b| b.badge_name.clone()))
+    .bind(column(&badges, |b| b.badge_message.clone()))
+    .bind(column(&badges, |b| b.axis.clone()))
+    .bind(column(&badges, |b| b.trigger_value))
+    .bind(column(&badges, |b| b.threshold))
+    .bind(column(&badges, |b| b.earned_at))
+    .bind(column(&badges, |b| b.game_session_id.clone()))
+    .bind(column(&badges, |b| b.scenario_id.clone()))
+    .bind(column(&badges, |b| b.image_id.clone()))
     .execute(&mut *conn)
     .await
     .map_err(map)?;
@@ -683,15 +600,7 @@ async fn write_badges<'a>(
 #[async_trait]
 impl BulkDocument for SignupDocument {
     const CONTAINER: &'static str = "PendingSignups";
-    fn version(&self) -> &SourceVersion {
-        &self.version
-    }
-    fn key(&self) -> Uuid {
-        self.signup.id
-    }
-    fn notes(&self) -> &[DocumentNote] {
-        &self.notes
-    }
+    document_accessors!(signup);
 
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         let signups: Vec<&PendingSignup> = docs.iter().map(|d| &d.signup).collect();
@@ -712,41 +621,16 @@ impl BulkDocument for SignupDocument {
                  is_used = excluded.is_used, is_signin = excluded.is_signin,
                  failed_attempts = excluded.failed_attempts",
         )
-        .bind(signups.iter().map(|s| s.id).collect::<Vec<_>>())
-        .bind(
-            signups
-                .iter()
-                .map(|s| s.cosmos_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            signups
-                .iter()
-                .map(|s| s.email.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            signups
-                .iter()
-                .map(|s| s.display_name.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            signups
-                .iter()
-                .map(|s| s.code.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(signups.iter().map(|s| s.created_at).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.expires_at).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.is_used).collect::<Vec<_>>())
-        .bind(signups.iter().map(|s| s.is_signin).collect::<Vec<_>>())
-        .bind(
-            signups
-                .iter()
-                .map(|s| s.failed_attempts)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&signups, |s| s.id))
+        .bind(column(&signups, |s| s.cosmos_id.clone()))
+        .bind(column(&signups, |s| s.email.as_str().to_owned()))
+        .bind(column(&signups, |s| s.display_name.clone()))
+        .bind(column(&signups, |s| s.code.as_str().to_owned()))
+        .bind(column(&signups, |s| s.created_at))
+        .bind(column(&signups, |s| s.expires_at))
+        .bind(column(&signups, |s| s.is_used))
+        .bind(column(&signups, |s| s.is_signin))
+        .bind(column(&signups, |s| s.failed_attempts))
         .execute(&mut *conn)
         .await
         .map_err(|e| map_sqlx_error("pending_signups", e))?;

@@ -18,7 +18,11 @@ use std::pin::Pin;
 
 use mystira_domain::error::RepoError;
 use mystira_domain::ports::{Page, PageRequest};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Executor, FromRow, PgPool, Postgres};
 use uuid::Uuid;
+
+use crate::map_sqlx_error;
 
 pub mod accounts;
 pub mod badges;
@@ -44,6 +48,63 @@ pub(crate) fn column_error(
     RepoError::Store(format!(
         "column `{table}.{column}` holds a value the domain rejects: {rule}"
     ))
+}
+
+/// A `select` whose rows are read into a private `*Row` struct.
+pub(crate) type RowQuery<'q, R> = sqlx::query::QueryAs<'q, Postgres, R, PgArguments>;
+
+/// Runs `query` on `pool` and converts the row, if any, into its domain entity.
+pub(crate) async fn fetch_optional<R, T>(
+    pool: &PgPool,
+    table: &'static str,
+    query: RowQuery<'_, R>,
+) -> Result<Option<T>, RepoError>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    T: TryFrom<R, Error = RepoError>,
+{
+    query
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| map_sqlx_error(table, e))?
+        .map(T::try_from)
+        .transpose()
+}
+
+/// Runs `query` on `pool` and converts every row into its domain entity.
+pub(crate) async fn fetch_all<R, T>(
+    pool: &PgPool,
+    table: &'static str,
+    query: RowQuery<'_, R>,
+) -> Result<Vec<T>, RepoError>
+where
+    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    T: TryFrom<R, Error = RepoError>,
+{
+    query
+        .fetch_all(pool)
+        .await
+        .map_err(|e| map_sqlx_error(table, e))?
+        .into_iter()
+        .map(T::try_from)
+        .collect()
+}
+
+/// Runs a write through `exec` and says whether it touched any row (whether the row it is
+/// keyed by existed).
+pub(crate) async fn touched_any<'c, E>(
+    exec: E,
+    table: &'static str,
+    query: sqlx::query::Query<'_, Postgres, PgArguments>,
+) -> Result<bool, RepoError>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    let done = query
+        .execute(exec)
+        .await
+        .map_err(|e| map_sqlx_error(table, e))?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// The `limit` to bind for a keyset page: one row more than asked for, so that a page can tell

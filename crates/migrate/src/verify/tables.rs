@@ -111,52 +111,88 @@ pub(crate) struct Table {
 const P: Kind = Kind::Plain;
 const TS: Kind = Kind::Timestamp;
 
-static ACCOUNTS: Table = Table {
-    from: "accounts t left join migration.document_versions v
-             on v.container = 'Accounts' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
-    bucket: "t.id",
-    key: "t.id::text",
-    document: "coalesce(t.cosmos_id, t.id::text)",
-    columns: &[
-        col("id", "t.id", P),
-        col("cosmos_id", "t.cosmos_id", P),
-        col("auth0_user_id", "t.auth0_user_id", P),
-        col("email", "t.email", P),
-        col("display_name", "t.display_name", P),
-        col("role", "t.role", P),
-        col("settings", "t.settings", Kind::Json),
-        col("created_at", "t.created_at", TS),
-        col("last_login_at", "t.last_login_at", TS),
-        col("_ts", "v.source_ts", P),
-        col("_etag", "v.source_etag", P),
-    ],
-};
+/// One column of table alias `t`: `"name"` (compared as [`Kind::Plain`]) or `"name" => kind`.
+macro_rules! column {
+    ($name:literal) => {
+        col($name, concat!("t.", $name), P)
+    };
+    ($name:literal => $kind:expr) => {
+        col($name, concat!("t.", $name), $kind)
+    };
+}
+
+/// Columns of table alias `t`, each as in [`column!`].
+macro_rules! columns {
+    ($($name:literal $(=> $kind:expr)?),* $(,)?) => {
+        &[$(column!($name $(=> $kind)?)),*]
+    };
+}
+
+/// A document entity's table: keyed and bucketed by its own id, with its source version
+/// joined from `migration.document_versions`. The listed columns come between the
+/// `id, cosmos_id` and the `_ts, _etag` that every document table has.
+macro_rules! document_table {
+    ($table:literal, $container:literal, [$($name:literal $(=> $kind:expr)?),* $(,)?]) => {
+        Table {
+            from: concat!(
+                $table,
+                " t left join migration.document_versions v on v.container = '",
+                $container,
+                "' and v.document_id = coalesce(t.cosmos_id, t.id::text)"
+            ),
+            bucket: "t.id",
+            key: "t.id::text",
+            document: "coalesce(t.cosmos_id, t.id::text)",
+            columns: &[
+                column!("id"),
+                column!("cosmos_id"),
+                $(column!($name $(=> $kind)?),)*
+                col("_ts", "v.source_ts", P),
+                col("_etag", "v.source_etag", P),
+            ],
+        }
+    };
+}
+
+/// The Cosmos id of the `Accounts` document an embedded row (`t.account_id`) belongs to.
+const ACCOUNT_DOCUMENT: &str =
+    "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)";
+
+static ACCOUNTS: Table = document_table!(
+    "accounts",
+    "Accounts",
+    [
+        "auth0_user_id",
+        "email",
+        "display_name",
+        "role",
+        "settings" => Kind::Json,
+        "created_at" => TS,
+        "last_login_at" => TS,
+    ]
+);
 
 static SUBSCRIPTIONS: Table = Table {
     from: "subscriptions t",
     bucket: "t.account_id",
     key: "t.id::text",
-    document: "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)",
-    columns: &[
-        col("id", "t.id", P),
-        col("cosmos_id", "t.cosmos_id", P),
-        col("account_id", "t.account_id", P),
-        col("type", "t.type", P),
-        col("product_id", "t.product_id", P),
-        col("tier", "t.tier", P),
-        col("is_active", "t.is_active", P),
-        col("valid_until", "t.valid_until", TS),
-        col("start_date", "t.start_date", TS),
-        col("end_date", "t.end_date", TS),
-        col("purchase_token", "t.purchase_token", P),
-        col("last_verified", "t.last_verified", TS),
-        col(
-            "purchased_scenarios",
-            "t.purchased_scenarios",
-            Kind::TextArray,
-        ),
-        col("created_at", "t.created_at", TS),
-        col("updated_at", "t.updated_at", TS),
+    document: ACCOUNT_DOCUMENT,
+    columns: columns![
+        "id",
+        "cosmos_id",
+        "account_id",
+        "type",
+        "product_id",
+        "tier",
+        "is_active",
+        "valid_until" => TS,
+        "start_date" => TS,
+        "end_date" => TS,
+        "purchase_token",
+        "last_verified" => TS,
+        "purchased_scenarios" => Kind::TextArray,
+        "created_at" => TS,
+        "updated_at" => TS,
     ],
 };
 
@@ -166,86 +202,68 @@ static COMPLETED_SCENARIOS: Table = Table {
     from: "completed_scenarios t",
     bucket: "t.account_id",
     key: "t.id::text",
-    document: "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)",
-    columns: &[
-        col("id", "t.id", P),
-        col("account_id", "t.account_id", P),
-        col("scenario_id", "t.scenario_id", P),
-    ],
+    document: ACCOUNT_DOCUMENT,
+    columns: columns!["id", "account_id", "scenario_id",],
 };
 
-static USER_PROFILES: Table = Table {
-    from: "user_profiles t left join migration.document_versions v
-             on v.container = 'UserProfiles' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
-    bucket: "t.id",
-    key: "t.id::text",
-    document: "coalesce(t.cosmos_id, t.id::text)",
-    columns: &[
-        col("id", "t.id", P),
-        col("cosmos_id", "t.cosmos_id", P),
-        col("account_id", "t.account_id", P),
-        col("name", "t.name", P),
-        col("age_group", "t.age_group", P),
-        col("date_of_birth", "t.date_of_birth", Kind::Date),
-        col("is_guest", "t.is_guest", P),
-        col("is_npc", "t.is_npc", P),
-        col("pronouns", "t.pronouns", P),
-        col("bio", "t.bio", P),
-        col("avatar_media_id", "t.avatar_media_id", P),
-        col("selected_avatar_media_id", "t.selected_avatar_media_id", P),
-        col("preferred_themes", "t.preferred_themes", Kind::Json),
-        col("has_completed_onboarding", "t.has_completed_onboarding", P),
-        col("created_at", "t.created_at", TS),
-        col("updated_at", "t.updated_at", TS),
-        col("_ts", "v.source_ts", P),
-        col("_etag", "v.source_etag", P),
-    ],
-};
+static USER_PROFILES: Table = document_table!(
+    "user_profiles",
+    "UserProfiles",
+    [
+        "account_id",
+        "name",
+        "age_group",
+        "date_of_birth" => Kind::Date,
+        "is_guest",
+        "is_npc",
+        "pronouns",
+        "bio",
+        "avatar_media_id",
+        "selected_avatar_media_id",
+        "preferred_themes" => Kind::Json,
+        "has_completed_onboarding",
+        "created_at" => TS,
+        "updated_at" => TS,
+    ]
+);
 
 static USER_BADGES: Table = Table {
     from: "user_badges t",
     bucket: "t.user_profile_id",
     key: "t.id::text",
     document: "(select coalesce(p.cosmos_id, p.id::text) from user_profiles p where p.id = t.user_profile_id)",
-    columns: &[
-        col("id", "t.id", P),
-        col("cosmos_id", "t.cosmos_id", P),
-        col("user_profile_id", "t.user_profile_id", P),
-        col("badge_configuration_id", "t.badge_configuration_id", P),
-        col("badge_id", "t.badge_id", P),
-        col("badge_name", "t.badge_name", P),
-        col("badge_message", "t.badge_message", P),
-        col("axis", "t.axis", P),
-        col("trigger_value", "t.trigger_value", Kind::Real),
-        col("threshold", "t.threshold", Kind::Real),
-        col("earned_at", "t.earned_at", TS),
-        col("game_session_id", "t.game_session_id", P),
-        col("scenario_id", "t.scenario_id", P),
-        col("image_id", "t.image_id", P),
+    columns: columns![
+        "id",
+        "cosmos_id",
+        "user_profile_id",
+        "badge_configuration_id",
+        "badge_id",
+        "badge_name",
+        "badge_message",
+        "axis",
+        "trigger_value" => Kind::Real,
+        "threshold" => Kind::Real,
+        "earned_at" => TS,
+        "game_session_id",
+        "scenario_id",
+        "image_id",
     ],
 };
 
-static PENDING_SIGNUPS: Table = Table {
-    from: "pending_signups t left join migration.document_versions v
-             on v.container = 'PendingSignups' and v.document_id = coalesce(t.cosmos_id, t.id::text)",
-    bucket: "t.id",
-    key: "t.id::text",
-    document: "coalesce(t.cosmos_id, t.id::text)",
-    columns: &[
-        col("id", "t.id", P),
-        col("cosmos_id", "t.cosmos_id", P),
-        col("email", "t.email", P),
-        col("display_name", "t.display_name", P),
-        col("code", "t.code", P),
-        col("created_at", "t.created_at", TS),
-        col("expires_at", "t.expires_at", TS),
-        col("is_used", "t.is_used", P),
-        col("is_signin", "t.is_signin", P),
-        col("failed_attempts", "t.failed_attempts", P),
-        col("_ts", "v.source_ts", P),
-        col("_etag", "v.source_etag", P),
-    ],
-};
+static PENDING_SIGNUPS: Table = document_table!(
+    "pending_signups",
+    "PendingSignups",
+    [
+        "email",
+        "display_name",
+        "code",
+        "created_at" => TS,
+        "expires_at" => TS,
+        "is_used",
+        "is_signin",
+        "failed_attempts",
+    ]
+);
 
 pub(crate) fn table(entity: Entity) -> &'static Table {
     match entity {

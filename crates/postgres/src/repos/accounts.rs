@@ -5,20 +5,25 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mystira_domain::ports::{AccountRepository, Page, PageRequest, RepoResult};
 use mystira_domain::{Account, AccountSettings, Email, RepoError, Role};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
-use super::{column_error, fetch_limit, into_page};
+use super::{column_error, fetch_all, fetch_limit, fetch_optional, into_page, touched_any};
 use crate::map_sqlx_error;
 
 const TABLE: &str = "accounts";
 
-/// The columns of an [`AccountRow`], in a `concat!`-able macro so every statement stays a
-/// `&'static str`.
-macro_rules! account_columns {
-    () => {
-        "id, cosmos_id, auth0_user_id, email, display_name, role, settings, created_at, \
-         last_login_at"
+/// `select <the columns of an [`AccountRow`]> from accounts <rest>` as a query, built with
+/// `concat!` so every statement stays a `&'static str`.
+macro_rules! select_accounts {
+    ($rest:literal) => {
+        sqlx::query_as::<_, AccountRow>(concat!(
+            "select id, cosmos_id, auth0_user_id, email, display_name, role, settings, \
+             created_at, last_login_at from accounts ",
+            $rest
+        ))
     };
 }
 
@@ -75,6 +80,22 @@ fn settings_json(settings: &AccountSettings) -> RepoResult<serde_json::Value> {
         .map_err(|_| RepoError::Store("account settings could not be serialized".into()))
 }
 
+/// Binds `$1` to `$7`, the columns [`insert_account`] and [`update_account`] both write, in
+/// the order both statements number them.
+fn bind_shared<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    account: &'q Account,
+) -> RepoResult<Query<'q, Postgres, PgArguments>> {
+    Ok(query
+        .bind(account.id)
+        .bind(account.cosmos_id.as_deref())
+        .bind(account.auth0_user_id.as_deref())
+        .bind(account.email.as_str())
+        .bind(&account.display_name)
+        .bind(account.role.as_str())
+        .bind(settings_json(&account.settings)?))
+}
+
 /// Inserts `account`, validated first. An empty auth0 id is stored as NULL: Cosmos uses `""` for
 /// "none", and two empty strings would collide on the unique constraint.
 pub async fn insert_account<'c, E>(exec: E, account: &Account) -> RepoResult<()>
@@ -82,17 +103,14 @@ where
     E: Executor<'c, Database = Postgres>,
 {
     account.validate()?;
-    sqlx::query(
-        "insert into accounts (id, cosmos_id, auth0_user_id, email, display_name, role, settings, \
-         created_at, last_login_at) values ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(account.id)
-    .bind(account.cosmos_id.as_deref())
-    .bind(account.auth0_user_id.as_deref())
-    .bind(account.email.as_str())
-    .bind(&account.display_name)
-    .bind(account.role.as_str())
-    .bind(settings_json(&account.settings)?)
+    bind_shared(
+        sqlx::query(
+            "insert into accounts (id, cosmos_id, auth0_user_id, email, display_name, role, \
+             settings, created_at, last_login_at) \
+             values ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, $9)",
+        ),
+        account,
+    )?
     .bind(account.created_at)
     .bind(account.last_login_at)
     .execute(exec)
@@ -107,49 +125,15 @@ where
     E: Executor<'c, Database = Postgres>,
 {
     account.validate()?;
-    let done = sqlx::query(
-        "update accounts set cosmos_id = $2, auth0_user_id = nullif($3, ''), email = $4, \
-         display_name = $5, role = $6, settings = $7, last_login_at = $8 where id = $1",
-    )
-    .bind(account.id)
-    .bind(account.cosmos_id.as_deref())
-    .bind(account.auth0_user_id.as_deref())
-    .bind(account.email.as_str())
-    .bind(&account.display_name)
-    .bind(account.role.as_str())
-    .bind(settings_json(&account.settings)?)
-    .bind(account.last_login_at)
-    .execute(exec)
-    .await
-    .map_err(|e| map_sqlx_error(TABLE, e))?;
-    Ok(done.rows_affected() > 0)
-}
-
-impl PgAccountRepository {
-    async fn fetch_optional(
-        &self,
-        query: sqlx::query::QueryAs<'_, Postgres, AccountRow, sqlx::postgres::PgArguments>,
-    ) -> RepoResult<Option<Account>> {
-        query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?
-            .map(Account::try_from)
-            .transpose()
-    }
-
-    async fn fetch_all(
-        &self,
-        query: sqlx::query::QueryAs<'_, Postgres, AccountRow, sqlx::postgres::PgArguments>,
-    ) -> RepoResult<Vec<Account>> {
-        query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?
-            .into_iter()
-            .map(Account::try_from)
-            .collect()
-    }
+    let query = bind_shared(
+        sqlx::query(
+            "update accounts set cosmos_id = $2, auth0_user_id = nullif($3, ''), email = $4, \
+             display_name = $5, role = $6, settings = $7, last_login_at = $8 where id = $1",
+        ),
+        account,
+    )?
+    .bind(account.last_login_at);
+    touched_any(exec, TABLE, query).await
 }
 
 #[async_trait]
@@ -159,13 +143,10 @@ impl AccountRepository for PgAccountRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<Account>> {
-        self.fetch_optional(
-            sqlx::query_as(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where id = $1"
-            ))
-            .bind(id),
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_accounts!("where id = $1").bind(id),
         )
         .await
     }
@@ -174,39 +155,34 @@ impl AccountRepository for PgAccountRepository {
         // The key is a pure function of the Cosmos id, so the lookup goes through the primary
         // key; the second condition tells apart ids that map to the same key but are spelled
         // differently (an upper-case GUID is stored with its spelling in cosmos_id).
-        self.fetch_optional(
-            sqlx::query_as(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where id = mystira_key_for_cosmos_id($1) \
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_accounts!(
+                "where id = mystira_key_for_cosmos_id($1) \
                  and coalesce(cosmos_id, id::text) = $1"
-            ))
+            )
             .bind(cosmos_id),
         )
         .await
     }
 
     async fn get_by_auth0_id(&self, auth0_user_id: &str) -> RepoResult<Option<Account>> {
-        self.fetch_optional(
-            sqlx::query_as(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where auth0_user_id = $1"
-            ))
-            .bind(auth0_user_id),
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_accounts!("where auth0_user_id = $1").bind(auth0_user_id),
         )
         .await
     }
 
     async fn find_by_email(&self, email: &Email) -> RepoResult<Vec<Account>> {
         // lower(email) matches idx_accounts_email_lower
-        self.fetch_all(
-            sqlx::query_as(concat!(
-                "select ",
-                account_columns!(),
-                " from accounts where lower(email) = lower($1) order by created_at, id"
-            ))
-            .bind(email.as_str()),
+        fetch_all(
+            &self.pool,
+            TABLE,
+            select_accounts!("where lower(email) = lower($1) order by created_at, id")
+                .bind(email.as_str()),
         )
         .await
     }
@@ -216,38 +192,36 @@ impl AccountRepository for PgAccountRepository {
     }
 
     async fn record_login(&self, id: Uuid, at: DateTime<Utc>) -> RepoResult<bool> {
-        let done = sqlx::query("update accounts set last_login_at = $2 where id = $1")
-            .bind(id)
-            .bind(at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(done.rows_affected() > 0)
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query("update accounts set last_login_at = $2 where id = $1")
+                .bind(id)
+                .bind(at),
+        )
+        .await
     }
 
     async fn delete(&self, id: Uuid) -> RepoResult<bool> {
         // the foreign keys do the rest: subscriptions and completed_scenarios cascade,
         // user_profiles.account_id is set to null
-        let done = sqlx::query("delete from accounts where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(done.rows_affected() > 0)
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query("delete from accounts where id = $1").bind(id),
+        )
+        .await
     }
 
     async fn list(&self, page: PageRequest) -> RepoResult<Page<Account>> {
-        let rows = self
-            .fetch_all(
-                sqlx::query_as(concat!(
-                    "select ",
-                    account_columns!(),
-                    " from accounts where ($1::uuid is null or id > $1) order by id limit $2"
-                ))
+        let rows = fetch_all(
+            &self.pool,
+            TABLE,
+            select_accounts!("where ($1::uuid is null or id > $1) order by id limit $2")
                 .bind(page.after)
                 .bind(fetch_limit(page)),
-            )
-            .await?;
+        )
+        .await?;
         Ok(into_page(rows, page, |a| a.id))
     }
 }

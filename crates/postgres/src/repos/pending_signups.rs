@@ -9,16 +9,20 @@ use mystira_domain::{Email, PendingSignup, RepoError, SignupCode};
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
-use super::column_error;
+use super::{column_error, fetch_optional, touched_any};
 use crate::map_sqlx_error;
 
 const TABLE: &str = "pending_signups";
 
-/// The columns of a [`SignupRow`], as a macro so statements stay `&'static str`.
-macro_rules! signup_columns {
-    () => {
-        "id, cosmos_id, email, display_name, code, created_at, expires_at, is_used, is_signin, \
-         failed_attempts"
+/// `select <the columns of a [`SignupRow`]> from pending_signups <rest>` as a query, built with
+/// `concat!` so every statement stays a `&'static str`.
+macro_rules! select_signups {
+    ($rest:literal) => {
+        sqlx::query_as::<_, SignupRow>(concat!(
+            "select id, cosmos_id, email, display_name, code, created_at, expires_at, is_used, \
+             is_signin, failed_attempts from pending_signups ",
+            $rest
+        ))
     };
 }
 
@@ -110,17 +114,7 @@ impl PendingSignupRepository for PgPendingSignupRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<PendingSignup>> {
-        sqlx::query_as::<_, SignupRow>(concat!(
-            "select ",
-            signup_columns!(),
-            " from pending_signups where id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?
-        .map(PendingSignup::try_from)
-        .transpose()
+        fetch_optional(&self.pool, TABLE, select_signups!("where id = $1").bind(id)).await
     }
 
     /// The checks, in order: no unused sign-up -> `NotFound`; expired at `now` -> `Expired`;
@@ -144,12 +138,10 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             .map_err(|e| map_sqlx_error(TABLE, e))?;
         // `for update` serializes concurrent checks of one sign-up: a waiting check re-reads the
         // row after the lock holder commits, so it sees the count that one wrote.
-        let row = sqlx::query_as::<_, SignupRow>(concat!(
-            "select ",
-            signup_columns!(),
-            " from pending_signups where lower(email) = lower($1) and not is_used \
+        let row = select_signups!(
+            "where lower(email) = lower($1) and not is_used \
              order by created_at desc, id desc limit 1 for update"
-        ))
+        )
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
         .await
@@ -184,12 +176,12 @@ impl PendingSignupRepository for PgPendingSignupRepository {
     }
 
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {
-        let done = sqlx::query("update pending_signups set is_used = true where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(done.rows_affected() > 0)
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query("update pending_signups set is_used = true where id = $1").bind(id),
+        )
+        .await
     }
 
     async fn cleanup_expired(&self) -> RepoResult<u64> {

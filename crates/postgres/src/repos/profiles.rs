@@ -5,21 +5,27 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use mystira_domain::ports::{ProfileRepository, RepoResult};
 use mystira_domain::{AgeGroup, RepoError, Secret, UserProfile};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
-use super::column_error;
+use super::{column_error, fetch_all, fetch_optional, touched_any};
 use crate::map_sqlx_error;
 
 const TABLE: &str = "user_profiles";
 
-/// The columns of a [`ProfileRow`], as a macro so statements stay `&'static str`.
-macro_rules! profile_columns {
-    () => {
-        "id, cosmos_id, account_id, name, age_group, date_of_birth, is_guest, is_npc, pronouns, \
-         bio, avatar_media_id, selected_avatar_media_id, preferred_themes, \
-         has_completed_onboarding, created_at, updated_at"
+/// `select <the columns of a [`ProfileRow`]> from user_profiles <rest>` as a query, built with
+/// `concat!` so every statement stays a `&'static str`.
+macro_rules! select_profiles {
+    ($rest:literal) => {
+        sqlx::query_as::<_, ProfileRow>(concat!(
+            "select id, cosmos_id, account_id, name, age_group, date_of_birth, is_guest, \
+             is_npc, pronouns, bio, avatar_media_id, selected_avatar_media_id, preferred_themes, \
+             has_completed_onboarding, created_at, updated_at from user_profiles ",
+            $rest
+        ))
     };
 }
 
@@ -85,32 +91,45 @@ impl TryFrom<ProfileRow> for UserProfile {
     }
 }
 
+/// Binds `$1` to `$14`, the columns [`insert_profile`] and [`update_profile`] both write, in
+/// the order both statements number them.
+fn bind_shared<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    profile: &'q UserProfile,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(profile.id)
+        .bind(profile.cosmos_id.as_deref())
+        .bind(profile.account_id)
+        .bind(&profile.name)
+        .bind(profile.age_group.as_str())
+        .bind(profile.date_of_birth.as_ref().map(|d| *d.expose()))
+        .bind(profile.is_guest)
+        .bind(profile.is_npc)
+        .bind(profile.pronouns.as_deref())
+        .bind(profile.bio.as_deref())
+        .bind(profile.avatar_media_id.as_deref())
+        .bind(profile.selected_avatar_media_id.as_deref())
+        .bind(Json(&profile.preferred_themes))
+        .bind(profile.has_completed_onboarding)
+}
+
 /// Inserts `profile`, validated first, with its timestamps as given.
 pub async fn insert_profile<'c, E>(exec: E, profile: &UserProfile) -> RepoResult<()>
 where
     E: Executor<'c, Database = Postgres>,
 {
     profile.validate()?;
-    sqlx::query(
-        "insert into user_profiles (id, cosmos_id, account_id, name, age_group, date_of_birth, \
-         is_guest, is_npc, pronouns, bio, avatar_media_id, selected_avatar_media_id, \
-         preferred_themes, has_completed_onboarding, created_at, updated_at) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    bind_shared(
+        sqlx::query(
+            "insert into user_profiles (id, cosmos_id, account_id, name, age_group, \
+             date_of_birth, is_guest, is_npc, pronouns, bio, avatar_media_id, \
+             selected_avatar_media_id, preferred_themes, has_completed_onboarding, created_at, \
+             updated_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        ),
+        profile,
     )
-    .bind(profile.id)
-    .bind(profile.cosmos_id.as_deref())
-    .bind(profile.account_id)
-    .bind(&profile.name)
-    .bind(profile.age_group.as_str())
-    .bind(profile.date_of_birth.as_ref().map(|d| *d.expose()))
-    .bind(profile.is_guest)
-    .bind(profile.is_npc)
-    .bind(profile.pronouns.as_deref())
-    .bind(profile.bio.as_deref())
-    .bind(profile.avatar_media_id.as_deref())
-    .bind(profile.selected_avatar_media_id.as_deref())
-    .bind(Json(&profile.preferred_themes))
-    .bind(profile.has_completed_onboarding)
     .bind(profile.created_at)
     .bind(profile.updated_at)
     .execute(exec)
@@ -127,31 +146,17 @@ where
     E: Executor<'c, Database = Postgres>,
 {
     profile.validate()?;
-    let done = sqlx::query(
-        "update user_profiles set cosmos_id = $2, account_id = $3, name = $4, age_group = $5, \
-         date_of_birth = $6, is_guest = $7, is_npc = $8, pronouns = $9, bio = $10, \
-         avatar_media_id = $11, selected_avatar_media_id = $12, preferred_themes = $13, \
-         has_completed_onboarding = $14, updated_at = $15 where id = $1",
+    let query = bind_shared(
+        sqlx::query(
+            "update user_profiles set cosmos_id = $2, account_id = $3, name = $4, age_group = $5, \
+             date_of_birth = $6, is_guest = $7, is_npc = $8, pronouns = $9, bio = $10, \
+             avatar_media_id = $11, selected_avatar_media_id = $12, preferred_themes = $13, \
+             has_completed_onboarding = $14, updated_at = $15 where id = $1",
+        ),
+        profile,
     )
-    .bind(profile.id)
-    .bind(profile.cosmos_id.as_deref())
-    .bind(profile.account_id)
-    .bind(&profile.name)
-    .bind(profile.age_group.as_str())
-    .bind(profile.date_of_birth.as_ref().map(|d| *d.expose()))
-    .bind(profile.is_guest)
-    .bind(profile.is_npc)
-    .bind(profile.pronouns.as_deref())
-    .bind(profile.bio.as_deref())
-    .bind(profile.avatar_media_id.as_deref())
-    .bind(profile.selected_avatar_media_id.as_deref())
-    .bind(Json(&profile.preferred_themes))
-    .bind(profile.has_completed_onboarding)
-    .bind(profile.updated_at)
-    .execute(exec)
-    .await
-    .map_err(|e| map_sqlx_error(TABLE, e))?;
-    Ok(done.rows_affected() > 0)
+    .bind(profile.updated_at);
+    touched_any(exec, TABLE, query).await
 }
 
 #[async_trait]
@@ -161,32 +166,21 @@ impl ProfileRepository for PgProfileRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<UserProfile>> {
-        sqlx::query_as::<_, ProfileRow>(concat!(
-            "select ",
-            profile_columns!(),
-            " from user_profiles where id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_profiles!("where id = $1").bind(id),
+        )
         .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?
-        .map(UserProfile::try_from)
-        .transpose()
     }
 
     async fn list_by_account(&self, account_id: Uuid) -> RepoResult<Vec<UserProfile>> {
-        sqlx::query_as::<_, ProfileRow>(concat!(
-            "select ",
-            profile_columns!(),
-            " from user_profiles where account_id = $1 order by created_at, id"
-        ))
-        .bind(account_id)
-        .fetch_all(&self.pool)
+        fetch_all(
+            &self.pool,
+            TABLE,
+            select_profiles!("where account_id = $1 order by created_at, id").bind(account_id),
+        )
         .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?
-        .into_iter()
-        .map(UserProfile::try_from)
-        .collect()
     }
 
     async fn update(&self, profile: &UserProfile) -> RepoResult<bool> {
@@ -195,21 +189,21 @@ impl ProfileRepository for PgProfileRepository {
 
     async fn delete(&self, id: Uuid) -> RepoResult<bool> {
         // user_badges cascade
-        let done = sqlx::query("delete from user_profiles where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(done.rows_affected() > 0)
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query("delete from user_profiles where id = $1").bind(id),
+        )
+        .await
     }
 
     async fn mark_onboarded(&self, id: Uuid) -> RepoResult<bool> {
-        let done =
+        touched_any(
+            &self.pool,
+            TABLE,
             sqlx::query("update user_profiles set has_completed_onboarding = true where id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(done.rows_affected() > 0)
+                .bind(id),
+        )
+        .await
     }
 }

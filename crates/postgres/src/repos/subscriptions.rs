@@ -8,7 +8,7 @@ use mystira_domain::{RepoError, Secret, Subscription, SubscriptionType};
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
-use super::{column_error, fetch_limit, into_page};
+use super::{column_error, fetch_all, fetch_limit, fetch_optional, into_page};
 use crate::map_sqlx_error;
 
 const TABLE: &str = "subscriptions";
@@ -19,6 +19,18 @@ macro_rules! subscription_columns {
         "id, cosmos_id, account_id, type::text as type, product_id, tier, is_active, \
          valid_until, start_date, end_date, purchase_token, last_verified, purchased_scenarios, \
          created_at, updated_at"
+    };
+}
+
+/// `select <the columns of a [`SubscriptionRow`]> from subscriptions <rest>` as a query.
+macro_rules! select_subscriptions {
+    ($rest:literal) => {
+        sqlx::query_as::<_, SubscriptionRow>(concat!(
+            "select ",
+            subscription_columns!(),
+            " from subscriptions ",
+            $rest
+        ))
     };
 }
 
@@ -129,17 +141,12 @@ where
 #[async_trait]
 impl SubscriptionRepository for PgSubscriptionRepository {
     async fn get_for_account(&self, account_id: Uuid) -> RepoResult<Option<Subscription>> {
-        sqlx::query_as::<_, SubscriptionRow>(concat!(
-            "select ",
-            subscription_columns!(),
-            " from subscriptions where account_id = $1"
-        ))
-        .bind(account_id)
-        .fetch_optional(&self.pool)
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_subscriptions!("where account_id = $1").bind(account_id),
+        )
         .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?
-        .map(Subscription::try_from)
-        .transpose()
     }
 
     async fn upsert_for_account(&self, subscription: &Subscription) -> RepoResult<Subscription> {
@@ -152,21 +159,18 @@ impl SubscriptionRepository for PgSubscriptionRepository {
         page: PageRequest,
     ) -> RepoResult<Page<Subscription>> {
         // the rule of the active_subscriptions view, at `now` instead of the server's clock
-        let rows = sqlx::query_as::<_, SubscriptionRow>(concat!(
-            "select ",
-            subscription_columns!(),
-            " from subscriptions where is_active and (valid_until is null or valid_until > $1) \
+        let rows = fetch_all(
+            &self.pool,
+            TABLE,
+            select_subscriptions!(
+                "where is_active and (valid_until is null or valid_until > $1) \
              and ($2::uuid is null or id > $2) order by id limit $3"
-        ))
-        .bind(now)
-        .bind(page.after)
-        .bind(fetch_limit(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?
-        .into_iter()
-        .map(Subscription::try_from)
-        .collect::<RepoResult<Vec<_>>>()?;
+            )
+            .bind(now)
+            .bind(page.after)
+            .bind(fetch_limit(page)),
+        )
+        .await?;
         Ok(into_page(rows, page, |s| s.id))
     }
 }

@@ -32,12 +32,15 @@ pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Out
         .unwrap_or_else(|| scratch.path().to_path_buf());
     let summary = write_export(&out, &options)
         .with_context(|| format!("cannot write the data set to {}", out.display()))?;
+    // documents the account cannot take (no value for the partition key) are listed, not lost
+    let mut not_imported: Vec<String> = Vec::new();
     let imported_into = match (&args.out, &args.cosmos.cosmos_endpoint) {
         (None, Some(_)) => {
             let store = source::connect_cosmos(&args.cosmos, settings).await?;
-            mystira_cosmos_client::import_dir(&store, &out, 16)
+            let counts = mystira_cosmos_client::import_dir(&store, &out, 16)
                 .await
                 .context("the import failed")?;
+            not_imported = counts.into_iter().flat_map(|(_, c)| c.rejected).collect();
             Some(store.database_name().to_owned())
         }
         _ => None,
@@ -59,8 +62,15 @@ pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Out
     for (container, n) in &summary.documents {
         human.push_str(&format!("  {:<15} {n:>10}\n", container.name()));
     }
+    for line in &not_imported {
+        human.push_str(&format!("not imported: {line}\n"));
+    }
     Ok(Outcome {
-        exit: Exit::Ok,
+        exit: if not_imported.is_empty() {
+            Exit::Ok
+        } else {
+            Exit::Attention
+        },
         human,
         json: json!({
             "out": args.out,
@@ -72,6 +82,7 @@ pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Out
             "total_documents": summary.total_documents,
             "dirty_documents": summary.dirty_documents,
             "seconds": seconds,
+            "not_imported": not_imported,
         }),
     })
 }

@@ -231,11 +231,45 @@ pub struct PendingSignup {
     pub failed_attempts: i32,
 }
 
+/// What checking a code against a sign-up decides, before anything is written. Every store
+/// applies the same rule ([`PendingSignup::check_code`]) and only differs in how it counts a
+/// wrong code atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Expired,
+    /// At the lock-out limit: refused, even when the code is right.
+    LockedOut,
+    Verified,
+    /// Wrong code, below the limit: the store counts the failure.
+    Wrong,
+}
+
 impl PendingSignup {
     /// The schema's ceiling on `failed_attempts` (`pending_signups_failed_attempts_check`).
     pub const MAX_FAILED_ATTEMPTS: i32 = 10;
     /// The app's lock-out limit: after this many wrong codes the sign-up is locked.
     pub const DEFAULT_LOCKOUT_ATTEMPTS: i32 = 5;
+
+    /// The lock-out limit actually applied: never above the schema's ceiling (so counting a
+    /// failure can never trip the CHECK) and never negative. A limit of 0 locks every sign-up:
+    /// a misconfiguration then refuses codes rather than accepting them unchecked.
+    pub fn effective_lockout(lockout_attempts: i32) -> i32 {
+        lockout_attempts.clamp(0, Self::MAX_FAILED_ATTEMPTS)
+    }
+
+    /// The checks, in order: expired at `now`; at the (effective) lock-out limit, even for the
+    /// right code; the right code; else wrong.
+    pub fn check_code(&self, code: &str, now: DateTime<Utc>, lockout_attempts: i32) -> CodeCheck {
+        if self.expires_at <= now {
+            CodeCheck::Expired
+        } else if self.failed_attempts >= Self::effective_lockout(lockout_attempts) {
+            CodeCheck::LockedOut
+        } else if self.code.matches(code) {
+            CodeCheck::Verified
+        } else {
+            CodeCheck::Wrong
+        }
+    }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_len("display_name", &self.display_name, WIDE)?;
@@ -265,6 +299,31 @@ mod tests {
         let back = serde_json::to_value(&s).expect("json");
         assert_eq!(back["FutureFlag"], 3);
         assert_eq!(back["PreferredLanguage"], "en");
+    }
+
+    #[test]
+    fn code_checks_come_in_order_expired_locked_verified_wrong() {
+        let now = Utc::now();
+        let mut s = PendingSignup {
+            id: Uuid::nil(),
+            cosmos_id: None,
+            email: Email::parse("a@b.co").expect("valid"),
+            display_name: String::new(),
+            code: SignupCode::parse("123456").expect("valid"),
+            created_at: now,
+            expires_at: now + chrono::Duration::minutes(15),
+            is_used: false,
+            is_signin: false,
+            failed_attempts: 4,
+        };
+        assert_eq!(s.check_code("123456", now, 5), CodeCheck::Verified);
+        assert_eq!(s.check_code("000000", now, 5), CodeCheck::Wrong);
+        assert_eq!(s.check_code("123456", now, 4), CodeCheck::LockedOut);
+        assert_eq!(s.check_code("123456", now, 0), CodeCheck::LockedOut);
+        // a limit above the schema's ceiling is clamped to it
+        s.failed_attempts = 10;
+        assert_eq!(s.check_code("123456", now, 50), CodeCheck::LockedOut);
+        assert_eq!(s.check_code("123456", s.expires_at, 50), CodeCheck::Expired);
     }
 
     #[test]

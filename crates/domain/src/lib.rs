@@ -13,7 +13,7 @@ pub mod ports;
 pub mod values;
 
 pub use entities::{
-    Account, AccountSettings, CompletedScenario, PendingSignup, Subscription, UserBadge,
+    Account, AccountSettings, CodeCheck, CompletedScenario, PendingSignup, Subscription, UserBadge,
     UserProfile,
 };
 pub use error::{RepoError, ValidationError};

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use mystira_cosmos::codec::{self, DecodedPendingSignup};
 use mystira_domain::error::ConflictKind;
 use mystira_domain::ports::{PendingSignupRepository, RepoResult, VerifyOutcome};
-use mystira_domain::{Email, PendingSignup};
+use mystira_domain::{CodeCheck, Email, PendingSignup};
 use uuid::Uuid;
 
 use super::{Docs, Found, Step, WRITE_ATTEMPTS, backoff, conflict, undecodable, warn_skipped};
@@ -65,12 +65,6 @@ impl CosmosPendingSignupRepository {
     }
 }
 
-/// The lock-out limit applied: within the schema's ceiling and never negative (0 locks every
-/// sign-up, refusing codes rather than accepting them unchecked), as in PostgreSQL.
-fn effective_lockout(lockout_attempts: i32) -> i32 {
-    lockout_attempts.clamp(0, PendingSignup::MAX_FAILED_ATTEMPTS)
-}
-
 #[async_trait]
 impl PendingSignupRepository for CosmosPendingSignupRepository {
     /// Ids are unique per email partition only in Cosmos, so the id is looked up across
@@ -107,20 +101,17 @@ impl PendingSignupRepository for CosmosPendingSignupRepository {
         now: DateTime<Utc>,
         lockout_attempts: i32,
     ) -> RepoResult<VerifyOutcome> {
-        let lockout = effective_lockout(lockout_attempts);
+        let lockout = PendingSignup::effective_lockout(lockout_attempts);
         for attempt in 0..WRITE_ATTEMPTS {
             let Some((found, decoded)) = self.newest_open(email).await? else {
                 return Ok(VerifyOutcome::NotFound);
             };
             let signup = decoded.signup;
-            if signup.expires_at <= now {
-                return Ok(VerifyOutcome::Expired);
-            }
-            if signup.failed_attempts >= lockout {
-                return Ok(VerifyOutcome::LockedOut);
-            }
-            if signup.code.matches(code) {
-                return Ok(VerifyOutcome::Verified(signup));
+            match signup.check_code(code, now, lockout) {
+                CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
+                CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
+                CodeCheck::Verified => return Ok(VerifyOutcome::Verified(signup)),
+                CodeCheck::Wrong => {}
             }
             let counted = PendingSignup {
                 failed_attempts: signup.failed_attempts + 1,

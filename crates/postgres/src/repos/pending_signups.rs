@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mystira_domain::ports::{PendingSignupRepository, RepoResult, VerifyOutcome};
-use mystira_domain::{Email, PendingSignup, RepoError, SignupCode};
+use mystira_domain::{CodeCheck, Email, PendingSignup, RepoError, SignupCode};
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
@@ -100,13 +100,6 @@ where
     Ok(())
 }
 
-/// The lock-out limit actually applied: never above the schema's ceiling (so the increment can
-/// never trip `pending_signups_failed_attempts_check`) and never negative. A limit of 0 locks
-/// every sign-up: a misconfiguration then refuses codes rather than accepting them unchecked.
-fn effective_lockout(lockout_attempts: i32) -> i32 {
-    lockout_attempts.clamp(0, PendingSignup::MAX_FAILED_ATTEMPTS)
-}
-
 #[async_trait]
 impl PendingSignupRepository for PgPendingSignupRepository {
     async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
@@ -130,7 +123,7 @@ impl PendingSignupRepository for PgPendingSignupRepository {
         now: DateTime<Utc>,
         lockout_attempts: i32,
     ) -> RepoResult<VerifyOutcome> {
-        let lockout = effective_lockout(lockout_attempts);
+        let lockout = PendingSignup::effective_lockout(lockout_attempts);
         let mut tx = self
             .pool
             .begin()
@@ -150,15 +143,12 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             return Ok(VerifyOutcome::NotFound);
         };
         let signup = PendingSignup::try_from(row)?;
-        if signup.expires_at <= now {
-            return Ok(VerifyOutcome::Expired);
-        }
-        if signup.failed_attempts >= lockout {
-            return Ok(VerifyOutcome::LockedOut);
-        }
-        if signup.code.matches(code) {
+        match signup.check_code(code, now, lockout) {
+            CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
+            CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
             // nothing was written; dropping the transaction releases the lock
-            return Ok(VerifyOutcome::Verified(signup));
+            CodeCheck::Verified => return Ok(VerifyOutcome::Verified(signup)),
+            CodeCheck::Wrong => {}
         }
         // below the limit (checked above under the lock), so the count ends at most at it
         let attempts: i32 = sqlx::query_scalar(

@@ -171,7 +171,7 @@ pub async fn run_backfill(
     };
     let workers = (0..config.workers.max(1)).map(|n| shared.worker(n));
     let result = futures::future::try_join_all(workers).await.map(|_| ());
-    let mut report = BackfillReport {
+    let report = BackfillReport {
         run_id,
         source: source.describe(),
         joined,
@@ -179,7 +179,6 @@ pub async fn run_backfill(
         job_totals: job_totals(pool).await.unwrap_or_default(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    report.elapsed_seconds = started.elapsed().as_secs_f64();
     let status = match &result {
         Ok(()) if report.reconciles() => "succeeded",
         Ok(()) => "failed",

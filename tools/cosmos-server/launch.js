@@ -18,6 +18,8 @@
 //          rid containing "/" (opening such a container fails with 500/20020);
 //   - offer a small fault-injection admin endpoint (/_faults) so client retry behaviour can be
 //     tested against this real server (429 with x-ms-retry-after-ms, 503, dropped connections).
+//   - serve a real incremental change feed (the package's is a stub: first page once, then 304
+//     forever), latest-version mode, so change-feed consumers can be tested: see "change feed".
 //
 // Usage: node launch.js --state-dir DIR [--port N]
 // Exits 0 on SIGTERM/SIGINT after closing the listener.
@@ -212,6 +214,191 @@ function injectFault(req, res) {
   return false;
 }
 
+// --- change feed (latest-version mode) -------------------------------------------------------
+// The package answers `A-IM: Incremental feed` with its plain document listing once and 304
+// forever after (a stub in its generic response code: any If-None-Match turns a 200 into 304
+// with etag "1"). We serve the feed ourselves, ahead of the package's listener, the way
+// azure_data_cosmos 1.0 reads it (driver: CosmosOperation::change_feed,
+// Request::handle_change_feed_response, OperationOverrides::apply_headers):
+//   GET /dbs/{db}/colls/{coll}/docs  with  a-im: Incremental Feed
+//   - no If-None-Match: start from the beginning; If-None-Match: * : start from now;
+//     If-None-Match: <etag of an earlier answer>: continue after it;
+//     If-Modified-Since (start from a point in time, no continuation yet): only documents
+//     whose _ts is at or after it;
+//   - x-ms-max-item-count: page size (absent or -1: 100, as the service decides);
+//   - x-ms-documentdb-partitionkey: only that logical partition (FeedScope::partition);
+//     x-ms-documentdb-partitionkeyrangeid / EPK headers are accepted and ignore (one range);
+//   - answer 200 {"Documents": [...], "_count": n} with the continuation in `etag`, or 304
+//     with the same (or a further, when only superseded entries lay ahead) continuation and
+//     no documents when nothing changed after it;
+//   - x-ms-cosmos-changefeed-wire-format-version present: each item is the envelope
+//     {"current": doc, "metadata": {"lsn", "crts"}} the SDK unwraps; otherwise the bare doc.
+// Each document appears once, at its latest version, in the order of its last modification:
+// every write path of the package (create, replace, upsert, patch, batch) ends in
+// Documents#_set, which we wrap to stamp a per-container modification counter (the "lsn";
+// documents carry it as `_lsn` in the feed, as real Cosmos documents do). Deletes are not in a
+// latest-version feed, as on the real service. The continuation is the counter, quoted like
+// an ETag ("\"42\""). It is per container, so a container deleted and re-created starts again
+// at 0 and a stale continuation from before sees nothing until it is passed.
+const DEFAULT_FEED_PAGE = 100;
+const FEED_PATH = /^\/dbs\/([^/]+)\/colls\/([^/]+)\/docs$/;
+let cosmosAccount = null;
+
+function patchAccountCapture() {
+  // The package creates its Account inside a closure on "listening"; index.js looks up
+  // account/index.js's `default` export at that moment, so a subclass installed before
+  // listen() is the one constructed, and hands us the instance the handlers use.
+  const accountModule = require(path.join(pkgLib, "account", "index.js"));
+  const Account = accountModule.default;
+  accountModule.default = class CapturedAccount extends Account {
+    constructor(...args) {
+      super(...args);
+      cosmosAccount = this;
+    }
+  };
+}
+
+function feedState(documents) {
+  if (!documents._feed) {
+    // log: [{lsn, rid}] in lsn order (append-only; an entry is live while latest.get(rid) is
+    // its lsn). latest: rid -> lsn of the document's current version.
+    documents._feed = { counter: 0, log: [], latest: new Map() };
+  }
+  return documents._feed;
+}
+
+function patchModificationTracking() {
+  const Documents = require(path.join(pkgLib, "account", "documents.js")).default;
+  const Items = require(path.join(pkgLib, "account", "items.js")).default;
+  Documents.prototype._set = function trackedSet(data) {
+    const stored = Items.prototype._set.call(this, data);
+    const feed = feedState(this);
+    feed.counter += 1;
+    feed.latest.set(stored._rid, feed.counter);
+    feed.log.push({ lsn: feed.counter, rid: stored._rid });
+    // Superseded entries are skipped when read; drop them once they dominate the log so it
+    // stays proportional to the live documents.
+    if (feed.log.length > 1024 && feed.log.length > 2 * feed.latest.size) {
+      feed.log = feed.log.filter(e => feed.latest.get(e.rid) === e.lsn);
+    }
+    return stored;
+  };
+  Documents.prototype.delete = function trackedDelete(idOrRid, partition) {
+    const data = this._item("/id", idOrRid, partition).read();
+    Items.prototype.delete.call(this, idOrRid, partition);
+    // A replace deletes then re-sets; the _set that follows records the new version.
+    if (data) feedState(this).latest.delete(data._rid);
+  };
+}
+
+function parseFeedContinuation(value) {
+  const n = Number.parseInt(String(value).replace(/^W\//, "").replace(/"/g, ""), 10);
+  return Number.isInteger(n) && n >= 0 ? n : null;
+}
+
+function singleHeader(req, name) {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function isIncrementalFeed(req) {
+  if (req.method !== "GET") return false;
+  const aim = singleHeader(req, "a-im");
+  if (!aim || aim.toLowerCase() !== "incremental feed") return false;
+  let pathname = req.url.split("?")[0];
+  if (pathname.startsWith("//")) pathname = pathname.slice(1);
+  while (pathname.length > 1 && pathname.endsWith("/")) pathname = pathname.slice(0, -1);
+  return FEED_PATH.test(pathname) ? pathname : false;
+}
+
+function sendFeed(req, res, status, etag, body) {
+  res.statusCode = status;
+  res.setHeader("content-type", "application/json");
+  res.setHeader("connection", "keep-alive");
+  res.setHeader("x-ms-activity-id", require("crypto").randomUUID());
+  res.setHeader("x-ms-request-charge", "1");
+  if (etag !== null) res.setHeader("etag", etag);
+  if (body && Array.isArray(body.Documents)) res.setHeader("x-ms-item-count", String(body._count));
+  req.resume();
+  res.end(status === 304 ? "" : JSON.stringify(body));
+}
+
+function handleChangeFeed(req, res, pathname) {
+  const [, dbId, collId] = FEED_PATH.exec(pathname).map(decodeURIComponent);
+  const collection = cosmosAccount && cosmosAccount.database(dbId).collection(collId);
+  if (!collection || !collection.read()) {
+    return sendFeed(req, res, 404, null, { code: "NotFound", message: "Resource Not Found" });
+  }
+  const documents = collection.documents;
+  const feed = feedState(documents);
+
+  const ifNoneMatch = singleHeader(req, "if-none-match");
+  let after;
+  let since = null;
+  if (ifNoneMatch === undefined || ifNoneMatch === "") {
+    after = 0; // start from the beginning
+    const ims = singleHeader(req, "if-modified-since");
+    if (ims) {
+      const t = Date.parse(ims);
+      if (Number.isNaN(t)) {
+        return sendFeed(req, res, 400, null, { code: "BadRequest", message: "invalid If-Modified-Since" });
+      }
+      since = Math.floor(t / 1000);
+    }
+  } else if (ifNoneMatch.trim() === "*") {
+    after = feed.counter; // start from now
+  } else {
+    after = parseFeedContinuation(ifNoneMatch);
+    if (after === null) {
+      return sendFeed(req, res, 400, null, { code: "BadRequest", message: "invalid change feed continuation" });
+    }
+  }
+
+  const rawMax = Number.parseInt(singleHeader(req, "x-ms-max-item-count") || "", 10);
+  const limit = Number.isInteger(rawMax) && rawMax > 0 ? rawMax : DEFAULT_FEED_PAGE;
+
+  let partition;
+  const pkHeader = singleHeader(req, "x-ms-documentdb-partitionkey");
+  if (pkHeader !== undefined) {
+    try {
+      const parsed = JSON.parse(pkHeader);
+      partition = Array.isArray(parsed) ? parsed[0] : parsed;
+    } catch (err) {
+      return sendFeed(req, res, 400, null, { code: "BadRequest", message: "invalid partition key header" });
+    }
+  }
+  const enveloped = singleHeader(req, "x-ms-cosmos-changefeed-wire-format-version") !== undefined;
+
+  // First log entry after the continuation (the log is sorted by lsn).
+  let lo = 0;
+  let hi = feed.log.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (feed.log[mid].lsn <= after) lo = mid + 1;
+    else hi = mid;
+  }
+  const items = [];
+  let position = after;
+  for (let i = lo; i < feed.log.length && items.length < limit; i += 1) {
+    const entry = feed.log[i];
+    position = entry.lsn;
+    if (feed.latest.get(entry.rid) !== entry.lsn) continue; // superseded or deleted
+    const item = documents._data.get(entry.rid);
+    const doc = item && item.read();
+    if (!doc) continue;
+    if (partition !== undefined && documents._getPartition(doc) !== partition) continue;
+    if (since !== null && !(doc._ts >= since)) continue;
+    const current = { ...doc, _lsn: entry.lsn };
+    items.push(enveloped ? { current, metadata: { lsn: entry.lsn, crts: doc._ts } } : current);
+  }
+  // Everything up to the counter was scanned when the page is not full: the continuation
+  // may move past trailing superseded entries.
+  if (items.length < limit) position = Math.max(after, feed.counter);
+  const etag = `"${position}"`;
+  if (items.length === 0) return sendFeed(req, res, 304, etag, null);
+  return sendFeed(req, res, 200, etag, { _rid: collection.read()._rid, Documents: items, _count: items.length });
+}
+
 // --- main -----------------------------------------------------------------------------------
 function main() {
   const args = parseArgs(process.argv.slice(2));
@@ -221,6 +408,8 @@ function main() {
   const { cert, key } = makeCertificate(args.stateDir);
 
   patchHandlers();
+  patchAccountCapture();
+  patchModificationTracking();
   const { createHttpsServer } = require(pkgLib);
   const server = createHttpsServer({
     cert: fs.readFileSync(cert),
@@ -236,6 +425,16 @@ function main() {
       return;
     }
     if (injectFault(req, res)) return;
+    const feedPath = isIncrementalFeed(req);
+    if (feedPath) {
+      try {
+        handleChangeFeed(req, res, feedPath);
+      } catch (err) {
+        process.stderr.write(`change feed request failed: ${err.message}\n`);
+        if (!res.headersSent) sendFeed(req, res, 500, null, { code: "InternalServerError", message: "change feed failed" });
+      }
+      return;
+    }
     cosmosListener(req, res);
   });
   // Keep idle connections longer than Node's 5 s default so a client's pooled connection is

@@ -110,9 +110,43 @@ pub enum Command {
     /// Uses temporary databases on the configured server (or the private cluster).
     Bench(BenchArgs),
 
+    /// Deliver the outbox to Cosmos: every change made in PostgreSQL first (phase 2) reaches
+    /// Cosmos at least once.
+    ///
+    /// Takes the aggregates (Cosmos documents) with pending outbox rows, and for each one,
+    /// under a lock that serialises deliveries of that aggregate across every relay and
+    /// router, reads its state from PostgreSQL afresh and writes it into Cosmos in the shape
+    /// the app reads (If-Match on the document's _etag, re-read and merge on a lost race), or
+    /// deletes the document when PostgreSQL no longer has it; then records the version Cosmos
+    /// answered and removes the rows. Any number of relays may run. A failed delivery stays in
+    /// the outbox with a growing back-off. Runs until SIGINT/SIGTERM, or with --drain until the
+    /// outbox is empty (exit 0) or --timeout passes (exit 3). Rolling back from phase 2 to 1
+    /// waits for an empty outbox (see docs/runbook.md).
+    Relay(crate::commands::RelayArgs),
+
+    /// The retry journal of phase 1: writes Cosmos took that PostgreSQL has not yet.
+    #[command(subcommand)]
+    Journal(crate::commands::JournalCommand),
+
     /// Manage the database: schema migrations and the private PostgreSQL cluster.
     #[command(subcommand)]
     Db(DbCommand),
+
+    /// Copy writes that reach Cosmos directly (bypassing the router) into PostgreSQL, from
+    /// Cosmos's change feed.
+    ///
+    /// Per container and feed range: takes the range as a lease (several replicators share
+    /// the ranges; a dead one's are taken over), reads the change feed from the continuation
+    /// checkpointed in PostgreSQL, applies each page through the backfill's idempotent,
+    /// version-guarded writer, then checkpoints. Safe to kill at any moment: a restart resumes
+    /// and reaches the same state. Runs until SIGINT/SIGTERM (it then releases its leases), or
+    /// with --once catches up to now and exits. Reports counts and lag (seconds behind the
+    /// newest change applied, and since it was last caught up). --mode watermark polls a `_ts`
+    /// watermark query instead, for servers without a change feed. Deletes (which the
+    /// latest-version feed does not carry) are found by comparing key sets and applied only
+    /// with --apply-deletes. Exit code 0, 1 when counts do not reconcile, 3 when deletes were
+    /// found and not applied. See docs/replication.md.
+    Replicate(crate::commands::ReplicateArgs),
 }
 
 /// `mystira-users bench`
@@ -231,6 +265,20 @@ pub struct VerifyArgs {
     /// Drift items printed at most (the JSON output has all of them)
     #[arg(long, default_value_t = 50)]
     pub max_items: usize,
+
+    /// cosmos-to-pg: PostgreSQL must hold what the source holds (repairs re-copy from the
+    /// source). pg-to-cosmos: a live Cosmos account must hold what PostgreSQL holds (before a
+    /// rollback from phase 2; repairs deliver PostgreSQL's state through the outbox relay, and
+    /// --delete-extra removes documents PostgreSQL does not have)
+    #[arg(long, value_enum, default_value_t = VerifyDirection::CosmosToPg)]
+    pub direction: VerifyDirection,
+}
+
+/// Which store is the reference in `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyDirection {
+    CosmosToPg,
+    PgToCosmos,
 }
 
 fn parse_buckets(raw: &str) -> Result<(u8, u8), String> {

@@ -8,7 +8,9 @@
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::ItemResponse;
-use azure_data_cosmos::options::{ItemWriteOptions, Precondition};
+use azure_data_cosmos::options::{
+    ContentResponseOnWrite, ItemWriteOptions, OperationOptions, Precondition,
+};
 use azure_data_cosmos::{CosmosError, PartitionKey, Query};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,6 +26,14 @@ pub struct Versioned<T> {
     pub value: T,
     /// The ETag header of the response (`None` only if the service sent none).
     pub etag: Option<String>,
+}
+
+/// What a write that asked for content answered: the new ETag and the document as stored
+/// (`None` when the service sent no body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub etag: Option<String>,
+    pub document: Option<serde_json::Value>,
 }
 
 /// A query text with named parameters (`@since`), bound as values, never spliced into the text.
@@ -130,6 +140,12 @@ impl Container {
         &self.target
     }
 
+    /// The SDK client, message target, retry policy and page size, for the change-feed reader
+    /// (`crate::changefeed`), which lives in its own module.
+    pub(crate) fn parts(&self) -> (&ContainerClient, &str, &RetryPolicy, u32) {
+        (&self.client, &self.target, &self.retry, self.page_size)
+    }
+
     /// The container's partition-key paths as the service reports them (e.g. `["/email"]`).
     pub fn partition_key_paths(&self) -> &[String] {
         &self.partition_key_paths
@@ -207,6 +223,42 @@ impl Container {
         .await
     }
 
+    /// [`Container::create`], answering with the document as the service stored it (with its
+    /// `_ts` and `_etag`), so that the write can be copied elsewhere at exactly that version.
+    pub async fn create_returning<T: Serialize + Sync>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+        item: &T,
+    ) -> Result<Stored> {
+        let pk = partition.into();
+        self.stored_op("create item", || {
+            self.client
+                .create_item(pk.clone(), id, item, Some(returning(None)))
+        })
+        .await
+    }
+
+    /// [`Container::replace_if_match`], answering with the document as stored.
+    pub async fn replace_if_match_returning<T: Serialize + Sync>(
+        &self,
+        partition: impl Into<PartitionKey>,
+        id: &str,
+        item: &T,
+        etag: &str,
+    ) -> Result<Stored> {
+        let pk = partition.into();
+        self.stored_op("replace item", || {
+            self.client.replace_item(
+                pk.clone(),
+                id,
+                item,
+                Some(returning(Some(Precondition::if_match(etag)))),
+            )
+        })
+        .await
+    }
+
     /// Deletes the item. Returns `false` if it did not exist (deleting is idempotent).
     pub async fn delete(&self, partition: impl Into<PartitionKey>, id: &str) -> Result<bool> {
         let pk = partition.into();
@@ -246,6 +298,19 @@ impl Container {
         self.point_op(operation, call).await.map(|r| etag_of(&r))
     }
 
+    /// [`Self::write_op`] for a write that asked for the stored document back.
+    async fn stored_op<F, Fut>(&self, operation: &'static str, call: F) -> Result<Stored>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<ItemResponse, CosmosError>>,
+    {
+        let response = self.point_op(operation, call).await?;
+        let etag = etag_of(&response);
+        // A service that ignores the request for content answers with an empty body.
+        let document = response.into_model::<serde_json::Value>().ok();
+        Ok(Stored { etag, document })
+    }
+
     /// Runs a query in pages of the store's page size, starting at `resume` (a token saved from
     /// an earlier [`crate::Page::resume_token`]) or at the beginning.
     pub fn query<T: DeserializeOwned + Send + 'static>(
@@ -279,6 +344,17 @@ impl Container {
         resume: Option<ResumeToken>,
     ) -> Pages<T> {
         self.query(QuerySpec::new("select * from c"), resume)
+    }
+}
+
+/// Write options that ask for the stored document in the response.
+fn returning(precondition: Option<Precondition>) -> ItemWriteOptions {
+    let mut operation = OperationOptions::default();
+    operation.content_response_on_write = Some(ContentResponseOnWrite::Enabled);
+    let options = ItemWriteOptions::default().with_operation_options(operation);
+    match precondition {
+        Some(p) => options.with_precondition(p),
+        None => options,
     }
 }
 

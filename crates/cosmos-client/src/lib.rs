@@ -4,6 +4,8 @@
 //! - [`Container`]: point read (missing = `None`), create, upsert, replace with `If-Match`,
 //!   delete, parameterised queries, and whole-container streaming in [`Pages`] with a
 //!   [`ResumeToken`] after every page for checkpointing.
+//! - [`changefeed`]: a container's change feed per feed range, in pages of raw documents with
+//!   a [`ChangeFeedToken`] to checkpoint and resume from.
 //! - [`Error`] with a `#[non_exhaustive]` [`ErrorKind`] and one [`Error::is_retryable`].
 //! - [`RetryPolicy`]: 429/503/transport failures are retried in one bounded loop that honours
 //!   the service's `x-ms-retry-after-ms`; the SDK's own retries for those are switched off so
@@ -11,6 +13,8 @@
 //!
 //! The crate never logs the account key, item ids, partition-key values or document content.
 
+pub mod capture;
+pub mod changefeed;
 mod config;
 mod container;
 mod error;
@@ -21,14 +25,17 @@ mod store;
 pub mod transfer;
 
 pub use azure_data_cosmos::PartitionKey;
+pub use changefeed::{
+    ChangeFeed, ChangeFeedPage, ChangeFeedToken, FeedDelete, FeedMode, FeedRangeKey, FeedStart,
+};
 pub use config::{CosmosConfig, DEFAULT_DATABASE, DEFAULT_PAGE_SIZE, RetryPolicy, TlsTrust};
-pub use container::{Container, QuerySpec, Versioned};
+pub use container::{Container, QuerySpec, Stored, Versioned};
 pub use error::{Error, ErrorKind, Result};
 pub use pages::{Page, Pages, ResumeToken};
 pub use repos::{
-    CosmosAccountRepository, CosmosBadgeRepository, CosmosCompletedScenarioRepository,
+    AggregateWriter, CosmosAccountRepository, CosmosBadgeRepository, CosmosCompletedScenarioRepository,
     CosmosPendingSignupRepository, CosmosProfileRepository, CosmosRepositories,
-    CosmosSubscriptionRepository,
+    CosmosSubscriptionRepository, DocumentVersion,
 };
 pub use store::CosmosStore;
 pub use transfer::{ImportCounts, USER_DOMAIN_CONTAINERS, export_dir, import_dir};

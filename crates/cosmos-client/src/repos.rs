@@ -80,6 +80,7 @@
 //!   its email as given (the app lower-cases it before it gets here).
 
 pub mod accounts;
+pub mod aggregates;
 pub mod badges;
 pub mod completed_scenarios;
 pub mod pending_signups;
@@ -96,11 +97,13 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::PartitionKey;
+use crate::capture::{self, WrittenDocument};
 use crate::container::{Container, QuerySpec};
 use crate::error::ErrorKind;
 use crate::store::CosmosStore;
 
 pub use accounts::CosmosAccountRepository;
+pub use aggregates::{AggregateWriter, DocumentVersion};
 pub use badges::CosmosBadgeRepository;
 pub use completed_scenarios::CosmosCompletedScenarioRepository;
 pub use pending_signups::CosmosPendingSignupRepository;
@@ -130,6 +133,8 @@ pub struct CosmosRepositories {
     pub profiles: CosmosProfileRepository,
     pub badges: CosmosBadgeRepository,
     pub pending_signups: CosmosPendingSignupRepository,
+    /// Whole aggregates into documents (the outbox relay's write path).
+    pub writer: AggregateWriter,
 }
 
 impl CosmosRepositories {
@@ -161,16 +166,20 @@ impl CosmosRepositories {
     pub fn from_containers(accounts: Container, profiles: Container, signups: Container) -> Self {
         let accounts = Docs::new(accounts, codec::Container::Accounts);
         let profiles = Docs::new(profiles, codec::Container::UserProfiles);
+        let signups = Docs::new(signups, codec::Container::PendingSignups);
+        let writer = AggregateWriter {
+            accounts: accounts.clone(),
+            profiles: profiles.clone(),
+            signups: signups.clone(),
+        };
         Self {
             accounts: CosmosAccountRepository::from_docs(accounts.clone()),
             subscriptions: CosmosSubscriptionRepository::from_docs(accounts.clone()),
             completed_scenarios: CosmosCompletedScenarioRepository::from_docs(accounts.clone()),
             profiles: CosmosProfileRepository::from_docs(profiles.clone(), accounts),
             badges: CosmosBadgeRepository::from_docs(profiles),
-            pending_signups: CosmosPendingSignupRepository::from_docs(Docs::new(
-                signups,
-                codec::Container::PendingSignups,
-            )),
+            pending_signups: CosmosPendingSignupRepository::from_docs(signups),
+            writer,
         }
     }
 }
@@ -428,6 +437,14 @@ impl Docs {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| RepoError::Store("an encoded document has no id".to_owned()))?;
+        if capture::capturing() {
+            let stored = self
+                .container
+                .create_returning(self.partition_of(doc), id, doc)
+                .await
+                .map_err(|e| self.err(e))?;
+            return self.record_stored(stored, self.partition_of(doc), id).await;
+        }
         self.container
             .create(self.partition_of(doc), id, doc)
             .await
@@ -435,12 +452,48 @@ impl Docs {
         Ok(())
     }
 
+    /// Reports a write to the capture of the current task (see [`crate::capture`]). A service
+    /// that sent no body is asked for the document: the copy needs the version it got.
+    async fn record_stored(
+        &self,
+        stored: crate::container::Stored,
+        partition: PartitionKey,
+        doc_id: &str,
+    ) -> RepoResult<()> {
+        let document = match stored.document {
+            Some(doc) => Some(doc),
+            None => self
+                .container
+                .read::<Value>(partition, doc_id)
+                .await
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value),
+        };
+        if let Some(document) = document {
+            capture::record(WrittenDocument::Stored {
+                container: self.kind,
+                document,
+            });
+        }
+        Ok(())
+    }
+
     /// Deletes the document; `false` if it was already gone.
     pub(crate) async fn delete(&self, found: &Found) -> RepoResult<bool> {
-        self.container
+        let deleted = self
+            .container
             .delete(found.partition.clone(), &found.doc_id)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if deleted && let Some(key) = self.key_of(&found.doc) {
+            capture::record(WrittenDocument::Deleted {
+                container: self.kind,
+                document_id: found.doc_id.clone(),
+                key,
+                source_ts: found.doc.get("_ts").and_then(Value::as_i64),
+            });
+        }
+        Ok(deleted)
     }
 
     /// Replaces `found` with `doc` if its ETag still matches. `Ok(false)` when it does not (or
@@ -452,12 +505,24 @@ impl Docs {
                 self.kind
             ))
         })?;
-        match self
-            .container
-            .replace_if_match(found.partition.clone(), &found.doc_id, doc, etag)
-            .await
-        {
-            Ok(_) => Ok(true),
+        let replaced = if capture::capturing() {
+            self.container
+                .replace_if_match_returning(found.partition.clone(), &found.doc_id, doc, etag)
+                .await
+                .map(Some)
+        } else {
+            self.container
+                .replace_if_match(found.partition.clone(), &found.doc_id, doc, etag)
+                .await
+                .map(|_| None)
+        };
+        match replaced {
+            Ok(Some(stored)) => {
+                self.record_stored(stored, found.partition.clone(), &found.doc_id)
+                    .await?;
+                Ok(true)
+            }
+            Ok(None) => Ok(true),
             Err(e)
                 if matches!(
                     e.kind(),

@@ -6,6 +6,7 @@
 //! by the database, and a value that does not is refused with an error naming the field and the
 //! rule it broke.
 
+pub mod aggregate;
 pub mod entities;
 pub mod error;
 pub mod ids;

@@ -13,14 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mystira_postgres::bookkeeping::{self, QuarantinedDocument};
-use mystira_postgres::bulk::{self, BulkDocument, WriteOutcome};
+use mystira_postgres::bookkeeping;
 use mystira_postgres::leases;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::mapping::{Mapped, map_document};
-use crate::source::{DocumentSource, SourceDocument, SourceError};
+use crate::apply::{Retries, write_page};
+use crate::source::{DocumentSource, SourceError};
 
 /// The containers of the user domain, in the order they are copied.
 pub const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
@@ -289,7 +288,14 @@ impl Shared<'_> {
                 .await?;
             self.pacer.wait_for(page.documents.len()).await;
             let mut page_counts = ContainerCounts::default();
-            write_page(self.pool, container, page.documents, &mut page_counts).await?;
+            write_page(
+                self.pool,
+                container,
+                page.documents,
+                &mut page_counts,
+                Retries::Backoff,
+            )
+            .await?;
             range_counts.add(&page_counts);
             let done = page.next.is_none();
             if page.next.is_some() {
@@ -330,168 +336,6 @@ impl Shared<'_> {
             }
         }
     }
-}
-
-/// Maps and writes one page; quarantines what cannot be migrated.
-pub(crate) async fn write_page(
-    pool: &PgPool,
-    container: &str,
-    documents: Vec<SourceDocument>,
-    counts: &mut ContainerCounts,
-) -> Result<(), BackfillError> {
-    let mut accounts = Vec::new();
-    let mut profiles = Vec::new();
-    let mut signups = Vec::new();
-    // raw documents by id, kept only until the write says whether they need the quarantine
-    let mut raw_by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for doc in documents {
-        counts.read += 1;
-        let raw = match doc {
-            SourceDocument::Document(v) => v,
-            SourceDocument::Malformed {
-                locator,
-                message,
-                raw,
-            } => {
-                let document = serde_json::json!({ "malformed_line": raw });
-                quarantine(
-                    pool,
-                    container,
-                    &locator,
-                    "malformed_line",
-                    &message,
-                    &document,
-                    None,
-                )
-                .await?;
-                counts.quarantined += 1;
-                continue;
-            }
-        };
-        // names a document without a usable id; ids are how quarantine entries are keyed
-        let locator = format!("{container}#no-id-{}", counts.read);
-        match map_document(container, &raw, &locator) {
-            Mapped::Account(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                accounts.push(*d);
-            }
-            Mapped::Profile(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                profiles.push(*d);
-            }
-            Mapped::Signup(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                signups.push(*d);
-            }
-            Mapped::Reject {
-                document_id,
-                code,
-                message,
-                ts,
-            } => {
-                quarantine(pool, container, &document_id, code, &message, &raw, ts).await?;
-                counts.quarantined += 1;
-            }
-        }
-    }
-    write_kind(pool, container, &accounts, &raw_by_id, counts).await?;
-    write_kind(pool, container, &profiles, &raw_by_id, counts).await?;
-    write_kind(pool, container, &signups, &raw_by_id, counts).await?;
-    Ok(())
-}
-
-async fn write_kind<D: BulkDocument>(
-    pool: &PgPool,
-    container: &str,
-    docs: &[D],
-    raw_by_id: &BTreeMap<String, serde_json::Value>,
-    counts: &mut ContainerCounts,
-) -> Result<(), BackfillError> {
-    if docs.is_empty() {
-        return Ok(());
-    }
-    let outcomes = with_retry(|| bulk::write_batch(pool, docs)).await?;
-    for (doc, outcome) in docs.iter().zip(outcomes) {
-        match outcome {
-            WriteOutcome::Written => counts.written += 1,
-            WriteOutcome::Unchanged => counts.unchanged += 1,
-            WriteOutcome::Failed(e) => {
-                let id = &doc.version().document_id;
-                let code = failure_code(&e);
-                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
-                quarantine(
-                    pool,
-                    container,
-                    id,
-                    code,
-                    &e.to_string(),
-                    &raw,
-                    Some(doc.version().ts),
-                )
-                .await?;
-                counts.quarantined += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn failure_code(e: &mystira_domain::RepoError) -> &'static str {
-    use mystira_domain::error::ConflictKind;
-    match e {
-        mystira_domain::RepoError::Invalid(v) => v.code(),
-        mystira_domain::RepoError::Conflict { kind, .. } => match kind {
-            ConflictKind::DuplicateAuth0UserId => "duplicate_auth0_user_id",
-            ConflictKind::DuplicateId => "duplicate_id",
-            ConflictKind::MissingReference => "missing_reference",
-            _ => "conflict",
-        },
-        _ => "store_error",
-    }
-}
-
-async fn quarantine(
-    pool: &PgPool,
-    container: &str,
-    document_id: &str,
-    reason_code: &str,
-    message: &str,
-    document: &serde_json::Value,
-    source_ts: Option<i64>,
-) -> Result<(), BackfillError> {
-    let entry = QuarantinedDocument {
-        container,
-        document_id,
-        reason_code,
-        message,
-        document,
-        source_ts,
-    };
-    with_retry(|| bookkeeping::quarantine(pool, &entry)).await?;
-    tracing::debug!(container, reason_code, "document quarantined");
-    Ok(())
-}
-
-/// Retries a store call that failed transiently, with exponential back-off, a bounded number
-/// of times.
-async fn with_retry<T, F, Fut>(mut call: F) -> Result<T, mystira_domain::RepoError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, mystira_domain::RepoError>>,
-{
-    const ATTEMPTS: u32 = 6;
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1.. {
-        match call().await {
-            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "transient store error, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            other => return other,
-        }
-    }
-    unreachable!("the loop returns on the last attempt")
 }
 
 /// Spreads reads so that no more than `per_second` documents are read per second.

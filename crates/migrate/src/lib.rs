@@ -1,10 +1,16 @@
 //! Moving the user domain: the backfill that copies every Cosmos document into PostgreSQL,
-//! and verification (with repair) that PostgreSQL holds what the source holds.
-//! (Replication, the dual-write router and phase control will live here too.)
+//! verification (with repair) that PostgreSQL holds what the source holds, phase control, the
+//! dual-write router with its retry journal, and the outbox relay.
 
+pub mod apply;
 pub mod backfill;
+pub mod journal;
 pub mod mapping;
+pub mod phase;
 pub mod quarantine;
+pub mod replicate;
+pub mod relay;
+pub mod router;
 pub mod source;
 pub mod verify;
 

@@ -5,7 +5,8 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::backfill::{BackfillError, ContainerCounts, write_page};
+use crate::apply::{Retries, write_page};
+use crate::backfill::{BackfillError, ContainerCounts};
 use crate::source::SourceDocument;
 use mystira_postgres::bookkeeping;
 
@@ -57,7 +58,7 @@ pub async fn retry_quarantined(
         }
         for (c, docs) in by_container {
             let mut counts = ContainerCounts::default();
-            write_page(pool, &c, docs, &mut counts).await?;
+            write_page(pool, &c, docs, &mut counts, Retries::Backoff).await?;
             report.retried += counts.read;
             report.resolved += counts.written + counts.unchanged;
             report.still_quarantined += counts.quarantined;

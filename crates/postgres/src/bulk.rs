@@ -8,6 +8,11 @@
 //! overwrites newer data. The transaction sets `mystira.keep_source_timestamps`, so the
 //! `updated_at` trigger keeps the source's timestamps.
 //!
+//! Two more rules of the guard, for the dual write: a document whose aggregate has a pending
+//! outbox row (PostgreSQL changed it and Cosmos has not taken the change yet) is held back
+//! (`unchanged`), since PostgreSQL is then the newer side; and a document deleted in Cosmos
+//! keeps a tombstone version ([`delete_document`]) that only a strictly newer write can pass.
+//!
 //! When a batch fails on a constraint (one bad document among many), the batch is retried one
 //! document per transaction, so the good documents land and each bad one comes back with its
 //! own classified error for the caller to quarantine. Transient failures are returned as they
@@ -192,11 +197,18 @@ async fn write_in_transaction<D: BulkDocument>(
         "insert into migration.document_versions as v
              (container, document_id, key, source_ts, source_etag)
          select $1, d, k, t, e from unnest($2::text[], $3::uuid[], $4::int8[], $5::text[]) as x(d, k, t, e)
+         -- PostgreSQL holds a change of this document that Cosmos has not taken yet (an outbox
+         -- row): PostgreSQL is the newer side, and a copy from Cosmos must not overwrite it
+         where not exists (select 1 from migration.outbox o where o.container = $1 and o.key = x.k)
          on conflict (container, document_id) do update set
              key = excluded.key, source_ts = excluded.source_ts,
-             source_etag = excluded.source_etag, written_at = now()
+             source_etag = excluded.source_etag, deleted = false, written_at = now()
+         -- a newer version wins; within one second (`_ts` has no finer resolution) another
+         -- etag is another version, except after a delete: its tombstone carries the deleted
+         -- version's `_ts`, and only a strictly newer write may bring the document back
          where v.source_ts < excluded.source_ts
-            or (v.source_ts = excluded.source_ts and v.source_etag is distinct from excluded.source_etag)
+            or (v.source_ts = excluded.source_ts and not v.deleted
+                and v.source_etag is distinct from excluded.source_etag)
          returning document_id",
     )
     .bind(D::CONTAINER)
@@ -636,4 +648,89 @@ impl BulkDocument for SignupDocument {
         .map_err(|e| map_sqlx_error("pending_signups", e))?;
         Ok(Vec::new())
     }
+}
+
+/// The table holding the main row of a container's documents (the others cascade from it).
+fn main_table(container: &str) -> Result<&'static str> {
+    match container {
+        "Accounts" => Ok("accounts"),
+        "UserProfiles" => Ok("user_profiles"),
+        "PendingSignups" => Ok("pending_signups"),
+        _ => Err(RepoError::Store(format!(
+            "container `{container}` is not part of the user domain"
+        ))),
+    }
+}
+
+/// What applying a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The tombstone is recorded; `removed` says whether a row was there to delete.
+    Deleted { removed: bool },
+    /// A newer version of the document is already recorded (it was written again after this
+    /// delete): nothing changed.
+    Superseded,
+}
+
+/// Applies a delete that Cosmos has taken: records a tombstone version for the document
+/// (`source_ts` = the `_ts` of the version that was deleted, or when the delete was seen) and
+/// deletes its main row, whose
+/// dependants cascade (an account's profiles are detached). A tombstone is a version like any
+/// other: a late copy of the document from before the delete is refused by the same guard as a
+/// stale write, and a delete older than the recorded version changes nothing.
+///
+/// Runs as a copy from Cosmos (`mystira.keep_source_timestamps`), so no outbox row is written:
+/// the delete came from Cosmos and must not echo back to it.
+pub async fn delete_document(
+    pool: &PgPool,
+    container: &str,
+    document_id: &str,
+    key: Uuid,
+    source_ts: i64,
+) -> Result<DeleteOutcome> {
+    let table = main_table(container)?;
+    let map = |e| map_sqlx_error(table, e);
+    let mut tx = pool.begin().await.map_err(map)?;
+    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+    let claimed: Option<i32> = sqlx::query_scalar(
+        "insert into migration.document_versions as v
+             (container, document_id, key, source_ts, source_etag, deleted)
+         values ($1, $2, $3, $4, null, true)
+         on conflict (container, document_id) do update set
+             key = excluded.key, source_ts = excluded.source_ts, source_etag = null,
+             deleted = true, written_at = now()
+         where v.source_ts <= excluded.source_ts
+         returning 1",
+    )
+    .bind(container)
+    .bind(document_id)
+    .bind(key)
+    .bind(source_ts)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map)?;
+    if claimed.is_none() {
+        return Ok(DeleteOutcome::Superseded);
+    }
+    // `table` is one of three constants, never input
+    let removed = sqlx::query(sqlx::AssertSqlSafe(format!("delete from {table} where id = $1")))
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?
+        .rows_affected()
+        > 0;
+    sqlx::query(
+        "delete from migration.document_notes where container = $1 and document_id = $2",
+    )
+    .bind(container)
+    .bind(document_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?;
+    tx.commit().await.map_err(map)?;
+    Ok(DeleteOutcome::Deleted { removed })
 }

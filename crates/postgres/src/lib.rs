@@ -2,12 +2,16 @@
 //! implement the domain ports, and a private PostgreSQL cluster that starts itself when no
 //! database is configured.
 
+pub mod aggregates;
 pub mod bookkeeping;
 pub mod bulk;
 pub mod copy_baseline;
 pub mod error;
+pub mod journal;
 pub mod leases;
 pub mod local_cluster;
+pub mod outbox;
+pub mod phase;
 pub mod repos;
 pub mod schema;
 

@@ -5,10 +5,18 @@ mod bench;
 mod cosmos;
 mod db;
 mod generate;
+mod journal;
 mod migrate;
 mod quarantine;
+mod relay;
+mod replicate;
 mod source;
+mod stop;
 mod verify;
+
+pub use journal::JournalCommand;
+pub use relay::RelayArgs;
+pub use replicate::ReplicateArgs;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -32,6 +40,9 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Cosmos(cosmos) => cosmos::run(cosmos, settings).await,
         Command::Quarantine(q) => quarantine::run(q, settings).await,
         Command::Bench(args) => bench::run(args, settings).await,
+        Command::Relay(args) => relay::run(args, settings).await,
+        Command::Journal(j) => journal::run(j, settings).await,
         Command::Db(db) => db::run(db, settings).await,
+        Command::Replicate(args) => replicate::run(args, settings).await,
     }
 }

@@ -1,10 +1,12 @@
 //! `mystira-users verify [--repair]`: does PostgreSQL hold what the source holds?
 
-use mystira_migrate::{Outcome as VerifyOutcome, RepairOptions, VerifyOptions};
+use mystira_cosmos_client::CosmosRepositories;
+use mystira_migrate::verify::towards_cosmos::repair_towards_cosmos;
+use mystira_migrate::{DocumentSource, Outcome as VerifyOutcome, RepairOptions, VerifyOptions};
 use serde_json::json;
 
 use super::{Outcome, db, source};
-use crate::cli::VerifyArgs;
+use crate::cli::{VerifyArgs, VerifyDirection};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -25,6 +27,11 @@ pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outco
         last_bucket,
         ..VerifyOptions::default()
     };
+    if args.direction == VerifyDirection::PgToCosmos {
+        let outcome = towards_cosmos(args, settings, source.as_ref(), &pool, &options).await;
+        pool.close().await;
+        return Ok(outcome);
+    }
     let outcome = if args.repair {
         let repair = RepairOptions {
             delete_extra: args.delete_extra,
@@ -67,5 +74,52 @@ fn could_not_verify(error: &str) -> Outcome {
         exit: Exit::Usage,
         human: format!("could not verify: {error}\n"),
         json: json!({ "outcome": VerifyOutcome::CouldNotVerify, "error": error }),
+    }
+}
+
+/// `--direction pg-to-cosmos`: the same comparison with a live Cosmos account as the source,
+/// read from PostgreSQL's side; repairs go through the outbox relay.
+async fn towards_cosmos(
+    args: &VerifyArgs,
+    settings: &Settings,
+    source: &dyn DocumentSource,
+    pool: &sqlx::PgPool,
+    options: &VerifyOptions,
+) -> Outcome {
+    if args.source.export_dir.is_some() {
+        return could_not_verify(
+            "--direction pg-to-cosmos compares with a live Cosmos account, not export files: \
+             pass --cosmos-endpoint (or COSMOS_ENDPOINT) instead of --export-dir",
+        );
+    }
+    if !args.repair {
+        return match mystira_migrate::run_verify(pool, source, options).await {
+            Ok(report) => Outcome {
+                exit: exit_for(report.outcome),
+                human: format!("direction: pg-to-cosmos (Cosmos must hold what PostgreSQL holds; \
+                                `extra` rows are missing in Cosmos)\n{}", report.summary(args.max_items)),
+                json: json!({ "direction": "pg-to-cosmos", "report": report }),
+            },
+            Err(e) => could_not_verify(&e.to_string()),
+        };
+    }
+    let repos = match source::connect_cosmos(&args.source.cosmos, settings).await {
+        Ok(store) => match CosmosRepositories::open(&store).await {
+            Ok(repos) => repos,
+            Err(e) => return could_not_verify(&e.to_string()),
+        },
+        Err(e) => return could_not_verify(&format!("{e:#}")),
+    };
+    let repair = RepairOptions {
+        delete_extra: args.delete_extra,
+        ..RepairOptions::default()
+    };
+    match repair_towards_cosmos(pool, source, &repos.writer, options, &repair).await {
+        Ok(report) => Outcome {
+            exit: exit_for(report.after.outcome),
+            human: format!("direction: pg-to-cosmos\n{}", report.summary(args.max_items)),
+            json: json!({ "direction": "pg-to-cosmos", "report": report }),
+        },
+        Err(e) => could_not_verify(&e.to_string()),
     }
 }

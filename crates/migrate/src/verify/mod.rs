@@ -47,6 +47,7 @@ pub mod canonical;
 mod read;
 pub mod repair;
 pub mod tables;
+pub mod towards_cosmos;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

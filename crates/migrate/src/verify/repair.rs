@@ -18,7 +18,8 @@ use sqlx::PgPool;
 
 use super::read::Pages;
 use super::{DriftKind, Entity, VerifyError, VerifyOptions, VerifyReport, run_verify, sql};
-use crate::backfill::{CONTAINERS, ContainerCounts, write_page};
+use crate::apply::{Retries, write_page};
+use crate::backfill::{CONTAINERS, ContainerCounts};
 use crate::source::{DocumentSource, SourceDocument};
 
 /// How repair runs.
@@ -262,7 +263,7 @@ async fn recopy(
                 .execute(pool)
                 .await
                 .map_err(sql)?;
-            write_page(pool, container, batch, counts).await?;
+            write_page(pool, container, batch, counts, Retries::Backoff).await?;
         }
     }
     Ok(())

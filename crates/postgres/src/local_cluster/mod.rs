@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
-pub use account::ServerAccount;
+pub use account::{ServerAccount, effective_uid};
 pub use binaries::{BINDIR_ENV, MIN_MAJOR, ServerBinaries};
 pub use error::LocalClusterError;
 

@@ -1,0 +1,85 @@
+//! `mystira-users journal status|replay`: the retry journal of phase 1 (writes Cosmos took
+//! and PostgreSQL has not yet), in the table and in this machine's local journal files.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use mystira_migrate::journal::{FileJournal, ReplayReport, replay_files, replay_table};
+use mystira_postgres::journal;
+use serde_json::json;
+
+use super::{Outcome, db};
+use crate::config::Settings;
+use crate::exit::Exit;
+
+/// `mystira-users journal`
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// How many writes wait in the journal table and in the local journal files, and since
+    /// when. Exit code 3 when any do.
+    Status {
+        #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
+        journal_dir: Option<PathBuf>,
+    },
+    /// Apply every due entry of the journal table and every local journal file no running
+    /// process holds, through the backfill's version guard (idempotent; safe beside running
+    /// routers). Exit code 0 when nothing is left, 3 when entries wait (deferred after a
+    /// failure, or held by a running process).
+    Replay {
+        #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
+        journal_dir: Option<PathBuf>,
+    },
+}
+
+fn journal_dir(flag: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(dir) => Ok(dir.clone()),
+        None => FileJournal::default_dir().context("no default journal directory: pass --journal-dir"),
+    }
+}
+
+pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Result<Outcome> {
+    let pool = db::prepared_pool(settings, 4).await?;
+    let (dir, replayed) = match command {
+        JournalCommand::Status { journal_dir: d } => (journal_dir(d)?, None),
+        JournalCommand::Replay { journal_dir: d } => {
+            let dir = journal_dir(d)?;
+            let files = FileJournal::open(&dir).context("cannot open the journal directory")?;
+            let mut report = ReplayReport::default();
+            report.add(&replay_files(&pool, &files).await.context("replaying journal files failed")?);
+            report.add(&replay_table(&pool, 200).await.context("replaying the journal failed")?);
+            (dir, Some(report))
+        }
+    };
+    let table = journal::depth(&pool)
+        .await
+        .context("cannot read the journal")?;
+    let files = FileJournal::open(&dir)
+        .and_then(|f| f.pending())
+        .context("cannot read the journal directory")?;
+    let left = table.entries as u64 + files.records;
+    let mut human = String::new();
+    if let Some(r) = &replayed {
+        human.push_str(&format!(
+            "replayed: {} applied, {} deferred, {} files done, {} torn lines skipped\n",
+            r.applied, r.deferred, r.files_done, r.torn_lines
+        ));
+    }
+    human.push_str(&format!(
+        "journal table: {} entries{}\nlocal files in {}: {} records in {} files\n",
+        table.entries,
+        table
+            .oldest
+            .map(|t| format!(", oldest enqueued {t}"))
+            .unwrap_or_default(),
+        dir.display(),
+        files.records,
+        files.files
+    ));
+    Ok(Outcome {
+        exit: if left == 0 { Exit::Ok } else { Exit::Attention },
+        human,
+        json: json!({ "replayed": replayed, "table": table, "files": files, "dir": dir }),
+    })
+}

@@ -1,0 +1,109 @@
+//! `mystira-users relay`: delivers the outbox to Cosmos (the logic is in
+//! `mystira_migrate::relay`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use mystira_cosmos_client::CosmosRepositories;
+use mystira_migrate::relay::{RelayConfig, RelayReport, relay_once, run_relay};
+use mystira_postgres::outbox;
+use serde_json::json;
+
+use super::{Outcome, db, source, stop};
+use crate::cli::CosmosArgs;
+use crate::config::Settings;
+use crate::exit::Exit;
+
+/// `mystira-users relay`
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+
+    /// Deliver until the outbox is empty, then exit (0 when empty, 3 when rows are left at
+    /// --timeout); otherwise run until SIGINT/SIGTERM
+    #[arg(long)]
+    pub drain: bool,
+
+    /// With --drain: give up after this many seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// Deliveries in flight at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Aggregates taken per pass
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub batch: i64,
+}
+
+pub async fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<Outcome> {
+    let pool = db::prepared_pool(settings, (args.concurrency as u32 + 2).max(4)).await?;
+    let store = source::connect_cosmos(&args.cosmos, settings).await?;
+    let repos = CosmosRepositories::open(&store)
+        .await
+        .context("cannot open the Cosmos containers")?;
+    let config = RelayConfig {
+        batch_aggregates: args.batch.max(1),
+        concurrency: args.concurrency.max(1),
+        ..RelayConfig::default()
+    };
+    let started = Instant::now();
+    let report = if args.drain {
+        drain(&pool, &repos, &config, Duration::from_secs(args.timeout)).await?
+    } else {
+        run_relay(&pool, &repos.writer, &config, false, stop::stop_signal())
+            .await
+            .context("the relay stopped")?
+    };
+    let left = outbox::depth(&pool)
+        .await
+        .context("cannot read the outbox")?;
+    let exit = if args.drain && left.rows > 0 {
+        Exit::Attention
+    } else {
+        Exit::Ok
+    };
+    Ok(Outcome {
+        exit,
+        human: format!(
+            "relay: {} delivered ({} put, {} removed), {} deferred, in {:.1} s; outbox: {} rows \
+             for {} aggregates left\n",
+            report.delivered(),
+            report.put,
+            report.removed,
+            report.deferred,
+            started.elapsed().as_secs_f64(),
+            left.rows,
+            left.aggregates,
+        ),
+        json: json!({ "report": report, "outbox": left, "elapsed_seconds": started.elapsed().as_secs_f64() }),
+    })
+}
+
+/// Passes until the outbox is empty or `timeout` passed; rows deferred after a failure are
+/// waited for (they come due again after their back-off).
+async fn drain(
+    pool: &sqlx::PgPool,
+    repos: &CosmosRepositories,
+    config: &RelayConfig,
+    timeout: Duration,
+) -> anyhow::Result<RelayReport> {
+    let deadline = Instant::now() + timeout;
+    let mut total = RelayReport::default();
+    loop {
+        let pass = relay_once(pool, &repos.writer, config)
+            .await
+            .context("a relay pass failed")?;
+        total.add(&pass);
+        let left = outbox::depth(pool).await.context("cannot read the outbox")?;
+        if left.rows == 0 || Instant::now() >= deadline {
+            return Ok(total);
+        }
+        if pass.delivered() == 0 {
+            tokio::time::sleep(config.idle_poll).await;
+        }
+    }
+}

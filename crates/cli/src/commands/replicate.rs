@@ -1,0 +1,277 @@
+//! `mystira-users replicate`: flags to a [`ReplicateConfig`], SIGINT/SIGTERM to a stop signal,
+//! progress as log lines, and a summary (human or `--json`). The logic is in
+//! `mystira_migrate::replicate`.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use mystira_cosmos_client::FeedMode;
+use mystira_migrate::replicate::{
+    ReplicateConfig, ReplicateReport, ReplicationMode, run_replication,
+};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{Outcome, db, source};
+use crate::cli::CosmosArgs;
+use crate::config::Settings;
+use crate::exit::Exit;
+
+/// `mystira-users replicate`
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+
+    /// Catch up to now, then exit (otherwise run until SIGINT/SIGTERM)
+    #[arg(long)]
+    pub once: bool,
+
+    /// How changes are found: Cosmos's change feed per feed range, or a `_ts` watermark query
+    /// (for servers without a change feed)
+    #[arg(long, value_enum, default_value_t = ModeArg::ChangeFeed)]
+    pub mode: ModeArg,
+
+    /// Read the all-versions-and-deletes change feed (accounts with continuous backup only;
+    /// starts from now, never from the beginning) instead of the latest-version feed
+    #[arg(long)]
+    pub all_versions_and_deletes: bool,
+
+    /// Apply deletes (documents PostgreSQL holds that Cosmos no longer has); without it they
+    /// are only reported
+    #[arg(long)]
+    pub apply_deletes: bool,
+
+    /// Pause between polls once caught up, in milliseconds [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub poll_ms: Option<u64>,
+
+    /// Concurrent workers in this process [default: 2]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Documents per page read and per write transaction [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub page_size: Option<u32>,
+
+    /// A range whose lease is not renewed for this long is taken over by another replicator
+    /// [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
+
+    /// Watermark mode: how far below the newest `_ts` applied each pass reads again
+    /// [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub overlap_seconds: Option<u64>,
+
+    /// How often a continuous run compares key sets to find deletes, in seconds (0: never);
+    /// `--once` compares once, at the end [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub delete_check_seconds: Option<u64>,
+
+    /// Rows written to PostgreSQL more recently than this are left out of the key-set
+    /// comparison [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub delete_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    ChangeFeed,
+    Watermark,
+}
+
+pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Outcome> {
+    let defaults = ReplicateConfig::default();
+    let config = ReplicateConfig {
+        mode: match args.mode {
+            ModeArg::ChangeFeed => ReplicationMode::ChangeFeed,
+            ModeArg::Watermark => ReplicationMode::Watermark,
+        },
+        feed_mode: if args.all_versions_and_deletes {
+            FeedMode::AllVersionsAndDeletes
+        } else {
+            FeedMode::LatestVersion
+        },
+        once: args.once,
+        apply_deletes: args.apply_deletes,
+        poll: args.poll_ms.map_or(defaults.poll, Duration::from_millis),
+        workers: args.workers.unwrap_or(defaults.workers).max(1),
+        page_size: args.page_size.unwrap_or(defaults.page_size).max(1),
+        lease: args
+            .lease_seconds
+            .map_or(defaults.lease, Duration::from_secs),
+        overlap: args
+            .overlap_seconds
+            .map_or(defaults.overlap, Duration::from_secs),
+        delete_check_every: match args.delete_check_seconds {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => defaults.delete_check_every,
+        },
+        delete_grace: args
+            .delete_grace_seconds
+            .map_or(defaults.delete_grace, Duration::from_secs),
+        ..defaults
+    };
+    let store = source::connect_cosmos(&args.cosmos, settings).await?;
+    let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stop requested: finishing the current page and releasing leases");
+        let _ = stop_tx.send(true);
+    });
+
+    let last_log = Mutex::new(Instant::now());
+    let report = run_replication(&pool, &store, &config, stop_rx, &|report| {
+        log_progress(&last_log, report);
+    })
+    .await
+    .context("replication stopped")?;
+    signals.abort();
+    pool.close().await;
+    Ok(outcome(&report))
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // no signal handlers: only Ctrl-C through tokio's portable handler
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A log line per container every few seconds (and at the end of a `--once` run).
+fn log_progress(last: &Mutex<Instant>, report: &ReplicateReport) {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.elapsed() < Duration::from_secs(5) && report.cycles > 1 {
+        return;
+    }
+    *last = Instant::now();
+    for (container, c) in &report.containers {
+        tracing::info!(
+            container,
+            cycles = report.cycles,
+            read = c.counts.read,
+            written = c.counts.written,
+            unchanged = c.counts.unchanged,
+            quarantined = c.counts.quarantined,
+            lag_seconds = c.lag_seconds,
+            since_caught_up_seconds = c.since_caught_up_seconds,
+            "replication progress"
+        );
+    }
+}
+
+fn outcome(report: &ReplicateReport) -> Outcome {
+    let reconciled = report.reconciles();
+    let mode = match report.mode {
+        ReplicationMode::ChangeFeed => match report.feed_mode {
+            FeedMode::AllVersionsAndDeletes => "change feed (all versions and deletes)",
+            _ => "change feed",
+        },
+        ReplicationMode::Watermark => "_ts watermark",
+    };
+    let mut human = format!(
+        "replicated from the {mode} in {:.1} s ({} cycles{})\n",
+        report.elapsed_seconds,
+        report.cycles,
+        if report.stopped { ", stopped" } else { "" }
+    );
+    human.push_str(&format!(
+        "  {:<15} {:>8} {:>8} {:>9} {:>11} {:>7} {:>9} {:>12}\n",
+        "container",
+        "read",
+        "written",
+        "unchanged",
+        "quarantined",
+        "ranges",
+        "lag s",
+        "caught up s"
+    ));
+    let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}"));
+    for (container, c) in &report.containers {
+        human.push_str(&format!(
+            "  {:<15} {:>8} {:>8} {:>9} {:>11} {:>7} {:>9} {:>12}\n",
+            container,
+            c.counts.read,
+            c.counts.written,
+            c.counts.unchanged,
+            c.counts.quarantined,
+            c.ranges_served,
+            secs(c.lag_seconds),
+            secs(c.since_caught_up_seconds),
+        ));
+    }
+    for (container, d) in &report.deletes {
+        if d.missing_from_cosmos > 0 {
+            human.push_str(&format!(
+                "  {container}: {} documents are gone from Cosmos; {}\n",
+                d.missing_from_cosmos,
+                if report.apply_deletes {
+                    format!(
+                        "{} deleted, {} kept (newer version)",
+                        d.applied, d.superseded
+                    )
+                } else {
+                    "not deleted (pass --apply-deletes)".to_owned()
+                }
+            ));
+        }
+    }
+    if !reconciled {
+        human.push_str("COUNTS DO NOT RECONCILE: some documents are not accounted for\n");
+    }
+    let quarantined: u64 = report
+        .containers
+        .values()
+        .map(|c| c.counts.quarantined)
+        .sum();
+    if quarantined > 0 {
+        human.push_str(&format!(
+            "{quarantined} documents are in quarantine: `mystira-users quarantine list` shows why\n"
+        ));
+    }
+    let exit = if !reconciled {
+        Exit::Failure
+    } else if report.unapplied_deletes() > 0 {
+        Exit::Attention
+    } else {
+        Exit::Ok
+    };
+    Outcome {
+        exit,
+        human,
+        json: json!({
+            "mode": report.mode,
+            "feed_mode": report.feed_mode,
+            "owner": report.owner,
+            "cycles": report.cycles,
+            "stopped": report.stopped,
+            "elapsed_seconds": report.elapsed_seconds,
+            "reconciled": reconciled,
+            "containers": report.containers,
+            "deletes": report.deletes,
+            "apply_deletes": report.apply_deletes,
+            "unapplied_deletes": report.unapplied_deletes(),
+        }),
+    }
+}

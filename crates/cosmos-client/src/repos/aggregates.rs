@@ -1,0 +1,226 @@
+//! [`AggregateWriter`]: puts whole aggregates (the state PostgreSQL holds) into Cosmos, in the
+//! shape the app reads today (EF Core 9: PascalCase, `$type`, integer enums, comma-joined
+//! lists, the original id of a row that came from a non-UUID id). This is the write path of the
+//! outbox relay (phase 2) and of repairs towards Cosmos.
+//!
+//! A put is a read-modify-write of the one document: the aggregate is encoded and merged onto
+//! the stored document (unknown properties carried over, see [`super`]), and replaced with
+//! `If-Match` on the `_etag` it was read at; after a lost race it reads again and merges again,
+//! at most [`super::WRITE_ATTEMPTS`] times. What is merged is always the full state the caller
+//! passes, so a put is idempotent, and a caller that serialises puts per aggregate (the relay
+//! does) and reads the state afresh for each put can never make Cosmos go back in time.
+//!
+//! Kept as stored rather than rewritten, so that a put changes only what PostgreSQL changed:
+//! `UserProfileIds` (a hint the app maintains), `EarnedBadges` when the stored badges decode to
+//! exactly the aggregate's badges (duplicates the app appended stay), and a profile's
+//! `AccountId` when PostgreSQL holds the profile detached (the stored reference may name an
+//! account that does not exist, which PostgreSQL cannot keep).
+
+use mystira_cosmos::codec;
+use mystira_domain::aggregate::{AccountAggregate, Aggregate, ProfileAggregate};
+use mystira_domain::ports::RepoResult;
+use mystira_domain::RepoError;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Docs, Found, WRITE_ATTEMPTS, backoff};
+use crate::error::ErrorKind;
+
+/// The version of a document as Cosmos holds it after a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentVersion {
+    pub document_id: String,
+    pub ts: i64,
+    pub etag: Option<String>,
+}
+
+/// Writes aggregates into the three containers.
+#[derive(Debug, Clone)]
+pub struct AggregateWriter {
+    pub(super) accounts: Docs,
+    pub(super) profiles: Docs,
+    pub(super) signups: Docs,
+}
+
+impl AggregateWriter {
+    fn docs(&self, container: codec::Container) -> &Docs {
+        match container {
+            codec::Container::Accounts => &self.accounts,
+            codec::Container::UserProfiles => &self.profiles,
+            codec::Container::PendingSignups => &self.signups,
+        }
+    }
+
+    /// The raw document of `container` whose key is `key` (any spelling of its id), with its
+    /// system properties.
+    pub async fn read(&self, container: codec::Container, key: Uuid) -> RepoResult<Option<Value>> {
+        Ok(self.docs(container).locate(key).await?.map(|f| f.doc))
+    }
+
+    /// Makes the document of `aggregate` hold its state; returns the version Cosmos then holds.
+    pub async fn put(&self, aggregate: &Aggregate) -> RepoResult<DocumentVersion> {
+        let (docs, key) = match aggregate {
+            Aggregate::Account(a) => (&self.accounts, a.account.id),
+            Aggregate::Profile(p) => (&self.profiles, p.profile.id),
+            Aggregate::Signup(s) => (&self.signups, s.id),
+        };
+        for attempt in 0..WRITE_ATTEMPTS {
+            let written = match docs.locate(key).await? {
+                Some(found) => {
+                    let doc = merged(docs, &found, aggregate);
+                    if same_content(&found.doc, &doc) {
+                        return version_of(&found.doc);
+                    }
+                    let etag = found.etag.as_deref().ok_or_else(|| {
+                        RepoError::Store(format!(
+                            "a document in {} was read without an etag",
+                            docs.kind
+                        ))
+                    })?;
+                    docs.container
+                        .replace_if_match_returning(
+                            found.partition.clone(),
+                            &found.doc_id,
+                            &doc,
+                            etag,
+                        )
+                        .await
+                        .map(|stored| (stored, found.partition.clone(), found.doc_id.clone()))
+                }
+                None => {
+                    let doc = encoded(aggregate);
+                    let doc_id = doc
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let partition = docs.partition_of(&doc);
+                    docs.container
+                        .create_returning(partition.clone(), &doc_id, &doc)
+                        .await
+                        .map(|stored| (stored, partition, doc_id))
+                }
+            };
+            match written {
+                Ok((stored, partition, doc_id)) => {
+                    let doc = match stored.document {
+                        Some(doc) => doc,
+                        None => docs
+                            .container
+                            .read::<Value>(partition, &doc_id)
+                            .await
+                            .map_err(|e| docs.err(e))?
+                            .map(|v| v.value)
+                            .ok_or_else(|| docs.contended())?,
+                    };
+                    return version_of(&doc);
+                }
+                // Someone wrote (or created) it in between: read again and merge again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::PreconditionFailed | ErrorKind::Conflict | ErrorKind::NotFound
+                    ) =>
+                {
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(docs.err(e)),
+            }
+        }
+        Err(docs.contended())
+    }
+
+    /// Deletes the document of `container` with key `key`; `false` if there was none.
+    pub async fn remove(&self, container: codec::Container, key: Uuid) -> RepoResult<bool> {
+        let docs = self.docs(container);
+        match docs.locate(key).await? {
+            Some(found) => docs.delete(&found).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The aggregate in the current shape, for a document that does not exist yet.
+fn encoded(aggregate: &Aggregate) -> Value {
+    match aggregate {
+        Aggregate::Account(a) => encode_account(a, &[] as &[&str]),
+        Aggregate::Profile(p) => encode_profile(p),
+        Aggregate::Signup(s) => codec::encode_pending_signup(s),
+    }
+}
+
+fn encode_account<S: AsRef<str>>(a: &AccountAggregate, profile_ids: &[S]) -> Value {
+    codec::encode_account(
+        &a.account,
+        a.subscription.as_ref(),
+        &a.completed_scenarios,
+        profile_ids,
+    )
+}
+
+fn encode_profile(p: &ProfileAggregate) -> Value {
+    codec::encode_profile_with_account_id(&p.profile, &p.badges, p.account_cosmos_id.as_deref())
+}
+
+/// The aggregate merged onto the stored document (see the module docs for what stays).
+fn merged(docs: &Docs, found: &Found, aggregate: &Aggregate) -> Value {
+    match aggregate {
+        Aggregate::Account(a) => {
+            let hint = codec::decode_account(&found.doc)
+                .map(|d| d.profile_ids_hint)
+                .unwrap_or_default();
+            docs.merge(&found.doc, encode_account(a, &hint), &["UserProfileIds"])
+        }
+        Aggregate::Profile(p) => {
+            let stored_badges = codec::decode_profile(&found.doc).ok().map(|d| d.badges);
+            let mut keep = Vec::new();
+            if stored_badges.is_some_and(|b| same_badges(&b, &p.badges)) {
+                keep.push("EarnedBadges");
+            }
+            if p.profile.account_id.is_none() {
+                keep.push("AccountId");
+            }
+            docs.merge(&found.doc, encode_profile(p), &keep)
+        }
+        Aggregate::Signup(s) => docs.merge(&found.doc, codec::encode_pending_signup(s), &[]),
+    }
+}
+
+/// Badges equal as sets (PostgreSQL lists them by `earned_at`, Cosmos in array order).
+fn same_badges(a: &[mystira_domain::UserBadge], b: &[mystira_domain::UserBadge]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// Whether `doc` would change nothing of `stored` (system properties aside).
+fn same_content(stored: &Value, doc: &Value) -> bool {
+    let user = |v: &Value| -> Vec<(String, Value)> {
+        let mut props: Vec<(String, Value)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        props.sort_by(|x, y| x.0.cmp(&y.0));
+        props
+    };
+    user(stored) == user(doc)
+}
+
+fn version_of(doc: &Value) -> RepoResult<DocumentVersion> {
+    let document_id = doc
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RepoError::Store("a stored document has no id".to_owned()))?
+        .to_owned();
+    let ts = doc
+        .get("_ts")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| RepoError::Store("a stored document has no _ts".to_owned()))?;
+    let etag = doc.get("_etag").and_then(Value::as_str).map(str::to_owned);
+    Ok(DocumentVersion {
+        document_id,
+        ts,
+        etag,
+    })
+}

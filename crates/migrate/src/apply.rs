@@ -1,0 +1,202 @@
+//! Applying Cosmos documents to PostgreSQL: the one path by which a document as Cosmos stores
+//! it (with `_ts` and `_etag`) reaches the domain tables. The backfill, quarantine retry,
+//! verify's repair, the dual-write router (phase 1), the retry-journal replay and the
+//! replicator all use it, so every copy is decoded by the same codec, mapped the same way,
+//! guarded by the same source version (an older copy never overwrites newer data) and
+//! quarantined for the same reasons.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mystira_postgres::bookkeeping::{self, QuarantinedDocument};
+use mystira_postgres::bulk::{self, BulkDocument, WriteOutcome};
+use sqlx::PgPool;
+
+use crate::backfill::{BackfillError, ContainerCounts};
+use crate::mapping::{Mapped, map_document};
+use crate::source::SourceDocument;
+
+/// Whether a transient PostgreSQL failure is retried here or returned at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// Up to six attempts with exponential back-off (about 6 s in all): jobs that can wait.
+    Backoff,
+    /// None: the caller has a durable place to put the document instead (the router's retry
+    /// journal), and a request must not wait seconds for a database that is down.
+    None,
+}
+
+/// Maps and writes one page; quarantines what cannot be migrated.
+pub async fn write_page(
+    pool: &PgPool,
+    container: &str,
+    documents: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+    retries: Retries,
+) -> Result<(), BackfillError> {
+    let mut accounts = Vec::new();
+    let mut profiles = Vec::new();
+    let mut signups = Vec::new();
+    // raw documents by id, kept only until the write says whether they need the quarantine
+    let mut raw_by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for doc in documents {
+        counts.read += 1;
+        let raw = match doc {
+            SourceDocument::Document(v) => v,
+            SourceDocument::Malformed {
+                locator,
+                message,
+                raw,
+            } => {
+                let document = serde_json::json!({ "malformed_line": raw });
+                quarantine(
+                    pool,
+                    retries,
+                    container,
+                    &locator,
+                    "malformed_line",
+                    &message,
+                    &document,
+                    None,
+                )
+                .await?;
+                counts.quarantined += 1;
+                continue;
+            }
+        };
+        // names a document without a usable id; ids are how quarantine entries are keyed
+        let locator = format!("{container}#no-id-{}", counts.read);
+        match map_document(container, &raw, &locator) {
+            Mapped::Account(d) => {
+                raw_by_id.insert(d.version.document_id.clone(), raw);
+                accounts.push(*d);
+            }
+            Mapped::Profile(d) => {
+                raw_by_id.insert(d.version.document_id.clone(), raw);
+                profiles.push(*d);
+            }
+            Mapped::Signup(d) => {
+                raw_by_id.insert(d.version.document_id.clone(), raw);
+                signups.push(*d);
+            }
+            Mapped::Reject {
+                document_id,
+                code,
+                message,
+                ts,
+            } => {
+                quarantine(pool, retries, container, &document_id, code, &message, &raw, ts).await?;
+                counts.quarantined += 1;
+            }
+        }
+    }
+    write_kind(pool, retries, container, &accounts, &raw_by_id, counts).await?;
+    write_kind(pool, retries, container, &profiles, &raw_by_id, counts).await?;
+    write_kind(pool, retries, container, &signups, &raw_by_id, counts).await?;
+    Ok(())
+}
+
+async fn write_kind<D: BulkDocument>(
+    pool: &PgPool,
+    retries: Retries,
+    container: &str,
+    docs: &[D],
+    raw_by_id: &BTreeMap<String, serde_json::Value>,
+    counts: &mut ContainerCounts,
+) -> Result<(), BackfillError> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let outcomes = with_retry(retries, || bulk::write_batch(pool, docs)).await?;
+    for (doc, outcome) in docs.iter().zip(outcomes) {
+        match outcome {
+            WriteOutcome::Written => counts.written += 1,
+            WriteOutcome::Unchanged => counts.unchanged += 1,
+            WriteOutcome::Failed(e) => {
+                let id = &doc.version().document_id;
+                let code = failure_code(&e);
+                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
+                quarantine(
+                    pool,
+                    retries,
+                    container,
+                    id,
+                    code,
+                    &e.to_string(),
+                    &raw,
+                    Some(doc.version().ts),
+                )
+                .await?;
+                counts.quarantined += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn failure_code(e: &mystira_domain::RepoError) -> &'static str {
+    use mystira_domain::error::ConflictKind;
+    match e {
+        mystira_domain::RepoError::Invalid(v) => v.code(),
+        mystira_domain::RepoError::Conflict { kind, .. } => match kind {
+            ConflictKind::DuplicateAuth0UserId => "duplicate_auth0_user_id",
+            ConflictKind::DuplicateId => "duplicate_id",
+            ConflictKind::MissingReference => "missing_reference",
+            _ => "conflict",
+        },
+        _ => "store_error",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn quarantine(
+    pool: &PgPool,
+    retries: Retries,
+    container: &str,
+    document_id: &str,
+    reason_code: &str,
+    message: &str,
+    document: &serde_json::Value,
+    source_ts: Option<i64>,
+) -> Result<(), BackfillError> {
+    let entry = QuarantinedDocument {
+        container,
+        document_id,
+        reason_code,
+        message,
+        document,
+        source_ts,
+    };
+    with_retry(retries, || bookkeeping::quarantine(pool, &entry)).await?;
+    tracing::debug!(container, reason_code, "document quarantined");
+    Ok(())
+}
+
+/// Retries a store call that failed transiently, with exponential back-off, a bounded number
+/// of times.
+pub(crate) async fn with_retry<T, F, Fut>(
+    retries: Retries,
+    mut call: F,
+) -> Result<T, mystira_domain::RepoError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, mystira_domain::RepoError>>,
+{
+    let attempts: u32 = match retries {
+        Retries::Backoff => 6,
+        Retries::None => 1,
+    };
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        match call().await {
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                tracing::warn!(attempt, error = %e, "transient store error, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on the last attempt")
+}
+

@@ -1,0 +1,356 @@
+//! The retry journal, both halves: the table in PostgreSQL (`mystira_postgres::journal`) and,
+//! for when PostgreSQL itself is down, local append-only files; and the replayer that applies
+//! both until they are empty.
+//!
+//! # Local journal files
+//! `<dir>/journal-<pid>-<nanos>.jsonl`, one [`JournalRecord`] per line. A record is written and
+//! the file `fsync`ed before the router's call returns, so an acknowledged write survives a
+//! crash of the process and of the machine's page cache. The writing process holds an
+//! exclusive `flock` on its current file; a replayer takes only files it can lock, i.e. files
+//! whose writer has rotated away from them ([`FileJournal::seal`]) or died. A line cut short by
+//! a crash was never fsynced, so its write was never acknowledged: it is skipped and counted.
+//!
+//! # Replay
+//! Every record is applied through [`crate::apply`] (upserts, version-guarded) or
+//! `bulk::delete_document` (deletes, with a tombstone), so replaying twice, in any order, or
+//! after a newer copy landed, changes nothing. A document that cannot be migrated goes to the
+//! quarantine as in the backfill (it is then on record, not lost). Table entries are claimed
+//! with `for update skip locked`, so several replayers share the table; a transient failure
+//! defers the entry with a growing delay.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mystira_domain::RepoError;
+use mystira_postgres::bulk;
+use mystira_postgres::journal::{self, JournalOp, JournalRecord};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::apply::{Retries, write_page};
+use crate::backfill::{BackfillError, ContainerCounts};
+use crate::source::SourceDocument;
+
+/// Local append-only journal files in one directory (see the module docs).
+#[derive(Debug, Clone)]
+pub struct FileJournal {
+    dir: PathBuf,
+    current: Arc<Mutex<Option<OpenJournal>>>,
+}
+
+#[derive(Debug)]
+struct OpenJournal {
+    file: File,
+    path: PathBuf,
+}
+
+/// The error of a journal file operation, naming the file (never a record's content).
+#[derive(Debug, thiserror::Error)]
+#[error("journal file {path}: {source}")]
+pub struct FileJournalError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileJournalError + '_ {
+    move |source| FileJournalError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl FileJournal {
+    /// Uses `dir` (created if missing).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, FileJournalError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(Self {
+            dir,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where journal files live when no directory is configured: as root
+    /// `/var/lib/mystira-users/journal`, else `$XDG_DATA_HOME/mystira-users/journal`
+    /// (`~/.local/share/mystira-users/journal`), like the private PostgreSQL cluster. `None`
+    /// when neither `XDG_DATA_HOME` nor `HOME` is set.
+    pub fn default_dir() -> Option<PathBuf> {
+        if mystira_postgres::local_cluster::effective_uid() == Some(0) {
+            return Some(PathBuf::from("/var/lib/mystira-users/journal"));
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+        Some(data.join("mystira-users/journal"))
+    }
+
+    /// Appends records and fsyncs the file before returning. Blocking: call it from
+    /// `spawn_blocking` (see [`FileJournal::append_async`]).
+    pub fn append(&self, records: &[JournalRecord]) -> Result<(), FileJournalError> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            *current = Some(self.create_file()?);
+        }
+        let open = current.as_mut().expect("just opened");
+        let mut buf = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut buf, record).map_err(|e| FileJournalError {
+                path: open.path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            buf.push(b'\n');
+        }
+        open.file.write_all(&buf).map_err(io_err(&open.path))?;
+        open.file.sync_data().map_err(io_err(&open.path))
+    }
+
+    /// [`FileJournal::append`] off the async runtime's threads.
+    pub async fn append_async(&self, records: Vec<JournalRecord>) -> Result<(), FileJournalError> {
+        let journal = self.clone();
+        tokio::task::spawn_blocking(move || journal.append(&records))
+            .await
+            .unwrap_or_else(|e| {
+                Err(FileJournalError {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
+    fn create_file(&self) -> Result<OpenJournal, FileJournalError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = self
+            .dir
+            .join(format!("journal-{}-{nanos}.jsonl", std::process::id()));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock().map_err(io_err(&path))?;
+        // the new name must survive a crash too
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        Ok(OpenJournal { file, path })
+    }
+
+    /// Closes the current file (its lock goes with it), so that a replayer can take it; the next
+    /// append starts a new file.
+    pub fn seal(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// The journal files no live writer holds, oldest first.
+    fn replayable_files(&self) -> Result<Vec<(PathBuf, File)>, FileJournalError> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".jsonl"))
+            })
+            .collect();
+        paths.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+        let mut out = Vec::new();
+        for path in paths {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                out.push((path, file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many records wait in files no live writer holds, and how many files there are in all
+    /// (including the current one).
+    pub fn pending(&self) -> Result<FileDepth, FileJournalError> {
+        let mut depth = FileDepth::default();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let path = entry.map_err(io_err(&self.dir))?.path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                depth.files += 1;
+                let file = File::open(&path).map_err(io_err(&path))?;
+                depth.records += BufReader::new(file).lines().count() as u64;
+            }
+        }
+        Ok(depth)
+    }
+}
+
+/// Records waiting in local journal files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FileDepth {
+    pub files: u64,
+    pub records: u64,
+}
+
+/// What a replay pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Records applied (written, unchanged or quarantined: all of them landed or are on record).
+    pub applied: u64,
+    /// Records deferred after a transient failure (still journalled).
+    pub deferred: u64,
+    /// Local files fully replayed and removed.
+    pub files_done: u64,
+    /// Lines of local files that were cut short by a crash (never acknowledged).
+    pub torn_lines: u64,
+}
+
+impl ReplayReport {
+    pub fn add(&mut self, other: &ReplayReport) {
+        self.applied += other.applied;
+        self.deferred += other.deferred;
+        self.files_done += other.files_done;
+        self.torn_lines += other.torn_lines;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    #[error(transparent)]
+    File(#[from] FileJournalError),
+    #[error("postgresql: {0}")]
+    Store(#[from] RepoError),
+}
+
+/// Applies one record. `Err` only for a failure that says nothing about the record (PostgreSQL
+/// unavailable): keep it and try again later.
+pub async fn apply_record(pool: &PgPool, record: &JournalRecord) -> Result<(), RepoError> {
+    match &record.op {
+        JournalOp::Upsert { document } => {
+            let mut counts = ContainerCounts::default();
+            write_page(
+                pool,
+                &record.container,
+                vec![SourceDocument::Document(document.clone())],
+                &mut counts,
+                Retries::None,
+            )
+            .await
+            .map_err(|e| match e {
+                BackfillError::Store(e) => e,
+                other => RepoError::Store(other.to_string()),
+            })
+        }
+        JournalOp::Delete { key, source_ts } => {
+            bulk::delete_document(pool, &record.container, &record.document_id, *key, *source_ts)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// A short name for a failure, kept on a deferred entry (never a value).
+pub(crate) fn error_class(e: &RepoError) -> &'static str {
+    match e {
+        RepoError::Unavailable(_) => "unavailable",
+        RepoError::Invalid(_) => "invalid",
+        RepoError::Conflict { .. } => "conflict",
+        _ => "store",
+    }
+}
+
+/// The delay before attempt `attempts + 1`: 1 s doubling to at most 5 minutes.
+pub(crate) fn retry_delay_ms(attempts: i32) -> i64 {
+    1000i64
+        .saturating_mul(1i64 << attempts.clamp(0, 9))
+        .min(300_000)
+}
+
+/// One pass over the table: claims due entries in batches of `batch` and applies them, until
+/// none is due.
+pub async fn replay_table(pool: &PgPool, batch: i64) -> Result<ReplayReport, ReplayError> {
+    let mut report = ReplayReport::default();
+    loop {
+        let mut tx = pool.begin().await.map_err(|e| {
+            RepoError::Unavailable(format!("cannot begin a replay transaction: {e}"))
+        })?;
+        let entries = journal::claim_due(&mut tx, batch).await?;
+        if entries.is_empty() {
+            return Ok(report);
+        }
+        let mut landed = Vec::new();
+        for entry in &entries {
+            match apply_record(pool, &entry.record).await {
+                Ok(()) => landed.push(entry.id),
+                Err(e) => {
+                    tracing::warn!(
+                        container = %entry.record.container,
+                        class = error_class(&e),
+                        attempts = entry.attempts + 1,
+                        "journal entry deferred"
+                    );
+                    journal::defer(
+                        &mut tx,
+                        entry.id,
+                        error_class(&e),
+                        retry_delay_ms(entry.attempts),
+                    )
+                    .await?;
+                    report.deferred += 1;
+                }
+            }
+        }
+        journal::remove(&mut tx, &landed).await?;
+        tx.commit()
+            .await
+            .map_err(|e| RepoError::Unavailable(format!("cannot commit a replay: {e}")))?;
+        report.applied += landed.len() as u64;
+        if report.deferred > 0 {
+            // what is left is not due yet
+            return Ok(report);
+        }
+    }
+}
+
+/// One pass over the local files no live writer holds: applies each file's records in order and
+/// removes the file when all of them landed. Stops at the first transient failure (the file
+/// stays; replaying it again is harmless).
+pub async fn replay_files(pool: &PgPool, files: &FileJournal) -> Result<ReplayReport, ReplayError> {
+    let mut report = ReplayReport::default();
+    for (path, file) in files.replayable_files()? {
+        let lines: Vec<String> = BufReader::new(&file)
+            .lines()
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&path))?;
+        for line in lines {
+            let record: JournalRecord = match serde_json::from_str(&line) {
+                Ok(r) => r,
+                Err(_) => {
+                    report.torn_lines += 1;
+                    tracing::warn!(file = %path.display(), "skipping a journal line cut short");
+                    continue;
+                }
+            };
+            if let Err(e) = apply_record(pool, &record).await {
+                report.deferred += 1;
+                tracing::warn!(file = %path.display(), class = error_class(&e), "journal file replay stopped");
+                return Ok(report);
+            }
+            report.applied += 1;
+        }
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        drop(file);
+        report.files_done += 1;
+    }
+    Ok(report)
+}

@@ -1,0 +1,231 @@
+//! The outbox relay: delivers every aggregate that has outbox rows to Cosmos, at least once, so
+//! that Cosmos holds what PostgreSQL holds and rolling back from phase 2 to phase 1 loses
+//! nothing.
+//!
+//! A delivery (see `mystira_postgres::outbox::Delivery`) locks the aggregate, reads its state
+//! from PostgreSQL afresh, and puts that state into Cosmos through the
+//! [`AggregateWriter`] (`If-Match` on `_etag`, re-read and merge on a lost race), or deletes
+//! the document when PostgreSQL no longer has the aggregate; then it records the version Cosmos
+//! answered and removes the rows it saw. Deliveries of one aggregate are serialised by the lock
+//! and each writes the newest state, so Cosmos never goes back in time, whatever the number of
+//! relays, and a delivery repeated after a crash writes the same state again. The router
+//! delivers inline right after a phase-2 write through the same function; the relay picks up
+//! whatever that did not finish.
+
+use std::time::Duration;
+
+use mystira_cosmos::codec;
+use mystira_cosmos_client::AggregateWriter;
+use mystira_domain::RepoError;
+use mystira_postgres::aggregates;
+use mystira_postgres::outbox::{self, DeliveredVersion, Delivery, PendingAggregate};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::journal::{error_class, retry_delay_ms};
+
+/// What delivering one aggregate did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivered {
+    /// Cosmos now holds PostgreSQL's state.
+    Put,
+    /// PostgreSQL no longer has the aggregate; the Cosmos document is gone too.
+    Removed,
+    /// Nothing was pending any more (another relay delivered it).
+    AlreadyDelivered,
+}
+
+/// Delivers one aggregate now (see the module docs). `Err` leaves its rows in the outbox.
+pub async fn deliver(
+    pool: &PgPool,
+    writer: &AggregateWriter,
+    aggregate: PendingAggregate,
+) -> Result<Delivered, RepoError> {
+    let Some(container) = codec::Container::from_name(&aggregate.container) else {
+        return Err(RepoError::Store(format!(
+            "outbox names container `{}`, which is not part of the user domain",
+            aggregate.container
+        )));
+    };
+    let Some(delivery) = Delivery::begin(pool, aggregate).await? else {
+        return Ok(Delivered::AlreadyDelivered);
+    };
+    let key = delivery.aggregate.key;
+    match aggregates::load(pool, container.name(), key).await? {
+        Some(state) => {
+            let v = writer.put(&state).await?;
+            delivery
+                .delivered(Some(DeliveredVersion {
+                    document_id: v.document_id,
+                    ts: v.ts,
+                    etag: v.etag,
+                }))
+                .await?;
+            Ok(Delivered::Put)
+        }
+        None => {
+            writer.remove(container, key).await?;
+            delivery.delivered(None).await?;
+            Ok(Delivered::Removed)
+        }
+    }
+}
+
+/// [`deliver`] for the aggregate `(container, key)`, deferring it on failure so the relay backs
+/// off. For the router's inline delivery: a failure is not the caller's failure (the write is
+/// committed in PostgreSQL with its outbox row), so it is logged without values and left to the
+/// relay.
+pub async fn deliver_or_defer(
+    pool: &PgPool,
+    writer: &AggregateWriter,
+    container: codec::Container,
+    key: Uuid,
+) -> Option<Delivered> {
+    let aggregate = PendingAggregate {
+        container: container.name().to_owned(),
+        key,
+    };
+    match deliver(pool, writer, aggregate.clone()).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(%container, class = error_class(&e), "delivery to cosmos deferred to the relay");
+            if let Err(e) = outbox::defer(pool, &aggregate, error_class(&e), 1000).await {
+                tracing::warn!(class = error_class(&e), "could not defer an outbox row");
+            }
+            None
+        }
+    }
+}
+
+/// How the relay batches and paces.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Aggregates taken per pass.
+    pub batch_aggregates: i64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Pause when nothing is due.
+    pub idle_poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_aggregates: 200,
+            concurrency: 8,
+            idle_poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a relay pass (or run) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RelayReport {
+    pub put: u64,
+    pub removed: u64,
+    pub already_delivered: u64,
+    pub deferred: u64,
+}
+
+impl RelayReport {
+    pub fn add(&mut self, other: &RelayReport) {
+        self.put += other.put;
+        self.removed += other.removed;
+        self.already_delivered += other.already_delivered;
+        self.deferred += other.deferred;
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.put + self.removed
+    }
+}
+
+/// One pass: delivers up to `batch_aggregates` due aggregates, `concurrency` at a time.
+pub async fn relay_once(
+    pool: &PgPool,
+    writer: &AggregateWriter,
+    config: &RelayConfig,
+) -> Result<RelayReport, RepoError> {
+    use futures::StreamExt;
+    let due = outbox::due_aggregates(pool, config.batch_aggregates).await?;
+    let results: Vec<(PendingAggregate, Result<Delivered, RepoError>)> =
+        futures::stream::iter(due)
+            .map(|aggregate| async move {
+                let result = deliver(pool, writer, aggregate.clone()).await;
+                (aggregate, result)
+            })
+            .buffer_unordered(config.concurrency.max(1))
+            .collect()
+            .await;
+    let mut report = RelayReport::default();
+    for (aggregate, result) in results {
+        match result {
+            Ok(Delivered::Put) => report.put += 1,
+            Ok(Delivered::Removed) => report.removed += 1,
+            Ok(Delivered::AlreadyDelivered) => report.already_delivered += 1,
+            Err(e) => {
+                report.deferred += 1;
+                let attempts: i32 = sqlx::query_scalar(
+                    "select coalesce(max(attempts), 0) from migration.outbox
+                     where container = $1 and key = $2",
+                )
+                .bind(&aggregate.container)
+                .bind(aggregate.key)
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+                tracing::warn!(
+                    container = %aggregate.container,
+                    class = error_class(&e),
+                    attempts = attempts + 1,
+                    "outbox delivery deferred"
+                );
+                outbox::defer(pool, &aggregate, error_class(&e), retry_delay_ms(attempts)).await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Runs passes until the outbox has nothing due (`until_idle`), or until `stop` resolves.
+pub async fn run_relay(
+    pool: &PgPool,
+    writer: &AggregateWriter,
+    config: &RelayConfig,
+    until_idle: bool,
+    stop: impl Future<Output = ()>,
+) -> Result<RelayReport, RepoError> {
+    let mut total = RelayReport::default();
+    tokio::pin!(stop);
+    loop {
+        let pass = tokio::select! {
+            _ = &mut stop => return Ok(total),
+            pass = relay_once(pool, writer, config) => pass,
+        };
+        match pass {
+            Ok(pass) => {
+                total.add(&pass);
+                let idle = pass.delivered() + pass.already_delivered == 0;
+                if idle && until_idle {
+                    return Ok(total);
+                }
+                if idle {
+                    tokio::select! {
+                        _ = &mut stop => return Ok(total),
+                        _ = tokio::time::sleep(config.idle_poll) => {}
+                    }
+                }
+            }
+            Err(e) if e.is_retryable() && !until_idle => {
+                tracing::warn!(class = error_class(&e), "relay pass failed; retrying");
+                tokio::select! {
+                    _ = &mut stop => return Ok(total),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

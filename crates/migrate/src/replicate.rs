@@ -1,0 +1,869 @@
+//! Replication: catches writes that reach Cosmos without going through the router (the app
+//! still writing to Cosmos directly) and applies them to PostgreSQL, continuously or once.
+//!
+//! **Change-feed mode** (the default): for each container of the user domain and each of its
+//! feed ranges, a worker takes the range as a lease (job [`JOB`], one lease unit per
+//! container), reads the range's change feed from the continuation saved in the lease row,
+//! applies every page through [`crate::apply::write_page`] (the backfill's decoder, mapping
+//! and version guard) and only then saves the page's continuation (write first, checkpoint
+//! after). Delivery is therefore at least once, and exactly-once in effect: a page read again
+//! after `kill -9` between the write and the checkpoint is `unchanged`, because the version
+//! guard refuses to write a version that is already there. A range without a checkpoint starts
+//! at the beginning of the feed (every document once, at its latest version), so nothing
+//! written before or during a backfill can be missed.
+//!
+//! **Watermark mode** ([`ReplicationMode::Watermark`]), for servers without a change feed:
+//! `select * from c where c._ts >= @since`, with `@since` the newest `_ts` already applied
+//! minus an overlap window (`_ts` has one-second resolution, and a write can commit with a
+//! `_ts` a little older than one already read); documents seen in the previous pass's window
+//! are recognised by `_etag` and skipped, and anything else read twice is `unchanged` through
+//! the version guard. The checkpoint (`{"since", "etags"}`) lives in the lease row of job
+//! [`WATERMARK_JOB`].
+//!
+//! **Deletes**: a latest-version feed and a watermark query carry none. A key-set comparison
+//! (the ids PostgreSQL holds as not deleted in `migration.document_versions` against the ids in
+//! Cosmos) reports the documents missing from Cosmos, and applies them as deletes
+//! (`bulk::delete_document`, a tombstone version) only when [`ReplicateConfig::apply_deletes`]
+//! says so. PostgreSQL is listed first and rows written in the last
+//! [`ReplicateConfig::delete_grace`] are left out, so a document created (or written back) while
+//! the comparison runs is never taken for a delete. With [`FeedMode::AllVersionsAndDeletes`]
+//! (accounts with continuous backup only) the feed reports deletes itself; they are counted and
+//! applied under the same flag.
+//!
+//! **Sharing**: several replicator processes (and several workers in one) share the ranges:
+//! a range is leased to one worker slot (`<host>:<pid>/<worker>.<slot>`), renewed with every
+//! checkpoint and every poll, and taken over when its lease expires (at once when the holder
+//! was a process of this host that no longer exists). Containers are served in dependency
+//! order in every cycle (accounts before the profiles that point at them).
+//!
+//! **Lag**: per container, the seconds between now and the newest `_ts` applied, and the
+//! seconds since every range this process holds was last caught up.
+//!
+//! Nothing here logs ids, partition keys or document values: only containers, counts and
+//! timings.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mystira_cosmos_client::{
+    Container, CosmosStore, FeedMode, FeedRangeKey, FeedStart, QuerySpec, ResumeToken,
+};
+use mystira_postgres::bulk::{self, DeleteOutcome};
+use mystira_postgres::leases::{self, Lease, RangePlan};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::apply::{Retries, write_page};
+use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts, local_owner};
+use crate::source::SourceDocument;
+
+/// The lease job of change-feed replication (one unit per container, one range per feed range).
+pub const JOB: &str = "replicate";
+/// The lease job of watermark replication (one unit and one range per container).
+pub const WATERMARK_JOB: &str = "replicate-watermark";
+
+/// How changes are found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    /// Cosmos's change feed, per feed range.
+    #[default]
+    ChangeFeed,
+    /// A `_ts` watermark query with an overlap window, for servers without a change feed.
+    Watermark,
+}
+
+/// How replication runs.
+#[derive(Debug, Clone)]
+pub struct ReplicateConfig {
+    pub mode: ReplicationMode,
+    /// The change feed to read (change-feed mode only).
+    pub feed_mode: FeedMode,
+    /// Catch up to now once, then return; otherwise run until stopped.
+    pub once: bool,
+    /// Apply deletes found by the key-set comparison (or the feed); otherwise only report them.
+    pub apply_deletes: bool,
+    /// Pause between cycles once caught up.
+    pub poll: Duration,
+    /// Concurrent workers in this process (each serves ranges of one container at a time).
+    pub workers: usize,
+    /// Documents per page read (and per write transaction).
+    pub page_size: u32,
+    /// How long a range stays leased without a renewal before another worker may take it.
+    pub lease: Duration,
+    /// Names this process's workers in the lease table.
+    pub owner: String,
+    /// Watermark mode: how far before the newest `_ts` applied each pass reads again.
+    pub overlap: Duration,
+    /// How often (continuous runs) the key-set comparison looks for deletes; `--once` runs it
+    /// once, at the end. `None`: never.
+    pub delete_check_every: Option<Duration>,
+    /// Rows written to PostgreSQL more recently than this are not compared.
+    pub delete_grace: Duration,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::ChangeFeed,
+            feed_mode: FeedMode::LatestVersion,
+            once: false,
+            apply_deletes: false,
+            poll: Duration::from_millis(1000),
+            workers: 2,
+            page_size: 1000,
+            lease: Duration::from_secs(30),
+            owner: local_owner(std::process::id()),
+            overlap: Duration::from_secs(5),
+            delete_check_every: Some(Duration::from_secs(300)),
+            delete_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What this process did to one container, and how far behind it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContainerReplication {
+    #[serde(flatten)]
+    pub counts: ContainerCounts,
+    /// Pages read that had changes.
+    pub pages: u64,
+    /// Watermark mode: documents read again inside the overlap window and skipped by `_etag`.
+    pub duplicates_skipped: u64,
+    /// Ranges of this container this process served in its last cycle.
+    pub ranges_served: u64,
+    /// The newest `_ts` applied (epoch seconds).
+    pub newest_ts: Option<i64>,
+    /// Seconds between now and `newest_ts` when the report was made.
+    pub lag_seconds: Option<f64>,
+    /// Seconds since every range served was last caught up (`None`: not caught up yet).
+    pub since_caught_up_seconds: Option<f64>,
+    /// Deletes reported by an all-versions-and-deletes feed.
+    pub feed_deletes: u64,
+    /// Profiles that had landed detached (their account not copied yet) and were copied again
+    /// once their account arrived.
+    pub reattached: u64,
+}
+
+/// What the key-set comparison found in one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeleteCheck {
+    /// Ids PostgreSQL holds (not deleted, older than the grace period).
+    pub postgres_ids: u64,
+    /// Ids Cosmos holds.
+    pub cosmos_ids: u64,
+    /// Documents in PostgreSQL that Cosmos no longer has.
+    pub missing_from_cosmos: u64,
+    /// Of those, deletes applied (tombstone recorded).
+    pub applied: u64,
+    /// Of those, deletes that lost to a newer version.
+    pub superseded: u64,
+}
+
+/// The result of a replication run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicateReport {
+    pub mode: ReplicationMode,
+    pub feed_mode: FeedMode,
+    pub owner: String,
+    pub cycles: u64,
+    pub containers: BTreeMap<String, ContainerReplication>,
+    /// The last key-set comparison, per container (absent when none ran).
+    pub deletes: BTreeMap<String, DeleteCheck>,
+    pub apply_deletes: bool,
+    pub elapsed_seconds: f64,
+    /// Whether the run stopped because it was asked to (not `--once`).
+    pub stopped: bool,
+}
+
+impl ReplicateReport {
+    /// Whether every document read is accounted for.
+    pub fn reconciles(&self) -> bool {
+        self.containers.values().all(|c| c.counts.reconciles())
+    }
+
+    /// Documents PostgreSQL holds that Cosmos no longer has and that were not deleted here.
+    pub fn unapplied_deletes(&self) -> u64 {
+        self.deletes
+            .values()
+            .map(|d| d.missing_from_cosmos - d.applied - d.superseded)
+            .sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicateError {
+    #[error("cosmos: {0}")]
+    Cosmos(#[from] mystira_cosmos_client::Error),
+    #[error(transparent)]
+    Apply(#[from] BackfillError),
+    #[error("postgresql: {0}")]
+    Store(#[from] mystira_domain::RepoError),
+    #[error("a stored replication checkpoint is not valid ({0})")]
+    BadCheckpoint(&'static str),
+}
+
+/// Called after every applied page and at the end of every cycle with the report so far.
+pub type Progress<'a> = &'a (dyn Fn(&ReplicateReport) + Send + Sync);
+
+/// Runs replication: once to now (`config.once`), or until `stop` turns true (then the cycle
+/// in progress finishes its current page, checkpoints, and the leases are released).
+pub async fn run_replication(
+    pool: &PgPool,
+    store: &CosmosStore,
+    config: &ReplicateConfig,
+    mut stop: watch::Receiver<bool>,
+    progress: Progress<'_>,
+) -> Result<ReplicateReport, ReplicateError> {
+    let started = Instant::now();
+    let replicator = Replicator::open(pool, store, config).await?;
+    replicator.plan().await?;
+    let mut last_delete_check: Option<Instant> = None;
+    let result: Result<(), ReplicateError> = async {
+        loop {
+            replicator.cycle(&stop).await?;
+            replicator.reattach_profiles().await?;
+            let stopping = *stop.borrow();
+            let check_due = match config.delete_check_every {
+                None => false,
+                Some(_) if config.once => true,
+                Some(every) => last_delete_check.is_none_or(|t| t.elapsed() >= every),
+            };
+            if check_due && !stopping {
+                replicator.check_deletes().await?;
+                last_delete_check = Some(Instant::now());
+            }
+            progress(&replicator.report(started, false));
+            if config.once || stopping {
+                return Ok(());
+            }
+            // Sleep until the next poll, or until asked to stop.
+            tokio::select! {
+                _ = tokio::time::sleep(config.poll) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    // Leases are released whatever happened, so another replicator can take over at once.
+    let released = replicator.release_all().await;
+    result?;
+    released?;
+    Ok(replicator.report(started, !config.once))
+}
+
+/// The run's shared state.
+struct Replicator<'a> {
+    pool: &'a PgPool,
+    config: &'a ReplicateConfig,
+    job: &'static str,
+    containers: BTreeMap<&'static str, Container>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    cycles: u64,
+    containers: BTreeMap<String, ContainerReplication>,
+    /// per container: when every range served in the last cycle was caught up
+    caught_up_at: BTreeMap<String, Instant>,
+    deletes: BTreeMap<String, DeleteCheck>,
+    /// every slot owner this process used, released at the end
+    owners: BTreeSet<String>,
+}
+
+/// How one turn on a range ended.
+enum Turn {
+    CaughtUp,
+    /// Stopped before catching up (asked to stop, or the lease went to another worker).
+    Interrupted,
+}
+
+impl<'a> Replicator<'a> {
+    async fn open(
+        pool: &'a PgPool,
+        store: &CosmosStore,
+        config: &'a ReplicateConfig,
+    ) -> Result<Self, ReplicateError> {
+        let mut containers = BTreeMap::new();
+        for name in CONTAINERS {
+            match store.container(name).await {
+                Ok(c) => {
+                    containers.insert(name, c);
+                }
+                Err(e) if e.kind() == mystira_cosmos_client::ErrorKind::NotFound => {
+                    tracing::info!(container = name, "container not in cosmos, skipped");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let job = match config.mode {
+            ReplicationMode::ChangeFeed => JOB,
+            ReplicationMode::Watermark => WATERMARK_JOB,
+        };
+        Ok(Self {
+            pool,
+            config,
+            job,
+            containers,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates the lease rows (the first replicator to start does; later ones join them) and
+    /// frees the ranges of dead local processes.
+    async fn plan(&self) -> Result<(), ReplicateError> {
+        let mut plans = Vec::new();
+        for (name, container) in &self.containers {
+            let ranges = match self.config.mode {
+                ReplicationMode::ChangeFeed => container
+                    .feed_ranges()
+                    .await?
+                    .into_iter()
+                    .map(|r| RangePlan {
+                        start: Value::String(r.as_str().to_owned()),
+                        end: None,
+                    })
+                    .collect(),
+                ReplicationMode::Watermark => vec![RangePlan {
+                    start: Value::Null,
+                    end: None,
+                }],
+            };
+            plans.push(((*name).to_owned(), ranges));
+        }
+        // Replication ranges are never done, so once planned the job is always joined: its
+        // checkpoints survive every restart.
+        let joined = leases::start_or_join(self.pool, self.job, false, &plans).await?;
+        if joined {
+            self.release_dead_local_owners().await?;
+        }
+        Ok(())
+    }
+
+    /// One pass over every container, in dependency order: each container's ranges are served
+    /// by the workers in parallel, and the next container starts when they are done.
+    async fn cycle(&self, stop: &watch::Receiver<bool>) -> Result<(), ReplicateError> {
+        for name in CONTAINERS {
+            if !self.containers.contains_key(name) {
+                continue;
+            }
+            if *stop.borrow() {
+                break;
+            }
+            let workers =
+                (0..self.config.workers.max(1)).map(|w| self.serve_container(name, w, stop));
+            let served: Vec<(u64, bool)> = futures::future::try_join_all(workers).await?;
+            let ranges: u64 = served.iter().map(|(n, _)| n).sum();
+            let all_caught_up = served.iter().all(|(_, c)| *c);
+            let mut state = self.state();
+            let entry = state.containers.entry(name.to_owned()).or_default();
+            entry.ranges_served = ranges;
+            if all_caught_up && ranges > 0 {
+                state.caught_up_at.insert(name.to_owned(), Instant::now());
+            }
+        }
+        self.state().cycles += 1;
+        Ok(())
+    }
+
+    /// Worker `w` serves every range of `container` it can lease, one slot per range; returns
+    /// how many ranges it served and whether they all caught up.
+    async fn serve_container(
+        &self,
+        container: &'static str,
+        worker: usize,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(u64, bool), ReplicateError> {
+        let mut served = 0;
+        let mut all_caught_up = true;
+        // A slot holds at most one range of a container, so the number of slots a worker
+        // needs is bounded by the container's ranges.
+        for slot in 0..1024 {
+            if *stop.borrow() {
+                break;
+            }
+            let owner = format!("{}/{worker}.{slot}", self.config.owner);
+            let Some(lease) =
+                leases::take(self.pool, self.job, container, &owner, self.config.lease).await?
+            else {
+                break;
+            };
+            self.state().owners.insert(owner.clone());
+            let turn = match self.config.mode {
+                ReplicationMode::ChangeFeed => {
+                    self.feed_turn(container, &owner, &lease, stop).await?
+                }
+                ReplicationMode::Watermark => {
+                    self.watermark_turn(container, &owner, &lease, stop).await?
+                }
+            };
+            served += 1;
+            all_caught_up &= matches!(turn, Turn::CaughtUp);
+        }
+        Ok((served, all_caught_up))
+    }
+
+    /// Reads one range's change feed from its checkpoint until caught up.
+    async fn feed_turn(
+        &self,
+        container: &'static str,
+        owner: &str,
+        lease: &Lease,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Turn, ReplicateError> {
+        let handle = &self.containers[container];
+        let range = match &lease.range_start {
+            Value::String(s) => FeedRangeKey::from_string(s.clone()),
+            _ => return Err(ReplicateError::BadCheckpoint("feed range")),
+        };
+        let start = match &lease.position {
+            None | Some(Value::Null) => FeedStart::Beginning,
+            Some(v) => FeedStart::Token(
+                serde_json::from_value(v.clone())
+                    .map_err(|_| ReplicateError::BadCheckpoint("change feed token"))?,
+            ),
+        };
+        let mut range_counts: ContainerCounts =
+            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
+        let mut feed = handle.change_feed_with_page_size(
+            &range,
+            start,
+            self.config.feed_mode,
+            self.config.page_size,
+        );
+        loop {
+            let page = feed.next_page().await?;
+            let caught_up = page.is_caught_up();
+            let position = serde_json::to_value(page.token())
+                .map_err(|_| ReplicateError::BadCheckpoint("change feed token"))?;
+            let mut page_counts = ContainerCounts::default();
+            let newest = page
+                .documents
+                .iter()
+                .filter_map(|d| d.get("_ts").and_then(Value::as_i64))
+                .max();
+            let pages = u64::from(!caught_up);
+            if !page.documents.is_empty() {
+                let documents = page
+                    .documents
+                    .into_iter()
+                    .map(SourceDocument::Document)
+                    .collect();
+                write_page(
+                    self.pool,
+                    container,
+                    documents,
+                    &mut page_counts,
+                    Retries::Backoff,
+                )
+                .await?;
+            }
+            let feed_deletes = page.deletes.len() as u64;
+            if self.config.apply_deletes {
+                for delete in &page.deletes {
+                    if let Some(id) = &delete.id {
+                        let ts = delete.ts.unwrap_or_else(now_secs);
+                        self.apply_delete(container, id, ts).await?;
+                    }
+                }
+            }
+            // Checkpoint after the write: a crash in between re-reads the page, idempotently.
+            add_counts(&mut range_counts, &page_counts);
+            let kept = leases::advance(
+                self.pool,
+                self.job,
+                lease,
+                owner,
+                Some(&position),
+                &serde_json::to_value(&range_counts).unwrap_or_default(),
+                false,
+                self.config.lease,
+            )
+            .await?;
+            self.record(container, &page_counts, pages, 0, newest, feed_deletes);
+            if !kept {
+                tracing::warn!(
+                    container,
+                    range = lease.range_no,
+                    "lease lost to another worker"
+                );
+                return Ok(Turn::Interrupted);
+            }
+            if caught_up {
+                return Ok(Turn::CaughtUp);
+            }
+            if *stop.borrow() {
+                return Ok(Turn::Interrupted);
+            }
+        }
+    }
+
+    /// One watermark pass over a container: everything with `_ts` at or after the checkpoint
+    /// minus the overlap window.
+    async fn watermark_turn(
+        &self,
+        container: &'static str,
+        owner: &str,
+        lease: &Lease,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Turn, ReplicateError> {
+        let handle = &self.containers[container];
+        let checkpoint = match &lease.position {
+            None | Some(Value::Null) => Watermark::default(),
+            Some(v) => serde_json::from_value::<Watermark>(v.clone())
+                .map_err(|_| ReplicateError::BadCheckpoint("watermark"))?,
+        };
+        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
+        let from = checkpoint.since.map_or(0, |s| s.saturating_sub(overlap));
+        let seen: HashSet<&str> = checkpoint.etags.iter().map(String::as_str).collect();
+        let spec = QuerySpec::new("select * from c where c._ts >= @since").param("@since", from);
+        let mut pages =
+            handle.query_with_page_size::<Value>(spec, None::<ResumeToken>, self.config.page_size);
+        let mut range_counts: ContainerCounts =
+            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
+        let mut newest = checkpoint.since;
+        // (ts, etag) of what this pass read, to keep the window's etags for the next pass
+        let mut read: Vec<(i64, String)> = Vec::new();
+        let mut interrupted = false;
+        while let Some(page) = pages.next_page().await? {
+            let mut documents = Vec::new();
+            let mut duplicates = 0;
+            let mut page_newest = None;
+            for doc in page.items {
+                let ts = doc.get("_ts").and_then(Value::as_i64);
+                let etag = doc.get("_etag").and_then(Value::as_str).map(str::to_owned);
+                if let (Some(ts), Some(etag)) = (ts, &etag) {
+                    read.push((ts, etag.clone()));
+                }
+                if etag.as_deref().is_some_and(|e| seen.contains(e)) {
+                    duplicates += 1;
+                    continue;
+                }
+                page_newest = page_newest.max(ts);
+                documents.push(SourceDocument::Document(doc));
+            }
+            let mut page_counts = ContainerCounts::default();
+            let pages_with_changes = u64::from(!documents.is_empty());
+            if !documents.is_empty() {
+                write_page(
+                    self.pool,
+                    container,
+                    documents,
+                    &mut page_counts,
+                    Retries::Backoff,
+                )
+                .await?;
+            }
+            newest = newest.max(page_newest);
+            // only the window below the newest `_ts` is kept for the next pass
+            if let Some(n) = newest {
+                let window_start = n.saturating_sub(overlap);
+                read.retain(|(ts, _)| *ts >= window_start);
+            }
+            add_counts(&mut range_counts, &page_counts);
+            self.record(
+                container,
+                &page_counts,
+                pages_with_changes,
+                duplicates,
+                page_newest,
+                0,
+            );
+            if *stop.borrow() {
+                interrupted = true;
+                break;
+            }
+        }
+        // The pass is checkpointed only when complete: an interrupted pass is read again.
+        let position = if interrupted {
+            lease.position.clone()
+        } else {
+            let since = newest;
+            let window_start = since.map_or(i64::MIN, |s| s.saturating_sub(overlap));
+            let etags = read
+                .into_iter()
+                .filter(|(ts, _)| *ts >= window_start)
+                .map(|(_, e)| e)
+                .collect();
+            Some(json!(Watermark { since, etags }))
+        };
+        let kept = leases::advance(
+            self.pool,
+            self.job,
+            lease,
+            owner,
+            position.as_ref(),
+            &serde_json::to_value(&range_counts).unwrap_or_default(),
+            false,
+            self.config.lease,
+        )
+        .await?;
+        if !kept {
+            tracing::warn!(container, "lease lost to another worker");
+            return Ok(Turn::Interrupted);
+        }
+        Ok(if interrupted {
+            Turn::Interrupted
+        } else {
+            Turn::CaughtUp
+        })
+    }
+
+    fn record(
+        &self,
+        container: &str,
+        page: &ContainerCounts,
+        pages: u64,
+        duplicates: u64,
+        newest: Option<i64>,
+        feed_deletes: u64,
+    ) {
+        let mut state = self.state();
+        let entry = state.containers.entry(container.to_owned()).or_default();
+        add_counts(&mut entry.counts, page);
+        entry.pages += pages;
+        entry.duplicates_skipped += duplicates;
+        entry.newest_ts = entry.newest_ts.max(newest);
+        entry.feed_deletes += feed_deletes;
+    }
+
+    /// A profile copied before its account (both written between the account feed's read
+    /// and the profile feed's read in one cycle, or by workers of different processes) lands
+    /// detached, with a `missing_account` note. Once the account is in PostgreSQL, the profile
+    /// is read from Cosmos again and re-copied. The version guard is lifted only for a copy
+    /// whose recorded `_etag` is the one Cosmos still holds, so a newer copy written meanwhile
+    /// (by the router, say) is never replaced by this one.
+    async fn reattach_profiles(&self) -> Result<(), ReplicateError> {
+        const CONTAINER: &str = "UserProfiles";
+        let Some(profiles) = self.containers.get(CONTAINER) else {
+            return Ok(());
+        };
+        if profiles.partition_key_paths() != ["/id"] {
+            return Ok(()); // a point read needs the partition key, which is not recorded
+        }
+        let sql = |e| mystira_postgres::map_sqlx_error("document_notes", e);
+        let ids: Vec<String> = sqlx::query_scalar(
+            "select distinct n.document_id from migration.document_notes n
+             where n.container = $1 and n.code = 'missing_account'
+               and exists (select 1 from accounts a where a.id::text = n.detail->>'account_key')
+             order by 1 limit 1000",
+        )
+        .bind(CONTAINER)
+        .fetch_all(self.pool)
+        .await
+        .map_err(sql)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut documents = Vec::new();
+        for id in ids {
+            let Some(doc) = profiles.read::<Value>(id.clone(), &id).await? else {
+                continue; // gone from Cosmos: the key-set comparison reports it
+            };
+            let Some(etag) = doc.value.get("_etag").and_then(Value::as_str) else {
+                continue;
+            };
+            let lifted = sqlx::query(
+                "delete from migration.document_versions
+                 where container = $1 and document_id = $2 and source_etag = $3",
+            )
+            .bind(CONTAINER)
+            .bind(&id)
+            .bind(etag)
+            .execute(self.pool)
+            .await
+            .map_err(sql)?
+            .rows_affected();
+            if lifted == 1 {
+                documents.push(SourceDocument::Document(doc.value));
+            }
+        }
+        if documents.is_empty() {
+            return Ok(());
+        }
+        let mut counts = ContainerCounts::default();
+        write_page(
+            self.pool,
+            CONTAINER,
+            documents,
+            &mut counts,
+            Retries::Backoff,
+        )
+        .await?;
+        tracing::info!(
+            reattached = counts.written,
+            "detached profiles copied again"
+        );
+        let mut state = self.state();
+        state
+            .containers
+            .entry(CONTAINER.to_owned())
+            .or_default()
+            .reattached += counts.written;
+        Ok(())
+    }
+
+    /// The key-set comparison: ids PostgreSQL holds as not deleted (listed first, older than
+    /// the grace period) that Cosmos does not hold are deletes.
+    async fn check_deletes(&self) -> Result<(), ReplicateError> {
+        let grace_ms = i64::try_from(self.config.delete_grace.as_millis()).unwrap_or(i64::MAX);
+        for (name, handle) in &self.containers {
+            let postgres: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+                "select document_id, key from migration.document_versions
+                 where container = $1 and not deleted
+                   and written_at < now() - $2 * interval '1 millisecond'",
+            )
+            .bind(*name)
+            .bind(grace_ms)
+            .fetch_all(self.pool)
+            .await
+            .map_err(|e| mystira_postgres::map_sqlx_error("document_versions", e))?;
+            let mut cosmos: HashSet<String> = HashSet::new();
+            let mut pages = handle.query_with_page_size::<Value>(
+                QuerySpec::new("select c.id from c"),
+                None,
+                self.config.page_size.max(1000),
+            );
+            while let Some(page) = pages.next_page().await? {
+                cosmos.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_owned)),
+                );
+            }
+            let mut check = DeleteCheck {
+                postgres_ids: postgres.len() as u64,
+                cosmos_ids: cosmos.len() as u64,
+                ..DeleteCheck::default()
+            };
+            let now = now_secs();
+            for (id, key) in postgres.iter().filter(|(id, _)| !cosmos.contains(id)) {
+                check.missing_from_cosmos += 1;
+                if self.config.apply_deletes {
+                    match bulk::delete_document(self.pool, name, id, *key, now).await? {
+                        DeleteOutcome::Deleted { .. } => check.applied += 1,
+                        DeleteOutcome::Superseded => check.superseded += 1,
+                    }
+                }
+            }
+            if check.missing_from_cosmos > 0 {
+                tracing::info!(
+                    container = *name,
+                    missing = check.missing_from_cosmos,
+                    applied = check.applied,
+                    "documents missing from cosmos"
+                );
+            }
+            self.state().deletes.insert((*name).to_owned(), check);
+        }
+        Ok(())
+    }
+
+    /// A delete the feed reported: applied when PostgreSQL knows the document.
+    async fn apply_delete(&self, container: &str, id: &str, ts: i64) -> Result<(), ReplicateError> {
+        let key: Option<uuid::Uuid> = sqlx::query_scalar(
+            "select key from migration.document_versions where container = $1 and document_id = $2",
+        )
+        .bind(container)
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await
+        .map_err(|e| mystira_postgres::map_sqlx_error("document_versions", e))?;
+        if let Some(key) = key {
+            bulk::delete_document(self.pool, container, id, key, ts).await?;
+        }
+        Ok(())
+    }
+
+    fn report(&self, started: Instant, stopped: bool) -> ReplicateReport {
+        let state = self.state();
+        let now = now_secs();
+        let mut containers = state.containers.clone();
+        for (name, c) in &mut containers {
+            c.lag_seconds = c.newest_ts.map(|ts| (now - ts).max(0) as f64);
+            c.since_caught_up_seconds = state
+                .caught_up_at
+                .get(name)
+                .map(|t| t.elapsed().as_secs_f64());
+        }
+        ReplicateReport {
+            mode: self.config.mode,
+            feed_mode: self.config.feed_mode,
+            owner: self.config.owner.clone(),
+            cycles: state.cycles,
+            containers,
+            deletes: state.deletes.clone(),
+            apply_deletes: self.config.apply_deletes,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            stopped,
+        }
+    }
+
+    async fn release_all(&self) -> Result<(), ReplicateError> {
+        let owners: Vec<String> = self.state().owners.iter().cloned().collect();
+        for owner in owners {
+            leases::release(self.pool, self.job, &owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Leases held by processes of this host that no longer exist (killed) are released at
+    /// once, so a restart resumes without waiting for them to expire. Other hosts' leases are
+    /// left to expire: their liveness cannot be checked from here.
+    async fn release_dead_local_owners(&self) -> Result<(), ReplicateError> {
+        let here = local_owner(0);
+        let host_prefix = here.trim_end_matches('0');
+        for owner in leases::owners(self.pool, self.job).await? {
+            let Some(rest) = owner.strip_prefix(host_prefix) else {
+                continue;
+            };
+            let pid = rest.split('/').next().and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let released = leases::release(self.pool, self.job, &owner).await?;
+                tracing::info!(released, "released the ranges of a dead local replicator");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The watermark checkpoint: the newest `_ts` applied, and the `_etag`s read inside the
+/// overlap window below it (skipped when read again).
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Watermark {
+    since: Option<i64>,
+    etags: Vec<String>,
+}
+
+fn add_counts(total: &mut ContainerCounts, page: &ContainerCounts) {
+    total.read += page.read;
+    total.written += page.written;
+    total.unchanged += page.unchanged;
+    total.quarantined += page.quarantined;
+    for (reason, n) in &page.skipped {
+        *total.skipped.entry(reason.clone()).or_default() += n;
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

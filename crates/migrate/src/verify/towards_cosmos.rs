@@ -1,0 +1,131 @@
+//! Verification in the other direction (`verify --direction pg-to-cosmos`): does Cosmos hold
+//! everything PostgreSQL holds? This is what makes a rollback from phase 2 safe to sign off.
+//!
+//! The comparison is the same one (both sides reduced to the same canonical rows, bucketed
+//! checksums, then field-level diffs of what differs), with a live Cosmos account as the
+//! source; only the reading of the result turns round: a row PostgreSQL has and Cosmos does not
+//! (`extra` from Cosmos's side) is missing in Cosmos, a changed row is one whose Cosmos copy
+//! does not say what PostgreSQL says.
+//!
+//! `--repair` puts PostgreSQL's state of every drifted aggregate into Cosmos **through the
+//! outbox relay**: it adds an outbox row per aggregate and runs relay passes until they are
+//! delivered, so a repair takes the same per-aggregate lock, writes the same shape and records
+//! the same versions as every phase-2 delivery. A document that Cosmos has and PostgreSQL does
+//! not is removed from Cosmos only with `delete_extra`; otherwise it is left alone and still
+//! reported.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use mystira_cosmos::codec;
+use mystira_cosmos_client::AggregateWriter;
+use mystira_postgres::outbox;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{DriftKind, RepairOptions, RepairReport, RepairRound, VerifyError, VerifyOptions};
+use super::{VerifyReport, run_verify};
+use crate::relay::{RelayConfig, relay_once};
+use crate::source::DocumentSource;
+
+/// The aggregates (container, document key) a repair towards Cosmos re-delivers, and how many
+/// drift items it leaves alone.
+fn plan(report: &VerifyReport, opts: &RepairOptions) -> (BTreeSet<(String, Uuid)>, u64) {
+    let mut aggregates = BTreeSet::new();
+    let mut left_alone = 0;
+    for item in report.drift() {
+        let deliver = match item.kind {
+            // in Cosmos, not in PostgreSQL: delivering the (absent) aggregate removes it
+            DriftKind::Missing => opts.delete_extra,
+            DriftKind::Extra
+            | DriftKind::Changed
+            | DriftKind::Stale
+            | DriftKind::Ahead
+            | DriftKind::Unmigrated => true,
+            DriftKind::Quarantined => false,
+        };
+        let container = item.entity.container();
+        let key = item
+            .cosmos_id
+            .as_deref()
+            .and_then(|id| codec::Container::from_name(container).map(|c| (id, c)))
+            .map(|(id, c)| codec::reference_key(id, c.entity_type()))
+            .or_else(|| {
+                item.entity
+                    .is_document()
+                    .then(|| item.key.as_deref().and_then(|k| k.parse().ok()))
+                    .flatten()
+            });
+        match key {
+            Some(key) if deliver => {
+                aggregates.insert((container.to_owned(), key));
+            }
+            _ => left_alone += 1,
+        }
+    }
+    (aggregates, left_alone)
+}
+
+/// Verifies Cosmos against PostgreSQL, repairs through the relay, verifies again (each
+/// verification recorded as a `verify` run).
+pub async fn repair_towards_cosmos(
+    pool: &PgPool,
+    cosmos: &dyn DocumentSource,
+    writer: &AggregateWriter,
+    verify_opts: &VerifyOptions,
+    opts: &RepairOptions,
+) -> Result<RepairReport, VerifyError> {
+    let before = run_verify(pool, cosmos, verify_opts).await?;
+    let mut current = before.clone();
+    let mut rounds = Vec::new();
+    while rounds.len() < opts.max_rounds as usize && current.drift_count() > 0 {
+        let (aggregates, left_alone) = plan(&current, opts);
+        if aggregates.is_empty() {
+            break;
+        }
+        let mut round = RepairRound {
+            left_alone,
+            ..RepairRound::default()
+        };
+        for (container, key) in &aggregates {
+            outbox::enqueue(pool, container, *key).await?;
+            round
+                .recopied
+                .entry(container.clone())
+                .or_default()
+                .written += 1;
+        }
+        drain(pool, writer).await?;
+        rounds.push(round);
+        current = run_verify(pool, cosmos, verify_opts).await?;
+    }
+    Ok(RepairReport {
+        before,
+        rounds,
+        after: current,
+    })
+}
+
+/// Relay passes until the outbox is empty (bounded: 10 minutes).
+async fn drain(pool: &PgPool, writer: &AggregateWriter) -> Result<(), VerifyError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let config = RelayConfig::default();
+    loop {
+        let pass = relay_once(pool, writer, &config).await?;
+        let left = outbox::depth(pool).await?;
+        if left.rows == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(VerifyError::Store(mystira_domain::RepoError::Unavailable(
+                format!(
+                    "the outbox still holds {} rows after 10 minutes of relaying",
+                    left.rows
+                ),
+            )));
+        }
+        if pass.delivered() == 0 {
+            tokio::time::sleep(config.idle_poll).await;
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! Phase control against a real, freshly migrated database per test: every gate refuses with
+//! the condition it names and opens once the condition is met (runs, journal and outbox rows
+//! are seeded directly), forcing is audited, backward moves need no verify but may not strand
+//! outbox rows, canary overrides pass the same gates, and a `PhaseWatcher` sees a change
+//! within 2 s through NOTIFY, through polling alone, and after losing its connections.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use mystira_migrate::phase::{
+    self, ChangeOptions, DecisionKind, GateConfig, Phase, PhaseError, PhaseSnapshot,
+    PhaseWatcher, WATCHER_APPLICATION_NAME, WatcherOptions,
+};
+use mystira_postgres::phase::{self as store, ChangeRequest, Ungated};
+use sqlx::{AssertSqlSafe, Connection as _, PgPool};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use uuid::Uuid;
+
+/// The promise every running process relies on.
+const SEEN_WITHIN: Duration = Duration::from_secs(2);
+
+fn options(reason: &str) -> ChangeOptions {
+    ChangeOptions {
+        actor: "ada".to_owned(),
+        reason: reason.to_owned(),
+        force: false,
+        gates: GateConfig::default(),
+        wait_drain: None,
+    }
+}
+
+fn forced(reason: &str) -> ChangeOptions {
+    ChangeOptions {
+        force: true,
+        ..options(reason)
+    }
+}
+
+/// Puts the domain in `phase` without any gate (test setup).
+async fn start_in(pool: &PgPool, p: Phase) {
+    let request = ChangeRequest {
+        actor: "setup",
+        reason: "test setup",
+        force: false,
+    };
+    store::set_phase(pool, p, request, &Ungated).await.unwrap();
+}
+
+async fn seed_backfill(pool: &PgPool, status: &str, started_ago_minutes: i32) {
+    sqlx::query(
+        "insert into migration.runs (job, source, started_at, finished_at, status)
+         values ('backfill', 'test', now() - make_interval(mins => $1),
+                 case when $2 = 'running' then null else now() - make_interval(mins => $1) end, $2)",
+    )
+    .bind(started_ago_minutes)
+    .bind(status)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A verify run of the whole key space that finished `hours_ago`: clean or with drift.
+async fn seed_verify(pool: &PgPool, clean: bool, hours_ago: i32) {
+    let (status, outcome) = if clean {
+        ("succeeded", "clean")
+    } else {
+        ("failed", "drift")
+    };
+    sqlx::query(
+        "insert into migration.runs (job, source, started_at, finished_at, status, counts, scope)
+         values ('verify', 'test', now() - make_interval(hours => $1),
+                 now() - make_interval(hours => $1), $2,
+                 jsonb_build_object('outcome', $3::text),
+                 '{\"first_bucket\": 0, \"last_bucket\": 255}')",
+    )
+    .bind(hours_ago)
+    .bind(status)
+    .bind(outcome)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn seed_journal(pool: &PgPool, rows: i32) {
+    sqlx::query(
+        "insert into migration.retry_journal (container, document_id, op)
+         select 'Accounts', 'doc-' || n, 'delete' from generate_series(1, $1) n",
+    )
+    .bind(rows)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn seed_outbox(pool: &PgPool, rows: i32, oldest_minutes_ago: i32) {
+    sqlx::query(
+        "insert into migration.outbox (container, key, enqueued_at)
+         select 'Accounts', gen_random_uuid(),
+                now() - make_interval(mins => case when n = 1 then $2 else 0 end)
+         from generate_series(1, $1) n",
+    )
+    .bind(rows)
+    .bind(oldest_minutes_ago)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn clear(pool: &PgPool, table: &str) {
+    sqlx::query(AssertSqlSafe(format!("delete from migration.{table}")))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn domain_phase(pool: &PgPool) -> Phase {
+    store::current(pool).await.unwrap().phase
+}
+
+fn codes(decision: &phase::Decision) -> Vec<&'static str> {
+    decision.unmet.iter().map(|c| c.code()).collect()
+}
+
+mod gates {
+    use super::*;
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn dual_write_needs_a_completed_backfill(pool: PgPool) {
+        let to = Phase::DualWriteCosmosRead;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(codes(&d), ["backfill_never_run"]);
+        assert!(d.unmet[0].to_string().contains("mystira-users migrate"));
+
+        seed_backfill(&pool, "succeeded", 60).await;
+        seed_backfill(&pool, "interrupted", 30).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(codes(&d), ["backfill_not_completed"]);
+        assert!(d.unmet[0].to_string().contains("interrupted"), "{}", d.unmet[0]);
+
+        seed_backfill(&pool, "running", 10).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert!(d.unmet[0].to_string().contains("still running"), "{}", d.unmet[0]);
+        assert_eq!(domain_phase(&pool).await, Phase::CosmosOnly);
+
+        seed_backfill(&pool, "succeeded", 1).await;
+        let d = phase::set_phase(&pool, to, None, &options("backfill done"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert!(!d.forced);
+        assert_eq!(domain_phase(&pool).await, to);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn postgres_read_needs_a_recent_clean_verify_and_an_empty_retry_journal(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let to = Phase::DualWritePostgresRead;
+        seed_journal(&pool, 2).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(codes(&d), ["verify_missing", "retry_journal_not_empty"]);
+        assert!(d.unmet[1].to_string().contains("2 write(s)"), "{}", d.unmet[1]);
+
+        seed_verify(&pool, true, 30).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(codes(&d), ["verify_too_old", "retry_journal_not_empty"]);
+        let message = d.unmet[0].to_string();
+        assert!(message.contains("1d 6h") && message.contains("1d 0h"), "{message}");
+
+        // a larger maximum age accepts the same verify
+        let lenient = ChangeOptions {
+            gates: GateConfig {
+                max_verify_age: Duration::from_secs(48 * 3600),
+            },
+            ..options("go")
+        };
+        let d = phase::set_phase(&pool, to, None, &lenient).await.unwrap();
+        assert_eq!(codes(&d), ["retry_journal_not_empty"]);
+
+        clear(&pool, "retry_journal").await;
+        seed_verify(&pool, true, 1).await;
+        let d = phase::set_phase(&pool, to, None, &options("verified"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!(domain_phase(&pool).await, to);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_verify_that_found_drift_after_the_clean_one_closes_the_gate(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        seed_verify(&pool, true, 3).await;
+        seed_verify(&pool, false, 2).await;
+        let to = Phase::DualWritePostgresRead;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(codes(&d), ["verify_drift_since_clean"]);
+
+        seed_verify(&pool, true, 1).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn postgres_only_needs_an_empty_outbox_and_a_recent_clean_verify(pool: PgPool) {
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        let to = Phase::PostgresOnly;
+        seed_outbox(&pool, 4, 15).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(codes(&d), ["outbox_not_empty", "verify_missing"]);
+
+        clear(&pool, "outbox").await;
+        seed_verify(&pool, true, 25).await;
+        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        assert_eq!(codes(&d), ["verify_too_old"]);
+
+        seed_verify(&pool, true, 0).await;
+        let d = phase::set_phase(&pool, to, None, &options("archive cosmos"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!(domain_phase(&pool).await, to);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_forward_jump_meets_the_gate_of_every_step_it_passes(pool: PgPool) {
+        seed_journal(&pool, 1).await;
+        seed_outbox(&pool, 1, 0).await;
+        let d = phase::set_phase(&pool, Phase::PostgresOnly, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(
+            codes(&d),
+            [
+                "backfill_never_run",
+                "verify_missing",
+                "retry_journal_not_empty",
+                "outbox_not_empty"
+            ]
+        );
+
+        seed_backfill(&pool, "succeeded", 5).await;
+        seed_verify(&pool, true, 0).await;
+        clear(&pool, "retry_journal").await;
+        clear(&pool, "outbox").await;
+        let d = phase::set_phase(&pool, Phase::PostgresOnly, None, &options("all met"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        let t = d.transition.unwrap();
+        assert_eq!((t.from_phase, t.to_phase), (Phase::CosmosOnly, Phase::PostgresOnly));
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn force_goes_past_a_refusing_gate_and_the_audit_says_forced(pool: PgPool) {
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &forced("incident"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
+        assert!(d.forced);
+        assert_eq!(codes(&d), ["backfill_never_run"], "what was forced past");
+        assert!(d.summary().starts_with("FORCED"), "{}", d.summary());
+        let audit = &phase::history(&pool, 1).await.unwrap()[0];
+        assert!(audit.forced);
+        assert_eq!(audit.changed_by, "ada");
+        assert_eq!(audit.reason, "incident");
+        assert_eq!(audit.account_id, None);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_change_without_a_reason_is_rejected(pool: PgPool) {
+        let err = phase::set_phase(&pool, Phase::CosmosOnly, None, &options("  "))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PhaseError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("reason"), "{err}");
+    }
+}
+
+mod backward {
+    use super::*;
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn backward_moves_need_no_verify_or_backfill(pool: PgPool) {
+        start_in(&pool, Phase::PostgresOnly).await;
+        seed_journal(&pool, 3).await;
+        for to in [
+            Phase::DualWritePostgresRead,
+            Phase::DualWriteCosmosRead,
+            Phase::CosmosOnly,
+        ] {
+            let d = phase::set_phase(&pool, to, None, &options("roll back"))
+                .await
+                .unwrap();
+            assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+            assert!(!d.forced);
+            assert_eq!(domain_phase(&pool).await, to);
+        }
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn leaving_postgres_read_with_outbox_rows_is_refused_naming_count_and_age(
+        pool: PgPool,
+    ) {
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        seed_outbox(&pool, 3, 10).await;
+        for to in [Phase::DualWriteCosmosRead, Phase::CosmosOnly] {
+            let d = phase::set_phase(&pool, to, None, &options("roll back"))
+                .await
+                .unwrap();
+            assert_eq!(d.result, DecisionKind::Refused);
+            assert_eq!(codes(&d), ["outbox_not_empty"]);
+            let message = d.unmet[0].to_string();
+            assert!(message.contains("3 write(s)"), "{message}");
+            assert!(message.contains("10m"), "{message}");
+            let json = serde_json::to_value(&d).unwrap();
+            assert_eq!(json["unmet"][0]["rows"], 3);
+            assert!(json["unmet"][0]["oldest_age_seconds"].as_u64().unwrap() >= 600);
+        }
+        assert_eq!(domain_phase(&pool).await, Phase::DualWritePostgresRead);
+
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &forced("outage"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
+        assert!(d.forced);
+        assert!(phase::history(&pool, 1).await.unwrap()[0].forced);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn wait_drain_lets_the_rollback_through_once_the_relay_empties_the_outbox(
+        pool: PgPool,
+    ) {
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        seed_outbox(&pool, 2, 1).await;
+        // stands in for the relay: delivers (deletes) the rows a moment later
+        let relay = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                clear(&pool, "outbox").await;
+            })
+        };
+        let waiting = ChangeOptions {
+            wait_drain: Some(Duration::from_secs(10)),
+            ..options("roll back")
+        };
+        let started = Instant::now();
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &waiting)
+            .await
+            .unwrap();
+        relay.await.unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert!(!d.forced);
+        let wait = d.drain_wait.unwrap();
+        assert!(wait.drained);
+        assert!(started.elapsed() < Duration::from_secs(5), "stopped waiting once drained");
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn wait_drain_gives_up_after_its_bound_and_refuses(pool: PgPool) {
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        seed_outbox(&pool, 1, 0).await;
+        let waiting = ChangeOptions {
+            wait_drain: Some(Duration::from_millis(600)),
+            ..options("roll back")
+        };
+        let started = Instant::now();
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &waiting)
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert!(!d.drain_wait.unwrap().drained);
+        assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+}
+
+mod overrides {
+    use super::*;
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_canary_override_passes_the_same_gates_as_the_domain(pool: PgPool) {
+        let canary = Uuid::new_v4();
+        let to = Phase::DualWritePostgresRead;
+        let d = phase::set_phase(&pool, to, Some(canary), &options("canary"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(d.account, Some(canary));
+        assert_eq!(codes(&d), ["backfill_never_run", "verify_missing"]);
+
+        seed_backfill(&pool, "succeeded", 5).await;
+        seed_verify(&pool, true, 0).await;
+        let d = phase::set_phase(&pool, to, Some(canary), &options("canary"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        let audit = d.transition.unwrap();
+        assert_eq!(audit.account_id, Some(canary));
+        assert_eq!(audit.from_phase, Phase::CosmosOnly);
+        assert_eq!(domain_phase(&pool).await, Phase::CosmosOnly, "domain unmoved");
+
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        assert_eq!(status.overrides.len(), 1);
+        assert_eq!(status.overrides[0].phase, to);
+
+        // back to the domain phase (0) strands outbox rows: refused like a domain rollback
+        seed_outbox(&pool, 1, 0).await;
+        let d = phase::clear_override(&pool, canary, &options("canary done"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(codes(&d), ["outbox_not_empty"]);
+        clear(&pool, "outbox").await;
+        let d = phase::clear_override(&pool, canary, &options("canary done"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!((d.from, d.to), (to, Phase::CosmosOnly));
+        let d = phase::clear_override(&pool, canary, &options("again"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::NoOverride);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn status_reports_the_gate_of_the_next_forward_step(pool: PgPool) {
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        assert_eq!(status.domain.phase, Phase::CosmosOnly);
+        assert_eq!(status.next, Some(Phase::DualWriteCosmosRead));
+        let codes: Vec<_> = status.next_unmet.iter().map(|c| c.code()).collect();
+        assert_eq!(codes, ["backfill_never_run"]);
+        seed_backfill(&pool, "succeeded", 1).await;
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        assert!(status.next_unmet.is_empty());
+        assert!(status.summary().contains("the gate is open"), "{}", status.summary());
+    }
+}
+
+mod watcher {
+    use super::*;
+
+    /// Waits (at most `within`) until the snapshot satisfies `ok`.
+    async fn seen(
+        rx: &mut watch::Receiver<PhaseSnapshot>,
+        within: Duration,
+        ok: impl Fn(&PhaseSnapshot) -> bool,
+    ) -> bool {
+        timeout(within, rx.wait_for(|s| ok(s))).await.is_ok_and(|r| r.is_ok())
+    }
+
+    async fn watcher_connections(pool: &PgPool) -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and application_name = $1",
+        )
+        .bind(WATCHER_APPLICATION_NAME)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// Waits (bounded) until the watcher holds `n` connections.
+    async fn until_connections(pool: &PgPool, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while watcher_connections(pool).await != n {
+            assert!(Instant::now() < deadline, "watcher connections never became {n}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn the_watcher_sees_a_change_within_two_seconds_through_notify(pool: PgPool) {
+        // polling every minute: only a notification can deliver the change in time
+        let slow_poll = WatcherOptions {
+            poll: Duration::from_secs(60),
+            ..WatcherOptions::default()
+        };
+        let watcher = PhaseWatcher::start_with(pool.clone(), slow_poll).await.unwrap();
+        assert_eq!(watcher.domain_phase(), Phase::CosmosOnly);
+        let mut rx = watcher.subscribe();
+        // the listener connects in the background: a change before it listens would only be
+        // caught by its catch-up read, which is not what this test is about
+        until_connections(&pool, 2).await;
+
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        assert_eq!(watcher.domain_phase(), Phase::DualWriteCosmosRead);
+
+        let canary = Uuid::new_v4();
+        let request = ChangeRequest {
+            actor: "ada",
+            reason: "canary",
+            force: false,
+        };
+        store::set_override(&pool, canary, Phase::DualWritePostgresRead, request, &Ungated)
+            .await
+            .unwrap();
+        assert!(seen(&mut rx, SEEN_WITHIN, |s| !s.overrides.is_empty()).await);
+        assert_eq!(watcher.phase_for(Some(canary)), Phase::DualWritePostgresRead);
+        assert_eq!(watcher.phase_for(Some(Uuid::new_v4())), Phase::DualWriteCosmosRead);
+        assert_eq!(watcher.phase_for(None), Phase::DualWriteCosmosRead);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn the_watcher_sees_a_change_within_two_seconds_by_polling_alone(pool: PgPool) {
+        let no_listen = WatcherOptions {
+            listen: false,
+            ..WatcherOptions::default()
+        };
+        let watcher = PhaseWatcher::start_with(pool.clone(), no_listen).await.unwrap();
+        let mut rx = watcher.subscribe();
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        let changed = Instant::now();
+        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWritePostgresRead).await);
+        assert!(changed.elapsed() < SEEN_WITHIN);
+        assert_eq!(watcher_connections(&pool).await, 1, "no listener connection");
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn the_watcher_keeps_the_last_phase_while_postgres_is_unreachable_and_catches_up(
+        pool: PgPool,
+    ) {
+        let watcher = PhaseWatcher::start_with(
+            pool.clone(),
+            WatcherOptions {
+                poll: Duration::from_millis(200),
+                query_timeout: Duration::from_secs(1),
+                ..WatcherOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut rx = watcher.subscribe();
+        until_connections(&pool, 2).await;
+
+        // make the database unreachable for the watcher: no new connections, its own ended;
+        // this test's connection stays open to change the phase meanwhile
+        let mut admin = pool.acquire().await.unwrap();
+        let db: String = sqlx::query_scalar("select current_database()")
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+        let allow = |on: bool| format!("alter database \"{db}\" with allow_connections {on}");
+        // a database's own sessions may not close it: alter it from the maintenance database
+        let server = std::env::var("DATABASE_URL").unwrap();
+        let mut maintenance = sqlx::PgConnection::connect(&server).await.unwrap();
+        sqlx::query(AssertSqlSafe(allow(false)))
+            .execute(&mut maintenance)
+            .await
+            .unwrap();
+        sqlx::query(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and application_name = $1",
+        )
+        .bind(WATCHER_APPLICATION_NAME)
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+        sqlx::query("update migration.phase_state set phase = 'dual-write-cosmos-read'")
+            .execute(&mut *admin)
+            .await
+            .unwrap();
+
+        // several poll periods pass; the watcher cannot read, and keeps what it knew
+        let unchanged = !seen(&mut rx, Duration::from_secs(1), |s| {
+            s.domain != Phase::CosmosOnly
+        })
+        .await;
+        assert!(unchanged, "the watcher cannot have read the new phase");
+        assert_eq!(watcher.domain_phase(), Phase::CosmosOnly);
+
+        sqlx::query(AssertSqlSafe(allow(true)))
+            .execute(&mut maintenance)
+            .await
+            .unwrap();
+        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        drop(admin);
+
+        // and the listener reconnects: a later change arrives by NOTIFY again
+        until_connections(&pool, 2).await;
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWritePostgresRead).await);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn dropping_the_last_clone_stops_the_watcher(pool: PgPool) {
+        let watcher = PhaseWatcher::start(pool.clone(), Duration::from_millis(100))
+            .await
+            .unwrap();
+        until_connections(&pool, 2).await;
+        let rx = watcher.subscribe();
+        let clone = watcher.clone();
+        drop(watcher);
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let mut rx2 = clone.subscribe();
+        assert!(seen(&mut rx2, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        drop(clone);
+        until_connections(&pool, 0).await;
+        // subscribers learn that no more changes will come
+        let mut rx = rx;
+        rx.mark_unchanged();
+        assert!(timeout(SEEN_WITHIN, rx.changed()).await.unwrap().is_err());
+    }
+
+    #[test]
+    fn the_watcher_is_shareable_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + std::fmt::Debug + 'static>() {}
+        shareable::<PhaseWatcher>();
+    }
+}

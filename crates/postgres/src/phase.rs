@@ -1,0 +1,626 @@
+//! The migration phase in PostgreSQL (`migration.phase_state`, one row, and
+//! `migration.phase_overrides`, per canary account): which store is written first and which is
+//! read. Every change fires `pg_notify('mystira_phase', ...)` (a trigger), which running
+//! processes LISTEN for.
+//!
+//! # Changing the phase
+//! [`set_phase`], [`set_override`] and [`clear_override`] each run in one transaction that
+//! first locks the single `phase_state` row (`select ... for update`), so every phase change,
+//! domain-wide or per account, is serialized: two concurrent changes never both read the same
+//! "from" phase, and every change leaves exactly one `phase_transitions` row. The caller's
+//! [`PhaseGate`] is evaluated inside that transaction, after the lock, so the facts it reads
+//! (job runs, journal, outbox) are read after every earlier change committed. What a gate
+//! requires is the caller's business (`mystira-migrate` holds the rules); this module only
+//! guarantees lock, gate, write and audit happen atomically.
+//!
+//! # Gate facts
+//! [`latest_run`], [`verify_facts`], [`retry_journal_len`] and [`outbox_backlog`] read what
+//! the gates decide on; they are generic over the executor so a gate reads them inside the
+//! locked transaction.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mystira_domain::RepoError;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::error::map_sqlx_error;
+
+/// The channel every phase change is notified on.
+pub const PHASE_CHANNEL: &str = "mystira_phase";
+
+/// One of the four phases of the migration, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// 0: Cosmos is written and read; PostgreSQL is being backfilled.
+    CosmosOnly,
+    /// 1: Cosmos first (the primary), then PostgreSQL; reads from Cosmos.
+    DualWriteCosmosRead,
+    /// 2: PostgreSQL first (with an outbox row), then Cosmos; reads from PostgreSQL.
+    DualWritePostgresRead,
+    /// 3: PostgreSQL only; Cosmos is archived.
+    PostgresOnly,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [
+        Self::CosmosOnly,
+        Self::DualWriteCosmosRead,
+        Self::DualWritePostgresRead,
+        Self::PostgresOnly,
+    ];
+
+    /// The name stored in PostgreSQL and accepted on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CosmosOnly => "cosmos-only",
+            Self::DualWriteCosmosRead => "dual-write-cosmos-read",
+            Self::DualWritePostgresRead => "dual-write-postgres-read",
+            Self::PostgresOnly => "postgres-only",
+        }
+    }
+
+    /// 0 to 3.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::CosmosOnly => 0,
+            Self::DualWriteCosmosRead => 1,
+            Self::DualWritePostgresRead => 2,
+            Self::PostgresOnly => 3,
+        }
+    }
+
+    /// Whether Cosmos is written in this phase.
+    pub fn writes_cosmos(self) -> bool {
+        self != Self::PostgresOnly
+    }
+
+    /// Whether PostgreSQL is written in this phase (directly or as a copy of a Cosmos write).
+    pub fn writes_postgres(self) -> bool {
+        self != Self::CosmosOnly
+    }
+
+    /// Whether reads (and the first write) go to PostgreSQL.
+    pub fn postgres_is_primary(self) -> bool {
+        matches!(self, Self::DualWritePostgresRead | Self::PostgresOnly)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A phase name or number that is not one of the four.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown phase `{0}`: expected cosmos-only, dual-write-cosmos-read, \
+     dual-write-postgres-read or postgres-only (or 0 to 3)"
+)]
+pub struct UnknownPhase(pub String);
+
+impl FromStr for Phase {
+    type Err = UnknownPhase;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s || p.number().to_string() == s)
+            .ok_or_else(|| UnknownPhase(s.to_owned()))
+    }
+}
+
+/// The domain-wide phase and who set it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseState {
+    pub phase: Phase,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: String,
+    pub reason: String,
+}
+
+fn parse_stored(name: &str) -> Result<Phase, RepoError> {
+    name.parse()
+        .map_err(|_| RepoError::Store("migration.phase_state holds an unknown phase".to_owned()))
+}
+
+/// The domain-wide phase.
+pub async fn current<'e>(exec: impl PgExecutor<'e>) -> Result<PhaseState, RepoError> {
+    let (phase, changed_at, changed_by, reason): (String, DateTime<Utc>, String, String) =
+        sqlx::query_as(
+            "select phase, changed_at, changed_by, reason from migration.phase_state",
+        )
+        .fetch_one(exec)
+        .await
+        .map_err(|e| map_sqlx_error("phase_state", e))?;
+    Ok(PhaseState {
+        phase: parse_stored(&phase)?,
+        changed_at,
+        changed_by,
+        reason,
+    })
+}
+
+/// Every canary account's own phase.
+pub async fn overrides<'e>(exec: impl PgExecutor<'e>) -> Result<HashMap<Uuid, Phase>, RepoError> {
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("select account_id, phase from migration.phase_overrides")
+            .fetch_all(exec)
+            .await
+            .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+    rows.into_iter()
+        .map(|(id, p)| Ok((id, parse_stored(&p)?)))
+        .collect()
+}
+
+/// The domain phase and every override, read by one statement (a consistent snapshot: a
+/// change committed between two separate reads could otherwise mix old and new).
+pub async fn load_all<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<(PhaseState, HashMap<Uuid, Phase>), RepoError> {
+    let (phase, changed_at, changed_by, reason, overrides): (
+        String,
+        DateTime<Utc>,
+        String,
+        String,
+        sqlx::types::Json<HashMap<Uuid, String>>,
+    ) = sqlx::query_as(
+        "select s.phase, s.changed_at, s.changed_by, s.reason,
+                coalesce((select json_object_agg(o.account_id, o.phase)
+                          from migration.phase_overrides o), '{}'::json)
+         from migration.phase_state s",
+    )
+    .fetch_one(exec)
+    .await
+    .map_err(|e| map_sqlx_error("phase_state", e))?;
+    let overrides = overrides
+        .0
+        .into_iter()
+        .map(|(id, p)| Ok((id, parse_stored(&p)?)))
+        .collect::<Result<_, RepoError>>()?;
+    Ok((
+        PhaseState {
+            phase: parse_stored(&phase)?,
+            changed_at,
+            changed_by,
+            reason,
+        },
+        overrides,
+    ))
+}
+
+/// One canary account's override and who set it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseOverride {
+    pub account_id: Uuid,
+    pub phase: Phase,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: String,
+    pub reason: String,
+}
+
+/// Every override with who set it, oldest first.
+pub async fn override_details<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<Vec<PhaseOverride>, RepoError> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>, String, String)> = sqlx::query_as(
+        "select account_id, phase, changed_at, changed_by, reason
+         from migration.phase_overrides order by changed_at, account_id",
+    )
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+    rows.into_iter()
+        .map(|(account_id, phase, changed_at, changed_by, reason)| {
+            Ok(PhaseOverride {
+                account_id,
+                phase: parse_stored(&phase)?,
+                changed_at,
+                changed_by,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// One row of `migration.phase_transitions`: the audit of a phase change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub id: i64,
+    pub from_phase: Phase,
+    pub to_phase: Phase,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: String,
+    pub reason: String,
+    /// Whether the change went through although its gate refused it (`--force`).
+    pub forced: bool,
+    /// The canary account the change was about; `None` for the domain-wide phase.
+    pub account_id: Option<Uuid>,
+}
+
+type TransitionRow = (
+    i64,
+    String,
+    String,
+    DateTime<Utc>,
+    String,
+    String,
+    bool,
+    Option<Uuid>,
+);
+
+fn transition_of(row: TransitionRow) -> Result<Transition, RepoError> {
+    let (id, from, to, changed_at, changed_by, reason, forced, account_id) = row;
+    Ok(Transition {
+        id,
+        from_phase: parse_stored(&from)?,
+        to_phase: parse_stored(&to)?,
+        changed_at,
+        changed_by,
+        reason,
+        forced,
+        account_id,
+    })
+}
+
+/// The newest `limit` transitions, newest first.
+pub async fn history<'e>(
+    exec: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<Transition>, RepoError> {
+    let rows: Vec<TransitionRow> = sqlx::query_as(
+        "select id, from_phase, to_phase, changed_at, changed_by, reason, forced, account_id
+         from migration.phase_transitions order by id desc limit $1",
+    )
+    .bind(limit.max(0))
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error("phase_transitions", e))?;
+    rows.into_iter().map(transition_of).collect()
+}
+
+/// Who asks for a change and why: what the audit row records.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRequest<'a> {
+    /// The OS user or token subject making the change.
+    pub actor: &'a str,
+    pub reason: &'a str,
+    /// Go through even if the gate refuses; the audit row then says `forced`.
+    pub force: bool,
+}
+
+/// Decides whether a phase change may happen. Evaluated inside the transaction that holds the
+/// phase lock, on its connection, so what it reads cannot be changed by another phase change
+/// before the decision is written.
+#[async_trait]
+pub trait PhaseGate: Send + Sync {
+    /// One condition the change does not meet.
+    type Unmet: Send;
+
+    /// Every condition that moving `from` to `to` does not meet (empty: the change may
+    /// happen). `account` is the canary account for an override, `None` for the domain.
+    async fn unmet(
+        &self,
+        conn: &mut PgConnection,
+        from: Phase,
+        to: Phase,
+        account: Option<Uuid>,
+    ) -> Result<Vec<Self::Unmet>, RepoError>;
+}
+
+/// A gate that lets every change through (tools and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ungated;
+
+#[async_trait]
+impl PhaseGate for Ungated {
+    type Unmet = std::convert::Infallible;
+
+    async fn unmet(
+        &self,
+        _conn: &mut PgConnection,
+        _from: Phase,
+        _to: Phase,
+        _account: Option<Uuid>,
+    ) -> Result<Vec<Self::Unmet>, RepoError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub enum ChangeOutcome<U> {
+    /// Written and audited. `overridden` is what the gate refused and `force` went past
+    /// (empty unless the transition is `forced`).
+    Applied {
+        transition: Transition,
+        overridden: Vec<U>,
+    },
+    /// Already in that phase: nothing written, no audit row.
+    Unchanged { phase: Phase },
+    /// The gate refused and `force` was not given: nothing written.
+    Refused { from: Phase, to: Phase, unmet: Vec<U> },
+    /// [`clear_override`] of an account that has no override: nothing written.
+    NoOverride { domain_phase: Phase },
+}
+
+enum Target {
+    Domain(Phase),
+    Override(Uuid, Phase),
+    Clear(Uuid),
+}
+
+/// Sets the domain-wide phase, if `gate` allows it (or `request.force`).
+pub async fn set_phase<G: PhaseGate>(
+    pool: &PgPool,
+    to: Phase,
+    request: ChangeRequest<'_>,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Domain(to), request, gate).await
+}
+
+/// Puts one account in its own phase (a canary), if `gate` allows moving the account from
+/// the phase it runs in now (its override, or the domain phase) to `to`.
+pub async fn set_override<G: PhaseGate>(
+    pool: &PgPool,
+    account: Uuid,
+    to: Phase,
+    request: ChangeRequest<'_>,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Override(account, to), request, gate).await
+}
+
+/// Returns an account to the domain phase, if `gate` allows moving it from its override's
+/// phase to the domain phase. The audit row goes from the override's phase to the domain's.
+pub async fn clear_override<G: PhaseGate>(
+    pool: &PgPool,
+    account: Uuid,
+    request: ChangeRequest<'_>,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Clear(account), request, gate).await
+}
+
+async fn change<G: PhaseGate>(
+    pool: &PgPool,
+    target: Target,
+    request: ChangeRequest<'_>,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    let sql = |e| map_sqlx_error("phase_state", e);
+    let mut tx = pool.begin().await.map_err(sql)?;
+    // every change (domain or override) takes this one lock: changes are serialized
+    let domain: String = sqlx::query_scalar("select phase from migration.phase_state for update")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(sql)?;
+    let domain = parse_stored(&domain)?;
+    let account = match target {
+        Target::Domain(_) => None,
+        Target::Override(a, _) | Target::Clear(a) => Some(a),
+    };
+    let current_override = match account {
+        None => None,
+        Some(a) => {
+            let found: Option<String> = sqlx::query_scalar(
+                "select phase from migration.phase_overrides where account_id = $1 for update",
+            )
+            .bind(a)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+            found.as_deref().map(parse_stored).transpose()?
+        }
+    };
+    let (from, to) = match target {
+        Target::Domain(to) => (domain, to),
+        Target::Override(_, to) => (current_override.unwrap_or(domain), to),
+        Target::Clear(_) => match current_override {
+            Some(p) => (p, domain),
+            None => return Ok(ChangeOutcome::NoOverride { domain_phase: domain }),
+        },
+    };
+    // an override equal to the domain phase is still worth writing (it pins the account), so
+    // only an override that already holds `to` is unchanged
+    let unchanged = match target {
+        Target::Domain(_) => from == to,
+        Target::Override(..) => current_override == Some(to),
+        Target::Clear(_) => false,
+    };
+    if unchanged {
+        return Ok(ChangeOutcome::Unchanged { phase: to });
+    }
+    let unmet = if from == to {
+        Vec::new()
+    } else {
+        gate.unmet(&mut tx, from, to, account).await?
+    };
+    if !unmet.is_empty() && !request.force {
+        tx.rollback().await.map_err(sql)?;
+        return Ok(ChangeOutcome::Refused { from, to, unmet });
+    }
+    let forced = !unmet.is_empty();
+    match target {
+        Target::Domain(to) => {
+            sqlx::query(
+                "update migration.phase_state
+                 set phase = $1, changed_at = now(), changed_by = $2, reason = $3",
+            )
+            .bind(to.name())
+            .bind(request.actor)
+            .bind(request.reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql)?;
+        }
+        Target::Override(a, to) => {
+            sqlx::query(
+                "insert into migration.phase_overrides (account_id, phase, changed_by, reason)
+                 values ($1, $2, $3, $4)
+                 on conflict (account_id) do update
+                 set phase = excluded.phase, changed_at = now(),
+                     changed_by = excluded.changed_by, reason = excluded.reason",
+            )
+            .bind(a)
+            .bind(to.name())
+            .bind(request.actor)
+            .bind(request.reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+        }
+        Target::Clear(a) => {
+            sqlx::query("delete from migration.phase_overrides where account_id = $1")
+                .bind(a)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+        }
+    }
+    let row: TransitionRow = sqlx::query_as(
+        "insert into migration.phase_transitions
+             (from_phase, to_phase, changed_by, reason, forced, account_id)
+         values ($1, $2, $3, $4, $5, $6)
+         returning id, from_phase, to_phase, changed_at, changed_by, reason, forced, account_id",
+    )
+    .bind(from.name())
+    .bind(to.name())
+    .bind(request.actor)
+    .bind(request.reason)
+    .bind(forced)
+    .bind(account)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| map_sqlx_error("phase_transitions", e))?;
+    tx.commit().await.map_err(sql)?;
+    Ok(ChangeOutcome::Applied {
+        transition: transition_of(row)?,
+        overridden: unmet,
+    })
+}
+
+/// A job run of `migration.runs`, as the gates see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub id: Uuid,
+    /// `running`, `succeeded`, `failed` or `interrupted`.
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The most recently started run of `job`.
+pub async fn latest_run<'e>(
+    exec: impl PgExecutor<'e>,
+    job: &str,
+) -> Result<Option<RunSummary>, RepoError> {
+    let row: Option<(Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select id, status, started_at, finished_at from migration.runs
+         where job = $1 order by started_at desc, id desc limit 1",
+    )
+    .bind(job)
+    .fetch_optional(exec)
+    .await
+    .map_err(|e| map_sqlx_error("runs", e))?;
+    Ok(row.map(|(id, status, started_at, finished_at)| RunSummary {
+        id,
+        status,
+        started_at,
+        finished_at,
+    }))
+}
+
+/// What the recorded verify runs (job `verify`) say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VerifyFacts {
+    /// When the newest clean verify of the whole key space finished: status `succeeded`,
+    /// outcome `clean`, buckets 0 to 255 (a slice proves nothing about the rest).
+    pub latest_clean: Option<DateTime<Utc>>,
+    /// When the newest verify that found drift (status `failed`, any slice) finished.
+    pub latest_drift: Option<DateTime<Utc>>,
+}
+
+/// Reads [`VerifyFacts`]. A verify that could not compare (`interrupted`) says nothing either
+/// way and is ignored.
+pub async fn verify_facts<'e>(exec: impl PgExecutor<'e>) -> Result<VerifyFacts, RepoError> {
+    // `scope` holds the VerifyOptions (first_bucket, last_bucket); a scope without them is the
+    // default, the whole key space
+    let (latest_clean, latest_drift): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "select
+                 max(finished_at) filter (
+                     where status = 'succeeded'
+                       and counts->>'outcome' = 'clean'
+                       and coalesce((scope->>'first_bucket')::int, 0) = 0
+                       and coalesce((scope->>'last_bucket')::int, 255) = 255),
+                 max(finished_at) filter (where status = 'failed')
+             from migration.runs
+             where job = 'verify' and finished_at is not null",
+        )
+        .fetch_one(exec)
+        .await
+        .map_err(|e| map_sqlx_error("runs", e))?;
+    Ok(VerifyFacts {
+        latest_clean,
+        latest_drift,
+    })
+}
+
+/// Rows in `migration.retry_journal`: phase-1 writes PostgreSQL has not taken yet.
+pub async fn retry_journal_len<'e>(exec: impl PgExecutor<'e>) -> Result<i64, RepoError> {
+    sqlx::query_scalar("select count(*) from migration.retry_journal")
+        .fetch_one(exec)
+        .await
+        .map_err(|e| map_sqlx_error("retry_journal", e))
+}
+
+/// What `migration.outbox` holds: PostgreSQL writes Cosmos has not taken yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutboxBacklog {
+    pub rows: i64,
+    /// When the oldest row was enqueued.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// Reads [`OutboxBacklog`].
+pub async fn outbox_backlog<'e>(exec: impl PgExecutor<'e>) -> Result<OutboxBacklog, RepoError> {
+    let (rows, oldest): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("select count(*), min(enqueued_at) from migration.outbox")
+            .fetch_one(exec)
+            .await
+            .map_err(|e| map_sqlx_error("outbox", e))?;
+    Ok(OutboxBacklog { rows, oldest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_parse_by_name_and_number() {
+        for p in Phase::ALL {
+            assert_eq!(p.name().parse::<Phase>(), Ok(p));
+            assert_eq!(p.number().to_string().parse::<Phase>(), Ok(p));
+        }
+        assert!("4".parse::<Phase>().is_err());
+        assert!("dual-write".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn phases_are_ordered() {
+        assert!(Phase::CosmosOnly < Phase::DualWriteCosmosRead);
+        assert!(Phase::DualWritePostgresRead < Phase::PostgresOnly);
+        assert!(Phase::DualWritePostgresRead.postgres_is_primary());
+        assert!(!Phase::DualWriteCosmosRead.postgres_is_primary());
+    }
+}

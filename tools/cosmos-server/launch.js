@@ -323,7 +323,25 @@ function sendFeed(req, res, status, etag, body) {
   res.end(status === 304 ? "" : JSON.stringify(body));
 }
 
+// COSMOS_FEED_TRACE=1: log each feed request's change-feed headers to the server log (to see
+// what a client sends). Partition-key values are never logged (they may be emails).
+const FEED_TRACE_HEADERS = [
+  "a-im", "if-none-match", "if-modified-since", "x-ms-max-item-count",
+  "x-ms-documentdb-partitionkeyrangeid", "x-ms-start-epk", "x-ms-end-epk",
+  "x-ms-read-key-type", "x-ms-cosmos-changefeed-wire-format-version",
+];
+
+function traceFeedRequest(req) {
+  const seen = {};
+  for (const name of FEED_TRACE_HEADERS) {
+    if (req.headers[name] !== undefined) seen[name] = req.headers[name];
+  }
+  if (req.headers["x-ms-documentdb-partitionkey"] !== undefined) seen["x-ms-documentdb-partitionkey"] = "(set)";
+  process.stdout.write(`change feed request ${JSON.stringify(seen)}\n`);
+}
+
 function handleChangeFeed(req, res, pathname) {
+  if (process.env.COSMOS_FEED_TRACE === "1") traceFeedRequest(req);
   const [, dbId, collId] = FEED_PATH.exec(pathname).map(decodeURIComponent);
   const collection = cosmosAccount && cosmosAccount.database(dbId).collection(collId);
   if (!collection || !collection.read()) {

@@ -110,6 +110,18 @@ pub enum Command {
     /// Uses temporary databases on the configured server (or the private cluster).
     Bench(BenchArgs),
 
+    /// Measure what the dual write costs a caller: write latency p50/p99 per phase against
+    /// phase 0, and the relay's throughput, in one run.
+    ///
+    /// Creates a PostgreSQL database and a Cosmos database of its own (on the configured
+    /// server and account; dropped afterwards unless --keep), runs the same mix of writes
+    /// (account, login, subscription, profile, badge, completed scenario) one call at a time
+    /// through the router fixed in phase 0, 1 and 2, interleaved, --runs times after a warm-up,
+    /// and a PostgreSQL round trip (`select 1`) the same way; prints the median of the runs and
+    /// their spread, and each phase's p99 over phase 0 in PostgreSQL round trips. Then fills the
+    /// outbox and times one relay emptying it. See docs/benchmarks.md.
+    BenchWrites(crate::commands::BenchWritesArgs),
+
     /// Deliver the outbox to Cosmos: every change made in PostgreSQL first (phase 2) reaches
     /// Cosmos at least once.
     ///
@@ -127,6 +139,31 @@ pub enum Command {
     /// The retry journal of phase 1: writes Cosmos took that PostgreSQL has not yet.
     #[command(subcommand)]
     Journal(crate::commands::JournalCommand),
+
+    /// Drive the dual-write router with a realistic, seeded mix of user-domain calls at a fixed
+    /// rate, and record every acknowledged write in a ledger file.
+    ///
+    /// Hosts a router in the phase PostgreSQL says (seen within 2 s of a `phase set`), with its
+    /// journal replay and outbox relay beside it, and makes --rate calls per second for
+    /// --duration, open loop, at most --concurrency in flight: sign-up requests and
+    /// verifications (right and wrong codes), account creation, logins, profile creation and
+    /// edits, onboarding, badges, completed scenarios, subscription changes. Each call's intent
+    /// and each acknowledged write go to the ledger (aggregate keys and digests of what was
+    /// written, never values: no emails, codes or names). Prints throughput, errors by class
+    /// and p50/p99 latency per operation and phase; then drains the journal and outbox (at
+    /// most --drain-timeout). Check the ledger with `ledger check`. Creates the Cosmos
+    /// containers when missing. Exit code 0.
+    Loadgen(crate::commands::LoadgenArgs),
+
+    /// Check a load generator's ledger against both stores: no acknowledged write lost,
+    /// nothing duplicated.
+    #[command(subcommand)]
+    Ledger(crate::commands::LedgerCommand),
+
+    /// Show and change the migration phase (0 cosmos-only to 3 postgres-only), through its
+    /// gates, with every change audited.
+    #[command(subcommand)]
+    Phase(crate::commands::PhaseCommand),
 
     /// Manage the database: schema migrations and the private PostgreSQL cluster.
     #[command(subcommand)]

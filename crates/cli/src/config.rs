@@ -27,6 +27,17 @@ pub struct ConfigFile {
     pub cosmos: Option<CosmosSection>,
     /// `[migrate]`: batching and pacing of the backfill, used when the flags do not say.
     pub migrate: Option<MigrateSection>,
+    /// `[phase]`: the phase gates, used when the flags and environment do not say.
+    pub phase: Option<PhaseSection>,
+}
+
+/// `[phase]` in the config file.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSection {
+    /// A clean verify older than this (`24h`, `90m`, ...) does not open the gates into phases
+    /// 2 and 3.
+    pub max_verify_age: Option<String>,
 }
 
 /// `[cosmos]` in the config file.
@@ -294,6 +305,18 @@ mod tests {
         assert_eq!(file.migrate.and_then(|m| m.workers), Some(4));
         let err = parse("[migrate]\nworkerz = 4\n", Path::new("c.toml")).expect_err("unknown key");
         assert!(err.to_string().contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn the_phase_section_is_read_and_checked() {
+        let file =
+            parse("[phase]\nmax_verify_age = \"12h\"\n", Path::new("c.toml")).expect("valid");
+        assert_eq!(
+            file.phase.and_then(|p| p.max_verify_age).as_deref(),
+            Some("12h")
+        );
+        let err = parse("[phase]\nmax_age = \"12h\"\n", Path::new("c.toml")).expect_err("unknown");
+        assert!(err.to_string().contains("max_age"), "{err}");
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub enum FeedStart {
     Beginning,
     /// Only changes made after the first request.
     Now,
+    /// Documents changed at or after this time (latest-version mode only), then every later
+    /// change.
+    PointInTime(chrono::DateTime<chrono::Utc>),
     /// Right after the page that returned this token.
     Token(ChangeFeedToken),
 }
@@ -203,10 +206,11 @@ impl Container {
     ) -> ChangeFeed {
         let (client, target, retry, _) = self.parts();
         let (initial, token) = match start {
-            FeedStart::Beginning => (ChangeFeedStartFrom::Beginning, None),
-            FeedStart::Now => (ChangeFeedStartFrom::Now, None),
+            FeedStart::Beginning => (Ok(ChangeFeedStartFrom::Beginning), None),
+            FeedStart::Now => (Ok(ChangeFeedStartFrom::Now), None),
+            FeedStart::PointInTime(at) => (point_in_time(at), None),
             // the token carries its own start; the SDK ignores this one
-            FeedStart::Token(t) => (ChangeFeedStartFrom::Beginning, Some(t)),
+            FeedStart::Token(t) => (Ok(ChangeFeedStartFrom::Beginning), Some(t)),
         };
         ChangeFeed {
             client: client.clone(),
@@ -228,7 +232,8 @@ pub struct ChangeFeed {
     target: String,
     retry: RetryPolicy,
     range: FeedRangeKey,
-    initial: ChangeFeedStartFrom,
+    /// Where the feed starts without a token (an error: the start time is out of range).
+    initial: Result<ChangeFeedStartFrom>,
     mode: FeedMode,
     page_size: u32,
     /// Where a (re)opened iterator starts: the caller's token, then each page's.
@@ -264,9 +269,25 @@ impl ChangeFeed {
         self.token.as_ref()
     }
 
-    async fn open(&self) -> Result<ChangeFeedPageIterator<ChangeFeedItem<Value>>> {
+    /// Opens the SDK's iterator from the last token. Works on clones, not on `&self`: the
+    /// iterator is not `Sync`, so a `&ChangeFeed` held across an await would make
+    /// [`ChangeFeed::next_page`] not `Send`.
+    fn open(
+        &self,
+    ) -> impl Future<Output = Result<ChangeFeedPageIterator<ChangeFeedItem<Value>>>> + Send + 'static
+    {
         const OP: &str = "open change feed";
-        let range = self.range.to_sdk()?;
+        let client = self.client.clone();
+        let target = self.target.clone();
+        let initial = match &self.initial {
+            Ok(start) => Ok(start.clone()),
+            Err(_) => Err(Error::new(
+                ErrorKind::InvalidRequest,
+                OP,
+                "the change feed start time is out of range",
+            )),
+        };
+        let range = self.range.to_sdk();
         let size = NonZeroU32::new(self.page_size).unwrap_or(NonZeroU32::MIN);
         let mut options = ChangeFeedOptions::default()
             .with_max_item_count(MaxItemCountHint::Limit(size))
@@ -278,14 +299,12 @@ impl ChangeFeed {
             options =
                 options.with_continuation_token(ContinuationToken::from_string(token.0.clone()));
         }
-        self.client
-            .query_change_feed::<Value>(
-                FeedScope::range(range),
-                self.initial.clone(),
-                Some(options),
-            )
-            .await
-            .map_err(|e| Error::from_sdk(OP, &self.target, e))
+        async move {
+            client
+                .query_change_feed::<Value>(FeedScope::range(range?), initial?, Some(options))
+                .await
+                .map_err(|e| Error::from_sdk(OP, &target, e))
+        }
     }
 
     async fn fetch_once(&mut self) -> Result<ChangeFeedPage> {
@@ -337,6 +356,20 @@ impl ChangeFeed {
             token,
         })
     }
+}
+
+/// The SDK's point-in-time start (sent as `If-Modified-Since`, one-second resolution).
+fn point_in_time(at: chrono::DateTime<chrono::Utc>) -> Result<ChangeFeedStartFrom> {
+    time::OffsetDateTime::from_unix_timestamp(at.timestamp())
+        .map(ChangeFeedStartFrom::PointInTime)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidRequest,
+                "change feed",
+                "the change feed start time is out of range",
+            )
+            .with_source(e)
+        })
 }
 
 fn delete_of(item: &ChangeFeedItem<Value>) -> FeedDelete {

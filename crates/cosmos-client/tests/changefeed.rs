@@ -36,13 +36,11 @@ async fn drain(
     let mut feed =
         container.change_feed_with_page_size(range, start, FeedMode::LatestVersion, page_size);
     let mut documents = Vec::new();
-    let mut pages = 0;
-    for _ in 0..10_000 {
+    for pages in 0..10_000 {
         let page = feed.next_page().await.expect("change feed page");
         if page.is_caught_up() {
             return (documents, pages, page.token().clone());
         }
-        pages += 1;
         documents.extend(page.documents);
     }
     panic!("the feed never caught up");
@@ -174,8 +172,8 @@ async fn updates_reappear_once_at_their_newest_version() {
         .iter()
         .map(|d| {
             (
-                d["id"].as_str().unwrap().to_owned(),
-                d["n"].as_i64().unwrap(),
+                d["id"].as_str().expect("id").to_owned(),
+                d["n"].as_i64().expect("n"),
             )
         })
         .collect();
@@ -246,5 +244,43 @@ async fn a_transient_failure_between_pages_neither_repeats_nor_skips_a_page() {
     seen.dedup();
     assert_eq!(seen.len(), 30);
     assert_eq!(documents.len(), 30, "no page repeated");
+    store.delete_database().await.expect("cleanup");
+}
+
+/// Waits (bounded) until the wall clock is past `t`.
+async fn clock_past(t: chrono::DateTime<chrono::Utc>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while chrono::Utc::now() <= t {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock did not advance"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn starting_from_a_point_in_time_reads_only_documents_changed_since() {
+    let (store, container) = container("cf-pit").await;
+    let range = only_range(&container).await;
+    seed(&container, 10).await;
+    // _ts has one-second resolution: start at the next whole second after the seed.
+    let now = chrono::Utc::now();
+    let start = chrono::DateTime::from_timestamp(now.timestamp() + 1, 0).expect("time");
+    clock_past(start).await;
+    container
+        .upsert(
+            "doc-00002",
+            "doc-00002",
+            &json!({"id": "doc-00002", "n": 20}),
+        )
+        .await
+        .expect("update");
+    container
+        .upsert("later", "later", &json!({"id": "later", "n": 1}))
+        .await
+        .expect("create");
+    let (changes, _, _) = drain(&container, &range, FeedStart::PointInTime(start), 100).await;
+    assert_eq!(ids(&changes), ["doc-00002", "later"]);
     store.delete_database().await.expect("cleanup");
 }

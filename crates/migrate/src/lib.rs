@@ -1,18 +1,22 @@
 //! Moving the user domain: the backfill that copies every Cosmos document into PostgreSQL,
 //! verification (with repair) that PostgreSQL holds what the source holds, phase control, the
-//! dual-write router with its retry journal, and the outbox relay.
+//! dual-write router with its retry journal, the outbox relay, and replication of direct Cosmos
+//! writes from its change feed.
 
 pub mod apply;
 pub mod backfill;
 pub mod journal;
+pub mod ledger;
+pub mod loadgen;
 pub mod mapping;
 pub mod phase;
 pub mod quarantine;
-pub mod replicate;
 pub mod relay;
+pub mod replicate;
 pub mod router;
 pub mod source;
 pub mod verify;
+pub mod write_bench;
 
 pub use backfill::{BackfillConfig, BackfillReport, ContainerCounts, run_backfill};
 pub use source::{CosmosSource, DocumentSource, ExportDirSource, SourceDocument, SourcePage};

@@ -171,7 +171,9 @@ impl fmt::Display for Condition {
                 if let Some(age) = oldest_age {
                     write!(f, ", the oldest enqueued {} ago", format_duration(*age))?;
                 }
-                f.write_str(": wait for the outbox relay to drain it (or use --wait-drain SECONDS).")
+                f.write_str(
+                    ": wait for the outbox relay to drain it (or use --wait-drain SECONDS).",
+                )
             }
         }
     }
@@ -228,10 +230,7 @@ fn checks(from: Phase, to: Phase) -> Vec<Check> {
         }
     };
     if to > from {
-        for step in Phase::ALL
-            .into_iter()
-            .filter(|p| *p > from && *p <= to)
-        {
+        for step in Phase::ALL.into_iter().filter(|p| *p > from && *p <= to) {
             match step {
                 Phase::CosmosOnly => {}
                 Phase::DualWriteCosmosRead => add(Check::Backfill),
@@ -523,11 +522,15 @@ fn decision(
             transition,
             overridden,
         } => Decision {
+            result: DecisionKind::Applied,
+            account,
+            from: transition.from_phase,
+            to: transition.to_phase,
             forced: transition.forced,
             unmet: overridden,
-            ..base(DecisionKind::Applied, transition.from_phase, transition.to_phase)
-        }
-        .with_transition(transition),
+            transition: Some(transition),
+            drain_wait,
+        },
         ChangeOutcome::Unchanged { phase } => base(DecisionKind::Unchanged, phase, phase),
         ChangeOutcome::Refused { from, to, unmet } => Decision {
             unmet,
@@ -536,13 +539,6 @@ fn decision(
         ChangeOutcome::NoOverride { domain_phase } => {
             base(DecisionKind::NoOverride, domain_phase, domain_phase)
         }
-    }
-}
-
-impl Decision {
-    fn with_transition(mut self, transition: Transition) -> Self {
-        self.transition = Some(transition);
-        self
     }
 }
 
@@ -651,9 +647,10 @@ impl PhaseStatus {
 
 /// Reads the phase, the overrides and the gate status of the next forward step.
 pub async fn status(pool: &PgPool, gates: &GateConfig) -> Result<PhaseStatus, PhaseError> {
-    let mut conn = pool.acquire().await.map_err(|e| {
-        PhaseError::Store(mystira_postgres::map_sqlx_error("phase_state", e))
-    })?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| PhaseError::Store(mystira_postgres::map_sqlx_error("phase_state", e)))?;
     let domain = store::current(&mut *conn).await?;
     let overrides = store::override_details(&mut *conn).await?;
     let next = Phase::ALL.into_iter().find(|p| *p > domain.phase);
@@ -697,7 +694,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => return Err("expected a duration such as 24h, 90m or 3600s (units s, m, h, d)".to_owned()),
+            _ => {
+                return Err(
+                    "expected a duration such as 24h, 90m or 3600s (units s, m, h, d)".to_owned(),
+                );
+            }
         };
         let n: u64 = number
             .parse()
@@ -1017,7 +1018,10 @@ mod tests {
         use Phase::*;
         assert!(checks(DualWriteCosmosRead, CosmosOnly).is_empty());
         assert!(checks(PostgresOnly, DualWritePostgresRead).is_empty());
-        assert_eq!(checks(DualWritePostgresRead, DualWriteCosmosRead), [Check::Outbox]);
+        assert_eq!(
+            checks(DualWritePostgresRead, DualWriteCosmosRead),
+            [Check::Outbox]
+        );
         assert_eq!(checks(PostgresOnly, CosmosOnly), [Check::Outbox]);
     }
 
@@ -1032,7 +1036,10 @@ mod tests {
         assert!(parse_duration("1h30").is_err());
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("").is_err());
-        assert_eq!(format_duration(Duration::from_secs(30 * 3600 + 300)), "1d 6h");
+        assert_eq!(
+            format_duration(Duration::from_secs(30 * 3600 + 300)),
+            "1d 6h"
+        );
         assert_eq!(format_duration(Duration::from_secs(42)), "42s");
     }
 
@@ -1047,7 +1054,10 @@ mod tests {
         assert_eq!(v["rows"], 3);
         assert_eq!(v["oldest_age_seconds"], 65);
         let message = v["message"].as_str().expect("message");
-        assert!(message.contains("3 write(s)") && message.contains("1m 5s"), "{message}");
+        assert!(
+            message.contains("3 write(s)") && message.contains("1m 5s"),
+            "{message}"
+        );
     }
 
     #[test]

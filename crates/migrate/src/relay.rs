@@ -49,11 +49,11 @@ pub async fn deliver(
             aggregate.container
         )));
     };
-    let Some(delivery) = Delivery::begin(pool, aggregate).await? else {
+    let Some(mut delivery) = Delivery::begin(pool, aggregate).await? else {
         return Ok(Delivered::AlreadyDelivered);
     };
     let key = delivery.aggregate.key;
-    match aggregates::load(pool, container.name(), key).await? {
+    match aggregates::load(delivery.connection(), container.name(), key).await? {
         Some(state) => {
             let v = writer.put(&state).await?;
             delivery

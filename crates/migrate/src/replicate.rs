@@ -25,10 +25,11 @@
 //! Cosmos) reports the documents missing from Cosmos, and applies them as deletes
 //! (`bulk::delete_document`, a tombstone version) only when [`ReplicateConfig::apply_deletes`]
 //! says so. PostgreSQL is listed first and rows written in the last
-//! [`ReplicateConfig::delete_grace`] are left out, so a document created (or written back) while
-//! the comparison runs is never taken for a delete. With [`FeedMode::AllVersionsAndDeletes`]
-//! (accounts with continuous backup only) the feed reports deletes itself; they are counted and
-//! applied under the same flag.
+//! [`ReplicateConfig::delete_grace`] are left out, and so are documents with an outbox row (a
+//! write made in PostgreSQL first that Cosmos has not taken yet, phase 2), so a document created
+//! (or written back) while the comparison runs is never taken for a delete. With
+//! [`FeedMode::AllVersionsAndDeletes`] (accounts with continuous backup only) the feed reports
+//! deletes itself; they are counted and applied under the same flag.
 //!
 //! **Sharing**: several replicator processes (and several workers in one) share the ranges:
 //! a range is leased to one worker slot (`<host>:<pid>/<worker>.<slot>`), renewed with every
@@ -76,10 +77,44 @@ pub enum ReplicationMode {
     Watermark,
 }
 
+/// Where a range without a checkpoint starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// Every document once, at its latest version (safe default: nothing can be missed).
+    #[default]
+    Beginning,
+    /// Only changes made after the replicator started.
+    Now,
+    /// Documents changed at or after this time (e.g. when the backfill started): skips
+    /// re-reading what the backfill copied.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// A `--start` value that is none of `beginning`, `now` or an RFC 3339 time.
+#[derive(Debug, thiserror::Error)]
+#[error("expected beginning, now or an RFC 3339 time")]
+pub struct BadStart;
+
+impl std::str::FromStr for StartAt {
+    type Err = BadStart;
+
+    fn from_str(value: &str) -> Result<Self, BadStart> {
+        match value {
+            "beginning" => Ok(Self::Beginning),
+            "now" => Ok(Self::Now),
+            other => chrono::DateTime::parse_from_rfc3339(other)
+                .map(|t| Self::Time(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| BadStart),
+        }
+    }
+}
+
 /// How replication runs.
 #[derive(Debug, Clone)]
 pub struct ReplicateConfig {
     pub mode: ReplicationMode,
+    /// Where a range without a checkpoint starts (a checkpoint always wins).
+    pub start: StartAt,
     /// The change feed to read (change-feed mode only).
     pub feed_mode: FeedMode,
     /// Catch up to now once, then return; otherwise run until stopped.
@@ -109,6 +144,7 @@ impl Default for ReplicateConfig {
     fn default() -> Self {
         Self {
             mode: ReplicationMode::ChangeFeed,
+            start: StartAt::Beginning,
             feed_mode: FeedMode::LatestVersion,
             once: false,
             apply_deletes: false,
@@ -431,7 +467,11 @@ impl<'a> Replicator<'a> {
             _ => return Err(ReplicateError::BadCheckpoint("feed range")),
         };
         let start = match &lease.position {
-            None | Some(Value::Null) => FeedStart::Beginning,
+            None | Some(Value::Null) => match self.config.start {
+                StartAt::Beginning => FeedStart::Beginning,
+                StartAt::Now => FeedStart::Now,
+                StartAt::Time(t) => FeedStart::PointInTime(t),
+            },
             Some(v) => FeedStart::Token(
                 serde_json::from_value(v.clone())
                     .map_err(|_| ReplicateError::BadCheckpoint("change feed token"))?,
@@ -522,12 +562,20 @@ impl<'a> Replicator<'a> {
         stop: &watch::Receiver<bool>,
     ) -> Result<Turn, ReplicateError> {
         let handle = &self.containers[container];
+        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let checkpoint = match &lease.position {
-            None | Some(Value::Null) => Watermark::default(),
+            None | Some(Value::Null) => Watermark {
+                since: match self.config.start {
+                    StartAt::Beginning => None,
+                    // read from the overlap window before it, like after any checkpoint
+                    StartAt::Now => Some(now_secs()),
+                    StartAt::Time(t) => Some(t.timestamp()),
+                },
+                etags: Vec::new(),
+            },
             Some(v) => serde_json::from_value::<Watermark>(v.clone())
                 .map_err(|_| ReplicateError::BadCheckpoint("watermark"))?,
         };
-        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let from = checkpoint.since.map_or(0, |s| s.saturating_sub(overlap));
         let seen: HashSet<&str> = checkpoint.etags.iter().map(String::as_str).collect();
         let spec = QuerySpec::new("select * from c where c._ts >= @since").param("@since", from);
@@ -718,14 +766,17 @@ impl<'a> Replicator<'a> {
     }
 
     /// The key-set comparison: ids PostgreSQL holds as not deleted (listed first, older than
-    /// the grace period) that Cosmos does not hold are deletes.
+    /// the grace period, with no outbox row still to deliver them to Cosmos) that Cosmos does
+    /// not hold are deletes.
     async fn check_deletes(&self) -> Result<(), ReplicateError> {
         let grace_ms = i64::try_from(self.config.delete_grace.as_millis()).unwrap_or(i64::MAX);
         for (name, handle) in &self.containers {
             let postgres: Vec<(String, uuid::Uuid)> = sqlx::query_as(
-                "select document_id, key from migration.document_versions
-                 where container = $1 and not deleted
-                   and written_at < now() - $2 * interval '1 millisecond'",
+                "select v.document_id, v.key from migration.document_versions v
+                 where v.container = $1 and not v.deleted
+                   and v.written_at < now() - $2 * interval '1 millisecond'
+                   and not exists (select 1 from migration.outbox o
+                                   where o.container = v.container and o.key = v.key)",
             )
             .bind(*name)
             .bind(grace_ms)
@@ -866,4 +917,53 @@ fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers may run replication on a multi-threaded runtime (spawned), so it must be `Send`.
+    #[allow(dead_code)]
+    fn replication_is_send(
+        pool: &PgPool,
+        store: &CosmosStore,
+        config: &ReplicateConfig,
+        stop: watch::Receiver<bool>,
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(run_replication(pool, store, config, stop, &|_| {}));
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(
+            "beginning".parse::<StartAt>().ok(),
+            Some(StartAt::Beginning)
+        );
+        assert_eq!("now".parse::<StartAt>().ok(), Some(StartAt::Now));
+        let at = "2026-12-03T06:00:00+01:00".parse::<StartAt>().ok();
+        assert_eq!(
+            at,
+            chrono::DateTime::from_timestamp(1_796_274_000, 0).map(StartAt::Time)
+        );
+        assert!("yesterday".parse::<StartAt>().is_err());
+    }
+
+    #[test]
+    fn counts_add_up_per_reason() {
+        let mut total = ContainerCounts::default();
+        let page = ContainerCounts {
+            read: 3,
+            written: 1,
+            unchanged: 1,
+            quarantined: 0,
+            skipped: [("duplicate".to_owned(), 1)].into(),
+        };
+        add_counts(&mut total, &page);
+        add_counts(&mut total, &page);
+        assert_eq!(total.read, 6);
+        assert_eq!(total.skipped["duplicate"], 2);
+        assert!(total.reconciles());
+    }
 }

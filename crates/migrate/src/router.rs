@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 `cosmos-only` | Cosmos | Cosmos |
 //! | 1 `dual-write-cosmos-read` | Cosmos (its failure is the caller's); then the documents Cosmos stored are copied into PostgreSQL through the backfill's version guard; if that fails, they go to the retry journal in PostgreSQL, and if PostgreSQL is down, to a local journal file fsynced before the call returns | Cosmos |
-//! | 2 `dual-write-postgres-read` | PostgreSQL, with an outbox row written by a trigger in the same transaction (its failure is the caller's); then the aggregate is delivered to Cosmos inline, and what does not get through is left to the relay | PostgreSQL; a point lookup that misses falls back to Cosmos and back-fills PostgreSQL through the version guard |
+//! | 2 `dual-write-postgres-read` | PostgreSQL, with an outbox row written by a trigger in the same transaction (its failure is the caller's); then the aggregate is delivered to Cosmos, inline or by the background work ([`Phase2Delivery`]), and what does not get through is left to the relay | PostgreSQL; a point lookup that misses falls back to Cosmos and back-fills PostgreSQL through the version guard |
 //! | 3 `postgres-only` | PostgreSQL | PostgreSQL |
 //!
 //! The phase is looked up per call ([`PhaseSource::phase_for`]), with the account the call
@@ -74,18 +74,51 @@ impl PhaseSource for crate::phase::PhaseWatcher {
     }
 }
 
-/// The router's timeouts.
+/// When a phase-2 write reaches Cosmos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase2Delivery {
+    /// In the call, after the PostgreSQL commit: the call returns once Cosmos has the write
+    /// too (or the delivery failed and was left to the relay).
+    #[default]
+    Inline,
+    /// After the call: the commit (with its outbox row) is the acknowledgement, and the
+    /// router's background work ([`run_background`]), woken at once, or any relay delivers it.
+    /// The caller pays for PostgreSQL only; Cosmos lags by a delivery.
+    Background,
+}
+
+/// How a phase-1 write reaches PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase1Copy {
+    /// In the call: the documents Cosmos stored are applied to PostgreSQL before the call
+    /// returns; only a failure goes to the journal.
+    #[default]
+    Inline,
+    /// Through the journal: the call appends the documents to the retry journal (one
+    /// statement) and returns; the router's background work, woken at once, applies them. The
+    /// caller pays one PostgreSQL round trip; PostgreSQL lags by a replay (reads come from
+    /// Cosmos in phase 1, so callers do not see the lag).
+    Journal,
+}
+
+/// The router's timeouts and modes.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     /// How long a phase-1 copy into PostgreSQL (and then the journal insert) may take before
     /// the router gives up on PostgreSQL for this call and journals to the local file.
     pub postgres_timeout: Duration,
+    pub phase1_copy: Phase1Copy,
+    pub phase2_delivery: Phase2Delivery,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             postgres_timeout: Duration::from_secs(2),
+            phase1_copy: Phase1Copy::Inline,
+            phase2_delivery: Phase2Delivery::Inline,
         }
     }
 }
@@ -150,6 +183,8 @@ struct Inner {
     files: FileJournal,
     config: RouterConfig,
     counters: Counters,
+    /// Wakes [`run_background`] when a write left work to it (a journal entry, a delivery).
+    wake: tokio::sync::Notify,
 }
 
 /// The router (cheap to clone; every clone shares one state).
@@ -184,6 +219,7 @@ impl DualWriteRouter {
             files,
             config,
             counters: Counters::default(),
+            wake: tokio::sync::Notify::new(),
         }))
     }
 
@@ -240,8 +276,11 @@ impl DualWriteRouter {
             }
             Phase::DualWritePostgresRead => {
                 let result = pg.await?;
-                if let Some((container, key)) = target {
-                    self.deliver_inline(container, key).await;
+                match (self.0.config.phase2_delivery, target) {
+                    (Phase2Delivery::Inline, Some((container, key))) => {
+                        self.deliver_inline(container, key).await;
+                    }
+                    _ => self.0.wake.notify_one(),
                 }
                 Ok(result)
             }
@@ -256,22 +295,24 @@ impl DualWriteRouter {
         }
         let records: Vec<JournalRecord> = written.into_iter().map(journal_record).collect();
         let timeout = self.0.config.postgres_timeout;
-        let applied = tokio::time::timeout(timeout, async {
-            for record in &records {
-                apply_record(&self.0.pool, record).await?;
+        if self.0.config.phase1_copy == Phase1Copy::Inline {
+            let applied = tokio::time::timeout(timeout, async {
+                for record in &records {
+                    apply_record(&self.0.pool, record).await?;
+                }
+                Ok::<(), RepoError>(())
+            })
+            .await;
+            match applied {
+                Ok(Ok(())) => {
+                    self.count(|c| &c.copied, records.len());
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(class = crate::journal::error_class(&e), "copy to postgresql failed; journalling");
+                }
+                Err(_) => tracing::warn!("copy to postgresql timed out; journalling"),
             }
-            Ok::<(), RepoError>(())
-        })
-        .await;
-        match applied {
-            Ok(Ok(())) => {
-                self.count(|c| &c.copied, records.len());
-                return Ok(());
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(class = crate::journal::error_class(&e), "copy to postgresql failed; journalling");
-            }
-            Err(_) => tracing::warn!("copy to postgresql timed out; journalling"),
         }
         // The records may have landed in part: replaying them is harmless (version guard).
         let journalled = tokio::time::timeout(
@@ -281,6 +322,7 @@ impl DualWriteRouter {
         .await;
         if matches!(journalled, Ok(Ok(()))) {
             self.count(|c| &c.journalled_postgres, records.len());
+            self.0.wake.notify_one();
             return Ok(());
         }
         let n = records.len();
@@ -819,6 +861,7 @@ pub async fn run_background(
             tokio::select! {
                 _ = &mut stop => return report,
                 _ = tokio::time::sleep(config.idle_poll) => {}
+                _ = router.0.wake.notified() => {}
             }
         }
     }

@@ -163,6 +163,7 @@ async fn phase1_write_lands_in_cosmos_then_in_postgres_at_the_version_cosmos_sto
 async fn phase1_copy_that_cannot_land_goes_to_the_journal_table_and_replays(pool: PgPool) {
     let config = RouterConfig {
         postgres_timeout: Duration::from_millis(300),
+        ..RouterConfig::default()
     };
     let s = setup_on(pool.clone(), Phase::DualWriteCosmosRead, "p1-journal", config).await;
     // Holding this lock blocks the copy (it claims a version row) but not the journal insert.
@@ -557,4 +558,56 @@ async fn verify_towards_cosmos_finds_what_cosmos_lacks_and_repair_delivers_it(po
     let restored = s.router.cosmos().accounts.get(changed.id).await.unwrap().unwrap();
     assert_eq!(restored.display_name, changed.display_name);
     assert!(s.router.cosmos().accounts.get(lost.id).await.unwrap().is_some());
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn background_modes_leave_the_second_store_to_the_background_work_which_catches_up(
+    pool: PgPool,
+) {
+    use mystira_migrate::router::{BackgroundConfig, Phase1Copy, Phase2Delivery, run_background};
+    let config = RouterConfig {
+        phase1_copy: Phase1Copy::Journal,
+        phase2_delivery: Phase2Delivery::Background,
+        ..RouterConfig::default()
+    };
+    let p1 = setup_on(pool.clone(), Phase::DualWriteCosmosRead, "bg-modes", config.clone()).await;
+    let a = account();
+    AccountRepository::create(&p1.router, &a).await.unwrap();
+    // acknowledged with the journal entry, before PostgreSQL has the row
+    assert_eq!(p1.router.stats().journalled_postgres, 1);
+    assert!(pg_account(&pool, a.id).await.is_none());
+
+    let p2 = DualWriteRouter::new(
+        pool.clone(),
+        p1.router.cosmos().clone(),
+        Arc::new(FixedPhase(Phase::DualWritePostgresRead)),
+        p1.router.file_journal().clone(),
+        config,
+    );
+    let b = account();
+    AccountRepository::create(&p2, &b).await.unwrap();
+    assert!(p2.cosmos().accounts.get(b.id).await.unwrap().is_none());
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let background = {
+        let router = p2.clone();
+        tokio::spawn(async move {
+            run_background(&router, &BackgroundConfig::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg_account(&pool, a.id).await.is_none()
+        || p2.cosmos().accounts.get(b.id).await.unwrap().is_none()
+    {
+        assert!(Instant::now() < deadline, "the background work did not catch up in 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(()).unwrap();
+    let report = background.await.unwrap();
+    assert!(report.journal.applied >= 1 && report.relay.put >= 1, "{report:?}");
+    assert_eq!(journal::depth(&pool).await.unwrap().entries, 0);
+    assert_eq!(outbox::depth(&pool).await.unwrap().rows, 0);
 }

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use mystira_migrate::phase::{
-    self, ChangeOptions, DecisionKind, GateConfig, Phase, PhaseError, PhaseSnapshot,
-    PhaseWatcher, WATCHER_APPLICATION_NAME, WatcherOptions,
+    self, ChangeOptions, DecisionKind, GateConfig, Phase, PhaseError, PhaseSnapshot, PhaseWatcher,
+    WATCHER_APPLICATION_NAME, WatcherOptions,
 };
 use mystira_postgres::phase::{self as store, ChangeRequest, Ungated};
 use sqlx::{AssertSqlSafe, Connection as _, PgPool};
@@ -128,20 +128,34 @@ mod gates {
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn dual_write_needs_a_completed_backfill(pool: PgPool) {
         let to = Phase::DualWriteCosmosRead;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(d.result, DecisionKind::Refused);
         assert_eq!(codes(&d), ["backfill_never_run"]);
         assert!(d.unmet[0].to_string().contains("mystira-users migrate"));
 
         seed_backfill(&pool, "succeeded", 60).await;
         seed_backfill(&pool, "interrupted", 30).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(codes(&d), ["backfill_not_completed"]);
-        assert!(d.unmet[0].to_string().contains("interrupted"), "{}", d.unmet[0]);
+        assert!(
+            d.unmet[0].to_string().contains("interrupted"),
+            "{}",
+            d.unmet[0]
+        );
 
         seed_backfill(&pool, "running", 10).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
-        assert!(d.unmet[0].to_string().contains("still running"), "{}", d.unmet[0]);
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
+        assert!(
+            d.unmet[0].to_string().contains("still running"),
+            "{}",
+            d.unmet[0]
+        );
         assert_eq!(domain_phase(&pool).await, Phase::CosmosOnly);
 
         seed_backfill(&pool, "succeeded", 1).await;
@@ -158,16 +172,27 @@ mod gates {
         start_in(&pool, Phase::DualWriteCosmosRead).await;
         let to = Phase::DualWritePostgresRead;
         seed_journal(&pool, 2).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(d.result, DecisionKind::Refused);
         assert_eq!(codes(&d), ["verify_missing", "retry_journal_not_empty"]);
-        assert!(d.unmet[1].to_string().contains("2 write(s)"), "{}", d.unmet[1]);
+        assert!(
+            d.unmet[1].to_string().contains("2 write(s)"),
+            "{}",
+            d.unmet[1]
+        );
 
         seed_verify(&pool, true, 30).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(codes(&d), ["verify_too_old", "retry_journal_not_empty"]);
         let message = d.unmet[0].to_string();
-        assert!(message.contains("1d 6h") && message.contains("1d 0h"), "{message}");
+        assert!(
+            message.contains("1d 6h") && message.contains("1d 0h"),
+            "{message}"
+        );
 
         // a larger maximum age accepts the same verify
         let lenient = ChangeOptions {
@@ -194,11 +219,15 @@ mod gates {
         seed_verify(&pool, true, 3).await;
         seed_verify(&pool, false, 2).await;
         let to = Phase::DualWritePostgresRead;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(codes(&d), ["verify_drift_since_clean"]);
 
         seed_verify(&pool, true, 1).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
     }
 
@@ -207,12 +236,16 @@ mod gates {
         start_in(&pool, Phase::DualWritePostgresRead).await;
         let to = Phase::PostgresOnly;
         seed_outbox(&pool, 4, 15).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(codes(&d), ["outbox_not_empty", "verify_missing"]);
 
         clear(&pool, "outbox").await;
         seed_verify(&pool, true, 25).await;
-        let d = phase::set_phase(&pool, to, None, &options("go")).await.unwrap();
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
         assert_eq!(codes(&d), ["verify_too_old"]);
 
         seed_verify(&pool, true, 0).await;
@@ -250,7 +283,10 @@ mod gates {
             .unwrap();
         assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
         let t = d.transition.unwrap();
-        assert_eq!((t.from_phase, t.to_phase), (Phase::CosmosOnly, Phase::PostgresOnly));
+        assert_eq!(
+            (t.from_phase, t.to_phase),
+            (Phase::CosmosOnly, Phase::PostgresOnly)
+        );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -301,9 +337,7 @@ mod backward {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn leaving_postgres_read_with_outbox_rows_is_refused_naming_count_and_age(
-        pool: PgPool,
-    ) {
+    async fn leaving_postgres_read_with_outbox_rows_is_refused_naming_count_and_age(pool: PgPool) {
         start_in(&pool, Phase::DualWritePostgresRead).await;
         seed_outbox(&pool, 3, 10).await;
         for to in [Phase::DualWriteCosmosRead, Phase::CosmosOnly] {
@@ -330,9 +364,7 @@ mod backward {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn wait_drain_lets_the_rollback_through_once_the_relay_empties_the_outbox(
-        pool: PgPool,
-    ) {
+    async fn wait_drain_lets_the_rollback_through_once_the_relay_empties_the_outbox(pool: PgPool) {
         start_in(&pool, Phase::DualWritePostgresRead).await;
         seed_outbox(&pool, 2, 1).await;
         // stands in for the relay: delivers (deletes) the rows a moment later
@@ -356,7 +388,10 @@ mod backward {
         assert!(!d.forced);
         let wait = d.drain_wait.unwrap();
         assert!(wait.drained);
-        assert!(started.elapsed() < Duration::from_secs(5), "stopped waiting once drained");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped waiting once drained"
+        );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -402,7 +437,11 @@ mod overrides {
         let audit = d.transition.unwrap();
         assert_eq!(audit.account_id, Some(canary));
         assert_eq!(audit.from_phase, Phase::CosmosOnly);
-        assert_eq!(domain_phase(&pool).await, Phase::CosmosOnly, "domain unmoved");
+        assert_eq!(
+            domain_phase(&pool).await,
+            Phase::CosmosOnly,
+            "domain unmoved"
+        );
 
         let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
         assert_eq!(status.overrides.len(), 1);
@@ -437,7 +476,11 @@ mod overrides {
         seed_backfill(&pool, "succeeded", 1).await;
         let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
         assert!(status.next_unmet.is_empty());
-        assert!(status.summary().contains("the gate is open"), "{}", status.summary());
+        assert!(
+            status.summary().contains("the gate is open"),
+            "{}",
+            status.summary()
+        );
     }
 }
 
@@ -450,7 +493,9 @@ mod watcher {
         within: Duration,
         ok: impl Fn(&PhaseSnapshot) -> bool,
     ) -> bool {
-        timeout(within, rx.wait_for(|s| ok(s))).await.is_ok_and(|r| r.is_ok())
+        timeout(within, rx.wait_for(|s| ok(s)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn watcher_connections(pool: &PgPool) -> i64 {
@@ -468,7 +513,10 @@ mod watcher {
     async fn until_connections(pool: &PgPool, n: i64) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while watcher_connections(pool).await != n {
-            assert!(Instant::now() < deadline, "watcher connections never became {n}");
+            assert!(
+                Instant::now() < deadline,
+                "watcher connections never became {n}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -480,7 +528,9 @@ mod watcher {
             poll: Duration::from_secs(60),
             ..WatcherOptions::default()
         };
-        let watcher = PhaseWatcher::start_with(pool.clone(), slow_poll).await.unwrap();
+        let watcher = PhaseWatcher::start_with(pool.clone(), slow_poll)
+            .await
+            .unwrap();
         assert_eq!(watcher.domain_phase(), Phase::CosmosOnly);
         let mut rx = watcher.subscribe();
         // the listener connects in the background: a change before it listens would only be
@@ -488,7 +538,11 @@ mod watcher {
         until_connections(&pool, 2).await;
 
         start_in(&pool, Phase::DualWriteCosmosRead).await;
-        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        assert!(
+            seen(&mut rx, SEEN_WITHIN, |s| s.domain
+                == Phase::DualWriteCosmosRead)
+            .await
+        );
         assert_eq!(watcher.domain_phase(), Phase::DualWriteCosmosRead);
 
         let canary = Uuid::new_v4();
@@ -497,12 +551,24 @@ mod watcher {
             reason: "canary",
             force: false,
         };
-        store::set_override(&pool, canary, Phase::DualWritePostgresRead, request, &Ungated)
-            .await
-            .unwrap();
+        store::set_override(
+            &pool,
+            canary,
+            Phase::DualWritePostgresRead,
+            request,
+            &Ungated,
+        )
+        .await
+        .unwrap();
         assert!(seen(&mut rx, SEEN_WITHIN, |s| !s.overrides.is_empty()).await);
-        assert_eq!(watcher.phase_for(Some(canary)), Phase::DualWritePostgresRead);
-        assert_eq!(watcher.phase_for(Some(Uuid::new_v4())), Phase::DualWriteCosmosRead);
+        assert_eq!(
+            watcher.phase_for(Some(canary)),
+            Phase::DualWritePostgresRead
+        );
+        assert_eq!(
+            watcher.phase_for(Some(Uuid::new_v4())),
+            Phase::DualWriteCosmosRead
+        );
         assert_eq!(watcher.phase_for(None), Phase::DualWriteCosmosRead);
     }
 
@@ -512,13 +578,23 @@ mod watcher {
             listen: false,
             ..WatcherOptions::default()
         };
-        let watcher = PhaseWatcher::start_with(pool.clone(), no_listen).await.unwrap();
+        let watcher = PhaseWatcher::start_with(pool.clone(), no_listen)
+            .await
+            .unwrap();
         let mut rx = watcher.subscribe();
         start_in(&pool, Phase::DualWritePostgresRead).await;
         let changed = Instant::now();
-        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWritePostgresRead).await);
+        assert!(
+            seen(&mut rx, SEEN_WITHIN, |s| s.domain
+                == Phase::DualWritePostgresRead)
+            .await
+        );
         assert!(changed.elapsed() < SEEN_WITHIN);
-        assert_eq!(watcher_connections(&pool).await, 1, "no listener connection");
+        assert_eq!(
+            watcher_connections(&pool).await,
+            1,
+            "no listener connection"
+        );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -578,13 +654,21 @@ mod watcher {
             .execute(&mut maintenance)
             .await
             .unwrap();
-        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        assert!(
+            seen(&mut rx, SEEN_WITHIN, |s| s.domain
+                == Phase::DualWriteCosmosRead)
+            .await
+        );
         drop(admin);
 
         // and the listener reconnects: a later change arrives by NOTIFY again
         until_connections(&pool, 2).await;
         start_in(&pool, Phase::DualWritePostgresRead).await;
-        assert!(seen(&mut rx, SEEN_WITHIN, |s| s.domain == Phase::DualWritePostgresRead).await);
+        assert!(
+            seen(&mut rx, SEEN_WITHIN, |s| s.domain
+                == Phase::DualWritePostgresRead)
+            .await
+        );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -598,7 +682,11 @@ mod watcher {
         drop(watcher);
         start_in(&pool, Phase::DualWriteCosmosRead).await;
         let mut rx2 = clone.subscribe();
-        assert!(seen(&mut rx2, SEEN_WITHIN, |s| s.domain == Phase::DualWriteCosmosRead).await);
+        assert!(
+            seen(&mut rx2, SEEN_WITHIN, |s| s.domain
+                == Phase::DualWriteCosmosRead)
+            .await
+        );
         drop(clone);
         until_connections(&pool, 0).await;
         // subscribers learn that no more changes will come

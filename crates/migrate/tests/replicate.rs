@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mystira_cosmos::generate::{self, GenerateOptions};
 use mystira_cosmos_client::{CosmosConfig, CosmosStore, QuerySpec, TlsTrust, import_dir};
 use mystira_domain::Secret;
-use mystira_migrate::replicate::{ReplicateConfig, ReplicationMode, run_replication};
+use mystira_migrate::replicate::{ReplicateConfig, ReplicationMode, StartAt, run_replication};
 use mystira_migrate::{BackfillConfig, CosmosSource, run_backfill};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -316,6 +316,23 @@ async fn deletes_are_reported_and_applied_only_with_apply_deletes(pool: PgPool) 
     // Nothing is missing any more.
     let again = once(&pool, &store, &config("deletes")).await;
     assert_eq!(again.deletes["Accounts"].missing_from_cosmos, 0);
+
+    // A document written in PostgreSQL first (phase 2) and not yet delivered to Cosmos is not
+    // a delete, however old its copy: its outbox row keeps it out of the comparison.
+    let pending = ids[1].clone();
+    sqlx::query(
+        "insert into migration.outbox (container, key)
+         select container, key from migration.document_versions
+         where container = 'Accounts' and document_id = $1",
+    )
+    .bind(&pending)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(accounts.delete(pending.clone(), &pending).await.unwrap());
+    let with_outbox = once(&pool, &store, &applying).await;
+    assert_eq!(with_outbox.deletes["Accounts"].missing_from_cosmos, 0);
+    assert_eq!(scalar(&pool, "select count(*) from accounts").await, 9);
     store.delete_database().await.unwrap();
 }
 
@@ -374,6 +391,88 @@ async fn a_profile_replicated_before_its_account_is_attached_once_the_account_ar
     reset(&pool).await;
     backfill(&pool, &store).await;
     assert_eq!(state(&pool).await, replicated);
+    store.delete_database().await.unwrap();
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_range_leased_elsewhere_is_left_alone_until_its_lease_expires(pool: PgPool) {
+    let store = seeded_store(5, 10).await;
+    backfill(&pool, &store).await;
+    once(&pool, &store, &config("first")).await; // plans the ranges and checkpoints them
+    write_directly(&store, 2, 0).await;
+
+    // Another replicator (on another host: its liveness cannot be checked) holds every range.
+    sqlx::query(
+        "update migration.work_ranges set owner = 'elsewhere:1/0.0',
+             lease_until = now() + interval '60 seconds'
+         where job = 'replicate'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let blocked = once(&pool, &store, &config("second")).await;
+    for (container, c) in &blocked.containers {
+        assert_eq!(c.ranges_served, 0, "{container}: held elsewhere");
+        assert_eq!(c.counts.read, 0);
+    }
+
+    // Its lease expires (it died): the ranges are taken over from its checkpoints.
+    sqlx::query(
+        "update migration.work_ranges set lease_until = now() - interval '1 second'
+         where job = 'replicate'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let taken = once(&pool, &store, &config("second")).await;
+    assert_eq!(taken.containers["Accounts"].ranges_served, 1);
+    assert_eq!(
+        taken.containers["Accounts"].counts.read, 2,
+        "resumed from the checkpoint: only the two changes"
+    );
+    assert_eq!(taken.containers["Accounts"].counts.written, 2);
+    store.delete_database().await.unwrap();
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn starting_at_a_time_reads_only_what_changed_since_in_both_modes(pool: PgPool) {
+    let store = seeded_store(10, 11).await;
+    backfill(&pool, &store).await;
+    // _ts has one-second resolution: start at the next whole second, once it has passed.
+    let start = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 1, 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chrono::Utc::now() <= start {
+        assert!(Instant::now() < deadline, "the clock did not advance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write_directly(&store, 3, 0).await;
+
+    let feed = ReplicateConfig {
+        start: StartAt::Time(start),
+        ..config("feed")
+    };
+    let report = once(&pool, &store, &feed).await;
+    assert_eq!(
+        report.containers["Accounts"].counts.read, 3,
+        "only the changes"
+    );
+    assert_eq!(report.containers["Accounts"].counts.written, 3);
+    assert_eq!(report.containers["UserProfiles"].counts.read, 0);
+
+    let watermark = ReplicateConfig {
+        mode: ReplicationMode::Watermark,
+        overlap: Duration::ZERO,
+        ..feed
+    };
+    let report = once(&pool, &store, &watermark).await;
+    assert_eq!(
+        report.containers["Accounts"].counts.read, 3,
+        "only the changes"
+    );
+    assert_eq!(
+        report.containers["Accounts"].counts.written, 0,
+        "already replicated"
+    );
     store.delete_database().await.unwrap();
 }
 

@@ -92,6 +92,12 @@ impl Delivery {
         }))
     }
 
+    /// The delivery's connection, inside its transaction: read the aggregate's state here,
+    /// after the lock (see `crate::aggregates`).
+    pub fn connection(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
     /// Commits a successful delivery: records the version Cosmos now holds for the document
     /// (`None` when it was deleted), so that copies of that same version coming back from Cosmos
     /// (the change feed) are recognised as already applied, and removes the rows.

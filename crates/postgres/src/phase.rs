@@ -135,12 +135,10 @@ fn parse_stored(name: &str) -> Result<Phase, RepoError> {
 /// The domain-wide phase.
 pub async fn current<'e>(exec: impl PgExecutor<'e>) -> Result<PhaseState, RepoError> {
     let (phase, changed_at, changed_by, reason): (String, DateTime<Utc>, String, String) =
-        sqlx::query_as(
-            "select phase, changed_at, changed_by, reason from migration.phase_state",
-        )
-        .fetch_one(exec)
-        .await
-        .map_err(|e| map_sqlx_error("phase_state", e))?;
+        sqlx::query_as("select phase, changed_at, changed_by, reason from migration.phase_state")
+            .fetch_one(exec)
+            .await
+            .map_err(|e| map_sqlx_error("phase_state", e))?;
     Ok(PhaseState {
         phase: parse_stored(&phase)?,
         changed_at,
@@ -347,7 +345,11 @@ pub enum ChangeOutcome<U> {
     /// Already in that phase: nothing written, no audit row.
     Unchanged { phase: Phase },
     /// The gate refused and `force` was not given: nothing written.
-    Refused { from: Phase, to: Phase, unmet: Vec<U> },
+    Refused {
+        from: Phase,
+        to: Phase,
+        unmet: Vec<U>,
+    },
     /// [`clear_override`] of an account that has no override: nothing written.
     NoOverride { domain_phase: Phase },
 }
@@ -427,7 +429,11 @@ async fn change<G: PhaseGate>(
         Target::Override(_, to) => (current_override.unwrap_or(domain), to),
         Target::Clear(_) => match current_override {
             Some(p) => (p, domain),
-            None => return Ok(ChangeOutcome::NoOverride { domain_phase: domain }),
+            None => {
+                return Ok(ChangeOutcome::NoOverride {
+                    domain_phase: domain,
+                });
+            }
         },
     };
     // an override equal to the domain phase is still worth writing (it pins the account), so
@@ -524,7 +530,8 @@ pub async fn latest_run<'e>(
     exec: impl PgExecutor<'e>,
     job: &str,
 ) -> Result<Option<RunSummary>, RepoError> {
-    let row: Option<(Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    type RunRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let row: Option<RunRow> = sqlx::query_as(
         "select id, status, started_at, finished_at from migration.runs
          where job = $1 order by started_at desc, id desc limit 1",
     )

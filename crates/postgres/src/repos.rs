@@ -19,7 +19,7 @@ use std::pin::Pin;
 use mystira_domain::error::RepoError;
 use mystira_domain::ports::{Page, PageRequest};
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Executor, FromRow, PgPool, Postgres};
+use sqlx::{Executor, FromRow, Postgres};
 use uuid::Uuid;
 
 use crate::map_sqlx_error;
@@ -53,9 +53,9 @@ pub(crate) fn column_error(
 /// A `select` whose rows are read into a private `*Row` struct.
 pub(crate) type RowQuery<'q, R> = sqlx::query::QueryAs<'q, Postgres, R, PgArguments>;
 
-/// Runs `query` on `pool` and converts the row, if any, into its domain entity.
-pub(crate) async fn fetch_optional<R, T>(
-    pool: &PgPool,
+/// Runs `query` on `exec` (a pool or a connection) and converts the row, if any, into its domain entity.
+pub(crate) async fn fetch_optional<'c, R, T>(
+    exec: impl Executor<'c, Database = Postgres>,
     table: &'static str,
     query: RowQuery<'_, R>,
 ) -> Result<Option<T>, RepoError>
@@ -64,16 +64,16 @@ where
     T: TryFrom<R, Error = RepoError>,
 {
     query
-        .fetch_optional(pool)
+        .fetch_optional(exec)
         .await
         .map_err(|e| map_sqlx_error(table, e))?
         .map(T::try_from)
         .transpose()
 }
 
-/// Runs `query` on `pool` and converts every row into its domain entity.
-pub(crate) async fn fetch_all<R, T>(
-    pool: &PgPool,
+/// Runs `query` on `exec` and converts every row into its domain entity.
+pub(crate) async fn fetch_all<'c, R, T>(
+    exec: impl Executor<'c, Database = Postgres>,
     table: &'static str,
     query: RowQuery<'_, R>,
 ) -> Result<Vec<T>, RepoError>
@@ -82,7 +82,7 @@ where
     T: TryFrom<R, Error = RepoError>,
 {
     query
-        .fetch_all(pool)
+        .fetch_all(exec)
         .await
         .map_err(|e| map_sqlx_error(table, e))?
         .into_iter()

@@ -102,7 +102,10 @@ async fn a_refusing_gate_writes_nothing_and_force_goes_past_it_audited_as_forced
     };
     assert_eq!((from, to), (Phase::CosmosOnly, Phase::PostgresOnly));
     assert_eq!(unmet, vec!["cosmos-only->postgres-only None".to_owned()]);
-    assert_eq!(phase::current(&pool).await.unwrap().phase, Phase::CosmosOnly);
+    assert_eq!(
+        phase::current(&pool).await.unwrap().phase,
+        Phase::CosmosOnly
+    );
     assert_eq!(transitions(&pool).await, 0);
 
     let forced = ChangeRequest {
@@ -121,7 +124,10 @@ async fn a_refusing_gate_writes_nothing_and_force_goes_past_it_audited_as_forced
     };
     assert!(transition.forced);
     assert_eq!(overridden.len(), 1);
-    assert_eq!(phase::current(&pool).await.unwrap().phase, Phase::PostgresOnly);
+    assert_eq!(
+        phase::current(&pool).await.unwrap().phase,
+        Phase::PostgresOnly
+    );
     assert!(phase::history(&pool, 1).await.unwrap()[0].forced);
 }
 
@@ -180,7 +186,10 @@ async fn overrides_are_set_from_the_accounts_phase_and_cleared_back_to_the_domai
     let overrides = phase::overrides(&pool).await.unwrap();
     assert_eq!(overrides.get(&canary), Some(&Phase::DualWritePostgresRead));
     // the domain phase did not move
-    assert_eq!(phase::current(&pool).await.unwrap().phase, Phase::CosmosOnly);
+    assert_eq!(
+        phase::current(&pool).await.unwrap().phase,
+        Phase::CosmosOnly
+    );
     let details = phase::override_details(&pool).await.unwrap();
     assert_eq!(details.len(), 1);
     assert_eq!(details[0].changed_by, "ada");

@@ -205,7 +205,7 @@ fn time_verify(url: &str, export: &Path) -> anyhow::Result<f64> {
 }
 
 /// `server`'s url with the database name replaced.
-fn database(server: &str, name: &str) -> String {
+pub(super) fn database(server: &str, name: &str) -> String {
     match url_with_path(server, name) {
         Some(u) => u,
         None => server.to_owned(),
@@ -222,7 +222,7 @@ fn url_with_path(server: &str, name: &str) -> Option<String> {
     Some(format!("{scheme_host}://{authority}/{name}{query}"))
 }
 
-async fn prepared(url: &str) -> anyhow::Result<sqlx::PgPool> {
+pub(super) async fn prepared(url: &str) -> anyhow::Result<sqlx::PgPool> {
     mystira_postgres::ensure_database(url)
         .await
         .context("cannot create a benchmark database")?;
@@ -233,7 +233,7 @@ async fn prepared(url: &str) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-async fn drop_database(server: &str, url: &str, keep: bool) {
+pub(super) async fn drop_database(server: &str, url: &str, keep: bool) {
     if keep {
         return;
     }

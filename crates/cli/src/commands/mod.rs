@@ -2,11 +2,15 @@
 //! library crates and an [`Outcome`]; printing it is `main`'s job.
 
 mod bench;
+mod bench_writes;
 mod cosmos;
 mod db;
 mod generate;
 mod journal;
+mod ledger;
+mod loadgen;
 mod migrate;
+mod phase;
 mod quarantine;
 mod relay;
 mod replicate;
@@ -14,7 +18,11 @@ mod source;
 mod stop;
 mod verify;
 
+pub use bench_writes::BenchWritesArgs;
 pub use journal::JournalCommand;
+pub use ledger::LedgerCommand;
+pub use loadgen::LoadgenArgs;
+pub use phase::PhaseCommand;
 pub use relay::RelayArgs;
 pub use replicate::ReplicateArgs;
 
@@ -40,8 +48,12 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Cosmos(cosmos) => cosmos::run(cosmos, settings).await,
         Command::Quarantine(q) => quarantine::run(q, settings).await,
         Command::Bench(args) => bench::run(args, settings).await,
+        Command::BenchWrites(args) => bench_writes::run(args, settings).await,
         Command::Relay(args) => relay::run(args, settings).await,
         Command::Journal(j) => journal::run(j, settings).await,
+        Command::Loadgen(args) => loadgen::run(args, settings).await,
+        Command::Ledger(l) => ledger::run(l, settings).await,
+        Command::Phase(p) => phase::run(p, settings).await,
         Command::Db(db) => db::run(db, settings).await,
         Command::Replicate(args) => replicate::run(args, settings).await,
     }

@@ -9,14 +9,14 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use mystira_cosmos_client::FeedMode;
 use mystira_migrate::replicate::{
-    ReplicateConfig, ReplicateReport, ReplicationMode, run_replication,
+    ReplicateConfig, ReplicateReport, ReplicationMode, StartAt, run_replication,
 };
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::{Outcome, db, source};
 use crate::cli::CosmosArgs;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
 /// `mystira-users replicate`
@@ -33,6 +33,12 @@ pub struct ReplicateArgs {
     /// (for servers without a change feed)
     #[arg(long, value_enum, default_value_t = ModeArg::ChangeFeed)]
     pub mode: ModeArg,
+
+    /// Where a range without a checkpoint starts: `beginning` (every document once: nothing
+    /// can be missed), `now`, or a time (RFC 3339, e.g. when the backfill started: documents
+    /// changed since then) [default: beginning]
+    #[arg(long, value_name = "WHEN", value_parser = parse_start)]
+    pub start: Option<StartAt>,
 
     /// Read the all-versions-and-deletes change feed (accounts with continuous backup only;
     /// starts from now, never from the beginning) instead of the latest-version feed
@@ -77,6 +83,12 @@ pub struct ReplicateArgs {
     pub delete_grace_seconds: Option<u64>,
 }
 
+fn parse_start(value: &str) -> Result<StartAt, String> {
+    value
+        .parse()
+        .map_err(|e: mystira_migrate::replicate::BadStart| e.to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     ChangeFeed,
@@ -95,6 +107,7 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
         } else {
             FeedMode::LatestVersion
         },
+        start: args.start.unwrap_or_default(),
         once: args.once,
         apply_deletes: args.apply_deletes,
         poll: args.poll_ms.map_or(defaults.poll, Duration::from_millis),
@@ -116,6 +129,14 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
             .map_or(defaults.delete_grace, Duration::from_secs),
         ..defaults
     };
+    if config.feed_mode == FeedMode::AllVersionsAndDeletes && config.start != StartAt::Now {
+        // The service refuses it (400); say why before connecting.
+        anyhow::bail!(ConfigError::Usage(
+            "the all-versions-and-deletes feed cannot start from the beginning or a point in \
+             time: pass --start now (right after a backfill)"
+                .into()
+        ));
+    }
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
     let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
 

@@ -136,6 +136,14 @@ where
     touched_any(exec, TABLE, query).await
 }
 
+/// The account with key `id`, on any executor (a pool, or a transaction's connection).
+pub async fn get_account<'c, E>(exec: E, id: Uuid) -> RepoResult<Option<Account>>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    fetch_optional(exec, TABLE, select_accounts!("where id = $1").bind(id)).await
+}
+
 #[async_trait]
 impl AccountRepository for PgAccountRepository {
     async fn create(&self, account: &Account) -> RepoResult<()> {
@@ -143,12 +151,7 @@ impl AccountRepository for PgAccountRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<Account>> {
-        fetch_optional(
-            &self.pool,
-            TABLE,
-            select_accounts!("where id = $1").bind(id),
-        )
-        .await
+        get_account(&self.pool, id).await
     }
 
     async fn get_by_cosmos_id(&self, cosmos_id: &str) -> RepoResult<Option<Account>> {

@@ -129,6 +129,23 @@ async fn award(pool: &PgPool, badge: &UserBadge) -> RepoResult<AwardOutcome> {
     })
 }
 
+/// The profile's badges, earliest first, on any executor.
+pub async fn badges_of_profile<'c, E>(exec: E, profile_id: Uuid) -> RepoResult<Vec<UserBadge>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let rows = sqlx::query_as::<_, BadgeRow>(concat!(
+        "select ",
+        badge_columns!(),
+        " from user_badges where user_profile_id = $1 order by earned_at, id"
+    ))
+    .bind(profile_id)
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error(TABLE, e))?;
+    Ok(rows.into_iter().map(UserBadge::from).collect())
+}
+
 #[async_trait]
 impl BadgeRepository for PgBadgeRepository {
     async fn award(&self, badge: &UserBadge) -> RepoResult<AwardOutcome> {
@@ -136,15 +153,6 @@ impl BadgeRepository for PgBadgeRepository {
     }
 
     async fn list_by_profile(&self, profile_id: Uuid) -> RepoResult<Vec<UserBadge>> {
-        let rows = sqlx::query_as::<_, BadgeRow>(concat!(
-            "select ",
-            badge_columns!(),
-            " from user_badges where user_profile_id = $1 order by earned_at, id"
-        ))
-        .bind(profile_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(rows.into_iter().map(UserBadge::from).collect())
+        badges_of_profile(&self.pool, profile_id).await
     }
 }

@@ -50,6 +50,25 @@ impl From<CompletedScenarioRow> for CompletedScenario {
     }
 }
 
+/// The account's completed scenarios, earliest first, on any executor.
+pub async fn completed_for_account<'c, E>(
+    exec: E,
+    account_id: Uuid,
+) -> RepoResult<Vec<CompletedScenario>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let rows = sqlx::query_as::<_, CompletedScenarioRow>(
+        "select id, account_id, scenario_id, completed_at from completed_scenarios \
+         where account_id = $1 order by completed_at, id",
+    )
+    .bind(account_id)
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error(TABLE, e))?;
+    Ok(rows.into_iter().map(CompletedScenario::from).collect())
+}
+
 #[async_trait]
 impl CompletedScenarioRepository for PgCompletedScenarioRepository {
     async fn mark_completed(
@@ -103,14 +122,6 @@ impl CompletedScenarioRepository for PgCompletedScenarioRepository {
     }
 
     async fn list_by_account(&self, account_id: Uuid) -> RepoResult<Vec<CompletedScenario>> {
-        let rows = sqlx::query_as::<_, CompletedScenarioRow>(
-            "select id, account_id, scenario_id, completed_at from completed_scenarios \
-             where account_id = $1 order by completed_at, id",
-        )
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| map_sqlx_error(TABLE, e))?;
-        Ok(rows.into_iter().map(CompletedScenario::from).collect())
+        completed_for_account(&self.pool, account_id).await
     }
 }

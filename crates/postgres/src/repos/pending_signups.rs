@@ -100,6 +100,14 @@ where
     Ok(())
 }
 
+/// The sign-up with key `id`, on any executor.
+pub async fn get_signup<'c, E>(exec: E, id: Uuid) -> RepoResult<Option<PendingSignup>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    fetch_optional(exec, TABLE, select_signups!("where id = $1").bind(id)).await
+}
+
 #[async_trait]
 impl PendingSignupRepository for PgPendingSignupRepository {
     async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
@@ -107,7 +115,7 @@ impl PendingSignupRepository for PgPendingSignupRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<PendingSignup>> {
-        fetch_optional(&self.pool, TABLE, select_signups!("where id = $1").bind(id)).await
+        get_signup(&self.pool, id).await
     }
 
     /// The checks, in order: no unused sign-up -> `NotFound`; expired at `now` -> `Expired`;

@@ -159,6 +159,14 @@ where
     touched_any(exec, TABLE, query).await
 }
 
+/// The profile with key `id`, on any executor.
+pub async fn get_profile<'c, E>(exec: E, id: Uuid) -> RepoResult<Option<UserProfile>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    fetch_optional(exec, TABLE, select_profiles!("where id = $1").bind(id)).await
+}
+
 #[async_trait]
 impl ProfileRepository for PgProfileRepository {
     async fn create(&self, profile: &UserProfile) -> RepoResult<()> {
@@ -166,12 +174,7 @@ impl ProfileRepository for PgProfileRepository {
     }
 
     async fn get(&self, id: Uuid) -> RepoResult<Option<UserProfile>> {
-        fetch_optional(
-            &self.pool,
-            TABLE,
-            select_profiles!("where id = $1").bind(id),
-        )
-        .await
+        get_profile(&self.pool, id).await
     }
 
     async fn list_by_account(&self, account_id: Uuid) -> RepoResult<Vec<UserProfile>> {

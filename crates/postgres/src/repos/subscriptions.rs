@@ -138,15 +138,26 @@ where
     row.try_into()
 }
 
+/// The account's subscription, on any executor.
+pub async fn subscription_for_account<'c, E>(
+    exec: E,
+    account_id: Uuid,
+) -> RepoResult<Option<Subscription>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    fetch_optional(
+        exec,
+        TABLE,
+        select_subscriptions!("where account_id = $1").bind(account_id),
+    )
+    .await
+}
+
 #[async_trait]
 impl SubscriptionRepository for PgSubscriptionRepository {
     async fn get_for_account(&self, account_id: Uuid) -> RepoResult<Option<Subscription>> {
-        fetch_optional(
-            &self.pool,
-            TABLE,
-            select_subscriptions!("where account_id = $1").bind(account_id),
-        )
-        .await
+        subscription_for_account(&self.pool, account_id).await
     }
 
     async fn upsert_for_account(&self, subscription: &Subscription) -> RepoResult<Subscription> {

@@ -1,0 +1,160 @@
+//! `mystira-users loadgen`: hosts a dual-write router (the phase from PostgreSQL through a
+//! `PhaseWatcher`, its journal replay and outbox relay beside it) and drives it with
+//! `mystira_migrate::loadgen`, which keeps the ledger.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use mystira_cosmos_client::CosmosRepositories;
+use mystira_migrate::journal::FileJournal;
+use mystira_migrate::loadgen::{LoadConfig, run_load};
+use mystira_migrate::phase::PhaseWatcher;
+use mystira_migrate::router::{BackgroundConfig, DualWriteRouter, RouterConfig, run_background};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::{Outcome, db, source, stop};
+use crate::cli::CosmosArgs;
+use crate::config::ConfigError;
+use crate::config::Settings;
+use crate::exit::Exit;
+
+/// `mystira-users loadgen`
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+
+    /// Calls started per second (open loop: a slow store shows as latency, not as a lower
+    /// rate, up to --concurrency calls in flight)
+    #[arg(long, value_name = "N")]
+    pub rate: f64,
+
+    /// How long to run, e.g. 30s, 5m
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The ledger file (JSON lines), appended to: every call's intent and every acknowledged
+    /// write; check it with `mystira-users ledger check FILE`
+    #[arg(long, value_name = "FILE")]
+    pub ledger: PathBuf,
+
+    /// Calls in flight at most
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Seed of the generated users and values (a restart on the same ledger starts a new run
+    /// with new users)
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub seed: u64,
+
+    /// Where the router journals writes when PostgreSQL is down [default: as `journal`]
+    #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
+    pub journal_dir: Option<PathBuf>,
+
+    /// After the load, keep replaying the journal and relaying the outbox until both are
+    /// empty, at most this many seconds (0: stop at once)
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub drain_timeout: u64,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    mystira_migrate::phase::parse_duration(raw)
+}
+
+/// How many writes still wait in the journal (table and this machine's files) and the outbox.
+async fn backlog(pool: &PgPool, files: &FileJournal) -> anyhow::Result<(i64, u64, i64)> {
+    let table = mystira_postgres::journal::depth(pool)
+        .await
+        .context("cannot read the journal")?;
+    let files = files
+        .pending()
+        .context("cannot read the journal directory")?;
+    let outbox = mystira_postgres::outbox::depth(pool)
+        .await
+        .context("cannot read the outbox")?;
+    Ok((table.entries, files.records, outbox.rows))
+}
+
+pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outcome> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(ConfigError::Usage("--rate must be a positive number".into()).into());
+    }
+    let pool = db::prepared_pool(settings, (args.concurrency as u32 + 6).max(8)).await?;
+    let store = source::connect_cosmos(&args.cosmos, settings).await?;
+    let repos = CosmosRepositories::ensure(&store)
+        .await
+        .context("cannot open (or create) the Cosmos containers")?;
+    let dir = match &args.journal_dir {
+        Some(d) => d.clone(),
+        None => FileJournal::default_dir()
+            .context("no default journal directory: pass --journal-dir")?,
+    };
+    let files = FileJournal::open(&dir).context("cannot open the journal directory")?;
+    let watcher = PhaseWatcher::start(pool.clone(), Duration::from_secs(1))
+        .await
+        .context("cannot read the phase")?;
+    let router = DualWriteRouter::new(
+        pool.clone(),
+        repos,
+        Arc::new(watcher),
+        files.clone(),
+        RouterConfig::default(),
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let mut rx = stop_rx;
+            run_background(&router, &BackgroundConfig::default(), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+
+    let mut config = LoadConfig::new(args.rate, args.duration, args.ledger.clone());
+    config.concurrency = args.concurrency.max(1);
+    config.seed = args.seed;
+    let report = run_load(&router, &config, stop::stop_signal())
+        .await
+        .context("the load generator stopped")?;
+
+    // the journal and outbox this run filled, drained by the background work (bounded)
+    let drain_started = Instant::now();
+    let deadline = drain_started + Duration::from_secs(args.drain_timeout);
+    let mut left = backlog(&pool, &files).await.ok();
+    while Instant::now() < deadline && left.is_none_or(|(t, f, o)| t + f as i64 + o > 0) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = backlog(&pool, &files).await.ok();
+    }
+    let _ = stop_tx.send(true);
+    let background = background.await.unwrap_or_default();
+    files.seal();
+
+    let mut human = report.summary();
+    match left {
+        Some((table, file_records, outbox)) => human.push_str(&format!(
+            "after {:.1} s of draining: retry journal {table} entries, local journal files \
+             {file_records} records, outbox {outbox} rows\n",
+            drain_started.elapsed().as_secs_f64()
+        )),
+        None => human.push_str("backlog unknown: PostgreSQL could not be read\n"),
+    }
+    Ok(Outcome {
+        exit: Exit::Ok,
+        human,
+        json: json!({
+            "report": report,
+            "background": background,
+            "backlog": left.map(|(t, f, o)| json!({
+                "journal_entries": t, "journal_file_records": f, "outbox_rows": o
+            })),
+            "journal_dir": dir,
+        }),
+    })
+}

@@ -1,0 +1,244 @@
+//! `mystira-users phase show|set|clear|history`: the migration phase, its gates and its audit
+//! trail. The rules live in `mystira_migrate::phase`; this module parses, resolves the actor and
+//! the maximum verify age (flag > `MYSTIRA_MAX_VERIFY_AGE` > `[phase] max_verify_age` > 24 h),
+//! and maps a refusal to exit code 3.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use mystira_migrate::phase::{
+    self, ChangeOptions, Decision, DecisionKind, GateConfig, Phase, PhaseError,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Outcome, db};
+use crate::config::{ConfigError, Settings};
+use crate::exit::Exit;
+
+/// `mystira-users phase ...`
+#[derive(Debug, Subcommand)]
+pub enum PhaseCommand {
+    /// Show the phase (who set it, when, why), the canary overrides, and what the gate of the
+    /// next forward step still needs.
+    Show {
+        #[command(flatten)]
+        gates: GateArgs,
+    },
+
+    /// Move the domain (or, with --account, one canary account) to another phase, through
+    /// the gates.
+    ///
+    /// PHASE is cosmos-only, dual-write-cosmos-read, dual-write-postgres-read or postgres-only
+    /// (or 0-3). Forward moves are gated, and a jump meets the gate of every step it passes:
+    /// into 1 needs the latest backfill run to have succeeded; into 2 a clean verify of the
+    /// whole key space newer than --max-verify-age and an empty retry journal; into 3 an empty
+    /// outbox and the same recent clean verify. Moving from 2 or 3 back to 1 or 0 needs an
+    /// empty outbox (--wait-drain waits for the relay to empty it). A refusal names every unmet
+    /// condition and exits 3; --force goes past it and the audit row says forced. Every change
+    /// is audited (who, when, from, to, why) and seen by every running process within 2 s.
+    Set {
+        /// The phase to move to (name or 0-3)
+        #[arg(value_name = "PHASE")]
+        phase: Phase,
+
+        /// Only this canary account (its own phase, overriding the domain's)
+        #[arg(long, value_name = "UUID")]
+        account: Option<Uuid>,
+
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+
+    /// Return a canary account to the domain phase, through the same gates as `phase set`.
+    Clear {
+        /// The canary account
+        #[arg(long, value_name = "UUID")]
+        account: Uuid,
+
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+
+    /// List the latest phase changes, newest first: when, who, from, to, forced, why.
+    History {
+        /// At most this many changes
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: i64,
+    },
+}
+
+/// How strict the gates are.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// A clean verify older than this does not open the gates into phases 2 and 3, e.g. 24h,
+    /// 90m, 1h30m [default: `[phase] max_verify_age` in the config file, else 24h]
+    #[arg(
+        long,
+        env = "MYSTIRA_MAX_VERIFY_AGE",
+        value_name = "DURATION",
+        value_parser = phase::parse_duration
+    )]
+    pub max_verify_age: Option<Duration>,
+}
+
+/// Who changes the phase, why, and how.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Why the phase changes (recorded in the audit trail)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+
+    /// Go past a refusing gate (the audit row says forced)
+    #[arg(long)]
+    pub force: bool,
+
+    /// When the move needs an empty outbox, wait at most this long for the relay to empty it
+    /// before deciding
+    #[arg(long, value_name = "SECONDS")]
+    pub wait_drain: Option<u64>,
+
+    /// Who makes the change, for the audit trail [default: $USER, else $LOGNAME, else the uid]
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
+
+    #[command(flatten)]
+    pub gates: GateArgs,
+}
+
+pub async fn run(command: &PhaseCommand, settings: &Settings) -> anyhow::Result<Outcome> {
+    let pool = db::prepared_pool(settings, 2).await?;
+    let outcome = match command {
+        PhaseCommand::Show { gates } => {
+            let gates = gate_config(gates, settings)?;
+            let status = phase::status(&pool, &gates)
+                .await
+                .context("cannot read the phase")?;
+            Outcome {
+                exit: Exit::Ok,
+                human: status.summary(),
+                json: json!(status),
+            }
+        }
+        PhaseCommand::Set {
+            phase: to,
+            account,
+            change,
+        } => {
+            let options = change_options(change, settings)?;
+            decided(phase::set_phase(&pool, *to, *account, &options).await)?
+        }
+        PhaseCommand::Clear { account, change } => {
+            let options = change_options(change, settings)?;
+            decided(phase::clear_override(&pool, *account, &options).await)?
+        }
+        PhaseCommand::History { limit } => {
+            let transitions = phase::history(&pool, *limit)
+                .await
+                .context("cannot read the phase history")?;
+            let mut human = String::new();
+            if transitions.is_empty() {
+                human.push_str("no phase change recorded\n");
+            }
+            for t in &transitions {
+                let scope = t
+                    .account_id
+                    .map_or_else(|| "domain".to_owned(), |a| format!("account {a}"));
+                human.push_str(&format!(
+                    "{}  {:<8} {} -> {}{}  {scope}  {}\n",
+                    t.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    t.changed_by,
+                    t.from_phase,
+                    t.to_phase,
+                    if t.forced { " FORCED" } else { "" },
+                    t.reason
+                ));
+            }
+            Outcome {
+                exit: Exit::Ok,
+                human,
+                json: json!({ "transitions": transitions }),
+            }
+        }
+    };
+    pool.close().await;
+    Ok(outcome)
+}
+
+/// A refusal needs attention (3); a request without a reason or actor is a usage error (2).
+fn decided(result: Result<Decision, PhaseError>) -> anyhow::Result<Outcome> {
+    let decision = match result {
+        Ok(d) => d,
+        Err(PhaseError::Invalid(message)) => {
+            return Err(ConfigError::Usage(message.to_owned()).into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot change the phase")),
+    };
+    let exit = match decision.result {
+        DecisionKind::Refused => Exit::Attention,
+        DecisionKind::Applied | DecisionKind::Unchanged | DecisionKind::NoOverride => Exit::Ok,
+    };
+    if decision.forced {
+        tracing::warn!(
+            from = %decision.from,
+            to = %decision.to,
+            unmet = decision.unmet.len(),
+            "phase changed past a refusing gate (forced)"
+        );
+    }
+    Ok(Outcome {
+        exit,
+        human: decision.summary(),
+        json: json!(decision),
+    })
+}
+
+fn change_options(args: &ChangeArgs, settings: &Settings) -> anyhow::Result<ChangeOptions> {
+    Ok(ChangeOptions {
+        actor: args.actor.clone().unwrap_or_else(os_user),
+        reason: args.reason.clone(),
+        force: args.force,
+        gates: gate_config(&args.gates, settings)?,
+        wait_drain: args.wait_drain.map(Duration::from_secs),
+    })
+}
+
+/// The flag (or its environment variable), else the config file, else 24 h.
+fn gate_config(args: &GateArgs, settings: &Settings) -> anyhow::Result<GateConfig> {
+    if let Some(age) = args.max_verify_age {
+        return Ok(GateConfig {
+            max_verify_age: age,
+        });
+    }
+    let from_file = settings
+        .file
+        .phase
+        .as_ref()
+        .and_then(|p| p.max_verify_age.as_deref());
+    let Some(text) = from_file else {
+        return Ok(GateConfig::default());
+    };
+    let age = phase::parse_duration(text).map_err(|message| ConfigError::Invalid {
+        path: settings.config_file.clone().unwrap_or_default(),
+        location: String::new(),
+        message: format!("[phase] max_verify_age: {message}"),
+    })?;
+    Ok(GateConfig {
+        max_verify_age: age,
+    })
+}
+
+/// `$USER`, else `$LOGNAME`, else `uid:<n>` (the owner of this process).
+fn os_user() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|v| v.trim().to_owned())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid:{}", m.uid()),
+            Err(_) => "unknown".to_owned(),
+        })
+}

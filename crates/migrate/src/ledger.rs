@@ -1,0 +1,963 @@
+//! The ledger: what the load generator ([`crate::loadgen`]) asked of the dual-write router and
+//! what the router acknowledged, and [`check`], which compares it with both stores after the
+//! faults are over: every acknowledged write is where its phase promised it, and nothing is
+//! duplicated.
+//!
+//! # The file
+//! JSON lines, appended; one [`LedgerRecord`] per line:
+//! * `run`: a load generator started on this file (its run number and seed);
+//! * `intent`: a call is about to be made: its sequence number, the operation, the aggregate
+//!   (container and key) and, per *field group* it sets (`account`, `login`, `subscription`,
+//!   `completed:<scenario>`, `profile`, `onboarded`, `badge:<configuration>`, `signup`,
+//!   `attempts`, `used`), the digest of the state the call leaves that group in;
+//! * `ack`: the router returned `Ok` for that call: the same, with the time and the phase the
+//!   router used (sampled right before and right after the call).
+//!
+//! A digest is the md5 of the aggregate's key, the group's name and the group's canonical field
+//! values ([`FieldGroups`]), never the values themselves: the file holds no email, code, token
+//! or name. A failed call leaves only its intent. Intents exist because an acknowledgement is not
+//! the only way a write lands: a call that failed with an unknown outcome, or that was in flight
+//! when the process was killed, may have landed too, and then it, not the last acknowledged
+//! write, is what the stores hold. Without its intent the check could not tell such a write from
+//! a lost one. Intents are written (not buffered) before their call, so they survive a `kill -9`
+//! of the writer; acknowledgements are buffered and fsynced in batches and at the end. An
+//! acknowledgement lost in a crash leaves its intent behind: that write is then checked less
+//! strictly (as "may have landed"), never falsely reported lost.
+//!
+//! # The check
+//! Every field group of every aggregate is checked against its last acknowledged write: each
+//! store that write's phase promised (0 `cosmos-only`: Cosmos; 1 and 2: both; 3
+//! `postgres-only`: PostgreSQL; a call whose phase changed under it promises what both phases
+//! promise) must hold the digest of that write, or of an intent that came after it and was not
+//! acknowledged. The load generator runs the calls of one simulated user one at a time, so the
+//! order of the file is the order of the calls on each aggregate. Then duplicates: one badge per
+//! profile and configuration and one completion per account and scenario (in both stores), one
+//! account per auth0 id (PostgreSQL by query, Cosmos by looking the account's email up), and one
+//! PostgreSQL row per Cosmos document id.
+//!
+//! The check is meaningful only after recovery, once the retry journal and the outbox have
+//! drained (a write still waiting there is reported as lost): [`check`] reports their depth
+//! first, and the report says whether they were empty.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use mystira_cosmos_client::CosmosRepositories;
+use mystira_domain::ports::{
+    AccountRepository, BadgeRepository, CompletedScenarioRepository, PendingSignupRepository,
+    ProfileRepository, SubscriptionRepository,
+};
+use mystira_domain::{
+    Account, CompletedScenario, PendingSignup, RepoError, Subscription, UserBadge, UserProfile,
+};
+use mystira_postgres::phase::Phase;
+use mystira_postgres::{
+    PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
+    PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The container an aggregate lives in (the Cosmos container names).
+pub type ContainerName = String;
+
+/// Field group name to digest.
+pub type Groups = BTreeMap<String, String>;
+
+/// One line of the ledger (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LedgerRecord {
+    Run {
+        run: u64,
+        seed: u64,
+        at: DateTime<Utc>,
+    },
+    Intent {
+        seq: u64,
+        op: String,
+        container: ContainerName,
+        key: Uuid,
+        groups: Groups,
+    },
+    Ack {
+        seq: u64,
+        /// The `seq` of the call's intent.
+        call: u64,
+        at: DateTime<Utc>,
+        phase: Phase,
+        /// The phase after the call, when it differs (a switch under the call).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase_after: Option<Phase>,
+        op: String,
+        container: ContainerName,
+        key: Uuid,
+        groups: Groups,
+    },
+}
+
+/// The error of reading or writing a ledger file, naming the file (never a record's content).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    #[error("ledger file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ledger file {path}, line {line}: not a ledger record")]
+    Malformed { path: PathBuf, line: u64 },
+    #[error("reading the stores failed: {0}")]
+    Store(#[from] RepoError),
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// digests
+
+/// The md5 (lower-case hex) of the key, the group and the values, each length-prefixed so that
+/// no two different lists of values give the same text.
+fn digest(key: Uuid, group: &str, values: &[&str]) -> String {
+    let mut h = Md5::new();
+    h.update(key.as_bytes());
+    for part in std::iter::once(group).chain(values.iter().copied()) {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn millis(t: DateTime<Utc>) -> String {
+    t.timestamp_millis().to_string()
+}
+
+fn opt(v: Option<&str>) -> &str {
+    v.unwrap_or("\u{0}none")
+}
+
+/// The field groups of each entity and their digests: what a write sets, computed the same way
+/// from what the load generator sent and from what the check reads back. Only fields that
+/// survive both stores' round trip unchanged are used (times at millisecond precision; the load
+/// generator writes millisecond times).
+#[derive(Debug, Clone, Copy)]
+pub struct FieldGroups;
+
+impl FieldGroups {
+    /// `account` (who the account is) and `login` (`last_login_at`): what `create` and `update`
+    /// set.
+    pub fn account(a: &Account) -> Groups {
+        let mut g = Groups::new();
+        g.insert(
+            "account".into(),
+            digest(
+                a.id,
+                "account",
+                &[
+                    &a.email.normalized(),
+                    &a.display_name,
+                    a.role.as_str(),
+                    opt(a.auth0_user_id.as_deref()),
+                    &a.settings.theme,
+                    &a.settings.preferred_language,
+                ],
+            ),
+        );
+        g.extend(Self::login(a.id, a.last_login_at));
+        g
+    }
+
+    /// `login`: what `record_login` sets.
+    pub fn login(account: Uuid, at: DateTime<Utc>) -> Groups {
+        Groups::from([("login".into(), digest(account, "login", &[&millis(at)]))])
+    }
+
+    /// `subscription`, in the account's aggregate.
+    pub fn subscription(s: &Subscription) -> Groups {
+        let valid_until = s.valid_until.map(millis);
+        Groups::from([(
+            "subscription".into(),
+            digest(
+                s.account_id,
+                "subscription",
+                &[
+                    &s.subscription_type.code().to_string(),
+                    &s.tier,
+                    opt(s.product_id.as_deref()),
+                    if s.is_active { "active" } else { "inactive" },
+                    opt(valid_until.as_deref()),
+                ],
+            ),
+        )])
+    }
+
+    /// `completed:<scenario>`, in the account's aggregate (Cosmos keeps no completion time).
+    pub fn completion(account: Uuid, scenario_id: &str) -> Groups {
+        let group = format!("completed:{scenario_id}");
+        let d = digest(account, &group, &[scenario_id]);
+        Groups::from([(group, d)])
+    }
+
+    /// `profile` (every field `update` replaces but onboarding) and `onboarded`.
+    pub fn profile(p: &UserProfile) -> Groups {
+        let account = p.account_id.map(|a| a.to_string());
+        let mut g = Groups::from([(
+            "profile".into(),
+            digest(
+                p.id,
+                "profile",
+                &[
+                    &p.name,
+                    p.age_group.as_str(),
+                    opt(p.bio.as_deref()),
+                    opt(p.pronouns.as_deref()),
+                    &p.preferred_themes.join("\u{1f}"),
+                    if p.is_guest { "guest" } else { "member" },
+                    opt(account.as_deref()),
+                ],
+            ),
+        )]);
+        g.extend(Self::onboarded(p.id, p.has_completed_onboarding));
+        g
+    }
+
+    /// `onboarded`: what `mark_onboarded` sets.
+    pub fn onboarded(profile: Uuid, done: bool) -> Groups {
+        let v = if done { "onboarded" } else { "not onboarded" };
+        Groups::from([("onboarded".into(), digest(profile, "onboarded", &[v]))])
+    }
+
+    /// `badge:<configuration>`, in the profile's aggregate.
+    pub fn badge(b: &UserBadge) -> Groups {
+        let group = format!("badge:{}", b.badge_configuration_id);
+        let d = digest(
+            b.user_profile_id,
+            &group,
+            &[&b.badge_configuration_id, &b.badge_name, &b.axis],
+        );
+        Groups::from([(group, d)])
+    }
+
+    /// `signup` (who asked), `attempts` (wrong codes counted) and `used`.
+    pub fn signup(s: &PendingSignup) -> Groups {
+        let mut g = Groups::from([(
+            "signup".into(),
+            digest(
+                s.id,
+                "signup",
+                &[
+                    &s.email.normalized(),
+                    &s.display_name,
+                    if s.is_signin { "sign-in" } else { "sign-up" },
+                ],
+            ),
+        )]);
+        g.extend(Self::attempts(s.id, s.failed_attempts));
+        g.extend(Self::used(s.id, s.is_used));
+        g
+    }
+
+    /// `attempts`: what a wrong code sets.
+    pub fn attempts(signup: Uuid, failed: i32) -> Groups {
+        Groups::from([(
+            "attempts".into(),
+            digest(signup, "attempts", &[&failed.to_string()]),
+        )])
+    }
+
+    /// `used`: what `mark_used` sets.
+    pub fn used(signup: Uuid, used: bool) -> Groups {
+        let v = if used { "used" } else { "open" };
+        Groups::from([("used".into(), digest(signup, "used", &[v]))])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// writing
+
+struct WriterState {
+    out: BufWriter<File>,
+    next_seq: u64,
+    unsynced: u64,
+    lines: u64,
+}
+
+/// Appends to a ledger file (see the module docs on what is written when). Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    path: PathBuf,
+    run: u64,
+    state: Arc<Mutex<WriterState>>,
+}
+
+impl std::fmt::Debug for LedgerWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerWriter")
+            .field("path", &self.path)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LedgerWriter {
+    /// Opens (or creates) the file for appending and starts a new run on it: the run number
+    /// and sequence numbers continue those already in the file, so a restarted load generator
+    /// appends to the ledger of the one that was killed.
+    pub fn open(path: &Path, seed: u64) -> Result<Self, LedgerError> {
+        let (mut run, mut seq) = (0u64, 0u64);
+        if path.exists() {
+            let file = File::open(path).map_err(file_err(path))?;
+            for line in BufReader::new(file).lines() {
+                let line = line.map_err(file_err(path))?;
+                // a line cut short by a kill is skipped here as in the check
+                match serde_json::from_str::<LedgerRecord>(&line) {
+                    Ok(LedgerRecord::Run { run: r, .. }) => run = run.max(r),
+                    Ok(LedgerRecord::Intent { seq: s, .. } | LedgerRecord::Ack { seq: s, .. }) => {
+                        seq = seq.max(s)
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(file_err(path))?;
+        // a torn last line (a kill mid-write) must not swallow the next record
+        if file.metadata().map_err(file_err(path))?.len() > 0 {
+            let ends_with_newline = std::fs::read(path)
+                .map_err(file_err(path))?
+                .last()
+                .is_some_and(|b| *b == b'\n');
+            if !ends_with_newline {
+                file.write_all(b"\n").map_err(file_err(path))?;
+            }
+        }
+        let writer = Self {
+            path: path.to_owned(),
+            run: run + 1,
+            state: Arc::new(Mutex::new(WriterState {
+                out: BufWriter::with_capacity(64 * 1024, file),
+                next_seq: seq + 1,
+                unsynced: 0,
+                lines: 0,
+            })),
+        };
+        writer.append(
+            &LedgerRecord::Run {
+                run: writer.run,
+                seed,
+                at: Utc::now(),
+            },
+            true,
+        )?;
+        writer.sync()?;
+        Ok(writer)
+    }
+
+    /// This writer's run number (1 for a new file).
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, record: &LedgerRecord, flush: bool) -> Result<(), LedgerError> {
+        let mut state = self.lock();
+        let mut line = serde_json::to_vec(record).map_err(|e| LedgerError::File {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        state.out.write_all(&line).map_err(file_err(&self.path))?;
+        state.unsynced += 1;
+        state.lines += 1;
+        if flush {
+            state.out.flush().map_err(file_err(&self.path))?;
+        }
+        Ok(())
+    }
+
+    fn take_seq(&self) -> u64 {
+        let mut state = self.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        seq
+    }
+
+    /// Records that a call is about to be made, handing the bytes to the kernel before it
+    /// returns (a `kill -9` of this process cannot lose them). Returns the call's number.
+    pub fn intent(
+        &self,
+        op: &str,
+        container: &str,
+        key: Uuid,
+        groups: Groups,
+    ) -> Result<u64, LedgerError> {
+        let seq = self.take_seq();
+        self.append(
+            &LedgerRecord::Intent {
+                seq,
+                op: op.to_owned(),
+                container: container.to_owned(),
+                key,
+                groups,
+            },
+            true,
+        )?;
+        Ok(seq)
+    }
+
+    /// Records an acknowledged call (buffered; see [`LedgerWriter::sync`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ack(
+        &self,
+        call: u64,
+        phase: Phase,
+        phase_after: Phase,
+        op: &str,
+        container: &str,
+        key: Uuid,
+        groups: Groups,
+    ) -> Result<(), LedgerError> {
+        let seq = self.take_seq();
+        self.append(
+            &LedgerRecord::Ack {
+                seq,
+                call,
+                at: Utc::now(),
+                phase,
+                phase_after: (phase_after != phase).then_some(phase_after),
+                op: op.to_owned(),
+                container: container.to_owned(),
+                key,
+                groups,
+            },
+            false,
+        )
+    }
+
+    /// Flushes and fsyncs what is buffered. Returns how many records it made durable.
+    pub fn sync(&self) -> Result<u64, LedgerError> {
+        let mut state = self.lock();
+        if state.unsynced == 0 {
+            return Ok(0);
+        }
+        state.out.flush().map_err(file_err(&self.path))?;
+        state.out.get_ref().sync_data().map_err(file_err(&self.path))?;
+        Ok(std::mem::take(&mut state.unsynced))
+    }
+
+    /// Lines this writer appended.
+    pub fn lines(&self) -> u64 {
+        self.lock().lines
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// checking
+
+/// Which stores hold what the check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    Postgres,
+    Cosmos,
+}
+
+/// An acknowledged write a store does not hold (named by aggregate and field group, never a
+/// value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LostWrite {
+    pub store: Store,
+    pub container: ContainerName,
+    pub key: Uuid,
+    pub group: String,
+    /// The `seq` of the acknowledgement.
+    pub ack_seq: u64,
+    pub op: String,
+    pub phase: Phase,
+    /// `missing`: the store has nothing for the group; `differs`: it holds another state.
+    pub reason: &'static str,
+}
+
+/// Something held more than once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Duplicate {
+    pub store: Store,
+    pub container: ContainerName,
+    pub key: Uuid,
+    /// What is duplicated: `badge:<configuration>`, `completed:<scenario>`, `auth0_user_id`,
+    /// `document_id`.
+    pub what: String,
+    pub count: u64,
+}
+
+/// How full the journal and the outbox were when the check ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    pub journal_entries: i64,
+    pub outbox_rows: i64,
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerReport {
+    /// Depth of the retry journal table and the outbox when the check started: both must be 0
+    /// for the check to mean something (see the module docs).
+    pub backlog: Backlog,
+    pub drained: bool,
+    pub runs: u64,
+    pub intents: u64,
+    pub acks: u64,
+    /// Calls that were never acknowledged (failed, or in flight at a kill).
+    pub unacknowledged: u64,
+    /// Lines that do not parse (the last line of a killed writer).
+    pub torn_lines: u64,
+    pub aggregates: u64,
+    /// (aggregate, field group) pairs with an acknowledged write.
+    pub groups_checked: u64,
+    /// Store-level promises checked (a phase-1 or -2 write counts twice).
+    pub promises_checked: u64,
+    /// Promises met by an unacknowledged later write rather than the last acknowledged one.
+    pub met_by_unacknowledged: u64,
+    pub lost: Vec<LostWrite>,
+    pub duplicates: Vec<Duplicate>,
+    pub passed: bool,
+}
+
+impl LedgerReport {
+    /// A few lines for people (aggregate keys, never values).
+    pub fn summary(&self, max_items: usize) -> String {
+        let mut out = format!(
+            "backlog before the check: retry journal {} entries, outbox {} rows{}\n",
+            self.backlog.journal_entries,
+            self.backlog.outbox_rows,
+            if self.drained {
+                ""
+            } else {
+                " (NOT drained: writes still waiting there are reported lost; replay the \
+                 journal and drain the outbox first)"
+            }
+        );
+        out.push_str(&format!(
+            "ledger: {} runs, {} calls, {} acknowledged, {} never acknowledged, {} torn lines\n\
+             checked: {} aggregates, {} field groups, {} store promises ({} met by an \
+             unacknowledged later write)\n",
+            self.runs,
+            self.intents,
+            self.acks,
+            self.unacknowledged,
+            self.torn_lines,
+            self.aggregates,
+            self.groups_checked,
+            self.promises_checked,
+            self.met_by_unacknowledged,
+        ));
+        out.push_str(&format!(
+            "lost acknowledged writes: {}\nduplicates: {}\n",
+            self.lost.len(),
+            self.duplicates.len()
+        ));
+        for l in self.lost.iter().take(max_items) {
+            out.push_str(&format!(
+                "  LOST in {:?}: {}/{} {} ({}, {} in {}, ack #{})\n",
+                l.store, l.container, l.key, l.group, l.reason, l.op, l.phase, l.ack_seq
+            ));
+        }
+        for d in self.duplicates.iter().take(max_items) {
+            out.push_str(&format!(
+                "  DUPLICATE in {:?}: {}/{} {} x{}\n",
+                d.store, d.container, d.key, d.what, d.count
+            ));
+        }
+        out.push_str(if self.passed {
+            "ledger check: PASS\n"
+        } else {
+            "ledger check: FAIL\n"
+        });
+        out
+    }
+}
+
+/// The last acknowledged write of one field group, and the unacknowledged intents after it.
+#[derive(Debug, Default)]
+struct Expectation {
+    last_ack: Option<AckedWrite>,
+    later_unacked: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct AckedWrite {
+    digest: String,
+    seq: u64,
+    op: String,
+    phase: Phase,
+    phase_after: Option<Phase>,
+}
+
+impl AckedWrite {
+    fn promises(&self, store: Store) -> bool {
+        let holds = |p: Phase| match store {
+            Store::Postgres => p.writes_postgres(),
+            Store::Cosmos => p.writes_cosmos(),
+        };
+        holds(self.phase) && self.phase_after.is_none_or(holds)
+    }
+}
+
+type AggregateId = (ContainerName, Uuid);
+
+/// Reads the ledger into expectations per aggregate and field group.
+fn read_ledger(
+    path: &Path,
+) -> Result<
+    (
+        BTreeMap<AggregateId, BTreeMap<String, Expectation>>,
+        LedgerReport,
+    ),
+    LedgerError,
+> {
+    let mut report = LedgerReport {
+        backlog: Backlog {
+            journal_entries: 0,
+            outbox_rows: 0,
+        },
+        drained: true,
+        runs: 0,
+        intents: 0,
+        acks: 0,
+        unacknowledged: 0,
+        torn_lines: 0,
+        aggregates: 0,
+        groups_checked: 0,
+        promises_checked: 0,
+        met_by_unacknowledged: 0,
+        lost: Vec::new(),
+        duplicates: Vec::new(),
+        passed: false,
+    };
+    let file = File::open(path).map_err(file_err(path))?;
+    let mut records = Vec::new();
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(file_err(path))?;
+    for (n, line) in lines.into_iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<LedgerRecord>(&line) {
+            Ok(r) => records.push(r),
+            // A writer killed mid-line leaves one torn line, possibly followed by the next
+            // run's records (the writer starts it on a new line). Anything else torn is damage.
+            Err(_) if line.starts_with('{') && !line.ends_with('}') => report.torn_lines += 1,
+            Err(_) => {
+                return Err(LedgerError::Malformed {
+                    path: path.to_owned(),
+                    line: n as u64 + 1,
+                });
+            }
+        }
+    }
+    let acked: HashSet<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            LedgerRecord::Ack { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    let mut expectations: BTreeMap<AggregateId, BTreeMap<String, Expectation>> = BTreeMap::new();
+    for record in records {
+        match record {
+            LedgerRecord::Run { .. } => report.runs += 1,
+            LedgerRecord::Intent {
+                seq,
+                container,
+                key,
+                groups,
+                ..
+            } => {
+                report.intents += 1;
+                if acked.contains(&seq) {
+                    continue;
+                }
+                report.unacknowledged += 1;
+                let aggregate = expectations.entry((container, key)).or_default();
+                for (group, digest) in groups {
+                    aggregate
+                        .entry(group)
+                        .or_default()
+                        .later_unacked
+                        .insert(digest);
+                }
+            }
+            LedgerRecord::Ack {
+                seq,
+                phase,
+                phase_after,
+                op,
+                container,
+                key,
+                groups,
+                ..
+            } => {
+                report.acks += 1;
+                let aggregate = expectations.entry((container, key)).or_default();
+                for (group, digest) in groups {
+                    let e = aggregate.entry(group).or_default();
+                    e.later_unacked.clear();
+                    e.last_ack = Some(AckedWrite {
+                        digest,
+                        seq,
+                        op: op.clone(),
+                        phase,
+                        phase_after,
+                    });
+                }
+            }
+        }
+    }
+    Ok((expectations, report))
+}
+
+/// What one store holds for one aggregate: digest per field group, and what it holds twice.
+#[derive(Debug, Default)]
+struct Held {
+    groups: Groups,
+    duplicated: Vec<(String, u64)>,
+}
+
+fn hold_completions(held: &mut Held, account: Uuid, list: &[CompletedScenario]) {
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for c in list {
+        *seen.entry(c.scenario_id.as_str()).or_default() += 1;
+        held.groups
+            .extend(FieldGroups::completion(account, &c.scenario_id));
+    }
+    for (scenario, n) in seen {
+        if n > 1 {
+            held.duplicated.push((format!("completed:{scenario}"), n));
+        }
+    }
+}
+
+fn hold_badges(held: &mut Held, list: &[UserBadge]) {
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for b in list {
+        *seen.entry(b.badge_configuration_id.as_str()).or_default() += 1;
+        // the first award wins; a duplicate is reported, not digested
+        if seen[b.badge_configuration_id.as_str()] == 1 {
+            held.groups.extend(FieldGroups::badge(b));
+        }
+    }
+    for (config, n) in seen {
+        if n > 1 {
+            held.duplicated.push((format!("badge:{config}"), n));
+        }
+    }
+}
+
+/// The ports of one store, to read an aggregate the same way from either.
+struct Reader<'a> {
+    accounts: &'a (dyn AccountRepository + 'a),
+    subscriptions: &'a (dyn SubscriptionRepository + 'a),
+    completed: &'a (dyn CompletedScenarioRepository + 'a),
+    profiles: &'a (dyn ProfileRepository + 'a),
+    badges: &'a (dyn BadgeRepository + 'a),
+    signups: &'a (dyn PendingSignupRepository + 'a),
+}
+
+impl Reader<'_> {
+    async fn held(&self, container: &str, key: Uuid) -> Result<Held, RepoError> {
+        let mut held = Held::default();
+        match container {
+            "Accounts" => {
+                if let Some(a) = self.accounts.get(key).await? {
+                    held.groups.extend(FieldGroups::account(&a));
+                    // one account per auth0 id: the same user's email finds every copy
+                    let same_user = self
+                        .accounts
+                        .find_by_email(&a.email)
+                        .await?
+                        .into_iter()
+                        .filter(|o| a.auth0_user_id.is_some() && o.auth0_user_id == a.auth0_user_id)
+                        .count() as u64;
+                    if same_user > 1 {
+                        held.duplicated.push(("auth0_user_id".into(), same_user));
+                    }
+                }
+                if let Some(s) = self.subscriptions.get_for_account(key).await? {
+                    held.groups.extend(FieldGroups::subscription(&s));
+                }
+                let completed = self.completed.list_by_account(key).await?;
+                hold_completions(&mut held, key, &completed);
+            }
+            "UserProfiles" => {
+                if let Some(p) = self.profiles.get(key).await? {
+                    held.groups.extend(FieldGroups::profile(&p));
+                }
+                let badges = self.badges.list_by_profile(key).await?;
+                hold_badges(&mut held, &badges);
+            }
+            "PendingSignups" => {
+                if let Some(s) = self.signups.get(key).await? {
+                    held.groups.extend(FieldGroups::signup(&s));
+                }
+            }
+            _ => {}
+        }
+        Ok(held)
+    }
+}
+
+/// PostgreSQL rows that share a Cosmos document id (two rows for one document), among `keys`.
+async fn pg_document_duplicates(
+    pool: &PgPool,
+    keys: &[Uuid],
+) -> Result<Vec<(String, Uuid, i64)>, RepoError> {
+    let sql = |e| mystira_postgres::map_sqlx_error("ledger check", e);
+    let mut out = Vec::new();
+    for (container, table) in [
+        ("Accounts", "accounts"),
+        ("UserProfiles", "user_profiles"),
+        ("PendingSignups", "pending_signups"),
+    ] {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select min(t.id::text)::uuid, count(*) from {table} t
+             where coalesce(t.cosmos_id, t.id::text) in
+                   (select coalesce(cosmos_id, id::text) from {table} where id = any($1))
+             group by coalesce(t.cosmos_id, t.id::text) having count(*) > 1"
+        )))
+        .bind(keys)
+        .fetch_all(pool)
+        .await
+        .map_err(sql)?;
+        out.extend(rows.into_iter().map(|(k, n)| (container.to_owned(), k, n)));
+    }
+    Ok(out)
+}
+
+/// Compares the ledger at `ledger` with both stores (see the module docs). Run it after
+/// recovery, once the retry journal and the outbox are empty.
+pub async fn check(
+    ledger: &Path,
+    pool: &PgPool,
+    cosmos: &CosmosRepositories,
+) -> Result<LedgerReport, LedgerError> {
+    let journal = mystira_postgres::journal::depth(pool).await?;
+    let outbox = mystira_postgres::outbox::depth(pool).await?;
+    let (expectations, mut report) = read_ledger(ledger)?;
+    report.backlog = Backlog {
+        journal_entries: journal.entries,
+        outbox_rows: outbox.rows,
+    };
+    report.drained = journal.entries == 0 && outbox.rows == 0;
+    report.aggregates = expectations.len() as u64;
+
+    let pg_accounts = PgAccountRepository::new(pool.clone());
+    let pg_subscriptions = PgSubscriptionRepository::new(pool.clone());
+    let pg_completed = PgCompletedScenarioRepository::new(pool.clone());
+    let pg_profiles = PgProfileRepository::new(pool.clone());
+    let pg_badges = PgBadgeRepository::new(pool.clone());
+    let pg_signups = PgPendingSignupRepository::new(pool.clone());
+    let readers = [
+        (
+            Store::Postgres,
+            Reader {
+                accounts: &pg_accounts,
+                subscriptions: &pg_subscriptions,
+                completed: &pg_completed,
+                profiles: &pg_profiles,
+                badges: &pg_badges,
+                signups: &pg_signups,
+            },
+        ),
+        (
+            Store::Cosmos,
+            Reader {
+                accounts: &cosmos.accounts,
+                subscriptions: &cosmos.subscriptions,
+                completed: &cosmos.completed_scenarios,
+                profiles: &cosmos.profiles,
+                badges: &cosmos.badges,
+                signups: &cosmos.pending_signups,
+            },
+        ),
+    ];
+
+    for ((container, key), groups) in &expectations {
+        let checked = groups.values().filter(|e| e.last_ack.is_some()).count() as u64;
+        report.groups_checked += checked;
+        for (store, reader) in &readers {
+            let promised: Vec<(&String, &Expectation, &AckedWrite)> = groups
+                .iter()
+                .filter_map(|(g, e)| e.last_ack.as_ref().map(|a| (g, e, a)))
+                .filter(|(_, _, a)| a.promises(*store))
+                .collect();
+            let held = reader.held(container, *key).await?;
+            for (what, count) in held.duplicated {
+                report.duplicates.push(Duplicate {
+                    store: *store,
+                    container: container.clone(),
+                    key: *key,
+                    what,
+                    count,
+                });
+            }
+            for (group, e, ack) in promised {
+                report.promises_checked += 1;
+                let found = held.groups.get(group);
+                if found == Some(&ack.digest) {
+                    continue;
+                }
+                if found.is_some_and(|d| e.later_unacked.contains(d)) {
+                    report.met_by_unacknowledged += 1;
+                    continue;
+                }
+                report.lost.push(LostWrite {
+                    store: *store,
+                    container: container.clone(),
+                    key: *key,
+                    group: group.clone(),
+                    ack_seq: ack.seq,
+                    op: ack.op.clone(),
+                    phase: ack.phase,
+                    reason: if found.is_some() { "differs" } else { "missing" },
+                });
+            }
+        }
+    }
+
+    let keys: Vec<Uuid> = expectations.keys().map(|(_, k)| *k).collect();
+    for (container, key, count) in pg_document_duplicates(pool, &keys).await? {
+        report.duplicates.push(Duplicate {
+            store: Store::Postgres,
+            container,
+            key,
+            what: "document_id".into(),
+            count: count as u64,
+        });
+    }
+    report.passed = report.lost.is_empty() && report.duplicates.is_empty();
+    Ok(report)
+}

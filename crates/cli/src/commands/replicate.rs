@@ -14,7 +14,7 @@ use mystira_migrate::replicate::{
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Outcome, db, source};
+use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
@@ -142,7 +142,7 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        stop::stop_signal().await;
         tracing::info!("stop requested: finishing the current page and releasing leases");
         let _ = stop_tx.send(true);
     });
@@ -158,25 +158,6 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
     Ok(outcome(&report))
 }
 
-/// SIGINT or SIGTERM.
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            // no signal handlers: only Ctrl-C through tokio's portable handler
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
 
 /// A log line per container every few seconds (and at the end of a `--once` run).
 fn log_progress(last: &Mutex<Instant>, report: &ReplicateReport) {

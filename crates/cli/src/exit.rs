@@ -46,7 +46,9 @@ Exit codes:
   0  success
   1  failure (database unreachable, PostgreSQL not installed, a migration failed, ...)
   2  usage or configuration error (bad flag, unreadable or invalid config file)
-  3  needs attention (db status: migrations pending, or an applied migration was edited)";
+  3  needs attention (db status: migrations pending, or an applied migration was edited;
+     phase set/clear: refused by a gate; journal status/replay: entries wait;
+     relay --drain: rows left; quarantine: open entries)";
 
 #[cfg(test)]
 mod tests {

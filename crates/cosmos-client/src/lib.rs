@@ -33,9 +33,9 @@ pub use container::{Container, QuerySpec, Stored, Versioned};
 pub use error::{Error, ErrorKind, Result};
 pub use pages::{Page, Pages, ResumeToken};
 pub use repos::{
-    AggregateWriter, CosmosAccountRepository, CosmosBadgeRepository, CosmosCompletedScenarioRepository,
-    CosmosPendingSignupRepository, CosmosProfileRepository, CosmosRepositories,
-    CosmosSubscriptionRepository, DocumentVersion,
+    AggregateWriter, CosmosAccountRepository, CosmosBadgeRepository,
+    CosmosCompletedScenarioRepository, CosmosPendingSignupRepository, CosmosProfileRepository,
+    CosmosRepositories, CosmosSubscriptionRepository, DocumentVersion,
 };
 pub use store::CosmosStore;
 pub use transfer::{ImportCounts, USER_DOMAIN_CONTAINERS, export_dir, import_dir};

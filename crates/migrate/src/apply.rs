@@ -85,7 +85,17 @@ pub async fn write_page(
                 message,
                 ts,
             } => {
-                quarantine(pool, retries, container, &document_id, code, &message, &raw, ts).await?;
+                quarantine(
+                    pool,
+                    retries,
+                    container,
+                    &document_id,
+                    code,
+                    &message,
+                    &raw,
+                    ts,
+                )
+                .await?;
                 counts.quarantined += 1;
             }
         }
@@ -199,4 +209,3 @@ where
     }
     unreachable!("the loop returns on the last attempt")
 }
-

@@ -251,11 +251,15 @@ pub async fn apply_record(pool: &PgPool, record: &JournalRecord) -> Result<(), R
                 other => RepoError::Store(other.to_string()),
             })
         }
-        JournalOp::Delete { key, source_ts } => {
-            bulk::delete_document(pool, &record.container, &record.document_id, *key, *source_ts)
-                .await
-                .map(|_| ())
-        }
+        JournalOp::Delete { key, source_ts } => bulk::delete_document(
+            pool,
+            &record.container,
+            &record.document_id,
+            *key,
+            *source_ts,
+        )
+        .await
+        .map(|_| ()),
     }
 }
 

@@ -463,7 +463,11 @@ impl LedgerWriter {
             return Ok(0);
         }
         state.out.flush().map_err(file_err(&self.path))?;
-        state.out.get_ref().sync_data().map_err(file_err(&self.path))?;
+        state
+            .out
+            .get_ref()
+            .sync_data()
+            .map_err(file_err(&self.path))?;
         Ok(std::mem::take(&mut state.unsynced))
     }
 
@@ -627,16 +631,11 @@ impl AckedWrite {
 
 type AggregateId = (ContainerName, Uuid);
 
+/// Per aggregate, per field group: what the stores must hold.
+type Expectations = BTreeMap<AggregateId, BTreeMap<String, Expectation>>;
+
 /// Reads the ledger into expectations per aggregate and field group.
-fn read_ledger(
-    path: &Path,
-) -> Result<
-    (
-        BTreeMap<AggregateId, BTreeMap<String, Expectation>>,
-        LedgerReport,
-    ),
-    LedgerError,
-> {
+fn read_ledger(path: &Path) -> Result<(Expectations, LedgerReport), LedgerError> {
     let mut report = LedgerReport {
         backlog: Backlog {
             journal_entries: 0,
@@ -686,7 +685,7 @@ fn read_ledger(
             _ => None,
         })
         .collect();
-    let mut expectations: BTreeMap<AggregateId, BTreeMap<String, Expectation>> = BTreeMap::new();
+    let mut expectations = Expectations::new();
     for record in records {
         match record {
             LedgerRecord::Run { .. } => report.runs += 1,
@@ -942,7 +941,11 @@ pub async fn check(
                     ack_seq: ack.seq,
                     op: ack.op.clone(),
                     phase: ack.phase,
-                    reason: if found.is_some() { "differs" } else { "missing" },
+                    reason: if found.is_some() {
+                        "differs"
+                    } else {
+                        "missing"
+                    },
                 });
             }
         }

@@ -146,7 +146,11 @@ impl LoadReport {
             self.ledger_lines,
         );
         if !self.errors.is_empty() {
-            let e: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let e: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             out.push_str(&format!("errors: {}\n", e.join(", ")));
         }
         out.push_str(&format!(
@@ -226,13 +230,7 @@ fn now_ms() -> DateTime<Utc> {
 }
 
 const NAMES: [&str; 8] = ["Ada", "Bo", "Cleo", "Dev", "Eli", "Fay", "Gus", "Ivy"];
-const THEMES: [&str; 5] = [
-    "Classic Fantasy",
-    "Space",
-    "Mystery",
-    "Animals",
-    "Pirates",
-];
+const THEMES: [&str; 5] = ["Classic Fantasy", "Space", "Mystery", "Animals", "Pirates"];
 const AGE_GROUPS: [&str; 4] = ["3-5", "6-9", "10-12", "13-18"];
 const TIERS: [&str; 3] = ["Basic", "Plus", "Family"];
 
@@ -308,7 +306,11 @@ impl User {
             signup,
             code,
             created: false,
-            wrong_left: if self.rng.chance(0.3) { 1 + self.rng.below(2) as u32 } else { 0 },
+            wrong_left: if self.rng.chance(0.3) {
+                1 + self.rng.below(2) as u32
+            } else {
+                0
+            },
             verified: false,
         }
     }
@@ -508,8 +510,8 @@ impl Ctx {
         let ended = match result {
             Ok(v) => match judge(&v) {
                 Some(acked) => {
-                    if let Some(call) = intent {
-                        if let Err(e) = self.ledger.ack(
+                    if let Some(call) = intent
+                        && let Err(e) = self.ledger.ack(
                             call,
                             phase,
                             phase_after,
@@ -517,9 +519,9 @@ impl Ctx {
                             target.container,
                             target.key,
                             acked,
-                        ) {
-                            self.tally().ledger_error.get_or_insert(e.to_string());
-                        }
+                        )
+                    {
+                        self.tally().ledger_error.get_or_insert(e.to_string());
                     }
                     Ended::Acked(v)
                 }
@@ -589,7 +591,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
     let r = &ctx.router;
     match user.next_step() {
         Step::SignupCreate => {
-            let Some(flow) = user.flow.as_mut() else { return };
+            let Some(flow) = user.flow.as_mut() else {
+                return;
+            };
             let s = flow.signup.clone();
             let g = FieldGroups::signup(&s);
             match ctx
@@ -607,9 +611,15 @@ async fn step(ctx: &Ctx, user: &mut User) {
             }
         }
         Step::VerifyWrong => {
-            let Some(flow) = user.flow.as_mut() else { return };
+            let Some(flow) = user.flow.as_mut() else {
+                return;
+            };
             let id = flow.signup.id;
-            let wrong = if flow.code == "000000" { "111111" } else { "000000" };
+            let wrong = if flow.code == "000000" {
+                "111111"
+            } else {
+                "000000"
+            };
             let expected = FieldGroups::attempts(id, flow.signup.failed_attempts + 1);
             let lockout = PendingSignup::DEFAULT_LOCKOUT_ATTEMPTS;
             let ended = ctx
@@ -617,7 +627,13 @@ async fn step(ctx: &Ctx, user: &mut User) {
                     "signup.verify_wrong",
                     signup_target(id),
                     Some(expected),
-                    PendingSignupRepository::verify_code(r, &flow.signup.email, wrong, Utc::now(), lockout),
+                    PendingSignupRepository::verify_code(
+                        r,
+                        &flow.signup.email,
+                        wrong,
+                        Utc::now(),
+                        lockout,
+                    ),
                     |o| match o {
                         VerifyOutcome::WrongCode { attempts_left } => {
                             Some(FieldGroups::attempts(id, lockout - attempts_left))
@@ -636,7 +652,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
             }
         }
         Step::VerifyRight => {
-            let Some(flow) = user.flow.as_mut() else { return };
+            let Some(flow) = user.flow.as_mut() else {
+                return;
+            };
             let id = flow.signup.id;
             let ended = ctx
                 .call(
@@ -682,7 +700,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
             }
         }
         Step::AccountCreate => {
-            let Some(a) = user.account.clone() else { return };
+            let Some(a) = user.account.clone() else {
+                return;
+            };
             let g = FieldGroups::account(&a);
             match ctx
                 .call(
@@ -789,7 +809,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
             .await;
         }
         Step::Scenario => {
-            let Some(account) = user.account.as_ref().map(|a| a.id) else { return };
+            let Some(account) = user.account.as_ref().map(|a| a.id) else {
+                return;
+            };
             user.scenarios += 1;
             let scenario = format!("scenario-{:04}", user.scenarios);
             let g = FieldGroups::completion(account, &scenario);
@@ -803,12 +825,21 @@ async fn step(ctx: &Ctx, user: &mut User) {
             .await;
         }
         Step::Subscription => {
-            let Some(account) = user.account.as_ref().map(|a| a.id) else { return };
+            let Some(account) = user.account.as_ref().map(|a| a.id) else {
+                return;
+            };
             let now = now_ms();
-            let kinds = [SubscriptionType::Monthly, SubscriptionType::Annual, SubscriptionType::Free];
+            let kinds = [
+                SubscriptionType::Monthly,
+                SubscriptionType::Annual,
+                SubscriptionType::Free,
+            ];
             let kind = kinds[user.rng.below(3) as usize];
             let s = Subscription {
-                id: user.subscription.as_ref().map_or_else(|| user.rng.uuid(), |s| s.id),
+                id: user
+                    .subscription
+                    .as_ref()
+                    .map_or_else(|| user.rng.uuid(), |s| s.id),
                 cosmos_id: None,
                 account_id: account,
                 subscription_type: kind,
@@ -839,7 +870,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
             }
         }
         Step::AccountUpdate => {
-            let Some(mut a) = user.account.clone() else { return };
+            let Some(mut a) = user.account.clone() else {
+                return;
+            };
             user.edits += 1;
             a.display_name = format!("{} {}", user.rng.pick(&NAMES), user.edits);
             a.settings.theme = user.rng.pick(&["light", "dark", "system"]).to_owned();
@@ -861,7 +894,9 @@ async fn step(ctx: &Ctx, user: &mut User) {
 }
 
 async fn login(ctx: &Ctx, user: &mut User) {
-    let Some(a) = user.account.as_mut() else { return };
+    let Some(a) = user.account.as_mut() else {
+        return;
+    };
     // strictly later than the last login: a later login never looks older
     let at = now_ms().max(a.last_login_at + chrono::Duration::milliseconds(1));
     let g = FieldGroups::login(a.id, at);

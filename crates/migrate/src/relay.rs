@@ -150,15 +150,14 @@ pub async fn relay_once(
 ) -> Result<RelayReport, RepoError> {
     use futures::StreamExt;
     let due = outbox::due_aggregates(pool, config.batch_aggregates).await?;
-    let results: Vec<(PendingAggregate, Result<Delivered, RepoError>)> =
-        futures::stream::iter(due)
-            .map(|aggregate| async move {
-                let result = deliver(pool, writer, aggregate.clone()).await;
-                (aggregate, result)
-            })
-            .buffer_unordered(config.concurrency.max(1))
-            .collect()
-            .await;
+    let results: Vec<(PendingAggregate, Result<Delivered, RepoError>)> = futures::stream::iter(due)
+        .map(|aggregate| async move {
+            let result = deliver(pool, writer, aggregate.clone()).await;
+            (aggregate, result)
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
     let mut report = RelayReport::default();
     for (aggregate, result) in results {
         match result {

@@ -309,17 +309,17 @@ impl DualWriteRouter {
                     return Ok(());
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(class = crate::journal::error_class(&e), "copy to postgresql failed; journalling");
+                    tracing::warn!(
+                        class = crate::journal::error_class(&e),
+                        "copy to postgresql failed; journalling"
+                    );
                 }
                 Err(_) => tracing::warn!("copy to postgresql timed out; journalling"),
             }
         }
         // The records may have landed in part: replaying them is harmless (version guard).
-        let journalled = tokio::time::timeout(
-            timeout,
-            journal::append(&self.0.pool, &records, "router"),
-        )
-        .await;
+        let journalled =
+            tokio::time::timeout(timeout, journal::append(&self.0.pool, &records, "router")).await;
         if matches!(journalled, Ok(Ok(()))) {
             self.count(|c| &c.journalled_postgres, records.len());
             self.0.wake.notify_one();
@@ -595,8 +595,12 @@ impl SubscriptionRepository for DualWriteRouter {
         page: PageRequest,
     ) -> RepoResult<Page<Subscription>> {
         let (pg, cosmos) = (&self.0.pg.subscriptions, &self.0.cosmos.subscriptions);
-        self.list(None, cosmos.list_active(now, page), pg.list_active(now, page))
-            .await
+        self.list(
+            None,
+            cosmos.list_active(now, page),
+            pg.list_active(now, page),
+        )
+        .await
     }
 }
 
@@ -849,7 +853,9 @@ pub async fn run_background(
                     busy |= r.delivered() > 0;
                     report.relay.add(&r);
                 }
-                Err(e) => tracing::warn!(class = crate::journal::error_class(&e), "relay pass failed"),
+                Err(e) => {
+                    tracing::warn!(class = crate::journal::error_class(&e), "relay pass failed")
+                }
             }
             busy
         };
@@ -866,4 +872,3 @@ pub async fn run_background(
         }
     }
 }
-

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use mystira_cosmos_client::CosmosRepositories;
 use mystira_domain::ports::{
-    AccountRepository, BadgeRepository, CompletedScenarioRepository, ProfileRepository,
-    RepoResult, SubscriptionRepository,
+    AccountRepository, BadgeRepository, CompletedScenarioRepository, ProfileRepository, RepoResult,
+    SubscriptionRepository,
 };
 use mystira_domain::{
     Account, AccountSettings, AgeGroup, Email, RepoError, Role, Subscription, SubscriptionType,
@@ -126,7 +126,10 @@ fn spread(runs: Vec<Latency>) -> Spread {
 }
 
 fn account(n: usize) -> Account {
-    let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap_or_default();
+    let at = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
     Account {
         id: Uuid::new_v4(),
         cosmos_id: None,
@@ -143,7 +146,11 @@ fn account(n: usize) -> Account {
 
 /// One call of the mix, the `n`th of its run, on `router`. Calls build on what earlier calls
 /// of the same run created (`state`).
-async fn call(router: &DualWriteRouter, n: usize, state: &mut Vec<(Account, Uuid)>) -> RepoResult<()> {
+async fn call(
+    router: &DualWriteRouter,
+    n: usize,
+    state: &mut Vec<(Account, Uuid)>,
+) -> RepoResult<()> {
     let now = Utc::now();
     match (n % 7, state.last().cloned()) {
         (0, _) | (_, None) => {
@@ -223,8 +230,13 @@ async fn call(router: &DualWriteRouter, n: usize, state: &mut Vec<(Account, Uuid
             BadgeRepository::award(router, &badge).await?;
         }
         (_, Some((a, _))) => {
-            CompletedScenarioRepository::mark_completed(router, a.id, &format!("scenario-{n}"), now)
-                .await?;
+            CompletedScenarioRepository::mark_completed(
+                router,
+                a.id,
+                &format!("scenario-{n}"),
+                now,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -273,7 +285,11 @@ pub async fn run_write_bench(
     let phases = [
         (Phase::CosmosOnly, None, inline.clone()),
         (Phase::DualWriteCosmosRead, Some("inline"), inline.clone()),
-        (Phase::DualWriteCosmosRead, Some("journal"), background.clone()),
+        (
+            Phase::DualWriteCosmosRead,
+            Some("journal"),
+            background.clone(),
+        ),
         (Phase::DualWritePostgresRead, Some("inline"), inline),
         (Phase::DualWritePostgresRead, Some("relay"), background),
     ];
@@ -308,7 +324,8 @@ pub async fn run_write_bench(
         .zip(per_phase)
         .map(|((phase, mode, _), runs)| {
             let latency = spread(runs);
-            let added = (latency.median.p99_ms - base_p99) / postgres_round_trip.median.p99_ms.max(1e-9);
+            let added =
+                (latency.median.p99_ms - base_p99) / postgres_round_trip.median.p99_ms.max(1e-9);
             PhaseLatency {
                 phase: *phase,
                 mode: *mode,

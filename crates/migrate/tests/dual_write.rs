@@ -71,7 +71,10 @@ async fn setup(pool: &PgPool, phase: Phase, test: &str) -> Setup {
 }
 
 async fn pg_account(pool: &PgPool, id: Uuid) -> Option<Account> {
-    PgAccountRepository::new(pool.clone()).get(id).await.unwrap()
+    PgAccountRepository::new(pool.clone())
+        .get(id)
+        .await
+        .unwrap()
 }
 
 async fn recorded_version(pool: &PgPool, container: &str, key: Uuid) -> (i64, Option<String>) {
@@ -88,7 +91,12 @@ async fn recorded_version(pool: &PgPool, container: &str, key: Uuid) -> (i64, Op
 
 /// The document as an independent HTTP client reads it from the server (plain GET on the
 /// REST path, no SDK; the test server does not check the signature).
-async fn raw_document(store: &mystira_cosmos_client::CosmosStore, container: &str, id: &str, pk: &str) -> Value {
+async fn raw_document(
+    store: &mystira_cosmos_client::CosmosStore,
+    container: &str,
+    id: &str,
+    pk: &str,
+) -> Value {
     let pem = std::fs::read(support::cert_file()).unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
@@ -124,7 +132,10 @@ async fn drain_outbox(setup: &Setup) {
         if outbox::depth(setup.router.pool()).await.unwrap().rows == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "the outbox did not drain in 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not drain in 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -138,11 +149,18 @@ async fn phase1_write_lands_in_cosmos_then_in_postgres_at_the_version_cosmos_sto
         display_name: "Sam's parent".to_owned(),
         ..a.clone()
     };
-    assert!(AccountRepository::update(&s.router, &renamed).await.unwrap());
+    assert!(
+        AccountRepository::update(&s.router, &renamed)
+            .await
+            .unwrap()
+    );
 
     let in_cosmos = s.router.cosmos().accounts.get(a.id).await.unwrap().unwrap();
     assert_eq!(in_cosmos.display_name, "Sam's parent");
-    assert_eq!(pg_account(&pool, a.id).await.unwrap().display_name, "Sam's parent");
+    assert_eq!(
+        pg_account(&pool, a.id).await.unwrap().display_name,
+        "Sam's parent"
+    );
     let stored = s
         .router
         .cosmos()
@@ -165,7 +183,13 @@ async fn phase1_copy_that_cannot_land_goes_to_the_journal_table_and_replays(pool
         postgres_timeout: Duration::from_millis(300),
         ..RouterConfig::default()
     };
-    let s = setup_on(pool.clone(), Phase::DualWriteCosmosRead, "p1-journal", config).await;
+    let s = setup_on(
+        pool.clone(),
+        Phase::DualWriteCosmosRead,
+        "p1-journal",
+        config,
+    )
+    .await;
     // Holding this lock blocks the copy (it claims a version row) but not the journal insert.
     let mut blocker = pool.begin().await.unwrap();
     sqlx::query("lock table migration.document_versions in exclusive mode")
@@ -194,7 +218,13 @@ async fn phase1_with_postgres_unreachable_journals_to_a_local_file_that_replays(
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
         .unwrap();
-    let s = setup_on(dead, Phase::DualWriteCosmosRead, "p1-file", RouterConfig::default()).await;
+    let s = setup_on(
+        dead,
+        Phase::DualWriteCosmosRead,
+        "p1-file",
+        RouterConfig::default(),
+    )
+    .await;
     let a = account();
     AccountRepository::create(&s.router, &a).await.unwrap();
     let profile_id = Uuid::new_v4();
@@ -346,7 +376,10 @@ async fn phase2_writes_reach_cosmos_in_the_shape_the_app_reads(pool: PgPool) {
     let doc = raw_document(&s.store, "Accounts", &id, &id).await;
     assert_eq!(doc["$type"], "Account");
     assert_eq!(doc["Email"], a.email.as_str());
-    assert_eq!(doc["ExternalUserId"], a.auth0_user_id.clone().unwrap().as_str());
+    assert_eq!(
+        doc["ExternalUserId"],
+        a.auth0_user_id.clone().unwrap().as_str()
+    );
     assert_eq!(doc["Role"], "User");
     assert_eq!(doc["Subscription"]["Type"], 2, "enums are integers");
     assert_eq!(doc["Subscription"]["PurchasedScenarios"], "dragons,pirates");
@@ -364,7 +397,10 @@ async fn phase2_writes_reach_cosmos_in_the_shape_the_app_reads(pool: PgPool) {
     let doc = raw_document(&s.store, "UserProfiles", &pid, &pid).await;
     assert_eq!(doc["$type"], "UserProfile");
     assert_eq!(doc["AccountId"], id.as_str());
-    assert_eq!(doc["PreferredFantasyThemes"], "Classic Fantasy,Magic & Wizards");
+    assert_eq!(
+        doc["PreferredFantasyThemes"],
+        "Classic Fantasy,Magic & Wizards"
+    );
     assert_eq!(doc["AgeGroupName"], "6-9");
     let badges = doc["EarnedBadges"].as_array().unwrap();
     assert_eq!(badges.len(), 1);
@@ -377,7 +413,8 @@ async fn phase2_writes_reach_cosmos_in_the_shape_the_app_reads(pool: PgPool) {
     assert_eq!(doc["FailedAttempts"], 0);
 
     // and the app's codec reads back exactly what PostgreSQL holds
-    let decoded = codec::decode_account(&raw_document(&s.store, "Accounts", &id, &id).await).unwrap();
+    let decoded =
+        codec::decode_account(&raw_document(&s.store, "Accounts", &id, &id).await).unwrap();
     assert_eq!(decoded.account, pg_account(&pool, a.id).await.unwrap());
 }
 
@@ -423,9 +460,25 @@ async fn phase2_delete_in_postgres_removes_the_cosmos_document(pool: PgPool) {
     let s = setup(&pool, Phase::DualWritePostgresRead, "p2-delete").await;
     let a = account();
     AccountRepository::create(&s.router, &a).await.unwrap();
-    assert!(s.router.cosmos().accounts.get(a.id).await.unwrap().is_some());
+    assert!(
+        s.router
+            .cosmos()
+            .accounts
+            .get(a.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(AccountRepository::delete(&s.router, a.id).await.unwrap());
-    assert!(s.router.cosmos().accounts.get(a.id).await.unwrap().is_none());
+    assert!(
+        s.router
+            .cosmos()
+            .accounts
+            .get(a.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(outbox::depth(&pool).await.unwrap().rows, 0);
 }
 
@@ -437,14 +490,20 @@ async fn phase2_miss_falls_back_to_cosmos_and_backfills_postgres(pool: PgPool) {
     s.router.cosmos().accounts.create(&a).await.unwrap();
     assert!(pg_account(&pool, a.id).await.is_none());
 
-    let found = AccountRepository::get(&s.router, a.id).await.unwrap().unwrap();
+    let found = AccountRepository::get(&s.router, a.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.email, a.email);
     assert_eq!(s.router.stats().fallback_reads, 1);
     assert_eq!(pg_account(&pool, a.id).await.unwrap().email, a.email);
     // the back-fill is a copy from Cosmos: nothing to send back
     assert_eq!(outbox::depth(&pool).await.unwrap().rows, 0);
     // the next read is served by PostgreSQL
-    AccountRepository::get(&s.router, a.id).await.unwrap().unwrap();
+    AccountRepository::get(&s.router, a.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.router.stats().fallback_reads, 1);
 }
 
@@ -499,7 +558,11 @@ async fn outbox_rows_come_from_postgres_writes_only_and_not_in_postgres_only(poo
         .await
         .unwrap();
     repo.create(&account()).await.unwrap();
-    assert_eq!(outbox::depth(&pool).await.unwrap().rows, 1, "phase 3 writes no outbox rows");
+    assert_eq!(
+        outbox::depth(&pool).await.unwrap().rows,
+        1,
+        "phase 3 writes no outbox rows"
+    );
 
     // a canary account still in phase 2 keeps its outbox
     let canary = account();
@@ -526,7 +589,9 @@ async fn verify_towards_cosmos_finds_what_cosmos_lacks_and_repair_delivers_it(po
         AccountRepository::create(&s.router, a).await.unwrap();
     }
     let source = CosmosSource::new(s.store.clone());
-    let clean = run_verify(&pool, &source, &VerifyOptions::default()).await.unwrap();
+    let clean = run_verify(&pool, &source, &VerifyOptions::default())
+        .await
+        .unwrap();
     assert_eq!(clean.outcome, Outcome::Clean, "{}", clean.summary(10));
 
     // behind the router's back: one document edited, one deleted
@@ -538,11 +603,17 @@ async fn verify_towards_cosmos_finds_what_cosmos_lacks_and_repair_delivers_it(po
     let gone = lost.id.to_string();
     assert!(accounts.delete(gone.clone(), &gone).await.unwrap());
 
-    let drift = run_verify(&pool, &source, &VerifyOptions::default()).await.unwrap();
+    let drift = run_verify(&pool, &source, &VerifyOptions::default())
+        .await
+        .unwrap();
     assert_eq!(drift.outcome, Outcome::Drift);
     let keys: std::collections::BTreeSet<String> =
         drift.drift().filter_map(|i| i.key.clone()).collect();
-    assert!(keys.contains(&id) && keys.contains(&gone), "{}", drift.summary(10));
+    assert!(
+        keys.contains(&id) && keys.contains(&gone),
+        "{}",
+        drift.summary(10)
+    );
     assert!(!keys.contains(&kept.id.to_string()));
 
     let report = repair_towards_cosmos(
@@ -554,10 +625,30 @@ async fn verify_towards_cosmos_finds_what_cosmos_lacks_and_repair_delivers_it(po
     )
     .await
     .unwrap();
-    assert_eq!(report.after.outcome, Outcome::Clean, "{}", report.after.summary(10));
-    let restored = s.router.cosmos().accounts.get(changed.id).await.unwrap().unwrap();
+    assert_eq!(
+        report.after.outcome,
+        Outcome::Clean,
+        "{}",
+        report.after.summary(10)
+    );
+    let restored = s
+        .router
+        .cosmos()
+        .accounts
+        .get(changed.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(restored.display_name, changed.display_name);
-    assert!(s.router.cosmos().accounts.get(lost.id).await.unwrap().is_some());
+    assert!(
+        s.router
+            .cosmos()
+            .accounts
+            .get(lost.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -570,7 +661,13 @@ async fn background_modes_leave_the_second_store_to_the_background_work_which_ca
         phase2_delivery: Phase2Delivery::Background,
         ..RouterConfig::default()
     };
-    let p1 = setup_on(pool.clone(), Phase::DualWriteCosmosRead, "bg-modes", config.clone()).await;
+    let p1 = setup_on(
+        pool.clone(),
+        Phase::DualWriteCosmosRead,
+        "bg-modes",
+        config.clone(),
+    )
+    .await;
     let a = account();
     AccountRepository::create(&p1.router, &a).await.unwrap();
     // acknowledged with the journal entry, before PostgreSQL has the row
@@ -602,12 +699,18 @@ async fn background_modes_leave_the_second_store_to_the_background_work_which_ca
     while pg_account(&pool, a.id).await.is_none()
         || p2.cosmos().accounts.get(b.id).await.unwrap().is_none()
     {
-        assert!(Instant::now() < deadline, "the background work did not catch up in 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "the background work did not catch up in 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop_tx.send(()).unwrap();
     let report = background.await.unwrap();
-    assert!(report.journal.applied >= 1 && report.relay.put >= 1, "{report:?}");
+    assert!(
+        report.journal.applied >= 1 && report.relay.put >= 1,
+        "{report:?}"
+    );
     assert_eq!(journal::depth(&pool).await.unwrap().entries, 0);
     assert_eq!(outbox::depth(&pool).await.unwrap().rows, 0);
 }

@@ -68,14 +68,14 @@ pub async fn load_profile(
     };
     let badges = badges_of_profile(&mut *conn, key).await?;
     let account_cosmos_id = match profile.account_id {
-        Some(account) => sqlx::query_scalar::<_, Option<String>>(
-            "select cosmos_id from accounts where id = $1",
-        )
-        .bind(account)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| crate::map_sqlx_error("accounts", e))?
-        .flatten(),
+        Some(account) => {
+            sqlx::query_scalar::<_, Option<String>>("select cosmos_id from accounts where id = $1")
+                .bind(account)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| crate::map_sqlx_error("accounts", e))?
+                .flatten()
+        }
         None => None,
     };
     Ok(Some(ProfileAggregate {

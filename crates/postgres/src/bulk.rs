@@ -716,21 +716,21 @@ pub async fn delete_document(
         return Ok(DeleteOutcome::Superseded);
     }
     // `table` is one of three constants, never input
-    let removed = sqlx::query(sqlx::AssertSqlSafe(format!("delete from {table} where id = $1")))
-        .bind(key)
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?
-        .rows_affected()
-        > 0;
-    sqlx::query(
-        "delete from migration.document_notes where container = $1 and document_id = $2",
-    )
-    .bind(container)
-    .bind(document_id)
+    let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "delete from {table} where id = $1"
+    )))
+    .bind(key)
     .execute(&mut *tx)
     .await
-    .map_err(map)?;
+    .map_err(map)?
+    .rows_affected()
+        > 0;
+    sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
+        .bind(container)
+        .bind(document_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
     tx.commit().await.map_err(map)?;
     Ok(DeleteOutcome::Deleted { removed })
 }

@@ -135,28 +135,30 @@ pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<Journa
     .await
     .map_err(map)?;
     rows.into_iter()
-        .map(|(id, container, document_id, op, document, key, ts, attempts)| {
-            let op = match (op.as_str(), document, key, ts) {
-                ("upsert", Some(document), _, _) => JournalOp::Upsert { document },
-                ("delete", None, Some(key), Some(source_ts)) => {
-                    JournalOp::Delete { key, source_ts }
-                }
-                _ => {
-                    return Err(RepoError::Store(format!(
-                        "retry journal entry {id} is malformed (op, document, key, source_ts)"
-                    )));
-                }
-            };
-            Ok(JournalEntry {
-                id,
-                record: JournalRecord {
-                    container,
-                    document_id,
-                    op,
-                },
-                attempts,
-            })
-        })
+        .map(
+            |(id, container, document_id, op, document, key, ts, attempts)| {
+                let op = match (op.as_str(), document, key, ts) {
+                    ("upsert", Some(document), _, _) => JournalOp::Upsert { document },
+                    ("delete", None, Some(key), Some(source_ts)) => {
+                        JournalOp::Delete { key, source_ts }
+                    }
+                    _ => {
+                        return Err(RepoError::Store(format!(
+                            "retry journal entry {id} is malformed (op, document, key, source_ts)"
+                        )));
+                    }
+                };
+                Ok(JournalEntry {
+                    id,
+                    record: JournalRecord {
+                        container,
+                        document_id,
+                        op,
+                    },
+                    attempts,
+                })
+            },
+        )
         .collect()
 }
 
@@ -172,7 +174,12 @@ pub async fn remove(conn: &mut PgConnection, ids: &[i64]) -> Result<()> {
 
 /// Defers an entry whose replay failed: one more attempt counted, the failure class kept, and
 /// the next attempt after `delay_ms`.
-pub async fn defer(conn: &mut PgConnection, id: i64, error_class: &str, delay_ms: i64) -> Result<()> {
+pub async fn defer(
+    conn: &mut PgConnection,
+    id: i64,
+    error_class: &str,
+    delay_ms: i64,
+) -> Result<()> {
     sqlx::query(
         "update migration.retry_journal
          set attempts = attempts + 1, last_error = $2,

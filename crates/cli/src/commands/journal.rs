@@ -19,6 +19,8 @@ pub enum JournalCommand {
     /// How many writes wait in the journal table and in the local journal files, and since
     /// when. Exit code 3 when any do.
     Status {
+        /// The local journal files' directory [default: /var/lib/mystira-users/journal as
+        /// root, else ~/.local/share/mystira-users/journal]
         #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
         journal_dir: Option<PathBuf>,
     },
@@ -27,6 +29,8 @@ pub enum JournalCommand {
     /// routers). Exit code 0 when nothing is left, 3 when entries wait (deferred after a
     /// failure, or held by a running process).
     Replay {
+        /// The local journal files' directory [default: /var/lib/mystira-users/journal as
+        /// root, else ~/.local/share/mystira-users/journal]
         #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
         journal_dir: Option<PathBuf>,
     },
@@ -35,7 +39,9 @@ pub enum JournalCommand {
 fn journal_dir(flag: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match flag {
         Some(dir) => Ok(dir.clone()),
-        None => FileJournal::default_dir().context("no default journal directory: pass --journal-dir"),
+        None => {
+            FileJournal::default_dir().context("no default journal directory: pass --journal-dir")
+        }
     }
 }
 
@@ -47,8 +53,16 @@ pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Resul
             let dir = journal_dir(d)?;
             let files = FileJournal::open(&dir).context("cannot open the journal directory")?;
             let mut report = ReplayReport::default();
-            report.add(&replay_files(&pool, &files).await.context("replaying journal files failed")?);
-            report.add(&replay_table(&pool, 200).await.context("replaying the journal failed")?);
+            report.add(
+                &replay_files(&pool, &files)
+                    .await
+                    .context("replaying journal files failed")?,
+            );
+            report.add(
+                &replay_table(&pool, 200)
+                    .await
+                    .context("replaying the journal failed")?,
+            );
             (dir, Some(report))
         }
     };

@@ -54,7 +54,11 @@ pub async fn run(command: &LedgerCommand, settings: &Settings) -> anyhow::Result
         .await
         .context("the ledger check could not run")?;
     Ok(Outcome {
-        exit: if report.passed { Exit::Ok } else { Exit::Failure },
+        exit: if report.passed {
+            Exit::Ok
+        } else {
+            Exit::Failure
+        },
         human: report.summary(*max_items),
         json: serde_json::to_value(&report).context("cannot encode the report")?,
     })

@@ -98,7 +98,9 @@ async fn drain(
             .await
             .context("a relay pass failed")?;
         total.add(&pass);
-        let left = outbox::depth(pool).await.context("cannot read the outbox")?;
+        let left = outbox::depth(pool)
+            .await
+            .context("cannot read the outbox")?;
         if left.rows == 0 || Instant::now() >= deadline {
             return Ok(total);
         }

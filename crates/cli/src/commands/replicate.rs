@@ -158,7 +158,6 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
     Ok(outcome(&report))
 }
 
-
 /// A log line per container every few seconds (and at the end of a `--once` run).
 fn log_progress(last: &Mutex<Instant>, report: &ReplicateReport) {
     let mut last = last

@@ -96,8 +96,11 @@ async fn towards_cosmos(
         return match mystira_migrate::run_verify(pool, source, options).await {
             Ok(report) => Outcome {
                 exit: exit_for(report.outcome),
-                human: format!("direction: pg-to-cosmos (Cosmos must hold what PostgreSQL holds; \
-                                `extra` rows are missing in Cosmos)\n{}", report.summary(args.max_items)),
+                human: format!(
+                    "direction: pg-to-cosmos (Cosmos must hold what PostgreSQL holds; \
+                                `extra` rows are missing in Cosmos)\n{}",
+                    report.summary(args.max_items)
+                ),
                 json: json!({ "direction": "pg-to-cosmos", "report": report }),
             },
             Err(e) => could_not_verify(&e.to_string()),
@@ -117,7 +120,10 @@ async fn towards_cosmos(
     match repair_towards_cosmos(pool, source, &repos.writer, options, &repair).await {
         Ok(report) => Outcome {
             exit: exit_for(report.after.outcome),
-            human: format!("direction: pg-to-cosmos\n{}", report.summary(args.max_items)),
+            human: format!(
+                "direction: pg-to-cosmos\n{}",
+                report.summary(args.max_items)
+            ),
             json: json!({ "direction": "pg-to-cosmos", "report": report }),
         },
         Err(e) => could_not_verify(&e.to_string()),

@@ -17,9 +17,9 @@
 //! account that does not exist, which PostgreSQL cannot keep).
 
 use mystira_cosmos::codec;
+use mystira_domain::RepoError;
 use mystira_domain::aggregate::{AccountAggregate, Aggregate, ProfileAggregate};
 use mystira_domain::ports::RepoResult;
-use mystira_domain::RepoError;
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -256,10 +256,29 @@ async fn recopy(
                     SourceDocument::Malformed { .. } => None,
                 })
                 .collect();
-            // lift the version guard for exactly these documents
+            // lift the version guard for exactly these documents; a repair from the source
+            // also discards PostgreSQL changes of them that Cosmos has not taken (their outbox
+            // rows), which would otherwise hold the copy back: the source is the reference here
+            let keys: Vec<uuid::Uuid> = batch
+                .iter()
+                .filter_map(|d| match d {
+                    SourceDocument::Document(v) => {
+                        mystira_cosmos::codec::Container::from_name(container)
+                            .and_then(|c| mystira_cosmos::codec::document_ref(c, v))
+                            .map(|r| r.key)
+                    }
+                    SourceDocument::Malformed { .. } => None,
+                })
+                .collect();
             sqlx::query("delete from migration.document_versions where container = $1 and document_id = any($2)")
                 .bind(container)
                 .bind(&batch_ids)
+                .execute(pool)
+                .await
+                .map_err(sql)?;
+            sqlx::query("delete from migration.outbox where container = $1 and key = any($2)")
+                .bind(container)
+                .bind(&keys)
                 .execute(pool)
                 .await
                 .map_err(sql)?;

@@ -89,11 +89,7 @@ pub async fn repair_towards_cosmos(
         };
         for (container, key) in &aggregates {
             outbox::enqueue(pool, container, *key).await?;
-            round
-                .recopied
-                .entry(container.clone())
-                .or_default()
-                .written += 1;
+            round.recopied.entry(container.clone()).or_default().written += 1;
         }
         drain(pool, writer).await?;
         rounds.push(round);

@@ -104,6 +104,8 @@ struct Rig {
     cosmos_db: String,
     work: tempfile::TempDir,
     runs: u32,
+    /// Router modes passed to every `loadgen` (`--phase1-copy`, `--phase2-delivery`).
+    modes: Vec<&'static str>,
 }
 
 impl Rig {
@@ -115,6 +117,7 @@ impl Rig {
             cosmos_db: store.database_name().to_owned(),
             work: tempfile::tempdir().unwrap(),
             runs: 0,
+            modes: Vec::new(),
         };
         let out = rig.run(&["db", "migrate"]);
         assert!(out.status.success(), "db migrate failed");
@@ -176,6 +179,7 @@ impl Rig {
             std::fs::File::create(self.work.path().join(format!("loadgen-{}.log", self.runs)))
                 .unwrap();
         let ledger = self.ledger();
+        let modes = self.modes.clone();
         self.command(&[
             "loadgen",
             "--ledger",
@@ -192,6 +196,7 @@ impl Rig {
             "7",
             "--json",
         ])
+        .args(modes)
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
@@ -353,22 +358,13 @@ fn phases(report: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // (a) PostgreSQL stopped for 10 s, then started again
 
-async fn postgres_outage(test: &str, phase: &str) -> (Value, Value) {
+async fn postgres_outage(test: &str, phase: &str, modes: &[&'static str]) -> (Value, Value) {
     let mut rig = Rig::new(test, phase).await;
+    rig.modes = modes.to_vec();
     let mut load = rig.loadgen(16);
     rig.wait_acks(40).await;
     rig.cluster.stop();
-    if std::env::var_os("BREAK_JOURNAL").is_some() {
-        // DEMO ONLY: the journal loses what it holds
-        for _ in 0..33 {
-            for e in std::fs::read_dir(rig.journal_dir()).unwrap() {
-                let _ = std::fs::remove_file(e.unwrap().path());
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    } else {
     tokio::time::sleep(Duration::from_secs(10)).await;
-    }
     rig.cluster.restart();
     let report = rig.finish(&mut load, Duration::from_secs(90));
     let check = rig.assert_recovered();
@@ -377,7 +373,7 @@ async fn postgres_outage(test: &str, phase: &str) -> (Value, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase1_postgres_down_for_10s_journals_to_files_and_loses_no_acknowledged_write() {
-    let (report, _) = postgres_outage("faults-pg1", "dual-write-cosmos-read").await;
+    let (report, _) = postgres_outage("faults-pg1", "dual-write-cosmos-read", &[]).await;
     assert!(
         router(&report, "journalled_file") > 0,
         "the outage never reached the local journal: {}",
@@ -387,15 +383,16 @@ async fn phase1_postgres_down_for_10s_journals_to_files_and_loses_no_acknowledge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase2_postgres_down_for_10s_fails_calls_but_loses_no_acknowledged_write() {
-    let (report, _) = postgres_outage("faults-pg2", "dual-write-postgres-read").await;
+    let (report, _) = postgres_outage("faults-pg2", "dual-write-postgres-read", &[]).await;
     assert!(errors(&report) > 0, "the outage failed no call");
 }
 
 // ---------------------------------------------------------------------------------------------
 // (b) Cosmos throttled (429 with a retry-after), then unreachable (connections dropped)
 
-async fn cosmos_faults(test: &str, phase: &str) -> Value {
+async fn cosmos_faults(test: &str, phase: &str, modes: &[&'static str]) -> Value {
     let mut rig = Rig::new(test, phase).await;
+    rig.modes = modes.to_vec();
     let faults = support::Faults::new();
     let scope = format!("/dbs/{}/", rig.cosmos_db);
     let mut load = rig.loadgen(14);
@@ -414,12 +411,6 @@ async fn cosmos_faults(test: &str, phase: &str) -> Value {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let dropped = faults.hits(&drop).await;
-    if std::env::var_os("BREAK_OUTBOX").is_some() {
-        // DEMO ONLY: the outbox loses its rows
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&rig.cluster.url).await.unwrap();
-        let n = sqlx::query("delete from migration.outbox").execute(&mut c).await.unwrap().rows_affected();
-        eprintln!("DEMO: deleted {n} outbox rows");
-    }
     faults.disarm(&drop).await;
     assert!(throttled > 0 && dropped > 0, "the faults hit nothing");
     let report = rig.finish(&mut load, Duration::from_secs(90));
@@ -429,13 +420,13 @@ async fn cosmos_faults(test: &str, phase: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase1_cosmos_throttled_then_unreachable_loses_no_acknowledged_write() {
-    let report = cosmos_faults("faults-cosmos1", "dual-write-cosmos-read").await;
+    let report = cosmos_faults("faults-cosmos1", "dual-write-cosmos-read", &[]).await;
     assert!(errors(&report) > 0, "Cosmos down failed no phase-1 call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase2_cosmos_throttled_then_unreachable_leaves_writes_to_the_relay_and_loses_none() {
-    let report = cosmos_faults("faults-cosmos2", "dual-write-postgres-read").await;
+    let report = cosmos_faults("faults-cosmos2", "dual-write-postgres-read", &[]).await;
     assert!(
         router(&report, "left_to_relay") > 0,
         "no phase-2 write was left to the relay: {}",
@@ -446,8 +437,9 @@ async fn phase2_cosmos_throttled_then_unreachable_leaves_writes_to_the_relay_and
 // ---------------------------------------------------------------------------------------------
 // (c) the loadgen process (hosting the router) killed with SIGKILL mid-write, and restarted
 
-async fn killed(test: &str, phase: &str) -> Value {
+async fn killed(test: &str, phase: &str, modes: &[&'static str]) -> Value {
     let mut rig = Rig::new(test, phase).await;
+    rig.modes = modes.to_vec();
     let mut victim = rig.loadgen(30);
     rig.wait_acks(120).await;
     // SIGKILL: what `kill -9` sends
@@ -469,12 +461,12 @@ async fn killed(test: &str, phase: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase1_router_killed_mid_write_and_restarted_loses_no_acknowledged_write() {
-    killed("faults-kill1", "dual-write-cosmos-read").await;
+    killed("faults-kill1", "dual-write-cosmos-read", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase2_router_killed_mid_write_and_restarted_loses_no_acknowledged_write() {
-    killed("faults-kill2", "dual-write-postgres-read").await;
+    killed("faults-kill2", "dual-write-postgres-read", &[]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,4 +495,28 @@ async fn phase_switched_forward_and_back_under_load_loses_no_acknowledged_write(
         "the load did not run in both phases: {ran_in:?}"
     );
     rig.assert_recovered();
+}
+
+// ---------------------------------------------------------------------------------------------
+// the router's background modes: the phase-1 copy through the journal, the phase-2 delivery
+// after the call
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase1_copy_through_the_journal_with_postgres_down_for_10s_loses_no_acknowledged_write() {
+    postgres_outage(
+        "faults-pg1j",
+        "dual-write-cosmos-read",
+        &["--phase1-copy", "journal"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase2_background_delivery_with_the_router_killed_loses_no_acknowledged_write() {
+    killed(
+        "faults-kill2b",
+        "dual-write-postgres-read",
+        &["--phase2-delivery", "background"],
+    )
+    .await;
 }

@@ -78,6 +78,10 @@ pub struct WriteBenchReport {
     /// Aggregates delivered per second by one relay (default concurrency), per run.
     pub relay_aggregates_per_second: Vec<f64>,
     pub relay_aggregates: usize,
+    /// Documents read from the change feed and written into an emptied PostgreSQL per second
+    /// by one `replicate --once` (default settings), per run.
+    pub replicate_documents_per_second: Vec<f64>,
+    pub replicate_documents: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -271,6 +275,7 @@ async fn round_trips(pool: &PgPool, calls: usize) -> RepoResult<Vec<Duration>> {
 /// containers.
 pub async fn run_write_bench(
     pool: &PgPool,
+    store: &mystira_cosmos_client::CosmosStore,
     cosmos: &CosmosRepositories,
     journal_dir: &std::path::Path,
     config: &WriteBenchConfig,
@@ -350,7 +355,11 @@ pub async fn run_write_bench(
         drain(pool, cosmos).await?;
         relay_rates.push(config.relay_aggregates as f64 / started.elapsed().as_secs_f64());
     }
+    let (replicate_documents_per_second, replicate_documents) =
+        replicate_rates(pool, store, config.runs.max(1)).await?;
     Ok(WriteBenchReport {
+        replicate_documents_per_second,
+        replicate_documents,
         calls_per_phase: config.calls,
         runs: config.runs.max(1),
         postgres_round_trip,
@@ -367,4 +376,66 @@ async fn drain(pool: &PgPool, cosmos: &CosmosRepositories) -> Result<(), RepoErr
         relay_once(pool, &cosmos.writer, &relay).await?;
     }
     Ok(())
+}
+
+/// `replicate --once` from the beginning of the feed into emptied domain tables, timed, `runs`
+/// times; returns the rates and the documents written per run.
+async fn replicate_rates(
+    pool: &PgPool,
+    store: &mystira_cosmos_client::CosmosStore,
+    runs: usize,
+) -> Result<(Vec<f64>, u64), RepoError> {
+    let store_err = |e: crate::replicate::ReplicateError| RepoError::Store(e.to_string());
+    let mut rates = Vec::new();
+    let mut written = 0;
+    for _ in 0..runs {
+        sqlx::raw_sql(
+            "truncate accounts, user_profiles, pending_signups, migration.document_versions,
+                      migration.document_notes, migration.outbox cascade;
+             delete from migration.work_ranges where job like 'replicate%'",
+        )
+        .execute(pool)
+        .await
+        .map_err(|e| mystira_postgres::map_sqlx_error("bench", e))?;
+        let config = crate::replicate::ReplicateConfig {
+            once: true,
+            ..crate::replicate::ReplicateConfig::default()
+        };
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let report = crate::replicate::run_replication(pool, store, &config, stop_rx, &|_| {})
+            .await
+            .map_err(store_err)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        written = report.containers.values().map(|c| c.counts.written).sum();
+        rates.push(written as f64 / elapsed);
+    }
+    Ok((rates, written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms =
+            |v: &[u64]| -> Vec<Duration> { v.iter().map(|&m| Duration::from_millis(m)).collect() };
+        let l = latency(ms(&[5, 1, 4, 2, 3, 100, 6, 7, 8, 9]));
+        assert_eq!(l.p50_ms, 5.0);
+        assert_eq!(l.p99_ms, 100.0);
+        assert_eq!(latency(Vec::new()), Latency::default());
+    }
+
+    #[test]
+    fn spread_reports_the_median_run_and_the_extremes() {
+        let run = |p50, p99| Latency {
+            p50_ms: p50,
+            p99_ms: p99,
+        };
+        let s = spread(vec![run(2.0, 9.0), run(1.0, 30.0), run(3.0, 10.0)]);
+        assert_eq!(s.median, run(2.0, 10.0));
+        assert_eq!(s.min, run(1.0, 9.0));
+        assert_eq!(s.max, run(3.0, 30.0));
+    }
 }

@@ -118,6 +118,17 @@ async fn raw_document(
     serde_json::from_str(&response.text().await.unwrap()).unwrap()
 }
 
+/// The account's document as Cosmos stores it (with `_ts` and `_etag`).
+async fn stored_account(s: &Setup, key: Uuid) -> Value {
+    s.router
+        .cosmos()
+        .writer
+        .read(Container::Accounts, key)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Runs relay passes until the outbox is empty (bounded).
 async fn drain_outbox(setup: &Setup) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -161,14 +172,7 @@ async fn phase1_write_lands_in_cosmos_then_in_postgres_at_the_version_cosmos_sto
         pg_account(&pool, a.id).await.unwrap().display_name,
         "Sam's parent"
     );
-    let stored = s
-        .router
-        .cosmos()
-        .writer
-        .read(Container::Accounts, a.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_account(&s, a.id).await;
     let (ts, etag) = recorded_version(&pool, "Accounts", a.id).await;
     assert_eq!(Some(ts), stored["_ts"].as_i64());
     assert_eq!(etag.as_deref(), stored["_etag"].as_str());
@@ -255,14 +259,7 @@ async fn phase1_delete_leaves_a_tombstone_that_a_late_copy_cannot_pass(pool: PgP
     let s = setup(&pool, Phase::DualWriteCosmosRead, "p1-delete").await;
     let a = account();
     AccountRepository::create(&s.router, &a).await.unwrap();
-    let before_delete = s
-        .router
-        .cosmos()
-        .writer
-        .read(Container::Accounts, a.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before_delete = stored_account(&s, a.id).await;
     assert!(AccountRepository::delete(&s.router, a.id).await.unwrap());
     assert!(pg_account(&pool, a.id).await.is_none());
 
@@ -443,14 +440,7 @@ async fn phase2_with_cosmos_unreachable_commits_in_postgres_and_the_relay_delive
     let in_cosmos = s.router.cosmos().accounts.get(a.id).await.unwrap().unwrap();
     assert_eq!(in_cosmos.email, a.email);
     // the version Cosmos answered is on record, so the change feed's echo is a no-op
-    let stored = s
-        .router
-        .cosmos()
-        .writer
-        .read(Container::Accounts, a.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_account(&s, a.id).await;
     let (ts, _) = recorded_version(&pool, "Accounts", a.id).await;
     assert_eq!(Some(ts), stored["_ts"].as_i64());
 }
@@ -512,14 +502,7 @@ async fn a_copy_from_cosmos_does_not_overwrite_a_change_cosmos_has_not_taken(poo
     let s = setup(&pool, Phase::DualWritePostgresRead, "p2-holdback").await;
     let a = account();
     AccountRepository::create(&s.router, &a).await.unwrap();
-    let old = s
-        .router
-        .cosmos()
-        .writer
-        .read(Container::Accounts, a.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let old = stored_account(&s, a.id).await;
     // a change in PostgreSQL that Cosmos has not taken yet (its outbox row is pending)
     PgAccountRepository::new(pool.clone())
         .update(&Account {

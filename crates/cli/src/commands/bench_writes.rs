@@ -58,7 +58,7 @@ pub async fn run(args: &BenchWritesArgs, settings: &Settings) -> anyhow::Result<
         runs: args.runs.max(1),
         relay_aggregates: args.relay_aggregates.max(1),
     };
-    let report = run_write_bench(&pool, &repos, journal.path(), &config)
+    let report = run_write_bench(&pool, &store, &repos, journal.path(), &config)
         .await
         .context("the write benchmark failed")?;
     pool.close().await;
@@ -82,8 +82,12 @@ fn human(r: &WriteBenchReport) -> String {
     );
     let rt = &r.postgres_round_trip;
     out.push_str(&format!(
-        "  postgresql round trip (select 1)              p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})\n",
-        rt.median.p50_ms, rt.median.p99_ms, rt.min.p99_ms, rt.max.p99_ms
+        "  {:<42} p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})\n",
+        "postgresql round trip (select 1)",
+        rt.median.p50_ms,
+        rt.median.p99_ms,
+        rt.min.p99_ms,
+        rt.max.p99_ms
     ));
     for p in &r.phases {
         let l = &p.latency;
@@ -109,6 +113,16 @@ fn human(r: &WriteBenchReport) -> String {
     out.push_str(&format!(
         "relay: {} aggregates per run delivered at {} aggregates/s\n",
         r.relay_aggregates,
+        rates.join(", ")
+    ));
+    let rates: Vec<String> = r
+        .replicate_documents_per_second
+        .iter()
+        .map(|x| format!("{x:.0}"))
+        .collect();
+    out.push_str(&format!(
+        "replicate --once: {} documents per run written at {} documents/s\n",
+        r.replicate_documents,
         rates.join(", ")
     ));
     out

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mystira_cosmos_client::CosmosRepositories;
 use mystira_migrate::journal::FileJournal;
 use mystira_migrate::loadgen::{LoadConfig, run_load};
 use mystira_migrate::phase::PhaseWatcher;
-use mystira_migrate::router::{BackgroundConfig, DualWriteRouter, RouterConfig, run_background};
+use mystira_migrate::router::{
+    BackgroundConfig, DualWriteRouter, Phase1Copy, Phase2Delivery, RouterConfig, run_background,
+};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -55,10 +57,34 @@ pub struct LoadgenArgs {
     #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
 
+    /// How a phase-1 write reaches PostgreSQL: copied in the call (`inline`), or appended to
+    /// the retry journal and applied by the background work (`journal`)
+    #[arg(long, value_enum, default_value_t = CopyMode::Inline)]
+    pub phase1_copy: CopyMode,
+
+    /// How a phase-2 write reaches Cosmos: delivered in the call (`inline`), or by the
+    /// background work and the relay after the commit (`background`)
+    #[arg(long, value_enum, default_value_t = DeliveryMode::Inline)]
+    pub phase2_delivery: DeliveryMode,
+
     /// After the load, keep replaying the journal and relaying the outbox until both are
     /// empty, at most this many seconds (0: stop at once)
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub drain_timeout: u64,
+}
+
+/// `--phase1-copy`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CopyMode {
+    Inline,
+    Journal,
+}
+
+/// `--phase2-delivery`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryMode {
+    Inline,
+    Background,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -102,7 +128,17 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
         repos,
         Arc::new(watcher),
         files.clone(),
-        RouterConfig::default(),
+        RouterConfig {
+            phase1_copy: match args.phase1_copy {
+                CopyMode::Inline => Phase1Copy::Inline,
+                CopyMode::Journal => Phase1Copy::Journal,
+            },
+            phase2_delivery: match args.phase2_delivery {
+                DeliveryMode::Inline => Phase2Delivery::Inline,
+                DeliveryMode::Background => Phase2Delivery::Background,
+            },
+            ..RouterConfig::default()
+        },
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

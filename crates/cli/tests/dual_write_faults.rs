@@ -9,7 +9,8 @@
 //!
 //! Environment: the Cosmos test server (`COSMOS_ENDPOINT`, `COSMOS_CERT_FILE`,
 //! `SSL_CERT_FILE`, as `scripts/test` exports them) and PostgreSQL's server programs. Each test
-//! takes 20-40 s; every wait is bounded.
+//! takes 15-25 s; every wait is bounded. `MYSTIRA_FAULTS_KEEP=1` keeps a test's directories (the
+//! cluster's data, the ledger, the loadgen output and logs) for a post-mortem.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../cosmos-client/tests/support/mod.rs"]
@@ -371,6 +372,9 @@ async fn postgres_outage(test: &str, phase: &str, modes: &[&'static str]) -> (Va
     (report, check)
 }
 
+/// Fails today: after the outage, journalled copies are replayed after newer writes were
+/// copied directly, and the version guard and the mapping let that lose writes in PostgreSQL
+/// (see the two focused tests at the end of `crates/migrate/tests/ledger.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase1_postgres_down_for_10s_journals_to_files_and_loses_no_acknowledged_write() {
     let (report, _) = postgres_outage("faults-pg1", "dual-write-cosmos-read", &[]).await;

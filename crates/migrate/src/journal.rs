@@ -11,7 +11,8 @@
 //! a crash was never fsynced, so its write was never acknowledged: it is skipped and counted.
 //!
 //! # Replay
-//! Every record is applied through [`crate::apply`] (upserts, version-guarded) or
+//! Every record is applied through [`crate::apply`] (upserts, version-guarded; given Cosmos,
+//! the document as Cosmos holds it now rather than the journalled copy, see [`replay_record`]) or
 //! `bulk::delete_document` (deletes, with a tombstone), so replaying twice, in any order, or
 //! after a newer copy landed, changes nothing. A document that cannot be migrated goes to the
 //! quarantine as in the backfill (it is then on record, not lost). Table entries are claimed
@@ -263,6 +264,37 @@ pub async fn apply_record(pool: &PgPool, record: &JournalRecord) -> Result<(), R
     }
 }
 
+/// Where a replay reads the current state of a journalled document (see [`replay_record`]).
+pub type CurrentSource<'a> = Option<&'a mystira_cosmos_client::AggregateWriter>;
+
+/// Replays one record. With `current` (Cosmos), an upsert applies the document as Cosmos holds
+/// it *now* rather than the journalled copy: `_ts` has one-second resolution, so a journalled
+/// copy and a newer copy that landed directly within the same second cannot be told apart by
+/// their versions, but the current document is the newest by definition. A document Cosmos no
+/// longer has was deleted after the write (that delete has its own record, or came through the
+/// change feed): the journalled copy is applied, and the delete's tombstone, whichever lands
+/// first, keeps the document deleted. Without `current`, the journalled copy is applied as it
+/// is, under the version guard alone.
+pub async fn replay_record(
+    pool: &PgPool,
+    record: &JournalRecord,
+    current: CurrentSource<'_>,
+) -> Result<(), RepoError> {
+    if let (Some(writer), JournalOp::Upsert { document }) = (current, &record.op)
+        && let Some(container) = mystira_cosmos::codec::Container::from_name(&record.container)
+        && let Some(doc_ref) = mystira_cosmos::codec::document_ref(container, document)
+        && let Some(now) = writer.read(container, doc_ref.key).await?
+    {
+        let fresh = JournalRecord {
+            container: record.container.clone(),
+            document_id: record.document_id.clone(),
+            op: JournalOp::Upsert { document: now },
+        };
+        return apply_record(pool, &fresh).await;
+    }
+    apply_record(pool, record).await
+}
+
 /// A short name for a failure, kept on a deferred entry (never a value).
 pub(crate) fn error_class(e: &RepoError) -> &'static str {
     match e {
@@ -282,7 +314,11 @@ pub(crate) fn retry_delay_ms(attempts: i32) -> i64 {
 
 /// One pass over the table: claims due entries in batches of `batch` and applies them, until
 /// none is due.
-pub async fn replay_table(pool: &PgPool, batch: i64) -> Result<ReplayReport, ReplayError> {
+pub async fn replay_table(
+    pool: &PgPool,
+    batch: i64,
+    current: CurrentSource<'_>,
+) -> Result<ReplayReport, ReplayError> {
     let mut report = ReplayReport::default();
     loop {
         let mut tx = pool.begin().await.map_err(|e| {
@@ -294,7 +330,7 @@ pub async fn replay_table(pool: &PgPool, batch: i64) -> Result<ReplayReport, Rep
         }
         let mut landed = Vec::new();
         for entry in &entries {
-            match apply_record(pool, &entry.record).await {
+            match replay_record(pool, &entry.record, current).await {
                 Ok(()) => landed.push(entry.id),
                 Err(e) => {
                     tracing::warn!(
@@ -329,7 +365,11 @@ pub async fn replay_table(pool: &PgPool, batch: i64) -> Result<ReplayReport, Rep
 /// One pass over the local files no live writer holds: applies each file's records in order and
 /// removes the file when all of them landed. Stops at the first transient failure (the file
 /// stays; replaying it again is harmless).
-pub async fn replay_files(pool: &PgPool, files: &FileJournal) -> Result<ReplayReport, ReplayError> {
+pub async fn replay_files(
+    pool: &PgPool,
+    files: &FileJournal,
+    current: CurrentSource<'_>,
+) -> Result<ReplayReport, ReplayError> {
     let mut report = ReplayReport::default();
     for (path, file) in files.replayable_files()? {
         let lines: Vec<String> = BufReader::new(&file)
@@ -345,7 +385,7 @@ pub async fn replay_files(pool: &PgPool, files: &FileJournal) -> Result<ReplayRe
                     continue;
                 }
             };
-            if let Err(e) = apply_record(pool, &record).await {
+            if let Err(e) = replay_record(pool, &record, current).await {
                 report.deferred += 1;
                 tracing::warn!(file = %path.display(), class = error_class(&e), "journal file replay stopped");
                 return Ok(report);

@@ -832,14 +832,18 @@ pub async fn run_background(
             if files.pending().is_ok_and(|d| d.records > 0) {
                 files.seal();
             }
-            match crate::journal::replay_files(router.pool(), files).await {
+            match crate::journal::replay_files(router.pool(), files, Some(&router.cosmos().writer))
+                .await
+            {
                 Ok(r) => {
                     busy |= r.applied > 0;
                     report.journal.add(&r);
                 }
                 Err(e) => tracing::warn!(error = %e, "journal file replay failed"),
             }
-            match crate::journal::replay_table(router.pool(), 200).await {
+            match crate::journal::replay_table(router.pool(), 200, Some(&router.cosmos().writer))
+                .await
+            {
                 Ok(r) => {
                     busy |= r.applied > 0;
                     report.journal.add(&r);

@@ -343,7 +343,7 @@ pub async fn run_write_bench(
     let mut relay_rates = Vec::new();
     let repo = mystira_postgres::PgAccountRepository::new(pool.clone());
     // what the background modes left in the journal and the outbox, out of the timed measure
-    crate::journal::replay_table(pool, 1000)
+    crate::journal::replay_table(pool, 1000, Some(&cosmos.writer))
         .await
         .map_err(|e| RepoError::Store(e.to_string()))?;
     drain(pool, cosmos).await?;

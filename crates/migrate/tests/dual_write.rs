@@ -207,12 +207,20 @@ async fn phase1_copy_that_cannot_land_goes_to_the_journal_table_and_replays(pool
     blocker.rollback().await.unwrap();
     assert!(pg_account(&pool, a.id).await.is_none());
 
-    let report = replay_table(&pool, 100).await.unwrap();
+    let report = replay_table(&pool, 100, Some(&s.router.cosmos().writer))
+        .await
+        .unwrap();
     assert_eq!(report.applied, 1);
     assert_eq!(pg_account(&pool, a.id).await.unwrap().email, a.email);
     assert_eq!(journal::depth(&pool).await.unwrap().entries, 0);
     // replaying again finds nothing, and re-applying the same record changes nothing
-    assert_eq!(replay_table(&pool, 100).await.unwrap().applied, 0);
+    assert_eq!(
+        replay_table(&pool, 100, Some(&s.router.cosmos().writer))
+            .await
+            .unwrap()
+            .applied,
+        0
+    );
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -240,9 +248,17 @@ async fn phase1_with_postgres_unreachable_journals_to_a_local_file_that_replays(
     assert_eq!(files.pending().unwrap().records, 2);
 
     // the writer still holds its file: nothing to replay yet
-    assert_eq!(replay_files(&pool, files).await.unwrap().files_done, 0);
+    assert_eq!(
+        replay_files(&pool, files, Some(&s.router.cosmos().writer))
+            .await
+            .unwrap()
+            .files_done,
+        0
+    );
     files.seal();
-    let report = replay_files(&pool, files).await.unwrap();
+    let report = replay_files(&pool, files, Some(&s.router.cosmos().writer))
+        .await
+        .unwrap();
     assert_eq!((report.applied, report.files_done), (2, 1));
     assert_eq!(pg_account(&pool, a.id).await.unwrap().email, a.email);
     let p = PgProfileRepository::new(pool.clone())

@@ -237,7 +237,8 @@ async fn each_write_is_held_to_what_its_phase_promised(pool: PgPool) {
 /// journal is replayed. The profile then lands as an orphan (`account_id` null, note
 /// `missing_account`), and when the account's copy is replayed nothing re-links it: PostgreSQL
 /// keeps a detached profile while Cosmos has it attached, and no later copy repairs it until
-/// the profile document itself changes again. This test fails until that is fixed.
+/// the profile document itself changes again. Fixed by `bulk::attach_waiting_profiles`: an
+/// account's copy attaches the profiles noted `missing_account` for it.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_profile_copied_before_its_journalled_account_is_replayed_stays_attached(pool: PgPool) {
     let s = setup(&pool, Phase::DualWriteCosmosRead, "ledger-orphan").await;
@@ -281,9 +282,10 @@ async fn a_profile_copied_before_its_journalled_account_is_replayed_stays_attach
         .unwrap();
     // then the journal is replayed, as run_background does
     files.seal();
-    let replayed = mystira_migrate::journal::replay_files(&pool, &files)
-        .await
-        .unwrap();
+    let replayed =
+        mystira_migrate::journal::replay_files(&pool, &files, Some(&s.router.cosmos().writer))
+            .await
+            .unwrap();
     assert_eq!(replayed.applied, 1);
     let in_pg = mystira_postgres::PgProfileRepository::new(pool.clone());
     let stored = mystira_domain::ports::ProfileRepository::get(&in_pg, profile.id)
@@ -300,8 +302,8 @@ async fn a_profile_copied_before_its_journalled_account_is_replayed_stays_attach
 /// The version guard (`mystira_postgres::bulk`, `write_in_transaction`) lets a copy with the
 /// same `_ts` and another `_etag` through, since `_ts` has one-second resolution. A journalled
 /// copy replayed after a newer copy of the same document that landed directly within the same
-/// second then overwrites the newer one with the older state. This test fails until the guard
-/// (or the replay order) tells the two apart.
+/// second then overwrote the newer one with the older state. Fixed by `journal::replay_record`:
+/// a replay applies the document as Cosmos holds it now, the newest by definition.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_journalled_copy_replayed_after_a_newer_copy_of_the_same_second_does_not_win(
     pool: PgPool,
@@ -336,7 +338,7 @@ async fn a_journalled_copy_replayed_after_a_newer_copy_of_the_same_second_does_n
     };
     AccountRepository::update(&s.router, &newer).await.unwrap();
     files.seal();
-    mystira_migrate::journal::replay_files(&pool, &files)
+    mystira_migrate::journal::replay_files(&pool, &files, Some(&s.router.cosmos().writer))
         .await
         .unwrap();
     let in_cosmos = s.router.cosmos().accounts.get(a.id).await.unwrap().unwrap();

@@ -338,8 +338,42 @@ impl BulkDocument for AccountDocument {
             docs.iter().flat_map(|d| &d.completed_scenarios),
         )
         .await?;
+        attach_waiting_profiles(conn, &account_ids).await?;
         Ok(Vec::new())
     }
+}
+
+/// Attaches the profiles that landed detached because their account was not in PostgreSQL
+/// yet (a `missing_account` note naming one of `account_ids`), and drops those notes. Without
+/// this, the result would depend on the order documents arrive in: a profile copied before its
+/// account (a journal replayed late, a change-feed page of profiles read first) would stay
+/// detached until its own document changed again.
+async fn attach_waiting_profiles(conn: &mut PgConnection, account_ids: &[Uuid]) -> Result<()> {
+    let map = |e| map_sqlx_error("user_profiles", e);
+    sqlx::query(
+        "with waiting as (
+             select n.document_id, v.key as profile_key,
+                    (n.detail->>'account_key')::uuid as account_key
+             from migration.document_notes n
+             join migration.document_versions v
+               on v.container = n.container and v.document_id = n.document_id
+             where n.container = 'UserProfiles' and n.code = 'missing_account'
+               and (n.detail->>'account_key')::uuid = any($1)
+         ), attached as (
+             update user_profiles p set account_id = w.account_key
+             from waiting w
+             where p.id = w.profile_key and p.account_id is null
+             returning w.document_id
+         )
+         delete from migration.document_notes d using attached a
+         where d.container = 'UserProfiles' and d.document_id = a.document_id
+           and d.code = 'missing_account'",
+    )
+    .bind(account_ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
+    Ok(())
 }
 
 /// Replaces the subscriptions of `account_ids` with `subs` (an account without one loses it).

@@ -9,7 +9,9 @@ use mystira_migrate::journal::{FileJournal, ReplayReport, replay_files, replay_t
 use mystira_postgres::journal;
 use serde_json::json;
 
-use super::{Outcome, db};
+use mystira_cosmos_client::CosmosRepositories;
+
+use super::{Outcome, db, source};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -26,9 +28,13 @@ pub enum JournalCommand {
     },
     /// Apply every due entry of the journal table and every local journal file no running
     /// process holds, through the backfill's version guard (idempotent; safe beside running
-    /// routers). Exit code 0 when nothing is left, 3 when entries wait (deferred after a
-    /// failure, or held by a running process).
+    /// routers). With a Cosmos account configured, each upsert applies the document as Cosmos
+    /// holds it now (the newest, even within the same second); without one, the journalled
+    /// copy under the version guard alone. Exit code 0 when nothing is left, 3 when entries
+    /// wait (deferred after a failure, or held by a running process).
     Replay {
+        #[command(flatten)]
+        cosmos: crate::cli::CosmosArgs,
         /// The local journal files' directory [default: /var/lib/mystira-users/journal as
         /// root, else ~/.local/share/mystira-users/journal]
         #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
@@ -49,17 +55,37 @@ pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Resul
     let pool = db::prepared_pool(settings, 4).await?;
     let (dir, replayed) = match command {
         JournalCommand::Status { journal_dir: d } => (journal_dir(d)?, None),
-        JournalCommand::Replay { journal_dir: d } => {
+        JournalCommand::Replay {
+            journal_dir: d,
+            cosmos,
+        } => {
             let dir = journal_dir(d)?;
             let files = FileJournal::open(&dir).context("cannot open the journal directory")?;
+            let repos = match source::cosmos_endpoint(cosmos, settings) {
+                Some(_) => {
+                    let store = source::connect_cosmos(cosmos, settings).await?;
+                    Some(
+                        CosmosRepositories::open(&store)
+                            .await
+                            .context("cannot open the Cosmos containers")?,
+                    )
+                }
+                None => {
+                    tracing::warn!(
+                        "no Cosmos account configured: replaying journalled copies as they are"
+                    );
+                    None
+                }
+            };
+            let current = repos.as_ref().map(|r| &r.writer);
             let mut report = ReplayReport::default();
             report.add(
-                &replay_files(&pool, &files)
+                &replay_files(&pool, &files, current)
                     .await
                     .context("replaying journal files failed")?,
             );
             report.add(
-                &replay_table(&pool, 200)
+                &replay_table(&pool, 200, current)
                     .await
                     .context("replaying the journal failed")?,
             );

@@ -55,7 +55,7 @@ pub async fn document_source(
     Ok(Box::new(ExportDirSource::new(sample)))
 }
 
-fn cosmos_endpoint(args: &CosmosArgs, settings: &Settings) -> Option<String> {
+pub(crate) fn cosmos_endpoint(args: &CosmosArgs, settings: &Settings) -> Option<String> {
     let file = settings.file.cosmos.as_ref();
     args.cosmos_endpoint
         .clone()

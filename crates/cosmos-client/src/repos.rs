@@ -297,7 +297,7 @@ impl Docs {
         repo_error(self.entity(), e)
     }
 
-    fn id_is_partition(&self) -> bool {
+    pub(crate) fn id_is_partition(&self) -> bool {
         self.pk_path.len() == 1 && self.pk_path[0] == "id"
     }
 
@@ -373,17 +373,26 @@ impl Docs {
         Ok(all.into_iter().next())
     }
 
-    /// Reads `found` again (after a stale ETag).
-    async fn reread(&self, found: &Found) -> RepoResult<Option<Found>> {
+    /// A point read of `doc_id` in `partition`.
+    pub(crate) async fn read_in(
+        &self,
+        partition: PartitionKey,
+        doc_id: &str,
+    ) -> RepoResult<Option<Found>> {
         let read = self
             .container
-            .read::<Value>(found.partition.clone(), &found.doc_id)
+            .read::<Value>(partition, doc_id)
             .await
             .map_err(|e| self.err(e))?;
         Ok(read.and_then(|v| self.found(v.value, v.etag)))
     }
 
-    fn key_of(&self, doc: &Value) -> Option<Uuid> {
+    /// Reads `found` again (after a stale ETag).
+    async fn reread(&self, found: &Found) -> RepoResult<Option<Found>> {
+        self.read_in(found.partition.clone(), &found.doc_id).await
+    }
+
+    pub(crate) fn key_of(&self, doc: &Value) -> Option<Uuid> {
         codec::document_ref(self.kind, doc).map(|r| r.key)
     }
 

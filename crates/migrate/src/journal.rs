@@ -283,7 +283,9 @@ pub async fn replay_record(
     if let (Some(writer), JournalOp::Upsert { document }) = (current, &record.op)
         && let Some(container) = mystira_cosmos::codec::Container::from_name(&record.container)
         && let Some(doc_ref) = mystira_cosmos::codec::document_ref(container, document)
-        && let Some(now) = writer.read(container, doc_ref.key).await?
+        && let Some(now) = writer
+            .read_exact(container, &doc_ref.document_id, doc_ref.key)
+            .await?
     {
         let fresh = JournalRecord {
             container: record.container.clone(),

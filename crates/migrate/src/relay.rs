@@ -66,7 +66,8 @@ pub async fn deliver(
             Ok(Delivered::Put)
         }
         None => {
-            writer.remove(container, key).await?;
+            let doc_id = delivery.known_document_id().await?;
+            writer.remove(container, key, doc_id.as_deref()).await?;
             delivery.delivered(None).await?;
             Ok(Delivered::Removed)
         }

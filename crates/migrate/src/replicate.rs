@@ -179,9 +179,6 @@ pub struct ContainerReplication {
     pub since_caught_up_seconds: Option<f64>,
     /// Deletes reported by an all-versions-and-deletes feed.
     pub feed_deletes: u64,
-    /// Profiles that had landed detached (their account not copied yet) and were copied again
-    /// once their account arrived.
-    pub reattached: u64,
 }
 
 /// What the key-set comparison found in one container.
@@ -262,7 +259,6 @@ pub async fn run_replication(
     let result: Result<(), ReplicateError> = async {
         loop {
             replicator.cycle(&stop).await?;
-            replicator.reattach_profiles().await?;
             let stopping = *stop.borrow();
             let check_due = match config.delete_check_every {
                 None => false,
@@ -687,82 +683,6 @@ impl<'a> Replicator<'a> {
         entry.duplicates_skipped += duplicates;
         entry.newest_ts = entry.newest_ts.max(newest);
         entry.feed_deletes += feed_deletes;
-    }
-
-    /// A profile copied before its account (both written between the account feed's read
-    /// and the profile feed's read in one cycle, or by workers of different processes) lands
-    /// detached, with a `missing_account` note. Once the account is in PostgreSQL, the profile
-    /// is read from Cosmos again and re-copied. The version guard is lifted only for a copy
-    /// whose recorded `_etag` is the one Cosmos still holds, so a newer copy written meanwhile
-    /// (by the router, say) is never replaced by this one.
-    async fn reattach_profiles(&self) -> Result<(), ReplicateError> {
-        const CONTAINER: &str = "UserProfiles";
-        let Some(profiles) = self.containers.get(CONTAINER) else {
-            return Ok(());
-        };
-        if profiles.partition_key_paths() != ["/id"] {
-            return Ok(()); // a point read needs the partition key, which is not recorded
-        }
-        let sql = |e| mystira_postgres::map_sqlx_error("document_notes", e);
-        let ids: Vec<String> = sqlx::query_scalar(
-            "select distinct n.document_id from migration.document_notes n
-             where n.container = $1 and n.code = 'missing_account'
-               and exists (select 1 from accounts a where a.id::text = n.detail->>'account_key')
-             order by 1 limit 1000",
-        )
-        .bind(CONTAINER)
-        .fetch_all(self.pool)
-        .await
-        .map_err(sql)?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut documents = Vec::new();
-        for id in ids {
-            let Some(doc) = profiles.read::<Value>(id.clone(), &id).await? else {
-                continue; // gone from Cosmos: the key-set comparison reports it
-            };
-            let Some(etag) = doc.value.get("_etag").and_then(Value::as_str) else {
-                continue;
-            };
-            let lifted = sqlx::query(
-                "delete from migration.document_versions
-                 where container = $1 and document_id = $2 and source_etag = $3",
-            )
-            .bind(CONTAINER)
-            .bind(&id)
-            .bind(etag)
-            .execute(self.pool)
-            .await
-            .map_err(sql)?
-            .rows_affected();
-            if lifted == 1 {
-                documents.push(SourceDocument::Document(doc.value));
-            }
-        }
-        if documents.is_empty() {
-            return Ok(());
-        }
-        let mut counts = ContainerCounts::default();
-        write_page(
-            self.pool,
-            CONTAINER,
-            documents,
-            &mut counts,
-            Retries::Backoff,
-        )
-        .await?;
-        tracing::info!(
-            reattached = counts.written,
-            "detached profiles copied again"
-        );
-        let mut state = self.state();
-        state
-            .containers
-            .entry(CONTAINER.to_owned())
-            .or_default()
-            .reattached += counts.written;
-        Ok(())
     }
 
     /// The key-set comparison: ids PostgreSQL holds as not deleted (listed first, older than

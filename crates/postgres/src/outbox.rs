@@ -92,6 +92,19 @@ impl Delivery {
         }))
     }
 
+    /// The id the aggregate's document was last seen under in Cosmos, if any (for a delete).
+    pub async fn known_document_id(&mut self) -> Result<Option<String>> {
+        sqlx::query_scalar(
+            "select document_id from migration.document_versions
+             where container = $1 and key = $2 order by written_at desc limit 1",
+        )
+        .bind(&self.aggregate.container)
+        .bind(self.aggregate.key)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map)
+    }
+
     /// The delivery's connection, inside its transaction: read the aggregate's state here,
     /// after the lock (see `crate::aggregates`).
     pub fn connection(&mut self) -> &mut sqlx::PgConnection {

@@ -64,8 +64,31 @@ impl AggregateWriter {
             Aggregate::Profile(p) => (&self.profiles, p.profile.id),
             Aggregate::Signup(s) => (&self.signups, s.id),
         };
+        // The document's id is known exactly: the row's Cosmos id, or its key's canonical
+        // text (what the encoder writes). A point read finds it; `locate`'s search over other
+        // spellings would scan the container for every aggregate Cosmos does not have yet.
+        let encoded_doc = encoded(aggregate);
+        let doc_id = encoded_doc
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         for attempt in 0..WRITE_ATTEMPTS {
-            let written = match docs.locate(key).await? {
+            // a sign-up is first looked for in the partition its email names (a point read);
+            // the id query covers one stored under another spelling of the email
+            let in_partition = match docs.id_is_partition() {
+                true => None,
+                false => {
+                    docs.read_in(docs.partition_of(&encoded_doc), &doc_id)
+                        .await?
+                }
+            };
+            let stored = match in_partition {
+                Some(found) => Some(found),
+                None => docs.read_by_doc_id(&doc_id).await?,
+            }
+            .filter(|found| docs.key_of(&found.doc) == Some(key));
+            let written = match stored {
                 Some(found) => {
                     let doc = merged(docs, &found, aggregate);
                     if same_content(&found.doc, &doc) {
@@ -88,17 +111,11 @@ impl AggregateWriter {
                         .map(|stored| (stored, found.partition.clone(), found.doc_id.clone()))
                 }
                 None => {
-                    let doc = encoded(aggregate);
-                    let doc_id = doc
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    let partition = docs.partition_of(&doc);
+                    let partition = docs.partition_of(&encoded_doc);
                     docs.container
-                        .create_returning(partition.clone(), &doc_id, &doc)
+                        .create_returning(partition.clone(), &doc_id, &encoded_doc)
                         .await
-                        .map(|stored| (stored, partition, doc_id))
+                        .map(|stored| (stored, partition, doc_id.clone()))
                 }
             };
             match written {
@@ -131,12 +148,45 @@ impl AggregateWriter {
     }
 
     /// Deletes the document of `container` with key `key`; `false` if there was none.
-    pub async fn remove(&self, container: codec::Container, key: Uuid) -> RepoResult<bool> {
+    /// `doc_id`, when known (the id the document was last seen under), spares the search over
+    /// every spelling of the key.
+    pub async fn remove(
+        &self,
+        container: codec::Container,
+        key: Uuid,
+        doc_id: Option<&str>,
+    ) -> RepoResult<bool> {
         let docs = self.docs(container);
-        match docs.locate(key).await? {
+        let found = match doc_id {
+            Some(id) => docs
+                .read_by_doc_id(id)
+                .await?
+                .filter(|f| docs.key_of(&f.doc) == Some(key)),
+            None => None,
+        };
+        let found = match found {
+            Some(f) => Some(f),
+            None => docs.locate(key).await?,
+        };
+        match found {
             Some(found) => docs.delete(&found).await,
             None => Ok(false),
         }
+    }
+
+    /// The raw document of `container` whose `id` is exactly `doc_id` and whose key is `key`.
+    pub async fn read_exact(
+        &self,
+        container: codec::Container,
+        doc_id: &str,
+        key: Uuid,
+    ) -> RepoResult<Option<Value>> {
+        let docs = self.docs(container);
+        Ok(docs
+            .read_by_doc_id(doc_id)
+            .await?
+            .filter(|f| docs.key_of(&f.doc) == Some(key))
+            .map(|f| f.doc))
     }
 }
 

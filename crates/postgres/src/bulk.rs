@@ -130,6 +130,22 @@ macro_rules! document_accessors {
     };
 }
 
+/// A transaction that copies source values: `mystira.keep_source_timestamps` makes the
+/// `updated_at` trigger keep the source's timestamps and the outbox trigger stay silent (a copy
+/// from Cosmos must not echo back to Cosmos).
+async fn begin_copy(
+    pool: &PgPool,
+    entity: &'static str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let map = |e| map_sqlx_error(entity, e);
+    let mut tx = pool.begin().await.map_err(map)?;
+    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+    Ok(tx)
+}
+
 /// Writes a batch and returns one outcome per input document, in order. `Err` only for a
 /// failure that says nothing about the documents (the database went away): retry the batch.
 pub async fn write_batch<D: BulkDocument>(pool: &PgPool, docs: &[D]) -> Result<Vec<WriteOutcome>> {
@@ -187,11 +203,7 @@ async fn write_in_transaction<D: BulkDocument>(
     docs: &[&D],
 ) -> Result<HashSet<String>> {
     let map = |e| map_sqlx_error(D::CONTAINER, e);
-    let mut tx = pool.begin().await.map_err(map)?;
-    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+    let mut tx = begin_copy(pool, D::CONTAINER).await?;
 
     let fresh: HashSet<String> = sqlx::query_scalar(
         "insert into migration.document_versions as v
@@ -724,11 +736,7 @@ pub async fn delete_document(
 ) -> Result<DeleteOutcome> {
     let table = main_table(container)?;
     let map = |e| map_sqlx_error(table, e);
-    let mut tx = pool.begin().await.map_err(map)?;
-    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+    let mut tx = begin_copy(pool, table).await?;
     let claimed: Option<i32> = sqlx::query_scalar(
         "insert into migration.document_versions as v
              (container, document_id, key, source_ts, source_etag, deleted)

@@ -67,6 +67,10 @@ pub struct PhaseLatency {
     pub latency: Spread,
     /// p99 over phase 0's p99, in PostgreSQL round trips at p99 (medians of the runs).
     pub added_p99_round_trips: f64,
+    /// p50 and p99 over phase 0's, in committed single-row PostgreSQL writes (the unit a write
+    /// path is charged in: a round trip that also waits for the WAL flush).
+    pub added_p50_write_round_trips: f64,
+    pub added_p99_write_round_trips: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +78,8 @@ pub struct WriteBenchReport {
     pub calls_per_phase: usize,
     pub runs: usize,
     pub postgres_round_trip: Spread,
+    /// A committed single-row upsert, one call at a time.
+    pub postgres_write_round_trip: Spread,
     pub phases: Vec<PhaseLatency>,
     /// Aggregates delivered per second by one relay (default concurrency), per run.
     pub relay_aggregates_per_second: Vec<f64>,
@@ -258,11 +264,16 @@ async fn measure(router: &DualWriteRouter, calls: usize) -> RepoResult<Vec<Durat
     Ok(samples)
 }
 
-async fn round_trips(pool: &PgPool, calls: usize) -> RepoResult<Vec<Duration>> {
+/// `calls` executions of `statement`, one at a time, timed each.
+async fn round_trips(
+    pool: &PgPool,
+    statement: &'static str,
+    calls: usize,
+) -> RepoResult<Vec<Duration>> {
     let mut samples = Vec::with_capacity(calls);
     for _ in 0..calls {
         let started = Instant::now();
-        sqlx::query("select 1")
+        sqlx::query(statement)
             .execute(pool)
             .await
             .map_err(|e| mystira_postgres::map_sqlx_error("bench", e))?;
@@ -270,6 +281,12 @@ async fn round_trips(pool: &PgPool, calls: usize) -> RepoResult<Vec<Duration>> {
     }
     Ok(samples)
 }
+
+const READ_ROUND_TRIP: &str = "select 1";
+/// A committed one-row write in the benchmark's own database.
+const WRITE_ROUND_TRIP: &str = "insert into migration.checkpoints (job, unit, position) \
+     values ('bench-writes', 'round-trip', '{}') \
+     on conflict (job, unit) do update set updated_at = now()";
 
 /// Runs the benchmark on an empty, migrated database and a Cosmos database with the app's
 /// containers.
@@ -312,18 +329,26 @@ pub async fn run_write_bench(
         .collect();
     let warm_up = (config.calls / 10).max(7);
     let mut per_phase: Vec<Vec<Latency>> = vec![Vec::new(); phases.len()];
-    let mut pg = Vec::new();
+    let (mut pg, mut pg_write) = (Vec::new(), Vec::new());
     for _ in 0..config.runs.max(1) {
         for router in &routers {
             measure(router, warm_up).await?;
         }
-        pg.push(latency(round_trips(pool, config.calls).await?));
+        pg.push(latency(
+            round_trips(pool, READ_ROUND_TRIP, config.calls).await?,
+        ));
+        pg_write.push(latency(
+            round_trips(pool, WRITE_ROUND_TRIP, config.calls).await?,
+        ));
         for (i, router) in routers.iter().enumerate() {
             per_phase[i].push(latency(measure(router, config.calls).await?));
         }
     }
     let postgres_round_trip = spread(pg);
-    let base_p99 = spread(per_phase[0].clone()).median.p99_ms;
+    let postgres_write_round_trip = spread(pg_write);
+    let base = spread(per_phase[0].clone()).median;
+    let base_p99 = base.p99_ms;
+    let write_rt = postgres_write_round_trip.median;
     let phases_out = phases
         .iter()
         .zip(per_phase)
@@ -331,11 +356,17 @@ pub async fn run_write_bench(
             let latency = spread(runs);
             let added =
                 (latency.median.p99_ms - base_p99) / postgres_round_trip.median.p99_ms.max(1e-9);
+            let added_p50_write_round_trips =
+                (latency.median.p50_ms - base.p50_ms) / write_rt.p50_ms.max(1e-9);
+            let added_p99_write_round_trips =
+                (latency.median.p99_ms - base.p99_ms) / write_rt.p99_ms.max(1e-9);
             PhaseLatency {
                 phase: *phase,
                 mode: *mode,
                 latency,
                 added_p99_round_trips: added,
+                added_p50_write_round_trips,
+                added_p99_write_round_trips,
             }
         })
         .collect();
@@ -363,6 +394,7 @@ pub async fn run_write_bench(
         calls_per_phase: config.calls,
         runs: config.runs.max(1),
         postgres_round_trip,
+        postgres_write_round_trip,
         phases: phases_out,
         relay_aggregates_per_second: relay_rates,
         relay_aggregates: config.relay_aggregates,

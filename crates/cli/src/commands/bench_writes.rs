@@ -80,29 +80,35 @@ fn human(r: &WriteBenchReport) -> String {
         "write latency, {} calls per phase, {} runs (median of runs; spread = lowest..highest run)\n",
         r.calls_per_phase, r.runs
     );
-    let rt = &r.postgres_round_trip;
-    out.push_str(&format!(
-        "  {:<42} p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})\n",
-        "postgresql round trip (select 1)",
-        rt.median.p50_ms,
-        rt.median.p99_ms,
-        rt.min.p99_ms,
-        rt.max.p99_ms
-    ));
+    for (label, rt) in [
+        ("postgresql round trip (select 1)", &r.postgres_round_trip),
+        (
+            "postgresql committed write (1 row)",
+            &r.postgres_write_round_trip,
+        ),
+    ] {
+        out.push_str(&format!(
+            "  {:<42} p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})\n",
+            label, rt.median.p50_ms, rt.median.p99_ms, rt.min.p99_ms, rt.max.p99_ms
+        ));
+    }
     for p in &r.phases {
         let l = &p.latency;
+        let label = match p.mode {
+            Some(mode) => format!("{} ({mode})", p.phase.name()),
+            None => p.phase.name().to_owned(),
+        };
         out.push_str(&format!(
-            "  phase {} {:<34} p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})  {:+.1} round trips at p99 over phase 0\n",
+            "  phase {} {:<34} p50 {:>7.2} ms  p99 {:>7.2} ms  (p99 {:.2}..{:.2})  \
+             over phase 0: {:+.1} committed writes at p50, {:+.1} at p99\n",
             p.phase.number(),
-            match p.mode {
-                Some(mode) => format!("{} ({mode})", p.phase.name()),
-                None => p.phase.name().to_owned(),
-            },
+            label,
             l.median.p50_ms,
             l.median.p99_ms,
             l.min.p99_ms,
             l.max.p99_ms,
-            p.added_p99_round_trips
+            p.added_p50_write_round_trips,
+            p.added_p99_write_round_trips,
         ));
     }
     let rates: Vec<String> = r

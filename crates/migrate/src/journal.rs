@@ -146,6 +146,15 @@ impl FileJournal {
         Ok(OpenJournal { file, path })
     }
 
+    /// Whether this journal has a file open for appending (files are created by the first
+    /// append after a seal, so an open file holds at least one record).
+    pub fn has_open_file(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Closes the current file (its lock goes with it), so that a replayer can take it; the next
     /// append starts a new file.
     pub fn seal(&self) {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::journal::{error_class, retry_delay_ms};
+use crate::journal::error_class;
 
 /// What delivering one aggregate did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,7 +92,7 @@ pub async fn deliver_or_defer(
         Ok(d) => Some(d),
         Err(e) => {
             tracing::warn!(%container, class = error_class(&e), "delivery to cosmos deferred to the relay");
-            if let Err(e) = outbox::defer(pool, &aggregate, error_class(&e), 1000).await {
+            if let Err(e) = outbox::defer(pool, &aggregate, error_class(&e)).await {
                 tracing::warn!(class = error_class(&e), "could not defer an outbox row");
             }
             None
@@ -167,34 +167,25 @@ pub async fn relay_once(
             Ok(Delivered::AlreadyDelivered) => report.already_delivered += 1,
             Err(e) => {
                 report.deferred += 1;
-                let attempts: i32 = sqlx::query_scalar(
-                    "select coalesce(max(attempts), 0) from migration.outbox
-                     where container = $1 and key = $2",
-                )
-                .bind(&aggregate.container)
-                .bind(aggregate.key)
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0);
+                let attempts = outbox::defer(pool, &aggregate, error_class(&e)).await?;
                 tracing::warn!(
                     container = %aggregate.container,
                     class = error_class(&e),
-                    attempts = attempts + 1,
+                    attempts,
                     "outbox delivery deferred"
                 );
-                outbox::defer(pool, &aggregate, error_class(&e), retry_delay_ms(attempts)).await?;
             }
         }
     }
     Ok(report)
 }
 
-/// Runs passes until the outbox has nothing due (`until_idle`), or until `stop` resolves.
+/// Runs passes until `stop` resolves; a failed pass (PostgreSQL unreachable) is retried after
+/// a second.
 pub async fn run_relay(
     pool: &PgPool,
     writer: &AggregateWriter,
     config: &RelayConfig,
-    until_idle: bool,
     stop: impl Future<Output = ()>,
 ) -> Result<RelayReport, RepoError> {
     let mut total = RelayReport::default();
@@ -204,28 +195,45 @@ pub async fn run_relay(
             _ = &mut stop => return Ok(total),
             pass = relay_once(pool, writer, config) => pass,
         };
-        match pass {
+        let pause = match pass {
             Ok(pass) => {
                 total.add(&pass);
-                let idle = pass.delivered() + pass.already_delivered == 0;
-                if idle && until_idle {
-                    return Ok(total);
-                }
-                if idle {
-                    tokio::select! {
-                        _ = &mut stop => return Ok(total),
-                        _ = tokio::time::sleep(config.idle_poll) => {}
-                    }
-                }
+                (pass.delivered() + pass.already_delivered == 0).then_some(config.idle_poll)
             }
-            Err(e) if e.is_retryable() && !until_idle => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(class = error_class(&e), "relay pass failed; retrying");
-                tokio::select! {
-                    _ = &mut stop => return Ok(total),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+                Some(Duration::from_secs(1))
             }
             Err(e) => return Err(e),
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = &mut stop => return Ok(total),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// Runs passes until the outbox is empty, waiting for deferred rows to come due, or until
+/// `timeout` passes. Returns what was delivered and what is left.
+pub async fn drain(
+    pool: &PgPool,
+    writer: &AggregateWriter,
+    config: &RelayConfig,
+    timeout: Duration,
+) -> Result<(RelayReport, outbox::Depth), RepoError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut total = RelayReport::default();
+    loop {
+        let pass = relay_once(pool, writer, config).await?;
+        total.add(&pass);
+        let left = outbox::depth(pool).await?;
+        if left.rows == 0 || std::time::Instant::now() >= deadline {
+            return Ok((total, left));
+        }
+        if pass.delivered() == 0 {
+            tokio::time::sleep(config.idle_poll).await;
         }
     }
 }

@@ -829,7 +829,9 @@ pub async fn run_background(
         let pass = async {
             let mut busy = false;
             let files = router.file_journal();
-            if files.pending().is_ok_and(|d| d.records > 0) {
+            // the router's own file can be replayed only once it is sealed (checked in memory:
+            // counting the records on disk every pass would read every file each time)
+            if files.has_open_file() {
                 files.seal();
             }
             match crate::journal::replay_files(router.pool(), files, Some(&router.cosmos().writer))

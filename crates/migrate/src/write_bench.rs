@@ -22,14 +22,13 @@ use mystira_domain::{
     Account, AccountSettings, AgeGroup, Email, RepoError, Role, Subscription, SubscriptionType,
     UserBadge, UserProfile,
 };
-use mystira_postgres::outbox;
 use mystira_postgres::phase::Phase;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::journal::FileJournal;
-use crate::relay::{RelayConfig, relay_once};
+use crate::relay::RelayConfig;
 use crate::router::{DualWriteRouter, FixedPhase, Phase1Copy, Phase2Delivery, RouterConfig};
 
 /// How much to measure.
@@ -401,11 +400,20 @@ pub async fn run_write_bench(
     })
 }
 
-/// Relay passes until the outbox is empty.
+/// Relay passes until the outbox is empty (bounded, so a benchmark never hangs).
 async fn drain(pool: &PgPool, cosmos: &CosmosRepositories) -> Result<(), RepoError> {
-    let relay = RelayConfig::default();
-    while outbox::depth(pool).await?.rows > 0 {
-        relay_once(pool, &cosmos.writer, &relay).await?;
+    let (_, left) = crate::relay::drain(
+        pool,
+        &cosmos.writer,
+        &RelayConfig::default(),
+        Duration::from_secs(600),
+    )
+    .await?;
+    if left.rows > 0 {
+        return Err(RepoError::Unavailable(format!(
+            "the outbox still holds {} rows after 10 minutes",
+            left.rows
+        )));
     }
     Ok(())
 }

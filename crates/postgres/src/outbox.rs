@@ -167,27 +167,31 @@ pub struct DeliveredVersion {
 }
 
 /// Defers an aggregate whose delivery failed: every row of it counts one more attempt, keeps the
-/// failure class (never a value), and waits `delay_ms` before the next attempt.
+/// failure class (never a value), and waits before the next attempt, 1 s doubling with the
+/// attempts already made to at most 5 minutes. Returns the attempts now counted.
 pub async fn defer<'e>(
     exec: impl PgExecutor<'e>,
     aggregate: &PendingAggregate,
     error_class: &str,
-    delay_ms: i64,
-) -> Result<()> {
-    sqlx::query(
-        "update migration.outbox
-         set attempts = attempts + 1, last_error = $3,
-             next_attempt_at = now() + make_interval(secs => $4::float8 / 1000)
-         where container = $1 and key = $2",
+) -> Result<i32> {
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "with deferred as (
+             update migration.outbox
+             set attempts = attempts + 1, last_error = $3,
+                 next_attempt_at = now()
+                     + make_interval(secs => least(300, power(2, least(attempts, 9))))
+             where container = $1 and key = $2
+             returning attempts
+         )
+         select max(attempts) from deferred",
     )
     .bind(&aggregate.container)
     .bind(aggregate.key)
     .bind(error_class)
-    .bind(delay_ms)
-    .execute(exec)
+    .fetch_one(exec)
     .await
     .map_err(map)?;
-    Ok(())
+    Ok(attempts.unwrap_or(0))
 }
 
 /// How many rows wait, for how many aggregates, and since when the oldest does.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use mystira_cosmos_client::CosmosRepositories;
-use mystira_migrate::relay::{RelayConfig, RelayReport, relay_once, run_relay};
+use mystira_migrate::relay::{RelayConfig, drain, run_relay};
 use mystira_postgres::outbox;
 use serde_json::json;
 
@@ -51,16 +51,24 @@ pub async fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<Outcom
         ..RelayConfig::default()
     };
     let started = Instant::now();
-    let report = if args.drain {
-        drain(&pool, &repos, &config, Duration::from_secs(args.timeout)).await?
-    } else {
-        run_relay(&pool, &repos.writer, &config, false, stop::stop_signal())
-            .await
-            .context("the relay stopped")?
-    };
-    let left = outbox::depth(&pool)
+    let (report, left) = if args.drain {
+        drain(
+            &pool,
+            &repos.writer,
+            &config,
+            Duration::from_secs(args.timeout),
+        )
         .await
-        .context("cannot read the outbox")?;
+        .context("a relay pass failed")?
+    } else {
+        let report = run_relay(&pool, &repos.writer, &config, stop::stop_signal())
+            .await
+            .context("the relay stopped")?;
+        let left = outbox::depth(&pool)
+            .await
+            .context("cannot read the outbox")?;
+        (report, left)
+    };
     let exit = if args.drain && left.rows > 0 {
         Exit::Attention
     } else {
@@ -81,31 +89,4 @@ pub async fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<Outcom
         ),
         json: json!({ "report": report, "outbox": left, "elapsed_seconds": started.elapsed().as_secs_f64() }),
     })
-}
-
-/// Passes until the outbox is empty or `timeout` passed; rows deferred after a failure are
-/// waited for (they come due again after their back-off).
-async fn drain(
-    pool: &sqlx::PgPool,
-    repos: &CosmosRepositories,
-    config: &RelayConfig,
-    timeout: Duration,
-) -> anyhow::Result<RelayReport> {
-    let deadline = Instant::now() + timeout;
-    let mut total = RelayReport::default();
-    loop {
-        let pass = relay_once(pool, &repos.writer, config)
-            .await
-            .context("a relay pass failed")?;
-        total.add(&pass);
-        let left = outbox::depth(pool)
-            .await
-            .context("cannot read the outbox")?;
-        if left.rows == 0 || Instant::now() >= deadline {
-            return Ok(total);
-        }
-        if pass.delivered() == 0 {
-            tokio::time::sleep(config.idle_poll).await;
-        }
-    }
 }

@@ -15,7 +15,7 @@
 //! reported.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mystira_cosmos::codec;
 use mystira_cosmos_client::AggregateWriter;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::{DriftKind, RepairOptions, RepairReport, RepairRound, VerifyError, VerifyOptions};
 use super::{VerifyReport, run_verify};
-use crate::relay::{RelayConfig, relay_once};
+use crate::relay::{RelayConfig, drain};
 use crate::source::DocumentSource;
 
 /// The aggregates (container, document key) a repair towards Cosmos re-delivers, and how many
@@ -91,7 +91,22 @@ pub async fn repair_towards_cosmos(
             outbox::enqueue(pool, container, *key).await?;
             round.recopied.entry(container.clone()).or_default().written += 1;
         }
-        drain(pool, writer).await?;
+        // bounded: 10 minutes of relaying
+        let (_, left) = drain(
+            pool,
+            writer,
+            &RelayConfig::default(),
+            Duration::from_secs(600),
+        )
+        .await?;
+        if left.rows > 0 {
+            return Err(VerifyError::Store(mystira_domain::RepoError::Unavailable(
+                format!(
+                    "the outbox still holds {} rows after 10 minutes of relaying",
+                    left.rows
+                ),
+            )));
+        }
         rounds.push(round);
         current = run_verify(pool, cosmos, verify_opts).await?;
     }
@@ -100,28 +115,4 @@ pub async fn repair_towards_cosmos(
         rounds,
         after: current,
     })
-}
-
-/// Relay passes until the outbox is empty (bounded: 10 minutes).
-async fn drain(pool: &PgPool, writer: &AggregateWriter) -> Result<(), VerifyError> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let config = RelayConfig::default();
-    loop {
-        let pass = relay_once(pool, writer, &config).await?;
-        let left = outbox::depth(pool).await?;
-        if left.rows == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(VerifyError::Store(mystira_domain::RepoError::Unavailable(
-                format!(
-                    "the outbox still holds {} rows after 10 minutes of relaying",
-                    left.rows
-                ),
-            )));
-        }
-        if pass.delivered() == 0 {
-            tokio::time::sleep(config.idle_poll).await;
-        }
-    }
 }

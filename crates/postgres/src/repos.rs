@@ -171,11 +171,26 @@ pub(crate) async fn insert_or_fetch<'a, T>(
     fetch: impl Fn() -> MaybeRow<'a, T>,
 ) -> Result<Stored<T>, RepoError> {
     for _ in 0..INSERT_OR_FETCH_ATTEMPTS {
-        if let Some(row) = insert()
-            .await
-            .map_err(|e| crate::map_sqlx_error(entity, e))?
-        {
-            return Ok(Stored::Inserted(row));
+        match insert().await {
+            Ok(Some(row)) => return Ok(Stored::Inserted(row)),
+            Ok(None) => {}
+            // `on conflict (target)` only arbitrates its own index: a concurrent insert of the same
+            // row can still trip another unique index first (the primary key of a derived id) and
+            // raise a violation instead of doing nothing. If the conflicting row is the one we
+            // meant to insert, it is the earlier completion; otherwise the conflict is real.
+            Err(e) => {
+                let error = crate::map_sqlx_error(entity, e);
+                if !matches!(error, RepoError::Conflict { .. }) {
+                    return Err(error);
+                }
+                return match fetch()
+                    .await
+                    .map_err(|e| crate::map_sqlx_error(entity, e))?
+                {
+                    Some(row) => Ok(Stored::Existing(row)),
+                    None => Err(error),
+                };
+            }
         }
         if let Some(row) = fetch()
             .await

@@ -95,7 +95,6 @@ fn notes(notes: &[Note]) -> Vec<DocumentNote> {
             code: n.code.to_owned(),
             subject: n.subject.clone(),
             detail: n.detail.clone(),
-            original: n.original.clone(),
         })
         .collect()
 }

@@ -294,6 +294,12 @@ pub struct VerifyArgs {
     #[arg(long, requires = "repair")]
     pub delete_extra: bool,
 
+    /// Also encode every PostgreSQL aggregate back into the app's document shape and compare
+    /// it field by field with its source document (differences a note or a documented
+    /// normalisation does not excuse are drift of kind round_trip)
+    #[arg(long)]
+    pub round_trip: bool,
+
     /// Only this slice of the key space (first byte of the key, 0-255), e.g. 0-127: lets
     /// several processes split one verification
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_buckets)]

@@ -117,11 +117,32 @@ async fn write_kind<D: BulkDocument>(
     if docs.is_empty() {
         return Ok(());
     }
-    let outcomes = with_retry(retries, || bulk::write_batch(pool, docs)).await?;
-    for (doc, outcome) in docs.iter().zip(outcomes) {
+    let batch = with_retry(retries, || bulk::write_batch(pool, docs)).await?;
+    counts.superseded += batch.displaced.len() as u64;
+    for (doc, outcome) in docs.iter().zip(batch.outcomes) {
         match outcome {
             WriteOutcome::Written => counts.written += 1,
             WriteOutcome::Unchanged => counts.unchanged += 1,
+            WriteOutcome::Superseded { by } => {
+                let id = &doc.version().document_id;
+                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
+                let message = format!(
+                    "superseded by document `{by}`, a newer document of the same row \
+                     (the newest by _ts owns it; on a tie, the one in EF Core 9's id form)"
+                );
+                quarantine(
+                    pool,
+                    retries,
+                    container,
+                    id,
+                    bulk::SUPERSEDED_DUPLICATE,
+                    &message,
+                    &raw,
+                    Some(doc.version().ts),
+                )
+                .await?;
+                counts.quarantined += 1;
+            }
             WriteOutcome::Failed(e) => {
                 let id = &doc.version().document_id;
                 let code = failure_code(&e);

@@ -71,6 +71,11 @@ pub struct ContainerCounts {
     pub quarantined: u64,
     /// Not copied on purpose, by reason.
     pub skipped: BTreeMap<String, u64>,
+    /// Documents counted `written` earlier that a newer document of the same row displaced
+    /// later (moved to the quarantine as `superseded_duplicate`). Not part of the reconciliation:
+    /// each was read and written once; this says how many of those writes no longer stand.
+    #[serde(default)]
+    pub superseded: u64,
 }
 
 impl ContainerCounts {
@@ -80,11 +85,13 @@ impl ContainerCounts {
             == self.written + self.unchanged + self.quarantined + self.skipped.values().sum::<u64>()
     }
 
-    fn add(&mut self, other: &ContainerCounts) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ContainerCounts) {
         self.read += other.read;
         self.written += other.written;
         self.unchanged += other.unchanged;
         self.quarantined += other.quarantined;
+        self.superseded += other.superseded;
         for (reason, n) in &other.skipped {
             *self.skipped.entry(reason.clone()).or_default() += n;
         }

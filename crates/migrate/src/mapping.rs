@@ -95,6 +95,7 @@ fn notes(notes: &[Note]) -> Vec<DocumentNote> {
             code: n.code.to_owned(),
             subject: n.subject.clone(),
             detail: n.detail.clone(),
+            original: n.original.clone(),
         })
         .collect()
 }

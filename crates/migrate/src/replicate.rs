@@ -518,7 +518,7 @@ impl<'a> Replicator<'a> {
                 }
             }
             // Checkpoint after the write: a crash in between re-reads the page, idempotently.
-            add_counts(&mut range_counts, &page_counts);
+            range_counts.add(&page_counts);
             let kept = leases::advance(
                 self.pool,
                 self.job,
@@ -618,7 +618,7 @@ impl<'a> Replicator<'a> {
                 let window_start = n.saturating_sub(overlap);
                 read.retain(|(ts, _)| *ts >= window_start);
             }
-            add_counts(&mut range_counts, &page_counts);
+            range_counts.add(&page_counts);
             self.record(
                 container,
                 &page_counts,
@@ -678,7 +678,7 @@ impl<'a> Replicator<'a> {
     ) {
         let mut state = self.state();
         let entry = state.containers.entry(container.to_owned()).or_default();
-        add_counts(&mut entry.counts, page);
+        entry.counts.add(page);
         entry.pages += pages;
         entry.duplicates_skipped += duplicates;
         entry.newest_ts = entry.newest_ts.max(newest);
@@ -823,16 +823,6 @@ struct Watermark {
     etags: Vec<String>,
 }
 
-fn add_counts(total: &mut ContainerCounts, page: &ContainerCounts) {
-    total.read += page.read;
-    total.written += page.written;
-    total.unchanged += page.unchanged;
-    total.quarantined += page.quarantined;
-    for (reason, n) in &page.skipped {
-        *total.skipped.entry(reason.clone()).or_default() += n;
-    }
-}
-
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -879,9 +869,10 @@ mod tests {
             unchanged: 1,
             quarantined: 0,
             skipped: [("duplicate".to_owned(), 1)].into(),
+            superseded: 0,
         };
-        add_counts(&mut total, &page);
-        add_counts(&mut total, &page);
+        total.add(&page);
+        total.add(&page);
         assert_eq!(total.read, 6);
         assert_eq!(total.skipped["duplicate"], 2);
         assert!(total.reconciles());

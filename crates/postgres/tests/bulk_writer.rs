@@ -8,7 +8,7 @@ use mystira_domain::{
     ids::derived_key,
 };
 use mystira_postgres::bulk::{
-    AccountDocument, ProfileDocument, SourceVersion, WriteOutcome, write_batch,
+    AccountDocument, BatchOutcome, ProfileDocument, SourceVersion, WriteOutcome, write_batch,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -96,12 +96,16 @@ fn profile_doc(id: Uuid, account: Option<Uuid>, updated_at: DateTime<Utc>) -> Pr
     }
 }
 
-fn count(outcomes: &[WriteOutcome]) -> (usize, usize, usize) {
-    outcomes.iter().fold((0, 0, 0), |(w, u, f), o| match o {
-        WriteOutcome::Written => (w + 1, u, f),
-        WriteOutcome::Unchanged => (w, u + 1, f),
-        WriteOutcome::Failed(_) => (w, u, f + 1),
-    })
+/// (written, unchanged, failed); a superseded document counts as failed here.
+fn count(batch: &BatchOutcome) -> (usize, usize, usize) {
+    batch
+        .outcomes
+        .iter()
+        .fold((0, 0, 0), |(w, u, f), o| match o {
+            WriteOutcome::Written => (w + 1, u, f),
+            WriteOutcome::Unchanged => (w, u + 1, f),
+            WriteOutcome::Failed(_) | WriteOutcome::Superseded { .. } => (w, u, f + 1),
+        })
 }
 
 async fn display_name(pool: &PgPool, id: Uuid) -> String {
@@ -165,7 +169,7 @@ async fn a_conflicting_document_fails_alone_and_the_rest_land(pool: PgPool) {
     ];
     let out = write_batch(&pool, &docs).await.unwrap();
     assert_eq!(count(&out), (2, 0, 1));
-    match &out[2] {
+    match &out.outcomes[2] {
         WriteOutcome::Failed(e) => assert_eq!(
             e.conflict_kind(),
             Some(mystira_domain::error::ConflictKind::DuplicateAuth0UserId)

@@ -23,6 +23,7 @@ pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outco
     let (first_bucket, last_bucket) = args.buckets.unwrap_or((0, 255));
     let options = VerifyOptions {
         show_values: args.show_values,
+        round_trip: args.round_trip,
         first_bucket,
         last_bucket,
         ..VerifyOptions::default()

@@ -123,6 +123,10 @@ pub struct Note {
     /// What the note is about within the document (a field path or a badge id), or empty.
     pub subject: String,
     pub detail: Value,
+    /// The source's value before the codec changed or dropped it (`None` when nothing was
+    /// changed, e.g. a default applied to a missing field). It may be personal data: it goes to
+    /// `migration.document_notes.original`, never to a log or a report.
+    pub original: Option<Value>,
 }
 
 impl Note {
@@ -131,7 +135,14 @@ impl Note {
             code,
             subject: subject.into(),
             detail,
+            original: None,
         }
+    }
+
+    /// The same note, keeping the source's original value.
+    pub(crate) fn with_original(mut self, original: Value) -> Self {
+        self.original = Some(original);
+        self
     }
 }
 

@@ -98,7 +98,11 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         .map_err(|e| validation_to_decode("", &e))?;
 
     let all = read_badges(&f, &profile, &mut notes)?;
-    let (badges, duplicate_badges) = split_duplicates(all, &mut notes);
+    let raw_badges = match f.get("EarnedBadges") {
+        Some(Value::Array(items)) => items.as_slice(),
+        _ => &[],
+    };
+    let (badges, duplicate_badges) = split_duplicates(all, raw_badges, &mut notes);
     Ok(DecodedProfile {
         profile,
         badges,
@@ -182,9 +186,11 @@ fn read_badge(
 }
 
 /// Keeps one badge per configuration (the earliest `EarnedAt`, first on a tie), in array order;
-/// returns the rest as duplicates, each with a note.
+/// returns the rest as duplicates, each with a note whose original is the whole raw badge
+/// (`raw[i]` is the source of `all[i]`: badges decode one per array item, in order).
 fn split_duplicates(
     all: Vec<UserBadge>,
+    raw: &[Value],
     notes: &mut Vec<Note>,
 ) -> (Vec<UserBadge>, Vec<UserBadge>) {
     let winner_of = |config: &str| {
@@ -204,7 +210,7 @@ fn split_duplicates(
         match winners[i] {
             Some(w) if w != i => {
                 let kept_id = embedded_id(all[w].id, all[w].cosmos_id.as_deref());
-                notes.push(Note::new(
+                let note = Note::new(
                     "duplicate_badge",
                     embedded_id(badge.id, badge.cosmos_id.as_deref()),
                     json!({
@@ -212,7 +218,11 @@ fn split_duplicates(
                         "kept_badge_id": kept_id,
                         "rule": "the profile holds an earlier badge of this configuration",
                     }),
-                ));
+                );
+                notes.push(match raw.get(i) {
+                    Some(original) => note.with_original(original.clone()),
+                    None => note,
+                });
                 duplicates.push(badge.clone());
             }
             _ => kept.push(badge.clone()),

@@ -232,6 +232,15 @@ impl Aggregate {
         self.hi += half(hash_hex.get(..16).unwrap_or(""));
         self.lo += half(hash_hex.get(16..).unwrap_or(""));
     }
+
+    /// Takes back a row [`Self::add`] added (a superseded document's, found later).
+    pub(crate) fn sub(&mut self, hash_hex: &str) {
+        let mut row = Self::default();
+        row.add(hash_hex);
+        self.count = self.count.saturating_sub(1);
+        self.hi -= row.hi;
+        self.lo -= row.lo;
+    }
 }
 
 /// The SQL of one table's per-range aggregates: `(bucket, count, sum hi, sum lo)`.

@@ -23,11 +23,24 @@
 //! # What is drift
 //! [`DriftKind`]: a row missing in PostgreSQL, an extra row, a changed row (with the names of
 //! the fields that differ), a stale copy (PostgreSQL's `_ts`/`_etag` of the document is older
-//! than the source's: the document changed in the source after the copy), a copy newer than
-//! the source (`ahead`: usually an old export), and a document that cannot be mapped and is
-//! not in quarantine. A quarantined document is reported as such and is not drift: it is
-//! accounted for, in `migration.quarantine`. Values are only reported with `show_values`
-//! (they are personal data); field names always are.
+//! than the source's: the document changed in the source after the copy; or the document's
+//! newest version is in the quarantine while PostgreSQL holds an older copy of its key,
+//! reason [`NEWER_VERSION_QUARANTINED`]), a copy newer than the source (`ahead`: usually an old
+//! export), a document that cannot be mapped and is not in quarantine, a superseded document
+//! nothing records (`superseded_not_recorded`), and with `round_trip` a field the encoders
+//! write back differently ([`round_trip`]). A quarantined document is reported as such and is
+//! not drift: it is accounted for, in `migration.quarantine`; nor is a document superseded by
+//! a newer one of its key that the quarantine records (`superseded_duplicate`, its own class).
+//! Values are only reported with `show_values` (they are personal data); field names always
+//! are.
+//!
+//! # Two documents of one key, one id in two documents
+//! Source documents are grouped by key and only the winner by the bulk writer's rule is
+//! compared with PostgreSQL (see [`duplicates`]). Embedded rows are keyed by their owner, not
+//! by their embedded id (a subscription by its account, a badge by profile and badge
+//! configuration), and a row whose id is a derived key counts as carrying the document's id
+//! when its `cosmos_id` maps to that id and its document has the writer's
+//! `embedded_id_collision` note ([`tables`]).
 //!
 //! # Splitting the work
 //! `first_bucket..=last_bucket` restricts a run to a slice of the key space: workers can each
@@ -37,15 +50,17 @@
 //! that are not documents) belong to the slice holding bucket 0.
 //!
 //! # Known limits
-//! Two source documents mapping to the same key (the same id twice) are reported as drift
-//! rather than resolved as the backfill's "newest wins". `completed_scenarios.completed_at`
-//! is not compared (Cosmos has no completion time; the copy keeps the first derived one).
+//! `completed_scenarios.completed_at` is not compared (Cosmos has no completion time; the copy
+//! keeps the first derived one). A document id twice in the source (a source read twice) is
+//! counted once, but the field-level comparison of its rows takes the copy read last.
 //! Repair cannot re-copy a document that has no `id` (it is named by its position in the
 //! source, which a repair pass does not reproduce).
 
 pub mod canonical;
+mod duplicates;
 mod read;
 pub mod repair;
+mod round_trip;
 pub mod tables;
 pub mod towards_cosmos;
 
@@ -62,7 +77,7 @@ use uuid::Uuid;
 use crate::backfill::CONTAINERS;
 use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
-use read::{DocState, Pages, ReadDoc, read_docs};
+use read::{DocState, Pages, ReadDoc, Wanted, read_docs};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
 pub use tables::Entity;
 
@@ -81,6 +96,10 @@ pub struct VerifyOptions {
     pub last_bucket: u8,
     /// At most this many differing buckets are held in memory per descent pass.
     pub max_buckets_per_pass: usize,
+    /// Also encode every PostgreSQL aggregate back into the app's document shape and compare
+    /// it field by field with its source document (see [`round_trip`]).
+    #[serde(default)]
+    pub round_trip: bool,
 }
 
 impl Default for VerifyOptions {
@@ -91,6 +110,7 @@ impl Default for VerifyOptions {
             first_bucket: 0,
             last_bucket: 255,
             max_buckets_per_pass: 64,
+            round_trip: false,
         }
     }
 }
@@ -137,11 +157,21 @@ pub enum DriftKind {
     Quarantined,
     /// Cannot be mapped, and not in quarantine: the backfill has not seen this version.
     Unmigrated,
+    /// Another source document of the same key is the newer one and owns the row; this one is
+    /// in `migration.quarantine` (`superseded_duplicate`). Not drift, and not clean either: its
+    /// own class, reported with the document's id.
+    SupersededDuplicate,
+    /// Like [`Self::SupersededDuplicate`], but the losing document is not in the quarantine:
+    /// nothing records it.
+    SupersededNotRecorded,
+    /// The document encoded back from PostgreSQL differs from the source document at a field
+    /// path that no note and no documented normalisation excuses (`verify --round-trip`).
+    RoundTrip,
 }
 
 impl DriftKind {
     pub fn is_drift(self) -> bool {
-        self != Self::Quarantined
+        !matches!(self, Self::Quarantined | Self::SupersededDuplicate)
     }
 
     fn label(self) -> &'static str {
@@ -153,6 +183,9 @@ impl DriftKind {
             Self::Ahead => "ahead",
             Self::Quarantined => "quarantined",
             Self::Unmigrated => "unmigrated",
+            Self::SupersededDuplicate => "superseded_duplicate",
+            Self::SupersededNotRecorded => "superseded_not_recorded",
+            Self::RoundTrip => "round_trip",
         }
     }
 }
@@ -201,6 +234,12 @@ pub struct EntityCounts {
     pub ahead: u64,
     pub quarantined: u64,
     pub unmigrated: u64,
+    /// Source documents another document of their key supersedes, in the quarantine.
+    pub superseded: u64,
+    /// ... and not in the quarantine (drift).
+    pub superseded_not_recorded: u64,
+    /// Field paths whose round trip differs (only with `round_trip`).
+    pub round_trip: u64,
 }
 
 /// The result of a verification.
@@ -237,7 +276,8 @@ impl VerifyReport {
             "outcome": self.outcome,
             "entities": self.entities,
             "drift": self.drift_count(),
-            "quarantined": self.items.len() - self.drift_count(),
+            "quarantined": self.items.iter().filter(|i| i.kind == DriftKind::Quarantined).count(),
+            "superseded": self.items.iter().filter(|i| i.kind == DriftKind::SupersededDuplicate).count(),
             "differing_buckets": self.differing_buckets,
             "source_passes": self.source_passes,
             "elapsed_seconds": self.elapsed_seconds,
@@ -259,7 +299,7 @@ impl VerifyReport {
         );
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11}",
+            "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11} {:>11} {:>11}",
             "entity",
             "source",
             "postgres",
@@ -270,12 +310,14 @@ impl VerifyReport {
             "stale",
             "ahead",
             "quarantined",
-            "unmigrated"
+            "unmigrated",
+            "superseded",
+            "round_trip"
         );
         for (entity, c) in &self.entities {
             let _ = writeln!(
                 out,
-                "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11}",
+                "{:<20} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6} {:>6} {:>12} {:>11} {:>11} {:>11}",
                 entity.table(),
                 c.source,
                 c.postgres,
@@ -286,7 +328,9 @@ impl VerifyReport {
                 c.stale,
                 c.ahead,
                 c.quarantined,
-                c.unmigrated
+                c.unmigrated,
+                c.superseded + c.superseded_not_recorded,
+                c.round_trip
             );
         }
         let drift: Vec<&DriftItem> = self.drift().collect();
@@ -398,8 +442,12 @@ pub async fn verify(
             .collect(),
         items: Vec::new(),
         passes: 0,
+        losers: HashSet::new(),
     };
-    let source_aggs = v.source_pass().await?;
+    let (mut source_aggs, candidates) = v.source_pass().await?;
+    if !candidates.is_empty() {
+        v.resolve_duplicates(&candidates, &mut source_aggs).await?;
+    }
     let mut differing: Vec<(Entity, u8)> = Vec::new();
     for entity in Entity::ALL {
         let pg = pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket).await?;
@@ -423,6 +471,9 @@ pub async fn verify(
     for chunk in buckets.chunks(opts.max_buckets_per_pass.max(1)) {
         v.descend(chunk, &differing_set).await?;
     }
+    if opts.round_trip {
+        v.round_trip().await?;
+    }
 
     let Verifier {
         mut counts,
@@ -439,6 +490,9 @@ pub async fn verify(
             DriftKind::Stale => c.stale += 1,
             DriftKind::Ahead => c.ahead += 1,
             DriftKind::Unmigrated => c.unmigrated += 1,
+            DriftKind::SupersededDuplicate => c.superseded += 1,
+            DriftKind::SupersededNotRecorded => c.superseded_not_recorded += 1,
+            DriftKind::RoundTrip => c.round_trip += 1,
             // counted per row while reading
             DriftKind::Quarantined => {}
         }
@@ -473,11 +527,20 @@ struct KeptRow {
     hash: String,
 }
 
-/// A source document kept during descent (to classify PostgreSQL's rows of it).
-struct KeptDoc {
-    /// False when quarantined or unmapped: PostgreSQL's rows of it are reported with it.
-    mapped: bool,
+/// A source document kept during descent (to classify PostgreSQL's rows of it): what became
+/// of it ([`DocState`] without the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeptDoc {
+    Mapped,
+    /// In the quarantine: PostgreSQL's rows of its key are an older copy (of it, or of a
+    /// document it superseded), which the app would read instead of the newest version.
+    Quarantined,
+    /// Not mapped and not in quarantine: reported as unmigrated (drift) already.
+    Unmigrated,
 }
+
+/// The reason given with a stale copy whose document's newest version is in the quarantine.
+pub const NEWER_VERSION_QUARANTINED: &str = "newer version quarantined";
 
 /// Whether PostgreSQL's copy of a document is at the source's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,9 +557,19 @@ struct Verifier<'a> {
     counts: BTreeMap<Entity, EntityCounts>,
     items: Vec<DriftItem>,
     passes: u32,
+    /// (container, document id) of the source documents another document of their key
+    /// supersedes (see [`duplicates`]): only the winner of a key is compared with PostgreSQL.
+    losers: HashSet<(&'static str, String)>,
 }
 
 impl Verifier<'_> {
+    fn is_loser(&self, doc: &ReadDoc) -> bool {
+        !self.losers.is_empty()
+            && self
+                .losers
+                .contains(&(doc.container, doc.document_id.clone()))
+    }
+
     fn in_slice(&self, bucket: Option<u8>) -> bool {
         let b = bucket.unwrap_or(0);
         (self.opts.first_bucket..=self.opts.last_bucket).contains(&b)
@@ -506,7 +579,7 @@ impl Verifier<'_> {
     /// buckets only, when given).
     async fn each_doc(
         &mut self,
-        wanted: Option<&HashSet<u8>>,
+        wanted: Option<Wanted<'_>>,
         mut each: impl FnMut(&mut Self, ReadDoc),
     ) -> Result<(), VerifyError> {
         self.passes += 1;
@@ -528,12 +601,23 @@ impl Verifier<'_> {
     }
 
     /// The first pass: per (entity, bucket) aggregates of the rows the source implies; the
-    /// quarantined and unmapped documents are reported here.
-    async fn source_pass(&mut self) -> Result<HashMap<(Entity, u8), Aggregate>, VerifyError> {
+    /// quarantined and unmapped documents are reported here. Also returns the keys that may
+    /// have several documents (see [`duplicates`]).
+    async fn source_pass(
+        &mut self,
+    ) -> Result<(HashMap<(Entity, u8), Aggregate>, duplicates::Candidates), VerifyError> {
         let mut aggs: HashMap<(Entity, u8), Aggregate> = HashMap::new();
+        let mut seen = duplicates::SeenKeys::new();
+        let mut candidates = duplicates::Candidates::default();
         self.each_doc(None, |v, doc| {
             if !v.in_slice(doc.bucket()) {
                 return;
+            }
+            if doc.contender
+                && let Some(key) = doc.document_key
+                && seen.insert(doc.container, key)
+            {
+                candidates.insert((doc.container, key));
             }
             let main = Entity::of_container(doc.container).unwrap_or(Entity::Accounts);
             let (kind, reason) = match doc.state {
@@ -563,7 +647,7 @@ impl Verifier<'_> {
             });
         })
         .await?;
-        Ok(aggs)
+        Ok((aggs, candidates))
     }
 
     /// Examines the differing (entity, bucket) pairs of `chunk`'s buckets.
@@ -573,19 +657,22 @@ impl Verifier<'_> {
         differing: &HashSet<(Entity, u8)>,
     ) -> Result<(), VerifyError> {
         let wanted: HashSet<u8> = chunk.iter().copied().collect();
+        let in_chunk = |k: Uuid| wanted.contains(&k.as_bytes()[0]);
         let mut rows: HashMap<(Entity, u8), HashMap<String, KeptRow>> = HashMap::new();
         let mut docs: HashMap<Uuid, KeptDoc> = HashMap::new();
-        self.each_doc(Some(&wanted), |_, doc| {
+        self.each_doc(Some(&in_chunk), |v, doc| {
             let (Some(key), Some(b)) = (doc.document_key, doc.bucket()) else {
                 return;
             };
-            if !wanted.contains(&b) {
+            if !wanted.contains(&b) || v.is_loser(&doc) {
                 return;
             }
             docs.insert(
                 key,
-                KeptDoc {
-                    mapped: doc.state == DocState::Mapped,
+                match doc.state {
+                    DocState::Mapped => KeptDoc::Mapped,
+                    DocState::Quarantined { .. } => KeptDoc::Quarantined,
+                    DocState::Unmigrated { .. } => KeptDoc::Unmigrated,
                 },
             );
             for row in doc.rows {
@@ -648,15 +735,20 @@ impl Verifier<'_> {
                 }
                 Some(_) => changed.push(key),
                 None => {
-                    let doc = docs.get(&document_key);
-                    if doc.is_some_and(|d| !d.mapped) {
-                        // a quarantined or unmapped document's earlier copy: reported with it
-                        continue;
-                    }
-                    let kind = match status.get(&document_key) {
-                        Some(VersionStatus::Stale) => DriftKind::Stale,
-                        Some(VersionStatus::Ahead) => DriftKind::Ahead,
-                        _ => DriftKind::Extra,
+                    let doc = docs.get(&document_key).copied();
+                    let (kind, reason) = match doc {
+                        // an unmapped document's earlier copy: reported with it, as drift
+                        Some(KeptDoc::Unmigrated) => continue,
+                        // the newest version is in the quarantine and the app would read an
+                        // older one: never clean
+                        Some(KeptDoc::Quarantined) => {
+                            (DriftKind::Stale, Some(NEWER_VERSION_QUARANTINED.to_owned()))
+                        }
+                        _ => match status.get(&document_key) {
+                            Some(VersionStatus::Stale) => (DriftKind::Stale, None),
+                            Some(VersionStatus::Ahead) => (DriftKind::Ahead, None),
+                            _ => (DriftKind::Extra, None),
+                        },
                     };
                     self.items.push(DriftItem {
                         entity,
@@ -665,7 +757,7 @@ impl Verifier<'_> {
                         cosmos_id: pg_document_id,
                         fields: Vec::new(),
                         values: None,
-                        reason: None,
+                        reason,
                         source_has_document: doc.is_some(),
                     });
                 }

@@ -72,9 +72,19 @@ pub(crate) struct ReadDoc {
     pub document_key: Option<Uuid>,
     pub ts: i64,
     pub state: DocState,
+    /// Whether the mapping produced a document (so the writer ranks it among the documents of
+    /// its key), whatever became of it then: true for mapped and quarantined documents that
+    /// decoded, false for rejected ones.
+    pub contender: bool,
     /// The rows it should have produced (only when [`DocState::Mapped`]).
     pub rows: Vec<SourceRow>,
+    /// The document as the source holds it (`Null` for a line that is not a document), for
+    /// the round trip.
+    pub raw: serde_json::Value,
 }
+
+/// Which documents a pass keeps, by key (a cheap test made before mapping).
+pub(crate) type Wanted<'a> = &'a (dyn Fn(Uuid) -> bool + Sync);
 
 impl ReadDoc {
     pub(crate) fn bucket(&self) -> Option<u8> {
@@ -87,14 +97,14 @@ fn sql(e: sqlx::Error) -> VerifyError {
 }
 
 /// Maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With `wanted`, only
-/// documents of those buckets are mapped (the key is read from the id alone, far cheaper than
-/// mapping): the descent's passes skip the rest of the source.
+/// documents whose key it accepts are mapped (the key is read from the id alone, far cheaper
+/// than mapping): the descent's passes skip the rest of the source.
 pub(crate) async fn read_docs(
     pool: &PgPool,
     container: &'static str,
     docs: Vec<SourceDocument>,
     read: &mut u64,
-    wanted: Option<&HashSet<u8>>,
+    wanted: Option<Wanted<'_>>,
 ) -> Result<Vec<ReadDoc>, VerifyError> {
     let kind = Container::from_name(container);
     let mut out = Vec::with_capacity(docs.len());
@@ -111,7 +121,9 @@ pub(crate) async fn read_docs(
                     state: DocState::Unmigrated {
                         code: "malformed_line".into(),
                     },
+                    contender: false,
                     rows: Vec::new(),
+                    raw: serde_json::Value::Null,
                 });
                 mapped.push(None);
                 continue;
@@ -122,7 +134,7 @@ pub(crate) async fn read_docs(
             let key = kind
                 .and_then(|k| codec::document_ref(k, &raw))
                 .map(|r| r.key);
-            if key.is_some_and(|k| !wanted.contains(&k.as_bytes()[0])) {
+            if key.is_some_and(|k| !wanted(k)) {
                 continue;
             }
         }
@@ -163,13 +175,16 @@ pub(crate) async fn read_docs(
                 },
             ),
         };
+        let contender = !matches!(m, Mapped::Reject { .. });
         out.push(ReadDoc {
             container,
             document_id,
             document_key,
             ts,
             state,
+            contender,
             rows: Vec::new(),
+            raw,
         });
         mapped.push(Some(m));
     }

@@ -118,7 +118,14 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> Plan {
                 p.left_alone += 1;
                 false
             }
-            DriftKind::Quarantined => false,
+            // the loser of a key nothing records: re-copying it lets the writer record it
+            DriftKind::SupersededNotRecorded => true,
+            // a mapping difference: a re-copy through the same mapping reproduces it
+            DriftKind::RoundTrip => {
+                p.left_alone += 1;
+                false
+            }
+            DriftKind::Quarantined | DriftKind::SupersededDuplicate => false,
         };
         if recopy && let Some(id) = &item.cosmos_id {
             p.recopy.entry(container).or_default().insert(id.clone());
@@ -181,15 +188,12 @@ async fn delete_extra(
     let mut ordered: Vec<&(Entity, String, Option<String>)> = rows.iter().collect();
     ordered.sort_by_key(|(e, _, _)| e.is_document());
     for (entity, key, cosmos_id) in ordered {
-        let Ok(id) = key.parse::<uuid::Uuid>() else {
-            continue;
-        };
         let mut tx = pool.begin().await.map_err(sql)?;
-        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "delete from {} where id = $1",
-            entity.table()
-        )))
-        .bind(id)
+        // the table's own key (an embedded row's is not its id: see `tables`)
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(
+            super::tables::table(*entity).delete_sql(*entity),
+        ))
+        .bind(key)
         .execute(&mut *tx)
         .await
         .map_err(sql)?

@@ -85,7 +85,7 @@ impl std::fmt::Display for Entity {
 /// A compared column. `_ts` and `_etag` are the document's source version, from
 /// `migration.document_versions`: a copy older than the source is drift even when its values
 /// happen to be equal.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Column {
     pub name: &'static str,
     pub expr: &'static str,
@@ -154,10 +154,6 @@ macro_rules! document_table {
     };
 }
 
-/// The Cosmos id of the `Accounts` document an embedded row (`t.account_id`) belongs to.
-const ACCOUNT_DOCUMENT: &str =
-    "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)";
-
 static ACCOUNTS: Table = document_table!(
     "accounts",
     "Accounts",
@@ -172,27 +168,105 @@ static ACCOUNTS: Table = document_table!(
     ]
 );
 
+/// Whether row `t` of `$table` lost its embedded id to another document's row: its `id` is a
+/// derived key, `cosmos_id` keeps the original (which maps to another key), and its document
+/// has the writer's `embedded_id_collision` note about that id (`$subject`). Only then does
+/// the row count as carrying the original id; a derived id without the note is drift.
+macro_rules! lost_embedded_id {
+    ($container:literal, $document:expr, $subject:literal) => {
+        concat!(
+            "(t.cosmos_id is not null and t.id <> mystira_key_for_cosmos_id(t.cosmos_id) \
+             and exists (select 1 from migration.document_notes n where n.container = '",
+            $container,
+            "' and n.document_id = ",
+            $document,
+            " and n.code = 'embedded_id_collision' and n.subject = ",
+            $subject,
+            "))"
+        )
+    };
+}
+
+/// The `id` and `cosmos_id` columns of an embedded row, as the document spelled them: a row
+/// that lost its id to another document's row (see [`lost_embedded_id!`]) compares as the id
+/// its original maps to, and as the `cosmos_id` the decoder gives that original.
+macro_rules! embedded_id_columns {
+    ($lost:expr) => {
+        [
+            col(
+                "id",
+                concat!(
+                    "case when ",
+                    $lost,
+                    " then mystira_key_for_cosmos_id(t.cosmos_id) else t.id end"
+                ),
+                P,
+            ),
+            col(
+                "cosmos_id",
+                concat!(
+                    "case when ",
+                    $lost,
+                    " then mystira_original_cosmos_id(t.cosmos_id) else t.cosmos_id end"
+                ),
+                P,
+            ),
+        ]
+    };
+}
+
+/// The `Accounts` document of subscription `t` (literal, for the macros above).
+macro_rules! account_document {
+    () => {
+        "(select coalesce(a.cosmos_id, a.id::text) from accounts a where a.id = t.account_id)"
+    };
+}
+
+/// The `UserProfiles` document of badge `t`.
+macro_rules! profile_document {
+    () => {
+        "(select coalesce(p.cosmos_id, p.id::text) from user_profiles p where p.id = t.user_profile_id)"
+    };
+}
+
+/// The Cosmos id of the `Accounts` document an embedded row (`t.account_id`) belongs to.
+const ACCOUNT_DOCUMENT: &str = account_document!();
+
+const SUBSCRIPTION_IDS: [Column; 2] = embedded_id_columns!(lost_embedded_id!(
+    "Accounts",
+    account_document!(),
+    "'Subscription.Id'"
+));
+const BADGE_IDS: [Column; 2] = embedded_id_columns!(lost_embedded_id!(
+    "UserProfiles",
+    profile_document!(),
+    "'EarnedBadges[' || t.badge_configuration_id || '].Id'"
+));
+
+// Keyed by the account (an account has at most one subscription), not by the embedded
+// `Subscription.Id`: two accounts may carry the same one, and then one of them holds it under
+// a derived key (see `lost_embedded_id!`).
 static SUBSCRIPTIONS: Table = Table {
     from: "subscriptions t",
     bucket: "t.account_id",
-    key: "t.id::text",
+    key: "t.account_id::text",
     document: ACCOUNT_DOCUMENT,
-    columns: columns![
-        "id",
-        "cosmos_id",
-        "account_id",
-        "type",
-        "product_id",
-        "tier",
-        "is_active",
-        "valid_until" => TS,
-        "start_date" => TS,
-        "end_date" => TS,
-        "purchase_token",
-        "last_verified" => TS,
-        "purchased_scenarios" => Kind::TextArray,
-        "created_at" => TS,
-        "updated_at" => TS,
+    columns: &[
+        SUBSCRIPTION_IDS[0],
+        SUBSCRIPTION_IDS[1],
+        column!("account_id"),
+        column!("type"),
+        column!("product_id"),
+        column!("tier"),
+        column!("is_active"),
+        column!("valid_until" => TS),
+        column!("start_date" => TS),
+        column!("end_date" => TS),
+        column!("purchase_token"),
+        column!("last_verified" => TS),
+        column!("purchased_scenarios" => Kind::TextArray),
+        column!("created_at" => TS),
+        column!("updated_at" => TS),
     ],
 };
 
@@ -227,26 +301,28 @@ static USER_PROFILES: Table = document_table!(
     ]
 );
 
+// Keyed by (profile, badge configuration): a profile earns a configuration once, and a badge
+// `Id` may repeat across profiles (then one holds it under a derived key).
 static USER_BADGES: Table = Table {
     from: "user_badges t",
     bucket: "t.user_profile_id",
-    key: "t.id::text",
-    document: "(select coalesce(p.cosmos_id, p.id::text) from user_profiles p where p.id = t.user_profile_id)",
-    columns: columns![
-        "id",
-        "cosmos_id",
-        "user_profile_id",
-        "badge_configuration_id",
-        "badge_id",
-        "badge_name",
-        "badge_message",
-        "axis",
-        "trigger_value" => Kind::Real,
-        "threshold" => Kind::Real,
-        "earned_at" => TS,
-        "game_session_id",
-        "scenario_id",
-        "image_id",
+    key: "t.user_profile_id::text || ':' || t.badge_configuration_id",
+    document: profile_document!(),
+    columns: &[
+        BADGE_IDS[0],
+        BADGE_IDS[1],
+        column!("user_profile_id"),
+        column!("badge_configuration_id"),
+        column!("badge_id"),
+        column!("badge_name"),
+        column!("badge_message"),
+        column!("axis"),
+        column!("trigger_value" => Kind::Real),
+        column!("threshold" => Kind::Real),
+        column!("earned_at" => TS),
+        column!("game_session_id"),
+        column!("scenario_id"),
+        column!("image_id"),
     ],
 };
 
@@ -317,6 +393,15 @@ impl Table {
         )
     }
 
+    /// Deletes the row of key `$1` (text).
+    pub(crate) fn delete_sql(&self, entity: Entity) -> String {
+        format!(
+            "delete from {table} t where {key} = $1",
+            table = entity.table(),
+            key = self.key
+        )
+    }
+
     /// Uuid range predicates, so the tables' key indexes serve them.
     fn range_sql(&self, open_end: bool) -> String {
         if open_end {
@@ -341,7 +426,7 @@ impl SourceRow {
     fn new(
         entity: Entity,
         document_key: Uuid,
-        key: Uuid,
+        key: String,
         fields: Vec<(&'static str, Option<String>)>,
     ) -> Self {
         debug_assert!(
@@ -354,7 +439,7 @@ impl SourceRow {
         Self {
             entity,
             document_key,
-            key: key.to_string(),
+            key,
             values: fields.into_iter().map(|f| f.1).collect(),
         }
     }
@@ -402,12 +487,17 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
         ("last_login_at", ts(&a.last_login_at)),
     ];
     fields.extend(version(&d.version));
-    let mut rows = vec![SourceRow::new(Entity::Accounts, a.id, a.id, fields)];
+    let mut rows = vec![SourceRow::new(
+        Entity::Accounts,
+        a.id,
+        a.id.to_string(),
+        fields,
+    )];
     if let Some(sub) = &d.subscription {
         rows.push(SourceRow::new(
             Entity::Subscriptions,
             a.id,
-            sub.id,
+            sub.account_id.to_string(),
             vec![
                 ("id", s(sub.id)),
                 ("cosmos_id", sub.cosmos_id.clone()),
@@ -434,7 +524,7 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
         SourceRow::new(
             Entity::CompletedScenarios,
             a.id,
-            c.id,
+            c.id.to_string(),
             vec![
                 ("id", s(c.id)),
                 ("account_id", s(c.account_id)),
@@ -481,12 +571,17 @@ pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<S
         ("updated_at", ts(&p.updated_at)),
     ];
     fields.extend(version(&d.version));
-    let mut rows = vec![SourceRow::new(Entity::UserProfiles, p.id, p.id, fields)];
+    let mut rows = vec![SourceRow::new(
+        Entity::UserProfiles,
+        p.id,
+        p.id.to_string(),
+        fields,
+    )];
     rows.extend(d.badges.iter().map(|b| {
         SourceRow::new(
             Entity::UserBadges,
             p.id,
-            b.id,
+            format!("{}:{}", b.user_profile_id, b.badge_configuration_id),
             vec![
                 ("id", s(b.id)),
                 ("cosmos_id", b.cosmos_id.clone()),
@@ -523,5 +618,10 @@ pub(crate) fn signup_rows(d: &SignupDocument) -> Vec<SourceRow> {
         ("failed_attempts", s(g.failed_attempts)),
     ];
     fields.extend(version(&d.version));
-    vec![SourceRow::new(Entity::PendingSignups, g.id, g.id, fields)]
+    vec![SourceRow::new(
+        Entity::PendingSignups,
+        g.id,
+        g.id.to_string(),
+        fields,
+    )]
 }

@@ -42,7 +42,13 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> (BTreeSet<(String, Uuid)
             | DriftKind::Stale
             | DriftKind::Ahead
             | DriftKind::Unmigrated => true,
-            DriftKind::Quarantined => false,
+            // PostgreSQL's state of the aggregate is the reference: delivering it rewrites the
+            // document the app reads
+            DriftKind::RoundTrip => true,
+            // documents of the source (Cosmos) that PostgreSQL's row does not come from
+            DriftKind::Quarantined
+            | DriftKind::SupersededDuplicate
+            | DriftKind::SupersededNotRecorded => false,
         };
         let container = item.entity.container();
         let key = item

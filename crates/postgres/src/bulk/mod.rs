@@ -1,0 +1,610 @@
+//! Bulk writes of whole Cosmos documents into the domain tables: batched, idempotent and
+//! stale-safe.
+//!
+//! A batch is written in one transaction with `UNNEST` array parameters (one round trip per
+//! table, whatever the batch size). Every document first claims its version in
+//! `migration.document_versions`; only documents whose `_ts`/`_etag` is newer than the copy
+//! already there are written, so re-running a batch changes nothing and an older copy never
+//! overwrites newer data. The transaction sets `mystira.keep_source_timestamps`, so the
+//! `updated_at` trigger keeps the source's timestamps.
+//!
+//! Two more rules of the guard, for the dual write: a document whose aggregate has a pending
+//! outbox row (PostgreSQL changed it and Cosmos has not taken the change yet) is held back
+//! (`unchanged`), since PostgreSQL is then the newer side; and a document deleted in Cosmos
+//! keeps a tombstone version ([`delete_document`]) that only a strictly newer write can pass.
+//!
+//! When a batch fails on a constraint (one bad document among many), the batch is retried one
+//! document per transaction, so the good documents land and each bad one comes back with its
+//! own classified error for the caller to quarantine. Transient failures are returned as they
+//! are, for the caller to retry the whole batch.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use mystira_domain::{
+    Account, CompletedScenario, PendingSignup, RepoError, Subscription, UserBadge, UserProfile,
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::map_sqlx_error;
+
+type Result<T> = std::result::Result<T, RepoError>;
+
+/// The version of a source document: its Cosmos `id`, `_ts` and `_etag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceVersion {
+    pub document_id: String,
+    pub ts: i64,
+    pub etag: Option<String>,
+}
+
+/// Something an operator should know about a document that landed (a broken reference, a
+/// duplicate that was not copied, a default applied). Ids and field names only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentNote {
+    pub code: String,
+    pub subject: String,
+    pub detail: serde_json::Value,
+    /// The value as the source had it, when the codec changed or dropped it. May be personal
+    /// data: stored beside the domain tables, never logged or printed.
+    pub original: Option<serde_json::Value>,
+}
+
+/// An `Accounts` document: the account, its embedded subscription and its completed scenarios.
+#[derive(Debug, Clone)]
+pub struct AccountDocument {
+    pub version: SourceVersion,
+    pub account: Account,
+    pub subscription: Option<Subscription>,
+    pub completed_scenarios: Vec<CompletedScenario>,
+    pub notes: Vec<DocumentNote>,
+}
+
+/// A `UserProfiles` document: the profile and its badges (duplicates already removed).
+#[derive(Debug, Clone)]
+pub struct ProfileDocument {
+    pub version: SourceVersion,
+    pub profile: UserProfile,
+    /// The `AccountId` string as it is in the document, kept in a note if it resolves to no
+    /// account (the profile then lands detached).
+    pub account_ref: Option<String>,
+    pub badges: Vec<UserBadge>,
+    pub notes: Vec<DocumentNote>,
+}
+
+/// A `PendingSignups` document.
+#[derive(Debug, Clone)]
+pub struct SignupDocument {
+    pub version: SourceVersion,
+    pub signup: PendingSignup,
+    pub notes: Vec<DocumentNote>,
+}
+
+/// What happened to one document of a batch.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// Written (new, or newer than the stored copy).
+    Written,
+    /// Not written: the stored copy has this version or a newer one.
+    Unchanged,
+    /// Not written: the document breaks a constraint. Quarantine it.
+    Failed(RepoError),
+    /// Not written: another document of the container maps to the same row and is newer (see
+    /// [`SUPERSEDED_DUPLICATE`]). Quarantine it with that reason; `by` is the other's id.
+    Superseded { by: String },
+}
+
+/// The quarantine reason of a document that lost its row to another document of the same key.
+///
+/// Two documents of one container can map to one key: EF Core 8 wrote `"id": "Account|<guid>"`,
+/// EF Core 9 writes `"id": "<guid>"`, and a GUID can be spelled in two letter cases. Only one of
+/// them can own the row, and which one must not depend on the order they arrive in: the owner
+/// is the greatest by (`_ts`, id is the key's canonical text, id), i.e. the newest, and on a tie
+/// the one in EF Core 9's form. The others are kept in the quarantine with this reason: with
+/// their raw document when they arrive after the owner, or, when they had been written first
+/// and are displaced, with a snapshot of the values they had in PostgreSQL (their raw document
+/// is not at hand then; the source still has it).
+pub const SUPERSEDED_DUPLICATE: &str = "superseded_duplicate";
+
+/// The rank deciding which of several documents of one key owns the row (the greatest).
+fn owner_rank(ts: i64, document_id: &str, key: Uuid) -> (i64, bool, &str) {
+    (ts, document_id == key.hyphenated().to_string(), document_id)
+}
+
+/// What a batch did: one outcome per input document, in order, and the documents written
+/// earlier that a newer document of the same key displaced in this batch.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub outcomes: Vec<WriteOutcome>,
+    /// Ids of documents moved from the tables to the quarantine (`superseded_duplicate`).
+    pub displaced: Vec<String>,
+}
+
+/// A kind of document the bulk writer can write.
+#[async_trait]
+pub trait BulkDocument: Send + Sync {
+    /// The Cosmos container the documents come from.
+    const CONTAINER: &'static str;
+    fn version(&self) -> &SourceVersion;
+    /// The primary key of the document's main row.
+    fn key(&self) -> Uuid;
+    fn notes(&self) -> &[DocumentNote];
+    /// Writes the (already version-checked) documents inside `conn`'s transaction.
+    async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>>;
+    /// A query of one jsonb value (`$1` = the key): the rows of the document as PostgreSQL
+    /// holds them, kept in the quarantine when a newer document of the key displaces them.
+    const SNAPSHOT_SQL: &'static str;
+}
+
+/// Extra notes the writer itself produced for a document (e.g. a detached profile).
+#[derive(Debug, Clone)]
+pub struct NotesFor {
+    pub document_id: String,
+    pub note: DocumentNote,
+}
+
+/// One column of a batch, for binding as an array to an `unnest` insert.
+fn column<I, U>(rows: &[I], value: impl Fn(&I) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
+}
+
+/// The [`BulkDocument`] accessors every document kind has alike: `$main` is the field holding
+/// the document's main entity, whose id is the document's key.
+macro_rules! document_accessors {
+    ($main:ident) => {
+        fn version(&self) -> &SourceVersion {
+            &self.version
+        }
+        fn key(&self) -> Uuid {
+            self.$main.id
+        }
+        fn notes(&self) -> &[DocumentNote] {
+            &self.notes
+        }
+    };
+}
+
+// after the macro: the document kinds' modules use it
+mod accounts;
+pub mod embedded;
+mod profiles;
+mod signups;
+
+/// A transaction that copies source values: `mystira.keep_source_timestamps` makes the
+/// `updated_at` trigger keep the source's timestamps and the outbox trigger stay silent (a copy
+/// from Cosmos must not echo back to Cosmos).
+async fn begin_copy(
+    pool: &PgPool,
+    entity: &'static str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let map = |e| map_sqlx_error(entity, e);
+    let mut tx = pool.begin().await.map_err(map)?;
+    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+    Ok(tx)
+}
+
+/// Writes a batch and returns one outcome per input document, in order. `Err` only for a
+/// failure that says nothing about the documents (the database went away): retry the batch.
+pub async fn write_batch<D: BulkDocument>(pool: &PgPool, docs: &[D]) -> Result<BatchOutcome> {
+    // Within one batch a document id may appear twice (a source read twice across a resume);
+    // only the newest copy is written, the other is reported unchanged.
+    let mut newest: HashMap<&str, usize> = HashMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        let v = d.version();
+        newest
+            .entry(v.document_id.as_str())
+            .and_modify(|j| {
+                let w = docs[*j].version();
+                if (v.ts, &v.etag) > (w.ts, &w.etag) {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut outcomes: Vec<WriteOutcome> = docs.iter().map(|_| WriteOutcome::Unchanged).collect();
+    // and two documents of one key: only the owner goes on (see SUPERSEDED_DUPLICATE)
+    let mut owner_of_key: HashMap<Uuid, usize> = HashMap::new();
+    let rank = |j: usize| {
+        let v = docs[j].version();
+        owner_rank(v.ts, &v.document_id, docs[j].key())
+    };
+    for &i in newest.values() {
+        owner_of_key
+            .entry(docs[i].key())
+            .and_modify(|j| {
+                if rank(i) > rank(*j) {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    for &i in newest.values() {
+        let owner = owner_of_key[&docs[i].key()];
+        if owner != i {
+            outcomes[i] = superseded(&docs[owner]);
+        }
+    }
+    let chosen: Vec<usize> = {
+        let mut c: Vec<usize> = owner_of_key.into_values().collect();
+        c.sort_unstable();
+        c
+    };
+    let refs: Vec<&D> = chosen.iter().map(|&i| &docs[i]).collect();
+
+    let mut displaced = Vec::new();
+    match write_in_transaction(pool, &refs).await {
+        Ok(written) => {
+            for (&i, outcome) in chosen.iter().zip(written.outcomes) {
+                outcomes[i] = outcome;
+            }
+            displaced = written.displaced;
+        }
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(_) => {
+            // isolate the documents that break a constraint
+            for &i in &chosen {
+                outcomes[i] = match write_in_transaction(pool, &[&docs[i]]).await {
+                    Ok(mut one) => {
+                        displaced.append(&mut one.displaced);
+                        one.outcomes.pop().unwrap_or(WriteOutcome::Unchanged)
+                    }
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => WriteOutcome::Failed(e),
+                };
+            }
+        }
+    }
+    Ok(BatchOutcome {
+        outcomes,
+        displaced,
+    })
+}
+
+fn superseded<D: BulkDocument>(owner: &D) -> WriteOutcome {
+    WriteOutcome::Superseded {
+        by: owner.version().document_id.clone(),
+    }
+}
+
+/// Another document of the same key, recorded as written.
+#[derive(sqlx::FromRow)]
+struct Rival {
+    incoming: String,
+    document_id: String,
+    source_ts: i64,
+}
+
+/// One transaction: lock the documents' keys, set aside those a stored document of the same
+/// key supersedes, claim versions, displace the stored documents a fresh one supersedes, write
+/// the fresh documents' rows, replace their notes, and resolve their quarantine entries.
+/// Returns one outcome per document (no `Failed`: a constraint failure fails the transaction).
+async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Result<BatchOutcome> {
+    let map = |e| map_sqlx_error(D::CONTAINER, e);
+    let mut tx = begin_copy(pool, D::CONTAINER).await?;
+
+    // Two processes copying two documents of one key at once would each see no rival and both
+    // write: one lock per key, taken in key order so two batches cannot deadlock on them.
+    let mut keys: Vec<Uuid> = docs.iter().map(|d| d.key()).collect();
+    keys.sort_unstable();
+    sqlx::query(
+        "select pg_advisory_xact_lock(hashtextextended('document:' || $1 || ':' || k::text, 0))
+         from unnest($2::uuid[]) as k order by k",
+    )
+    .bind(D::CONTAINER)
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?;
+    let rivals: Vec<Rival> = sqlx::query_as(
+        "select x.d as incoming, r.document_id, r.source_ts
+         from unnest($2::text[], $3::uuid[]) as x(d, k)
+         join migration.document_versions r
+           on r.container = $1 and r.key = x.k and r.document_id <> x.d and not r.deleted",
+    )
+    .bind(D::CONTAINER)
+    .bind(column(docs, |d| d.version().document_id.clone()))
+    .bind(column(docs, |d| d.key()))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map)?;
+    let mut beaten_by: HashMap<&str, &Rival> = HashMap::new();
+    let mut would_displace: HashMap<&str, Vec<&Rival>> = HashMap::new();
+    for d in docs {
+        let (v, key) = (d.version(), d.key());
+        let own = owner_rank(v.ts, &v.document_id, key);
+        for r in rivals.iter().filter(|r| r.incoming == v.document_id) {
+            let theirs = owner_rank(r.source_ts, &r.document_id, key);
+            if theirs > own {
+                // named after the greatest rival, whatever order the rows came in
+                let best = beaten_by.entry(v.document_id.as_str()).or_insert(r);
+                if theirs > owner_rank(best.source_ts, &best.document_id, key) {
+                    *best = r;
+                }
+            } else {
+                would_displace
+                    .entry(v.document_id.as_str())
+                    .or_default()
+                    .push(r);
+            }
+        }
+    }
+    let contenders: Vec<&D> = docs
+        .iter()
+        .copied()
+        .filter(|d| !beaten_by.contains_key(d.version().document_id.as_str()))
+        .collect();
+
+    let fresh: HashSet<String> = sqlx::query_scalar(
+        "insert into migration.document_versions as v
+             (container, document_id, key, source_ts, source_etag)
+         select $1, d, k, t, e from unnest($2::text[], $3::uuid[], $4::int8[], $5::text[]) as x(d, k, t, e)
+         -- PostgreSQL holds a change of this document that Cosmos has not taken yet (an outbox
+         -- row): PostgreSQL is the newer side, and a copy from Cosmos must not overwrite it
+         where not exists (select 1 from migration.outbox o where o.container = $1 and o.key = x.k)
+         on conflict (container, document_id) do update set
+             key = excluded.key, source_ts = excluded.source_ts,
+             source_etag = excluded.source_etag, deleted = false, written_at = now()
+         -- a newer version wins; within one second (`_ts` has no finer resolution) another
+         -- etag is another version, except after a delete: its tombstone carries the deleted
+         -- version's `_ts`, and only a strictly newer write may bring the document back
+         where v.source_ts < excluded.source_ts
+            or (v.source_ts = excluded.source_ts and not v.deleted
+                and v.source_etag is distinct from excluded.source_etag)
+         returning document_id",
+    )
+    .bind(D::CONTAINER)
+    .bind(column(&contenders, |d| d.version().document_id.clone()))
+    .bind(column(&contenders, |d| d.key()))
+    .bind(column(&contenders, |d| d.version().ts))
+    .bind(column(&contenders, |d| d.version().etag.clone()))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map)?
+    .into_iter()
+    .collect();
+
+    let to_write: Vec<&D> = contenders
+        .iter()
+        .copied()
+        .filter(|d| fresh.contains(&d.version().document_id))
+        .collect();
+    let mut displaced = Vec::new();
+    for d in &to_write {
+        for r in would_displace
+            .get(d.version().document_id.as_str())
+            .into_iter()
+            .flatten()
+        {
+            displace::<D>(&mut tx, r, d).await?;
+            displaced.push(r.document_id.clone());
+        }
+    }
+    if !to_write.is_empty() {
+        let extra = D::write_rows(&mut tx, &to_write).await?;
+        replace_notes::<D>(&mut tx, &to_write, &extra).await?;
+    }
+    let landed: Vec<String> = contenders
+        .iter()
+        .map(|d| d.version().document_id.clone())
+        .collect();
+    crate::bookkeeping::resolve_quarantined(&mut *tx, D::CONTAINER, &landed).await?;
+    tx.commit().await.map_err(map)?;
+    let outcomes = docs
+        .iter()
+        .map(|d| {
+            let id = d.version().document_id.as_str();
+            match beaten_by.get(id) {
+                Some(r) => WriteOutcome::Superseded {
+                    by: r.document_id.clone(),
+                },
+                None if fresh.contains(id) => WriteOutcome::Written,
+                None => WriteOutcome::Unchanged,
+            }
+        })
+        .collect();
+    Ok(BatchOutcome {
+        outcomes,
+        displaced,
+    })
+}
+
+/// Moves a stored document that `owner` supersedes out of the tables' record: its rows as they
+/// are go to the quarantine (`owner` overwrites them next), and its version and notes go, so
+/// that it is no longer an owner of the key. A later copy of it meets `owner` as its rival.
+async fn displace<D: BulkDocument>(
+    conn: &mut PgConnection,
+    rival: &Rival,
+    owner: &D,
+) -> Result<()> {
+    let map = |e| map_sqlx_error("quarantine", e);
+    let snapshot: Option<serde_json::Value> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(D::SNAPSHOT_SQL))
+            .bind(owner.key())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map)?;
+    let document = serde_json::json!({
+        "superseded_copy_from_postgresql": snapshot.unwrap_or(serde_json::Value::Null),
+    });
+    let message = format!(
+        "superseded by document `{}`, a newer document of the same row; kept here is what \
+         PostgreSQL held for this document (its raw document is still in the source)",
+        owner.version().document_id
+    );
+    crate::bookkeeping::quarantine(
+        &mut *conn,
+        &crate::bookkeeping::QuarantinedDocument {
+            container: D::CONTAINER,
+            document_id: &rival.document_id,
+            reason_code: SUPERSEDED_DUPLICATE,
+            message: &message,
+            document: &document,
+            source_ts: Some(rival.source_ts),
+        },
+    )
+    .await?;
+    sqlx::query(
+        "delete from migration.document_versions where container = $1 and document_id = $2;",
+    )
+    .bind(D::CONTAINER)
+    .bind(&rival.document_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
+    sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
+        .bind(D::CONTAINER)
+        .bind(&rival.document_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map)?;
+    Ok(())
+}
+
+async fn replace_notes<D: BulkDocument>(
+    conn: &mut PgConnection,
+    docs: &[&D],
+    extra: &[NotesFor],
+) -> Result<()> {
+    let map = |e| map_sqlx_error("document_notes", e);
+    let ids: Vec<String> = docs
+        .iter()
+        .map(|d| d.version().document_id.clone())
+        .collect();
+    sqlx::query(
+        "delete from migration.document_notes where container = $1 and document_id = any($2)",
+    )
+    .bind(D::CONTAINER)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
+    let notes: Vec<(&str, &DocumentNote)> = docs
+        .iter()
+        .flat_map(|d| {
+            d.notes()
+                .iter()
+                .map(|n| (d.version().document_id.as_str(), n))
+        })
+        .chain(extra.iter().map(|n| (n.document_id.as_str(), &n.note)))
+        .collect();
+    if notes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into migration.document_notes (container, document_id, code, subject, detail, original)
+         select $1, d, c, s, x, o
+         from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[]) as n(d, c, s, x, o)
+         on conflict (container, document_id, code, subject) do update
+             set detail = excluded.detail, original = excluded.original",
+    )
+    .bind(D::CONTAINER)
+    .bind(notes.iter().map(|(d, _)| (*d).to_owned()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|(_, n)| n.code.clone()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|(_, n)| n.subject.clone()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|(_, n)| n.detail.clone()).collect::<Vec<_>>())
+    .bind(notes.iter().map(|(_, n)| n.original.clone()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?;
+    Ok(())
+}
+
+/// The table holding the main row of a container's documents (the others cascade from it).
+fn main_table(container: &str) -> Result<&'static str> {
+    match container {
+        "Accounts" => Ok("accounts"),
+        "UserProfiles" => Ok("user_profiles"),
+        "PendingSignups" => Ok("pending_signups"),
+        _ => Err(RepoError::Store(format!(
+            "container `{container}` is not part of the user domain"
+        ))),
+    }
+}
+
+/// What applying a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The tombstone is recorded; `removed` says whether a row was there to delete.
+    Deleted { removed: bool },
+    /// A newer version of the document is already recorded (it was written again after this
+    /// delete): nothing changed.
+    Superseded,
+}
+
+/// Applies a delete that Cosmos has taken: records a tombstone version for the document
+/// (`source_ts` = the `_ts` of the version that was deleted, or when the delete was seen) and
+/// deletes its main row, whose
+/// dependants cascade (an account's profiles are detached). A tombstone is a version like any
+/// other: a late copy of the document from before the delete is refused by the same guard as a
+/// stale write, and a delete older than the recorded version changes nothing.
+///
+/// Runs as a copy from Cosmos (`mystira.keep_source_timestamps`), so no outbox row is written:
+/// the delete came from Cosmos and must not echo back to it.
+pub async fn delete_document(
+    pool: &PgPool,
+    container: &str,
+    document_id: &str,
+    key: Uuid,
+    source_ts: i64,
+) -> Result<DeleteOutcome> {
+    let table = main_table(container)?;
+    let map = |e| map_sqlx_error(table, e);
+    let mut tx = begin_copy(pool, table).await?;
+    let claimed: Option<i32> = sqlx::query_scalar(
+        "insert into migration.document_versions as v
+             (container, document_id, key, source_ts, source_etag, deleted)
+         values ($1, $2, $3, $4, null, true)
+         on conflict (container, document_id) do update set
+             key = excluded.key, source_ts = excluded.source_ts, source_etag = null,
+             deleted = true, written_at = now()
+         where v.source_ts <= excluded.source_ts
+         returning 1",
+    )
+    .bind(container)
+    .bind(document_id)
+    .bind(key)
+    .bind(source_ts)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map)?;
+    if claimed.is_none() {
+        return Ok(DeleteOutcome::Superseded);
+    }
+    // the embedded ids the deleted rows held pass to the next documents claiming them
+    let embedded_table = match container {
+        "Accounts" => Some(embedded::EmbeddedTable::Subscriptions),
+        "UserProfiles" => Some(embedded::EmbeddedTable::Badges),
+        _ => None,
+    };
+    let released = match embedded_table {
+        Some(t) => embedded::keys_held_by(&mut tx, t, &[key]).await?,
+        None => Vec::new(),
+    };
+    // `table` is one of three constants, never input
+    let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "delete from {table} where id = $1"
+    )))
+    .bind(key)
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?
+    .rows_affected()
+        > 0;
+    sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
+        .bind(container)
+        .bind(document_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+    if let Some(t) = embedded_table
+        && !released.is_empty()
+    {
+        embedded::resolve(&mut tx, t, &[], &released, &[]).await?;
+    }
+    tx.commit().await.map_err(map)?;
+    Ok(DeleteOutcome::Deleted { removed })
+}

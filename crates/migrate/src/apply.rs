@@ -13,7 +13,7 @@ use mystira_postgres::bulk::{self, BulkDocument, WriteOutcome};
 use sqlx::PgPool;
 
 use crate::backfill::{BackfillError, ContainerCounts};
-use crate::mapping::{Mapped, map_document};
+use crate::mapping::{Mapped, content_locator, map_document};
 use crate::source::SourceDocument;
 
 /// Whether a transient PostgreSQL failure is retried here or returned at once.
@@ -65,7 +65,7 @@ pub async fn write_page(
             }
         };
         // names a document without a usable id; ids are how quarantine entries are keyed
-        let locator = format!("{container}#no-id-{}", counts.read);
+        let locator = content_locator(container, &raw);
         match map_document(container, &raw, &locator) {
             Mapped::Account(d) => {
                 raw_by_id.insert(d.version.document_id.clone(), raw);

@@ -165,8 +165,14 @@ pub async fn run_backfill(
         "batch_rows": config.batch_rows,
         "workers": config.workers,
         "joined": joined,
+        // the lease owner of this process's workers: how a later run tells this one is dead
+        "owner": config.owner,
     });
     let run_id = bookkeeping::start_run(pool, JOB, &source.describe(), &scope).await?;
+    let abandoned = bookkeeping::abandon_dead_runs(pool, JOB, config.lease).await?;
+    if abandoned > 0 {
+        tracing::info!(abandoned, "closed runs whose process is gone as abandoned");
+    }
     let shared = Shared {
         pool,
         source,

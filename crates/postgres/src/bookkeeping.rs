@@ -51,6 +51,34 @@ pub async fn finish_run(
     Ok(())
 }
 
+/// Closes as `abandoned` the runs of `job` still marked `running` whose process is gone: a
+/// run records its process's lease owner (`scope.owner`); it is abandoned once it is older
+/// than `lease` and no lease of that owner is live. Called when a run starts, so a run killed
+/// with -9 is closed by the next one (one statement: several processes starting at once agree).
+/// A live process misjudged between two leases is harmless: its own `finish_run` sets the
+/// final status whatever this wrote. Returns how many runs were closed.
+pub async fn abandon_dead_runs(
+    pool: &PgPool,
+    job: &str,
+    lease: std::time::Duration,
+) -> Result<u64> {
+    sqlx::query(
+        "update migration.runs r set status = 'abandoned', finished_at = now()
+         where r.job = $1 and r.status = 'running' and r.scope ? 'owner'
+           and r.started_at < now() - make_interval(secs => $2)
+           and not exists (
+               select 1 from migration.work_ranges w
+               where w.job = r.job and w.lease_until > now()
+                 and (w.owner = r.scope->>'owner' or w.owner like (r.scope->>'owner') || '/%'))",
+    )
+    .bind(job)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+    .map_err(|e| map_sqlx_error("runs", e))
+}
+
 /// The saved position of `unit` in `job`, if any.
 pub async fn load_checkpoint<'e>(
     exec: impl PgExecutor<'e>,

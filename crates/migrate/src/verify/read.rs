@@ -139,7 +139,7 @@ pub(crate) async fn read_docs(
             }
         }
         // the backfill's name for a document without a usable id
-        let locator = format!("{container}#no-id-{read}");
+        let locator = crate::mapping::content_locator(container, &raw);
         let m = map_document(container, &raw, &locator);
         let (document_id, document_key, ts, state) = match &m {
             Mapped::Account(d) => (

@@ -817,7 +817,7 @@ pub struct BackgroundReport {
 /// and relays the outbox. Every pass is idempotent and shares its work with any other process
 /// doing the same (`skip locked`, advisory locks), so every process hosting a router can run
 /// it. Failures (PostgreSQL or Cosmos down) are logged without values and retried on the next
-/// pass.
+/// pass. `stop` is honoured between passes (or while idle), never within one.
 pub async fn run_background(
     router: &DualWriteRouter,
     config: &BackgroundConfig,
@@ -865,10 +865,15 @@ pub async fn run_background(
             }
             busy
         };
-        let busy = tokio::select! {
+        // a pass is never cancelled midway: one stopped between a delivery and its bookkeeping
+        // would leave the work done but unrecorded (the outbox row redelivered later, the
+        // report short). A pass is bounded (a batch each), so stop waits for at most one.
+        let busy = pass.await;
+        tokio::select! {
+            biased;
             _ = &mut stop => return report,
-            busy = pass => busy,
-        };
+            _ = std::future::ready(()) => {}
+        }
         if !busy {
             tokio::select! {
                 _ = &mut stop => return report,

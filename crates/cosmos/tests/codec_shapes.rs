@@ -86,8 +86,14 @@ fn rejection(result: Result<impl std::fmt::Debug, DecodeError>) -> DecodeError {
     result.expect_err("should be rejected")
 }
 
+/// The codes of the notes, without `user_profile_ids_dropped`: every account that has a
+/// `UserProfileIds` list carries it (see `user_profile_ids_are_kept_in_a_note`).
 fn note_codes(notes: &[mystira_cosmos::Note]) -> Vec<&'static str> {
-    notes.iter().map(|n| n.code).collect()
+    notes
+        .iter()
+        .map(|n| n.code)
+        .filter(|c| *c != "user_profile_ids_dropped")
+        .collect()
 }
 
 // ---------------------------------------------------------------- accounts: shapes
@@ -156,7 +162,168 @@ fn ef9_account_decodes_every_field() {
         Some("\"0000d986-0000-0d00-0000-65a1b2c30000\"")
     );
     assert_eq!(d.document_id, ACCOUNT_ID);
-    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    assert!(note_codes(&d.notes).is_empty(), "{:?}", d.notes);
+}
+
+#[test]
+fn user_profile_ids_are_kept_in_a_note() {
+    let doc = ef9_account();
+    let d = decode_account(&doc).unwrap();
+    let note = d
+        .notes
+        .iter()
+        .find(|n| n.code == "user_profile_ids_dropped")
+        .expect("the dropped list is on record");
+    assert_eq!(note.subject, "UserProfileIds");
+    assert_eq!(note.original.as_ref(), doc.get("UserProfileIds"));
+    let none = decode_account(&without(ef9_account(), &["UserProfileIds"])).unwrap();
+    assert!(
+        none.notes
+            .iter()
+            .all(|n| n.code != "user_profile_ids_dropped")
+    );
+}
+
+#[test]
+fn changed_values_keep_their_original() {
+    let original_of = |d: &mystira_cosmos::codec::DecodedAccount, code: &str| {
+        d.notes
+            .iter()
+            .find(|n| n.code == code)
+            .and_then(|n| n.original.clone())
+    };
+    let d = decode_account(&with(ef9_account(), &["Role"], json!("admin"))).unwrap();
+    assert_eq!(original_of(&d, "role_recased"), Some(json!("admin")));
+    let d = decode_account(&with(
+        ef9_account(),
+        &["Email"],
+        json!("  kid@example.com "),
+    ))
+    .unwrap();
+    assert_eq!(d.account.email.as_str(), "kid@example.com");
+    assert_eq!(
+        original_of(&d, "email_trimmed"),
+        Some(json!("  kid@example.com "))
+    );
+    let d = decode_account(&with(ef9_account(), &["Auth0UserId"], json!("auth0|other"))).unwrap();
+    assert_eq!(
+        original_of(&d, "conflicting_user_ids"),
+        Some(json!("auth0|other"))
+    );
+    let d = decode_account(&with(
+        ef9_account(),
+        &["CompletedScenarioIds"],
+        json!(" s-1 ,,s-2"),
+    ))
+    .unwrap();
+    assert_eq!(
+        original_of(&d, "list_normalised"),
+        Some(json!(" s-1 ,,s-2"))
+    );
+    // a clean value changes nothing and leaves no note
+    let d = decode_account(&ef9_account()).unwrap();
+    assert!(original_of(&d, "email_trimmed").is_none());
+}
+
+#[test]
+fn unknown_fields_are_kept_in_a_note_with_their_values() {
+    let note = |notes: &[mystira_cosmos::Note], subject: &str| {
+        notes
+            .iter()
+            .find(|n| n.code == "unknown_fields_dropped" && n.subject == subject)
+            .map(|n| (n.detail["fields"].clone(), n.original.clone()))
+    };
+    // a clean document has none: system fields and discriminators are not unknown
+    assert!(note(&decode_account(&ef9_account()).unwrap().notes, "$").is_none());
+    assert!(note(&decode_profile(&profile()).unwrap().notes, "$").is_none());
+
+    let doc = with(ef9_account(), &["Nickname"], json!("Sunny"));
+    let doc = with(doc, &["Subscription", "Store"], json!({"sku": "x"}));
+    let d = decode_account(&doc).unwrap();
+    assert_eq!(
+        note(&d.notes, "$"),
+        Some((json!(["Nickname"]), Some(json!({"Nickname": "Sunny"}))))
+    );
+    assert_eq!(
+        note(&d.notes, "Subscription"),
+        Some((json!(["Store"]), Some(json!({"Store": {"sku": "x"}}))))
+    );
+
+    let mut doc = with(profile(), &["Mood"], json!(3));
+    doc["EarnedBadges"][0]["Sparkle"] = json!(true);
+    let d = decode_profile(&doc).unwrap();
+    assert_eq!(note(&d.notes, "$").unwrap().1, Some(json!({"Mood": 3})));
+    assert_eq!(
+        note(&d.notes, "EarnedBadges[0]").unwrap().1,
+        Some(json!({"Sparkle": true}))
+    );
+}
+
+#[test]
+fn spellings_and_dropped_parts_keep_their_original() {
+    let original = |notes: &[mystira_cosmos::Note], code: &str| {
+        notes
+            .iter()
+            .find(|n| n.code == code)
+            .and_then(|n| n.original.clone())
+    };
+    let d = decode_account(&with(
+        ef9_account(),
+        &["Subscription", "Type"],
+        json!("monthly"),
+    ))
+    .unwrap();
+    assert_eq!(
+        original(&d.notes, "subscription_type_spelled"),
+        Some(json!("monthly"))
+    );
+    // the integer the app writes is not a spelling
+    let d = decode_account(&with(ef9_account(), &["Subscription", "Type"], json!(1))).unwrap();
+    assert!(original(&d.notes, "subscription_type_spelled").is_none());
+
+    let d = decode_account(&with(
+        ef9_account(),
+        &["CompletedScenarioIds"],
+        json!(["s-1", "s-2", "s-1"]),
+    ))
+    .unwrap();
+    assert_eq!(
+        original(&d.notes, "duplicate_completed_scenario"),
+        Some(json!("s-1"))
+    );
+
+    let d = decode_profile(&with(
+        profile(),
+        &["DateOfBirth"],
+        json!("2016-04-12T13:45:00"),
+    ))
+    .unwrap();
+    assert_eq!(
+        original(&d.notes, "date_not_midnight"),
+        Some(json!("2016-04-12T13:45:00"))
+    );
+
+    let mut doc = profile();
+    doc["EarnedBadges"][0]["UserProfileId"] = json!("someone-else");
+    let d = decode_profile(&doc).unwrap();
+    assert_eq!(
+        original(&d.notes, "badge_profile_mismatch"),
+        Some(json!("someone-else"))
+    );
+
+    // a double that is not a float's value is narrowed, and kept; 0.1 written by .NET is not
+    let mut doc = profile();
+    doc["EarnedBadges"][0]["TriggerValue"] = json!(0.1);
+    doc["EarnedBadges"][0]["Threshold"] = json!(0.123456789012);
+    let d = decode_profile(&doc).unwrap();
+    let narrowed: Vec<_> = d
+        .notes
+        .iter()
+        .filter(|n| n.code == "real_narrowed")
+        .collect();
+    assert_eq!(narrowed.len(), 1, "{narrowed:?}");
+    assert_eq!(narrowed[0].subject, "EarnedBadges[0].Threshold");
+    assert_eq!(narrowed[0].original, Some(json!(0.123456789012)));
 }
 
 #[test]
@@ -469,7 +636,10 @@ fn completed_scenarios_use_last_login_else_ts_and_are_deduplicated() {
         .map(|c| c.scenario_id.as_str())
         .collect();
     assert_eq!(ids, ["s-1", "s-2"]);
-    assert_eq!(note_codes(&d.notes), ["duplicate_completed_scenario"]);
+    assert_eq!(
+        note_codes(&d.notes),
+        ["list_normalised", "duplicate_completed_scenario"]
+    );
 
     let unset = with(
         ef9_account(),
@@ -654,7 +824,8 @@ fn broken_ids_dates_and_roots_are_classified() {
 }
 
 #[test]
-fn unknown_fields_are_ignored() {
+fn unknown_fields_change_no_row() {
+    // not stored (and noted: see unknown_fields_are_kept_in_a_note_with_their_values)
     let doc = with(ef9_account(), &["SomethingNew"], json!({"deep": [1, 2, 3]}));
     let d = decode_account(&doc).unwrap();
     assert_eq!(d.account, decode_account(&ef9_account()).unwrap().account);

@@ -10,8 +10,14 @@
 //! * **Nothing is defaulted silently.** A required field that is missing is a `missing_field`
 //!   rejection. Where a default is the right call (the app itself reads a missing value as its
 //!   CLR default), the default is applied and a [`Note`] records it, so an operator can see it.
-//! * **Unknown fields are ignored**, except inside `Settings`, whose unknown keys are kept in
-//!   `AccountSettings::extra` (the column is JSONB and the app may add settings).
+//! * **Unknown fields are not stored, but kept on record.** Inside `Settings` unknown keys are
+//!   kept in `AccountSettings::extra` (the column is JSONB and the app may add settings);
+//!   anywhere else (the document, `Subscription`, a badge) an `unknown_fields_dropped` note
+//!   keeps them, values included, as its original. System fields (`_rid`, `_etag`, `_ts`, ...)
+//!   and the discriminators are not entity fields.
+//! * **Every value the codec changes or drops is on record**: the note of the change carries
+//!   the source's value in [`Note::original`] (stored in `migration.document_notes.original`,
+//!   never logged). `docs/cosmos-mapping.md` lists every note code.
 //!
 //! # The entity type of a document
 //! EF Core 9 writes `"$type": "Account"`; documents written before the EF 8 → 9 upgrade carry
@@ -32,7 +38,7 @@
 //! maps to the key (keeping its spelling), else the key's canonical text. So for every entity,
 //! `decode(encode(e)) == e`; and a source document re-encoded keeps its `id` exactly. What a
 //! document → entity → document trip does not keep: a redundant `Id` equal to `id`, fields the
-//! entity has no place for (unknown fields outside `Settings`), the spelling of values the
+//! entity has no place for (unknown fields outside `Settings`, noted), the spelling of values the
 //! decoder normalises (role casing, legacy age-group names, date offsets and digit counts,
 //! whitespace around comma-joined items), and `Auth0UserId` (written back as `ExternalUserId`).
 //!

@@ -53,6 +53,44 @@ pub struct DecodedProfile {
     pub document_id: String,
 }
 
+/// The properties of a profile document the decoder reads (any other is noted as dropped).
+const PROFILE_FIELDS: [&str; 17] = [
+    "id",
+    "Id",
+    "AccountId",
+    "Name",
+    "AgeGroupName",
+    "DateOfBirth",
+    "IsGuest",
+    "IsNpc",
+    "Pronouns",
+    "Bio",
+    "AvatarMediaId",
+    "SelectedAvatarMediaId",
+    "PreferredFantasyThemes",
+    "HasCompletedOnboarding",
+    "CreatedAt",
+    "UpdatedAt",
+    "EarnedBadges",
+];
+
+/// The properties of an embedded badge the decoder reads.
+const BADGE_FIELDS: [&str; 13] = [
+    "Id",
+    "UserProfileId",
+    "BadgeConfigurationId",
+    "BadgeId",
+    "BadgeName",
+    "BadgeMessage",
+    "Axis",
+    "TriggerValue",
+    "Threshold",
+    "EarnedAt",
+    "GameSessionId",
+    "ScenarioId",
+    "ImageId",
+];
+
 /// Decodes a `UserProfiles` document.
 pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
     let obj = root(doc)?;
@@ -67,11 +105,14 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         AgeGroup::from_source(raw_age).map_err(|e| DecodeError::validation("AgeGroupName", &e))?;
     if age_group.as_str() != raw_age {
         // Age-group names are a fixed vocabulary, not personal data.
-        notes.push(Note::new(
-            "age_group_mapped",
-            "AgeGroupName",
-            json!({ "stored_as": age_group.as_str() }),
-        ));
+        notes.push(
+            Note::new(
+                "age_group_mapped",
+                "AgeGroupName",
+                json!({ "stored_as": age_group.as_str() }),
+            )
+            .with_original(json!(raw_age)),
+        );
     }
     let profile = UserProfile {
         id: ids.mapped.uuid,
@@ -88,7 +129,7 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         bio: f.opt_str("Bio")?.map(str::to_owned),
         avatar_media_id: f.opt_str("AvatarMediaId")?.map(str::to_owned),
         selected_avatar_media_id: f.opt_str("SelectedAvatarMediaId")?.map(str::to_owned),
-        preferred_themes: f.list("PreferredFantasyThemes")?,
+        preferred_themes: f.list("PreferredFantasyThemes", &mut notes)?,
         has_completed_onboarding: f.bool_or_false("HasCompletedOnboarding", &mut notes)?,
         created_at: f.req_date("CreatedAt")?,
         updated_at: f.req_date("UpdatedAt")?,
@@ -103,6 +144,7 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         _ => &[],
     };
     let (badges, duplicate_badges) = split_duplicates(all, raw_badges, &mut notes);
+    f.note_unknown(&PROFILE_FIELDS, &mut notes);
     Ok(DecodedProfile {
         profile,
         badges,
@@ -157,11 +199,14 @@ fn read_badge(
     if let Some(owner) = f.opt_nonempty_str("UserProfileId")?
         && reference_key(owner, ENTITY) != profile.id
     {
-        notes.push(Note::new(
-            "badge_profile_mismatch",
-            f.path("UserProfileId"),
-            json!({ "rule": "names another profile; the badge was kept with the profile that embeds it" }),
-        ));
+        notes.push(
+            Note::new(
+                "badge_profile_mismatch",
+                f.path("UserProfileId"),
+                json!({ "rule": "names another profile; the badge was kept with the profile that embeds it" }),
+            )
+            .with_original(json!(owner)),
+        );
     }
     let badge = UserBadge {
         id,
@@ -182,6 +227,7 @@ fn read_badge(
     badge
         .validate()
         .map_err(|e| validation_to_decode(prefix, &e))?;
+    f.note_unknown(&BADGE_FIELDS, notes);
     Ok(badge)
 }
 

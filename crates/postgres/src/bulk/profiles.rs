@@ -52,7 +52,10 @@ impl BulkDocument for ProfileDocument {
                                 "account_ref": d.account_ref.clone().unwrap_or_else(|| a.to_string()),
                                 "account_key": a,
                             }),
-                            original: None,
+                            // the reference as stored: the link PostgreSQL could not keep
+                            original: Some(serde_json::Value::String(
+                                d.account_ref.clone().unwrap_or_else(|| a.to_string()),
+                            )),
                         },
                     });
                     None

@@ -196,6 +196,18 @@ pub enum Command {
     /// (see docs/report.md). Never creates the database or applies the schema: an unreachable
     /// or unmigrated database is an error (exit code 1). Exit code 0 otherwise.
     Report(ReportArgs),
+
+    /// Serve the user domain over HTTP (first slice: health, readiness and metrics).
+    ///
+    /// Uses the database as every command does (the self-started cluster when none is
+    /// configured) and the Cosmos account when one is configured. `/healthz` answers while the
+    /// process runs; `/readyz` answers 200 when the stores the current phase needs are
+    /// reachable (PostgreSQL always, Cosmos in phases 0 to 2), else 503 with an
+    /// application/problem+json naming them; `/metrics` is Prometheus's text format (requests,
+    /// the phase, the retry journal, the outbox, the last verify, backfill ranges). SIGINT or
+    /// SIGTERM stops accepting and answers the requests in flight first. The domain API and
+    /// authentication are planned (see docs/service.md). Exit code 0 after a clean stop.
+    Serve(crate::commands::ServeArgs),
 }
 
 /// `mystira-users report`

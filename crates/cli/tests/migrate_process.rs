@@ -4,6 +4,9 @@
 //! in `DATABASE_URL` (which `./scripts/test` starts), one fresh database per run.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::fresh_database;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,24 +26,6 @@ const TABLES: [&str; 9] = [
     "migration.document_notes",
     "migration.document_versions",
 ];
-
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a PostgreSQL server (scripts/test sets it)")
-}
-
-/// The url of a new, empty database on the server.
-async fn fresh_database(tag: &str) -> String {
-    let name = format!("mu_{tag}_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&server_url()).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&server_url()).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
 
 fn migrate(export: &Path, db: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);

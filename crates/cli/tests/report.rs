@@ -6,6 +6,9 @@
 //! per test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::fresh_database;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -14,24 +17,6 @@ use sqlx::{Connection, PgConnection};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
 const NOTE: &str = mystira_migrate::report::USER_PROFILE_IDS_NOTE;
-
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a PostgreSQL server (scripts/test sets it)")
-}
-
-/// The url of a new, empty database on the server.
-async fn fresh_database(tag: &str) -> String {
-    let name = format!("mu_{tag}_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&server_url()).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&server_url()).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
 
 fn sample_dir() -> PathBuf {
     PathBuf::from(concat!(

@@ -15,6 +15,7 @@ mod quarantine;
 mod relay;
 mod replicate;
 mod report;
+mod serve;
 mod source;
 mod stop;
 mod verify;
@@ -26,6 +27,7 @@ pub use loadgen::LoadgenArgs;
 pub use phase::PhaseCommand;
 pub use relay::RelayArgs;
 pub use replicate::ReplicateArgs;
+pub use serve::ServeArgs;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -58,5 +60,6 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Db(db) => db::run(db, settings).await,
         Command::Replicate(args) => replicate::run(args, settings).await,
         Command::Report(args) => report::run(args, settings).await,
+        Command::Serve(args) => serve::run(args, settings).await,
     }
 }

@@ -1,0 +1,232 @@
+//! `mystira-users serve` as a process, against a fresh database on the server in `DATABASE_URL`
+//! and the Cosmos-protocol test server: liveness, readiness by phase (Cosmos needed in phases
+//! 0 to 2, not in 3; a phase change seen without a restart), the metrics that read the
+//! migration state, problem+json errors, and a clean stop on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::fresh_database;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
+
+/// A running `serve` and the address it bound.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    /// Starts `serve` on a free port; with `cosmos_db`, on that database of the Cosmos test
+    /// server, else with no Cosmos settings (development on PostgreSQL alone).
+    fn start(db: &str, cosmos_db: Option<&str>) -> Serve {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--phase-poll-ms", "200"])
+            .args(["--database-url", db])
+            .env_remove("MYSTIRA_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cosmos_db) = cosmos_db {
+            command.env("COSMOS_DATABASE", cosmos_db);
+        } else {
+            for name in ["COSMOS_ENDPOINT", "COSMOS_KEY", "COSMOS_DATABASE"] {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().unwrap();
+        // the "serving" log line names the bound address
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("serve exited before it listened")
+                .unwrap();
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // keep draining stderr so the child never blocks on a full pipe
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    /// Polls `path` until it answers `status`, for at most `within`.
+    async fn until(&self, path: &str, status: u16, within: Duration) -> (u16, String, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.get(path).await;
+            if answer.0 == status || Instant::now() > deadline {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status and stdout.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = self.child.wait_with_output().unwrap();
+        (output.status, String::from_utf8(output.stdout).unwrap())
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in the metrics:\n{text}"))
+}
+
+fn mystira(db: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--database-url", db])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env_remove("MYSTIRA_CONFIG")
+        .env_remove("COSMOS_ENDPOINT")
+        .env_remove("COSMOS_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test]
+async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_the_state() {
+    let db = fresh_database("serve_pg").await;
+    // the main job first: the backfill's ranges are what the metrics report
+    mystira(&db, &["--quiet", "migrate"]);
+    let serve = Serve::start(&db, None);
+
+    let (status, _, body) = serve.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"alive"}"#));
+
+    // phase 0 needs Cosmos, and none is configured
+    let (status, content_type, body) = serve.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(content_type, "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["code"], "not_ready");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cosmos: not configured"),
+        "{problem}"
+    );
+
+    let (_, content_type, text) = serve.get("/metrics").await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert_eq!(metric(&text, "mystira_phase"), 0.0);
+    assert_eq!(metric(&text, "mystira_postgres_up"), 1.0);
+    assert_eq!(metric(&text, "mystira_outbox_rows"), 0.0);
+    assert_eq!(metric(&text, "mystira_verify_last_clean_age_seconds"), -1.0);
+    let ranges = metric(&text, "mystira_backfill_ranges");
+    assert!(ranges > 0.0);
+    assert_eq!(metric(&text, "mystira_backfill_ranges_done"), ranges);
+    // the requests so far are counted by route pattern and status
+    assert!(
+        text.contains(
+            r#"mystira_http_requests_total{method="GET",route="/readyz",status="503"} 1"#
+        ),
+        "{text}"
+    );
+
+    // postgres-only needs PostgreSQL alone: seen without a restart
+    mystira(
+        &db,
+        &[
+            "phase",
+            "set",
+            "postgres-only",
+            "--force",
+            "--reason",
+            "serve test",
+        ],
+    );
+    let (status, _, body) = serve.until("/readyz", 200, Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["phase"], "postgres-only");
+    assert_eq!(ready["checks"][0]["store"], "postgresql");
+    assert_eq!(ready["checks"][0]["ok"], true);
+    assert_eq!(ready["checks"][1]["needed"], false);
+    let (_, _, text) = serve.get("/metrics").await;
+    assert_eq!(metric(&text, "mystira_phase"), 3.0);
+
+    let (status, content_type, body) = serve.get("/no/such/route").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
+    assert!(body.contains(r#""code":"not_found""#), "{body}");
+
+    let (exit, stdout) = serve.stop();
+    assert!(exit.success(), "{exit:?}");
+    assert!(stdout.contains("stopped serving"), "{stdout}");
+}
+
+#[tokio::test]
+async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
+    let db = fresh_database("serve_cosmos").await;
+    let cosmos_db = format!("serve-{}", uuid::Uuid::new_v4().simple());
+    // an empty account is not ready (no container): fill one with a few generated documents
+    let generated = Command::new(BIN)
+        .args(["generate", "--accounts", "3"])
+        .env("COSMOS_DATABASE", &cosmos_db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let serve = Serve::start(&db, Some(&cosmos_db));
+    let (status, _, body) = serve.until("/readyz", 200, Duration::from_secs(10)).await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["phase"], "cosmos-only");
+    assert_eq!(ready["checks"][1]["store"], "cosmos");
+    assert_eq!(ready["checks"][1]["needed"], true);
+    assert_eq!(ready["checks"][1]["ok"], true, "{ready}");
+    let (exit, _) = serve.stop();
+    assert!(exit.success());
+}

@@ -1,0 +1,312 @@
+//! `/metrics` in the OpenMetrics text format Prometheus scrapes.
+//!
+//! Two kinds of figures: request counters and latency histograms, kept in the process by a
+//! middleware; and the migration's state (phase, retry journal, outbox, last verify, backfill
+//! ranges), read from PostgreSQL at each scrape, so every replica reports the same shared state
+//! and nothing has to be pushed. When PostgreSQL does not answer, those gauges keep their last
+//! values and `mystira_postgres_up` drops to 0.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+
+use crate::AppState;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    /// The route's pattern (`/readyz`), never the raw path: paths will carry ids.
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+/// Every metric the process exposes, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram>,
+    postgres_up: Gauge,
+    scrape_errors: Counter,
+    phase: Gauge,
+    journal_entries: Gauge,
+    journal_oldest_age: FloatGauge,
+    outbox_rows: Gauge,
+    outbox_oldest_age: FloatGauge,
+    verify_clean_age: FloatGauge,
+    verify_drift_since_clean: Gauge,
+    backfill_ranges_done: Gauge,
+    backfill_ranges_total: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mystira");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route pattern and status",
+            requests.clone(),
+        );
+        // 1 ms to ~33 s
+        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route pattern",
+            request_seconds.clone(),
+        );
+        let m = Self {
+            registry,
+            requests,
+            request_seconds,
+            postgres_up: Gauge::default(),
+            scrape_errors: Counter::default(),
+            phase: Gauge::default(),
+            journal_entries: Gauge::default(),
+            journal_oldest_age: FloatGauge::default(),
+            outbox_rows: Gauge::default(),
+            outbox_oldest_age: FloatGauge::default(),
+            verify_clean_age: FloatGauge::default(),
+            verify_drift_since_clean: Gauge::default(),
+            backfill_ranges_done: Gauge::default(),
+            backfill_ranges_total: Gauge::default(),
+        };
+        m.register_state()
+    }
+
+    fn register_state(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "postgres_up",
+            "1 when the last scrape could read the migration state from PostgreSQL",
+            self.postgres_up.clone(),
+        );
+        r.register(
+            "metrics_scrape_errors",
+            "Scrapes that could not read the migration state from PostgreSQL",
+            self.scrape_errors.clone(),
+        );
+        r.register(
+            "phase",
+            "The domain-wide migration phase: 0 cosmos-only, 1 dual-write-cosmos-read, \
+             2 dual-write-postgres-read, 3 postgres-only",
+            self.phase.clone(),
+        );
+        r.register(
+            "retry_journal_entries",
+            "Phase-1 writes Cosmos took that PostgreSQL has not (the journal table)",
+            self.journal_entries.clone(),
+        );
+        r.register(
+            "retry_journal_oldest_age_seconds",
+            "Age of the oldest retry-journal entry (0 when empty)",
+            self.journal_oldest_age.clone(),
+        );
+        r.register(
+            "outbox_rows",
+            "PostgreSQL writes Cosmos has not taken yet",
+            self.outbox_rows.clone(),
+        );
+        r.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest outbox row (0 when empty)",
+            self.outbox_oldest_age.clone(),
+        );
+        r.register(
+            "verify_last_clean_age_seconds",
+            "Age of the newest clean full verify (-1 when there is none)",
+            self.verify_clean_age.clone(),
+        );
+        r.register(
+            "verify_drift_since_clean",
+            "1 when a verify found drift after the newest clean one (or with no clean one)",
+            self.verify_drift_since_clean.clone(),
+        );
+        r.register(
+            "backfill_ranges_done",
+            "Work ranges of the backfill job that are finished",
+            self.backfill_ranges_done.clone(),
+        );
+        r.register(
+            "backfill_ranges",
+            "Work ranges of the backfill job",
+            self.backfill_ranges_total.clone(),
+        );
+        self
+    }
+
+    fn observe(&self, method: &str, route: &str, status: StatusCode, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status: status.as_u16(),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Reads the migration state into the gauges.
+    async fn refresh(&self, pool: &PgPool, phase: u8) {
+        self.phase.set(i64::from(phase));
+        match read_state(pool).await {
+            Ok(s) => {
+                self.postgres_up.set(1);
+                let age = |t: Option<DateTime<Utc>>| {
+                    t.map_or(0.0, |t| (s.now - t).num_milliseconds() as f64 / 1000.0)
+                };
+                self.journal_entries.set(s.journal_entries);
+                self.journal_oldest_age.set(age(s.journal_oldest));
+                self.outbox_rows.set(s.outbox_rows);
+                self.outbox_oldest_age.set(age(s.outbox_oldest));
+                self.verify_clean_age
+                    .set(s.verify_clean.map_or(-1.0, |t| age(Some(t))));
+                let drift = match (s.verify_clean, s.verify_drift) {
+                    (_, None) => false,
+                    (None, Some(_)) => true,
+                    (Some(clean), Some(drift)) => drift > clean,
+                };
+                self.verify_drift_since_clean.set(i64::from(drift));
+                self.backfill_ranges_done.set(s.ranges_done);
+                self.backfill_ranges_total.set(s.ranges_total);
+            }
+            Err(e) => {
+                self.postgres_up.set(0);
+                self.scrape_errors.inc();
+                tracing::warn!(error = %e, "metrics: cannot read the migration state");
+            }
+        }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+struct StateFigures {
+    now: DateTime<Utc>,
+    journal_entries: i64,
+    journal_oldest: Option<DateTime<Utc>>,
+    outbox_rows: i64,
+    outbox_oldest: Option<DateTime<Utc>>,
+    verify_clean: Option<DateTime<Utc>>,
+    verify_drift: Option<DateTime<Utc>>,
+    ranges_done: i64,
+    ranges_total: i64,
+}
+
+/// One round trip's worth of state (the times are the server's, so ages do not depend on
+/// this host's clock).
+async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    let (journal_entries, journal_oldest): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("select count(*), min(enqueued_at) from migration.retry_journal")
+            .fetch_one(&mut *tx)
+            .await?;
+    let (outbox_rows, outbox_oldest): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("select count(*), min(enqueued_at) from migration.outbox")
+            .fetch_one(&mut *tx)
+            .await?;
+    let facts = mystira_postgres::phase::verify_facts(&mut *tx)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let (ranges_done, ranges_total): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where done), count(*) from migration.work_ranges
+         where job = 'backfill'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(StateFigures {
+        now,
+        journal_entries,
+        journal_oldest,
+        outbox_rows,
+        outbox_oldest,
+        verify_clean: facts.latest_clean,
+        verify_drift: facts.latest_drift,
+        ranges_done,
+        ranges_total,
+    })
+}
+
+/// Counts and times every request (the scrape itself included).
+pub(crate) async fn track_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .observe(&method, &route, response.status(), started.elapsed());
+    response
+}
+
+pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .refresh(&state.pool, state.phase.domain_phase().number())
+        .await;
+    match state.metrics.encode() {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => crate::Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_encoding",
+            "the metrics could not be encoded",
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,52 @@
+//! Errors as `application/problem+json` (RFC 9457), with a stable `code` for scripts. A
+//! problem never quotes a stored value: `detail` names fields, rules and stores only.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// One problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI reference naming the problem type (`about:blank` when the status says it all).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable, for scripts and alerts (e.g. `not_found`, `not_ready`).
+    pub code: String,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:mystira-users:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            code: code.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route: see the README for the endpoints that exist",
+    )
+}

@@ -184,6 +184,26 @@ pub enum Command {
     /// with --apply-deletes. Exit code 0, 1 when counts do not reconcile, 3 when deletes were
     /// found and not applied. See docs/replication.md.
     Replicate(crate::commands::ReplicateArgs),
+
+    /// Print the migration's sign-off sheet: counts per container, quarantine by reason, notes
+    /// by code, derived checks; codes, counts and document ids only, never values.
+    ///
+    /// Reads PostgreSQL only: the latest backfill run's counts per container (read, written,
+    /// unchanged, quarantined, skipped, superseded), the rows per table and the open quarantine
+    /// now, the open quarantine by reason code and the notes by code (each with a count and a
+    /// few example document ids), and the accounts whose `UserProfileIds` list disagrees with
+    /// the profiles' `AccountId`. Markdown, or with --json an object with stable field names
+    /// (see docs/report.md). Never creates the database or applies the schema: an unreachable
+    /// or unmigrated database is an error (exit code 1). Exit code 0 otherwise.
+    Report(ReportArgs),
+}
+
+/// `mystira-users report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Example document ids listed per reason and per note code at most
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub examples: usize,
 }
 
 /// `mystira-users bench`

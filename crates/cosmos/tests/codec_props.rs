@@ -521,7 +521,12 @@ proptest! {
         prop_assert_eq!(&d.subscription, &s);
         prop_assert_eq!(&d.completed_scenarios, &completed);
         prop_assert_eq!(&d.profile_ids_hint, &profile_ids);
-        prop_assert!(d.notes.is_empty(), "{:?}", d.notes);
+        // the one note a clean account may carry: its dropped UserProfileIds list, whole
+        prop_assert!(
+            d.notes.iter().all(|n| n.code == "user_profile_ids_dropped"
+                && n.original.as_ref() == doc.get("UserProfileIds")),
+            "{:?}", d.notes
+        );
     }
 
     #[test]

@@ -86,8 +86,14 @@ fn rejection(result: Result<impl std::fmt::Debug, DecodeError>) -> DecodeError {
     result.expect_err("should be rejected")
 }
 
+/// The codes of the notes, without `user_profile_ids_dropped`: every account that has a
+/// `UserProfileIds` list carries it (see `user_profile_ids_are_kept_in_a_note`).
 fn note_codes(notes: &[mystira_cosmos::Note]) -> Vec<&'static str> {
-    notes.iter().map(|n| n.code).collect()
+    notes
+        .iter()
+        .map(|n| n.code)
+        .filter(|c| *c != "user_profile_ids_dropped")
+        .collect()
 }
 
 // ---------------------------------------------------------------- accounts: shapes
@@ -156,7 +162,49 @@ fn ef9_account_decodes_every_field() {
         Some("\"0000d986-0000-0d00-0000-65a1b2c30000\"")
     );
     assert_eq!(d.document_id, ACCOUNT_ID);
-    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    assert!(note_codes(&d.notes).is_empty(), "{:?}", d.notes);
+}
+
+#[test]
+fn user_profile_ids_are_kept_in_a_note() {
+    let doc = ef9_account();
+    let d = decode_account(&doc).unwrap();
+    let note = d
+        .notes
+        .iter()
+        .find(|n| n.code == "user_profile_ids_dropped")
+        .expect("the dropped list is on record");
+    assert_eq!(note.subject, "UserProfileIds");
+    assert_eq!(note.original.as_ref(), doc.get("UserProfileIds"));
+    let none = decode_account(&without(ef9_account(), &["UserProfileIds"])).unwrap();
+    assert!(none.notes.iter().all(|n| n.code != "user_profile_ids_dropped"));
+}
+
+#[test]
+fn changed_values_keep_their_original() {
+    let original_of = |d: &mystira_cosmos::codec::DecodedAccount, code: &str| {
+        d.notes
+            .iter()
+            .find(|n| n.code == code)
+            .and_then(|n| n.original.clone())
+    };
+    let d = decode_account(&with(ef9_account(), &["Role"], json!("admin"))).unwrap();
+    assert_eq!(original_of(&d, "role_recased"), Some(json!("admin")));
+    let d = decode_account(&with(ef9_account(), &["Email"], json!("  kid@example.com "))).unwrap();
+    assert_eq!(d.account.email.as_str(), "kid@example.com");
+    assert_eq!(original_of(&d, "email_trimmed"), Some(json!("  kid@example.com ")));
+    let d = decode_account(&with(ef9_account(), &["Auth0UserId"], json!("auth0|other"))).unwrap();
+    assert_eq!(original_of(&d, "conflicting_user_ids"), Some(json!("auth0|other")));
+    let d = decode_account(&with(
+        ef9_account(),
+        &["CompletedScenarioIds"],
+        json!(" s-1 ,,s-2"),
+    ))
+    .unwrap();
+    assert_eq!(original_of(&d, "list_normalised"), Some(json!(" s-1 ,,s-2")));
+    // a clean value changes nothing and leaves no note
+    let d = decode_account(&ef9_account()).unwrap();
+    assert!(original_of(&d, "email_trimmed").is_none());
 }
 
 #[test]
@@ -469,7 +517,10 @@ fn completed_scenarios_use_last_login_else_ts_and_are_deduplicated() {
         .map(|c| c.scenario_id.as_str())
         .collect();
     assert_eq!(ids, ["s-1", "s-2"]);
-    assert_eq!(note_codes(&d.notes), ["duplicate_completed_scenario"]);
+    assert_eq!(
+        note_codes(&d.notes),
+        ["list_normalised", "duplicate_completed_scenario"]
+    );
 
     let unset = with(
         ef9_account(),

@@ -100,7 +100,9 @@ fn every_document_decodes_as_its_kind_says() {
                 match doc.kind.expected() {
                     Expected::Note(code) => assert!(notes.contains(&code), "{context} {notes:?}"),
                     _ => assert!(
-                        notes.iter().all(|n| *n == "age_group_mapped"),
+                        notes
+                            .iter()
+                            .all(|n| ["age_group_mapped", "user_profile_ids_dropped"].contains(n)),
                         "{context} {notes:?}"
                     ),
                 }

@@ -63,6 +63,8 @@ impl Default for BackfillConfig {
 
 /// What happened to one container's documents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+// counts recorded by older versions lack the newer fields
+#[serde(default)]
 pub struct ContainerCounts {
     pub read: u64,
     pub written: u64,
@@ -74,7 +76,6 @@ pub struct ContainerCounts {
     /// Documents counted `written` earlier that a newer document of the same row displaced
     /// later (moved to the quarantine as `superseded_duplicate`). Not part of the reconciliation:
     /// each was read and written once; this says how many of those writes no longer stand.
-    #[serde(default)]
     pub superseded: u64,
 }
 

@@ -13,6 +13,7 @@ pub mod phase;
 pub mod quarantine;
 pub mod relay;
 pub mod replicate;
+pub mod report;
 pub mod router;
 pub mod source;
 pub mod verify;

@@ -14,6 +14,7 @@ mod phase;
 mod quarantine;
 mod relay;
 mod replicate;
+mod report;
 mod source;
 mod stop;
 mod verify;
@@ -56,5 +57,6 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Phase(p) => phase::run(p, settings).await,
         Command::Db(db) => db::run(db, settings).await,
         Command::Replicate(args) => replicate::run(args, settings).await,
+        Command::Report(args) => report::run(args, settings).await,
     }
 }

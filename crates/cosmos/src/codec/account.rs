@@ -74,7 +74,18 @@ pub fn decode_account(doc: &Value) -> Result<DecodedAccount, DecodeError> {
     let mut notes = Vec::new();
 
     let auth0_user_id = read_user_id(&f, &mut notes)?;
-    let email = Email::parse_field("email", f.req_str("Email")?)
+    let raw_email = f.req_str("Email")?;
+    if raw_email.trim() != raw_email {
+        notes.push(
+            Note::new(
+                "email_trimmed",
+                "Email",
+                json!({ "rule": "surrounding whitespace removed" }),
+            )
+            .with_original(json!(raw_email)),
+        );
+    }
+    let email = Email::parse_field("email", raw_email)
         .map_err(|e| DecodeError::validation("Email", &e))?;
     let display_name = f.str_or_empty("DisplayName", &mut notes)?;
     let role = read_role(&f, &mut notes)?;
@@ -102,7 +113,19 @@ pub fn decode_account(doc: &Value) -> Result<DecodedAccount, DecodeError> {
         .map(|s| read_subscription(s, &account, &version, &mut notes))
         .transpose()?;
     let completed_scenarios = read_completed(&f, &account, &version, &mut notes)?;
-    let profile_ids_hint = f.list("UserProfileIds")?;
+    let profile_ids_hint = f.list("UserProfileIds", &mut notes)?;
+    // the relation lives in each profile's AccountId; the account's own list is not stored,
+    // so it is kept here for a report to compare (it drifts in real data)
+    if let Some(raw) = f.get("UserProfileIds").filter(|v| !v.is_null()) {
+        notes.push(
+            Note::new(
+                "user_profile_ids_dropped",
+                "UserProfileIds",
+                json!({ "rule": "not stored: profiles point at their account" }),
+            )
+            .with_original(raw.clone()),
+        );
+    }
 
     Ok(DecodedAccount {
         account,
@@ -121,11 +144,14 @@ fn read_user_id(f: &Fields<'_>, notes: &mut Vec<Note>) -> Result<Option<String>,
     if let (Some(e), Some(l)) = (external, legacy)
         && e != l
     {
-        notes.push(Note::new(
-            "conflicting_user_ids",
-            "ExternalUserId",
-            json!({ "rule": "ExternalUserId and Auth0UserId differ; ExternalUserId was kept" }),
-        ));
+        notes.push(
+            Note::new(
+                "conflicting_user_ids",
+                "Auth0UserId",
+                json!({ "rule": "ExternalUserId and Auth0UserId differ; ExternalUserId was kept" }),
+            )
+            .with_original(json!(l)),
+        );
     }
     Ok(external.or(legacy).map(str::to_owned))
 }
@@ -142,11 +168,10 @@ fn read_role(f: &Fields<'_>, notes: &mut Vec<Note>) -> Result<Role, DecodeError>
     let role = Role::parse(raw).map_err(|e| DecodeError::validation("Role", &e))?;
     if role.as_str() != raw {
         // Role names are not personal data: the canonical one is safe to record.
-        notes.push(Note::new(
-            "role_recased",
-            "Role",
-            json!({ "stored_as": role.as_str() }),
-        ));
+        notes.push(
+            Note::new("role_recased", "Role", json!({ "stored_as": role.as_str() }))
+                .with_original(json!(raw)),
+        );
     }
     Ok(role)
 }
@@ -267,7 +292,7 @@ fn read_subscription(
             .opt_str("PurchaseToken")?
             .map(|t| Secret::new(t.to_owned())),
         last_verified: f.opt_date("LastVerified")?,
-        purchased_scenarios: f.list("PurchasedScenarios")?,
+        purchased_scenarios: f.list("PurchasedScenarios", notes)?,
         created_at,
         updated_at,
     };
@@ -307,7 +332,7 @@ fn read_completed(
     version: &SourceVersion,
     notes: &mut Vec<Note>,
 ) -> Result<Vec<CompletedScenario>, DecodeError> {
-    let scenario_ids = f.list("CompletedScenarioIds")?;
+    let scenario_ids = f.list("CompletedScenarioIds", notes)?;
     if scenario_ids.is_empty() {
         return Ok(Vec::new());
     }

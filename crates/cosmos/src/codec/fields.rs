@@ -188,7 +188,7 @@ impl<'a> Fields<'a> {
         name: &str,
         notes: &mut Vec<Note>,
     ) -> Result<f32, DecodeError> {
-        self.or_default(name, notes, 0.0, |s| match s.get(name) {
+        let value = self.or_default(name, notes, 0.0, |s| match s.get(name) {
             None => Ok(None),
             // The app's property is a .NET `float`; its values are f32, written as doubles.
             Some(Value::Number(n)) => n
@@ -200,7 +200,24 @@ impl<'a> Fields<'a> {
                     DecodeError::wrong_type(s.path(name), "a number in the range of a 32-bit float")
                 }),
             Some(_) => Err(DecodeError::wrong_type(s.path(name), "a number")),
-        })
+        })?;
+        // `REAL` keeps 24 bits of mantissa: a double the app did not write (a hand-edited or
+        // imported document) can change value; keep what was stored
+        // (compared by the float's shortest decimal, as .NET and we write it: `0.1` stored is
+        // the float 0.1, not a change)
+        if let Some(stored) = self.get(name).and_then(Value::as_f64)
+            && value.to_string().parse::<f64>().ok() != Some(stored)
+        {
+            notes.push(
+                Note::new(
+                    "real_narrowed",
+                    self.path(name),
+                    json!({ "rule": "narrowed to a 32-bit float (REAL); the value changed" }),
+                )
+                .with_original(json!(stored)),
+            );
+        }
+        Ok(value)
     }
 
     fn or_default<T>(
@@ -268,8 +285,37 @@ impl<'a> Fields<'a> {
     }
 
     /// A list stored as a comma-joined string (`"a,b"`, the app's format) or, leniently, as a
-    /// JSON array of strings. Items are trimmed; empty items are dropped.
-    pub(crate) fn list(&self, name: &str) -> Result<Vec<String>, DecodeError> {
+    /// JSON array of strings. Items are trimmed; empty items are dropped; when that changed
+    /// anything, a `list_normalised` note keeps the value as stored.
+    pub(crate) fn list(
+        &self,
+        name: &str,
+        notes: &mut Vec<Note>,
+    ) -> Result<Vec<String>, DecodeError> {
+        let list = self.list_as_read(name)?;
+        let changed = match self.get(name) {
+            // `a,b` and `a, b` are two spellings of one list (both occur), not a change
+            Some(Value::String(s)) => list.join(",") != *s && list.join(", ") != *s,
+            Some(Value::Array(items)) => {
+                items.len() != list.len()
+                    || items.iter().zip(&list).any(|(a, b)| a.as_str() != Some(b))
+            }
+            _ => false,
+        };
+        if changed && let Some(raw) = self.get(name) {
+            notes.push(
+                Note::new(
+                    "list_normalised",
+                    self.path(name),
+                    json!({ "rule": "items trimmed and empty items dropped" }),
+                )
+                .with_original(raw.clone()),
+            );
+        }
+        Ok(list)
+    }
+
+    fn list_as_read(&self, name: &str) -> Result<Vec<String>, DecodeError> {
         let items: Vec<&str> = match self.get(name) {
             None => Vec::new(),
             Some(Value::String(s)) => s.split(',').collect(),

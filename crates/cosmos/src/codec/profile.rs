@@ -67,11 +67,14 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         AgeGroup::from_source(raw_age).map_err(|e| DecodeError::validation("AgeGroupName", &e))?;
     if age_group.as_str() != raw_age {
         // Age-group names are a fixed vocabulary, not personal data.
-        notes.push(Note::new(
-            "age_group_mapped",
-            "AgeGroupName",
-            json!({ "stored_as": age_group.as_str() }),
-        ));
+        notes.push(
+            Note::new(
+                "age_group_mapped",
+                "AgeGroupName",
+                json!({ "stored_as": age_group.as_str() }),
+            )
+            .with_original(json!(raw_age)),
+        );
     }
     let profile = UserProfile {
         id: ids.mapped.uuid,
@@ -88,7 +91,7 @@ pub fn decode_profile(doc: &Value) -> Result<DecodedProfile, DecodeError> {
         bio: f.opt_str("Bio")?.map(str::to_owned),
         avatar_media_id: f.opt_str("AvatarMediaId")?.map(str::to_owned),
         selected_avatar_media_id: f.opt_str("SelectedAvatarMediaId")?.map(str::to_owned),
-        preferred_themes: f.list("PreferredFantasyThemes")?,
+        preferred_themes: f.list("PreferredFantasyThemes", &mut notes)?,
         has_completed_onboarding: f.bool_or_false("HasCompletedOnboarding", &mut notes)?,
         created_at: f.req_date("CreatedAt")?,
         updated_at: f.req_date("UpdatedAt")?,

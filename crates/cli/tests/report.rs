@@ -34,7 +34,10 @@ async fn fresh_database(tag: &str) -> String {
 }
 
 fn sample_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/sample"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/sample"
+    ))
 }
 
 fn mystira(db: &str, args: &[&str]) -> Output {
@@ -148,7 +151,12 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
     );
 
     let out = mystira(&db, &["report", "--json", "--examples", "3"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let markdown = mystira(&db, &["report"]);
     assert_eq!(markdown.status.code(), Some(0));
@@ -167,7 +175,10 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
     assert_eq!(report["run"]["counts_from"], "run");
 
     let tables = [
-        ("Accounts", &["accounts", "subscriptions", "completed_scenarios"][..]),
+        (
+            "Accounts",
+            &["accounts", "subscriptions", "completed_scenarios"][..],
+        ),
         ("UserProfiles", &["user_profiles", "user_badges"][..]),
         ("PendingSignups", &["pending_signups"][..]),
     ];
@@ -184,7 +195,10 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
             "{container}.superseded"
         );
         read_total += c["counts"]["read"].as_i64().unwrap();
-        assert!(c["counts"]["read"].as_i64().unwrap() > 0, "{container} read nothing");
+        assert!(
+            c["counts"]["read"].as_i64().unwrap() > 0,
+            "{container} read nothing"
+        );
         assert_eq!(c["reconciles"], true, "{container}");
         let open = count(
             &mut conn,
@@ -197,7 +211,9 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
         assert_eq!(c["open_quarantine"], open, "{container}");
         let docs = count(
             &mut conn,
-            &format!("select count(*) from migration.document_versions where container = '{container}'"),
+            &format!(
+                "select count(*) from migration.document_versions where container = '{container}'"
+            ),
         )
         .await;
         assert_eq!(c["documents_in_postgres"], docs, "{container}");
@@ -262,7 +278,10 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
     let check = &report["checks"]["user_profile_ids"];
     assert_eq!(check["note_code"], NOTE);
     assert_eq!(check["accounts_checked"], checked);
-    assert!(checked > 0, "no account has a {NOTE} note: the codec changed the code?");
+    assert!(
+        checked > 0,
+        "no account has a {NOTE} note: the codec changed the code?"
+    );
     assert_eq!(check["accounts_disagreeing"], disagreeing.len() as i64);
     assert_eq!(check["listed_not_pointing"], listed_only);
     assert_eq!(check["pointing_not_listed"], pointing_only);
@@ -273,12 +292,24 @@ async fn the_report_of_the_bundled_sample_matches_sql_and_prints_no_personal_dat
     // codes, counts and ids only
     let json_text = String::from_utf8(out.stdout).unwrap();
     let personal = sample_personal_values();
-    assert!(personal.len() > 300, "the sample's emails and names were not found");
+    assert!(
+        personal.len() > 300,
+        "the sample's emails and names were not found"
+    );
     for value in &personal {
-        assert!(!json_text.contains(value.as_str()), "the JSON report prints a sample value");
-        assert!(!markdown.contains(value.as_str()), "the Markdown report prints a sample value");
+        assert!(
+            !json_text.contains(value.as_str()),
+            "the JSON report prints a sample value"
+        );
+        assert!(
+            !markdown.contains(value.as_str()),
+            "the Markdown report prints a sample value"
+        );
     }
-    assert!(!json_text.contains('@') && !markdown.contains('@'), "an email-like text is printed");
+    assert!(
+        !json_text.contains('@') && !markdown.contains('@'),
+        "an email-like text is printed"
+    );
     assert!(markdown.contains("| Accounts |"), "{markdown}");
 }
 

@@ -118,7 +118,8 @@ fn signup(
         cosmos_id: None,
         email: Email::parse(email).expect("valid email"),
         display_name: "New Parent".to_owned(),
-        code: SignupCode::parse(code).expect("code"),
+        code: Some(SignupCode::parse(code).expect("code")),
+        magic_link: None,
         created_at: created,
         expires_at: expires,
         is_used: false,
@@ -1033,7 +1034,7 @@ async fn signups_create_get_verify_mark_used_and_cleanup() {
     );
     let stored = signups.get(newest.id).await.expect("get").expect("present");
     assert_eq!(stored.failed_attempts, 0);
-    assert_eq!(stored.code.as_str(), "123456");
+    assert_eq!(stored.code.as_ref().map(|c| c.as_str()), Some("123456"));
     assert_eq!(signups.get(Uuid::new_v4()).await.expect("missing"), None);
 
     // the newest open sign-up is checked, ignoring case

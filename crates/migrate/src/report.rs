@@ -607,7 +607,7 @@ mod tests {
         let c: Counts = serde_json::from_value(serde_json::json!({
             "read": 3, "written": 1, "unchanged": 1, "quarantined": 1
         }))
-        .unwrap();
+        .expect("counts without the newer fields");
         assert_eq!(c.read, 3);
         assert_eq!(c.superseded, 0);
         assert!(c.reconciles());

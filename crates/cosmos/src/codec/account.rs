@@ -85,8 +85,8 @@ pub fn decode_account(doc: &Value) -> Result<DecodedAccount, DecodeError> {
             .with_original(json!(raw_email)),
         );
     }
-    let email = Email::parse_field("email", raw_email)
-        .map_err(|e| DecodeError::validation("Email", &e))?;
+    let email =
+        Email::parse_field("email", raw_email).map_err(|e| DecodeError::validation("Email", &e))?;
     let display_name = f.str_or_empty("DisplayName", &mut notes)?;
     let role = read_role(&f, &mut notes)?;
     let settings = read_settings(f.opt_object("Settings")?, &mut notes)?;
@@ -169,8 +169,12 @@ fn read_role(f: &Fields<'_>, notes: &mut Vec<Note>) -> Result<Role, DecodeError>
     if role.as_str() != raw {
         // Role names are not personal data: the canonical one is safe to record.
         notes.push(
-            Note::new("role_recased", "Role", json!({ "stored_as": role.as_str() }))
-                .with_original(json!(raw)),
+            Note::new(
+                "role_recased",
+                "Role",
+                json!({ "stored_as": role.as_str() }),
+            )
+            .with_original(json!(raw)),
         );
     }
     Ok(role)

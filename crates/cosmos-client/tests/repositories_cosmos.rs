@@ -16,8 +16,8 @@ use mystira_domain::ports::{
     PendingSignupRepository, ProfileRepository, SubscriptionRepository, VerifyOutcome,
 };
 use mystira_domain::{
-    Account, AccountSettings, AgeGroup, Email, MappedId, PendingSignup, RepoError, Role, Secret,
-    SignupCode, Subscription, SubscriptionType, UserBadge, UserProfile,
+    Account, AccountSettings, AgeGroup, Email, MagicLink, MappedId, PendingSignup, RepoError, Role,
+    Secret, SignupCode, SignupStatus, Subscription, SubscriptionType, UserBadge, UserProfile,
 };
 use serde_json::{Value, json};
 use support::{Faults, user_domain};
@@ -118,7 +118,8 @@ fn signup(
         cosmos_id: None,
         email: Email::parse(email).expect("valid email"),
         display_name: "New Parent".to_owned(),
-        code: SignupCode::parse(code).expect("code"),
+        code: Some(SignupCode::parse(code).expect("code")),
+        magic_link: None,
         created_at: created,
         expires_at: expires,
         is_used: false,
@@ -991,6 +992,181 @@ async fn badge_award_is_idempotent_also_under_concurrency() {
     store.delete_database().await.expect("cleanup");
 }
 
+fn status(n: i64) -> SignupStatus {
+    SignupStatus::new("status", n).expect("valid status")
+}
+
+/// The magic-link version (issue 10 item 4), written by the repository and written raw in the
+/// app's own shape, found by its token hash, verified and consumed; a code is refused.
+#[tokio::test]
+async fn magic_link_signups_are_found_verified_and_consumed() {
+    const HASH: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    let (store, repos) = user_domain("magic_links").await;
+    let signups = &repos.pending_signups;
+    // whole seconds: .NET dates keep 100 ns ticks, not nanoseconds
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let email = Email::parse("magic@example.com").expect("email");
+    let mine = PendingSignup {
+        code: None,
+        magic_link: Some(MagicLink {
+            verification_token_hash: Secret::new(HASH.to_owned()),
+            status: status(0),
+            verified_at: None,
+            consumed_at: None,
+        }),
+        ..signup(
+            "magic@example.com",
+            "1",
+            now - Duration::minutes(1),
+            now + Duration::minutes(14),
+        )
+    };
+    signups.create(&mine).await.expect("create");
+    let id = mine.id.to_string();
+    let c = store.container("PendingSignups").await.expect("container");
+    let doc = c
+        .read::<Value>("magic@example.com".to_owned(), &id)
+        .await
+        .expect("read")
+        .expect("present")
+        .value;
+    // the app's magic-link shape: no Code, and none of the code version's fields
+    assert_eq!(doc["VerificationTokenHash"], json!(HASH));
+    assert_eq!(doc["Status"], json!(0));
+    for k in ["Code", "IsUsed", "IsSignin", "FailedAttempts"] {
+        assert!(doc.get(k).is_none(), "{k}");
+    }
+    assert_eq!(signups.get(mine.id).await.expect("get"), Some(mine.clone()));
+    assert_eq!(
+        signups.find_by_token_hash(HASH).await.expect("find"),
+        Some(mine.clone())
+    );
+    assert_eq!(
+        signups.find_by_token_hash("ffff").await.expect("find"),
+        None
+    );
+    assert_eq!(
+        signups
+            .verify_code(&email, "123456", now, 5)
+            .await
+            .expect("verify"),
+        VerifyOutcome::NotACodeSignup
+    );
+
+    let verified_at = at(3, 1);
+    assert!(
+        signups
+            .mark_verified(mine.id, status(1), verified_at)
+            .await
+            .expect("verify")
+    );
+    assert!(
+        signups
+            .mark_verified(mine.id, status(1), at(3, 2))
+            .await
+            .expect("again")
+    );
+    assert!(
+        signups
+            .mark_consumed(mine.id, status(2), at(3, 3))
+            .await
+            .expect("consume")
+    );
+    let stored = signups.get(mine.id).await.expect("get").expect("present");
+    let link = stored.magic_link.clone().expect("link");
+    assert_eq!(link.status, status(2));
+    assert_eq!(link.verified_at, Some(verified_at));
+    assert_eq!(link.consumed_at, Some(at(3, 3)));
+    assert_eq!(
+        stored.failed_attempts, 0,
+        "the code's guess was not counted"
+    );
+    let doc = c
+        .read::<Value>("magic@example.com".to_owned(), &id)
+        .await
+        .expect("read")
+        .expect("present")
+        .value;
+    assert_eq!(doc["ConsumedAt"], json!("2025-03-03T10:00:03.0000000Z"));
+    assert!(doc.get("Code").is_none());
+
+    // a document the app wrote, raw, with a property this code does not know
+    let app_id = Uuid::new_v4();
+    let app_doc = json!({
+        "id": app_id.to_string(),
+        "$type": "PendingSignup",
+        "email": "app@example.com",
+        "DisplayName": "App",
+        "VerificationTokenHash": "abc123",
+        "Status": 0,
+        "VerifiedAt": null,
+        "ConsumedAt": null,
+        "CreatedAt": "2025-03-03T10:00:00.0000000Z",
+        "ExpiresAt": "2025-03-03T10:15:00.0000000Z",
+        "FutureField": "kept"
+    });
+    raw(&store, "PendingSignups", "app@example.com", &app_doc).await;
+    let found = signups
+        .find_by_token_hash("abc123")
+        .await
+        .expect("find")
+        .expect("the app's document");
+    assert_eq!(found.id, app_id);
+    assert!(
+        signups
+            .mark_verified(app_id, status(1), at(3, 5))
+            .await
+            .expect("verify")
+    );
+    let doc = c
+        .read::<Value>("app@example.com".to_owned(), &app_id.to_string())
+        .await
+        .expect("read")
+        .expect("present")
+        .value;
+    assert_eq!(doc["VerifiedAt"], json!("2025-03-03T10:00:05.0000000Z"));
+    assert_eq!(doc["Status"], json!(1));
+    assert_eq!(doc["FutureField"], json!("kept"));
+    assert!(doc.get("IsUsed").is_none() && doc.get("Code").is_none());
+
+    // no link to mark on a code-only sign-up, nor on none
+    let code_only = signup(
+        "code@example.com",
+        "123456",
+        now,
+        now + Duration::minutes(15),
+    );
+    signups.create(&code_only).await.expect("create");
+    assert!(
+        !signups
+            .mark_verified(code_only.id, status(1), now)
+            .await
+            .expect("code")
+    );
+    assert!(
+        !signups
+            .mark_consumed(Uuid::new_v4(), status(1), now)
+            .await
+            .expect("none")
+    );
+    assert!(
+        signups
+            .get(code_only.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .magic_link
+            .is_none()
+    );
+
+    // cleanup deletes expired sign-ups of either version (the app's expired long ago; the
+    // repository's own are open), as PostgreSQL's cleanup_expired_signups() does
+    assert_eq!(signups.cleanup_expired().await.expect("cleanup"), 1);
+    assert_eq!(signups.get(app_id).await.expect("get"), None);
+    assert!(signups.get(mine.id).await.expect("get").is_some());
+    store.delete_database().await.expect("cleanup");
+}
+
 #[tokio::test]
 async fn signups_create_get_verify_mark_used_and_cleanup() {
     let (store, repos) = user_domain("signups").await;
@@ -1033,7 +1209,7 @@ async fn signups_create_get_verify_mark_used_and_cleanup() {
     );
     let stored = signups.get(newest.id).await.expect("get").expect("present");
     assert_eq!(stored.failed_attempts, 0);
-    assert_eq!(stored.code.as_str(), "123456");
+    assert_eq!(stored.code.as_ref().map(|c| c.as_str()), Some("123456"));
     assert_eq!(signups.get(Uuid::new_v4()).await.expect("missing"), None);
 
     // the newest open sign-up is checked, ignoring case

@@ -1126,38 +1126,248 @@ fn signup() -> Value {
 }
 
 #[test]
+fn signup_changes_and_unknown_fields_keep_their_original() {
+    let doc = with(signup(), &["email"], json!(" new.parent@example.com"));
+    let doc = with(doc, &["Referrer"], json!("school-newsletter"));
+    let d = decode_pending_signup(&doc).unwrap();
+    assert_eq!(d.signup.email.as_str(), "new.parent@example.com");
+    let trimmed = d.notes.iter().find(|n| n.code == "email_trimmed").unwrap();
+    assert_eq!(trimmed.subject, "email");
+    assert_eq!(trimmed.original, Some(json!(" new.parent@example.com")));
+    let unknown = d
+        .notes
+        .iter()
+        .find(|n| n.code == "unknown_fields_dropped")
+        .unwrap();
+    assert_eq!(
+        unknown.original,
+        Some(json!({"Referrer": "school-newsletter"}))
+    );
+    // the clean document has neither
+    let clean = decode_pending_signup(&signup()).unwrap();
+    assert!(
+        clean
+            .notes
+            .iter()
+            .all(|n| n.code != "email_trimmed" && n.code != "unknown_fields_dropped"),
+        "{:?}",
+        clean.notes
+    );
+}
+
+#[test]
 fn code_signup_decodes_and_encodes_with_the_partition_key() {
     let d = decode_pending_signup(&signup()).unwrap();
     let s = &d.signup;
     assert_eq!(s.email.as_str(), "new.parent@example.com");
-    assert!(s.code.matches("042917"));
+    assert!(s.code.as_ref().unwrap().matches("042917"));
+    assert!(s.magic_link.is_none());
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
     assert!(s.is_signin);
     assert_eq!(s.failed_attempts, 2);
     assert_eq!(s.expires_at - s.created_at, chrono::Duration::minutes(15));
     let back = encode_pending_signup(s);
     assert_eq!(back["email"], json!("new.parent@example.com"));
     assert_eq!(back["$type"], json!("PendingSignup"));
+    // a code sign-up is written back without the magic-link version's fields
+    for k in [
+        "VerificationTokenHash",
+        "Status",
+        "VerifiedAt",
+        "ConsumedAt",
+    ] {
+        assert!(back.get(k).is_none(), "{k}");
+    }
+    assert_eq!(decode_pending_signup(&back).unwrap().signup, *s);
+}
+
+const TOKEN_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// The magic-link version, as the app writes it today: no `Code`, `IsUsed`, `IsSignin` or
+/// `FailedAttempts`.
+fn magic_link_signup() -> Value {
+    json!({
+        "id": "c0000000-0000-4000-8000-000000000002",
+        "$type": "PendingSignup",
+        "email": "magic@example.com",
+        "DisplayName": "Magic",
+        "VerificationTokenHash": TOKEN_HASH,
+        "Status": 1,
+        "VerifiedAt": "2025-12-20T10:05:00.0000000Z",
+        "ConsumedAt": null,
+        "CreatedAt": "2025-12-20T10:00:00.0000000Z",
+        "ExpiresAt": "2025-12-20T10:15:00.0000000Z",
+        "_ts": 1766225100
+    })
+}
+
+#[test]
+fn magic_link_signup_decodes_and_encodes_back_to_its_own_shape() {
+    let d = decode_pending_signup(&magic_link_signup()).unwrap();
+    let s = &d.signup;
+    assert!(s.code.is_none());
+    let link = s.magic_link.as_ref().expect("the magic-link part");
+    assert_eq!(link.verification_token_hash.expose(), TOKEN_HASH);
+    assert_eq!(link.status.get(), 1);
+    assert_eq!(link.verified_at, Some(utc("2025-12-20T10:05:00Z")));
+    assert_eq!(link.consumed_at, None);
+    assert_eq!(
+        (s.is_used, s.is_signin, s.failed_attempts),
+        (false, false, 0)
+    );
+    // the code version's fields are not defaulted with notes: this version has none of them
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    // the hash is a secret: not in Debug
+    assert!(!format!("{d:?}").contains(TOKEN_HASH));
+
+    let back = encode_pending_signup(s);
+    assert_eq!(back["VerificationTokenHash"], json!(TOKEN_HASH));
+    assert_eq!(back["Status"], json!(1));
+    assert_eq!(back["VerifiedAt"], json!("2025-12-20T10:05:00.0000000Z"));
+    // written as null, so that a write over the stored document also clears it
+    assert_eq!(back.get("ConsumedAt"), Some(&Value::Null));
+    for k in ["Code", "IsUsed", "IsSignin", "FailedAttempts"] {
+        assert!(
+            back.get(k).is_none(),
+            "{k} written for a magic-link-only sign-up"
+        );
+    }
+    assert_eq!(decode_pending_signup(&back).unwrap().signup, *s);
+    // the version's own fields, and nothing else, come back as the app wrote them
+    let source = magic_link_signup();
+    for (k, v) in back.as_object().unwrap() {
+        assert_eq!(source.get(k), Some(v), "{k}");
+    }
+
+    // state the code version tracks, set on a magic-link-only sign-up, survives the trip
+    let mut used = s.clone();
+    used.is_used = true;
+    used.failed_attempts = 1;
+    let back = encode_pending_signup(&used);
+    assert_eq!(
+        (back["IsUsed"].clone(), back["FailedAttempts"].clone()),
+        (json!(true), json!(1))
+    );
+    assert_eq!(decode_pending_signup(&back).unwrap().signup, used);
+}
+
+#[test]
+fn a_signup_with_both_versions_keeps_both_and_says_so() {
+    let mixed = with(
+        with(magic_link_signup(), &["Code"], json!("123456")),
+        &["IsUsed"],
+        json!(true),
+    );
+    let d = decode_pending_signup(&mixed).unwrap();
+    let s = &d.signup;
+    assert!(s.code.as_ref().unwrap().matches("123456"));
+    assert_eq!(
+        s.magic_link
+            .as_ref()
+            .unwrap()
+            .verification_token_hash
+            .expose(),
+        TOKEN_HASH
+    );
+    assert!(s.is_used);
+    let note = d
+        .notes
+        .iter()
+        .find(|n| n.code == "signup_mixed_versions")
+        .expect("a signup_mixed_versions note");
+    assert_eq!(note.subject, "VerificationTokenHash");
+    // field names, never values (the hash is a secret)
+    assert_eq!(
+        note.detail["fields"],
+        json!(["VerificationTokenHash", "Status", "VerifiedAt"])
+    );
+    assert!(!note.detail.to_string().contains(TOKEN_HASH));
+    assert_eq!(note.original, None);
+    // a code sign-up of this document still defaults the code version's missing fields
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.code == "field_defaulted" && n.subject == "IsSignin")
+    );
+    let back = encode_pending_signup(s);
+    assert_eq!(back["Code"], json!("123456"));
+    assert_eq!(back["VerificationTokenHash"], json!(TOKEN_HASH));
     assert_eq!(decode_pending_signup(&back).unwrap().signup, *s);
 }
 
 #[test]
-fn magic_link_signup_is_an_unsupported_version() {
-    let doc = json!({
-        "id": "c0000000-0000-4000-8000-000000000002",
-        "email": "magic@example.com",
-        "DisplayName": "Magic",
-        "VerificationTokenHash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        "Status": 1,
-        "VerifiedAt": "2025-12-20T10:05:00Z",
-        "ConsumedAt": null,
-        "CreatedAt": "2025-12-20T10:00:00Z",
-        "ExpiresAt": "2025-12-20T10:15:00Z"
-    });
-    let e = rejection(decode_pending_signup(&doc));
-    assert_eq!(e.code, "unsupported_version");
-    // With a Code it is the code version, whatever else it carries.
-    let hybrid = with(doc, &["Code"], json!("123456"));
-    assert!(decode_pending_signup(&hybrid).is_ok());
+fn magic_link_problems_are_classified() {
+    let cases = [
+        (
+            with(magic_link_signup(), &["Status"], json!(5)),
+            "out_of_range",
+            "Status",
+        ),
+        (
+            with(magic_link_signup(), &["Status"], json!(-1)),
+            "out_of_range",
+            "Status",
+        ),
+        (
+            with(magic_link_signup(), &["Status"], json!("Verified")),
+            "wrong_type",
+            "Status",
+        ),
+        (
+            with(magic_link_signup(), &["VerificationTokenHash"], json!(42)),
+            "wrong_type",
+            "VerificationTokenHash",
+        ),
+        (
+            with(magic_link_signup(), &["VerificationTokenHash"], json!("")),
+            "empty",
+            "VerificationTokenHash",
+        ),
+        (
+            with(magic_link_signup(), &["VerifiedAt"], json!("yesterday")),
+            "invalid_date",
+            "VerifiedAt",
+        ),
+        // Status and times without the token: no link anybody could follow, and no code
+        (
+            without(magic_link_signup(), &["VerificationTokenHash"]),
+            "missing_field",
+            "VerificationTokenHash",
+        ),
+        // neither version
+        (without(signup(), &["Code"]), "missing_field", "Code"),
+    ];
+    for (doc, code, field) in cases {
+        let e = rejection(decode_pending_signup(&doc));
+        assert_eq!((e.code, e.field.as_str()), (code, field), "{}", e.message);
+        assert!(!e.message.contains(TOKEN_HASH));
+    }
+    let neither = rejection(decode_pending_signup(&without(signup(), &["Code"])));
+    assert!(
+        neither.message.contains("VerificationTokenHash") && neither.message.contains("Code"),
+        "{}",
+        neither.message
+    );
+
+    // a missing Status is the app's default 0, noted
+    let d = decode_pending_signup(&without(magic_link_signup(), &["Status"])).unwrap();
+    assert_eq!(d.signup.magic_link.unwrap().status.get(), 0);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.code == "field_defaulted" && n.subject == "Status")
+    );
+
+    // magic-link fields without a token beside a Code: the code version, their values noted
+    let orphan = with(signup(), &["Status"], json!(2));
+    let d = decode_pending_signup(&orphan).unwrap();
+    assert!(d.signup.magic_link.is_none());
+    let note = d
+        .notes
+        .iter()
+        .find(|n| n.code == "magic_link_fields_without_token")
+        .expect("note");
+    assert_eq!(note.original, Some(json!({ "Status": 2 })));
 }
 
 #[test]
@@ -1174,7 +1384,6 @@ fn signup_problems_are_classified() {
             "email",
         ),
         (without(signup(), &["email"]), "missing_field", "email"),
-        (without(signup(), &["Code"]), "missing_field", "Code"),
         (
             with(signup(), &["Code"], json!(42917)),
             "wrong_type",

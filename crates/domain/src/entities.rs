@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{ValidationError, check_len, check_opt_len};
-use crate::values::{AgeGroup, Email, Role, Secret, SignupCode, SubscriptionType};
+use crate::values::{AgeGroup, Email, Role, Secret, SignupCode, SignupStatus, SubscriptionType};
 
 /// `VARCHAR(255)`, the width of most text columns.
 const WIDE: usize = 255;
@@ -216,14 +216,25 @@ impl CompletedScenario {
     }
 }
 
-/// A sign-up or sign-in waiting for its emailed code (table `pending_signups`).
+/// A sign-up or sign-in waiting for its emailed code or link (table `pending_signups`).
+///
+/// The app has written two versions of this entity into one container: the code version (a
+/// short code typed back, with a lock-out on wrong guesses) and the magic-link version (a hash
+/// of an emailed token, with a status and the times it was verified and consumed). Both are
+/// kept as they are: `code` for the first, `magic_link` for the second, and a document that
+/// carries fields of both keeps both. [`validate`](Self::validate) requires at least one.
+/// `is_used`, `is_signin` and `failed_attempts` belong to the code version; a magic-link-only
+/// sign-up has them at their defaults unless its source said otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingSignup {
     pub id: Uuid,
     pub cosmos_id: Option<String>,
     pub email: Email,
     pub display_name: String,
-    pub code: SignupCode,
+    /// The emailed code (the code version); `None` for a magic-link-only sign-up.
+    pub code: Option<SignupCode>,
+    /// The emailed link's state (the magic-link version); `None` for a code-only sign-up.
+    pub magic_link: Option<MagicLink>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub is_used: bool,
@@ -231,11 +242,38 @@ pub struct PendingSignup {
     pub failed_attempts: i32,
 }
 
+/// The magic-link part of a sign-up (columns `verification_token_hash`, `status`,
+/// `verified_at`, `consumed_at`). The token itself is never stored, only its hash, which still
+/// identifies the sign-up to whoever holds it: it is a [`Secret`], never in `Debug` or a log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MagicLink {
+    pub verification_token_hash: Secret<String>,
+    /// The app's state number, kept as stored (see [`SignupStatus`]).
+    pub status: SignupStatus,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub consumed_at: Option<DateTime<Utc>>,
+}
+
+impl MagicLink {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        // an empty hash would match an empty lookup and identify nothing
+        if self.verification_token_hash.expose().trim().is_empty() {
+            return Err(ValidationError::Empty {
+                field: "verification_token_hash",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What checking a code against a sign-up decides, before anything is written. Every store
 /// applies the same rule ([`PendingSignup::check_code`]) and only differs in how it counts a
 /// wrong code atomically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeCheck {
+    /// The sign-up has no code (magic-link only): no code can verify it, and a guess is not
+    /// counted against it.
+    NoCode,
     Expired,
     /// At the lock-out limit: refused, even when the code is right.
     LockedOut,
@@ -257,22 +295,39 @@ impl PendingSignup {
         lockout_attempts.clamp(0, Self::MAX_FAILED_ATTEMPTS)
     }
 
-    /// The checks, in order: expired at `now`; at the (effective) lock-out limit, even for the
-    /// right code; the right code; else wrong.
+    /// The checks, in order: no code at all (a magic-link-only sign-up); expired at `now`; at
+    /// the (effective) lock-out limit, even for the right code; the right code; else wrong.
     pub fn check_code(&self, code: &str, now: DateTime<Utc>, lockout_attempts: i32) -> CodeCheck {
+        let Some(expected) = &self.code else {
+            return CodeCheck::NoCode;
+        };
         if self.expires_at <= now {
             CodeCheck::Expired
         } else if self.failed_attempts >= Self::effective_lockout(lockout_attempts) {
             CodeCheck::LockedOut
-        } else if self.code.matches(code) {
+        } else if expected.matches(code) {
             CodeCheck::Verified
         } else {
             CodeCheck::Wrong
         }
     }
 
+    /// The token hash of the magic link, if the sign-up has one.
+    pub fn token_hash(&self) -> Option<&str> {
+        self.magic_link
+            .as_ref()
+            .map(|m| m.verification_token_hash.expose().as_str())
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_len("display_name", &self.display_name, WIDE)?;
+        match &self.magic_link {
+            Some(link) => link.validate()?,
+            None if self.code.is_none() => {
+                return Err(ValidationError::NoCodeOrToken { field: "code" });
+            }
+            None => {}
+        }
         if !(0..=Self::MAX_FAILED_ATTEMPTS).contains(&self.failed_attempts) {
             return Err(ValidationError::OutOfRange {
                 field: "failed_attempts",
@@ -309,7 +364,8 @@ mod tests {
             cosmos_id: None,
             email: Email::parse("a@b.co").expect("valid"),
             display_name: String::new(),
-            code: SignupCode::parse("123456").expect("valid"),
+            code: Some(SignupCode::parse("123456").expect("valid")),
+            magic_link: None,
             created_at: now,
             expires_at: now + chrono::Duration::minutes(15),
             is_used: false,
@@ -333,7 +389,8 @@ mod tests {
             cosmos_id: None,
             email: Email::parse("a@b.co").expect("valid"),
             display_name: String::new(),
-            code: SignupCode::parse("123456").expect("valid"),
+            code: Some(SignupCode::parse("123456").expect("valid")),
+            magic_link: None,
             created_at: Utc::now(),
             expires_at: Utc::now(),
             is_used: false,
@@ -345,5 +402,58 @@ mod tests {
         assert_eq!(s.validate().map_err(|e| e.field()), Err("failed_attempts"));
         s.failed_attempts = -1;
         assert!(s.validate().is_err());
+    }
+
+    fn link(hash: &str) -> MagicLink {
+        MagicLink {
+            verification_token_hash: Secret::new(hash.to_owned()),
+            status: SignupStatus::new("status", 0).expect("valid"),
+            verified_at: None,
+            consumed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_signup_needs_a_code_or_a_link_and_keeps_both() {
+        let now = Utc::now();
+        let mut s = PendingSignup {
+            id: Uuid::nil(),
+            cosmos_id: None,
+            email: Email::parse("a@b.co").expect("valid"),
+            display_name: String::new(),
+            code: None,
+            magic_link: Some(link("ab12")),
+            created_at: now,
+            expires_at: now + chrono::Duration::minutes(15),
+            is_used: false,
+            is_signin: false,
+            failed_attempts: 0,
+        };
+        assert!(s.validate().is_ok());
+        assert_eq!(s.token_hash(), Some("ab12"));
+        // a code cannot verify a magic-link-only sign-up, even one that "matches" nothing
+        assert_eq!(s.check_code("123456", now, 5), CodeCheck::NoCode);
+        assert_eq!(s.check_code("", now, 5), CodeCheck::NoCode);
+        // both versions at once: both stay, and the code works
+        s.code = Some(SignupCode::parse("123456").expect("valid"));
+        assert!(s.validate().is_ok());
+        assert_eq!(s.check_code("123456", now, 5), CodeCheck::Verified);
+        // neither: refused, naming the rule
+        s.code = None;
+        s.magic_link = None;
+        let e = s.validate().expect_err("neither");
+        assert_eq!(e.code(), "no_code_or_token");
+        assert!(e.to_string().contains("verification_token_hash"), "{e}");
+        s.magic_link = Some(link("  "));
+        assert_eq!(
+            s.validate().map_err(|e| e.field()),
+            Err("verification_token_hash")
+        );
+    }
+
+    #[test]
+    fn the_token_hash_never_shows_in_debug() {
+        let l = link("deadbeefcafe");
+        assert!(!format!("{l:?}").contains("deadbeefcafe"));
     }
 }

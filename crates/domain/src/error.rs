@@ -51,6 +51,10 @@ pub enum ValidationError {
     /// A required value that is empty.
     #[error("`{field}` must not be empty")]
     Empty { field: &'static str },
+    /// A sign-up with neither a code nor a magic-link token hash: nothing could ever complete
+    /// it (`pending_signups_code_or_token_check`).
+    #[error("a sign-up needs `{field}` or `verification_token_hash`; it has neither")]
+    NoCodeOrToken { field: &'static str },
 }
 
 impl ValidationError {
@@ -64,7 +68,8 @@ impl ValidationError {
             | Self::InvalidSignupCode { field, .. }
             | Self::TooLong { field, .. }
             | Self::OutOfRange { field, .. }
-            | Self::Empty { field } => field,
+            | Self::Empty { field }
+            | Self::NoCodeOrToken { field } => field,
         }
     }
 
@@ -79,6 +84,7 @@ impl ValidationError {
             Self::TooLong { .. } => "too_long",
             Self::OutOfRange { .. } => "out_of_range",
             Self::Empty { .. } => "empty",
+            Self::NoCodeOrToken { .. } => "no_code_or_token",
         }
     }
 }

@@ -14,9 +14,9 @@ pub mod ports;
 pub mod values;
 
 pub use entities::{
-    Account, AccountSettings, CodeCheck, CompletedScenario, PendingSignup, Subscription, UserBadge,
-    UserProfile,
+    Account, AccountSettings, CodeCheck, CompletedScenario, MagicLink, PendingSignup, Subscription,
+    UserBadge, UserProfile,
 };
 pub use error::{RepoError, ValidationError};
 pub use ids::{COSMOS_ID_NAMESPACE, MappedId};
-pub use values::{AgeGroup, Email, Role, Secret, SignupCode, SubscriptionType};
+pub use values::{AgeGroup, Email, Role, Secret, SignupCode, SignupStatus, SubscriptionType};

@@ -19,7 +19,7 @@ use crate::entities::{
     Account, CompletedScenario, PendingSignup, Subscription, UserBadge, UserProfile,
 };
 use crate::error::RepoError;
-use crate::values::Email;
+use crate::values::{Email, SignupStatus};
 
 pub type RepoResult<T> = Result<T, RepoError>;
 
@@ -152,6 +152,10 @@ pub enum VerifyOutcome {
     Expired,
     /// No unused sign-up exists for this email.
     NotFound,
+    /// The newest unused sign-up for this email has no code: it is a magic-link sign-up, which
+    /// only its link completes ([`PendingSignupRepository::find_by_token_hash`]). Refused and
+    /// nothing written: a code guessed against it is not counted.
+    NotACodeSignup,
 }
 
 /// Pending sign-ups.
@@ -173,6 +177,29 @@ pub trait PendingSignupRepository: Send + Sync {
     ) -> RepoResult<VerifyOutcome>;
     /// Marks the sign-up used. Idempotent. `Ok(false)` if there is no such sign-up.
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool>;
+    /// The magic-link flow's lookup: the newest sign-up whose token hash is `token_hash`
+    /// (compared exactly, as stored), whatever its state: used, expired, verified or consumed
+    /// (the caller decides what that state allows). `token_hash` is a secret: never log it.
+    async fn find_by_token_hash(&self, token_hash: &str) -> RepoResult<Option<PendingSignup>>;
+    /// Records that the sign-up's link was followed: sets its `status` to `status` (the app's
+    /// number, see [`SignupStatus`]) and `verified_at` to `at` unless already set (the first
+    /// verification's time is kept). Idempotent. `Ok(false)` if there is no magic-link
+    /// sign-up with this id (none at all, or a code-only one, which has no link).
+    async fn mark_verified(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool>;
+    /// Records that the sign-up's link was used up: sets `status` and `consumed_at` (unless
+    /// already set), like [`mark_verified`](Self::mark_verified). Idempotent. `Ok(false)` if
+    /// there is no magic-link sign-up with this id.
+    async fn mark_consumed(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool>;
     /// Deletes sign-ups that expired more than 24 hours ago (by the store's clock) and returns
     /// how many.
     async fn cleanup_expired(&self) -> RepoResult<u64>;

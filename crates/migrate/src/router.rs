@@ -36,8 +36,8 @@ use mystira_domain::ports::{
     VerifyOutcome,
 };
 use mystira_domain::{
-    Account, CompletedScenario, Email, PendingSignup, RepoError, Subscription, UserBadge,
-    UserProfile,
+    Account, CompletedScenario, Email, PendingSignup, RepoError, SignupStatus, Subscription,
+    UserBadge, UserProfile,
 };
 use mystira_postgres::journal::{self, JournalOp, JournalRecord};
 use mystira_postgres::phase::Phase;
@@ -777,6 +777,52 @@ impl PendingSignupRepository for DualWriteRouter {
             Some((Container::PendingSignups, id)),
             cosmos.mark_used(id),
             pg.mark_used(id),
+        )
+        .await
+    }
+
+    /// A point lookup like `get`: in phase 2 a sign-up PostgreSQL lacks is looked up in Cosmos
+    /// and back-filled (a link emailed before the copy caught up still works).
+    async fn find_by_token_hash(&self, token_hash: &str) -> RepoResult<Option<PendingSignup>> {
+        let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
+        self.read(
+            None,
+            Container::PendingSignups,
+            |s: &PendingSignup| s.id,
+            cosmos.find_by_token_hash(token_hash),
+            pg.find_by_token_hash(token_hash),
+        )
+        .await
+    }
+
+    async fn mark_verified(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
+        self.write(
+            None,
+            Some((Container::PendingSignups, id)),
+            cosmos.mark_verified(id, status, at),
+            pg.mark_verified(id, status, at),
+        )
+        .await
+    }
+
+    async fn mark_consumed(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
+        self.write(
+            None,
+            Some((Container::PendingSignups, id)),
+            cosmos.mark_consumed(id, status, at),
+            pg.mark_consumed(id, status, at),
         )
         .await
     }

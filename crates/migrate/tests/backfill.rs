@@ -270,3 +270,62 @@ fn generated_kinds_cover_every_container() {
         .collect();
     assert_eq!(kinds.len(), 6, "{kinds:?}");
 }
+
+/// Before issue 10 item 4, every magic-link sign-up was quarantined `unsupported_version`. The
+/// next backfill over the same source stores them and resolves those quarantine rows, so the
+/// sign-ups in flight at cutover are not lost.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn magic_link_signups_quarantined_by_an_earlier_run_land_and_are_resolved(pool: PgPool) {
+    let (dir, _) = export(150, 0.0);
+    let text = std::fs::read_to_string(dir.path().join("PendingSignups.jsonl")).unwrap();
+    let magic: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|d| d["VerificationTokenHash"].is_string())
+        .collect();
+    assert!(!magic.is_empty());
+    // what an earlier version of this tool left behind
+    for doc in &magic {
+        sqlx::query(
+            "insert into migration.quarantine (container, document_id, reason_code, message, document)
+             values ('PendingSignups', $1, 'unsupported_version', 'magic-link version', $2)",
+        )
+        .bind(doc["id"].as_str().unwrap())
+        .bind(doc)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let report = run_backfill(
+        &pool,
+        &ExportDirSource::new(dir.path()),
+        &config(16),
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert!(report.reconciles(), "{report:?}");
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from migration.quarantine
+         where container = 'PendingSignups' and resolved_at is null",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0);
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from pending_signups
+         where coalesce(cosmos_id, id::text) = any($1) and code is null
+           and verification_token_hash is not null",
+    )
+    .bind(
+        magic
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, magic.len() as i64);
+}

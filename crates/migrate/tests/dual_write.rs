@@ -16,8 +16,8 @@ use mystira_domain::ports::{
     ProfileRepository, SubscriptionRepository,
 };
 use mystira_domain::{
-    Account, AccountSettings, AgeGroup, Email, PendingSignup, Role, Secret, SignupCode,
-    Subscription, SubscriptionType, UserBadge, UserProfile,
+    Account, AccountSettings, AgeGroup, Email, MagicLink, PendingSignup, Role, Secret, SignupCode,
+    SignupStatus, Subscription, SubscriptionType, UserBadge, UserProfile,
 };
 use mystira_migrate::journal::{FileJournal, apply_record, replay_files, replay_table};
 use mystira_migrate::relay::{RelayConfig, relay_once};
@@ -370,7 +370,8 @@ async fn phase2_writes_reach_cosmos_in_the_shape_the_app_reads(pool: PgPool) {
         cosmos_id: None,
         email: Email::parse(&email).unwrap(),
         display_name: "New".to_owned(),
-        code: SignupCode::parse("123456").unwrap(),
+        code: Some(SignupCode::parse("123456").unwrap()),
+        magic_link: None,
         created_at: at(6),
         expires_at: at(59),
         is_used: false,
@@ -712,4 +713,92 @@ async fn background_modes_leave_the_second_store_to_the_background_work_which_ca
     );
     assert_eq!(journal::depth(&pool).await.unwrap().entries, 0);
     assert_eq!(outbox::depth(&pool).await.unwrap().rows, 0);
+}
+
+fn magic_signup(hash: &str) -> PendingSignup {
+    PendingSignup {
+        id: Uuid::new_v4(),
+        cosmos_id: None,
+        email: Email::parse(&format!("{}@example.org", Uuid::new_v4().simple())).unwrap(),
+        display_name: "Link".to_owned(),
+        code: None,
+        magic_link: Some(MagicLink {
+            verification_token_hash: Secret::new(hash.to_owned()),
+            status: SignupStatus::new("status", 0).unwrap(),
+            verified_at: None,
+            consumed_at: None,
+        }),
+        created_at: at(6),
+        expires_at: at(59),
+        is_used: false,
+        is_signin: false,
+        failed_attempts: 0,
+    }
+}
+
+/// The magic-link methods go through the router like the others: in phase 1 what Cosmos
+/// stored is copied into PostgreSQL; in phase 2 PostgreSQL is written first and Cosmos gets the
+/// app's shape inline, and a token PostgreSQL does not know yet falls back to Cosmos.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn magic_link_signups_are_routed_by_phase(pool: PgPool) {
+    let pg = mystira_postgres::PgPendingSignupRepository::new(pool.clone());
+    let status = |n| SignupStatus::new("status", n).unwrap();
+
+    let s = setup(&pool, Phase::DualWriteCosmosRead, "magic_link_phase1").await;
+    let first = magic_signup("aa11");
+    PendingSignupRepository::create(&s.router, &first)
+        .await
+        .unwrap();
+    assert_eq!(pg.get(first.id).await.unwrap(), Some(first.clone()));
+    assert!(
+        PendingSignupRepository::mark_verified(&s.router, first.id, status(1), at(7))
+            .await
+            .unwrap()
+    );
+    let copied = pg.get(first.id).await.unwrap().unwrap();
+    assert_eq!(copied.magic_link.as_ref().unwrap().verified_at, Some(at(7)));
+    assert_eq!(
+        PendingSignupRepository::find_by_token_hash(&s.router, "aa11")
+            .await
+            .unwrap(),
+        Some(copied)
+    );
+
+    let s = setup(&pool, Phase::DualWritePostgresRead, "magic_link_phase2").await;
+    let second = magic_signup("bb22");
+    PendingSignupRepository::create(&s.router, &second)
+        .await
+        .unwrap();
+    assert!(
+        PendingSignupRepository::mark_consumed(&s.router, second.id, status(3), at(8))
+            .await
+            .unwrap()
+    );
+    let doc = raw_document(
+        &s.store,
+        "PendingSignups",
+        &second.id.to_string(),
+        second.email.as_str(),
+    )
+    .await;
+    assert_eq!(doc["Status"], 3);
+    assert_eq!(doc["ConsumedAt"], codec::format_dotnet(at(8)).as_str());
+    assert!(doc.get("Code").is_none() && doc.get("IsUsed").is_none());
+
+    // in Cosmos only (written before the copy caught up): found there and back-filled
+    let third = magic_signup("cc33");
+    s.router
+        .cosmos()
+        .pending_signups
+        .create(&third)
+        .await
+        .unwrap();
+    assert_eq!(pg.get(third.id).await.unwrap(), None);
+    assert_eq!(
+        PendingSignupRepository::find_by_token_hash(&s.router, "cc33")
+            .await
+            .unwrap(),
+        Some(third.clone())
+    );
+    assert_eq!(pg.get(third.id).await.unwrap(), Some(third));
 }

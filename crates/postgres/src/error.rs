@@ -93,6 +93,11 @@ fn check_violation(constraint: &str) -> ValidationError {
             field: "failed_attempts",
             rule: "must be between 0 and 10",
         },
+        "pending_signups_code_or_token_check" => ValidationError::NoCodeOrToken { field: "code" },
+        "pending_signups_status_check" => ValidationError::OutOfRange {
+            field: "status",
+            rule: "must be between 0 and 4",
+        },
         _ => ValidationError::OutOfRange {
             field: "value",
             rule: "rejected by a check constraint",

@@ -107,7 +107,8 @@ fn signup(address: &str, code: &str, expires_at: DateTime<Utc>) -> PendingSignup
         cosmos_id: None,
         email: email(address),
         display_name: "Ada".into(),
-        code: SignupCode::parse(code).expect("valid code"),
+        code: Some(SignupCode::parse(code).expect("valid code")),
+        magic_link: None,
         created_at: now(),
         expires_at,
         is_used: false,
@@ -1377,5 +1378,206 @@ mod pending_signups {
         assert!(repo.get(recently_expired.id).await.expect("get").is_some());
         assert!(repo.get(open.id).await.expect("get").is_some());
         assert_eq!(repo.cleanup_expired().await.expect("cleanup again"), 0);
+    }
+}
+
+/// The magic-link version of a sign-up (issue 10 item 4): stored beside the code version in
+/// the same table, and found, verified and consumed through its token hash.
+mod magic_link_signups {
+    use super::*;
+
+    const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    fn link(hash: &str, status: i64) -> MagicLink {
+        MagicLink {
+            verification_token_hash: Secret::new(hash.to_owned()),
+            status: SignupStatus::new("status", status).expect("valid status"),
+            verified_at: None,
+            consumed_at: None,
+        }
+    }
+
+    fn magic_signup(address: &str, hash: &str) -> PendingSignup {
+        PendingSignup {
+            code: None,
+            magic_link: Some(link(hash, 0)),
+            ..signup(address, "1", now() + Duration::minutes(15))
+        }
+    }
+
+    async fn columns(pool: &PgPool, id: Uuid) -> (Option<String>, Option<String>, Option<i16>) {
+        sqlx::query_as(
+            "select code, verification_token_hash, status from pending_signups where id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("row")
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_magic_link_signup_is_stored_found_verified_and_consumed(pool: PgPool) {
+        let repo = PgPendingSignupRepository::new(pool.clone());
+        let s = magic_signup("ml@example.com", HASH);
+        repo.create(&s).await.expect("create");
+        assert_eq!(repo.get(s.id).await.expect("get"), Some(s.clone()));
+        assert_eq!(
+            columns(&pool, s.id).await,
+            (None, Some(HASH.to_owned()), Some(0))
+        );
+        assert_eq!(
+            repo.find_by_token_hash(HASH).await.expect("find"),
+            Some(s.clone())
+        );
+        assert_eq!(repo.find_by_token_hash("0000").await.expect("find"), None);
+        // exactly as stored: a hash in another case is another hash
+        assert_eq!(
+            repo.find_by_token_hash(&HASH.to_uppercase())
+                .await
+                .expect("find"),
+            None
+        );
+
+        // a code is refused without counting anything
+        assert_eq!(
+            repo.verify_code(&email("ML@example.com"), "123456", now(), 5)
+                .await
+                .expect("verify"),
+            VerifyOutcome::NotACodeSignup
+        );
+        assert_eq!(
+            repo.get(s.id)
+                .await
+                .expect("get")
+                .expect("row")
+                .failed_attempts,
+            0
+        );
+
+        let verified_at = now() - Duration::minutes(1);
+        let one = SignupStatus::new("status", 1).expect("valid");
+        assert!(
+            repo.mark_verified(s.id, one, verified_at)
+                .await
+                .expect("verify")
+        );
+        // again, later: idempotent, the first time is kept
+        assert!(repo.mark_verified(s.id, one, now()).await.expect("again"));
+        let three = SignupStatus::new("status", 3).expect("valid");
+        let consumed_at = now();
+        assert!(
+            repo.mark_consumed(s.id, three, consumed_at)
+                .await
+                .expect("consume")
+        );
+        let stored = repo.get(s.id).await.expect("get").expect("row");
+        assert_eq!(
+            stored.magic_link,
+            Some(MagicLink {
+                status: three,
+                verified_at: Some(verified_at),
+                consumed_at: Some(consumed_at),
+                ..link(HASH, 0)
+            })
+        );
+        // the code version's state is untouched by the link's
+        assert!(!stored.is_used);
+        assert_eq!(
+            repo.find_by_token_hash(HASH).await.expect("find"),
+            Some(stored)
+        );
+
+        // no link to mark: a code-only sign-up, or none at all
+        let code_only = signup("c@example.com", "123456", now() + Duration::minutes(15));
+        repo.create(&code_only).await.expect("create");
+        assert!(
+            !repo
+                .mark_verified(code_only.id, one, now())
+                .await
+                .expect("code")
+        );
+        assert!(
+            !repo
+                .mark_consumed(code_only.id, one, now())
+                .await
+                .expect("code")
+        );
+        assert!(
+            !repo
+                .mark_verified(Uuid::new_v4(), one, now())
+                .await
+                .expect("none")
+        );
+        assert_eq!(columns(&pool, code_only.id).await.2, None);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_signup_with_both_versions_keeps_both(pool: PgPool) {
+        let repo = PgPendingSignupRepository::new(pool.clone());
+        let both = PendingSignup {
+            magic_link: Some(MagicLink {
+                verified_at: Some(now()),
+                ..link(HASH, 2)
+            }),
+            ..signup("both@example.com", "123456", now() + Duration::minutes(15))
+        };
+        repo.create(&both).await.expect("create");
+        assert_eq!(repo.get(both.id).await.expect("get"), Some(both.clone()));
+        assert_eq!(
+            columns(&pool, both.id).await,
+            (Some("123456".to_owned()), Some(HASH.to_owned()), Some(2))
+        );
+        // either flow finds it
+        assert_eq!(
+            repo.verify_code(&email("both@example.com"), "123456", now(), 5)
+                .await
+                .expect("verify"),
+            VerifyOutcome::Verified(both.clone())
+        );
+        assert_eq!(
+            repo.find_by_token_hash(HASH).await.expect("find"),
+            Some(both)
+        );
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_signup_without_code_or_token_or_with_a_bad_status_is_refused(pool: PgPool) {
+        let repo = PgPendingSignupRepository::new(pool.clone());
+        let neither = PendingSignup {
+            code: None,
+            ..signup("n@example.com", "1", now())
+        };
+        match repo.create(&neither).await {
+            Err(RepoError::Invalid(v)) => assert_eq!(v.code(), "no_code_or_token", "{v}"),
+            other => panic!("expected no_code_or_token, got {other:?}"),
+        }
+        assert_invalid(
+            repo.create(&magic_signup("e@example.com", "")).await,
+            "verification_token_hash",
+        );
+        // the schema's own checks, mapped to the same rules
+        let refused_neither = refused(
+            &pool,
+            "pending_signups",
+            "insert into pending_signups (id, email, display_name, expires_at) \
+             values (gen_random_uuid(), 'n@example.com', '', now())",
+        )
+        .await;
+        match refused_neither {
+            RepoError::Invalid(v) => assert_eq!(v.code(), "no_code_or_token", "{v}"),
+            other => panic!("expected no_code_or_token, got {other:?}"),
+        }
+        let bad_status = refused(
+            &pool,
+            "pending_signups",
+            "insert into pending_signups (id, email, display_name, expires_at, \
+             verification_token_hash, status) \
+             values (gen_random_uuid(), 'n@example.com', '', now(), 'ab', 5)",
+        )
+        .await;
+        match bad_status {
+            RepoError::Invalid(v) => assert_eq!(v.field(), "status", "{v}"),
+            other => panic!("expected an invalid status, got {other:?}"),
+        }
     }
 }

@@ -5,13 +5,18 @@
 //! the replace fails, and the whole check runs again on fresh data, so every concurrent wrong
 //! guess is counted once and the count never passes the limit (a guess that finds the limit
 //! reached is `LockedOut` and writes nothing).
+//!
+//! Both versions of the entity live in the container: the code version and the magic-link
+//! version (`VerificationTokenHash`, `Status`, `VerifiedAt`, `ConsumedAt`). Every method reads
+//! and writes both through the codec; writes merge over the stored document, so a field of
+//! either version that a write does not change stays as it was.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use mystira_cosmos::codec::{self, DecodedPendingSignup};
 use mystira_domain::error::ConflictKind;
 use mystira_domain::ports::{PendingSignupRepository, RepoResult, VerifyOutcome};
-use mystira_domain::{CodeCheck, Email, PendingSignup};
+use mystira_domain::{CodeCheck, Email, MagicLink, PendingSignup, SignupStatus};
 use uuid::Uuid;
 
 use super::{Docs, Found, Step, WRITE_ATTEMPTS, backoff, conflict, undecodable, warn_skipped};
@@ -57,6 +62,36 @@ impl CosmosPendingSignupRepository {
             })
             .filter(|(_, d)| !d.signup.is_used && d.signup.email.normalized() == email.normalized())
             .max_by_key(|(_, d)| (d.signup.created_at, d.signup.id)))
+    }
+
+    /// Read-modify-write of the magic-link part of sign-up `id`: `Ok(false)` when there is no
+    /// such sign-up or it has no link (a code-only one); no write when nothing changes.
+    async fn update_link(
+        &self,
+        id: Uuid,
+        change: impl Fn(MagicLink) -> MagicLink + Send + Sync,
+    ) -> RepoResult<bool> {
+        let done = self
+            .docs
+            .modify(id, |found| {
+                let signup = codec::decode_pending_signup(&found.doc)
+                    .map_err(|e| undecodable(self.docs.kind(), &e))?
+                    .signup;
+                let Some(link) = signup.magic_link.clone() else {
+                    return Ok(Step::Keep(false));
+                };
+                let changed = change(link);
+                if signup.magic_link.as_ref() == Some(&changed) {
+                    return Ok(Step::Keep(true));
+                }
+                let updated = PendingSignup {
+                    magic_link: Some(changed),
+                    ..signup
+                };
+                Ok(Step::Write(self.write(found, &updated), true))
+            })
+            .await?;
+        Ok(done == Some(true))
     }
 
     fn write(&self, found: &Found, signup: &PendingSignup) -> serde_json::Value {
@@ -108,6 +143,7 @@ impl PendingSignupRepository for CosmosPendingSignupRepository {
             };
             let signup = decoded.signup;
             match signup.check_code(code, now, lockout) {
+                CodeCheck::NoCode => return Ok(VerifyOutcome::NotACodeSignup),
                 CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
                 CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
                 CodeCheck::Verified => return Ok(VerifyOutcome::Verified(signup)),
@@ -151,9 +187,57 @@ impl PendingSignupRepository for CosmosPendingSignupRepository {
         Ok(done.is_some())
     }
 
+    /// A cross-partition query on the hash (the container is partitioned by email, which the
+    /// link's holder may not know); the newest match by `CreatedAt`, then key, as in PostgreSQL.
+    async fn find_by_token_hash(&self, token_hash: &str) -> RepoResult<Option<PendingSignup>> {
+        let spec = QuerySpec::new("select * from c where c.VerificationTokenHash = @hash")
+            .param("@hash", token_hash);
+        let found = self.docs.query_found(spec).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|f| match codec::decode_pending_signup(&f.doc) {
+                Ok(d) => Some(d.signup),
+                Err(e) => {
+                    warn_skipped(self.docs.kind(), &e);
+                    None
+                }
+            })
+            .filter(|s| s.token_hash() == Some(token_hash))
+            .max_by_key(|s| (s.created_at, s.id)))
+    }
+
+    async fn mark_verified(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        self.update_link(id, |link| MagicLink {
+            status,
+            verified_at: link.verified_at.or(Some(at)),
+            ..link
+        })
+        .await
+    }
+
+    async fn mark_consumed(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        self.update_link(id, |link| MagicLink {
+            status,
+            consumed_at: link.consumed_at.or(Some(at)),
+            ..link
+        })
+        .await
+    }
+
     /// Reads every sign-up (the container holds only short-lived documents) and deletes those
-    /// whose `ExpiresAt` is more than 24 hours before this process's clock. Documents that do
-    /// not decode (the magic-link version) are left alone.
+    /// whose `ExpiresAt` is more than 24 hours before this process's clock, of either version.
+    /// Documents that do not decode are left alone (and logged without values): they are the
+    /// backfill's quarantine to show, not this job's to delete unseen.
     async fn cleanup_expired(&self) -> RepoResult<u64> {
         let cutoff = Utc::now() - Duration::hours(24);
         let found = self

@@ -41,8 +41,8 @@ use mystira_domain::{
 use serde_json::{Map, Value, json};
 
 use super::fields::{
-    DocIds, Fields, Object, check_entity_type, date_value, embedded_id, opt_string_value,
-    read_embedded_id, root, validation_to_decode, write_ids,
+    DocIds, Fields, Object, check_entity_type, date_value, embedded_id, note_email_trimmed,
+    opt_string_value, read_embedded_id, root, validation_to_decode, write_ids,
 };
 use super::time::{DOTNET_MAX_VALUE, format_dotnet, is_min_value};
 use super::{DecodeError, Note, SourceVersion, source_version};
@@ -109,16 +109,7 @@ pub fn decode_account(doc: &Value) -> Result<DecodedAccount, DecodeError> {
 
     let auth0_user_id = read_user_id(&f, &mut notes)?;
     let raw_email = f.req_str("Email")?;
-    if raw_email.trim() != raw_email {
-        notes.push(
-            Note::new(
-                "email_trimmed",
-                "Email",
-                json!({ "rule": "surrounding whitespace removed" }),
-            )
-            .with_original(json!(raw_email)),
-        );
-    }
+    note_email_trimmed("Email", raw_email, &mut notes);
     let email =
         Email::parse_field("email", raw_email).map_err(|e| DecodeError::validation("Email", &e))?;
     let display_name = f.str_or_empty("DisplayName", &mut notes)?;

@@ -104,6 +104,21 @@ const SYSTEM_FIELDS: [&str; 8] = [
     "Discriminator",
 ];
 
+/// An `email_trimmed` note when the email as stored has surrounding whitespace, which the
+/// domain's `Email` rule removes.
+pub(crate) fn note_email_trimmed(field: &str, raw: &str, notes: &mut Vec<Note>) {
+    if raw.trim() != raw {
+        notes.push(
+            Note::new(
+                "email_trimmed",
+                field,
+                json!({ "rule": "surrounding whitespace removed" }),
+            )
+            .with_original(json!(raw)),
+        );
+    }
+}
+
 /// Typed access to one JSON object, with the path prefix used in errors and notes
 /// (`""` at the root, `"Subscription."` inside the subscription, ...).
 #[derive(Debug, Clone, Copy)]

@@ -5,37 +5,60 @@
 //!   did not rename it) is required and must pass the email rule; it is kept as stored (the
 //!   app stores it lower-cased and trimmed; changing it would move the document to another
 //!   partition on write-back).
-//! * `Code` is required: 1-10 ASCII letters or digits, a string (a JSON number would have lost
-//!   leading zeros: `wrong_type`).
-//! * `FailedAttempts` outside 0..=10 is `out_of_range` (the schema's CHECK); `IsUsed`,
-//!   `IsSignin`, `FailedAttempts` missing read as the app's defaults with a note.
-//!
-//! # The magic-link version: rejected as `unsupported_version`
-//! A later version of the entity has no `Code`; it carries `VerificationTokenHash`, `Status`
-//! (0..4), `VerifiedAt` and `ConsumedAt`. A document without `Code` that has any of those is
-//! rejected with `unsupported_version` rather than mapped, because no faithful mapping exists:
-//! * `pending_signups.code` is `NOT NULL` and at most 10 alphanumerics; a token *hash* is
-//!   neither a code nor short, and a made-up code would be a row nobody can ever complete —
-//!   indistinguishable from a real, pending code sign-up;
-//! * `Status`, `VerifiedAt` and `ConsumedAt` have no columns, so mapping would drop them, and
-//!   `Status` has more states than `is_used` can say;
-//! * the records live 15 minutes: losing an in-flight one costs the user a new link, while a
-//!   wrong mapping corrupts the table the code flow reads.
-//!
-//! The rejected document goes to quarantine with this reason, so an operator sees every one.
-//! A document that has a `Code` is decoded as the code version, whatever else it carries.
+//! * A sign-up is of the **code version** (`Code`: 1-10 ASCII letters or digits, a string; a
+//!   JSON number would have lost leading zeros: `wrong_type`), of the **magic-link version**
+//!   (`VerificationTokenHash`, `Status`, `VerifiedAt`, `ConsumedAt`), or both. Both are stored
+//!   as they are (`code`, and `verification_token_hash`, `status`, `verified_at`,
+//!   `consumed_at`): the app writes the magic-link version today, and its sign-ups in flight at
+//!   cutover must survive. A document with neither `Code` nor `VerificationTokenHash` is
+//!   rejected `missing_field`: nothing could complete it.
+//! * A document with fields of both versions keeps both (nothing is dropped) and gets a
+//!   `signup_mixed_versions` note naming the magic-link fields it has (names, not values).
+//! * `Status` is the app's number, 0..=4 (`out_of_range` outside, `wrong_type` if not an
+//!   integer); the spec does not name the states, so none are named here. Missing or `null`
+//!   reads as 0, the CLR default the app would read, with a `field_defaulted` note.
+//! * Magic-link fields without a `VerificationTokenHash` identify no link: with a `Code` the
+//!   document decodes as the code version and a `magic_link_fields_without_token` note keeps
+//!   their values; without a `Code` it is rejected `missing_field` (`VerificationTokenHash`).
+//! * `FailedAttempts` outside 0..=10 is `out_of_range` (the schema's CHECK). `IsUsed`,
+//!   `IsSignin`, `FailedAttempts` belong to the code version: missing from a code sign-up they
+//!   read as the app's defaults with a note; missing from a magic-link-only sign-up (whose
+//!   version does not have them) they read as the defaults without one, and the encoder leaves
+//!   them out again unless they changed.
 
-use mystira_domain::{Email, PendingSignup, SignupCode};
+use mystira_domain::{Email, MagicLink, PendingSignup, Secret, SignupCode, SignupStatus};
 use serde_json::{Map, Value, json};
 
-use super::fields::{DocIds, Fields, check_entity_type, root, validation_to_decode, write_ids};
+use super::fields::{
+    DocIds, Fields, check_entity_type, note_email_trimmed, root, validation_to_decode, write_ids,
+};
 use super::time::format_dotnet;
 use super::{DecodeError, Note, SourceVersion, source_version};
 
 const ENTITY: &str = "PendingSignup";
 
-/// Fields only the magic-link version has.
+/// The magic-link version's fields (the token hash first).
 const MAGIC_LINK_FIELDS: [&str; 4] = [
+    "VerificationTokenHash",
+    "Status",
+    "VerifiedAt",
+    "ConsumedAt",
+];
+
+/// The properties of a sign-up document (both versions) the decoder reads (any other is noted
+/// as dropped).
+const SIGNUP_FIELDS: [&str; 15] = [
+    "id",
+    "Id",
+    "email",
+    "Email",
+    "DisplayName",
+    "Code",
+    "CreatedAt",
+    "ExpiresAt",
+    "IsUsed",
+    "IsSignin",
+    "FailedAttempts",
     "VerificationTokenHash",
     "Status",
     "VerifiedAt",
@@ -62,7 +85,7 @@ pub fn decode_pending_signup(doc: &Value) -> Result<DecodedPendingSignup, Decode
 
     let code = match f.get("Code") {
         Some(Value::String(c)) => {
-            SignupCode::parse(c).map_err(|e| DecodeError::validation("Code", &e))?
+            Some(SignupCode::parse(c).map_err(|e| DecodeError::validation("Code", &e))?)
         }
         Some(_) => {
             return Err(DecodeError::wrong_type(
@@ -70,15 +93,31 @@ pub fn decode_pending_signup(doc: &Value) -> Result<DecodedPendingSignup, Decode
                 "a string of 1-10 letters or digits",
             ));
         }
-        None if MAGIC_LINK_FIELDS.iter().any(|k| f.get(k).is_some()) => {
-            return Err(DecodeError::new(
-                "unsupported_version",
-                "VerificationTokenHash",
-                "belongs to the magic-link sign-up version, which has no Code and cannot be stored in pending_signups",
-            ));
-        }
-        None => return Err(DecodeError::missing("Code")),
+        None => None,
     };
+    let magic_link = read_magic_link(&f, code.is_some(), &mut notes)?;
+    if code.is_none() && magic_link.is_none() {
+        return Err(DecodeError::new(
+            "missing_field",
+            "Code",
+            "and `VerificationTokenHash` are both missing or null: a sign-up needs a code (the \
+             code version) or a token hash (the magic-link version)",
+        ));
+    }
+    if code.is_some() && magic_link.is_some() {
+        let present: Vec<&str> = MAGIC_LINK_FIELDS
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        notes.push(Note::new(
+            "signup_mixed_versions",
+            "VerificationTokenHash",
+            json!({
+                "rule": "fields of both the code and the magic-link versions; both were kept",
+                "fields": present,
+            }),
+        ));
+    }
     let (email_field, raw_email) = match f.opt_str("email")? {
         Some(e) => ("email", e),
         None => (
@@ -88,23 +127,39 @@ pub fn decode_pending_signup(doc: &Value) -> Result<DecodedPendingSignup, Decode
         ),
     };
     let email = Email::parse(raw_email).map_err(|e| DecodeError::validation(email_field, &e))?;
-    let failed_attempts = f.int_or_zero("FailedAttempts", &mut notes)?;
+    note_email_trimmed(email_field, raw_email, &mut notes);
+    // The code version's fields: defaulted with a note where that version should have had them,
+    // silently where the version (magic-link only) does not have them at all.
+    let (is_used, is_signin, failed_attempts) = if code.is_some() {
+        (
+            f.bool_or_false("IsUsed", &mut notes)?,
+            f.bool_or_false("IsSignin", &mut notes)?,
+            f.int_or_zero("FailedAttempts", &mut notes)?,
+        )
+    } else {
+        // the default's note goes nowhere: these fields are not part of this version
+        let flag = |name| f.bool_or_false(name, &mut Vec::new());
+        let attempts = f.opt_int("FailedAttempts")?.unwrap_or(0);
+        (flag("IsUsed")?, flag("IsSignin")?, attempts)
+    };
     let signup = PendingSignup {
         id: ids.mapped.uuid,
         cosmos_id: ids.mapped.cosmos_id.clone(),
         email,
         display_name: f.str_or_empty("DisplayName", &mut notes)?,
         code,
+        magic_link,
         created_at: f.req_date("CreatedAt")?,
         expires_at: f.req_date("ExpiresAt")?,
-        is_used: f.bool_or_false("IsUsed", &mut notes)?,
-        is_signin: f.bool_or_false("IsSignin", &mut notes)?,
+        is_used,
+        is_signin,
         // Out of i32 range is out of the CHECK's range too.
         failed_attempts: i32::try_from(failed_attempts).unwrap_or(i32::MAX),
     };
     signup
         .validate()
         .map_err(|e| validation_to_decode("", &e))?;
+    f.note_unknown(&SIGNUP_FIELDS, &mut notes);
     Ok(DecodedPendingSignup {
         signup,
         notes,
@@ -113,21 +168,110 @@ pub fn decode_pending_signup(doc: &Value) -> Result<DecodedPendingSignup, Decode
     })
 }
 
-/// Encodes a sign-up in the current shape, with the `email` partition-key field.
+/// The magic-link part, or `None` when the document has no `VerificationTokenHash`.
+fn read_magic_link(
+    f: &Fields<'_>,
+    has_code: bool,
+    notes: &mut Vec<Note>,
+) -> Result<Option<MagicLink>, DecodeError> {
+    let Some(hash) = f.opt_str("VerificationTokenHash")? else {
+        let orphans: Map<String, Value> = MAGIC_LINK_FIELDS[1..]
+            .iter()
+            .filter_map(|k| f.get(k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(None);
+        }
+        if !has_code {
+            return Err(DecodeError::new(
+                "missing_field",
+                "VerificationTokenHash",
+                "is missing or null, but the document has other magic-link fields and no `Code`: \
+                 without the token hash no link can complete it",
+            ));
+        }
+        // Status and times without a token are no link to follow; the code version stands,
+        // and their values are kept in the note rather than dropped.
+        let names: Vec<&String> = orphans.keys().collect();
+        notes.push(
+            Note::new(
+                "magic_link_fields_without_token",
+                "VerificationTokenHash",
+                json!({
+                    "rule": "magic-link fields without a token hash were not stored; the code version was",
+                    "fields": names,
+                }),
+            )
+            .with_original(Value::Object(orphans.clone())),
+        );
+        return Ok(None);
+    };
+    let status = match f.opt_int("Status")? {
+        Some(n) => {
+            SignupStatus::new("status", n).map_err(|e| DecodeError::validation("Status", &e))?
+        }
+        None => {
+            notes.push(Note::new(
+                "field_defaulted",
+                "Status",
+                json!({ "rule": "missing or null; the app's default 0 was applied" }),
+            ));
+            SignupStatus::new("status", 0).unwrap_or_else(|_| unreachable!("0 is in range"))
+        }
+    };
+    let link = MagicLink {
+        verification_token_hash: Secret::new(hash.to_owned()),
+        status,
+        verified_at: f.opt_date("VerifiedAt")?,
+        consumed_at: f.opt_date("ConsumedAt")?,
+    };
+    link.validate().map_err(|e| validation_to_decode("", &e))?;
+    Ok(Some(link))
+}
+
+/// Encodes a sign-up in the app's shape for its version(s), with the `email` partition-key
+/// field: `Code` for the code version; `VerificationTokenHash`, `Status`, `VerifiedAt` and
+/// `ConsumedAt` (`null` when unset, as the app writes them, so that a merge over a stored
+/// document also clears them) for the magic-link version. A magic-link-only sign-up gets
+/// `IsUsed`, `IsSignin` and `FailedAttempts` only when they differ from the defaults its
+/// version implies, so its document keeps the app's shape and still decodes to the same value.
 pub fn encode_pending_signup(s: &PendingSignup) -> Value {
     let mut obj = Map::new();
     write_ids(&mut obj, ENTITY, s.id, s.cosmos_id.as_deref());
-    let fields = [
+    let mut fields = vec![
         ("$type", json!(ENTITY)),
         ("email", json!(s.email.as_str())),
         ("DisplayName", json!(s.display_name)),
-        ("Code", json!(s.code.as_str())),
         ("CreatedAt", json!(format_dotnet(s.created_at))),
         ("ExpiresAt", json!(format_dotnet(s.expires_at))),
-        ("IsUsed", json!(s.is_used)),
-        ("IsSignin", json!(s.is_signin)),
-        ("FailedAttempts", json!(s.failed_attempts)),
     ];
+    if let Some(code) = &s.code {
+        fields.push(("Code", json!(code.as_str())));
+    }
+    if let Some(link) = &s.magic_link {
+        let date = |d: Option<chrono::DateTime<chrono::Utc>>| {
+            d.map_or(Value::Null, |d| json!(format_dotnet(d)))
+        };
+        fields.extend([
+            (
+                "VerificationTokenHash",
+                json!(link.verification_token_hash.expose()),
+            ),
+            ("Status", json!(link.status.get())),
+            ("VerifiedAt", date(link.verified_at)),
+            ("ConsumedAt", date(link.consumed_at)),
+        ]);
+    }
+    let code_version = s.code.is_some();
+    if code_version || s.is_used {
+        fields.push(("IsUsed", json!(s.is_used)));
+    }
+    if code_version || s.is_signin {
+        fields.push(("IsSignin", json!(s.is_signin)));
+    }
+    if code_version || s.failed_attempts != 0 {
+        fields.push(("FailedAttempts", json!(s.failed_attempts)));
+    }
     obj.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
     Value::Object(obj)
 }

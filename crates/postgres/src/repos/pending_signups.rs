@@ -1,11 +1,16 @@
 //! [`PendingSignupRepository`] on table `pending_signups`, including the code check with its
 //! lock-out, which runs in one transaction holding the sign-up's row lock so that concurrent
-//! guesses are counted one after the other.
+//! guesses are counted one after the other, and the magic-link flow (lookup by token hash,
+//! verified, consumed). Both versions of a sign-up share the row: `code` for the code version,
+//! `verification_token_hash`, `status`, `verified_at`, `consumed_at` for the magic-link one.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mystira_domain::ports::{PendingSignupRepository, RepoResult, VerifyOutcome};
-use mystira_domain::{CodeCheck, Email, PendingSignup, RepoError, SignupCode};
+use mystira_domain::{
+    CodeCheck, Email, MagicLink, PendingSignup, RepoError, Secret, SignupCode, SignupStatus,
+    ValidationError,
+};
 use sqlx::{Executor, PgPool, Postgres};
 use uuid::Uuid;
 
@@ -19,8 +24,9 @@ const TABLE: &str = "pending_signups";
 macro_rules! select_signups {
     ($rest:literal) => {
         sqlx::query_as::<_, SignupRow>(concat!(
-            "select id, cosmos_id, email, display_name, code, created_at, expires_at, is_used, \
-             is_signin, failed_attempts from pending_signups ",
+            "select id, cosmos_id, email, display_name, code, verification_token_hash, status, \
+             verified_at, consumed_at, created_at, expires_at, is_used, is_signin, \
+             failed_attempts from pending_signups ",
             $rest
         ))
     };
@@ -44,7 +50,11 @@ struct SignupRow {
     cosmos_id: Option<String>,
     email: String,
     display_name: String,
-    code: String,
+    code: Option<String>,
+    verification_token_hash: Option<String>,
+    status: Option<i16>,
+    verified_at: Option<DateTime<Utc>>,
+    consumed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     is_used: bool,
@@ -57,13 +67,49 @@ impl TryFrom<SignupRow> for PendingSignup {
 
     fn try_from(row: SignupRow) -> Result<Self, Self::Error> {
         let email = Email::parse(&row.email).map_err(|e| column_error(TABLE, "email", e))?;
-        let code = SignupCode::parse(&row.code).map_err(|e| column_error(TABLE, "code", e))?;
+        let code = row
+            .code
+            .as_deref()
+            .map(SignupCode::parse)
+            .transpose()
+            .map_err(|e| column_error(TABLE, "code", e))?;
+        let magic_link = match row.verification_token_hash {
+            Some(hash) => {
+                // The schema lets `status` be NULL; our writers never leave it so. A row that
+                // does (written by something else) is refused rather than given a state.
+                let status = row.status.ok_or_else(|| {
+                    column_error(TABLE, "status", ValidationError::Empty { field: "status" })
+                })?;
+                Some(MagicLink {
+                    verification_token_hash: Secret::new(hash),
+                    status: SignupStatus::try_from(status)
+                        .map_err(|e| column_error(TABLE, "status", e))?,
+                    verified_at: row.verified_at,
+                    consumed_at: row.consumed_at,
+                })
+            }
+            // magic-link state without its token would be lost in the domain: refuse it
+            None if row.status.is_some()
+                || row.verified_at.is_some()
+                || row.consumed_at.is_some() =>
+            {
+                return Err(column_error(
+                    TABLE,
+                    "verification_token_hash",
+                    ValidationError::Empty {
+                        field: "verification_token_hash",
+                    },
+                ));
+            }
+            None => None,
+        };
         Ok(PendingSignup {
             id: row.id,
             cosmos_id: row.cosmos_id,
             email,
             display_name: row.display_name,
             code,
+            magic_link,
             created_at: row.created_at,
             expires_at: row.expires_at,
             is_used: row.is_used,
@@ -80,15 +126,20 @@ where
 {
     signup.validate()?;
     sqlx::query(
-        "insert into pending_signups (id, cosmos_id, email, display_name, code, created_at, \
-         expires_at, is_used, is_signin, failed_attempts) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "insert into pending_signups (id, cosmos_id, email, display_name, code, \
+         verification_token_hash, status, verified_at, consumed_at, created_at, expires_at, \
+         is_used, is_signin, failed_attempts) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(signup.id)
     .bind(signup.cosmos_id.as_deref())
     .bind(signup.email.as_str())
     .bind(&signup.display_name)
-    .bind(signup.code.as_str())
+    .bind(signup.code.as_ref().map(SignupCode::as_str))
+    .bind(signup.token_hash())
+    .bind(signup.magic_link.as_ref().map(|m| m.status.get()))
+    .bind(signup.magic_link.as_ref().and_then(|m| m.verified_at))
+    .bind(signup.magic_link.as_ref().and_then(|m| m.consumed_at))
     .bind(signup.created_at)
     .bind(signup.expires_at)
     .bind(signup.is_used)
@@ -152,6 +203,8 @@ impl PendingSignupRepository for PgPendingSignupRepository {
         };
         let signup = PendingSignup::try_from(row)?;
         match signup.check_code(code, now, lockout) {
+            // refused before anything is counted: a code cannot complete a magic-link sign-up
+            CodeCheck::NoCode => return Ok(VerifyOutcome::NotACodeSignup),
             CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
             CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
             // nothing was written; dropping the transaction releases the lock
@@ -178,6 +231,59 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             &self.pool,
             TABLE,
             sqlx::query("update pending_signups set is_used = true where id = $1").bind(id),
+        )
+        .await
+    }
+
+    async fn find_by_token_hash(&self, token_hash: &str) -> RepoResult<Option<PendingSignup>> {
+        // `idx_pending_signups_token_hash` serves the lookup
+        fetch_optional(
+            &self.pool,
+            TABLE,
+            select_signups!(
+                "where verification_token_hash = $1 order by created_at desc, id desc limit 1"
+            )
+            .bind(token_hash),
+        )
+        .await
+    }
+
+    async fn mark_verified(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query(
+                "update pending_signups set status = $2, verified_at = coalesce(verified_at, $3) \
+                 where id = $1 and verification_token_hash is not null",
+            )
+            .bind(id)
+            .bind(status.get())
+            .bind(at),
+        )
+        .await
+    }
+
+    async fn mark_consumed(
+        &self,
+        id: Uuid,
+        status: SignupStatus,
+        at: DateTime<Utc>,
+    ) -> RepoResult<bool> {
+        touched_any(
+            &self.pool,
+            TABLE,
+            sqlx::query(
+                "update pending_signups set status = $2, consumed_at = coalesce(consumed_at, $3) \
+                 where id = $1 and verification_token_hash is not null",
+            )
+            .bind(id)
+            .bind(status.get())
+            .bind(at),
         )
         .await
     }

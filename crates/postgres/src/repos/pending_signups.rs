@@ -254,18 +254,7 @@ impl PendingSignupRepository for PgPendingSignupRepository {
         status: SignupStatus,
         at: DateTime<Utc>,
     ) -> RepoResult<bool> {
-        touched_any(
-            &self.pool,
-            TABLE,
-            sqlx::query(
-                "update pending_signups set status = $2, verified_at = coalesce(verified_at, $3) \
-                 where id = $1 and verification_token_hash is not null",
-            )
-            .bind(id)
-            .bind(status.get())
-            .bind(at),
-        )
-        .await
+        mark_link(&self.pool, id, status, LinkTime::Verified, at).await
     }
 
     async fn mark_consumed(
@@ -274,18 +263,7 @@ impl PendingSignupRepository for PgPendingSignupRepository {
         status: SignupStatus,
         at: DateTime<Utc>,
     ) -> RepoResult<bool> {
-        touched_any(
-            &self.pool,
-            TABLE,
-            sqlx::query(
-                "update pending_signups set status = $2, consumed_at = coalesce(consumed_at, $3) \
-                 where id = $1 and verification_token_hash is not null",
-            )
-            .bind(id)
-            .bind(status.get())
-            .bind(at),
-        )
-        .await
+        mark_link(&self.pool, id, status, LinkTime::Consumed, at).await
     }
 
     async fn cleanup_expired(&self) -> RepoResult<u64> {
@@ -296,4 +274,40 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             .map_err(|e| map_sqlx_error(TABLE, e))?;
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
+}
+
+/// The magic-link times a sign-up records once.
+#[derive(Debug, Clone, Copy)]
+enum LinkTime {
+    Verified,
+    Consumed,
+}
+
+/// Sets a magic-link sign-up's status and, the first time, one of its times (a repeated call
+/// keeps the first time: the marks are idempotent). `false` when `id` is not a magic-link
+/// sign-up.
+async fn mark_link(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    status: SignupStatus,
+    time: LinkTime,
+    at: DateTime<Utc>,
+) -> RepoResult<bool> {
+    // the column comes from the enum above, never from input
+    let column = match time {
+        LinkTime::Verified => "verified_at",
+        LinkTime::Consumed => "consumed_at",
+    };
+    touched_any(
+        pool,
+        TABLE,
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update pending_signups set status = $2, {column} = coalesce({column}, $3) \
+             where id = $1 and verification_token_hash is not null"
+        )))
+        .bind(id)
+        .bind(status.get())
+        .bind(at),
+    )
+    .await
 }

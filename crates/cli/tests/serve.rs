@@ -106,6 +106,24 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} is not in the metrics:\n{text}"))
 }
 
+/// The `mystira_*` metric names in a text (histogram series by their `_bucket` name).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("mystira_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        // `mystira_users` is the program's name in comments, not a metric
+        if name != "mystira_users" && name != "mystira_" {
+            names.insert(name);
+        }
+    }
+    names
+}
+
 fn mystira(db: &str, args: &[&str]) -> std::process::Output {
     let out = Command::new(BIN)
         .args(args)
@@ -161,6 +179,20 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
     let ranges = metric(&text, "mystira_backfill_ranges");
     assert!(ranges > 0.0);
     assert_eq!(metric(&text, "mystira_backfill_ranges_done"), ranges);
+    // every metric the alert rules name is one the service exposes
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    let named = metric_names(&rules);
+    assert!(named.len() >= 8, "{named:?}");
+    for name in &named {
+        assert!(
+            text.lines().any(|l| l.starts_with(name.as_str())),
+            "alerts.yml names {name}, which /metrics does not expose"
+        );
+    }
     // the requests so far are counted by route pattern and status
     assert!(
         text.contains(

@@ -520,4 +520,15 @@ mod tests {
         assert_eq!(database("postgres://u:p@h/db", "b2"), "postgres://u:p@h/b2");
         assert_eq!(database("postgres://h:5432", "b3"), "postgres://h:5432/b3");
     }
+
+    #[test]
+    fn spreads_give_the_median_and_keep_min_below_max_through_a_decreasing_map() {
+        let s = Spread::of([30.0, 10.0, 20.0]);
+        assert_eq!((s.median, s.min, s.max), (20.0, 10.0, 30.0));
+        let even = Spread::of([4.0, 1.0, 2.0, 3.0]);
+        assert_eq!(even.median, 2.5);
+        // seconds to rows/s: the slowest run is the lowest throughput
+        let rps = s.map(|secs| 600.0 / secs);
+        assert_eq!((rps.median, rps.min, rps.max), (30.0, 20.0, 60.0));
+    }
 }

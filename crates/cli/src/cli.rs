@@ -102,10 +102,16 @@ pub enum Command {
 
     /// Measure the backfill against PostgreSQL's own COPY of the same rows, and its memory.
     ///
-    /// Generates N accounts as export files, migrates them into an empty database with a
-    /// `migrate` child process, then loads the same final rows into an empty copy of the schema
-    /// with binary COPY (the ceiling), and prints rows/s of both, their ratio and the peak
-    /// memory of the migrating process. With --memory-sizes, also migrates data sets of those
+    /// Generates N accounts as export files; then, --runs times, each run in fresh databases:
+    /// migrates them with a `migrate` child process, times `verify` of the same data, and loads
+    /// the same final rows (exported untimed) with binary COPY in as many parallel streams as
+    /// `migrate` has workers and 64 KiB send buffers, twice: into the full migrated schema, and
+    /// in pg_restore's order (bare tables, then indexes, keys, foreign keys and checks,
+    /// triggers, the catalog checked to be the migrated one afterwards). Before each timed
+    /// phase, waits for autovacuum and CHECKPOINTs. Fails unless every side loaded the same
+    /// rows. Prints each measure's median and spread, the ratios migrate / full-schema COPY,
+    /// migrate / restore order and verify / migrate (per run, then median and spread) and the
+    /// migrating process's peak memory. With --memory-sizes, also migrates data sets of those
     /// sizes and prints each one's peak memory, to show memory does not grow with the data.
     /// Uses temporary databases on the configured server (or the private cluster).
     Bench(BenchArgs),
@@ -234,9 +240,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "ROWS")]
     pub batch_rows: Option<usize>,
 
-    /// Passed to `migrate`
+    /// Passed to `migrate`; the COPY baselines use as many parallel streams
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+
+    /// Times each measure is taken, each run in fresh databases
+    #[arg(long, default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 
     /// Keep the benchmark databases and files instead of dropping them
     #[arg(long)]

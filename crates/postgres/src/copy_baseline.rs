@@ -1,10 +1,26 @@
-//! The ceiling a backfill is measured against: PostgreSQL's own binary `COPY` of the same
-//! final rows into an empty copy of the schema (with its constraints, indexes and triggers).
+//! The baselines a backfill is measured against, both PostgreSQL's own binary `COPY` of the
+//! same final rows, at its best:
+//!
+//! - **full schema**: into an empty, migrated database with every index, key, foreign key,
+//!   check and trigger in place, in as many parallel streams as the backfill has workers, with
+//!   send buffers of at least [`SEND_BUFFER_BYTES`];
+//! - **restore order** (the ceiling): the same COPY into tables as pg_restore creates them
+//!   (columns, defaults, NOT NULL and checks only), then the indexes, keys, foreign keys and
+//!   triggers rebuilt the way pg_restore does, and the catalog checked to be the migrated one
+//!   again, so the ceiling measures the real schema.
+//!
+//! The rows are exported from the source database first, into memory, untimed: they stand for
+//! rows that are already at hand.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt as _;
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 
 /// The domain tables in an order that satisfies their foreign keys.
 pub const DOMAIN_TABLES: [&str; 6] = [
@@ -16,42 +32,397 @@ pub const DOMAIN_TABLES: [&str; 6] = [
     "pending_signups",
 ];
 
-/// What the baseline measured.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CopyBaseline {
-    pub rows: u64,
-    /// Time spent in `COPY ... FROM STDIN` only (the export from the source database is not
-    /// counted: it stands for rows that are already at hand).
-    pub load_seconds: f64,
+/// The domain tables by foreign-key depth: every table's parents are in an earlier level, so
+/// the tables of one level can load at the same time once the levels before it committed (a
+/// foreign-key check sees only committed parents).
+const LOAD_LEVELS: [&[&str]; 3] = [
+    &["accounts", "pending_signups"],
+    &["subscriptions", "user_profiles", "completed_scenarios"],
+    &["user_badges"],
+];
+
+/// The least size of one `CopyData` message the baselines send. `COPY ... TO STDOUT` yields
+/// about one row per message; sending them as they come would measure round trips of the
+/// client library, not PostgreSQL's loading.
+pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// `maintenance_work_mem` of the sessions that rebuild indexes and constraints, as one would
+/// raise it for pg_restore (the default, 64MB, spills the larger sorts to disk).
+const REBUILD_MAINTENANCE_WORK_MEM: &str = "256MB";
+
+/// What can make a baseline fail: the database, or a schema that did not come back as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "after the restore-order rebuild the catalog of the domain tables differs from the \
+         migrated one\nmissing:\n  {}\nunexpected:\n  {}",
+        missing.join("\n  "),
+        unexpected.join("\n  ")
+    )]
+    CatalogDiffers {
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+    },
+    #[error("a worker task failed: {0}")]
+    Worker(String),
 }
 
-/// Copies every domain table of `from` into `to` (an empty, migrated database) with binary
-/// COPY, timing the loads.
-pub async fn copy_domain_tables(from: &PgPool, to: &PgPool) -> Result<CopyBaseline, sqlx::Error> {
-    let mut rows = 0u64;
-    let mut load = Duration::ZERO;
-    for table in DOMAIN_TABLES {
-        let mut source = from.acquire().await?;
-        let chunks: Vec<bytes::Bytes> = source
-            .copy_out_raw(&format!("copy {table} to stdout (format binary)"))
-            .await?
-            .try_collect()
-            .await?;
-        drop(source);
-        let mut target = to.acquire().await?;
-        let started = Instant::now();
-        let mut copy = target
-            .copy_in_raw(&format!("copy {table} from stdin (format binary)"))
-            .await?;
-        for chunk in chunks {
-            copy.send(chunk).await?;
-        }
-        rows += copy.finish().await?;
-        load += started.elapsed();
+/// The rows of the domain tables, exported in binary COPY format: each table split into
+/// streams by a hash of its key, each stream a complete COPY input of its own (header, rows,
+/// trailer) in buffers of at least [`SEND_BUFFER_BYTES`] (the last of a stream excepted).
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// Rows in the source when it was exported.
+    pub rows: u64,
+    streams: Vec<Stream>,
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    table: &'static str,
+    level: usize,
+    buffers: Vec<Bytes>,
+}
+
+impl Export {
+    /// Bytes of COPY data, all streams together.
+    pub fn bytes(&self) -> usize {
+        self.streams
+            .iter()
+            .flat_map(|s| &s.buffers)
+            .map(Bytes::len)
+            .sum()
     }
-    Ok(CopyBaseline {
+}
+
+/// Exports every domain table of `from` as `streams` streams per table (split by a hash of the
+/// primary key, so they are about even and disjoint).
+pub async fn export_domain_tables(from: &PgPool, streams: usize) -> Result<Export, sqlx::Error> {
+    let streams = streams.max(1);
+    let rows = count_domain_rows(from).await?;
+    let mut out = Vec::new();
+    for (level, tables) in LOAD_LEVELS.iter().enumerate() {
+        for &table in *tables {
+            for part in 0..streams {
+                // hashtext is signed: shift it to 0..2^32 before the remainder
+                let sql = format!(
+                    "copy (select * from {table} \
+                     where (hashtext(id::text)::bigint + 2147483648) % {streams} = {part}) \
+                     to stdout (format binary)"
+                );
+                let mut conn = from.acquire().await?;
+                let mut chunks = conn.copy_out_raw(&sql).await?;
+                let mut buffers = Vec::new();
+                let mut buffer = BytesMut::with_capacity(2 * SEND_BUFFER_BYTES);
+                while let Some(chunk) = chunks.try_next().await? {
+                    buffer.extend_from_slice(&chunk);
+                    if buffer.len() >= SEND_BUFFER_BYTES {
+                        buffers.push(buffer.split().freeze());
+                    }
+                }
+                if !buffer.is_empty() {
+                    buffers.push(buffer.freeze());
+                }
+                out.push(Stream {
+                    table,
+                    level,
+                    buffers,
+                });
+            }
+        }
+    }
+    Ok(Export { rows, streams: out })
+}
+
+/// Loads `export` into the domain tables of `to` (empty, whatever their indexes and
+/// constraints), `streams` COPY streams at a time, parents' level before children's. Returns
+/// the rows PostgreSQL reports loaded. Untimed here: the caller times it.
+pub async fn copy_into(to: &PgPool, export: &Export, streams: usize) -> Result<u64, BaselineError> {
+    let mut rows = 0;
+    for level in 0..LOAD_LEVELS.len() {
+        let jobs: Vec<Stream> = export
+            .streams
+            .iter()
+            .filter(|s| s.level == level)
+            .cloned()
+            .collect();
+        let pool = to.clone();
+        let loaded = in_parallel(jobs, streams, move |stream| {
+            copy_stream(pool.clone(), stream)
+        })
+        .await?;
+        rows += loaded.into_iter().sum::<u64>();
+    }
+    Ok(rows)
+}
+
+async fn copy_stream(pool: PgPool, stream: Stream) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // the backfill's own setting: its writes are copies from Cosmos, so the outbox trigger
+    // (fired per row here as there) returns without writing an outbox row
+    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
+        .execute(&mut *tx)
+        .await?;
+    let mut copy = tx
+        .copy_in_raw(&format!("copy {} from stdin (format binary)", stream.table))
+        .await?;
+    for buffer in stream.buffers {
+        copy.send(buffer).await?;
+    }
+    let rows = copy.finish().await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The definitions of the domain tables' secondary indexes, keys, foreign keys and triggers,
+/// taken from the catalog and dropped by [`strip_schema`], to be rebuilt by
+/// [`restore_order_load`].
+#[derive(Debug, Clone)]
+pub struct StrippedSchema {
+    /// The catalog before stripping: what the rebuild must come back to.
+    catalog: BTreeSet<String>,
+    indexes: Vec<String>,
+    keys: Vec<String>,
+    /// One `alter table` per table adding all its foreign keys, each validated as it is added.
+    foreign_keys: Vec<String>,
+    triggers: Vec<String>,
+}
+
+impl StrippedSchema {
+    /// Objects dropped.
+    pub fn objects(&self) -> usize {
+        self.indexes.len()
+            + self.keys.len()
+            + self.triggers.len()
+            + self
+                .foreign_keys
+                .iter()
+                .map(|s| s.matches(" add constraint ").count())
+                .sum::<usize>()
+    }
+}
+
+/// Each object of the domain tables that the restore order drops: its kind, its table, the
+/// statement that drops it and the statement (or, for constraints, the `add constraint` clause)
+/// that makes it again; in an order in which the drops succeed (a foreign key before the key it
+/// references, a constraint before its index).
+const DEFINITIONS_QUERY: &str = r#"
+with t as (select unnest($1::text[])::regclass as oid)
+select kind, tbl, drop_sql, create_sql from (
+    select 0 as step, 'trigger' as kind, tg.tgrelid::regclass::text as tbl,
+           format('drop trigger %I on %s', tg.tgname, tg.tgrelid::regclass) as drop_sql,
+           pg_get_triggerdef(tg.oid) as create_sql
+    from pg_trigger tg join t on t.oid = tg.tgrelid
+    where not tg.tgisinternal
+    union all
+    select case when c.contype = 'f' then 1 else 2 end,
+           case when c.contype = 'f' then 'foreign key' else 'key' end,
+           c.conrelid::regclass::text,
+           format('alter table %s drop constraint %I', c.conrelid::regclass, c.conname),
+           format('add constraint %I %s', c.conname, pg_get_constraintdef(c.oid))
+    from pg_constraint c join t on t.oid = c.conrelid
+    where c.contype in ('p', 'u', 'x', 'f')
+    union all
+    select 3, 'index', i.indrelid::regclass::text,
+           format('drop index %s', i.indexrelid::regclass),
+           pg_get_indexdef(i.indexrelid)
+    from pg_index i join t on t.oid = i.indrelid
+    where not exists (
+        select 1 from pg_constraint c where c.conindid = i.indexrelid and c.conrelid = i.indrelid
+    )
+) d
+order by step, tbl, drop_sql
+"#;
+
+/// Takes the definitions of the domain tables' secondary indexes, primary/unique keys, foreign
+/// keys and triggers from the catalog of `pool` (a freshly migrated, empty database) and drops
+/// them, leaving the tables pg_restore creates before it loads data: columns, defaults, NOT
+/// NULL and checks. The checks stay because pg_dump writes them into CREATE TABLE, and
+/// because one of ours does not survive a round trip through its definition text:
+/// `pg_get_constraintdef` of `accounts_role_check` (`role in (...)` on a varchar), added
+/// again, is stored as a different expression, so the schema would not come back.
+pub async fn strip_schema(pool: &PgPool) -> Result<StrippedSchema, sqlx::Error> {
+    let catalog = domain_catalog(pool).await?;
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(DEFINITIONS_QUERY)
+        .bind(table_names())
+        .fetch_all(pool)
+        .await?;
+    let mut stripped = StrippedSchema {
+        catalog,
+        indexes: Vec::new(),
+        keys: Vec::new(),
+        foreign_keys: Vec::new(),
+        triggers: Vec::new(),
+    };
+    let mut per_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut tx = pool.begin().await?;
+    for (kind, table, drop_sql, create_sql) in rows {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))
+            .execute(&mut *tx)
+            .await?;
+        match kind.as_str() {
+            "trigger" => stripped.triggers.push(create_sql),
+            "index" => stripped.indexes.push(create_sql),
+            "key" => stripped
+                .keys
+                .push(format!("alter table {table} {create_sql}")),
+            _ => per_table.entry(table).or_default().push(create_sql),
+        }
+    }
+    tx.commit().await?;
+    stripped.foreign_keys = per_table
+        .into_iter()
+        .map(|(table, clauses)| format!("alter table {table} {}", clauses.join(", ")))
+        .collect();
+    Ok(stripped)
+}
+
+/// What the restore-order ceiling measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreOrder {
+    pub rows: u64,
+    /// COPY into the bare tables.
+    pub copy_seconds: f64,
+    /// Indexes, keys, foreign keys, triggers.
+    pub rebuild_seconds: f64,
+}
+
+impl RestoreOrder {
+    pub fn seconds(&self) -> f64 {
+        self.copy_seconds + self.rebuild_seconds
+    }
+}
+
+/// The restore-order ceiling on a database stripped by [`strip_schema`]: COPY of `export` into
+/// the bare tables, then, as pg_restore does, the secondary indexes (in parallel sessions),
+/// the primary and unique keys, the foreign keys (validated as they are added, one `alter
+/// table` per table), the triggers; `streams` sessions at a time, each with
+/// `maintenance_work_mem` raised. Timed from
+/// the first COPY to the last trigger; then checks, untimed, that the catalog of the domain
+/// tables is the one [`strip_schema`] found.
+pub async fn restore_order_load(
+    pool: &PgPool,
+    schema: &StrippedSchema,
+    export: &Export,
+    streams: usize,
+) -> Result<RestoreOrder, BaselineError> {
+    let started = Instant::now();
+    let rows = copy_into(pool, export, streams).await?;
+    let copied = started.elapsed();
+    for stage in [
+        &schema.indexes,
+        &schema.keys,
+        &schema.foreign_keys,
+        &schema.triggers,
+    ] {
+        let pool = pool.clone();
+        in_parallel(stage.clone(), streams, move |sql| {
+            rebuild(pool.clone(), sql)
+        })
+        .await?;
+    }
+    let timing = RestoreOrder {
         rows,
-        load_seconds: load.as_secs_f64(),
+        copy_seconds: copied.as_secs_f64(),
+        rebuild_seconds: (started.elapsed() - copied).as_secs_f64(),
+    };
+    let after = domain_catalog(pool).await?;
+    if after != schema.catalog {
+        return Err(BaselineError::CatalogDiffers {
+            missing: schema.catalog.difference(&after).cloned().collect(),
+            unexpected: after.difference(&schema.catalog).cloned().collect(),
+        });
+    }
+    Ok(timing)
+}
+
+async fn rebuild(pool: PgPool, sql: String) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "set local maintenance_work_mem = '{REBUILD_MAINTENANCE_WORK_MEM}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The indexes (with their validity), constraints (with the index each uses) and triggers
+/// (with whether they are enabled) of the domain tables, one text line each: two databases
+/// with equal sets have the same schema where the restore order touches it.
+pub async fn domain_catalog(pool: &PgPool) -> Result<BTreeSet<String>, sqlx::Error> {
+    let lines: Vec<String> = sqlx::query_scalar(
+        r#"
+        with t as (select unnest($1::text[])::regclass as oid)
+        select 'index ' || pg_get_indexdef(i.indexrelid)
+               || case when i.indisvalid then '' else ' (invalid)' end
+        from pg_index i join t on t.oid = i.indrelid
+        union all
+        select 'constraint ' || c.conrelid::regclass::text || '.' || c.conname || ' '
+               || pg_get_constraintdef(c.oid)
+               || case when c.conindid <> 0 then ' using ' || c.conindid::regclass::text
+                       else '' end
+        from pg_constraint c join t on t.oid = c.conrelid
+        union all
+        select 'trigger ' || pg_get_triggerdef(tg.oid) || ' enabled ' || tg.tgenabled::text
+        from pg_trigger tg join t on t.oid = tg.tgrelid
+        where not tg.tgisinternal
+        "#,
+    )
+    .bind(table_names())
+    .fetch_all(pool)
+    .await?;
+    Ok(lines.into_iter().collect())
+}
+
+/// What [`settle`] found.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Settled {
+    /// Time spent waiting for autovacuum workers to finish.
+    pub waited_seconds: f64,
+    /// Whether autovacuum was still busy when the wait's bound ran out.
+    pub gave_up: bool,
+}
+
+/// Prepares a timed phase: waits (at most `bound`) until no autovacuum worker runs on the
+/// server, then `CHECKPOINT`s, so the phase neither competes with autovacuum nor pays for
+/// writing out the dirty buffers of the phase before it. Needs a superuser or the
+/// pg_checkpoint role (the private cluster's user is a superuser).
+pub async fn settle(pool: &PgPool, bound: Duration) -> Result<Settled, sqlx::Error> {
+    let started = Instant::now();
+    let mut gave_up = false;
+    loop {
+        // the whole server, not only this database: autovacuum of a database loaded by an
+        // earlier phase takes the same disk and cores
+        let busy: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where backend_type = 'autovacuum worker' or query like 'autovacuum:%'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if busy == 0 {
+            break;
+        }
+        if started.elapsed() >= bound {
+            gave_up = true;
+            tracing::warn!(
+                busy,
+                "autovacuum still running when the wait ran out; measuring anyway"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited = started.elapsed();
+    sqlx::raw_sql("checkpoint").execute(pool).await?;
+    Ok(Settled {
+        waited_seconds: waited.as_secs_f64(),
+        gave_up,
     })
 }
 
@@ -66,4 +437,47 @@ pub async fn count_domain_rows(pool: &PgPool) -> Result<u64, sqlx::Error> {
         total += n;
     }
     Ok(u64::try_from(total).unwrap_or(0))
+}
+
+fn table_names() -> Vec<String> {
+    DOMAIN_TABLES.iter().map(|t| (*t).to_owned()).collect()
+}
+
+/// Runs `work` on every job, `workers` at a time (each worker takes the next job when it is
+/// done with one, so a long job does not hold the others back); the results in no particular
+/// order. The first failure is returned and the other workers are stopped.
+async fn in_parallel<T, R, F, Fut>(
+    jobs: Vec<T>,
+    workers: usize,
+    work: F,
+) -> Result<Vec<R>, BaselineError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, sqlx::Error>> + Send,
+{
+    let queue = Arc::new(Mutex::new(jobs.into_iter()));
+    let work = Arc::new(work);
+    let mut set = JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let queue = Arc::clone(&queue);
+        let work = Arc::clone(&work);
+        set.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                // a poisoned lock only means another worker panicked: its iterator is intact
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some(job) = next else { break };
+                done.push(work(job).await?);
+            }
+            Ok::<_, sqlx::Error>(done)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let done = joined.map_err(|e| BaselineError::Worker(e.to_string()))??;
+        results.extend(done);
+    }
+    Ok(results)
 }

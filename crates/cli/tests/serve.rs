@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use support::fresh_database;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
+/// The Cosmos emulator's well-known key, which the test server accepts (scripts/test exports
+/// the server's endpoint and certificate, not a key).
+const EMULATOR_KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 
 /// A running `serve` and the address it bound.
 struct Serve {
@@ -33,7 +37,9 @@ impl Serve {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(cosmos_db) = cosmos_db {
-            command.env("COSMOS_DATABASE", cosmos_db);
+            command
+                .env("COSMOS_DATABASE", cosmos_db)
+                .env("COSMOS_KEY", EMULATOR_KEY);
         } else {
             for name in ["COSMOS_ENDPOINT", "COSMOS_KEY", "COSMOS_DATABASE"] {
                 command.env_remove(name);
@@ -243,6 +249,7 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
     let generated = Command::new(BIN)
         .args(["generate", "--accounts", "3"])
         .env("COSMOS_DATABASE", &cosmos_db)
+        .env("COSMOS_KEY", EMULATOR_KEY)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -211,9 +211,18 @@ pub enum Command {
     /// reachable (PostgreSQL always, Cosmos in phases 0 to 2), else 503 with an
     /// application/problem+json naming them; `/metrics` is Prometheus's text format (requests,
     /// the phase, the retry journal, the outbox, the last verify, backfill ranges). SIGINT or
-    /// SIGTERM stops accepting and answers the requests in flight first. The domain API and
-    /// authentication are planned (see docs/service.md). Exit code 0 after a clean stop.
+    /// SIGTERM stops accepting and answers the requests in flight first. Bearer tokens (JWT,
+    /// RS256/ES256) are verified with --jwks-file's keys, or in development mode with the key
+    /// of `mystira-users dev-token`; `/v1/me` and the admin-only `/v1/admin/phase` use them.
+    /// The domain API is planned (see docs/service.md). Exit code 0 after a clean stop.
     Serve(crate::commands::ServeArgs),
+
+    /// Print a bearer token that `serve` accepts in development mode (no --jwks-file).
+    ///
+    /// Signed with the development key (ES256; created on first use, readable by its owner
+    /// only), for --sub (the account's external user id) and an optional --role. For
+    /// development and tests only: production tokens come from the identity provider.
+    DevToken(crate::commands::DevTokenArgs),
 }
 
 /// `mystira-users report`

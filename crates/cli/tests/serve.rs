@@ -28,9 +28,14 @@ impl Serve {
     /// Starts `serve` on a free port; with `cosmos_db`, on that database of the Cosmos test
     /// server, else with no Cosmos settings (development on PostgreSQL alone).
     fn start(db: &str, cosmos_db: Option<&str>) -> Serve {
+        Self::start_with(db, cosmos_db, &[])
+    }
+
+    fn start_with(db: &str, cosmos_db: Option<&str>, extra: &[&str]) -> Serve {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--phase-poll-ms", "200"])
+            .args(extra)
             .args(["--database-url", db])
             .env_remove("MYSTIRA_CONFIG")
             .env("RUST_LOG", "info")
@@ -67,7 +72,16 @@ impl Serve {
     }
 
     async fn get(&self, path: &str) -> (u16, String, String) {
-        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        self.get_as(path, None).await
+    }
+
+    /// GET with an optional bearer token: status, content type, body.
+    async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, String, String) {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -266,6 +280,92 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
     assert_eq!(ready["checks"][1]["store"], "cosmos");
     assert_eq!(ready["checks"][1]["needed"], true);
     assert_eq!(ready["checks"][1]["ok"], true, "{ready}");
+    let (exit, _) = serve.stop();
+    assert!(exit.success());
+}
+
+/// A token from `dev-token` with the development key in `key`.
+fn dev_token(key: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("dev-token")
+        .args(args)
+        .arg("--dev-key")
+        .arg(key)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_dev_token_are_checked_and_admin_endpoints_refuse_users() {
+    let db = fresh_database("serve_auth").await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("dev.p8");
+    let key_arg = key.to_str().unwrap();
+    let serve = Serve::start_with(&db, None, &["--dev-key", key_arg]);
+
+    // no token: 401, problem+json, and the scheme to use
+    let response = reqwest::get(format!("{}/v1/me", serve.base)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""code":"missing_token""#)
+    );
+
+    let user = dev_token(&key, &["--sub", "auth0|parent-1"]);
+    let (status, _, body) = serve.get_as("/v1/me", Some(&user)).await;
+    assert_eq!(status, 200, "{body}");
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (me["user_id"].as_str(), me["role"].as_str()),
+        (Some("auth0|parent-1"), Some("User"))
+    );
+
+    // a user may not read the migration's phase; an admin may
+    let (status, _, body) = serve.get_as("/v1/admin/phase", Some(&user)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(r#""code":"forbidden""#), "{body}");
+    let admin = dev_token(&key, &["--sub", "auth0|ops", "--role", "admin"]);
+    let (status, _, body) = serve.get_as("/v1/admin/phase", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let phase: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(phase["domain"]["phase"], "cosmos-only");
+
+    // refused: expired, another audience, and a token signed with another key
+    let expired = dev_token(&key, &["--sub", "auth0|parent-1", "--ttl-seconds", "-600"]);
+    let other_audience = dev_token(&key, &["--sub", "auth0|parent-1", "--audience", "other"]);
+    let forged = dev_token(
+        &keys.path().join("other.p8"),
+        &["--sub", "auth0|parent-1", "--role", "SuperAdmin"],
+    );
+    for (token, code) in [
+        (&expired, "token_expired"),
+        (&other_audience, "wrong_audience"),
+        (&forged, "bad_signature"),
+    ] {
+        let (status, _, body) = serve.get_as("/v1/admin/phase", Some(token)).await;
+        assert_eq!(status, 401, "{code}: {body}");
+        assert!(
+            body.contains(&format!(r#""code":"{code}""#)),
+            "{code}: {body}"
+        );
+    }
+    // the signing key never leaves its owner
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let (exit, _) = serve.stop();
     assert!(exit.success());
 }

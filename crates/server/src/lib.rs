@@ -1,15 +1,18 @@
 //! The user-domain service, `mystira-users serve`: HTTP over the stores the migration phase
 //! says, watched from outside.
 //!
-//! What exists (the first slice of issue 9): the process, its graceful shutdown, `/healthz`,
-//! `/readyz` (the stores this phase needs are reachable) and `/metrics` (Prometheus text:
-//! requests, the phase, the retry journal, the outbox, the last verify and the backfill).
-//! **Planned, not built yet:** the domain API over the dual-write router, JWT authentication
-//! and authorisation, the admin endpoints, `/openapi.json`.
+//! What exists (the first slices of issue 9): the process, its graceful shutdown, `/healthz`,
+//! `/readyz` (the stores this phase needs are reachable), `/metrics` (Prometheus text:
+//! requests, the phase, the retry journal, the outbox, the last verify and the backfill), JWT
+//! bearer authentication ([`auth`]) with `/v1/me` and the admin-only `/v1/admin/phase`.
+//! **Planned, not built yet:** the domain API over the dual-write router, the other admin
+//! endpoints, `/openapi.json`.
 //!
 //! Layering: the CLI wires (flags, config, connections); this crate holds the HTTP layer; the
 //! stores and the phase logic stay in `mystira-postgres` and `mystira-migrate`.
 
+mod api;
+pub mod auth;
 pub mod health;
 pub mod metrics;
 mod problem;
@@ -36,6 +39,8 @@ pub struct AppState {
     pub cosmos: Option<CosmosStore>,
     pub phase: PhaseWatcher,
     pub metrics: Arc<Metrics>,
+    /// Verifies the bearer tokens of the authenticated endpoints.
+    pub auth: Arc<auth::Authenticator>,
     /// How long a readiness probe waits for each store.
     pub probe_timeout: Duration,
 }
@@ -46,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
+        .route("/v1/me", get(api::me))
+        .route("/v1/admin/phase", get(api::admin_phase))
         .fallback(problem::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -27,7 +27,7 @@ pub use loadgen::LoadgenArgs;
 pub use phase::PhaseCommand;
 pub use relay::RelayArgs;
 pub use replicate::ReplicateArgs;
-pub use serve::ServeArgs;
+pub use serve::{DevTokenArgs, ServeArgs};
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -61,5 +61,6 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Replicate(args) => replicate::run(args, settings).await,
         Command::Report(args) => report::run(args, settings).await,
         Command::Serve(args) => serve::run(args, settings).await,
+        Command::DevToken(args) => serve::dev_token(args).await,
     }
 }

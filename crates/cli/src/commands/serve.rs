@@ -3,18 +3,21 @@
 //! account when one is configured, the phase watcher, the listener and the stop signal.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use mystira_migrate::phase::PhaseWatcher;
+use mystira_postgres::local_cluster::LocalCluster;
+use mystira_server::auth::{Authenticator, DevKey};
 use mystira_server::{AppState, Metrics};
 use serde_json::json;
 
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
 /// `mystira-users serve`
@@ -39,6 +42,125 @@ pub struct ServeArgs {
     /// How often the phase is re-read besides PostgreSQL's notifications, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub phase_poll_ms: u64,
+
+    /// Production: verify bearer tokens with the keys of this JWKS document (RSA keys for
+    /// RS256, P-256 keys for ES256); --issuer and --audience are then required. Without it,
+    /// development mode: tokens from `mystira-users dev-token` are accepted
+    #[arg(long, env = "MYSTIRA_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// Who issues and who receives tokens, and the development key (shared by `serve` and
+/// `dev-token`).
+#[derive(Debug, Args, Clone)]
+pub struct TokenArgs {
+    /// The tokens' issuer (`iss`) [default in development mode: mystira-users-dev]
+    #[arg(long, env = "MYSTIRA_JWT_ISSUER", value_name = "ISS")]
+    pub issuer: Option<String>,
+
+    /// The tokens' audience (`aud`) [default in development mode: mystira-users]
+    #[arg(long, env = "MYSTIRA_JWT_AUDIENCE", value_name = "AUD")]
+    pub audience: Option<String>,
+
+    /// The development signing key (ES256, PKCS#8, created on first use)
+    /// [default: dev-signing-key.p8 beside the private PostgreSQL cluster's directory]
+    #[arg(long, env = "MYSTIRA_DEV_KEY", value_name = "FILE")]
+    pub dev_key: Option<PathBuf>,
+}
+
+const DEV_ISSUER: &str = "mystira-users-dev";
+const DEV_AUDIENCE: &str = "mystira-users";
+
+impl TokenArgs {
+    fn dev_issuer(&self) -> &str {
+        self.issuer.as_deref().unwrap_or(DEV_ISSUER)
+    }
+
+    fn dev_audience(&self) -> &str {
+        self.audience.as_deref().unwrap_or(DEV_AUDIENCE)
+    }
+
+    /// The development key, created when missing.
+    pub fn dev_key(&self) -> anyhow::Result<DevKey> {
+        let path = match &self.dev_key {
+            Some(p) => p.clone(),
+            None => {
+                let cluster = LocalCluster::discover(None)?;
+                cluster
+                    .dir()
+                    .parent()
+                    .unwrap_or(cluster.dir())
+                    .join("dev-signing-key.p8")
+            }
+        };
+        DevKey::load_or_create(&path).context("cannot load the development signing key")
+    }
+}
+
+/// The production authenticator when a JWKS file is given, else the development one.
+fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
+    let Some(jwks) = &args.jwks_file else {
+        tracing::warn!(
+            "development mode: accepting tokens from `mystira-users dev-token` (pass --jwks-file \
+             for production)"
+        );
+        let key = args.token.dev_key()?;
+        return Ok(key.authenticator(args.token.dev_issuer(), args.token.dev_audience()));
+    };
+    let (Some(issuer), Some(audience)) = (&args.token.issuer, &args.token.audience) else {
+        return Err(ConfigError::Usage(
+            "--jwks-file needs --issuer and --audience (or MYSTIRA_JWT_ISSUER and \
+             MYSTIRA_JWT_AUDIENCE)"
+                .into(),
+        )
+        .into());
+    };
+    Authenticator::from_jwks_file(jwks, issuer, audience).context("cannot load the JWKS keys")
+}
+
+/// `mystira-users dev-token`
+#[derive(Debug, Args)]
+pub struct DevTokenArgs {
+    /// The token's subject: the account's external user id (`auth0_user_id`)
+    #[arg(long, value_name = "SUB")]
+    pub sub: String,
+
+    /// The token's role claim (Guest, User, Admin, SuperAdmin) [default: none, a user]
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+
+    /// Seconds until it expires (a negative value gives an expired token, to test refusals)
+    #[arg(
+        long,
+        default_value_t = 3600,
+        value_name = "SECONDS",
+        allow_hyphen_values = true
+    )]
+    pub ttl_seconds: i64,
+
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+pub async fn dev_token(args: &DevTokenArgs) -> anyhow::Result<Outcome> {
+    let key = args.token.dev_key()?;
+    let token = key
+        .token(
+            &args.sub,
+            args.role.as_deref(),
+            args.token.dev_issuer(),
+            args.token.dev_audience(),
+            args.ttl_seconds,
+        )
+        .context("cannot sign the token")?;
+    Ok(Outcome {
+        exit: Exit::Ok,
+        human: token.clone(),
+        json: json!({ "token": token }),
+    })
 }
 
 pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcome> {
@@ -52,6 +174,7 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
     let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
         .await
         .context("cannot read the migration phase")?;
+    let auth = Arc::new(authenticator(args)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -65,6 +188,7 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         cosmos,
         phase,
         metrics: Arc::new(Metrics::new()),
+        auth,
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
     };
     mystira_server::serve(listener, state, stop::stop_signal())

@@ -1,0 +1,352 @@
+//! Bearer-token authentication: JWTs signed with RS256 or ES256, keys from a JWKS file or, in
+//! development, the service's own signing key; issuer, audience, expiry and not-before
+//! checked. The token's `sub` is the caller's external user id (`accounts.auth0_user_id`);
+//! its `role` claim (`Guest`, `User`, `Admin`, `SuperAdmin`, any case) says what it may do
+//! beyond its own data.
+//!
+//! **Planned:** keys from a JWKS url (cached, refreshed on an unknown `kid`).
+
+use std::path::Path;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use mystira_domain::Role;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::{AppState, Problem};
+
+/// The `kid` of the development key.
+const DEV_KID: &str = "mystira-users-dev";
+
+/// What a token carries that the service reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+}
+
+/// One verification key.
+struct VerifyingKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens against a fixed set of keys, issuer and audience.
+pub struct Authenticator {
+    keys: Vec<VerifyingKey>,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Why an authenticator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a JWKS document: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error("the development signing key in {path} is not a P-256 PKCS#8 key")]
+    DevKey { path: String },
+}
+
+impl Authenticator {
+    /// Keys from a JWKS document (RSA keys verify RS256, P-256 keys ES256).
+    pub fn from_jwks_file(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| KeyError::Jwks {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                // other key types sign nothing this service accepts
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwks {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            keys.push(VerifyingKey {
+                kid: jwk.common.key_id.clone(),
+                algorithm,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Jwks {
+                path: shown,
+                reason: "it holds no RSA or P-256 key".into(),
+            });
+        }
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// Checks a bearer token: signature, algorithm, issuer, audience, expiry, not-before.
+    pub fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("invalid_token", "the bearer token is not a JWT"))?;
+        let candidates: Vec<&VerifyingKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(unauthorized(
+                "unknown_key",
+                "no configured key matches the token's algorithm and key id (RS256 and ES256 \
+                 are accepted)",
+            ));
+        }
+        let mut last = None;
+        for key in candidates {
+            let mut validation = Validation::new(key.algorithm);
+            validation.set_issuer(&[&self.issuer]);
+            validation.set_audience(&[&self.audience]);
+            validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            validation.validate_nbf = true;
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last.as_ref().map(jsonwebtoken::errors::Error::kind) {
+            Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                unauthorized("token_expired", "the token has expired")
+            }
+            Some(jsonwebtoken::errors::ErrorKind::ImmatureSignature) => {
+                unauthorized("token_not_yet_valid", "the token is not valid yet (nbf)")
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => {
+                unauthorized("wrong_audience", "the token is for another audience")
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => {
+                unauthorized("wrong_issuer", "the token is from another issuer")
+            }
+            Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
+                unauthorized("bad_signature", "the token's signature does not verify")
+            }
+            _ => unauthorized("invalid_token", "the bearer token cannot be verified"),
+        })
+    }
+}
+
+/// The development signing key (ES256): created on first use, kept in a file only its owner
+/// can read, so that `serve` and `dev-token` agree without any configuration.
+pub struct DevKey {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+}
+
+impl std::fmt::Debug for DevKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevKey(..)")
+    }
+}
+
+impl DevKey {
+    /// Loads the key from `path`, creating it (mode 0600) when the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let pkcs8 = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let document = EcdsaKeyPair::generate_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &SystemRandom::new(),
+                )
+                .map_err(|_| KeyError::DevKey {
+                    path: shown.clone(),
+                })?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                write_private(path, document.as_ref()).map_err(io)?;
+                document.as_ref().to_vec()
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &pkcs8,
+            &SystemRandom::new(),
+        )
+        .map_err(|_| KeyError::DevKey {
+            path: shown.clone(),
+        })?;
+        let public = pair.public_key().as_ref().to_vec();
+        Ok(Self { pkcs8, public })
+    }
+
+    /// A token for `sub` with `role`, valid for `ttl_seconds` from now (negative: already
+    /// expired, for tests of the refusal).
+    pub fn token(
+        &self,
+        sub: &str,
+        role: Option<&str>,
+        issuer: &str,
+        audience: &str,
+        ttl_seconds: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role: role.map(str::to_owned),
+            iss: issuer.to_owned(),
+            aud: audience.to_owned(),
+            exp: now + ttl_seconds,
+            // not-before a little in the past: a clock a second behind must not refuse it
+            nbf: now - 5,
+            iat: now,
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(DEV_KID.to_owned());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8))
+    }
+
+    /// The public key as a JWKS document (what an identity provider publishes), so that a
+    /// deployment can be tried with `--jwks-file` and development tokens.
+    pub fn jwks(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // the uncompressed point: 0x04, then x and y, 32 bytes each
+        let (x, y) = self.public[1..].split_at(32);
+        serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": DEV_KID,
+            "x": b64(x), "y": b64(y),
+        }]})
+    }
+
+    /// An authenticator that accepts this key's tokens.
+    pub fn authenticator(&self, issuer: &str, audience: &str) -> Authenticator {
+        Authenticator {
+            keys: vec![VerifyingKey {
+                kid: Some(DEV_KID.to_owned()),
+                algorithm: Algorithm::ES256,
+                // ring verifies ECDSA against the uncompressed public point
+                key: DecodingKey::from_ec_der(&self.public),
+            }],
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn unauthorized(code: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, code, detail)
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The external user id (`sub`).
+    pub user_id: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller may act on other users' data and on the migration.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::SuperAdmin)
+    }
+
+    /// The caller, if an admin; else a 403.
+    pub fn require_admin(&self) -> Result<&Self, Problem> {
+        if self.is_admin() {
+            Ok(self)
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this endpoint is for the Admin and SuperAdmin roles",
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing_token", "send Authorization: Bearer <JWT>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                unauthorized(
+                    "missing_token",
+                    "the Authorization header is not a bearer token",
+                )
+            })?;
+        let claims = state.auth.verify(token.trim())?;
+        // a role the domain does not know grants nothing beyond the caller's own data
+        let role = claims
+            .role
+            .as_deref()
+            .and_then(|r| Role::parse(r).ok())
+            .unwrap_or(Role::User);
+        Ok(Caller {
+            user_id: claims.sub,
+            role,
+        })
+    }
+}

@@ -115,8 +115,22 @@ impl Serve {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let output = self.child.wait_with_output().unwrap();
-        (output.status, String::from_utf8(output.stdout).unwrap())
+        let status = self.child.wait().unwrap();
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
+        }
+        (status, stdout)
+    }
+}
+
+impl Drop for Serve {
+    /// A test that fails before `stop` must not leave the server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -91,6 +91,27 @@ impl Serve {
         (status, content_type, response.text().await.unwrap())
     }
 
+    /// A request with a JSON body: status and the body as JSON.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// Polls `path` until it answers `status`, for at most `within`.
     async fn until(&self, path: &str, status: u16, within: Duration) -> (u16, String, String) {
         let deadline = Instant::now() + within;
@@ -286,7 +307,19 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
         "{}",
         String::from_utf8_lossy(&generated.stderr)
     );
-    let serve = Serve::start(&db, Some(&cosmos_db));
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("dev.p8");
+    let journal = keys.path().join("journal");
+    let serve = Serve::start_with(
+        &db,
+        Some(&cosmos_db),
+        &[
+            "--dev-key",
+            key.to_str().unwrap(),
+            "--journal-dir",
+            journal.to_str().unwrap(),
+        ],
+    );
     let (status, _, body) = serve.until("/readyz", 200, Duration::from_secs(10)).await;
     assert_eq!(status, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -294,6 +327,46 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
     assert_eq!(ready["checks"][1]["store"], "cosmos");
     assert_eq!(ready["checks"][1]["needed"], true);
     assert_eq!(ready["checks"][1]["ok"], true, "{ready}");
+
+    // the domain API goes through the router: in cosmos-only, to Cosmos and not PostgreSQL
+    let user = dev_token(&key, &["--sub", "auth0|routed"]);
+    let (status, created) = serve
+        .send(
+            reqwest::Method::POST,
+            "/v1/accounts",
+            &user,
+            serde_json::json!({"email": "routed@example.com", "display_name": "Routed"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, _, body) = serve
+        .get_as(&format!("/v1/accounts/{id}"), Some(&user))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let in_postgres: i64 =
+        sqlx::query_scalar("select count(*) from accounts where auth0_user_id = 'auth0|routed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(in_postgres, 0, "phase 0 writes Cosmos only");
+    let in_cosmos = Command::new(BIN)
+        .args(["cosmos", "export", "--out"])
+        .arg(keys.path().join("export"))
+        .env("COSMOS_DATABASE", &cosmos_db)
+        .env("COSMOS_KEY", EMULATOR_KEY)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        in_cosmos.status.success(),
+        "{}",
+        String::from_utf8_lossy(&in_cosmos.stderr)
+    );
+    let accounts =
+        std::fs::read_to_string(keys.path().join("export").join("Accounts.jsonl")).unwrap();
+    assert!(accounts.contains(id), "the account is in Cosmos");
     let (exit, _) = serve.stop();
     assert!(exit.success());
 }
@@ -374,12 +447,58 @@ async fn bearer_tokens_from_dev_token_are_checked_and_admin_endpoints_refuse_use
             "{code}: {body}"
         );
     }
-    // the signing key never leaves its owner
-    use std::os::unix::fs::PermissionsExt as _;
+    // a sign-up code goes to the development mail file beside the key, and verifies once
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/signups", serve.base))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"email": "kid.parent@example.com", "display_name": "P"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let mail = keys.path().join("dev-mail.jsonl");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&mail)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let verify = |code: serde_json::Value| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/signups/verify", serve.base))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"email": "kid.parent@example.com", "code": code}).to_string())
+            .send()
+    };
     assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
+        verify(line["code"].clone())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
     );
+    assert_eq!(
+        verify(line["code"].clone())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+
+    // the signing key and the mail never leave their owner
+    use std::os::unix::fs::PermissionsExt as _;
+    for secret in [&key, &mail] {
+        assert_eq!(
+            std::fs::metadata(secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
     let (exit, _) = serve.stop();
     assert!(exit.success());
 }

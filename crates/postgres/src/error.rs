@@ -33,6 +33,18 @@ pub fn map_sqlx_error(entity: &'static str, err: sqlx::Error) -> RepoError {
                     field: "value",
                     rule: "longer than its column allows",
                 }),
+                // character_not_in_repertoire (a NUL in text), untranslatable_character and
+                // unsupported \u0000 in jsonb: text PostgreSQL cannot hold
+                "22021" | "22P05" => RepoError::Invalid(ValidationError::OutOfRange {
+                    field: "value",
+                    rule: "holds a character PostgreSQL text cannot store (NUL)",
+                }),
+                // datetime_field_overflow, numeric_value_out_of_range: a date or time before
+                // 4713 BC or after PostgreSQL's last one, a number past its column
+                "22008" | "22003" => RepoError::Invalid(ValidationError::OutOfRange {
+                    field: "value",
+                    rule: "outside the range its column can store",
+                }),
                 // serialization_failure, deadlock_detected, admin/crash shutdown, too many connections
                 "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" => {
                     RepoError::Unavailable(format!("database error {code} on {entity}"))

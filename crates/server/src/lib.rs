@@ -1,18 +1,20 @@
 //! The user-domain service, `mystira-users serve`: HTTP over the stores the migration phase
 //! says, watched from outside.
 //!
-//! What exists (the first slices of issue 9): the process, its graceful shutdown, `/healthz`,
-//! `/readyz` (the stores this phase needs are reachable), `/metrics` (Prometheus text:
-//! requests, the phase, the retry journal, the outbox, the last verify and the backfill), JWT
-//! bearer authentication ([`auth`]) with `/v1/me` and the admin-only `/v1/admin/phase`.
-//! **Planned, not built yet:** the domain API over the dual-write router, the other admin
-//! endpoints, `/openapi.json`.
+//! What exists: the process, its graceful shutdown, `/healthz`, `/readyz` (the stores this
+//! phase needs are reachable), `/metrics` (Prometheus text: requests, rate limits, the phase,
+//! the retry journal, the outbox, the last verify and the backfill), JWT bearer
+//! authentication ([`auth`]), the domain API over [`Domain`] (the dual-write router, or
+//! PostgreSQL alone) with per-user authorisation, sign-ups with rate limits, the phase for
+//! admins, and `/openapi.json` generated from the handlers.
+//! **Planned, not built yet:** the other admin endpoints (see [`api`]).
 //!
 //! Layering: the CLI wires (flags, config, connections); this crate holds the HTTP layer; the
 //! stores and the phase logic stay in `mystira-postgres` and `mystira-migrate`.
 
-mod api;
+pub mod api;
 pub mod auth;
+mod domain;
 pub mod health;
 pub mod metrics;
 mod problem;
@@ -28,6 +30,8 @@ use mystira_migrate::phase::PhaseWatcher;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+pub use api::signups::{FileMailer, RateLimit, SignupSettings};
+pub use domain::{Backend, Domain};
 pub use metrics::Metrics;
 pub use problem::Problem;
 
@@ -39,6 +43,10 @@ pub struct AppState {
     pub cosmos: Option<CosmosStore>,
     pub phase: PhaseWatcher,
     pub metrics: Arc<Metrics>,
+    /// The domain's ports.
+    pub domain: Domain,
+    /// How sign-ups behave (code lifetime, lock-out, rate limits, the mailer).
+    pub signups: Arc<SignupSettings>,
     /// Verifies the bearer tokens of the authenticated endpoints.
     pub auth: Arc<auth::Authenticator>,
     /// How long a readiness probe waits for each store.
@@ -51,8 +59,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
-        .route("/v1/me", get(api::me))
-        .route("/v1/admin/phase", get(api::admin_phase))
+        .route("/openapi.json", get(api::openapi::document))
+        .merge(api::routes())
         .fallback(problem::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -68,7 +76,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    // with the peer's address, for the per-client rate limits
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -35,6 +35,12 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    /// `signup-client`, `verify-client` or `signup-email`: the budget, never whose.
+    limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -46,6 +52,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
+    rate_limited: Family<LimitLabels, Counter>,
     postgres_up: Gauge,
     scrape_errors: Counter,
     phase: Gauge,
@@ -83,10 +90,17 @@ impl Metrics {
             "Time to answer an HTTP request, by method and route pattern",
             request_seconds.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Sign-up requests refused with 429, by the budget they exceeded",
+            rate_limited.clone(),
+        );
         let m = Self {
             registry,
             requests,
             request_seconds,
+            rate_limited,
             postgres_up: Gauge::default(),
             scrape_errors: Counter::default(),
             phase: Gauge::default(),
@@ -161,6 +175,15 @@ impl Metrics {
             self.backfill_ranges_total.clone(),
         );
         self
+    }
+
+    /// Counts a request refused by the rate limit `limit`.
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
     }
 
     fn observe(&self, method: &str, route: &str, status: StatusCode, took: Duration) {

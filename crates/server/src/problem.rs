@@ -17,6 +17,12 @@ pub struct Problem {
     /// Stable, for scripts and alerts (e.g. `not_found`, `not_ready`).
     pub code: String,
     pub detail: String,
+    /// Extension members (RFC 9457 §3.2), such as `attempts_left`; never stored values.
+    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the caller should wait (sent as `Retry-After`, not in the body).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -27,18 +33,38 @@ impl Problem {
             status: status.as_u16(),
             code: code.to_owned(),
             detail: detail.into(),
+            extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// The problem with an extension member.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The problem with a `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
         let mut response = (status, Json(self)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: say which scheme the caller should use
             response.headers_mut().insert(

@@ -3,21 +3,18 @@
 //! `mystira_migrate::loadgen`, which keeps the ledger.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use mystira_cosmos_client::CosmosRepositories;
 use mystira_migrate::journal::FileJournal;
 use mystira_migrate::loadgen::{LoadConfig, run_load};
 use mystira_migrate::phase::PhaseWatcher;
-use mystira_migrate::router::{
-    BackgroundConfig, DualWriteRouter, Phase1Copy, Phase2Delivery, RouterConfig, run_background,
-};
+use mystira_migrate::router::{Phase1Copy, Phase2Delivery, RouterConfig};
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::hosting::HostedRouter;
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
 use crate::config::ConfigError;
@@ -111,23 +108,14 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
     }
     let pool = db::prepared_pool(settings, (args.concurrency as u32 + 6).max(8)).await?;
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
-    let repos = CosmosRepositories::ensure(&store)
-        .await
-        .context("cannot open (or create) the Cosmos containers")?;
-    let dir = match &args.journal_dir {
-        Some(d) => d.clone(),
-        None => FileJournal::default_dir()
-            .context("no default journal directory: pass --journal-dir")?,
-    };
-    let files = FileJournal::open(&dir).context("cannot open the journal directory")?;
     let watcher = PhaseWatcher::start(pool.clone(), Duration::from_secs(1))
         .await
         .context("cannot read the phase")?;
-    let router = DualWriteRouter::new(
-        pool.clone(),
-        repos,
-        Arc::new(watcher),
-        files.clone(),
+    let hosted = HostedRouter::start(
+        &pool,
+        &store,
+        args.journal_dir.as_deref(),
+        watcher,
         RouterConfig {
             phase1_copy: match args.phase1_copy {
                 CopyMode::Inline => Phase1Copy::Inline,
@@ -139,19 +127,11 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
             },
             ..RouterConfig::default()
         },
-    );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = {
-        let router = router.clone();
-        tokio::spawn(async move {
-            let mut rx = stop_rx;
-            run_background(&router, &BackgroundConfig::default(), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
+    )
+    .await?;
+    let router = hosted.router.clone();
+    let files = hosted.files.clone();
+    let dir = hosted.journal_dir.clone();
 
     let mut config = LoadConfig::new(args.rate, args.duration, args.ledger.clone());
     config.concurrency = args.concurrency.max(1);
@@ -168,9 +148,7 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
         tokio::time::sleep(Duration::from_millis(200)).await;
         left = backlog(&pool, &files).await.ok();
     }
-    let _ = stop_tx.send(true);
-    let background = background.await.unwrap_or_default();
-    files.seal();
+    let background = hosted.stop().await;
 
     let mut human = report.summary();
     match left {

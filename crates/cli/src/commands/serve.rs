@@ -10,11 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use mystira_migrate::phase::PhaseWatcher;
+use mystira_migrate::router::RouterConfig;
 use mystira_postgres::local_cluster::LocalCluster;
 use mystira_server::auth::{Authenticator, DevKey};
-use mystira_server::{AppState, Metrics};
+use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
 use serde_json::json;
 
+use super::hosting::HostedRouter;
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, Settings};
@@ -51,6 +53,64 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub token: TokenArgs,
+
+    /// Where the router journals phase-1 writes when PostgreSQL is down [default: as `journal`]
+    #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
+    pub journal_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub signups: SignupArgs,
+}
+
+/// How sign-ups behave.
+#[derive(Debug, Args, Clone)]
+pub struct SignupArgs {
+    /// The development mailer: sign-up codes are appended, as JSON lines, to this file
+    /// (created 0600) [default in development mode: dev-mail.jsonl beside the development key;
+    /// in production none, and sign-up requests are refused]
+    #[arg(long, env = "MYSTIRA_MAIL_FILE", value_name = "FILE")]
+    pub mail_file: Option<PathBuf>,
+
+    /// How long a sign-up code is valid
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub signup_code_ttl_seconds: u64,
+
+    /// Wrong codes before a sign-up locks (at most 10, the schema's ceiling)
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub signup_lockout_attempts: i32,
+
+    /// Code requests allowed per email per window (all replicas together)
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub signup_limit_per_email: u32,
+
+    /// Sign-up requests, and separately code verifications, allowed per client address per
+    /// window (all replicas together)
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub signup_limit_per_client: u32,
+
+    /// The rate limits' window
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub signup_limit_window_seconds: u64,
+}
+
+impl SignupArgs {
+    fn settings(&self, dev_mail: Option<PathBuf>) -> SignupSettings {
+        let window = Duration::from_secs(self.signup_limit_window_seconds.max(1));
+        let mail = self.mail_file.clone().or(dev_mail);
+        SignupSettings {
+            code_ttl: Duration::from_secs(self.signup_code_ttl_seconds),
+            lockout_attempts: self.signup_lockout_attempts,
+            per_email: RateLimit {
+                max: self.signup_limit_per_email,
+                window,
+            },
+            per_client: RateLimit {
+                max: self.signup_limit_per_client,
+                window,
+            },
+            mailer: mail.map(|p| FileMailer::new(&p)),
+        }
+    }
 }
 
 /// Who issues and who receives tokens, and the development key (shared by `serve` and
@@ -83,20 +143,24 @@ impl TokenArgs {
         self.audience.as_deref().unwrap_or(DEV_AUDIENCE)
     }
 
-    /// The development key, created when missing.
-    pub fn dev_key(&self) -> anyhow::Result<DevKey> {
-        let path = match &self.dev_key {
-            Some(p) => p.clone(),
+    fn dev_key_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.dev_key {
+            Some(p) => Ok(p.clone()),
             None => {
                 let cluster = LocalCluster::discover(None)?;
-                cluster
+                Ok(cluster
                     .dir()
                     .parent()
                     .unwrap_or(cluster.dir())
-                    .join("dev-signing-key.p8")
+                    .join("dev-signing-key.p8"))
             }
-        };
-        DevKey::load_or_create(&path).context("cannot load the development signing key")
+        }
+    }
+
+    /// The development key, created when missing.
+    pub fn dev_key(&self) -> anyhow::Result<DevKey> {
+        DevKey::load_or_create(&self.dev_key_path()?)
+            .context("cannot load the development signing key")
     }
 }
 
@@ -164,17 +228,39 @@ pub async fn dev_token(args: &DevTokenArgs) -> anyhow::Result<Outcome> {
 }
 
 pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcome> {
-    let pool = db::prepared_pool(settings, 8).await?;
-    let cosmos = if source::cosmos_endpoint(&args.cosmos, settings).is_some() {
-        Some(source::connect_cosmos(&args.cosmos, settings).await?)
-    } else {
-        tracing::info!("no Cosmos account configured: serving on PostgreSQL alone");
-        None
-    };
+    let pool = db::prepared_pool(settings, 16).await?;
     let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
         .await
         .context("cannot read the migration phase")?;
+    let (cosmos, hosted) = if source::cosmos_endpoint(&args.cosmos, settings).is_some() {
+        let store = source::connect_cosmos(&args.cosmos, settings).await?;
+        let hosted = HostedRouter::start(
+            &pool,
+            &store,
+            args.journal_dir.as_deref(),
+            phase.clone(),
+            RouterConfig::default(),
+        )
+        .await?;
+        (Some(store), Some(hosted))
+    } else {
+        tracing::warn!(
+            "no Cosmos account configured: the domain API serves PostgreSQL alone, whatever \
+             the phase says"
+        );
+        (None, None)
+    };
+    let domain = match &hosted {
+        Some(h) => Domain::router(h.router.clone()),
+        None => Domain::postgres(&pool),
+    };
     let auth = Arc::new(authenticator(args)?);
+    // development mode mails codes to a file beside the development key
+    let dev_mail = match &args.jwks_file {
+        None => Some(args.token.dev_key_path()?.with_file_name("dev-mail.jsonl")),
+        Some(_) => None,
+    };
+    let signups = Arc::new(args.signups.settings(dev_mail));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -182,18 +268,30 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         .local_addr()
         .context("cannot read the bound address")?;
     // scripts (and the tests) read this line to find a port chosen with :0
-    tracing::info!(%address, phase = phase.domain_phase().name(), "serving");
+    tracing::info!(
+        %address,
+        phase = phase.domain_phase().name(),
+        backend = domain.backend.name(),
+        mail_file = ?signups.mailer.as_ref().map(|m| m.path().display().to_string()),
+        "serving"
+    );
     let state = AppState {
         pool: pool.clone(),
         cosmos,
         phase,
         metrics: Arc::new(Metrics::new()),
+        domain,
+        signups,
         auth,
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
     };
-    mystira_server::serve(listener, state, stop::stop_signal())
-        .await
-        .context("the server failed")?;
+    let served = mystira_server::serve(listener, state, stop::stop_signal()).await;
+    // the requests are answered; what they left to the background work is finished or
+    // journalled before the process goes
+    if let Some(hosted) = hosted {
+        hosted.stop().await;
+    }
+    served.context("the server failed")?;
     pool.close().await;
     Ok(Outcome {
         exit: Exit::Ok,

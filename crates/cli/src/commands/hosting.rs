@@ -1,0 +1,83 @@
+//! Hosting a dual-write router in a long-running command (`loadgen`, `serve`): the Cosmos
+//! containers, the local journal directory, the router over the phase watcher, and its
+//! background work (journal replay, outbox relay) running beside it until told to stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mystira_cosmos_client::{CosmosRepositories, CosmosStore};
+use mystira_migrate::journal::FileJournal;
+use mystira_migrate::phase::PhaseWatcher;
+use mystira_migrate::router::{
+    BackgroundConfig, BackgroundReport, DualWriteRouter, RouterConfig, run_background,
+};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A router and its background work.
+#[derive(Debug)]
+pub struct HostedRouter {
+    pub router: DualWriteRouter,
+    pub files: FileJournal,
+    pub journal_dir: PathBuf,
+    stop: watch::Sender<bool>,
+    background: JoinHandle<BackgroundReport>,
+}
+
+impl HostedRouter {
+    /// Opens (or creates) the Cosmos containers and the journal directory (`journal_dir`, or
+    /// the default one `journal` uses) and starts the background work.
+    pub async fn start(
+        pool: &PgPool,
+        store: &CosmosStore,
+        journal_dir: Option<&Path>,
+        watcher: PhaseWatcher,
+        config: RouterConfig,
+    ) -> anyhow::Result<Self> {
+        let repos = CosmosRepositories::ensure(store)
+            .await
+            .context("cannot open (or create) the Cosmos containers")?;
+        let journal_dir = match journal_dir {
+            Some(d) => d.to_owned(),
+            None => FileJournal::default_dir()
+                .context("no default journal directory: pass --journal-dir")?,
+        };
+        let files = FileJournal::open(&journal_dir).context("cannot open the journal directory")?;
+        let router = DualWriteRouter::new(
+            pool.clone(),
+            repos,
+            Arc::new(watcher),
+            files.clone(),
+            config,
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let background = {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let mut rx = stop_rx;
+                run_background(&router, &BackgroundConfig::default(), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        };
+        Ok(Self {
+            router,
+            files,
+            journal_dir,
+            stop,
+            background,
+        })
+    }
+
+    /// Stops the background work after its current pass, seals the journal file and returns
+    /// what the background work did.
+    pub async fn stop(self) -> BackgroundReport {
+        let _ = self.stop.send(true);
+        let report = self.background.await.unwrap_or_default();
+        self.files.seal();
+        report
+    }
+}

@@ -1,0 +1,307 @@
+//! Accounts, their subscription and their completed scenarios.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use mystira_domain::Role;
+
+use super::wire::{
+    AccountOut, AccountPatch, CompletedOut, Completion, EmailSearch, Me, NewAccount,
+    SubscriptionIn, SubscriptionOut,
+};
+use super::{Body, access, invalid, not_found, parse_id, repo};
+use crate::auth::Caller;
+use crate::{AppState, Problem};
+
+fn role_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "role_not_allowed",
+        "only Admin and SuperAdmin may give a role above User",
+    )
+}
+
+/// Who the caller is, and their account if they have one.
+#[utoipa::path(get, path = "/v1/me", tag = "accounts",
+    responses((status = 200, body = Me), (status = 401, description = "no valid token")),
+    security(("bearer" = [])))]
+pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, Problem> {
+    let account = state
+        .domain
+        .accounts
+        .get_by_auth0_id(&caller.user_id)
+        .await
+        .map_err(repo)?;
+    Ok(Json(Me {
+        user_id: caller.user_id,
+        role: caller.role.as_str().to_owned(),
+        account_id: account.map(|a| a.id),
+    }))
+}
+
+/// Creates an account: the caller's own (its `auth0_user_id` is the token's `sub`), or, for
+/// admins, anyone's.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount,
+    responses((status = 201, body = AccountOut), (status = 403, description = "another user's id, or a role above User"),
+        (status = 409, description = "the id or the external user id exists"), (status = 422, description = "a field breaks a rule")),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(new): Body<NewAccount>,
+) -> Result<impl IntoResponse, Problem> {
+    if !caller.is_admin() {
+        if new
+            .auth0_user_id
+            .as_deref()
+            .is_some_and(|id| id != caller.user_id)
+        {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "not_your_account",
+                "a user can create only their own account (auth0_user_id = the token's sub)",
+            ));
+        }
+        let role = new.role.as_deref().map(Role::parse).transpose();
+        if matches!(role, Ok(Some(Role::Admin | Role::SuperAdmin))) {
+            return Err(role_not_allowed());
+        }
+    }
+    let account = new
+        .into_account(&caller.user_id, Utc::now())
+        .map_err(|e| invalid(&e))?;
+    state.domain.accounts.create(&account).await.map_err(repo)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/accounts/{}", account.id))],
+        Json(AccountOut::from(&account)),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = AccountOut), (status = 403, description = "another user's account"), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AccountOut>, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    Ok(Json(AccountOut::from(&account)))
+}
+
+/// Changes an account (absent fields are kept). Only admins change roles.
+#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", request_body = AccountPatch,
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = AccountOut), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(patch): Body<AccountPatch>,
+) -> Result<Json<AccountOut>, Problem> {
+    let current = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let role = patch.role().map_err(|e| invalid(&e))?;
+    if role.is_some_and(|r| r != current.role) && !caller.is_admin() {
+        return Err(role_not_allowed());
+    }
+    let account = patch.apply(current).map_err(|e| invalid(&e))?;
+    if !state.domain.accounts.update(&account).await.map_err(repo)? {
+        return Err(not_found("account"));
+    }
+    Ok(Json(AccountOut::from(&account)))
+}
+
+/// Deletes the account, its subscription and its completed scenarios; its profiles stay,
+/// detached. Idempotent in effect: a second call is a 404.
+#[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts",
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    if state
+        .domain
+        .accounts
+        .delete(account.id)
+        .await
+        .map_err(repo)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found("account"))
+    }
+}
+
+/// The account with this external user id (a user may look up only their own).
+#[utoipa::path(get, path = "/v1/accounts/by-external-id/{external_user_id}", tag = "accounts",
+    params(("external_user_id" = String, Path, description = "an auth0_user_id")),
+    responses((status = 200, body = AccountOut), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn by_external_id(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(external_user_id): Path<String>,
+) -> Result<Json<AccountOut>, Problem> {
+    if !caller.is_admin() && external_user_id != caller.user_id {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "not_your_account",
+            "a user can look up only their own external user id",
+        ));
+    }
+    let account = state
+        .domain
+        .accounts
+        .get_by_auth0_id(&external_user_id)
+        .await
+        .map_err(repo)?
+        .ok_or_else(|| not_found("account"))?;
+    Ok(Json(AccountOut::from(&account)))
+}
+
+/// Accounts whose email matches, ignoring case (admins only; Cosmos holds duplicates that
+/// differ only by case, so there may be several). A POST, so that the email is never in a URL
+/// (and so never in an access log).
+#[utoipa::path(post, path = "/v1/accounts/search", tag = "accounts", request_body = EmailSearch,
+    responses((status = 200, body = Vec<AccountOut>), (status = 403), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn find_by_email(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(search): Body<EmailSearch>,
+) -> Result<Json<Vec<AccountOut>>, Problem> {
+    caller.require_admin()?;
+    let email = mystira_domain::Email::parse(&search.email).map_err(|e| invalid(&e))?;
+    let accounts = state
+        .domain
+        .accounts
+        .find_by_email(&email)
+        .await
+        .map_err(repo)?;
+    Ok(Json(accounts.iter().map(AccountOut::from).collect()))
+}
+
+/// Records a sign-in now.
+#[utoipa::path(post, path = "/v1/accounts/{id}/login", tag = "accounts",
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn record_login(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let found = state
+        .domain
+        .accounts
+        .record_login(account.id, Utc::now())
+        .await
+        .map_err(repo)?;
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found("account"))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/subscription", tag = "accounts",
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = SubscriptionOut), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionOut>, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let subscription = state
+        .domain
+        .subscriptions
+        .get_for_account(account.id)
+        .await
+        .map_err(repo)?
+        .ok_or_else(|| not_found("subscription"))?;
+    Ok(Json(SubscriptionOut::new(&subscription, Utc::now())))
+}
+
+/// Creates or replaces the account's subscription. Admins only: a subscription is written by
+/// the purchase verification (a service holding an Admin token), never by the user it grants
+/// access to.
+#[utoipa::path(put, path = "/v1/accounts/{id}/subscription", tag = "accounts", request_body = SubscriptionIn,
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = SubscriptionOut), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn set_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(new): Body<SubscriptionIn>,
+) -> Result<Json<SubscriptionOut>, Problem> {
+    caller.require_admin()?;
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let now = Utc::now();
+    let subscription = new
+        .into_subscription(account.id, now)
+        .map_err(|e| invalid(&e))?;
+    let stored = state
+        .domain
+        .subscriptions
+        .upsert_for_account(&subscription)
+        .await
+        .map_err(repo)?;
+    Ok(Json(SubscriptionOut::new(&stored, now)))
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/completed-scenarios", tag = "accounts",
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = Vec<CompletedOut>), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn completed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<CompletedOut>>, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let rows = state
+        .domain
+        .completed
+        .list_by_account(account.id)
+        .await
+        .map_err(repo)?;
+    Ok(Json(rows.iter().map(CompletedOut::from).collect()))
+}
+
+/// Records a completed scenario (idempotent: completing again returns the first completion).
+#[utoipa::path(post, path = "/v1/accounts/{id}/completed-scenarios", tag = "accounts", request_body = Completion,
+    params(("id" = uuid::Uuid, Path, description = "the account's id")),
+    responses((status = 200, body = CompletedOut), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn complete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(completion): Body<Completion>,
+) -> Result<Json<CompletedOut>, Problem> {
+    let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
+    let row = state
+        .domain
+        .completed
+        .mark_completed(
+            account.id,
+            &completion.scenario_id,
+            completion.completed_at.unwrap_or_else(Utc::now),
+        )
+        .await
+        .map_err(repo)?;
+    Ok(Json(CompletedOut::from(&row)))
+}

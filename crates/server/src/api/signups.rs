@@ -1,0 +1,315 @@
+//! Sign-ups by emailed code: request a code, type it back. Both are unauthenticated (they
+//! come before an account exists), so both are rate-limited, per email and per client
+//! address, in PostgreSQL ([`mystira_postgres::rate_limits`]) so that every replica counts
+//! against one budget; a wrong code is also counted against its sign-up, which locks after the
+//! spec's attempt limit.
+//!
+//! The code leaves the service only by mail. What exists is the development mailer, a file
+//! of JSON lines (created 0600) that a developer or a test reads; **planned:** a real mail
+//! sender. Without a mailer, a request is refused (503 `mail_not_configured`) rather than
+//! creating a sign-up nobody can complete. Magic-link sign-ups are stored and migrated, but
+//! **their HTTP flow is planned**: the app's token hashing is not in the spec.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use chrono::Utc;
+use mystira_domain::ports::VerifyOutcome;
+use mystira_domain::{Email, PendingSignup, SignupCode};
+use ring::rand::{SecureRandom, SystemRandom};
+use uuid::Uuid;
+
+use super::wire::{SignupAccepted, SignupRequest, SignupVerified, SignupVerify};
+use super::{Body, invalid, repo};
+use crate::{AppState, Problem};
+
+/// A budget: at most `max` hits per `window`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+/// How sign-ups behave.
+#[derive(Debug)]
+pub struct SignupSettings {
+    /// How long a code is valid.
+    pub code_ttl: Duration,
+    /// Wrong codes before a sign-up locks (the spec's 5; never above the schema's 10).
+    pub lockout_attempts: i32,
+    /// Code requests per email.
+    pub per_email: RateLimit,
+    /// Requests and verifications per client address.
+    pub per_client: RateLimit,
+    pub mailer: Option<FileMailer>,
+}
+
+impl Default for SignupSettings {
+    fn default() -> Self {
+        let hour = Duration::from_secs(3600);
+        Self {
+            code_ttl: Duration::from_secs(15 * 60),
+            lockout_attempts: PendingSignup::DEFAULT_LOCKOUT_ATTEMPTS,
+            per_email: RateLimit {
+                max: 5,
+                window: hour,
+            },
+            per_client: RateLimit {
+                max: 30,
+                window: hour,
+            },
+            mailer: None,
+        }
+    }
+}
+
+/// The development mailer: one JSON line per mail, appended to a file only its owner can read.
+#[derive(Debug)]
+pub struct FileMailer {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl FileMailer {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, to: &Email, code: &SignupCode, signup: &PendingSignup) -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "to": to.as_str(),
+            "code": code.as_str(),
+            "signup_id": signup.id,
+            "expires_at": signup.expires_at,
+        });
+        let _held = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&self.path)?;
+        writeln!(file, "{line}")?;
+        file.sync_data()
+    }
+}
+
+/// The client's address, as the connection gives it (`None` when the service is driven
+/// without a socket, as in tests). **Planned:** a trusted-proxy setting for
+/// `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+fn email_bucket(email: &Email) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, email.normalized().as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("signup-email:{hex}")
+}
+
+async fn admit(state: &AppState, bucket: &str, limit: RateLimit) -> Result<(), Problem> {
+    let admission =
+        mystira_postgres::rate_limits::hit(&state.pool, bucket, limit.max, limit.window)
+            .await
+            .map_err(repo)?;
+    if admission.allowed {
+        return Ok(());
+    }
+    state
+        .metrics
+        .rate_limited(bucket.split(':').next().unwrap_or("other"));
+    Err(Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "too many sign-up requests: at most {} per {} s; try again later",
+            limit.max,
+            limit.window.as_secs()
+        ),
+    )
+    .retry_after(admission.retry_after.as_secs().max(1)))
+}
+
+async fn admit_client(state: &AppState, client: ClientAddr, what: &str) -> Result<(), Problem> {
+    match client.0 {
+        Some(ip) => {
+            admit(
+                state,
+                &format!("{what}-client:{ip}"),
+                state.signups.per_client,
+            )
+            .await
+        }
+        None => Ok(()),
+    }
+}
+
+/// Six random digits (rejection sampling, so every code is equally likely).
+fn new_code() -> Result<SignupCode, Problem> {
+    let rng = SystemRandom::new();
+    let unavailable = || {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_randomness",
+            "the system's random number generator failed",
+        )
+    };
+    loop {
+        let mut bytes = [0u8; 4];
+        rng.fill(&mut bytes).map_err(|_| unavailable())?;
+        let n = u32::from_le_bytes(bytes);
+        // 4_294_000_000 is the largest multiple of 10^6 below 2^32
+        if n < 4_294_000_000 {
+            return SignupCode::parse(&format!("{:06}", n % 1_000_000)).map_err(|e| invalid(&e));
+        }
+    }
+}
+
+/// Creates a sign-up and mails its code.
+#[utoipa::path(post, path = "/v1/signups", tag = "signups", request_body = SignupRequest,
+    responses((status = 202, body = SignupAccepted), (status = 422), (status = 429, description = "rate limited, see Retry-After"),
+        (status = 503, description = "no mailer configured")))]
+pub(crate) async fn request(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Body(request): Body<SignupRequest>,
+) -> Result<impl IntoResponse, Problem> {
+    let Some(mailer) = &state.signups.mailer else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mail_not_configured",
+            "this service has no mailer, so a code could not reach anyone",
+        ));
+    };
+    let email = Email::parse(&request.email).map_err(|e| invalid(&e))?;
+    let now = Utc::now();
+    let code = new_code()?;
+    let signup = PendingSignup {
+        id: Uuid::new_v4(),
+        cosmos_id: None,
+        email: email.clone(),
+        display_name: request.display_name,
+        code: Some(code.clone()),
+        magic_link: None,
+        created_at: now,
+        expires_at: now
+            + chrono::Duration::from_std(state.signups.code_ttl).unwrap_or(chrono::Duration::MAX),
+        is_used: false,
+        is_signin: request.is_signin,
+        failed_attempts: 0,
+    };
+    signup.validate().map_err(|e| invalid(&e))?;
+    admit_client(&state, client, "signup").await?;
+    admit(&state, &email_bucket(&email), state.signups.per_email).await?;
+    state.domain.signups.create(&signup).await.map_err(repo)?;
+    mailer.send(&email, &code, &signup).map_err(|e| {
+        tracing::error!(error = %e, "cannot write the development mail file");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mail_failed",
+            "the code could not be mailed; request another",
+        )
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SignupAccepted {
+            id: signup.id,
+            expires_at: signup.expires_at,
+        }),
+    ))
+}
+
+/// Checks a code against the newest open sign-up of the email; the right code uses it up.
+#[utoipa::path(post, path = "/v1/signups/verify", tag = "signups", request_body = SignupVerify,
+    responses((status = 200, body = SignupVerified), (status = 400, description = "wrong code (attempts_left)"),
+        (status = 404, description = "no open sign-up"), (status = 409, description = "a magic-link sign-up"),
+        (status = 410, description = "expired"), (status = 422), (status = 423, description = "locked after too many wrong codes"),
+        (status = 429)))]
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Body(attempt): Body<SignupVerify>,
+) -> Result<Json<SignupVerified>, Problem> {
+    let email = Email::parse(&attempt.email).map_err(|e| invalid(&e))?;
+    // a code that cannot exist is refused before it is counted against anyone
+    let code = SignupCode::parse(&attempt.code).map_err(|e| invalid(&e))?;
+    admit_client(&state, client, "verify").await?;
+    let outcome = state
+        .domain
+        .signups
+        .verify_code(
+            &email,
+            code.as_str(),
+            Utc::now(),
+            state.signups.lockout_attempts,
+        )
+        .await
+        .map_err(repo)?;
+    let refused = |status, code: &str, detail: &str| Err(Problem::new(status, code, detail));
+    match outcome {
+        VerifyOutcome::Verified(signup) => {
+            state
+                .domain
+                .signups
+                .mark_used(signup.id)
+                .await
+                .map_err(repo)?;
+            Ok(Json(SignupVerified {
+                signup_id: signup.id,
+                display_name: signup.display_name,
+                is_signin: signup.is_signin,
+            }))
+        }
+        VerifyOutcome::WrongCode { attempts_left } => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "wrong_code",
+            "the code does not match",
+        )
+        .with("attempts_left", attempts_left)),
+        VerifyOutcome::LockedOut => refused(
+            StatusCode::LOCKED,
+            "locked_out",
+            "too many wrong codes: request a new sign-up",
+        ),
+        VerifyOutcome::Expired => refused(StatusCode::GONE, "expired", "the code has expired"),
+        VerifyOutcome::NotFound => refused(
+            StatusCode::NOT_FOUND,
+            "no_pending_signup",
+            "no open sign-up for this email",
+        ),
+        VerifyOutcome::NotACodeSignup => refused(
+            StatusCode::CONFLICT,
+            "not_a_code_signup",
+            "the open sign-up for this email is completed by its emailed link, not a code",
+        ),
+    }
+}

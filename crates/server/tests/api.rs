@@ -1,0 +1,776 @@
+//! The domain API in-process against a real PostgreSQL (one fresh database per test): who may
+//! touch what, the refusals of bad tokens and bad bodies, and the sign-up flow with its lock-out
+//! and rate limits. The binary's own test (crates/cli/tests/serve.rs) drives the same routes
+//! over a socket.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use mystira_migrate::phase::PhaseWatcher;
+use mystira_postgres::phase::Phase;
+use mystira_server::auth::DevKey;
+use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+const ISS: &str = "mystira-users-test";
+const AUD: &str = "mystira-users";
+
+struct Api {
+    app: Router,
+    key: DevKey,
+    mail: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    text: String,
+    headers: HeaderMap,
+}
+
+impl Api {
+    fn new(pool: PgPool, tune: impl FnOnce(&mut SignupSettings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
+        let mail = dir.path().join("mail.jsonl");
+        let mut signups = SignupSettings {
+            mailer: Some(FileMailer::new(&mail)),
+            ..SignupSettings::default()
+        };
+        tune(&mut signups);
+        let state = AppState {
+            domain: Domain::postgres(&pool),
+            pool,
+            cosmos: None,
+            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
+            metrics: Arc::new(Metrics::new()),
+            signups: Arc::new(signups),
+            auth: Arc::new(key.authenticator(ISS, AUD)),
+            probe_timeout: Duration::from_secs(2),
+        };
+        Self {
+            app: mystira_server::app(state),
+            key,
+            mail,
+            _dir: dir,
+        }
+    }
+
+    fn token(&self, sub: &str, role: Option<&str>) -> String {
+        self.key.token(sub, role, ISS, AUD, 600).unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            text,
+            headers,
+        }
+    }
+
+    /// A call as `token` (none when `None`), with a JSON body when one is given, from
+    /// `client` when one is given.
+    async fn call_from(
+        &self,
+        client: Option<SocketAddr>,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut request = match body {
+            Some(b) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string()))
+                .unwrap(),
+            None => builder.body(Body::empty()).unwrap(),
+        };
+        if let Some(addr) = client {
+            request.extensions_mut().insert(ConnectInfo(addr));
+        }
+        self.send(request).await
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        self.call_from(None, method, uri, token, body).await
+    }
+
+    /// The newest code mailed to `email`.
+    fn mailed_code(&self, email: &str) -> String {
+        let text = std::fs::read_to_string(&self.mail).unwrap();
+        let line = text
+            .lines()
+            .rev()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|m| m["to"] == email)
+            .unwrap();
+        line["code"].as_str().unwrap().to_owned()
+    }
+}
+
+fn code_of(reply: &Reply) -> &str {
+    reply.body["code"].as_str().unwrap_or("")
+}
+
+#[track_caller]
+fn expect(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(code_of(reply), code, "{}", reply.text);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_user_reaches_only_their_own_account_profiles_badges_and_scenarios(pool: PgPool) {
+    let api = Api::new(pool, |_| {});
+    let alice = api.token("auth0|alice", None);
+    let bob = api.token("auth0|bob", None);
+    let admin = api.token("auth0|ops", Some("Admin"));
+
+    let created = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&alice),
+            Some(json!({
+                "email": "alice@example.com", "display_name": "Alice"
+            })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.body["auth0_user_id"], "auth0|alice");
+    assert_eq!(created.body["role"], "User");
+    let account = created.body["id"].as_str().unwrap().to_owned();
+    let me = api.call("GET", "/v1/me", Some(&alice), None).await;
+    assert_eq!(me.body["account_id"], account.as_str());
+
+    let profile = api
+        .call(
+            "POST",
+            &format!("/v1/accounts/{account}/profiles"),
+            Some(&alice),
+            Some(json!({
+                "name": "Kid", "age_group": "6-9", "date_of_birth": "2018-04-01"
+            })),
+        )
+        .await;
+    assert_eq!(profile.status, StatusCode::CREATED, "{}", profile.text);
+    let profile = profile.body["id"].as_str().unwrap().to_owned();
+    let badge =
+        json!({"badge_configuration_id": "brave-1", "badge_name": "Brave", "axis": "courage"});
+    let awarded = api
+        .call(
+            "POST",
+            &format!("/v1/profiles/{profile}/badges"),
+            Some(&alice),
+            Some(badge.clone()),
+        )
+        .await;
+    assert_eq!(awarded.status, StatusCode::CREATED, "{}", awarded.text);
+    let again = api
+        .call(
+            "POST",
+            &format!("/v1/profiles/{profile}/badges"),
+            Some(&alice),
+            Some(badge.clone()),
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the second award is the first badge"
+    );
+    assert_eq!(again.body["id"], awarded.body["id"]);
+    let done = api
+        .call(
+            "POST",
+            &format!("/v1/accounts/{account}/completed-scenarios"),
+            Some(&alice),
+            Some(json!({"scenario_id": "forest-1"})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+
+    // bob, another user, is refused each of alice's rows, by method
+    let denied_account = [
+        ("GET", format!("/v1/accounts/{account}"), None),
+        (
+            "PATCH",
+            format!("/v1/accounts/{account}"),
+            Some(json!({"display_name": "Mallory"})),
+        ),
+        ("DELETE", format!("/v1/accounts/{account}"), None),
+        ("POST", format!("/v1/accounts/{account}/login"), None),
+        ("GET", format!("/v1/accounts/{account}/subscription"), None),
+        (
+            "GET",
+            format!("/v1/accounts/{account}/completed-scenarios"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/accounts/{account}/completed-scenarios"),
+            Some(json!({"scenario_id": "x"})),
+        ),
+        ("GET", format!("/v1/accounts/{account}/profiles"), None),
+        (
+            "POST",
+            format!("/v1/accounts/{account}/profiles"),
+            Some(json!({"name": "Intruder", "age_group": "6-9"})),
+        ),
+        (
+            "GET",
+            "/v1/accounts/by-external-id/auth0%7Calice".to_owned(),
+            None,
+        ),
+    ];
+    for (method, uri, body) in denied_account {
+        let reply = api.call(method, &uri, Some(&bob), body).await;
+        expect(&reply, StatusCode::FORBIDDEN, "not_your_account");
+    }
+    let denied_profile = [
+        ("GET", format!("/v1/profiles/{profile}"), None),
+        (
+            "PATCH",
+            format!("/v1/profiles/{profile}"),
+            Some(json!({"name": "Renamed"})),
+        ),
+        ("DELETE", format!("/v1/profiles/{profile}"), None),
+        ("POST", format!("/v1/profiles/{profile}/onboarded"), None),
+        ("GET", format!("/v1/profiles/{profile}/badges"), None),
+        (
+            "POST",
+            format!("/v1/profiles/{profile}/badges"),
+            Some(badge.clone()),
+        ),
+    ];
+    for (method, uri, body) in denied_profile {
+        let reply = api.call(method, &uri, Some(&bob), body).await;
+        expect(&reply, StatusCode::FORBIDDEN, "not_your_profile");
+    }
+    // nothing bob tried changed anything
+    let still = api
+        .call(
+            "GET",
+            &format!("/v1/accounts/{account}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(still.body["display_name"], "Alice");
+    let badges = api
+        .call(
+            "GET",
+            &format!("/v1/profiles/{profile}/badges"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(badges.body.as_array().unwrap().len(), 1);
+
+    // no creating an account for someone else, and no granting oneself a role
+    let for_alice = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&bob),
+            Some(json!({
+                "email": "bob@example.com", "display_name": "Bob", "auth0_user_id": "auth0|alice"
+            })),
+        )
+        .await;
+    expect(&for_alice, StatusCode::FORBIDDEN, "not_your_account");
+    let as_admin = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&bob),
+            Some(json!({
+                "email": "bob@example.com", "display_name": "Bob", "role": "admin"
+            })),
+        )
+        .await;
+    expect(&as_admin, StatusCode::FORBIDDEN, "role_not_allowed");
+    let promote = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{account}"),
+            Some(&alice),
+            Some(json!({"role": "SuperAdmin"})),
+        )
+        .await;
+    expect(&promote, StatusCode::FORBIDDEN, "role_not_allowed");
+    // a subscription is the purchase verification's (an admin's) to write
+    let sub = json!({"subscription_type": "Annual", "tier": "family", "is_active": true,
+        "purchase_token": "tok-secret-123", "purchased_scenarios": ["forest-1"]});
+    let own_sub = api
+        .call(
+            "PUT",
+            &format!("/v1/accounts/{account}/subscription"),
+            Some(&alice),
+            Some(sub.clone()),
+        )
+        .await;
+    expect(&own_sub, StatusCode::FORBIDDEN, "forbidden");
+    let search = api
+        .call(
+            "POST",
+            "/v1/accounts/search",
+            Some(&alice),
+            Some(json!({"email": "alice@example.com"})),
+        )
+        .await;
+    expect(&search, StatusCode::FORBIDDEN, "forbidden");
+    let admin_routes = [
+        ("GET", "/v1/admin/phase"),
+        ("GET", "/v1/admin/migration"),
+        ("GET", "/v1/admin/quarantine?container=Accounts"),
+        ("DELETE", "/v1/admin/signups/expired"),
+    ];
+    for (method, uri) in admin_routes {
+        let reply = api.call(method, uri, Some(&alice), None).await;
+        expect(&reply, StatusCode::FORBIDDEN, "forbidden");
+        let reply = api.call(method, uri, Some(&admin), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.text);
+    }
+    let state = api
+        .call("GET", "/v1/admin/migration", Some(&admin), None)
+        .await;
+    assert_eq!(state.body["retry_journal_entries"], 0, "{}", state.text);
+
+    // an admin may act on anyone's
+    let seen = api
+        .call(
+            "GET",
+            &format!("/v1/accounts/{account}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let set = api
+        .call(
+            "PUT",
+            &format!("/v1/accounts/{account}/subscription"),
+            Some(&admin),
+            Some(sub),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    let read = api
+        .call(
+            "GET",
+            &format!("/v1/accounts/{account}/subscription"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(read.body["subscription_type"], "Annual");
+    assert_eq!(read.body["has_purchase_token"], true);
+    assert!(
+        !read.text.contains("tok-secret-123"),
+        "the purchase token is write-only"
+    );
+    let found = api
+        .call(
+            "POST",
+            "/v1/accounts/search",
+            Some(&admin),
+            Some(json!({"email": "ALICE@example.com"})),
+        )
+        .await;
+    assert_eq!(found.body.as_array().unwrap().len(), 1, "{}", found.text);
+    let renamed = api
+        .call(
+            "PATCH",
+            &format!("/v1/profiles/{profile}"),
+            Some(&admin),
+            Some(json!({"bio": null, "pronouns": "they"})),
+        )
+        .await;
+    assert_eq!(renamed.body["pronouns"], "they", "{}", renamed.text);
+
+    // once alice's account is gone, her profile is detached: no user reaches it
+    let gone = api
+        .call(
+            "DELETE",
+            &format!("/v1/accounts/{account}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    let detached = api
+        .call(
+            "GET",
+            &format!("/v1/profiles/{profile}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    expect(&detached, StatusCode::FORBIDDEN, "not_your_profile");
+    let by_admin = api
+        .call(
+            "GET",
+            &format!("/v1/profiles/{profile}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(by_admin.body["account_id"], Value::Null);
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn bad_tokens_are_refused_before_anything_is_read(pool: PgPool) {
+    let api = Api::new(pool, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = DevKey::load_or_create(&dir.path().join("other.p8")).unwrap();
+    let uri = "/v1/accounts/00000000-0000-4000-8000-000000000001";
+    let cases = [
+        (None, "missing_token"),
+        (
+            Some(api.key.token("auth0|a", None, ISS, AUD, -600).unwrap()),
+            "token_expired",
+        ),
+        (
+            Some(
+                api.key
+                    .token("auth0|a", None, ISS, "another-api", 600)
+                    .unwrap(),
+            ),
+            "wrong_audience",
+        ),
+        (
+            Some(
+                api.key
+                    .token("auth0|a", None, "https://evil/", AUD, 600)
+                    .unwrap(),
+            ),
+            "wrong_issuer",
+        ),
+        (
+            Some(
+                stranger
+                    .token("auth0|a", Some("Admin"), ISS, AUD, 600)
+                    .unwrap(),
+            ),
+            "bad_signature",
+        ),
+    ];
+    for (token, code) in cases {
+        let reply = api.call("GET", uri, token.as_deref(), None).await;
+        expect(&reply, StatusCode::UNAUTHORIZED, code);
+        assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn bad_bodies_are_named_without_quoting_what_was_sent(pool: PgPool) {
+    let api = Api::new(pool, |_| {});
+    let alice = api.token("auth0|alice", None);
+    let cases = [
+        (
+            json!({"email": "very-private@@example", "display_name": "A"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+        ),
+        (
+            json!({"email": "a@example.com", "display_name": "very-private-name", "role": "Overlord"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_role",
+        ),
+        (
+            json!({"email": "a@example.com", "display_name": {"very-private": 1}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"email": "a@example.com", "display_name": "A", "very-private": true}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"email": "a@example.com", "display_name": "x".repeat(256)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_long",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let reply = api
+            .call("POST", "/v1/accounts", Some(&alice), Some(body))
+            .await;
+        expect(&reply, status, code);
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(!detail.contains("very-private"), "{detail}");
+    }
+    let unknown = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&alice),
+            Some(json!({"email": "a@example.com", "display_name": "A", "colour": 1})),
+        )
+        .await;
+    assert!(
+        unknown.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`colour`"),
+        "{}",
+        unknown.text
+    );
+    let request = Request::post("/v1/accounts")
+        .header(header::AUTHORIZATION, format!("Bearer {alice}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"email\": "))
+        .unwrap();
+    expect(
+        &api.send(request).await,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
+    let request = Request::post("/v1/accounts")
+        .header(header::AUTHORIZATION, format!("Bearer {alice}"))
+        .body(Body::from("{}"))
+        .unwrap();
+    expect(
+        &api.send(request).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let not_uuid = api
+        .call("GET", "/v1/accounts/not-a-uuid", Some(&alice), None)
+        .await;
+    expect(&not_uuid, StatusCode::NOT_FOUND, "not_found");
+    let age = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&alice),
+            Some(json!({"email": "alice@example.com", "display_name": "A"})),
+        )
+        .await;
+    let account = age.body["id"].as_str().unwrap().to_owned();
+    let bad_group = api
+        .call(
+            "POST",
+            &format!("/v1/accounts/{account}/profiles"),
+            Some(&alice),
+            Some(json!({"name": "K", "age_group": "toddlers"})),
+        )
+        .await;
+    expect(
+        &bad_group,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_age_group",
+    );
+    assert_eq!(bad_group.body["field"], "age_group");
+    let twice = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&alice),
+            Some(json!({"email": "alice2@example.com", "display_name": "A"})),
+        )
+        .await;
+    expect(&twice, StatusCode::CONFLICT, "duplicate_external_user_id");
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_signup_code_verifies_once_and_locks_after_wrong_guesses(pool: PgPool) {
+    let api = Api::new(pool, |_| {});
+    let request = json!({"email": "new@example.com", "display_name": "New"});
+    let accepted = api
+        .call("POST", "/v1/signups", None, Some(request.clone()))
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text);
+    let code = api.mailed_code("new@example.com");
+    assert_eq!(code.len(), 6);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in [4, 3] {
+        let reply = api
+            .call(
+                "POST",
+                "/v1/signups/verify",
+                None,
+                Some(json!({"email": "new@example.com", "code": wrong})),
+            )
+            .await;
+        expect(&reply, StatusCode::BAD_REQUEST, "wrong_code");
+        assert_eq!(reply.body["attempts_left"], left);
+    }
+    let right = api
+        .call(
+            "POST",
+            "/v1/signups/verify",
+            None,
+            Some(json!({"email": "NEW@example.com", "code": code})),
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.text);
+    assert_eq!(right.body["signup_id"], accepted.body["id"]);
+    let reused = api
+        .call(
+            "POST",
+            "/v1/signups/verify",
+            None,
+            Some(json!({"email": "new@example.com", "code": code})),
+        )
+        .await;
+    expect(&reused, StatusCode::NOT_FOUND, "no_pending_signup");
+
+    api.call("POST", "/v1/signups", None, Some(request)).await;
+    let code = api.mailed_code("new@example.com");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        api.call(
+            "POST",
+            "/v1/signups/verify",
+            None,
+            Some(json!({"email": "new@example.com", "code": wrong})),
+        )
+        .await;
+    }
+    let locked = api
+        .call(
+            "POST",
+            "/v1/signups/verify",
+            None,
+            Some(json!({"email": "new@example.com", "code": code})),
+        )
+        .await;
+    expect(&locked, StatusCode::LOCKED, "locked_out");
+    let malformed = api
+        .call(
+            "POST",
+            "/v1/signups/verify",
+            None,
+            Some(json!({"email": "new@example.com", "code": "12 34"})),
+        )
+        .await;
+    expect(
+        &malformed,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_signup_code",
+    );
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn signups_are_rate_limited_per_email_and_per_client(pool: PgPool) {
+    let api = Api::new(pool.clone(), |s| {
+        s.per_email = RateLimit {
+            max: 2,
+            window: Duration::from_secs(600),
+        };
+        s.per_client = RateLimit {
+            max: 3,
+            window: Duration::from_secs(600),
+        };
+    });
+    let one: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let two: SocketAddr = "192.0.2.2:5000".parse().unwrap();
+    let ask = |client, email: &str| {
+        api.call_from(
+            Some(client),
+            "POST",
+            "/v1/signups",
+            None,
+            Some(json!({"email": email, "display_name": "N"})),
+        )
+    };
+    assert_eq!(ask(one, "a@example.com").await.status, StatusCode::ACCEPTED);
+    assert_eq!(ask(two, "A@example.com").await.status, StatusCode::ACCEPTED);
+    // the email's budget, whichever client asks and however it is spelled
+    let third = ask(two, "a@EXAMPLE.com").await;
+    expect(&third, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let wait: u64 = third.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&wait), "{wait}");
+    // the client's budget (3 per window), whatever the emails
+    assert_eq!(ask(one, "b@example.com").await.status, StatusCode::ACCEPTED);
+    assert_eq!(ask(one, "c@example.com").await.status, StatusCode::ACCEPTED);
+    expect(
+        &ask(one, "d@example.com").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert_eq!(ask(two, "d@example.com").await.status, StatusCode::ACCEPTED);
+    // the budget lives in PostgreSQL (one for every replica); no email is in it in clear
+    let buckets: Vec<String> = sqlx::query_scalar("select bucket from service.rate_limit_hits")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(buckets.iter().any(|b| b.starts_with("signup-email:")));
+    assert!(
+        buckets.iter().all(|b| !b.contains("example.com")),
+        "{buckets:?}"
+    );
+    // a refused request created nothing: five sign-ups, for the five accepted
+    let signups: i64 = sqlx::query_scalar("select count(*) from pending_signups")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(signups, 5);
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn the_openapi_document_describes_every_route(pool: PgPool) {
+    let api = Api::new(pool, |_| {});
+    let doc = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc.body["paths"].as_object().unwrap();
+    for path in [
+        "/v1/me",
+        "/v1/accounts",
+        "/v1/accounts/{id}",
+        "/v1/accounts/search",
+        "/v1/accounts/by-external-id/{external_user_id}",
+        "/v1/accounts/{id}/subscription",
+        "/v1/accounts/{id}/completed-scenarios",
+        "/v1/accounts/{id}/profiles",
+        "/v1/profiles/{id}",
+        "/v1/profiles/{id}/badges",
+        "/v1/signups",
+        "/v1/signups/verify",
+        "/v1/admin/phase",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not in the document");
+    }
+    assert_eq!(
+        doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

@@ -7,7 +7,8 @@
 //   - generate our own certificate (CN=localhost, SAN DNS:localhost + IP:127.0.0.1, CA:FALSE)
 //     per start,
 //   - turn keep-alive on,
-//   - listen on 127.0.0.1 with port 0 (or --port N) and write DIR/server.json once listening,
+//   - listen on 127.0.0.1 (or --host ADDR) with port 0 (or --port N) and write DIR/server.json
+//     once listening,
 //   - patch four protocol bugs so the official Rust SDK works against it:
 //       1. /pkranges answers a numeric "id": 0; real Cosmos answers the string "0";
 //       2. a query sent to one partition-key range without
@@ -21,7 +22,9 @@
 //   - serve a real incremental change feed (the package's is a stub: first page once, then 304
 //     forever), latest-version mode, so change-feed consumers can be tested: see "change feed".
 //
-// Usage: node launch.js --state-dir DIR [--port N]
+// Usage: node launch.js --state-dir DIR [--port N] [--host ADDR] [--cert-name DNS]
+//   --host 0.0.0.0 and --cert-name NAME are for a container (deploy/compose.yaml): other
+//   containers reach it by its service name, which the certificate must then name too.
 // Exits 0 on SIGTERM/SIGINT after closing the listener.
 "use strict";
 
@@ -30,21 +33,26 @@ const path = require("path");
 const { execFileSync } = require("child_process");
 
 function parseArgs(argv) {
-  const args = { stateDir: null, port: 0 };
+  const args = { stateDir: null, port: 0, host: "127.0.0.1", certNames: [] };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === "--state-dir") args.stateDir = argv[++i];
     else if (a === "--port") args.port = Number.parseInt(argv[++i], 10);
+    else if (a === "--host") args.host = argv[++i];
+    else if (a === "--cert-name") args.certNames.push(argv[++i]);
     else throw new Error(`unknown argument: ${a}`);
   }
   if (!args.stateDir) throw new Error("--state-dir DIR is required");
+  if (!args.certNames.every(n => /^[A-Za-z0-9.-]+$/.test(n))) {
+    throw new Error("--cert-name must be a DNS name");
+  }
   if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) {
     throw new Error("--port must be an integer between 0 and 65535");
   }
   return args;
 }
 
-function makeCertificate(stateDir) {
+function makeCertificate(stateDir, certNames) {
   const cert = path.join(stateDir, "cert.pem");
   const key = path.join(stateDir, "key.pem");
   execFileSync(
@@ -52,7 +60,7 @@ function makeCertificate(stateDir) {
     [
       "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
       "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-addext", `subjectAltName=${["DNS:localhost", "IP:127.0.0.1", ...certNames.map(n => `DNS:${n}`)].join(",")}`,
       // openssl marks a self-signed certificate CA:TRUE by default; rustls (webpki) then
       // refuses it as a server certificate (CaUsedAsEndEntity). A self-signed leaf trusted
       // directly as its own anchor is fine.
@@ -423,7 +431,7 @@ function main() {
   fs.mkdirSync(args.stateDir, { recursive: true });
   const stateFile = path.join(args.stateDir, "server.json");
   fs.rmSync(stateFile, { force: true });
-  const { cert, key } = makeCertificate(args.stateDir);
+  const { cert, key } = makeCertificate(args.stateDir, args.certNames);
 
   patchHandlers();
   patchAccountCapture();
@@ -460,9 +468,11 @@ function main() {
   server.keepAliveTimeout = 120_000;
   server.headersTimeout = 125_000;
 
-  server.listen(args.port, "127.0.0.1", () => {
+  server.listen(args.port, args.host, () => {
     const { port } = server.address();
-    const state = { endpoint: `https://127.0.0.1:${port}/`, cert, pid: process.pid };
+    // a wildcard address is not one to connect to; loopback reaches it from the same host
+    const host = args.host === "0.0.0.0" || args.host === "::" ? "127.0.0.1" : args.host;
+    const state = { endpoint: `https://${host}:${port}/`, cert, pid: process.pid };
     // Write atomically: waiters poll for the file and must never read half of it.
     fs.writeFileSync(`${stateFile}.tmp`, JSON.stringify(state));
     fs.renameSync(`${stateFile}.tmp`, stateFile);

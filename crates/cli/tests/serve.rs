@@ -1,11 +1,13 @@
 //! `mystira-users serve` as a process, against a fresh database on the server in `DATABASE_URL`
 //! and the Cosmos-protocol test server: liveness, readiness by phase (Cosmos needed in phases
 //! 0 to 2, not in 3; a phase change seen without a restart), the metrics that read the
-//! migration state, problem+json errors, and a clean stop on SIGTERM.
+//! migration state (and that the alert rules and the Grafana dashboard name only metrics it
+//! exposes), problem+json errors, and a clean stop on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -162,8 +164,8 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// The `mystira_*` metric names in a text (histogram series by their `_bucket` name).
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("mystira_") {
         let name: String = rest[at..]
@@ -177,6 +179,83 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
         }
     }
     names
+}
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(path)
+}
+
+/// Asserts that every name in `named` (from `file`) is a series name in the `metrics` text:
+/// exactly, so that a prefix of a real name (`mystira_backfill_range`) does not pass.
+fn assert_exposed(file: &str, named: &BTreeSet<String>, metrics: &str) {
+    let exposed: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    // a file that names nothing would pass vacuously: both name many
+    assert!(named.len() >= 8, "{file} names only {named:?}");
+    for name in named {
+        assert!(
+            exposed.contains(name.as_str()),
+            "{file} names {name}, which /metrics does not expose"
+        );
+    }
+}
+
+/// The PromQL of every target of the Grafana dashboard, after checking the dashboard's
+/// structure: unique panel ids, a PromQL `expr` on every target, and every query sent to the
+/// data source the `datasource` variable picks (so it works with any Prometheus, whatever its
+/// uid).
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_file("deploy/grafana/mystira-users.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let variable = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("the dashboard has a `datasource` variable");
+    assert_eq!(
+        (&variable["type"], &variable["query"]),
+        (&"datasource".into(), &"prometheus".into())
+    );
+    let templated = serde_json::json!({"type": "prometheus", "uid": "${datasource}"});
+    let mut panels: Vec<&serde_json::Value> = Vec::new();
+    let mut pending: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = pending.pop() {
+        // a row holds its panels when collapsed
+        if let Some(inner) = panel["panels"].as_array() {
+            pending.extend(inner);
+        }
+        panels.push(panel);
+    }
+    let mut ids = BTreeSet::new();
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let title = &panel["title"];
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{title}: no id"));
+        assert!(ids.insert(id), "{title}: panel id {id} is used twice");
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"], templated, "{title}");
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
+        assert!(!targets.is_empty(), "{title}: no targets");
+        for target in targets {
+            assert_eq!(target["datasource"], templated, "{title}");
+            let expr = target["expr"].as_str().unwrap_or_default();
+            assert!(!expr.trim().is_empty(), "{title}: a target without expr");
+            exprs.push(expr.to_owned());
+        }
+    }
+    assert!(ids.len() >= 10, "{ids:?}");
+    exprs
 }
 
 fn mystira(db: &str, args: &[&str]) -> std::process::Output {
@@ -234,20 +313,14 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
     let ranges = metric(&text, "mystira_backfill_ranges");
     assert!(ranges > 0.0);
     assert_eq!(metric(&text, "mystira_backfill_ranges_done"), ranges);
-    // every metric the alert rules name is one the service exposes
-    let rules = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/prometheus/alerts.yml"
-    ))
-    .unwrap();
-    let named = metric_names(&rules);
-    assert!(named.len() >= 8, "{named:?}");
-    for name in &named {
-        assert!(
-            text.lines().any(|l| l.starts_with(name.as_str())),
-            "alerts.yml names {name}, which /metrics does not expose"
-        );
-    }
+    // every metric the alert rules and the dashboard name is one the service exposes
+    let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    assert_exposed("alerts.yml", &metric_names(&rules), &text);
+    let named = dashboard_exprs()
+        .iter()
+        .flat_map(|expr| metric_names(expr))
+        .collect();
+    assert_exposed("mystira-users.json", &named, &text);
     // the requests so far are counted by route pattern and status
     assert!(
         text.contains(

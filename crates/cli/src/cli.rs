@@ -69,7 +69,8 @@ pub enum Command {
     /// older copy never overwrites newer data. Documents that cannot be migrated go to the
     /// quarantine (see `quarantine list`) with the reason. Resumable: after a crash or kill,
     /// run it again and it continues where it stopped; several processes (on several machines)
-    /// running it against one database share the work. With no source given, migrates the
+    /// running it against one database share the work; a live container is split into ranges
+    /// (feed ranges, then `_ts` intervals) that they read in parallel. With no source given, migrates the
     /// bundled sample (examples/sample); with no database configured, into the private cluster.
     /// Exit code 0 when every document read is accounted for (written, unchanged, quarantined
     /// or skipped with a reason), 1 otherwise.
@@ -310,11 +311,14 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Ranges each container is split into when a run starts [default: 16]
+    /// Ranges each container is split into when a run starts [default: 16]: byte ranges of an
+    /// export file; for a live account, the container's feed ranges, each split further by
+    /// `_ts` when there are fewer feed ranges than N (see docs/backfill.md)
     #[arg(long, value_name = "N")]
     pub ranges: Option<usize>,
 
-    /// At most this many documents read per second by this process (a Cosmos RU budget)
+    /// At most this many documents read per second by the whole run, every process together
+    /// (a Cosmos RU budget kept in PostgreSQL; give each process of a run the same value)
     #[arg(long, value_name = "DOCS_PER_SECOND")]
     pub max_rps: Option<u32>,
 

@@ -72,11 +72,11 @@ impl FeedRangeKey {
         &self.0
     }
 
-    fn to_sdk(&self) -> Result<FeedRange> {
+    pub(crate) fn to_sdk(&self, operation: &'static str) -> Result<FeedRange> {
         FeedRange::from_str(&self.0).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidRequest,
-                "change feed",
+                operation,
                 "the stored feed range is not a feed range",
             )
             .with_source(e)
@@ -287,7 +287,7 @@ impl ChangeFeed {
                 "the change feed start time is out of range",
             )),
         };
-        let range = self.range.to_sdk();
+        let range = self.range.to_sdk("change feed");
         let size = NonZeroU32::new(self.page_size).unwrap_or(NonZeroU32::MIN);
         let mut options = ChangeFeedOptions::default()
             .with_max_item_count(MaxItemCountHint::Limit(size))
@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn feed_range_keys_round_trip_through_the_sdk() {
         let full = FeedRangeKey::full();
-        let parsed = full.to_sdk().expect("parse");
+        let parsed = full.to_sdk("change feed").expect("parse");
         assert_eq!(parsed, FeedRange::full());
         assert_eq!(FeedRangeKey(parsed.to_string()), full);
     }

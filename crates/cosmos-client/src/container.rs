@@ -15,6 +15,7 @@ use azure_data_cosmos::{CosmosError, PartitionKey, Query};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::changefeed::FeedRangeKey;
 use crate::config::RetryPolicy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pages::{Pages, ResumeToken};
@@ -42,6 +43,7 @@ pub struct QuerySpec {
     text: String,
     params: Vec<(String, serde_json::Value)>,
     partition: Option<PartitionKey>,
+    feed_range: Option<FeedRangeKey>,
 }
 
 impl QuerySpec {
@@ -50,6 +52,7 @@ impl QuerySpec {
             text: text.into(),
             params: Vec::new(),
             partition: None,
+            feed_range: None,
         }
     }
 
@@ -65,6 +68,13 @@ impl QuerySpec {
         self
     }
 
+    /// Restricts the query to one feed range (from [`Container::feed_ranges`]), so that
+    /// several readers can each read a part of the container.
+    pub fn in_feed_range(mut self, range: FeedRangeKey) -> Self {
+        self.feed_range = Some(range);
+        self
+    }
+
     pub(crate) fn to_sdk(&self) -> Result<(Query, FeedScope)> {
         let mut query = Query::from(self.text.clone());
         for (name, value) in &self.params {
@@ -77,9 +87,10 @@ impl QuerySpec {
                 .with_source(e)
             })?;
         }
-        let scope = match &self.partition {
-            Some(pk) => FeedScope::partition(pk.clone()),
-            None => FeedScope::full_container(),
+        let scope = match (&self.partition, &self.feed_range) {
+            (Some(pk), _) => FeedScope::partition(pk.clone()),
+            (None, Some(range)) => FeedScope::range(range.to_sdk("query")?),
+            (None, None) => FeedScope::full_container(),
         };
         Ok((query, scope))
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use mystira_postgres::bookkeeping;
 use mystira_postgres::leases;
+use mystira_postgres::rate_budget;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -31,8 +32,9 @@ const JOB: &str = "backfill";
 pub struct BackfillConfig {
     /// Documents per write transaction (and per source page).
     pub batch_rows: usize,
-    /// Maximum source documents read per second by this process (a Cosmos RU budget);
-    /// `None` = unlimited.
+    /// Maximum source documents read per second by the whole run (a Cosmos RU budget), shared
+    /// by every process of the run through `migration.rate_budgets`; `None` = unlimited.
+    /// Give every process of a run the same value.
     pub max_docs_per_second: Option<u32>,
     /// Ignore an unfinished earlier run and start over.
     pub restart: bool,
@@ -179,7 +181,6 @@ pub async fn run_backfill(
         source,
         config,
         progress,
-        pacer: Pacer::new(config.max_docs_per_second),
         counts: Mutex::new(BTreeMap::new()),
     };
     let workers = (0..config.workers.max(1)).map(|n| shared.worker(n));
@@ -252,7 +253,6 @@ struct Shared<'a> {
     source: &'a dyn DocumentSource,
     config: &'a BackfillConfig,
     progress: Progress<'a>,
-    pacer: Pacer,
     counts: Mutex<BTreeMap<String, ContainerCounts>>,
 }
 
@@ -296,11 +296,24 @@ impl Shared<'_> {
             serde_json::from_value(lease.counts.clone()).unwrap_or_default();
         let mut position = lease.position.clone();
         loop {
+            if self.source.awaits_bounded_ranges(&range, position.as_ref())
+                && !self
+                    .await_bounded_ranges(
+                        container,
+                        owner,
+                        &lease,
+                        &range_counts,
+                        position.as_ref(),
+                    )
+                    .await?
+            {
+                return Ok(());
+            }
             let page = self
                 .source
                 .read_range_page(container, &range, position.as_ref(), self.config.batch_rows)
                 .await?;
-            self.pacer.wait_for(page.documents.len()).await;
+            self.pace(page.documents.len()).await?;
             let mut page_counts = ContainerCounts::default();
             write_page(
                 self.pool,
@@ -352,33 +365,55 @@ impl Shared<'_> {
     }
 }
 
-/// Spreads reads so that no more than `per_second` documents are read per second.
-struct Pacer {
-    per_second: Option<u32>,
-    started: Instant,
-    done: std::sync::atomic::AtomicU64,
-}
-
-impl Pacer {
-    fn new(per_second: Option<u32>) -> Self {
-        Self {
-            per_second,
-            started: Instant::now(),
-            done: 0.into(),
-        }
+impl Shared<'_> {
+    /// Waits until the run's rate budget has paid for `documents` just read.
+    async fn pace(&self, documents: usize) -> Result<(), BackfillError> {
+        let Some(rate) = self.config.max_docs_per_second.filter(|r| *r > 0) else {
+            return Ok(());
+        };
+        let wait = rate_budget::reserve(self.pool, JOB, documents as u64, rate).await?;
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
-    async fn wait_for(&self, docs: usize) {
-        let Some(rate) = self.per_second.filter(|r| *r > 0) else {
-            return;
-        };
-        let done = self
-            .done
-            .fetch_add(docs as u64, std::sync::atomic::Ordering::Relaxed)
-            + docs as u64;
-        let due = Duration::from_secs_f64(done as f64 / f64::from(rate));
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(wait).await;
+    /// Holds `lease` (extending it) until every bounded range of `container` is done, so that
+    /// the open range's final pass comes after every write that moved a document out of a
+    /// bounded range. Returns `false` when this worker should give the range up instead: the
+    /// lease was lost, or a bounded range is waiting for a worker (its holder died), which this
+    /// worker then takes (bounded ranges have the lower numbers).
+    async fn await_bounded_ranges(
+        &self,
+        container: &str,
+        owner: &str,
+        lease: &leases::Lease,
+        counts: &ContainerCounts,
+        position: Option<&serde_json::Value>,
+    ) -> Result<bool, BackfillError> {
+        let counts = serde_json::to_value(counts).unwrap_or_default();
+        loop {
+            let (open, unheld) = leases::bounded_open(self.pool, JOB, container).await?;
+            if open == 0 {
+                return Ok(true);
+            }
+            if unheld > 0 {
+                leases::give_back(self.pool, JOB, lease, owner).await?;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let kept = leases::advance(
+                self.pool,
+                JOB,
+                lease,
+                owner,
+                position,
+                &counts,
+                false,
+                self.config.lease,
+            )
+            .await?;
+            if !kept {
+                return Ok(false);
+            }
         }
     }
 }

@@ -62,6 +62,18 @@ pub trait DocumentSource: Send + Sync {
         }])
     }
 
+    /// Whether the next page of `range` from `position` may only be read once every bounded
+    /// range of the container (one with an end) is done. The live source's open-ended ranges
+    /// end with a final pass that must come after them (see [`CosmosSource`]); the default is
+    /// never.
+    fn awaits_bounded_ranges(
+        &self,
+        _range: &RangePlan,
+        _position: Option<&serde_json::Value>,
+    ) -> bool {
+        false
+    }
+
     /// Like [`Self::read_page`], but stops at the end of `range` (`next` is `None` there).
     /// `position` is where the range's copy got to; `None` means the range's start.
     async fn read_range_page(
@@ -287,6 +299,37 @@ fn file_name_of(path: &Path) -> String {
 
 /// A live Cosmos database, read through the official SDK in pages with continuation tokens
 /// (the position saved in the checkpoint is the token).
+///
+/// # Ranges of a live container
+/// [`DocumentSource::plan_ranges`] splits a container first by its feed ranges (one per
+/// physical partition, `read_feed_ranges`; a server that cannot answer that call, or answers
+/// with none, is read as one feed range covering everything), and, where there are fewer feed
+/// ranges than ranges asked for, each feed range further by `_ts` into intervals
+/// `[..., b1)`, `[b1, b2)`, ..., `[bk, ...)` between its oldest and newest `_ts` at planning.
+/// A range is read with `select * from c where <its _ts interval> order by c._ts` in its feed
+/// range, resumed from the SDK's continuation token, which the service (and the test server)
+/// resumes at a position in (`_ts`, `_rid`) order.
+///
+/// # The rule that no document is missed
+/// - The intervals of a feed range cover every `_ts` once, so at any moment a document is in
+///   exactly one range: nothing is read twice or skipped at a boundary.
+/// - Every boundary is at most the newest `_ts` seen at planning, and Cosmos stamps a write
+///   with the time it commits, so **every write made during the run lands in the last,
+///   open-ended range of its feed range** (a partition key never changes, so neither does the
+///   feed range). A bounded range only loses documents while it is read, never gains any.
+/// - Within a range, a document's position (`_ts`, `_rid`) only moves forward when it is
+///   written (`_rid` is fixed for a document's life), so a document not yet reached is never
+///   overtaken by the reader. Only a document that *enters* the open range (written during the
+///   run) can land just behind the reader, when the reader is in that very second.
+/// - So the open range ends with a **final pass**: when its first pass is exhausted it reads
+///   again every document with `_ts` at or after the newest `_ts` at planning, and it starts
+///   that pass only once every bounded range of the container is done (the backfill waits for
+///   them, [`DocumentSource::awaits_bounded_ranges`]; bounded ranges are numbered first, so
+///   they are taken first). A write committed before the final pass starts is therefore read
+///   at least once, at that version or a newer one; writes after that point are left to
+///   replication (`replicate`), as are deletes. A document may be read twice (by its old
+///   range, then by the final pass): the version-guarded writes count the second copy as
+///   `unchanged`, and `read` counts both.
 #[derive(Debug)]
 pub struct CosmosSource {
     store: mystira_cosmos_client::CosmosStore,
@@ -296,10 +339,85 @@ impl CosmosSource {
     pub fn new(store: mystira_cosmos_client::CosmosStore) -> Self {
         Self { store }
     }
+
+    /// The oldest (`newest = false`) or newest `_ts` in `range`, `None` when it is empty.
+    async fn ts_edge(
+        &self,
+        handle: &mystira_cosmos_client::Container,
+        range: &FeedRangeKey,
+        newest: bool,
+    ) -> Result<Option<i64>, SourceError> {
+        let order = if newest { "desc" } else { "asc" };
+        // TOP and the order are ours, not a caller's value, so they are part of the text
+        let spec = mystira_cosmos_client::QuerySpec::new(format!(
+            "select top 1 c._ts from c order by c._ts {order}"
+        ))
+        .in_feed_range(range.clone());
+        let mut pages = handle.query_with_page_size::<serde_json::Value>(spec, None, 1);
+        while let Some(page) = pages.next_page().await.map_err(cosmos_err)? {
+            if let Some(doc) = page.items.first() {
+                return Ok(doc.get("_ts").and_then(serde_json::Value::as_i64));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn cosmos_err(e: mystira_cosmos_client::Error) -> SourceError {
     SourceError::Unavailable(e.to_string())
+}
+
+use mystira_cosmos_client::FeedRangeKey;
+
+/// A planned range of a live container: a feed range and a `_ts` interval
+/// (`ts_from <= _ts < ts_to`, either side open), and for the open-ended range, where its final
+/// pass starts (the newest `_ts` at planning).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct LiveRange {
+    feed_range: String,
+    ts_from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    final_from: Option<i64>,
+}
+
+impl LiveRange {
+    fn plan(self, ts_to: Option<i64>) -> RangePlan {
+        RangePlan {
+            start: serde_json::to_value(&self).unwrap_or_default(),
+            end: ts_to.map(serde_json::Value::from),
+        }
+    }
+}
+
+/// Where a live range's copy is: the pass (`first`, then `final` for the open-ended range) and
+/// the SDK's continuation token within it (`None`: the pass's beginning).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct LivePosition {
+    pass: Pass,
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Pass {
+    First,
+    Final,
+}
+
+/// `k - 1` boundaries splitting the seconds `oldest..=newest` into `k` about equal intervals;
+/// each is above `oldest` and at most `newest` (fewer when there are fewer seconds).
+fn ts_boundaries(oldest: i64, newest: i64, k: usize) -> Vec<i64> {
+    if newest <= oldest || k < 2 {
+        return Vec::new();
+    }
+    let span = i128::from(newest) - i128::from(oldest) + 1;
+    let k = k as i128;
+    let mut out: Vec<i64> = (1..k)
+        .filter_map(|i| i64::try_from(i128::from(oldest) + span * i / k).ok())
+        .filter(|b| *b > oldest && *b <= newest)
+        .collect();
+    out.dedup();
+    out
 }
 
 #[async_trait]
@@ -334,34 +452,205 @@ impl DocumentSource for CosmosSource {
                 });
             }
         };
+        let spec = mystira_cosmos_client::QuerySpec::new("select * from c");
+        let (documents, token) = self.query_page(container, spec, resume, max).await?;
+        Ok(SourcePage {
+            documents,
+            next: token.map(serde_json::Value::String),
+        })
+    }
+
+    async fn plan_ranges(&self, container: &str, n: usize) -> Result<Vec<RangePlan>, SourceError> {
+        let handle = self.store.container(container).await.map_err(cosmos_err)?;
+        let feeds = match handle.feed_ranges().await {
+            Ok(feeds) if !feeds.is_empty() => feeds,
+            Ok(_) => {
+                tracing::warn!(
+                    container,
+                    "the server reports no feed ranges: one is assumed"
+                );
+                vec![FeedRangeKey::full()]
+            }
+            // an outage is an outage; a server without the call is read as one feed range
+            Err(e) if e.is_retryable() => return Err(cosmos_err(e)),
+            Err(e) => {
+                tracing::warn!(container, error = %e, "feed ranges unavailable: one is assumed");
+                vec![FeedRangeKey::full()]
+            }
+        };
+        let per_feed = n.max(1).div_ceil(feeds.len());
+        // bounded ranges first, open-ended last: workers take the lowest range first, so a
+        // worker reaches an open range's final pass only once every bounded one is taken
+        let (mut bounded, mut open) = (Vec::new(), Vec::new());
+        for feed in feeds {
+            let newest = self.ts_edge(&handle, &feed, true).await?;
+            let cuts = match (per_feed > 1, newest) {
+                (true, Some(newest)) => match self.ts_edge(&handle, &feed, false).await? {
+                    Some(oldest) => ts_boundaries(oldest, newest, per_feed),
+                    None => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let mut from = None;
+            for cut in cuts {
+                let range = LiveRange {
+                    feed_range: feed.as_str().to_owned(),
+                    ts_from: from,
+                    final_from: None,
+                };
+                bounded.push(range.plan(Some(cut)));
+                from = Some(cut);
+            }
+            let last = LiveRange {
+                feed_range: feed.as_str().to_owned(),
+                ts_from: from,
+                final_from: newest.or(from),
+            };
+            open.push(last.plan(None));
+        }
+        bounded.extend(open);
+        Ok(bounded)
+    }
+
+    fn awaits_bounded_ranges(
+        &self,
+        range: &RangePlan,
+        position: Option<&serde_json::Value>,
+    ) -> bool {
+        let open = range.end.as_ref().is_none_or(serde_json::Value::is_null);
+        let at_final = position
+            .and_then(|p| serde_json::from_value::<LivePosition>(p.clone()).ok())
+            .is_some_and(|p| p.pass == Pass::Final && p.token.is_none());
+        open && at_final
+    }
+
+    async fn read_range_page(
+        &self,
+        container: &str,
+        range: &RangePlan,
+        position: Option<&serde_json::Value>,
+        max: usize,
+    ) -> Result<SourcePage, SourceError> {
+        let bad = |message: String| SourceError::BadPosition {
+            container: container.to_owned(),
+            message,
+        };
+        // a run planned before live containers were split has one range starting at null and
+        // a bare continuation token as its position
+        let Ok(live) = serde_json::from_value::<LiveRange>(range.start.clone()) else {
+            let start = Some(&range.start).filter(|s| !s.is_null());
+            return self.read_page(container, position.or(start), max).await;
+        };
+        let position = match position {
+            None => LivePosition {
+                pass: Pass::First,
+                token: None,
+            },
+            Some(p) => serde_json::from_value(p.clone()).map_err(|e| bad(e.to_string()))?,
+        };
+        let ts_to = match &range.end {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .ok_or_else(|| bad("a live range ends at a _ts (seconds)".into()))?,
+            ),
+        };
+        let (lower, upper) = match position.pass {
+            Pass::First => (live.ts_from, ts_to),
+            Pass::Final => (live.final_from.max(live.ts_from), ts_to),
+        };
+        let mut text = String::from("select * from c");
+        let mut conditions = Vec::new();
+        if lower.is_some() {
+            conditions.push("c._ts >= @lo");
+        }
+        if upper.is_some() {
+            conditions.push("c._ts < @hi");
+        }
+        if !conditions.is_empty() {
+            text.push_str(" where ");
+            text.push_str(&conditions.join(" and "));
+        }
+        text.push_str(" order by c._ts");
+        let mut spec = mystira_cosmos_client::QuerySpec::new(text)
+            .in_feed_range(FeedRangeKey::from_string(live.feed_range.clone()));
+        if let Some(lo) = lower {
+            spec = spec.param("@lo", lo);
+        }
+        if let Some(hi) = upper {
+            spec = spec.param("@hi", hi);
+        }
+        let resume = position
+            .token
+            .clone()
+            .map(mystira_cosmos_client::ResumeToken::from_string);
+        let (documents, token) = self.query_page(container, spec, resume, max).await?;
+        let next = match (token, position.pass, ts_to) {
+            (Some(token), pass, _) => Some(LivePosition {
+                pass,
+                token: Some(token),
+            }),
+            // the first pass of the open-ended range is over: its final pass is next
+            (None, Pass::First, None) => Some(LivePosition {
+                pass: Pass::Final,
+                token: None,
+            }),
+            (None, _, _) => None,
+        };
+        Ok(SourcePage {
+            documents,
+            next: next.map(|p| serde_json::to_value(p).unwrap_or_default()),
+        })
+    }
+}
+
+impl CosmosSource {
+    /// The next non-empty page of `spec` from `resume` and the token after it, or no documents
+    /// and `None` when the query is exhausted.
+    async fn query_page(
+        &self,
+        container: &str,
+        spec: mystira_cosmos_client::QuerySpec,
+        resume: Option<mystira_cosmos_client::ResumeToken>,
+        max: usize,
+    ) -> Result<(Vec<SourceDocument>, Option<String>), SourceError> {
         let handle = self.store.container(container).await.map_err(cosmos_err)?;
         let size = u32::try_from(max).unwrap_or(u32::MAX);
-        let spec = mystira_cosmos_client::QuerySpec::new("select * from c");
         let mut pages = handle.query_with_page_size::<serde_json::Value>(spec, resume, size);
         // Pages may come back empty before the end; read until one has documents or the query
         // is exhausted.
         loop {
             match pages.next_page().await.map_err(cosmos_err)? {
-                None => {
-                    return Ok(SourcePage {
-                        documents: Vec::new(),
-                        next: None,
-                    });
-                }
+                None => return Ok((Vec::new(), None)),
                 Some(page) if page.items.is_empty() => continue,
                 Some(page) => {
-                    let next = serde_json::Value::String(page.resume_token().as_str().to_owned());
+                    let token = page.resume_token().as_str().to_owned();
                     let documents = page
                         .items
                         .into_iter()
                         .map(SourceDocument::Document)
                         .collect();
-                    return Ok(SourcePage {
-                        documents,
-                        next: Some(next),
-                    });
+                    return Ok((documents, Some(token)));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ts_boundaries_split_the_seconds_evenly_within_oldest_and_newest() {
+        assert_eq!(ts_boundaries(100, 107, 4), vec![102, 104, 106]);
+        assert_eq!(ts_boundaries(100, 101, 4), vec![101]);
+        assert!(ts_boundaries(100, 100, 4).is_empty());
+        assert!(ts_boundaries(100, 200, 1).is_empty());
+        for (oldest, newest, k) in [(0, 1000, 7), (5, 9, 16), (i64::MAX - 3, i64::MAX, 3)] {
+            let cuts = ts_boundaries(oldest, newest, k);
+            assert!(cuts.windows(2).all(|w| w[0] < w[1]), "{cuts:?}");
+            assert!(cuts.iter().all(|c| *c > oldest && *c <= newest), "{cuts:?}");
         }
     }
 }

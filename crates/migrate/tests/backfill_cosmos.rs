@@ -96,7 +96,12 @@ async fn backfill_from_cosmos_matches_backfill_from_export_files(pool: PgPool) {
     assert!(from_cosmos.reconciles());
     assert_eq!(counts(&pool).await, expected);
     for (container, c) in &from_cosmos.containers {
-        assert_eq!(c.read, from_files.containers[container].read, "{container}");
+        // the live source's final pass reads the documents of the newest second again (see
+        // `CosmosSource`); the rows (compared above) and the writes are the same
+        assert!(
+            c.read >= from_files.containers[container].read,
+            "{container}"
+        );
         assert_eq!(
             c.written, from_files.containers[container].written,
             "{container}"
@@ -298,7 +303,7 @@ fn assert_same_rows(
     }
 }
 
-/// The backfill's work on `container` (the live source copies a container as one range): the
+/// The backfill's work on `container` (through [`Killable`], one range per container): the
 /// position saved after its last written page, whether it is done, documents read so far.
 async fn work_range(pool: &PgPool, container: &str) -> (Option<serde_json::Value>, bool, u64) {
     let ranges: Vec<(Option<serde_json::Value>, bool, serde_json::Value)> = sqlx::query_as(
@@ -326,10 +331,13 @@ async fn a_run_killed_mid_container_resumes_from_its_continuation_token_to_the_c
         ..BackfillConfig::default()
     };
 
-    // the reference: a clean, uninterrupted run into another fresh database
+    // the reference: a clean, uninterrupted run into another fresh database, through the
+    // same wrapper (which reads each container as one range, like a run planned before live
+    // containers were split; `backfill_ranges.rs` tests the split ranges)
     let clean_db = format!("mu_resume_clean_{}", uuid::Uuid::new_v4().simple());
     let clean_pool = fresh_database(&pool, &clean_db).await;
-    let clean = run_backfill(&clean_pool, &source, &config, &|_, _| {})
+    let (whole, _never) = Killable::new(&source, None);
+    let clean = run_backfill(&clean_pool, &whole, &config, &|_, _| {})
         .await
         .unwrap();
     assert!(clean.reconciles(), "{clean:?}");

@@ -75,6 +75,18 @@ pub async fn start_or_join(
         .execute(&mut *tx)
         .await
         .map_err(map)?;
+    // a new run starts with a fresh read-rate budget (`crate::rate_budget`), in the same
+    // transaction, so a process joining it cannot reserve from the old one first
+    sqlx::query(
+        "insert into migration.rate_budgets (job, next_free, updated_at)
+         values ($1, clock_timestamp(), clock_timestamp())
+         on conflict (job) do update set next_free = excluded.next_free,
+                                         updated_at = excluded.updated_at",
+    )
+    .bind(job)
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?;
     for (unit, ranges) in plans {
         let starts: Vec<Value> = ranges.iter().map(|p| p.start.clone()).collect();
         let ends: Vec<Option<Value>> = ranges.iter().map(|p| p.end.clone()).collect();
@@ -224,4 +236,36 @@ pub async fn release(pool: &PgPool, job: &str, owner: &str) -> Result<u64> {
     .await
     .map(|r| r.rows_affected())
     .map_err(map)
+}
+
+/// Of the unit's bounded ranges (those with an end), how many are not done, and how many of
+/// those nobody holds a live lease on.
+pub async fn bounded_open(pool: &PgPool, job: &str, unit: &str) -> Result<(i64, i64)> {
+    sqlx::query_as(
+        "select count(*), count(*) filter (where owner is null or lease_until < now())
+         from migration.work_ranges
+         where job = $1 and unit = $2 and not done
+           and range_end is not null and range_end <> 'null'::jsonb",
+    )
+    .bind(job)
+    .bind(unit)
+    .fetch_one(pool)
+    .await
+    .map_err(map)
+}
+
+/// Hands `lease` back unfinished (its position stays), so that any worker may take it again.
+pub async fn give_back(pool: &PgPool, job: &str, lease: &Lease, owner: &str) -> Result<()> {
+    sqlx::query(
+        "update migration.work_ranges set owner = null, lease_until = null, updated_at = now()
+         where job = $1 and unit = $2 and range_no = $3 and owner = $4 and not done",
+    )
+    .bind(job)
+    .bind(&lease.unit)
+    .bind(lease.range_no)
+    .bind(owner)
+    .execute(pool)
+    .await
+    .map_err(map)?;
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod leases;
 pub mod local_cluster;
 pub mod outbox;
 pub mod phase;
+pub mod rate_budget;
 pub mod rate_limits;
 pub mod repos;
 pub mod schema;

@@ -211,14 +211,17 @@ pub enum Command {
     /// process runs; `/readyz` answers 200 when the stores the current phase needs are
     /// reachable (PostgreSQL always, Cosmos in phases 0 to 2), else 503 with an
     /// application/problem+json naming them; `/metrics` is Prometheus's text format (requests,
-    /// the phase, the retry journal, the outbox, the last verify, backfill ranges). SIGINT or
-    /// SIGTERM stops accepting and answers the requests in flight first. Bearer tokens (JWT,
-    /// RS256/ES256) are verified with --jwks-file's keys, or in development mode with the key
-    /// of `mystira-users dev-token`; `/v1/me` and the admin-only `/v1/admin/phase` use them.
-    /// The domain API is planned (see docs/service.md). Exit code 0 after a clean stop.
+    /// the phase, the retry journal, the outbox, the last verify, backfill ranges, store-write
+    /// latency, dual-write failures, replication lag). SIGINT or SIGTERM stops accepting and
+    /// answers the requests in flight first. Bearer tokens (JWT, RS256/ES256) are verified with
+    /// the keys of --jwks-url or --jwks-file, or in development mode with the key of
+    /// `mystira-users dev-token`. The domain API is `/v1/...` (`/openapi.json` describes it);
+    /// admins also get the phase (show, set through the gates, history), the retry journal, the
+    /// outbox, the runs and the quarantine (docs/service.md). Exit code 0 after a clean stop.
     Serve(crate::commands::ServeArgs),
 
-    /// Print a bearer token that `serve` accepts in development mode (no --jwks-file).
+    /// Print a bearer token that `serve` accepts in development mode (no --jwks-url or
+    /// --jwks-file).
     ///
     /// Signed with the development key (ES256; created on first use, readable by its owner
     /// only), for --sub (the account's external user id) and an optional --role. For

@@ -483,6 +483,7 @@ impl<'a> Replicator<'a> {
         );
         loop {
             let page = feed.next_page().await?;
+            let read_at = Instant::now();
             let caught_up = page.is_caught_up();
             let position = serde_json::to_value(page.token())
                 .map_err(|_| ReplicateError::BadCheckpoint("change feed token"))?;
@@ -540,6 +541,9 @@ impl<'a> Replicator<'a> {
                 return Ok(Turn::Interrupted);
             }
             if caught_up {
+                // what the feed held is applied: the lag bound `serve` exports restarts here
+                leases::mark_caught_up(self.pool, self.job, lease, owner, read_at.elapsed())
+                    .await?;
                 return Ok(Turn::CaughtUp);
             }
             if *stop.borrow() {
@@ -557,6 +561,7 @@ impl<'a> Replicator<'a> {
         lease: &Lease,
         stop: &watch::Receiver<bool>,
     ) -> Result<Turn, ReplicateError> {
+        let pass_started = Instant::now();
         let handle = &self.containers[container];
         let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let checkpoint = match &lease.position {
@@ -660,11 +665,13 @@ impl<'a> Replicator<'a> {
             tracing::warn!(container, "lease lost to another worker");
             return Ok(Turn::Interrupted);
         }
-        Ok(if interrupted {
-            Turn::Interrupted
-        } else {
-            Turn::CaughtUp
-        })
+        if interrupted {
+            return Ok(Turn::Interrupted);
+        }
+        // a complete pass read everything committed before it started: the lag bound restarts
+        // at its start
+        leases::mark_caught_up(self.pool, self.job, lease, owner, pass_started.elapsed()).await?;
+        Ok(Turn::CaughtUp)
     }
 
     fn record(

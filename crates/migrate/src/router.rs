@@ -111,6 +111,8 @@ pub struct RouterConfig {
     pub postgres_timeout: Duration,
     pub phase1_copy: Phase1Copy,
     pub phase2_delivery: Phase2Delivery,
+    /// Told of every store write the router makes, with its time (the service's metrics).
+    pub observer: Option<Arc<dyn WriteObserver>>,
 }
 
 impl Default for RouterConfig {
@@ -119,7 +121,40 @@ impl Default for RouterConfig {
             postgres_timeout: Duration::from_secs(2),
             phase1_copy: Phase1Copy::Inline,
             phase2_delivery: Phase2Delivery::Inline,
+            observer: None,
         }
+    }
+}
+
+/// Which store a write went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Store {
+    Cosmos,
+    Postgres,
+}
+
+impl Store {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosmos => "cosmos",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Watches the router's writes: each store call a write made, how long it took, whether it
+/// succeeded. `operation` is the port's call (`accounts.create`, ...) or the router's own
+/// second half (`phase1_copy`, `phase2_delivery`). Called inline: keep it cheap.
+pub trait WriteObserver: Send + Sync + fmt::Debug {
+    fn store_write(&self, store: Store, operation: &'static str, took: Duration, ok: bool);
+
+    /// A dual write whose second store did not take it in the call: `journalled_postgres`
+    /// and `journalled_file` (phase 1: the copy into PostgreSQL failed, the documents went to
+    /// the retry journal, or to the local file), `left_to_relay` (phase 2: the inline delivery
+    /// to Cosmos failed, the relay delivers it), `unrecorded` (phase 1: neither journal could
+    /// record it; the caller got an error and retries). `n` documents or aggregates.
+    fn dual_write_failure(&self, kind: &'static str, n: u64) {
+        let _ = (kind, n);
     }
 }
 
@@ -253,6 +288,12 @@ impl DualWriteRouter {
         }
     }
 
+    fn failure(&self, kind: &'static str, n: usize) {
+        if let Some(observer) = &self.0.config.observer {
+            observer.dual_write_failure(kind, n as u64);
+        }
+    }
+
     fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64, n: usize) {
         counter(&self.0.counters).fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -261,11 +302,14 @@ impl DualWriteRouter {
     /// either store; only the one(s) the phase needs are awaited.
     async fn write<T: Send>(
         &self,
+        operation: &'static str,
         account: Option<Uuid>,
         target: Target,
         cosmos: impl Future<Output = RepoResult<T>> + Send,
         pg: impl Future<Output = RepoResult<T>> + Send,
     ) -> RepoResult<T> {
+        let cosmos = self.timed(Store::Cosmos, operation, cosmos);
+        let pg = self.timed(Store::Postgres, operation, pg);
         match self.phase_for(account) {
             Phase::CosmosOnly => cosmos.await,
             Phase::DualWriteCosmosRead => {
@@ -288,6 +332,22 @@ impl DualWriteRouter {
         }
     }
 
+    /// `call`, reported to the observer (if any) with its time and outcome.
+    async fn timed<T>(
+        &self,
+        store: Store,
+        operation: &'static str,
+        call: impl Future<Output = RepoResult<T>>,
+    ) -> RepoResult<T> {
+        let Some(observer) = &self.0.config.observer else {
+            return call.await;
+        };
+        let started = std::time::Instant::now();
+        let result = call.await;
+        observer.store_write(store, operation, started.elapsed(), result.is_ok());
+        result
+    }
+
     /// Phase 1's second half: the documents Cosmos stored, into PostgreSQL or the journal.
     async fn copy_to_postgres(&self, written: Vec<WrittenDocument>) -> RepoResult<()> {
         if written.is_empty() {
@@ -301,20 +361,25 @@ impl DualWriteRouter {
                     apply_record(&self.0.pool, record).await?;
                 }
                 Ok::<(), RepoError>(())
-            })
-            .await;
+            });
+            let applied = self
+                .timed(Store::Postgres, "phase1_copy", async {
+                    applied.await.unwrap_or_else(|_| {
+                        Err(RepoError::Unavailable("the copy timed out".to_owned()))
+                    })
+                })
+                .await;
             match applied {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     self.count(|c| &c.copied, records.len());
                     return Ok(());
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(
                         class = crate::journal::error_class(&e),
-                        "copy to postgresql failed; journalling"
+                        "copy to postgresql failed or timed out; journalling"
                     );
                 }
-                Err(_) => tracing::warn!("copy to postgresql timed out; journalling"),
             }
         }
         // The records may have landed in part: replaying them is harmless (version guard).
@@ -322,27 +387,44 @@ impl DualWriteRouter {
             tokio::time::timeout(timeout, journal::append(&self.0.pool, &records, "router")).await;
         if matches!(journalled, Ok(Ok(()))) {
             self.count(|c| &c.journalled_postgres, records.len());
+            self.failure("journalled_postgres", records.len());
             self.0.wake.notify_one();
             return Ok(());
         }
         let n = records.len();
         self.0.files.append_async(records).await.map_err(|e| {
+            self.failure("unrecorded", n);
             RepoError::Unavailable(format!(
                 "the write reached Cosmos, but neither PostgreSQL nor the local journal could \
                  record it ({e}); retry the call"
             ))
         })?;
         self.count(|c| &c.journalled_file, n);
+        self.failure("journalled_file", n);
         Ok(())
     }
 
     /// Phase 2's second half: the aggregate into Cosmos now, or later by the relay.
     async fn deliver_inline(&self, container: Container, key: Uuid) {
-        match relay::deliver_or_defer(&self.0.pool, &self.0.cosmos.writer, container, key).await {
+        let started = std::time::Instant::now();
+        let delivered =
+            relay::deliver_or_defer(&self.0.pool, &self.0.cosmos.writer, container, key).await;
+        if let Some(observer) = &self.0.config.observer {
+            observer.store_write(
+                Store::Cosmos,
+                "phase2_delivery",
+                started.elapsed(),
+                delivered.is_some(),
+            );
+        }
+        match delivered {
             Some(Delivered::Put | Delivered::Removed | Delivered::AlreadyDelivered) => {
                 self.count(|c| &c.delivered_inline, 1);
             }
-            None => self.count(|c| &c.left_to_relay, 1),
+            None => {
+                self.count(|c| &c.left_to_relay, 1);
+                self.failure("left_to_relay", 1);
+            }
         }
     }
 
@@ -455,6 +537,7 @@ impl AccountRepository for DualWriteRouter {
         let pg = &self.0.pg.accounts;
         let cosmos = &self.0.cosmos.accounts;
         self.write(
+            "accounts.create",
             Some(account.id),
             Some((Container::Accounts, account.id)),
             cosmos.create(account),
@@ -527,6 +610,7 @@ impl AccountRepository for DualWriteRouter {
     async fn update(&self, account: &Account) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.accounts, &self.0.cosmos.accounts);
         self.write(
+            "accounts.update",
             Some(account.id),
             Some((Container::Accounts, account.id)),
             cosmos.update(account),
@@ -538,6 +622,7 @@ impl AccountRepository for DualWriteRouter {
     async fn record_login(&self, id: Uuid, at: DateTime<Utc>) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.accounts, &self.0.cosmos.accounts);
         self.write(
+            "accounts.record_login",
             Some(id),
             Some((Container::Accounts, id)),
             cosmos.record_login(id, at),
@@ -549,6 +634,7 @@ impl AccountRepository for DualWriteRouter {
     async fn delete(&self, id: Uuid) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.accounts, &self.0.cosmos.accounts);
         self.write(
+            "accounts.delete",
             Some(id),
             Some((Container::Accounts, id)),
             cosmos.delete(id),
@@ -581,6 +667,7 @@ impl SubscriptionRepository for DualWriteRouter {
         let (pg, cosmos) = (&self.0.pg.subscriptions, &self.0.cosmos.subscriptions);
         let account = subscription.account_id;
         self.write(
+            "subscriptions.upsert_for_account",
             Some(account),
             Some((Container::Accounts, account)),
             cosmos.upsert_for_account(subscription),
@@ -609,6 +696,7 @@ impl ProfileRepository for DualWriteRouter {
     async fn create(&self, profile: &UserProfile) -> RepoResult<()> {
         let (pg, cosmos) = (&self.0.pg.profiles, &self.0.cosmos.profiles);
         self.write(
+            "profiles.create",
             profile.account_id,
             Some((Container::UserProfiles, profile.id)),
             cosmos.create(profile),
@@ -642,6 +730,7 @@ impl ProfileRepository for DualWriteRouter {
     async fn update(&self, profile: &UserProfile) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.profiles, &self.0.cosmos.profiles);
         self.write(
+            "profiles.update",
             None,
             Some((Container::UserProfiles, profile.id)),
             cosmos.update(profile),
@@ -653,6 +742,7 @@ impl ProfileRepository for DualWriteRouter {
     async fn delete(&self, id: Uuid) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.profiles, &self.0.cosmos.profiles);
         self.write(
+            "profiles.delete",
             None,
             Some((Container::UserProfiles, id)),
             cosmos.delete(id),
@@ -664,6 +754,7 @@ impl ProfileRepository for DualWriteRouter {
     async fn mark_onboarded(&self, id: Uuid) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.profiles, &self.0.cosmos.profiles);
         self.write(
+            "profiles.mark_onboarded",
             None,
             Some((Container::UserProfiles, id)),
             cosmos.mark_onboarded(id),
@@ -678,6 +769,7 @@ impl BadgeRepository for DualWriteRouter {
     async fn award(&self, badge: &UserBadge) -> RepoResult<AwardOutcome> {
         let (pg, cosmos) = (&self.0.pg.badges, &self.0.cosmos.badges);
         self.write(
+            "badges.award",
             None,
             Some((Container::UserProfiles, badge.user_profile_id)),
             cosmos.award(badge),
@@ -707,6 +799,7 @@ impl CompletedScenarioRepository for DualWriteRouter {
     ) -> RepoResult<CompletedScenario> {
         let (pg, cosmos) = (&self.0.pg.completed, &self.0.cosmos.completed_scenarios);
         self.write(
+            "completed_scenarios.mark_completed",
             Some(account_id),
             Some((Container::Accounts, account_id)),
             cosmos.mark_completed(account_id, scenario_id, at),
@@ -731,6 +824,7 @@ impl PendingSignupRepository for DualWriteRouter {
     async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(
+            "signups.create",
             None,
             Some((Container::PendingSignups, signup.id)),
             cosmos.create(signup),
@@ -762,6 +856,7 @@ impl PendingSignupRepository for DualWriteRouter {
     ) -> RepoResult<VerifyOutcome> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(
+            "signups.verify_code",
             None,
             None,
             cosmos.verify_code(email, code, now, lockout_attempts),
@@ -773,6 +868,7 @@ impl PendingSignupRepository for DualWriteRouter {
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(
+            "signups.mark_used",
             None,
             Some((Container::PendingSignups, id)),
             cosmos.mark_used(id),
@@ -803,6 +899,7 @@ impl PendingSignupRepository for DualWriteRouter {
     ) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(
+            "signups.mark_verified",
             None,
             Some((Container::PendingSignups, id)),
             cosmos.mark_verified(id, status, at),
@@ -819,6 +916,7 @@ impl PendingSignupRepository for DualWriteRouter {
     ) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(
+            "signups.mark_consumed",
             None,
             Some((Container::PendingSignups, id)),
             cosmos.mark_consumed(id, status, at),
@@ -829,7 +927,10 @@ impl PendingSignupRepository for DualWriteRouter {
 
     async fn cleanup_expired(&self) -> RepoResult<u64> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
-        self.write(None, None, cosmos.cleanup_expired(), pg.cleanup_expired())
+        self.write(
+            "signups.cleanup_expired",
+            None,
+            None, cosmos.cleanup_expired(), pg.cleanup_expired())
             .await
     }
 }

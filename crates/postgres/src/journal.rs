@@ -211,3 +211,35 @@ pub async fn depth<'e>(exec: impl PgExecutor<'e>) -> Result<Depth> {
             .map_err(map)?;
     Ok(Depth { entries, oldest })
 }
+
+/// One waiting entry as an operator sees it: where it is from and how its replays went, never
+/// the document it carries (its values are personal data).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Waiting {
+    pub id: i64,
+    pub container: String,
+    pub document_id: String,
+    pub key: Option<Uuid>,
+    /// `upsert` or `delete`.
+    pub op: String,
+    /// `router`, or `file:<name>` for an entry moved from a local journal file.
+    pub origin: String,
+    pub enqueued_at: DateTime<Utc>,
+    pub attempts: i32,
+    /// The failure class of the last replay (never a value).
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// The oldest `limit` entries, oldest first.
+pub async fn oldest<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<Vec<Waiting>> {
+    sqlx::query_as(
+        "select id, container, document_id, key, op, origin, enqueued_at, attempts, last_error,
+                next_attempt_at
+         from migration.retry_journal order by id limit $1",
+    )
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+    .map_err(map)
+}

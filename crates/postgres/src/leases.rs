@@ -185,6 +185,54 @@ pub async fn advance(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Records that the range `lease` holds had everything its source held `ago` before now
+/// applied (replication: the moment the feed was read and found caught up, or the start of a
+/// watermark pass that completed). False when the lease is no longer ours.
+pub async fn mark_caught_up(
+    pool: &PgPool,
+    job: &str,
+    lease: &Lease,
+    owner: &str,
+    ago: Duration,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "update migration.work_ranges
+         set caught_up_at = now() - $5 * interval '1 millisecond'
+         where job = $1 and unit = $2 and range_no = $3 and owner = $4",
+    )
+    .bind(job)
+    .bind(&lease.unit)
+    .bind(lease.range_no)
+    .bind(owner)
+    .bind(millis(ago))
+    .execute(pool)
+    .await
+    .map_err(map)?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Per unit of `jobs`: seconds since its least recently caught-up range caught up (by the
+/// server's clock), or `None` while a range of it has never caught up.
+pub async fn caught_up_lag<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    jobs: &[&str],
+) -> Result<Vec<(String, Option<f64>)>> {
+    let jobs: Vec<String> = jobs.iter().map(|j| (*j).to_owned()).collect();
+    sqlx::query_as(
+        "select unit,
+                case when bool_or(caught_up_at is null) then null
+                     else extract(epoch from now() - min(caught_up_at))::float8 end
+         from migration.work_ranges
+         where job = any($1)
+         group by unit
+         order by unit",
+    )
+    .bind(&jobs)
+    .fetch_all(exec)
+    .await
+    .map_err(map)
+}
+
 /// (ranges, ranges done) of a unit.
 pub async fn unit_progress(pool: &PgPool, job: &str, unit: &str) -> Result<(i64, i64)> {
     sqlx::query_as(

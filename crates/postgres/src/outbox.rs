@@ -228,3 +228,40 @@ pub async fn enqueue<'e>(exec: impl PgExecutor<'e>, container: &str, key: Uuid) 
         .map_err(map)?;
     Ok(())
 }
+
+/// One aggregate waiting for delivery to Cosmos, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct WaitingAggregate {
+    pub container: String,
+    pub key: Uuid,
+    /// Outbox rows for it (changes since its last delivery).
+    pub rows: i64,
+    pub oldest: DateTime<Utc>,
+    /// The most attempts any of its rows has had.
+    pub attempts: i32,
+    /// The failure class of the newest failed attempt (never a value).
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// The `limit` aggregates waiting longest, oldest first.
+pub async fn oldest_aggregates<'e>(
+    exec: impl PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<WaitingAggregate>> {
+    sqlx::query_as(
+        "select container, key, count(*) as rows, min(enqueued_at) as oldest,
+                max(attempts) as attempts,
+                (array_agg(last_error order by id desc) filter (where last_error is not null))[1]
+                    as last_error,
+                min(next_attempt_at) as next_attempt_at
+         from migration.outbox
+         group by container, key
+         order by min(id)
+         limit $1",
+    )
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+    .map_err(map)
+}

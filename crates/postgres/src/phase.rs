@@ -547,6 +547,36 @@ pub async fn latest_run<'e>(
     }))
 }
 
+/// A run of `migration.runs` with what it recorded: its counts (and, for verify, its outcome)
+/// and its scope (what it covered, how it was configured; never a secret or a personal value).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RunRecord {
+    pub id: Uuid,
+    pub source: String,
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: serde_json::Value,
+    pub scope: serde_json::Value,
+}
+
+/// The newest `limit` runs of `job`, newest first.
+pub async fn recent_runs<'e>(
+    exec: impl PgExecutor<'e>,
+    job: &str,
+    limit: i64,
+) -> Result<Vec<RunRecord>, RepoError> {
+    sqlx::query_as(
+        "select id, source, status, started_at, finished_at, counts, scope from migration.runs
+         where job = $1 order by started_at desc, id desc limit $2",
+    )
+    .bind(job)
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error("runs", e))
+}
+
 /// What the recorded verify runs (job `verify`) say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct VerifyFacts {

@@ -1,12 +1,18 @@
-//! Bearer-token authentication: JWTs signed with RS256 or ES256, keys from a JWKS file or, in
-//! development, the service's own signing key; issuer, audience, expiry and not-before
-//! checked. The token's `sub` is the caller's external user id (`accounts.auth0_user_id`);
-//! its `role` claim (`Guest`, `User`, `Admin`, `SuperAdmin`, any case) says what it may do
-//! beyond its own data.
+//! Bearer-token authentication: JWTs signed with RS256 or ES256, keys from a JWKS url, a JWKS
+//! file or, in development, the service's own signing key; issuer, audience, expiry and
+//! not-before checked. The token's `sub` is the caller's external user id
+//! (`accounts.auth0_user_id`); its `role` claim (`Guest`, `User`, `Admin`, `SuperAdmin`, any
+//! case) says what it may do beyond its own data.
 //!
-//! **Planned:** keys from a JWKS url (cached, refreshed on an unknown `kid`).
+//! Keys from a url are fetched at start (a failure stops `serve` with the reason), cached, and
+//! fetched again when they are older than [`JWKS_MAX_AGE`] or when a token names a key id the
+//! cache does not hold (the provider rotated its keys), at most once per
+//! [`JWKS_MIN_REFRESH`], so that tokens with made-up key ids cannot make the service hammer
+//! the provider. A failed refresh keeps the keys it had.
 
 use std::path::Path;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -43,17 +49,41 @@ struct VerifyingKey {
     key: DecodingKey,
 }
 
-/// Verifies bearer tokens against a fixed set of keys, issuer and audience.
+/// Cached keys from a url are fetched again after this long.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
+/// A url is fetched at most once per this long, whatever the tokens say.
+pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Verifies bearer tokens against a set of keys (fixed, or refreshed from a url), an issuer
+/// and an audience.
 pub struct Authenticator {
-    keys: Vec<VerifyingKey>,
+    keys: RwLock<Vec<VerifyingKey>>,
+    remote: Option<RemoteJwks>,
     issuer: String,
     audience: String,
+}
+
+/// Where keys are refreshed from, and when they last were.
+struct RemoteJwks {
+    url: String,
+    client: reqwest::Client,
+    min_refresh: Duration,
+    max_age: Duration,
+    /// When the keys were last fetched, and when a fetch was last tried (held while fetching,
+    /// so that concurrent requests wait for one fetch instead of each making one).
+    fetched: tokio::sync::Mutex<Fetches>,
+}
+
+struct Fetches {
+    succeeded: Instant,
+    tried: Instant,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.key_count())
+            .field("url", &self.remote.as_ref().map(|r| r.url.as_str()))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -72,9 +102,20 @@ pub enum KeyError {
     Jwks { path: String, reason: String },
     #[error("the development signing key in {path} is not a P-256 PKCS#8 key")]
     DevKey { path: String },
+    #[error("cannot fetch the JWKS document from {url}: {reason}")]
+    Fetch { url: String, reason: String },
 }
 
 impl Authenticator {
+    fn with_keys(keys: Vec<VerifyingKey>, issuer: &str, audience: &str) -> Self {
+        Self {
+            keys: RwLock::new(keys),
+            remote: None,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
+    }
+
     /// Keys from a JWKS document (RSA keys verify RS256, P-256 keys ES256).
     pub fn from_jwks_file(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
         let shown = path.display().to_string();
@@ -82,47 +123,105 @@ impl Authenticator {
             path: shown.clone(),
             source,
         })?;
-        let set: JwkSet = serde_json::from_str(&text).map_err(|e| KeyError::Jwks {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            let algorithm = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                // other key types sign nothing this service accepts
-                _ => continue,
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwks {
-                path: shown.clone(),
+        let keys = keys_of(&text).map_err(|reason| KeyError::Jwks { path: shown, reason })?;
+        Ok(Self::with_keys(keys, issuer, audience))
+    }
+
+    /// Keys from a JWKS url (an identity provider's `jwks_uri`), fetched now and refreshed as
+    /// the module docs say.
+    pub async fn from_jwks_url(url: &str, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        Self::from_jwks_url_with(url, issuer, audience, JWKS_MIN_REFRESH, JWKS_MAX_AGE).await
+    }
+
+    /// [`Authenticator::from_jwks_url`] with other refresh intervals (tests).
+    pub async fn from_jwks_url_with(
+        url: &str,
+        issuer: &str,
+        audience: &str,
+        min_refresh: Duration,
+        max_age: Duration,
+    ) -> Result<Self, KeyError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| KeyError::Fetch {
+                url: url.to_owned(),
                 reason: e.to_string(),
             })?;
-            keys.push(VerifyingKey {
-                kid: jwk.common.key_id.clone(),
-                algorithm,
-                key,
-            });
+        let keys = fetch_keys(&client, url).await?;
+        let now = Instant::now();
+        let mut auth = Self::with_keys(keys, issuer, audience);
+        auth.remote = Some(RemoteJwks {
+            url: url.to_owned(),
+            client,
+            min_refresh,
+            max_age,
+            fetched: tokio::sync::Mutex::new(Fetches {
+                succeeded: now,
+                tried: now,
+            }),
+        });
+        Ok(auth)
+    }
+
+    /// How many keys verify tokens now.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().map_or(0, |k| k.len())
+    }
+
+    /// [`Authenticator::verify`], after refreshing keys from the url when they are old, and
+    /// once more after a refresh when the token names a key id the cache does not hold.
+    pub async fn verify_current(&self, token: &str) -> Result<Claims, Problem> {
+        let Some(remote) = &self.remote else {
+            return self.verify(token);
+        };
+        self.refresh(remote, false).await;
+        match self.verify(token) {
+            Err(p) if p.code == "unknown_key" => {
+                // verified again even when this call fetched nothing: a concurrent request may
+                // just have loaded the key
+                self.refresh(remote, true).await;
+                self.verify(token)
+            }
+            other => other,
         }
-        if keys.is_empty() {
-            return Err(KeyError::Jwks {
-                path: shown,
-                reason: "it holds no RSA or P-256 key".into(),
-            });
+    }
+
+    /// Fetches the keys again if they are older than `max_age`, or (with `unknown_kid`) at
+    /// once; either way never sooner than `min_refresh` after the last try. True when new keys
+    /// were loaded.
+    async fn refresh(&self, remote: &RemoteJwks, unknown_kid: bool) -> bool {
+        let mut fetched = remote.fetched.lock().await;
+        let stale = fetched.succeeded.elapsed() >= remote.max_age;
+        if !(stale || unknown_kid) || fetched.tried.elapsed() < remote.min_refresh {
+            return false;
         }
-        Ok(Self {
-            keys,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        })
+        fetched.tried = Instant::now();
+        match fetch_keys(&remote.client, &remote.url).await {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), unknown_kid, "jwks: keys refreshed");
+                if let Ok(mut current) = self.keys.write() {
+                    *current = keys;
+                }
+                fetched.succeeded = Instant::now();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "jwks: refresh failed, keeping the keys held");
+                false
+            }
+        }
     }
 
     /// Checks a bearer token: signature, algorithm, issuer, audience, expiry, not-before.
     pub fn verify(&self, token: &str) -> Result<Claims, Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("invalid_token", "the bearer token is not a JWT"))?;
-        let candidates: Vec<&VerifyingKey> = self
+        let keys = self
             .keys
+            .read()
+            .map_err(|_| unauthorized("invalid_token", "the bearer token cannot be verified"))?;
+        let candidates: Vec<&VerifyingKey> = keys
             .iter()
             .filter(|k| k.algorithm == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
@@ -175,6 +274,7 @@ impl Authenticator {
 pub struct DevKey {
     pkcs8: Vec<u8>,
     public: Vec<u8>,
+    kid: String,
 }
 
 impl std::fmt::Debug for DevKey {
@@ -218,7 +318,11 @@ impl DevKey {
             path: shown.clone(),
         })?;
         let public = pair.public_key().as_ref().to_vec();
-        Ok(Self { pkcs8, public })
+        Ok(Self {
+            pkcs8,
+            public,
+            kid: DEV_KID.to_owned(),
+        })
     }
 
     /// A token for `sub` with `role`, valid for `ttl_seconds` from now (negative: already
@@ -243,7 +347,7 @@ impl DevKey {
             iat: now,
         };
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(DEV_KID.to_owned());
+        header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8))
     }
 
@@ -255,23 +359,29 @@ impl DevKey {
         // the uncompressed point: 0x04, then x and y, 32 bytes each
         let (x, y) = self.public[1..].split_at(32);
         serde_json::json!({ "keys": [{
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": DEV_KID,
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
             "x": b64(x), "y": b64(y),
         }]})
     }
 
     /// An authenticator that accepts this key's tokens.
     pub fn authenticator(&self, issuer: &str, audience: &str) -> Authenticator {
-        Authenticator {
-            keys: vec![VerifyingKey {
-                kid: Some(DEV_KID.to_owned()),
+        Authenticator::with_keys(
+            vec![VerifyingKey {
+                kid: Some(self.kid.clone()),
                 algorithm: Algorithm::ES256,
                 // ring verifies ECDSA against the uncompressed public point
                 key: DecodingKey::from_ec_der(&self.public),
             }],
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        }
+            issuer,
+            audience,
+        )
+    }
+
+    /// The same key under another key id (`kid`): tests of a provider's key rotation.
+    pub fn with_kid(mut self, kid: &str) -> Self {
+        self.kid = kid.to_owned();
+        self
     }
 }
 
@@ -285,6 +395,49 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// The RS256 and ES256 keys of a JWKS document; the reason when it is not one or holds none.
+fn keys_of(text: &str) -> Result<Vec<VerifyingKey>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            // other key types sign nothing this service accepts
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        keys.push(VerifyingKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err("it holds no RSA or P-256 key".into());
+    }
+    Ok(keys)
+}
+
+async fn fetch_keys(client: &reqwest::Client, url: &str) -> Result<Vec<VerifyingKey>, KeyError> {
+    let fail = |reason: String| KeyError::Fetch {
+        url: url.to_owned(),
+        reason,
+    };
+    let response = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}")));
+    }
+    let body = response.text().await.map_err(|e| fail(e.to_string()))?;
+    keys_of(&body).map_err(|reason| fail(format!("not a usable JWKS document: {reason}")))
 }
 
 fn unauthorized(code: &str, detail: &str) -> Problem {
@@ -337,7 +490,7 @@ impl FromRequestParts<AppState> for Caller {
                     "the Authorization header is not a bearer token",
                 )
             })?;
-        let claims = state.auth.verify(token.trim())?;
+        let claims = state.auth.verify_current(token.trim()).await?;
         // a role the domain does not know grants nothing beyond the caller's own data
         let role = claims
             .role

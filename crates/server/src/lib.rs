@@ -6,8 +6,8 @@
 //! the retry journal, the outbox, the last verify and the backfill), JWT bearer
 //! authentication ([`auth`]), the domain API over [`Domain`] (the dual-write router, or
 //! PostgreSQL alone) with per-user authorisation, sign-ups with rate limits, the phase for
-//! admins, and `/openapi.json` generated from the handlers.
-//! **Planned, not built yet:** the other admin endpoints (see [`api`]).
+//! admins (shown and set through the CLI's gates and audit), the retry journal, the outbox,
+//! the runs and the quarantine for admins, and `/openapi.json` generated from the handlers.
 //!
 //! Layering: the CLI wires (flags, config, connections); this crate holds the HTTP layer; the
 //! stores and the phase logic stay in `mystira-postgres` and `mystira-migrate`.
@@ -51,6 +51,8 @@ pub struct AppState {
     pub auth: Arc<auth::Authenticator>,
     /// How long a readiness probe waits for each store.
     pub probe_timeout: Duration,
+    /// The phase gates' settings (the maximum verify age), as `mystira-users phase` has them.
+    pub gates: mystira_migrate::phase::GateConfig,
 }
 
 /// The service's routes.

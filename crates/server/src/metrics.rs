@@ -1,8 +1,9 @@
 //! `/metrics` in the OpenMetrics text format Prometheus scrapes.
 //!
 //! Two kinds of figures: request counters and latency histograms, kept in the process by a
-//! middleware; and the migration's state (phase, retry journal, outbox, last verify, backfill
-//! ranges), read from PostgreSQL at each scrape, so every replica reports the same shared state
+//! middleware, and the dual-write router's store-write latencies and failures, which it reports
+//! to [`Metrics`] as its [`WriteObserver`]; and the migration's state (phase, retry journal,
+//! outbox, last verify, backfill ranges, replication lag), read from PostgreSQL at each scrape, so every replica reports the same shared state
 //! and nothing has to be pushed. When PostgreSQL does not answer, those gauges keep their last
 //! values and `mystira_postgres_up` drops to 0.
 
@@ -20,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use mystira_migrate::router::{Store, WriteObserver};
 use sqlx::PgPool;
 
 use crate::AppState;
@@ -41,6 +43,28 @@ struct LimitLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreWriteLabels {
+    /// `cosmos` or `postgres`.
+    store: String,
+    /// The port's call (`accounts.create`) or the router's second half (`phase1_copy`,
+    /// `phase2_delivery`).
+    operation: String,
+    /// `ok` or `error`.
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    /// `journalled_postgres`, `journalled_file`, `left_to_relay` or `unrecorded`.
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabels {
+    container: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -53,6 +77,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     rate_limited: Family<LimitLabels, Counter>,
+    store_write_seconds: Family<StoreWriteLabels, Histogram>,
+    dual_write_failures: Family<FailureLabels, Counter>,
+    replication_lag: Family<ContainerLabels, FloatGauge>,
     postgres_up: Gauge,
     scrape_errors: Counter,
     phase: Gauge,
@@ -96,11 +123,41 @@ impl Metrics {
             "Sign-up requests refused with 429, by the budget they exceeded",
             rate_limited.clone(),
         );
+        // 0.5 ms to ~16 s
+        let store_write_seconds =
+            Family::<StoreWriteLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            });
+        registry.register(
+            "store_write_duration_seconds",
+            "Time of each store call the dual-write router made for a write, by store, \
+             operation and outcome (serve with a Cosmos account configured)",
+            store_write_seconds.clone(),
+        );
+        let dual_write_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "dual_write_failures",
+            "Dual writes whose second store did not take them in the call: journalled_postgres, \
+             journalled_file, left_to_relay (delivered later), unrecorded (the caller got an \
+             error)",
+            dual_write_failures.clone(),
+        );
+        let replication_lag = Family::<ContainerLabels, FloatGauge>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Per container: seconds since its least recently caught-up replication range had \
+             everything Cosmos held applied (an upper bound on how far PostgreSQL is behind; \
+             -1 until every range has caught up once)",
+            replication_lag.clone(),
+        );
         let m = Self {
             registry,
             requests,
             request_seconds,
             rate_limited,
+            store_write_seconds,
+            dual_write_failures,
+            replication_lag,
             postgres_up: Gauge::default(),
             scrape_errors: Counter::default(),
             phase: Gauge::default(),
@@ -225,6 +282,11 @@ impl Metrics {
                 self.verify_drift_since_clean.set(i64::from(drift));
                 self.backfill_ranges_done.set(s.ranges_done);
                 self.backfill_ranges_total.set(s.ranges_total);
+                for (container, lag) in s.replication {
+                    self.replication_lag
+                        .get_or_create(&ContainerLabels { container })
+                        .set(lag.unwrap_or(-1.0));
+                }
             }
             Err(e) => {
                 self.postgres_up.set(0);
@@ -252,6 +314,7 @@ struct StateFigures {
     verify_drift: Option<DateTime<Utc>>,
     ranges_done: i64,
     ranges_total: i64,
+    replication: Vec<(String, Option<f64>)>,
 }
 
 /// One round trip's worth of state (the times are the server's, so ages do not depend on
@@ -278,6 +341,15 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
     )
     .fetch_one(&mut *tx)
     .await?;
+    let replication = mystira_postgres::leases::caught_up_lag(
+        &mut *tx,
+        &[
+            mystira_migrate::replicate::JOB,
+            mystira_migrate::replicate::WATERMARK_JOB,
+        ],
+    )
+    .await
+    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     tx.commit().await?;
     Ok(StateFigures {
         now,
@@ -289,7 +361,28 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
         verify_drift: facts.latest_drift,
         ranges_done,
         ranges_total,
+        replication,
     })
+}
+
+impl WriteObserver for Metrics {
+    fn store_write(&self, store: Store, operation: &'static str, took: Duration, ok: bool) {
+        self.store_write_seconds
+            .get_or_create(&StoreWriteLabels {
+                store: store.name().to_owned(),
+                operation: operation.to_owned(),
+                outcome: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn dual_write_failure(&self, kind: &'static str, n: u64) {
+        self.dual_write_failures
+            .get_or_create(&FailureLabels {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
+    }
 }
 
 /// Counts and times every request (the scrape itself included).

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use mystira_migrate::phase::PhaseWatcher;
+use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
 use mystira_server::auth::DevKey;
 use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
@@ -57,6 +57,7 @@ impl Api {
             signups: Arc::new(signups),
             auth: Arc::new(key.authenticator(ISS, AUD)),
             probe_timeout: Duration::from_secs(2),
+            gates: GateConfig::default(),
         };
         Self {
             app: mystira_server::app(state),
@@ -773,4 +774,167 @@ async fn the_openapi_document_describes_every_route(pool: PgPool) {
         doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_values(
+    pool: PgPool,
+) {
+    let api = Api::new(pool.clone(), |_| {});
+    let admin = api.token("auth0|ops", Some("Admin"));
+    let user = api.token("auth0|alice", None);
+    let to_phase_1 = json!({"phase": "dual-write-cosmos-read", "reason": "canary week"});
+
+    // users may not, whatever they send
+    let denied = api
+        .call("PUT", "/v1/admin/phase", Some(&user), Some(to_phase_1.clone()))
+        .await;
+    expect(&denied, StatusCode::FORBIDDEN, "forbidden");
+
+    // no backfill has run: the gate into 1 refuses, names why, and writes nothing
+    let refused = api
+        .call("PUT", "/v1/admin/phase", Some(&admin), Some(to_phase_1.clone()))
+        .await;
+    expect(&refused, StatusCode::CONFLICT, "gate_refused");
+    let unmet: Vec<&str> = refused.body["unmet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(unmet, ["backfill_never_run"], "{}", refused.text);
+    let history = api
+        .call("GET", "/v1/admin/phase/history", Some(&admin), None)
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    let before = history.body.as_array().unwrap().len();
+
+    // forced: applied, audited as forced, with the token's subject as the actor
+    let mut forced = to_phase_1.clone();
+    forced["force"] = json!(true);
+    let applied = api
+        .call("PUT", "/v1/admin/phase", Some(&admin), Some(forced.clone()))
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text);
+    assert_eq!(
+        (&applied.body["result"], &applied.body["forced"]),
+        (&json!("applied"), &json!(true))
+    );
+    let history = api
+        .call("GET", "/v1/admin/phase/history?limit=5", Some(&admin), None)
+        .await;
+    let newest = &history.body[0];
+    assert_eq!(history.body.as_array().unwrap().len(), before + 1);
+    assert_eq!(newest["changed_by"], "api:auth0|ops");
+    assert_eq!(newest["to_phase"], "dual-write-cosmos-read");
+    assert_eq!(newest["forced"], true);
+    assert_eq!(newest["reason"], "canary week");
+    let stored: String = sqlx::query_scalar("select phase from migration.phase_state")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "dual-write-cosmos-read");
+    // the same move again changes nothing
+    let again = api
+        .call("PUT", "/v1/admin/phase", Some(&admin), Some(forced))
+        .await;
+    assert_eq!(again.body["result"], "unchanged", "{}", again.text);
+
+    // bad requests say which field, and change nothing
+    for (body, code) in [
+        (json!({"phase": "phase-nine", "reason": "x"}), "invalid_body"),
+        (json!({"phase": "postgres-only", "reason": "  "}), "invalid_body"),
+        (
+            json!({"phase": "postgres-only", "reason": "x", "wait_drain_seconds": 3600}),
+            "invalid_body",
+        ),
+    ] {
+        let r = api
+            .call("PUT", "/v1/admin/phase", Some(&admin), Some(body))
+            .await;
+        expect(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    let stored: String = sqlx::query_scalar("select phase from migration.phase_state")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "dual-write-cosmos-read");
+
+    // the retry journal lists where an entry is from, never the document it carries
+    let document = json!({"id": "a-1", "email": "secret.person@example.com", "_ts": 1});
+    mystira_postgres::journal::append(
+        &pool,
+        &[mystira_postgres::journal::JournalRecord {
+            container: "Accounts".into(),
+            document_id: "a-1".into(),
+            op: mystira_postgres::journal::JournalOp::Upsert { document },
+        }],
+        "router",
+    )
+    .await
+    .unwrap();
+    let journal = api
+        .call("GET", "/v1/admin/journal", Some(&admin), None)
+        .await;
+    assert_eq!(journal.status, StatusCode::OK, "{}", journal.text);
+    assert_eq!(journal.body[0]["document_id"], "a-1");
+    assert_eq!(journal.body[0]["op"], "upsert");
+    assert!(!journal.text.contains("secret.person"), "{}", journal.text);
+
+    // an account written to PostgreSQL leaves an outbox row for Cosmos
+    let created = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&user),
+            Some(json!({"email": "alice@example.com", "display_name": "Alice"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let outbox = api
+        .call("GET", "/v1/admin/outbox?limit=10", Some(&admin), None)
+        .await;
+    assert_eq!(outbox.status, StatusCode::OK, "{}", outbox.text);
+    let waiting = outbox.body.as_array().unwrap();
+    assert!(
+        waiting
+            .iter()
+            .any(|a| a["container"] == "Accounts" && a["key"] == created.body["id"]),
+        "{}",
+        outbox.text
+    );
+    assert!(!outbox.text.contains("alice@"), "{}", outbox.text);
+
+    // the newest runs of a job, newest first
+    for outcome in ["drift", "clean"] {
+        sqlx::query(
+            "insert into migration.runs (job, source, status, finished_at, counts)
+             values ('verify', 'test', 'succeeded', now(), jsonb_build_object('outcome', $1::text))",
+        )
+        .bind(outcome)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let runs = api.call("GET", "/v1/admin/runs", Some(&admin), None).await;
+    assert_eq!(runs.status, StatusCode::OK, "{}", runs.text);
+    assert_eq!(runs.body.as_array().unwrap().len(), 2);
+    assert_eq!(runs.body[0]["counts"]["outcome"], "clean");
+    let backfills = api
+        .call("GET", "/v1/admin/runs?job=backfill", Some(&admin), None)
+        .await;
+    assert_eq!(backfills.body, json!([]));
+    let bad = api
+        .call("GET", "/v1/admin/journal?limit=0", Some(&admin), None)
+        .await;
+    expect(&bad, StatusCode::BAD_REQUEST, "invalid_query");
+    for path in [
+        "/v1/admin/journal",
+        "/v1/admin/outbox",
+        "/v1/admin/runs",
+        "/v1/admin/phase/history",
+    ] {
+        let r = api.call("GET", path, Some(&user), None).await;
+        expect(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
 }

@@ -82,3 +82,128 @@ fn a_jwks_file_verifies_the_tokens_of_the_key_it_publishes_and_no_other() {
     let e = Authenticator::from_jwks_file(&jwks, ISS, AUD).unwrap_err();
     assert!(e.to_string().contains("no RSA or P-256 key"), "{e}");
 }
+
+/// A JWKS endpoint on loopback (what an identity provider publishes): its document can be
+/// replaced, as a provider does when it rotates keys, and it counts its fetches.
+struct JwksEndpoint {
+    url: String,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksEndpoint {
+    async fn start(document: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let document = std::sync::Arc::new(std::sync::Mutex::new(document));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (doc, count) = (document.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let (doc, count) = (doc.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    doc.lock().unwrap().clone()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            document,
+            fetches,
+        }
+    }
+
+    fn publish(&self, document: String) {
+        *self.document.lock().unwrap() = document;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_cached_and_fetched_again_for_a_rotated_key_but_not_for_every_made_up_kid() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let old = key(&dir, "old.p8").with_kid("2026-11");
+    let new = key(&dir, "new.p8").with_kid("2026-12");
+    let endpoint = JwksEndpoint::start(old.jwks().to_string()).await;
+    let min_refresh = Duration::from_millis(300);
+    let auth = Authenticator::from_jwks_url_with(
+        &endpoint.url,
+        ISS,
+        AUD,
+        min_refresh,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(endpoint.fetches(), 1);
+
+    // cached: many verifications, no fetch
+    let token = old.token("auth0|kid", None, ISS, AUD, 60).unwrap();
+    for _ in 0..20 {
+        assert_eq!(auth.verify_current(&token).await.unwrap().sub, "auth0|kid");
+    }
+    assert_eq!(endpoint.fetches(), 1);
+
+    // the provider rotates: a token of the new key is refused by the cache alone, and
+    // accepted once its unknown kid made the service fetch the document again
+    endpoint.publish(new.jwks().to_string());
+    tokio::time::sleep(min_refresh).await;
+    let rotated = new.token("auth0|kid", None, ISS, AUD, 60).unwrap();
+    assert_eq!(auth.verify(&rotated).unwrap_err().code, "unknown_key");
+    assert_eq!(auth.verify_current(&rotated).await.unwrap().sub, "auth0|kid");
+    assert_eq!(endpoint.fetches(), 2);
+    // the old key is gone with the old document
+    assert_eq!(
+        auth.verify_current(&token).await.unwrap_err().code,
+        "unknown_key"
+    );
+
+    // tokens with made-up key ids: at most one fetch per interval, however many arrive
+    let before = endpoint.fetches();
+    for i in 0..50 {
+        let made_up = key(&dir, "stranger.p8")
+            .with_kid(&format!("made-up-{i}"))
+            .token("auth0|kid", None, ISS, AUD, 60)
+            .unwrap();
+        assert_eq!(
+            auth.verify_current(&made_up).await.unwrap_err().code,
+            "unknown_key"
+        );
+    }
+    assert!(
+        endpoint.fetches() - before <= 1,
+        "{} fetches for 50 unknown kids in well under {min_refresh:?}",
+        endpoint.fetches() - before
+    );
+
+    // a provider that answers something else: the keys held stay in use
+    endpoint.publish("<html>maintenance</html>".to_owned());
+    tokio::time::sleep(min_refresh).await;
+    let unknown = key(&dir, "stranger.p8")
+        .with_kid("after-outage")
+        .token("auth0|kid", None, ISS, AUD, 60)
+        .unwrap();
+    assert_eq!(
+        auth.verify_current(&unknown).await.unwrap_err().code,
+        "unknown_key"
+    );
+    assert_eq!(auth.verify_current(&rotated).await.unwrap().sub, "auth0|kid");
+
+    // at start, a url that does not serve keys is an error naming the url
+    let e = Authenticator::from_jwks_url(&endpoint.url, ISS, AUD)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&endpoint.url), "{e}");
+    assert!(e.to_string().contains("not a usable JWKS document"), "{e}");
+}

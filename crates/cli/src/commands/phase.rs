@@ -205,7 +205,7 @@ fn change_options(args: &ChangeArgs, settings: &Settings) -> anyhow::Result<Chan
 }
 
 /// The flag (or its environment variable), else the config file, else 24 h.
-fn gate_config(args: &GateArgs, settings: &Settings) -> anyhow::Result<GateConfig> {
+pub(crate) fn gate_config(args: &GateArgs, settings: &Settings) -> anyhow::Result<GateConfig> {
     if let Some(age) = args.max_verify_age {
         return Ok(GateConfig {
             max_verify_age: age,

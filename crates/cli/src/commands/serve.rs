@@ -17,6 +17,7 @@ use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSet
 use serde_json::json;
 
 use super::hosting::HostedRouter;
+use super::phase::{GateArgs, gate_config};
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, Settings};
@@ -48,8 +49,15 @@ pub struct ServeArgs {
     /// Production: verify bearer tokens with the keys of this JWKS document (RSA keys for
     /// RS256, P-256 keys for ES256); --issuer and --audience are then required. Without it,
     /// development mode: tokens from `mystira-users dev-token` are accepted
-    #[arg(long, env = "MYSTIRA_JWKS_FILE", value_name = "FILE")]
+    #[arg(long, env = "MYSTIRA_JWKS_FILE", value_name = "FILE", conflicts_with = "jwks_url")]
     pub jwks_file: Option<PathBuf>,
+
+    /// Production: verify bearer tokens with the keys published at this url (the identity
+    /// provider's `jwks_uri`): fetched at start, cached, fetched again after 10 minutes or
+    /// when a token names an unknown key id (at most every 30 s); --issuer and --audience are
+    /// then required
+    #[arg(long, env = "MYSTIRA_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
 
     #[command(flatten)]
     pub token: TokenArgs,
@@ -60,6 +68,10 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub signups: SignupArgs,
+
+    /// The phase gates of `PUT /v1/admin/phase`, as `mystira-users phase set` has them
+    #[command(flatten)]
+    pub gates: GateArgs,
 }
 
 /// How sign-ups behave.
@@ -164,25 +176,38 @@ impl TokenArgs {
     }
 }
 
-/// The production authenticator when a JWKS file is given, else the development one.
-fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
-    let Some(jwks) = &args.jwks_file else {
+impl ServeArgs {
+    /// Production when keys come from a JWKS file or url; else development mode.
+    fn production(&self) -> bool {
+        self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
+/// The production authenticator when a JWKS file or url is given, else the development one.
+async fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
+    if !args.production() {
         tracing::warn!(
-            "development mode: accepting tokens from `mystira-users dev-token` (pass --jwks-file \
-             for production)"
+            "development mode: accepting tokens from `mystira-users dev-token` (pass --jwks-url \
+             or --jwks-file for production)"
         );
         let key = args.token.dev_key()?;
         return Ok(key.authenticator(args.token.dev_issuer(), args.token.dev_audience()));
-    };
+    }
     let (Some(issuer), Some(audience)) = (&args.token.issuer, &args.token.audience) else {
         return Err(ConfigError::Usage(
-            "--jwks-file needs --issuer and --audience (or MYSTIRA_JWT_ISSUER and \
+            "--jwks-url and --jwks-file need --issuer and --audience (or MYSTIRA_JWT_ISSUER and \
              MYSTIRA_JWT_AUDIENCE)"
                 .into(),
         )
         .into());
     };
-    Authenticator::from_jwks_file(jwks, issuer, audience).context("cannot load the JWKS keys")
+    if let Some(url) = &args.jwks_url {
+        return Authenticator::from_jwks_url(url, issuer, audience)
+            .await
+            .context("cannot load the JWKS keys");
+    }
+    let file = args.jwks_file.as_deref().unwrap_or(std::path::Path::new(""));
+    Authenticator::from_jwks_file(file, issuer, audience).context("cannot load the JWKS keys")
 }
 
 /// `mystira-users dev-token`
@@ -232,6 +257,7 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
     let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
         .await
         .context("cannot read the migration phase")?;
+    let metrics = Arc::new(Metrics::new());
     let (cosmos, hosted) = if source::cosmos_endpoint(&args.cosmos, settings).is_some() {
         let store = source::connect_cosmos(&args.cosmos, settings).await?;
         let hosted = HostedRouter::start(
@@ -239,7 +265,11 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
             &store,
             args.journal_dir.as_deref(),
             phase.clone(),
-            RouterConfig::default(),
+            RouterConfig {
+                // the router's store-write times and dual-write failures, in /metrics
+                observer: Some(metrics.clone()),
+                ..RouterConfig::default()
+            },
         )
         .await?;
         (Some(store), Some(hosted))
@@ -254,11 +284,12 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         Some(h) => Domain::router(h.router.clone()),
         None => Domain::postgres(&pool),
     };
-    let auth = Arc::new(authenticator(args)?);
+    let auth = Arc::new(authenticator(args).await?);
     // development mode mails codes to a file beside the development key
-    let dev_mail = match &args.jwks_file {
-        None => Some(args.token.dev_key_path()?.with_file_name("dev-mail.jsonl")),
-        Some(_) => None,
+    let dev_mail = if args.production() {
+        None
+    } else {
+        Some(args.token.dev_key_path()?.with_file_name("dev-mail.jsonl"))
     };
     let signups = Arc::new(args.signups.settings(dev_mail));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -279,11 +310,12 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         pool: pool.clone(),
         cosmos,
         phase,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         domain,
         signups,
         auth,
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
+        gates: gate_config(&args.gates, settings)?,
     };
     let served = mystira_server::serve(listener, state, stop::stop_signal()).await;
     // the requests are answered; what they left to the background work is finished or

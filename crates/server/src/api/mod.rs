@@ -68,7 +68,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/signups", post(signups::request))
         .route("/v1/signups/verify", post(signups::verify))
-        .route("/v1/admin/phase", get(admin::phase))
+        .route("/v1/admin/phase", get(admin::phase).put(admin::set_phase))
+        .route(
+            "/v1/admin/phase/overrides/{account}/clear",
+            post(admin::clear_override),
+        )
+        .route("/v1/admin/phase/history", get(admin::phase_history))
+        .route("/v1/admin/journal", get(admin::journal))
+        .route("/v1/admin/outbox", get(admin::outbox))
+        .route("/v1/admin/runs", get(admin::runs))
         .route("/v1/admin/migration", get(admin::migration))
         .route("/v1/admin/quarantine", get(admin::quarantine))
         .route("/v1/admin/signups/expired", delete(admin::cleanup_signups))

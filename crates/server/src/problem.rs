@@ -12,41 +12,46 @@ pub struct Problem {
     /// A URI reference naming the problem type (`about:blank` when the status says it all).
     #[serde(rename = "type")]
     pub kind: String,
-    pub title: String,
+    /// The status's reason phrase (static: it keeps `Problem` small enough to return by value).
+    pub title: &'static str,
     pub status: u16,
     /// Stable, for scripts and alerts (e.g. `not_found`, `not_ready`).
     pub code: String,
     pub detail: String,
     /// Extension members (RFC 9457 §3.2), such as `attempts_left`; never stored values.
-    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Boxed, and absent when there are none: `Problem` is returned by value everywhere, so it
+    /// is kept small.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     /// Seconds the caller should wait (sent as `Retry-After`, not in the body).
     #[serde(skip)]
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Self {
             kind: format!("urn:mystira-users:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             code: code.to_owned(),
             detail: detail.into(),
-            extensions: serde_json::Map::new(),
+            extensions: None,
             retry_after: None,
         }
     }
 
     /// The problem with an extension member.
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
-        self.extensions.insert(key.to_owned(), value.into());
+        self.extensions
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.into());
         self
     }
 
     /// The problem with a `Retry-After` header.
     pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
+        self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX));
         self
     }
 }

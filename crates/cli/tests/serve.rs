@@ -505,11 +505,12 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
     let (_, _, text) = serve.get("/metrics").await;
     let copied = r#"mystira_store_write_duration_seconds_count{store="postgres",operation="phase1_copy",outcome="ok"}"#;
     assert_eq!(metric(&text, copied), 1.0, "{text}");
-    let in_postgres: String =
-        sqlx::query_scalar("select display_name from accounts where auth0_user_id = 'auth0|routed'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let in_postgres: String = sqlx::query_scalar(
+        "select display_name from accounts where auth0_user_id = 'auth0|routed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(in_postgres, "Routed twice");
 
     // replication lag: no series before a replicator ran; a bound of seconds after it caught up
@@ -527,7 +528,10 @@ async fn with_the_cosmos_test_server_it_is_ready_in_cosmos_only() {
         String::from_utf8_lossy(&replicated.stderr)
     );
     let (_, _, text) = serve.get("/metrics").await;
-    let lag = metric(&text, r#"mystira_replication_lag_seconds{container="Accounts"}"#);
+    let lag = metric(
+        &text,
+        r#"mystira_replication_lag_seconds{container="Accounts"}"#,
+    );
     assert!((0.0..30.0).contains(&lag), "lag {lag}\n{text}");
     let (exit, _) = serve.stop();
     assert!(exit.success());

@@ -930,8 +930,11 @@ impl PendingSignupRepository for DualWriteRouter {
         self.write(
             "signups.cleanup_expired",
             None,
-            None, cosmos.cleanup_expired(), pg.cleanup_expired())
-            .await
+            None,
+            cosmos.cleanup_expired(),
+            pg.cleanup_expired(),
+        )
+        .await
     }
 }
 

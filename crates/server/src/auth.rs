@@ -123,7 +123,10 @@ impl Authenticator {
             path: shown.clone(),
             source,
         })?;
-        let keys = keys_of(&text).map_err(|reason| KeyError::Jwks { path: shown, reason })?;
+        let keys = keys_of(&text).map_err(|reason| KeyError::Jwks {
+            path: shown,
+            reason,
+        })?;
         Ok(Self::with_keys(keys, issuer, audience))
     }
 

@@ -787,13 +787,23 @@ async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_v
 
     // users may not, whatever they send
     let denied = api
-        .call("PUT", "/v1/admin/phase", Some(&user), Some(to_phase_1.clone()))
+        .call(
+            "PUT",
+            "/v1/admin/phase",
+            Some(&user),
+            Some(to_phase_1.clone()),
+        )
         .await;
     expect(&denied, StatusCode::FORBIDDEN, "forbidden");
 
     // no backfill has run: the gate into 1 refuses, names why, and writes nothing
     let refused = api
-        .call("PUT", "/v1/admin/phase", Some(&admin), Some(to_phase_1.clone()))
+        .call(
+            "PUT",
+            "/v1/admin/phase",
+            Some(&admin),
+            Some(to_phase_1.clone()),
+        )
         .await;
     expect(&refused, StatusCode::CONFLICT, "gate_refused");
     let unmet: Vec<&str> = refused.body["unmet"]
@@ -842,8 +852,14 @@ async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_v
 
     // bad requests say which field, and change nothing
     for (body, code) in [
-        (json!({"phase": "phase-nine", "reason": "x"}), "invalid_body"),
-        (json!({"phase": "postgres-only", "reason": "  "}), "invalid_body"),
+        (
+            json!({"phase": "phase-nine", "reason": "x"}),
+            "invalid_body",
+        ),
+        (
+            json!({"phase": "postgres-only", "reason": "  "}),
+            "invalid_body",
+        ),
         (
             json!({"phase": "postgres-only", "reason": "x", "wait_drain_seconds": 3600}),
             "invalid_body",

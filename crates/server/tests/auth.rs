@@ -161,7 +161,10 @@ async fn a_jwks_url_is_cached_and_fetched_again_for_a_rotated_key_but_not_for_ev
     tokio::time::sleep(min_refresh).await;
     let rotated = new.token("auth0|kid", None, ISS, AUD, 60).unwrap();
     assert_eq!(auth.verify(&rotated).unwrap_err().code, "unknown_key");
-    assert_eq!(auth.verify_current(&rotated).await.unwrap().sub, "auth0|kid");
+    assert_eq!(
+        auth.verify_current(&rotated).await.unwrap().sub,
+        "auth0|kid"
+    );
     assert_eq!(endpoint.fetches(), 2);
     // the old key is gone with the old document
     assert_eq!(
@@ -198,7 +201,10 @@ async fn a_jwks_url_is_cached_and_fetched_again_for_a_rotated_key_but_not_for_ev
         auth.verify_current(&unknown).await.unwrap_err().code,
         "unknown_key"
     );
-    assert_eq!(auth.verify_current(&rotated).await.unwrap().sub, "auth0|kid");
+    assert_eq!(
+        auth.verify_current(&rotated).await.unwrap().sub,
+        "auth0|kid"
+    );
 
     // at start, a url that does not serve keys is an error naming the url
     let e = Authenticator::from_jwks_url(&endpoint.url, ISS, AUD)

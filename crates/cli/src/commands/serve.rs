@@ -49,7 +49,12 @@ pub struct ServeArgs {
     /// Production: verify bearer tokens with the keys of this JWKS document (RSA keys for
     /// RS256, P-256 keys for ES256); --issuer and --audience are then required. Without it,
     /// development mode: tokens from `mystira-users dev-token` are accepted
-    #[arg(long, env = "MYSTIRA_JWKS_FILE", value_name = "FILE", conflicts_with = "jwks_url")]
+    #[arg(
+        long,
+        env = "MYSTIRA_JWKS_FILE",
+        value_name = "FILE",
+        conflicts_with = "jwks_url"
+    )]
     pub jwks_file: Option<PathBuf>,
 
     /// Production: verify bearer tokens with the keys published at this url (the identity
@@ -206,7 +211,10 @@ async fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
             .await
             .context("cannot load the JWKS keys");
     }
-    let file = args.jwks_file.as_deref().unwrap_or(std::path::Path::new(""));
+    let file = args
+        .jwks_file
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
     Authenticator::from_jwks_file(file, issuer, audience).context("cannot load the JWKS keys")
 }
 

@@ -12,8 +12,8 @@ use mystira_migrate::phase::{self, ChangeOptions, Decision, DecisionKind, PhaseE
 use serde_json::Value;
 
 use super::wire::{
-    JournalEntryOut, MigrationState, OutboxAggregateOut, OverrideClear, PhaseChange,
-    QuarantineOut, Removed, RunRecordOut, TransitionOut,
+    JournalEntryOut, MigrationState, OutboxAggregateOut, OverrideClear, PhaseChange, QuarantineOut,
+    Removed, RunRecordOut, TransitionOut,
 };
 use super::{Body, parse_id, repo};
 use crate::auth::Caller;
@@ -52,7 +52,13 @@ pub async fn set_phase(
 ) -> Result<Json<Decision>, Problem> {
     caller.require_admin()?;
     let to = change.phase()?;
-    let options = change_options(&state, &caller, &change.reason, change.force, change.wait_drain_seconds)?;
+    let options = change_options(
+        &state,
+        &caller,
+        &change.reason,
+        change.force,
+        change.wait_drain_seconds,
+    )?;
     let decision = phase::set_phase(&state.pool, to, change.account, &options)
         .await
         .map_err(phase_problem)?;
@@ -76,7 +82,13 @@ pub async fn clear_override(
 ) -> Result<Json<Decision>, Problem> {
     caller.require_admin()?;
     let account = parse_id("account id", &account)?;
-    let options = change_options(&state, &caller, &clear.reason, clear.force, clear.wait_drain_seconds)?;
+    let options = change_options(
+        &state,
+        &caller,
+        &clear.reason,
+        clear.force,
+        clear.wait_drain_seconds,
+    )?;
     let decision = phase::clear_override(&state.pool, account, &options)
         .await
         .map_err(phase_problem)?;

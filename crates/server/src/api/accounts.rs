@@ -11,7 +11,7 @@ use super::wire::{
     AccountOut, AccountPatch, CompletedOut, Completion, EmailSearch, Me, NewAccount,
     SubscriptionIn, SubscriptionOut,
 };
-use super::{Body, access, invalid, not_found, parse_id, repo};
+use super::{Body, access, invalid, no_content_if, not_found, parse_id, repo};
 use crate::auth::Caller;
 use crate::{AppState, Problem};
 
@@ -128,17 +128,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let account = access::account(&state, &caller, parse_id("account", &id)?).await?;
-    if state
+    let found = state
         .domain
         .accounts
         .delete(account.id)
         .await
-        .map_err(repo)?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found("account"))
-    }
+        .map_err(repo)?;
+    no_content_if(found, "account")
 }
 
 /// The account with this external user id (a user may look up only their own).
@@ -207,11 +203,7 @@ pub async fn record_login(
         .record_login(account.id, Utc::now())
         .await
         .map_err(repo)?;
-    if found {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found("account"))
-    }
+    no_content_if(found, "account")
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{id}/subscription", tag = "accounts",

@@ -101,6 +101,16 @@ pub(crate) fn not_found(what: &str) -> Problem {
     )
 }
 
+/// The answer to a write that names one row: 204 when the store found it, else 404 (a row
+/// deleted between the lookup and the write, by another request).
+pub(crate) fn no_content_if(found: bool, what: &str) -> Result<StatusCode, Problem> {
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(what))
+    }
+}
+
 /// A value the domain refuses: 422 with the rule's code and field (never the value).
 pub(crate) fn invalid(e: &ValidationError) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()).with("field", e.field())

@@ -8,7 +8,7 @@ use chrono::Utc;
 use mystira_domain::ports::AwardOutcome;
 
 use super::wire::{BadgeOut, NewBadge, NewProfile, ProfileOut, ProfilePatch};
-use super::{Body, access, invalid, not_found, parse_id, repo};
+use super::{Body, access, invalid, no_content_if, not_found, parse_id, repo};
 use crate::auth::Caller;
 use crate::{AppState, Problem};
 
@@ -99,17 +99,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let profile = access::profile(&state, &caller, parse_id("profile", &id)?).await?;
-    if state
+    let found = state
         .domain
         .profiles
         .delete(profile.id)
         .await
-        .map_err(repo)?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found("profile"))
-    }
+        .map_err(repo)?;
+    no_content_if(found, "profile")
 }
 
 /// Marks the profile's onboarding done (idempotent).
@@ -123,17 +119,13 @@ pub async fn onboarded(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let profile = access::profile(&state, &caller, parse_id("profile", &id)?).await?;
-    if state
+    let found = state
         .domain
         .profiles
         .mark_onboarded(profile.id)
         .await
-        .map_err(repo)?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found("profile"))
-    }
+        .map_err(repo)?;
+    no_content_if(found, "profile")
 }
 
 /// The profile's badges, earliest first.

@@ -29,6 +29,24 @@ pub struct ConfigFile {
     pub migrate: Option<MigrateSection>,
     /// `[phase]`: the phase gates, used when the flags and environment do not say.
     pub phase: Option<PhaseSection>,
+    /// `[serve]`: the service's address, token verification and proxies, used when the flags
+    /// and environment do not say.
+    pub serve: Option<ServeSection>,
+}
+
+/// `[serve]` in the config file.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    pub listen: Option<std::net::SocketAddr>,
+    /// The identity provider's `jwks_uri` (production).
+    pub jwks_url: Option<String>,
+    /// A JWKS document on disk (production), instead of `jwks_url`.
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Address blocks whose `X-Forwarded-For` names the client (`["10.0.0.0/8"]`).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[phase]` in the config file.
@@ -305,6 +323,24 @@ mod tests {
         assert_eq!(file.migrate.and_then(|m| m.workers), Some(4));
         let err = parse("[migrate]\nworkerz = 4\n", Path::new("c.toml")).expect_err("unknown key");
         assert!(err.to_string().contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn the_serve_section_is_read_and_checked() {
+        let text = "[serve]\nlisten = \"0.0.0.0:9000\"\njwks_url = \"https://idp/jwks\"\n\
+                    issuer = \"i\"\naudience = \"a\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n";
+        let serve = parse(text, Path::new("c.toml"))
+            .expect("valid")
+            .serve
+            .expect("[serve]");
+        assert_eq!(
+            serve.listen,
+            Some("0.0.0.0:9000".parse().expect("an address"))
+        );
+        assert_eq!(serve.trusted_proxies, Some(vec!["10.0.0.0/8".to_owned()]));
+        let err = parse("[serve]\nlisten = \"nowhere\"\n", Path::new("c.toml")).expect_err("bad");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(!err.to_string().contains("nowhere"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client_addr;
 mod domain;
 pub mod health;
 pub mod metrics;
@@ -31,6 +32,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub use api::signups::{FileMailer, RateLimit, SignupSettings};
+pub use client_addr::{Cidr, TrustedProxies};
 pub use domain::{Backend, Domain};
 pub use metrics::Metrics;
 pub use problem::Problem;

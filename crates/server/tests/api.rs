@@ -16,7 +16,9 @@ use http_body_util::BodyExt;
 use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
 use mystira_server::auth::DevKey;
-use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
+use mystira_server::{
+    AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings, TrustedProxies,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -744,6 +746,48 @@ async fn signups_are_rate_limited_per_email_and_per_client(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(signups, 5);
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn behind_a_trusted_proxy_the_forwarded_client_has_the_budget(pool: PgPool) {
+    let api = Api::new(pool, |s| {
+        s.per_client = RateLimit {
+            max: 1,
+            window: Duration::from_secs(600),
+        };
+        s.trusted_proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+    });
+    let ask = |peer: &str, forwarded: Option<&str>, email: &str| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/signups")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(f) = forwarded {
+            request = request.header("x-forwarded-for", f);
+        }
+        let mut request = request
+            .body(Body::from(
+                json!({"email": email, "display_name": "N"}).to_string(),
+            ))
+            .unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        api.send(request)
+    };
+    let proxy = "10.0.0.5:40000";
+    // two clients behind one proxy: a budget each, not one shared by all
+    let one = ask(proxy, Some("198.51.100.1"), "a@example.com").await;
+    assert_eq!(one.status, StatusCode::ACCEPTED);
+    let two = ask(proxy, Some("198.51.100.2"), "b@example.com").await;
+    assert_eq!(two.status, StatusCode::ACCEPTED);
+    // a client cannot choose its bucket: what it writes left of itself is not believed
+    let spoofed = ask(proxy, Some("192.0.2.99, 198.51.100.1"), "c@example.com").await;
+    expect(&spoofed, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // nor from outside the trusted block, where the peer is the client whatever it sends
+    let direct = ask("203.0.113.7:5000", Some("198.51.100.3"), "d@example.com").await;
+    assert_eq!(direct.status, StatusCode::ACCEPTED);
+    let again = ask("203.0.113.7:5000", Some("198.51.100.4"), "e@example.com").await;
+    expect(&again, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]

@@ -62,6 +62,6 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Replicate(args) => replicate::run(args, settings).await,
         Command::Report(args) => report::run(args, settings).await,
         Command::Serve(args) => serve::run(args, settings).await,
-        Command::DevToken(args) => serve::dev_token(args).await,
+        Command::DevToken(args) => serve::dev_token(args, settings).await,
     }
 }

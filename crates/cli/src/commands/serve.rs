@@ -13,27 +13,25 @@ use mystira_migrate::phase::PhaseWatcher;
 use mystira_migrate::router::RouterConfig;
 use mystira_postgres::local_cluster::LocalCluster;
 use mystira_server::auth::{Authenticator, DevKey};
-use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
+use mystira_server::{
+    AppState, Cidr, Domain, FileMailer, Metrics, RateLimit, SignupSettings, TrustedProxies,
+};
 use serde_json::json;
 
 use super::hosting::HostedRouter;
 use super::phase::{GateArgs, gate_config};
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, ServeSection, Settings};
 use crate::exit::Exit;
 
 /// `mystira-users serve`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one; the address is logged)
-    #[arg(
-        long,
-        env = "MYSTIRA_LISTEN",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
+    /// [default: `[serve] listen` in the config file, else 127.0.0.1:8080]
+    #[arg(long, env = "MYSTIRA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     #[command(flatten)]
     pub cosmos: CosmosArgs,
@@ -108,10 +106,22 @@ pub struct SignupArgs {
     /// The rate limits' window
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub signup_limit_window_seconds: u64,
+
+    /// A proxy or load balancer whose X-Forwarded-For names the client, for the per-client
+    /// budget: an address or a block (10.0.0.0/8, fd00::/8); repeat it, or comma-separate in
+    /// the variable [default: `[serve] trusted_proxies` in the config file, else none: the
+    /// connection's peer is the client]
+    #[arg(
+        long = "trusted-proxy",
+        env = "MYSTIRA_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl SignupArgs {
-    fn settings(&self, dev_mail: Option<PathBuf>) -> SignupSettings {
+    fn settings(&self, dev_mail: Option<PathBuf>, trusted_proxies: Vec<Cidr>) -> SignupSettings {
         let window = Duration::from_secs(self.signup_limit_window_seconds.max(1));
         let mail = self.mail_file.clone().or(dev_mail);
         SignupSettings {
@@ -125,6 +135,7 @@ impl SignupArgs {
                 max: self.signup_limit_per_client,
                 window,
             },
+            trusted_proxies: TrustedProxies::new(trusted_proxies),
             mailer: mail.map(|p| FileMailer::new(&p)),
         }
     }
@@ -151,15 +162,16 @@ pub struct TokenArgs {
 const DEV_ISSUER: &str = "mystira-users-dev";
 const DEV_AUDIENCE: &str = "mystira-users";
 
+/// The issuer and audience of development tokens: the configured ones, else the defaults
+/// (`serve` in development mode and `dev-token` must agree).
+fn dev_names<'a>(issuer: Option<&'a str>, audience: Option<&'a str>) -> (&'a str, &'a str) {
+    (
+        issuer.unwrap_or(DEV_ISSUER),
+        audience.unwrap_or(DEV_AUDIENCE),
+    )
+}
+
 impl TokenArgs {
-    fn dev_issuer(&self) -> &str {
-        self.issuer.as_deref().unwrap_or(DEV_ISSUER)
-    }
-
-    fn dev_audience(&self) -> &str {
-        self.audience.as_deref().unwrap_or(DEV_AUDIENCE)
-    }
-
     fn dev_key_path(&self) -> anyhow::Result<PathBuf> {
         match &self.dev_key {
             Some(p) => Ok(p.clone()),
@@ -181,41 +193,120 @@ impl TokenArgs {
     }
 }
 
-impl ServeArgs {
-    /// Production when keys come from a JWKS file or url; else development mode.
-    fn production(&self) -> bool {
-        self.jwks_file.is_some() || self.jwks_url.is_some()
-    }
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Where the keys that verify tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeySource {
+    /// Development mode: the development key of `dev-token`.
+    Development,
+    File(PathBuf),
+    Url(String),
 }
 
-/// The production authenticator when a JWKS file or url is given, else the development one.
-async fn authenticator(args: &ServeArgs) -> anyhow::Result<Authenticator> {
-    if !args.production() {
-        tracing::warn!(
-            "development mode: accepting tokens from `mystira-users dev-token` (pass --jwks-url \
-             or --jwks-file for production)"
-        );
-        let key = args.token.dev_key()?;
-        return Ok(key.authenticator(args.token.dev_issuer(), args.token.dev_audience()));
+/// The serve settings that may come from the flags, the environment or `[serve]` in the config
+/// file, in that order.
+#[derive(Debug)]
+struct Resolved {
+    listen: SocketAddr,
+    keys: KeySource,
+    issuer: Option<String>,
+    audience: Option<String>,
+    trusted_proxies: Vec<Cidr>,
+}
+
+impl Resolved {
+    fn new(args: &ServeArgs, file: &ServeSection) -> Result<Self, ConfigError> {
+        // the key source is taken whole from one place: a flag's file never mixes with the
+        // config file's url
+        let keys = match (&args.jwks_file, &args.jwks_url) {
+            (Some(f), _) => KeySource::File(f.clone()),
+            (_, Some(u)) => KeySource::Url(u.clone()),
+            _ => match (&file.jwks_file, &file.jwks_url) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Usage(
+                        "[serve] in the config file sets both jwks_file and jwks_url: keep one"
+                            .into(),
+                    ));
+                }
+                (Some(f), None) => KeySource::File(f.clone()),
+                (None, Some(u)) => KeySource::Url(u.clone()),
+                (None, None) => KeySource::Development,
+            },
+        };
+        let trusted_proxies = if args.signups.trusted_proxies.is_empty() {
+            file.trusted_proxies
+                .iter()
+                .flatten()
+                .map(|b| {
+                    b.parse::<Cidr>().map_err(|e| {
+                        ConfigError::Usage(format!(
+                            "[serve] trusted_proxies in the config file: {e}"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            args.signups.trusted_proxies.clone()
+        };
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address")),
+            keys,
+            issuer: args.token.issuer.clone().or_else(|| file.issuer.clone()),
+            audience: args
+                .token
+                .audience
+                .clone()
+                .or_else(|| file.audience.clone()),
+            trusted_proxies,
+        })
     }
-    let (Some(issuer), Some(audience)) = (&args.token.issuer, &args.token.audience) else {
-        return Err(ConfigError::Usage(
-            "--jwks-url and --jwks-file need --issuer and --audience (or MYSTIRA_JWT_ISSUER and \
-             MYSTIRA_JWT_AUDIENCE)"
-                .into(),
-        )
-        .into());
-    };
-    if let Some(url) = &args.jwks_url {
-        return Authenticator::from_jwks_url(url, issuer, audience)
-            .await
-            .context("cannot load the JWKS keys");
+
+    /// Production when keys come from a JWKS file or url; else development mode.
+    fn production(&self) -> bool {
+        self.keys != KeySource::Development
     }
-    let file = args
-        .jwks_file
-        .as_deref()
-        .unwrap_or(std::path::Path::new(""));
-    Authenticator::from_jwks_file(file, issuer, audience).context("cannot load the JWKS keys")
+
+    /// The production authenticator when a JWKS file or url is given, else the development
+    /// one.
+    async fn authenticator(&self, token: &TokenArgs) -> anyhow::Result<Authenticator> {
+        let dev = || -> anyhow::Result<Authenticator> {
+            tracing::warn!(
+                "development mode: accepting tokens from `mystira-users dev-token` (pass \
+                 --jwks-url or --jwks-file for production)"
+            );
+            let (issuer, audience) = dev_names(self.issuer.as_deref(), self.audience.as_deref());
+            Ok(token.dev_key()?.authenticator(issuer, audience))
+        };
+        let production =
+            |issuer: &Option<String>, audience: &Option<String>| {
+                match (issuer, audience) {
+            (Some(i), Some(a)) => Ok((i.clone(), a.clone())),
+            _ => Err(ConfigError::Usage(
+                "--jwks-url and --jwks-file need --issuer and --audience (or MYSTIRA_JWT_ISSUER \
+                 and MYSTIRA_JWT_AUDIENCE, or issuer and audience in [serve])"
+                    .into(),
+            )),
+        }
+            };
+        match &self.keys {
+            KeySource::Development => dev(),
+            KeySource::Url(url) => {
+                let (issuer, audience) = production(&self.issuer, &self.audience)?;
+                Authenticator::from_jwks_url(url, &issuer, &audience)
+                    .await
+                    .context("cannot load the JWKS keys")
+            }
+            KeySource::File(file) => {
+                let (issuer, audience) = production(&self.issuer, &self.audience)?;
+                Authenticator::from_jwks_file(file, &issuer, &audience)
+                    .context("cannot load the JWKS keys")
+            }
+        }
+    }
 }
 
 /// `mystira-users dev-token`
@@ -242,14 +333,18 @@ pub struct DevTokenArgs {
     pub token: TokenArgs,
 }
 
-pub async fn dev_token(args: &DevTokenArgs) -> anyhow::Result<Outcome> {
+pub async fn dev_token(args: &DevTokenArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let key = args.token.dev_key()?;
+    let file = settings.file.serve.clone().unwrap_or_default();
+    let issuer = args.token.issuer.clone().or(file.issuer);
+    let audience = args.token.audience.clone().or(file.audience);
+    let (issuer, audience) = dev_names(issuer.as_deref(), audience.as_deref());
     let token = key
         .token(
             &args.sub,
             args.role.as_deref(),
-            args.token.dev_issuer(),
-            args.token.dev_audience(),
+            issuer,
+            audience,
             args.ttl_seconds,
         )
         .context("cannot sign the token")?;
@@ -261,6 +356,7 @@ pub async fn dev_token(args: &DevTokenArgs) -> anyhow::Result<Outcome> {
 }
 
 pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcome> {
+    let resolved = Resolved::new(args, &settings.file.serve.clone().unwrap_or_default())?;
     let pool = db::prepared_pool(settings, 16).await?;
     let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
         .await
@@ -292,17 +388,20 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         Some(h) => Domain::router(h.router.clone()),
         None => Domain::postgres(&pool),
     };
-    let auth = Arc::new(authenticator(args).await?);
+    let auth = Arc::new(resolved.authenticator(&args.token).await?);
     // development mode mails codes to a file beside the development key
-    let dev_mail = if args.production() {
+    let dev_mail = if resolved.production() {
         None
     } else {
         Some(args.token.dev_key_path()?.with_file_name("dev-mail.jsonl"))
     };
-    let signups = Arc::new(args.signups.settings(dev_mail));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let signups = Arc::new(
+        args.signups
+            .settings(dev_mail, resolved.trusted_proxies.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind(resolved.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", resolved.listen))?;
     let address = listener
         .local_addr()
         .context("cannot read the bound address")?;

@@ -11,15 +11,13 @@
 //! **their HTTP flow is planned**: the app's token hashing is not in the spec.
 
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use chrono::Utc;
 use mystira_domain::ports::VerifyOutcome;
@@ -29,6 +27,8 @@ use uuid::Uuid;
 
 use super::wire::{SignupAccepted, SignupRequest, SignupVerified, SignupVerify};
 use super::{Body, invalid, repo};
+pub use crate::client_addr::ClientAddr;
+use crate::client_addr::TrustedProxies;
 use crate::{AppState, Problem};
 
 /// A budget: at most `max` hits per `window`.
@@ -49,6 +49,8 @@ pub struct SignupSettings {
     pub per_email: RateLimit,
     /// Requests and verifications per client address.
     pub per_client: RateLimit,
+    /// Whose `X-Forwarded-For` names the client (none: the connection's peer is the client).
+    pub trusted_proxies: TrustedProxies,
     pub mailer: Option<FileMailer>,
 }
 
@@ -66,6 +68,7 @@ impl Default for SignupSettings {
                 max: 30,
                 window: hour,
             },
+            trusted_proxies: TrustedProxies::default(),
             mailer: None,
         }
     }
@@ -108,25 +111,6 @@ impl FileMailer {
         let mut file = options.open(&self.path)?;
         writeln!(file, "{line}")?;
         file.sync_data()
-    }
-}
-
-/// The client's address, as the connection gives it (`None` when the service is driven
-/// without a socket, as in tests). **Planned:** a trusted-proxy setting for
-/// `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
     }
 }
 

@@ -1301,6 +1301,46 @@ async fn signups_create_get_verify_mark_used_and_cleanup() {
 }
 
 #[tokio::test]
+async fn of_concurrent_redemptions_of_the_right_code_exactly_one_wins() {
+    let (store, repos) = user_domain("redeem").await;
+    let signups = &repos.pending_signups;
+    let now = Utc::now();
+    let s = signup(
+        "redeem@example.com",
+        "246810",
+        now,
+        now + Duration::minutes(15),
+    );
+    signups.create(&s).await.expect("create");
+    let email = Email::parse("redeem@example.com").expect("email");
+    let outcomes =
+        futures::future::join_all((0..5).map(|_| signups.redeem_code(&email, "246810", now, 5)))
+            .await;
+    let mut winners = 0;
+    for outcome in outcomes {
+        match outcome.expect("redeem") {
+            VerifyOutcome::Verified(won) => {
+                assert_eq!(won.id, s.id);
+                assert!(won.is_used);
+                winners += 1;
+            }
+            VerifyOutcome::NotFound => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners, 1, "one code completes one sign-up");
+    assert!(
+        signups
+            .get(s.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .is_used
+    );
+    store.delete_database().await.expect("cleanup");
+}
+
+#[tokio::test]
 async fn concurrent_wrong_guesses_are_all_counted_and_never_pass_the_limit() {
     let (store, repos) = user_domain("guesses").await;
     let signups = &repos.pending_signups;

@@ -175,6 +175,17 @@ pub trait PendingSignupRepository: Send + Sync {
         now: DateTime<Utc>,
         lockout_attempts: i32,
     ) -> RepoResult<VerifyOutcome>;
+    /// [`verify_code`](Self::verify_code), and a right code also marks the sign-up used in the
+    /// same atomic step: of concurrent calls with the right code exactly one is `Verified`,
+    /// the others find the sign-up used (`NotFound`), so one code completes one sign-up. What
+    /// the service's verify endpoint calls.
+    async fn redeem_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome>;
     /// Marks the sign-up used. Idempotent. `Ok(false)` if there is no such sign-up.
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool>;
     /// The magic-link flow's lookup: the newest sign-up whose token hash is `token_hash`

@@ -865,6 +865,26 @@ impl PendingSignupRepository for DualWriteRouter {
         .await
     }
 
+    /// The check and the mark happen in one store (the primary), atomically there; in phase
+    /// 1 the document Cosmos wrote is copied as any other.
+    async fn redeem_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome> {
+        let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
+        self.write(
+            "signups.redeem_code",
+            None,
+            None,
+            cosmos.redeem_code(email, code, now, lockout_attempts),
+            pg.redeem_code(email, code, now, lockout_attempts),
+        )
+        .await
+    }
+
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {
         let (pg, cosmos) = (&self.0.pg.signups, &self.0.cosmos.pending_signups);
         self.write(

@@ -1274,6 +1274,49 @@ mod pending_signups {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn of_concurrent_redemptions_of_the_right_code_exactly_one_wins(pool: PgPool) {
+        let repo = PgPendingSignupRepository::new(pool.clone());
+        let s = stored_signup(&pool, "a@example.com", "123456").await;
+        let address = email("a@example.com");
+        // a wrong code redeemed is counted as by verify_code and leaves the sign-up open
+        assert_eq!(
+            repo.redeem_code(&address, "000000", now(), LOCKOUT)
+                .await
+                .expect("wrong"),
+            VerifyOutcome::WrongCode {
+                attempts_left: LOCKOUT - 1
+            }
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (repo, address) = (repo.clone(), address.clone());
+            tasks.spawn(async move { repo.redeem_code(&address, "123456", now(), LOCKOUT).await });
+        }
+        let mut winners = Vec::new();
+        for outcome in tasks.join_all().await {
+            match outcome.expect("redeem") {
+                VerifyOutcome::Verified(signup) => winners.push(signup),
+                VerifyOutcome::NotFound => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        assert_eq!(winners[0].id, s.id);
+        assert!(winners[0].is_used);
+        let stored = repo.get(s.id).await.expect("get").expect("present");
+        assert!(stored.is_used);
+        assert_eq!(stored.failed_attempts, 1);
+        // verify_code checks without using
+        let t = stored_signup(&pool, "b@example.com", "654321").await;
+        let checked = repo
+            .verify_code(&email("b@example.com"), "654321", now(), LOCKOUT)
+            .await
+            .expect("verify");
+        assert_eq!(checked, VerifyOutcome::Verified(t.clone()));
+        assert!(!repo.get(t.id).await.expect("get").expect("present").is_used);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code(pool: PgPool) {
         let repo = PgPendingSignupRepository::new(pool.clone());
         let s = stored_signup(&pool, "a@example.com", "123456").await;

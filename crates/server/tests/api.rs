@@ -651,6 +651,25 @@ async fn a_signup_code_verifies_once_and_locks_after_wrong_guesses(pool: PgPool)
         .await;
     expect(&reused, StatusCode::NOT_FOUND, "no_pending_signup");
 
+    // the same code sent six times at once completes the sign-up once
+    api.call("POST", "/v1/signups", None, Some(request.clone()))
+        .await;
+    let code_again = api.mailed_code("new@example.com");
+    let body = json!({"email": "new@example.com", "code": code_again});
+    let replies = futures::future::join_all(
+        (0..6).map(|_| api.call("POST", "/v1/signups/verify", None, Some(body.clone()))),
+    )
+    .await;
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let gone = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::NOT_FOUND && r.body["code"] == "no_pending_signup")
+        .count();
+    assert_eq!((ok, gone), (1, 5), "one 200, the rest find it used");
+
     api.call("POST", "/v1/signups", None, Some(request)).await;
     let code = api.mailed_code("new@example.com");
     let wrong = if code == "000000" { "111111" } else { "000000" };

@@ -64,6 +64,63 @@ impl CosmosPendingSignupRepository {
             .max_by_key(|(_, d)| (d.signup.created_at, d.signup.id)))
     }
 
+    /// The same checks, in the same order, as PostgreSQL: no unused sign-up -> `NotFound`;
+    /// expired -> `Expired`; at the limit -> `LockedOut`; right code -> `Verified` (with
+    /// `redeem`, marked used by a replace conditional on the ETag read, so of concurrent right
+    /// codes one wins); wrong code -> counted, `WrongCode` with the tries left (0 for the
+    /// guess that reaches the limit). A lost race re-reads: a sign-up redeemed by another
+    /// call meanwhile is `NotFound`, as in PostgreSQL, rather than a check of an older one.
+    async fn check_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+        redeem: bool,
+    ) -> RepoResult<VerifyOutcome> {
+        let lockout = PendingSignup::effective_lockout(lockout_attempts);
+        let mut first_seen: Option<Uuid> = None;
+        for attempt in 0..WRITE_ATTEMPTS {
+            let Some((found, decoded)) = self.newest_open(email).await? else {
+                return Ok(VerifyOutcome::NotFound);
+            };
+            let signup = decoded.signup;
+            if *first_seen.get_or_insert(signup.id) != signup.id {
+                // the sign-up this call started on was used by another call meanwhile
+                return Ok(VerifyOutcome::NotFound);
+            }
+            let written = match signup.check_code(code, now, lockout) {
+                CodeCheck::NoCode => return Ok(VerifyOutcome::NotACodeSignup),
+                CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
+                CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
+                CodeCheck::Verified if !redeem => return Ok(VerifyOutcome::Verified(signup)),
+                CodeCheck::Verified => PendingSignup {
+                    is_used: true,
+                    ..signup
+                },
+                CodeCheck::Wrong => PendingSignup {
+                    failed_attempts: signup.failed_attempts + 1,
+                    ..signup
+                },
+            };
+            if self
+                .docs
+                .replace(&found, &self.write(&found, &written))
+                .await?
+            {
+                return Ok(if written.is_used {
+                    VerifyOutcome::Verified(written)
+                } else {
+                    VerifyOutcome::WrongCode {
+                        attempts_left: (lockout - written.failed_attempts).max(0),
+                    }
+                });
+            }
+            backoff(attempt).await;
+        }
+        Err(self.docs.contended())
+    }
+
     /// Read-modify-write of the magic-link part of sign-up `id`: `Ok(false)` when there is no
     /// such sign-up or it has no link (a code-only one); no write when nothing changes.
     async fn update_link(
@@ -125,10 +182,6 @@ impl PendingSignupRepository for CosmosPendingSignupRepository {
         }
     }
 
-    /// The same checks, in the same order, as PostgreSQL: no unused sign-up -> `NotFound`;
-    /// expired -> `Expired`; at the limit -> `LockedOut`; right code -> `Verified` (nothing
-    /// written); wrong code -> counted, `WrongCode` with the tries left (0 for the guess that
-    /// reaches the limit).
     async fn verify_code(
         &self,
         email: &Email,
@@ -136,35 +189,19 @@ impl PendingSignupRepository for CosmosPendingSignupRepository {
         now: DateTime<Utc>,
         lockout_attempts: i32,
     ) -> RepoResult<VerifyOutcome> {
-        let lockout = PendingSignup::effective_lockout(lockout_attempts);
-        for attempt in 0..WRITE_ATTEMPTS {
-            let Some((found, decoded)) = self.newest_open(email).await? else {
-                return Ok(VerifyOutcome::NotFound);
-            };
-            let signup = decoded.signup;
-            match signup.check_code(code, now, lockout) {
-                CodeCheck::NoCode => return Ok(VerifyOutcome::NotACodeSignup),
-                CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
-                CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
-                CodeCheck::Verified => return Ok(VerifyOutcome::Verified(signup)),
-                CodeCheck::Wrong => {}
-            }
-            let counted = PendingSignup {
-                failed_attempts: signup.failed_attempts + 1,
-                ..signup
-            };
-            if self
-                .docs
-                .replace(&found, &self.write(&found, &counted))
-                .await?
-            {
-                return Ok(VerifyOutcome::WrongCode {
-                    attempts_left: (lockout - counted.failed_attempts).max(0),
-                });
-            }
-            backoff(attempt).await;
-        }
-        Err(self.docs.contended())
+        self.check_code(email, code, now, lockout_attempts, false)
+            .await
+    }
+
+    async fn redeem_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome> {
+        self.check_code(email, code, now, lockout_attempts, true)
+            .await
     }
 
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {

@@ -159,28 +159,29 @@ where
     fetch_optional(exec, TABLE, select_signups!("where id = $1").bind(id)).await
 }
 
-#[async_trait]
-impl PendingSignupRepository for PgPendingSignupRepository {
-    async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
-        insert_signup(&self.pool, signup).await
-    }
+/// What a right code does to its sign-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnRightCode {
+    /// Nothing (`verify_code`).
+    Keep,
+    /// Marks it used, under the same lock as the check (`redeem_code`).
+    MarkUsed,
+}
 
-    async fn get(&self, id: Uuid) -> RepoResult<Option<PendingSignup>> {
-        get_signup(&self.pool, id).await
-    }
-
+impl PgPendingSignupRepository {
     /// The checks, in order: no unused sign-up -> `NotFound`; expired at `now` -> `Expired`;
     /// `failed_attempts` at the limit -> `LockedOut` (even for the right code); right code ->
-    /// `Verified` (nothing written); wrong code -> the failure is counted and `WrongCode` says
-    /// how many tries are left. The wrong guess that reaches the limit returns
-    /// `WrongCode { attempts_left: 0 }` (the guess was wrong, and it was counted); every call
-    /// after it returns `LockedOut`.
-    async fn verify_code(
+    /// `Verified` (and, to redeem, marked used before the lock is released); wrong code -> the
+    /// failure is counted and `WrongCode` says how many tries are left. The wrong guess that
+    /// reaches the limit returns `WrongCode { attempts_left: 0 }` (the guess was wrong, and it
+    /// was counted); every call after it returns `LockedOut`.
+    async fn check_code(
         &self,
         email: &Email,
         code: &str,
         now: DateTime<Utc>,
         lockout_attempts: i32,
+        on_right_code: OnRightCode,
     ) -> RepoResult<VerifyOutcome> {
         let lockout = PendingSignup::effective_lockout(lockout_attempts);
         let mut tx = self
@@ -189,7 +190,8 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             .await
             .map_err(|e| map_sqlx_error(TABLE, e))?;
         // `for update` serializes concurrent checks of one sign-up: a waiting check re-reads the
-        // row after the lock holder commits, so it sees the count that one wrote.
+        // row after the lock holder commits, so it sees the count that one wrote, and a
+        // sign-up redeemed meanwhile no longer matches `not is_used` (NotFound).
         let row = select_signups!(
             "where lower(email) = lower($1) and not is_used \
              order by created_at desc, id desc limit 1 for update"
@@ -208,7 +210,21 @@ impl PendingSignupRepository for PgPendingSignupRepository {
             CodeCheck::Expired => return Ok(VerifyOutcome::Expired),
             CodeCheck::LockedOut => return Ok(VerifyOutcome::LockedOut),
             // nothing was written; dropping the transaction releases the lock
-            CodeCheck::Verified => return Ok(VerifyOutcome::Verified(signup)),
+            CodeCheck::Verified if on_right_code == OnRightCode::Keep => {
+                return Ok(VerifyOutcome::Verified(signup));
+            }
+            CodeCheck::Verified => {
+                sqlx::query("update pending_signups set is_used = true where id = $1")
+                    .bind(signup.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx_error(TABLE, e))?;
+                tx.commit().await.map_err(|e| map_sqlx_error(TABLE, e))?;
+                return Ok(VerifyOutcome::Verified(PendingSignup {
+                    is_used: true,
+                    ..signup
+                }));
+            }
             CodeCheck::Wrong => {}
         }
         // below the limit (checked above under the lock), so the count ends at most at it
@@ -224,6 +240,39 @@ impl PendingSignupRepository for PgPendingSignupRepository {
         Ok(VerifyOutcome::WrongCode {
             attempts_left: (lockout - attempts).max(0),
         })
+    }
+}
+
+#[async_trait]
+impl PendingSignupRepository for PgPendingSignupRepository {
+    async fn create(&self, signup: &PendingSignup) -> RepoResult<()> {
+        insert_signup(&self.pool, signup).await
+    }
+
+    async fn get(&self, id: Uuid) -> RepoResult<Option<PendingSignup>> {
+        get_signup(&self.pool, id).await
+    }
+
+    async fn verify_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome> {
+        self.check_code(email, code, now, lockout_attempts, OnRightCode::Keep)
+            .await
+    }
+
+    async fn redeem_code(
+        &self,
+        email: &Email,
+        code: &str,
+        now: DateTime<Utc>,
+        lockout_attempts: i32,
+    ) -> RepoResult<VerifyOutcome> {
+        self.check_code(email, code, now, lockout_attempts, OnRightCode::MarkUsed)
+            .await
     }
 
     async fn mark_used(&self, id: Uuid) -> RepoResult<bool> {

@@ -250,7 +250,9 @@ pub(crate) async fn verify(
     let outcome = state
         .domain
         .signups
-        .verify_code(
+        // checked and marked used in one step: one code completes one sign-up, however many
+        // requests carry it at once
+        .redeem_code(
             &email,
             code.as_str(),
             Utc::now(),
@@ -260,19 +262,11 @@ pub(crate) async fn verify(
         .map_err(repo)?;
     let refused = |status, code: &str, detail: &str| Err(Problem::new(status, code, detail));
     match outcome {
-        VerifyOutcome::Verified(signup) => {
-            state
-                .domain
-                .signups
-                .mark_used(signup.id)
-                .await
-                .map_err(repo)?;
-            Ok(Json(SignupVerified {
-                signup_id: signup.id,
-                display_name: signup.display_name,
-                is_signin: signup.is_signin,
-            }))
-        }
+        VerifyOutcome::Verified(signup) => Ok(Json(SignupVerified {
+            signup_id: signup.id,
+            display_name: signup.display_name,
+            is_signin: signup.is_signin,
+        })),
         VerifyOutcome::WrongCode { attempts_left } => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "wrong_code",

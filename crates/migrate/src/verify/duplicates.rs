@@ -100,7 +100,7 @@ impl Verifier<'_> {
                     rows: doc
                         .rows
                         .iter()
-                        .map(|r| (r.entity, r.bucket(), r.hash()))
+                        .map(|r| (r.entity, r.bucket(), r.hash.clone()))
                         .collect(),
                     document_id: doc.document_id,
                     ts: doc.ts,

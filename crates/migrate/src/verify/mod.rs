@@ -77,7 +77,8 @@ use uuid::Uuid;
 use crate::backfill::CONTAINERS;
 use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
-use read::{DocState, Pages, ReadDoc, Wanted, read_docs};
+use futures::TryStreamExt as _;
+use read::{DocState, ReadDoc, Wanted};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
 pub use tables::Entity;
 
@@ -444,13 +445,26 @@ pub async fn verify(
         passes: 0,
         losers: HashSet::new(),
     };
-    let (mut source_aggs, candidates) = v.source_pass().await?;
-    if !candidates.is_empty() {
-        v.resolve_duplicates(&candidates, &mut source_aggs).await?;
-    }
+    // The two sides are independent: PostgreSQL aggregates its tables (one query per table,
+    // all at once, on separate connections) while the source is read and hashed.
+    let source_side = async {
+        let started = Instant::now();
+        let (mut source_aggs, candidates) = v.source_pass().await?;
+        if !candidates.is_empty() {
+            v.resolve_duplicates(&candidates, &mut source_aggs).await?;
+        }
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "verify: source aggregates done"
+        );
+        Ok::<_, VerifyError>(source_aggs)
+    };
+    let pg_side = futures::future::try_join_all(
+        Entity::ALL.map(|entity| pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket)),
+    );
+    let (source_aggs, mut pg_aggs) = tokio::try_join!(source_side, pg_side)?;
     let mut differing: Vec<(Entity, u8)> = Vec::new();
-    for entity in Entity::ALL {
-        let pg = pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket).await?;
+    for (entity, pg) in Entity::ALL.into_iter().zip(pg_aggs.drain(..)) {
         let counts = v.counts.entry(entity).or_default();
         for b in opts.first_bucket..=opts.last_bucket {
             let src = source_aggs.get(&(entity, b)).copied().unwrap_or_default();
@@ -583,15 +597,20 @@ impl Verifier<'_> {
         mut each: impl FnMut(&mut Self, ReadDoc),
     ) -> Result<(), VerifyError> {
         self.passes += 1;
+        let (pool, source) = (self.pool, self.source);
         for container in CONTAINERS {
-            if !self.source.has_container(container).await? {
+            if !source.has_container(container).await? {
                 continue;
             }
-            let mut pages = Pages::new(self.source, container, self.opts.page_size);
-            while let Some(docs) = pages.next().await? {
-                let mut read = pages.read;
-                let docs = read_docs(self.pool, container, docs, &mut read, wanted).await?;
-                pages.read = read;
+            // pages are mapped in parallel, and handed to `each` in source order
+            let mut pages = std::pin::pin!(read::doc_pages(
+                pool,
+                source,
+                container,
+                self.opts.page_size,
+                wanted
+            ));
+            while let Some(docs) = pages.try_next().await? {
                 for doc in docs {
                     each(self, doc);
                 }
@@ -625,7 +644,7 @@ impl Verifier<'_> {
                     for row in &doc.rows {
                         aggs.entry((row.entity, row.bucket()))
                             .or_default()
-                            .add(&row.hash());
+                            .add(&row.hash);
                     }
                     return;
                 }
@@ -677,14 +696,13 @@ impl Verifier<'_> {
             );
             for row in doc.rows {
                 if differing.contains(&(row.entity, b)) {
-                    let hash = row.hash();
                     rows.entry((row.entity, b)).or_default().insert(
                         row.key,
                         KeptRow {
                             document_id: doc.document_id.clone(),
                             document_key: key,
                             values: row.values,
-                            hash,
+                            hash: row.hash,
                         },
                     );
                 }
@@ -868,6 +886,7 @@ async fn pg_aggregates(
     first: u8,
     last: u8,
 ) -> Result<HashMap<u8, Aggregate>, VerifyError> {
+    let started = Instant::now();
     let rows: Vec<(i32, i64, String, String)> =
         sqlx::query_as(sqlx::AssertSqlSafe(tables::table(entity).aggregate_sql()))
             .bind(i32::from(first))
@@ -875,6 +894,11 @@ async fn pg_aggregates(
             .fetch_all(pool)
             .await
             .map_err(sql)?;
+    tracing::debug!(
+        %entity,
+        seconds = started.elapsed().as_secs_f64(),
+        "verify: postgresql aggregates done"
+    );
     Ok(rows
         .into_iter()
         .map(|(b, count, hi, lo)| {

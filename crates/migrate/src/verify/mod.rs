@@ -12,13 +12,28 @@
 //!    the sums of the hash halves. 6 × 256 aggregates: nothing else is kept.
 //! 2. **PostgreSQL aggregates.** One query per table computes the same aggregates inside
 //!    PostgreSQL from the same column list (the canonical text is built by SQL that agrees
-//!    byte for byte with the Rust side).
+//!    byte for byte with the Rust side; each column's text is computed once per row, see
+//!    [`canonical::aggregate_sql`]). The six queries run at once, each on its own connection,
+//!    *while* the source pass runs: the two sides are independent until they are compared.
 //! 3. **Descent.** Only (entity, bucket) pairs whose aggregates differ are examined: the
 //!    source is read again keeping just the documents of those buckets (at most
 //!    `max_buckets_per_pass` buckets per pass, which bounds memory), PostgreSQL returns those
 //!    buckets' (key, hash) through a key-range predicate its indexes serve, and the
 //!    differences are classified. Only rows whose hashes differ have their values fetched,
 //!    for a field-level diff.
+//!
+//! # Parallelism, and why the report does not depend on it
+//! A clean verification is the two aggregate passes, run side by side (`tokio::try_join!`):
+//! PostgreSQL's six queries on separate connections, and the source pass. The source pass is
+//! itself a pipeline ([`read::doc_pages`]): the next page is read (and parsed) while up to
+//! [`read::PAGES_IN_FLIGHT`] earlier pages are mapped, turned into rows and hashed on tokio's
+//! blocking threads, with their quarantine and account look-ups in between; what a pass does
+//! not need of a document (its raw JSON, its rows' values) is dropped there too. Pages are
+//! handed over **in source order**, so everything that follows (the aggregates, the duplicate
+//! candidates, the items and their order) is exactly what a one-page-at-a-time read gives;
+//! memory stays bounded by the pages in flight. The descent, the duplicates' second read and
+//! the round trip read the source through the same pipeline. Nothing is compared row by row
+//! where the aggregates agree.
 //!
 //! # What is drift
 //! [`DriftKind`]: a row missing in PostgreSQL, an extra row, a changed row (with the names of
@@ -78,7 +93,7 @@ use crate::backfill::CONTAINERS;
 use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
 use futures::TryStreamExt as _;
-use read::{DocState, ReadDoc, Wanted};
+use read::{DocState, Keep, ReadDoc, Wanted};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
 pub use tables::Entity;
 
@@ -594,6 +609,7 @@ impl Verifier<'_> {
     async fn each_doc(
         &mut self,
         wanted: Option<Wanted<'_>>,
+        keep: Keep,
         mut each: impl FnMut(&mut Self, ReadDoc),
     ) -> Result<(), VerifyError> {
         self.passes += 1;
@@ -608,7 +624,8 @@ impl Verifier<'_> {
                 source,
                 container,
                 self.opts.page_size,
-                wanted
+                wanted,
+                keep
             ));
             while let Some(docs) = pages.try_next().await? {
                 for doc in docs {
@@ -628,7 +645,7 @@ impl Verifier<'_> {
         let mut aggs: HashMap<(Entity, u8), Aggregate> = HashMap::new();
         let mut seen = duplicates::SeenKeys::new();
         let mut candidates = duplicates::Candidates::default();
-        self.each_doc(None, |v, doc| {
+        self.each_doc(None, Keep::HASHES, |v, doc| {
             if !v.in_slice(doc.bucket()) {
                 return;
             }
@@ -679,7 +696,11 @@ impl Verifier<'_> {
         let in_chunk = |k: Uuid| wanted.contains(&k.as_bytes()[0]);
         let mut rows: HashMap<(Entity, u8), HashMap<String, KeptRow>> = HashMap::new();
         let mut docs: HashMap<Uuid, KeptDoc> = HashMap::new();
-        self.each_doc(Some(&in_chunk), |v, doc| {
+        let keep = Keep {
+            values: true,
+            raw: false,
+        };
+        self.each_doc(Some(&in_chunk), keep, |v, doc| {
             let (Some(key), Some(b)) = (doc.document_key, doc.bucket()) else {
                 return;
             };

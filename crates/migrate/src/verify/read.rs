@@ -84,6 +84,25 @@ pub(crate) struct ReadDoc {
 /// Which documents a pass keeps, by key (a cheap test made before mapping).
 pub(crate) type Wanted<'a> = &'a (dyn Fn(Uuid) -> bool + Sync);
 
+/// What a pass needs of each [`ReadDoc`] besides its identity, state and rows' hashes. What it
+/// does not need is dropped on the thread that mapped the page, not on the one that hands the
+/// documents over in order (freeing a page's documents costs about as much as reading them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keep {
+    /// The rows' canonical values ([`SourceRow::values`]), for a field-level diff.
+    pub values: bool,
+    /// The document as the source holds it ([`ReadDoc::raw`]), for the round trip.
+    pub raw: bool,
+}
+
+impl Keep {
+    /// Hashes only (the aggregates, the duplicates' second read).
+    pub(crate) const HASHES: Keep = Keep {
+        values: false,
+        raw: false,
+    };
+}
+
 impl ReadDoc {
     pub(crate) fn bucket(&self) -> Option<u8> {
         self.document_key.map(|k| k.as_bytes()[0])
@@ -108,13 +127,14 @@ pub(crate) fn doc_pages<'a>(
     container: &'static str,
     page_size: usize,
     wanted: Option<Wanted<'a>>,
+    keep: Keep,
 ) -> impl Stream<Item = Result<Vec<ReadDoc>, VerifyError>> + Send + 'a {
     let pages = Pages::new(source, container, page_size);
     futures::stream::try_unfold(pages, |mut pages| async move {
         let page = pages.next().await.map_err(VerifyError::Source)?;
         Ok::<_, VerifyError>(page.map(|docs| (docs, pages)))
     })
-    .map_ok(move |docs| read_docs(pool, container, docs, wanted))
+    .map_ok(move |docs| read_docs(pool, container, docs, wanted, keep))
     .try_buffered(PAGES_IN_FLIGHT)
 }
 
@@ -140,6 +160,7 @@ pub(crate) async fn read_docs(
     container: &'static str,
     docs: Vec<SourceDocument>,
     wanted: Option<Wanted<'_>>,
+    keep: Keep,
 ) -> Result<Vec<ReadDoc>, VerifyError> {
     let kind = Container::from_name(container);
     let docs: Vec<SourceDocument> = match wanted {
@@ -154,7 +175,7 @@ pub(crate) async fn read_docs(
             })
             .collect(),
     };
-    let (mut out, mapped) = off_thread(move || map_page(container, docs)).await;
+    let (mut out, mapped) = off_thread(move || map_page(container, docs, keep.raw)).await;
 
     // Open quarantine entries of this page. An entry for an older version than the source's
     // does not cover it: the document changed since, and the change has not been copied.
@@ -218,6 +239,11 @@ pub(crate) async fn read_docs(
                 Some(Mapped::Signup(d)) => tables::signup_rows(&d),
                 _ => Vec::new(),
             };
+            if !keep.values {
+                for row in &mut doc.rows {
+                    row.values = Vec::new();
+                }
+            }
         }
         out
     })
@@ -229,6 +255,7 @@ pub(crate) async fn read_docs(
 fn map_page(
     container: &'static str,
     docs: Vec<SourceDocument>,
+    keep_raw: bool,
 ) -> (Vec<ReadDoc>, Vec<Option<Mapped>>) {
     let kind = Container::from_name(container);
     let mut out = Vec::with_capacity(docs.len());
@@ -301,7 +328,11 @@ fn map_page(
             state,
             contender,
             rows: Vec::new(),
-            raw,
+            raw: if keep_raw {
+                raw
+            } else {
+                serde_json::Value::Null
+            },
         });
         mapped.push(Some(m));
     }

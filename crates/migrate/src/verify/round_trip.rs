@@ -60,7 +60,11 @@ impl Verifier<'_> {
                 source,
                 container,
                 self.opts.page_size,
-                None
+                None,
+                read::Keep {
+                    values: false,
+                    raw: true,
+                }
             ));
             while let Some(docs) = pages.try_next().await? {
                 let docs: Vec<ReadDoc> = docs

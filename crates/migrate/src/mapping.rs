@@ -25,11 +25,21 @@ pub enum Mapped {
 /// Maps a document of `container`. `locator` names the document when it has no usable `id`
 /// (an export file and line, say).
 pub fn map_document(container: &str, raw: &serde_json::Value, locator: &str) -> Mapped {
+    map_document_with(container, raw, || locator.to_owned())
+}
+
+/// [`map_document`] with the locator computed only when it is needed: when the document is
+/// rejected and has no usable `id` (a [`content_locator`] hashes the whole document).
+pub fn map_document_with(
+    container: &str,
+    raw: &serde_json::Value,
+    locator: impl FnOnce() -> String,
+) -> Mapped {
     let reject_id = || {
         raw.get("id")
             .and_then(serde_json::Value::as_str)
             .filter(|s| !s.is_empty())
-            .map_or_else(|| locator.to_owned(), str::to_owned)
+            .map_or_else(locator, str::to_owned)
     };
     let ts = codec::source_version(raw).ts;
     let Some(kind) = Container::from_name(container) else {

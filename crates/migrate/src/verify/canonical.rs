@@ -243,14 +243,31 @@ impl Aggregate {
     }
 }
 
-/// The SQL of one table's per-range aggregates: `(bucket, count, sum hi, sum lo)`.
-pub(crate) fn aggregate_sql(from: &str, bucket: &str, row_text: &str) -> String {
+/// The SQL of one table's per-range aggregates: `(bucket, count, sum hi, sum lo)`, from the
+/// canonical expressions of its columns (`columns`, in order).
+///
+/// Each value is computed once per row: the canonical expressions in an inner subquery, the
+/// row's hash from their results in a second one (`offset 0` keeps PostgreSQL from folding
+/// either into the next, which would evaluate every column twice for its `length` and its text,
+/// and the whole row twice for the two sums). The text hashed is [`row_text_sql`]'s, byte for
+/// byte.
+pub(crate) fn aggregate_sql(from: &str, bucket: &str, columns: &[String]) -> String {
+    let names: Vec<String> = (0..columns.len()).map(|i| format!("c.c{i}")).collect();
+    let values = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} as c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "select bucket, count(*)::int8, coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8), 0)::text,
                 coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8), 0)::text
-         from (select get_byte(uuid_send({bucket}), 0) as bucket, md5({row_text}) as h from {from}) r
-         where bucket between $1 and $2
-         group by bucket"
+         from (select c.bucket, md5({row_text}) as h
+               from (select get_byte(uuid_send({bucket}), 0) as bucket, {values} from {from}
+                     where get_byte(uuid_send({bucket}), 0) between $1 and $2 offset 0) c
+               offset 0) r
+         group by bucket",
+        row_text = row_text_sql(&names),
     )
 }
 

@@ -21,7 +21,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use uuid::Uuid;
 
 use super::canonical::Aggregate;
-use super::read::{DocState, ReadDoc};
+use super::read::{DocState, Keep, ReadDoc};
 use super::{DriftItem, DriftKind, Entity, Verifier, VerifyError};
 
 /// Keys that may have more than one document: (container, key).
@@ -85,7 +85,7 @@ impl Verifier<'_> {
         let keys: HashSet<Uuid> = candidates.iter().map(|(_, k)| *k).collect();
         let wanted = |k: Uuid| keys.contains(&k);
         let mut groups: BTreeMap<(&'static str, Uuid), Vec<Contender>> = BTreeMap::new();
-        self.each_doc(Some(&wanted), |v, doc: ReadDoc| {
+        self.each_doc(Some(&wanted), Keep::HASHES, |v, doc: ReadDoc| {
             let Some(key) = doc.document_key else { return };
             if !doc.contender
                 || !v.in_slice(doc.bucket())
@@ -100,7 +100,7 @@ impl Verifier<'_> {
                     rows: doc
                         .rows
                         .iter()
-                        .map(|r| (r.entity, r.bucket(), r.hash()))
+                        .map(|r| (r.entity, r.bucket(), r.hash.clone()))
                         .collect(),
                     document_id: doc.document_id,
                     ts: doc.ts,

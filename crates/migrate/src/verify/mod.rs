@@ -12,13 +12,28 @@
 //!    the sums of the hash halves. 6 × 256 aggregates: nothing else is kept.
 //! 2. **PostgreSQL aggregates.** One query per table computes the same aggregates inside
 //!    PostgreSQL from the same column list (the canonical text is built by SQL that agrees
-//!    byte for byte with the Rust side).
+//!    byte for byte with the Rust side; each column's text is computed once per row, see
+//!    [`canonical::aggregate_sql`]). The six queries run at once, each on its own connection,
+//!    *while* the source pass runs: the two sides are independent until they are compared.
 //! 3. **Descent.** Only (entity, bucket) pairs whose aggregates differ are examined: the
 //!    source is read again keeping just the documents of those buckets (at most
 //!    `max_buckets_per_pass` buckets per pass, which bounds memory), PostgreSQL returns those
 //!    buckets' (key, hash) through a key-range predicate its indexes serve, and the
 //!    differences are classified. Only rows whose hashes differ have their values fetched,
 //!    for a field-level diff.
+//!
+//! # Parallelism, and why the report does not depend on it
+//! A clean verification is the two aggregate passes, run side by side (`tokio::try_join!`):
+//! PostgreSQL's six queries on separate connections, and the source pass. The source pass is
+//! itself a pipeline ([`read::doc_pages`]): the next page is read (and parsed) while up to
+//! [`read::PAGES_IN_FLIGHT`] earlier pages are mapped, turned into rows and hashed on tokio's
+//! blocking threads, with their quarantine and account look-ups in between; what a pass does
+//! not need of a document (its raw JSON, its rows' values) is dropped there too. Pages are
+//! handed over **in source order**, so everything that follows (the aggregates, the duplicate
+//! candidates, the items and their order) is exactly what a one-page-at-a-time read gives;
+//! memory stays bounded by the pages in flight. The descent, the duplicates' second read and
+//! the round trip read the source through the same pipeline. Nothing is compared row by row
+//! where the aggregates agree.
 //!
 //! # What is drift
 //! [`DriftKind`]: a row missing in PostgreSQL, an extra row, a changed row (with the names of
@@ -77,7 +92,8 @@ use uuid::Uuid;
 use crate::backfill::CONTAINERS;
 use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
-use read::{DocState, Pages, ReadDoc, Wanted, read_docs};
+use futures::TryStreamExt as _;
+use read::{DocState, Keep, ReadDoc, Wanted};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
 pub use tables::Entity;
 
@@ -444,13 +460,26 @@ pub async fn verify(
         passes: 0,
         losers: HashSet::new(),
     };
-    let (mut source_aggs, candidates) = v.source_pass().await?;
-    if !candidates.is_empty() {
-        v.resolve_duplicates(&candidates, &mut source_aggs).await?;
-    }
+    // The two sides are independent: PostgreSQL aggregates its tables (one query per table,
+    // all at once, on separate connections) while the source is read and hashed.
+    let source_side = async {
+        let started = Instant::now();
+        let (mut source_aggs, candidates) = v.source_pass().await?;
+        if !candidates.is_empty() {
+            v.resolve_duplicates(&candidates, &mut source_aggs).await?;
+        }
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "verify: source aggregates done"
+        );
+        Ok::<_, VerifyError>(source_aggs)
+    };
+    let pg_side = futures::future::try_join_all(
+        Entity::ALL.map(|entity| pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket)),
+    );
+    let (source_aggs, mut pg_aggs) = tokio::try_join!(source_side, pg_side)?;
     let mut differing: Vec<(Entity, u8)> = Vec::new();
-    for entity in Entity::ALL {
-        let pg = pg_aggregates(pool, entity, opts.first_bucket, opts.last_bucket).await?;
+    for (entity, pg) in Entity::ALL.into_iter().zip(pg_aggs.drain(..)) {
         let counts = v.counts.entry(entity).or_default();
         for b in opts.first_bucket..=opts.last_bucket {
             let src = source_aggs.get(&(entity, b)).copied().unwrap_or_default();
@@ -580,18 +609,25 @@ impl Verifier<'_> {
     async fn each_doc(
         &mut self,
         wanted: Option<Wanted<'_>>,
+        keep: Keep,
         mut each: impl FnMut(&mut Self, ReadDoc),
     ) -> Result<(), VerifyError> {
         self.passes += 1;
+        let (pool, source) = (self.pool, self.source);
         for container in CONTAINERS {
-            if !self.source.has_container(container).await? {
+            if !source.has_container(container).await? {
                 continue;
             }
-            let mut pages = Pages::new(self.source, container, self.opts.page_size);
-            while let Some(docs) = pages.next().await? {
-                let mut read = pages.read;
-                let docs = read_docs(self.pool, container, docs, &mut read, wanted).await?;
-                pages.read = read;
+            // pages are mapped in parallel, and handed to `each` in source order
+            let mut pages = std::pin::pin!(read::doc_pages(
+                pool,
+                source,
+                container,
+                self.opts.page_size,
+                wanted,
+                keep
+            ));
+            while let Some(docs) = pages.try_next().await? {
                 for doc in docs {
                     each(self, doc);
                 }
@@ -609,7 +645,7 @@ impl Verifier<'_> {
         let mut aggs: HashMap<(Entity, u8), Aggregate> = HashMap::new();
         let mut seen = duplicates::SeenKeys::new();
         let mut candidates = duplicates::Candidates::default();
-        self.each_doc(None, |v, doc| {
+        self.each_doc(None, Keep::HASHES, |v, doc| {
             if !v.in_slice(doc.bucket()) {
                 return;
             }
@@ -625,7 +661,7 @@ impl Verifier<'_> {
                     for row in &doc.rows {
                         aggs.entry((row.entity, row.bucket()))
                             .or_default()
-                            .add(&row.hash());
+                            .add(&row.hash);
                     }
                     return;
                 }
@@ -660,7 +696,11 @@ impl Verifier<'_> {
         let in_chunk = |k: Uuid| wanted.contains(&k.as_bytes()[0]);
         let mut rows: HashMap<(Entity, u8), HashMap<String, KeptRow>> = HashMap::new();
         let mut docs: HashMap<Uuid, KeptDoc> = HashMap::new();
-        self.each_doc(Some(&in_chunk), |v, doc| {
+        let keep = Keep {
+            values: true,
+            raw: false,
+        };
+        self.each_doc(Some(&in_chunk), keep, |v, doc| {
             let (Some(key), Some(b)) = (doc.document_key, doc.bucket()) else {
                 return;
             };
@@ -677,14 +717,13 @@ impl Verifier<'_> {
             );
             for row in doc.rows {
                 if differing.contains(&(row.entity, b)) {
-                    let hash = row.hash();
                     rows.entry((row.entity, b)).or_default().insert(
                         row.key,
                         KeptRow {
                             document_id: doc.document_id.clone(),
                             document_key: key,
                             values: row.values,
-                            hash,
+                            hash: row.hash,
                         },
                     );
                 }
@@ -868,6 +907,7 @@ async fn pg_aggregates(
     first: u8,
     last: u8,
 ) -> Result<HashMap<u8, Aggregate>, VerifyError> {
+    let started = Instant::now();
     let rows: Vec<(i32, i64, String, String)> =
         sqlx::query_as(sqlx::AssertSqlSafe(tables::table(entity).aggregate_sql()))
             .bind(i32::from(first))
@@ -875,6 +915,11 @@ async fn pg_aggregates(
             .fetch_all(pool)
             .await
             .map_err(sql)?;
+    tracing::debug!(
+        %entity,
+        seconds = started.elapsed().as_secs_f64(),
+        "verify: postgresql aggregates done"
+    );
     Ok(rows
         .into_iter()
         .map(|(b, count, hi, lo)| {

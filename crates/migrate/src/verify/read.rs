@@ -4,13 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::{Stream, TryStreamExt as _};
 use mystira_cosmos::codec::{self, Container};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::VerifyError;
 use super::tables::{self, SourceRow};
-use crate::mapping::{Mapped, map_document};
+use crate::mapping::{Mapped, map_document_with};
 use crate::source::{DocumentSource, SourceDocument, SourceError};
 
 /// A container read page by page from its beginning.
@@ -20,8 +21,6 @@ pub(crate) struct Pages<'a> {
     size: usize,
     position: Option<serde_json::Value>,
     done: bool,
-    /// Documents read so far (names documents without an id as the backfill does).
-    pub read: u64,
 }
 
 impl<'a> Pages<'a> {
@@ -32,7 +31,6 @@ impl<'a> Pages<'a> {
             size: size.max(1),
             position: None,
             done: false,
-            read: 0,
         }
     }
 
@@ -86,6 +84,25 @@ pub(crate) struct ReadDoc {
 /// Which documents a pass keeps, by key (a cheap test made before mapping).
 pub(crate) type Wanted<'a> = &'a (dyn Fn(Uuid) -> bool + Sync);
 
+/// What a pass needs of each [`ReadDoc`] besides its identity, state and rows' hashes. What it
+/// does not need is dropped on the thread that mapped the page, not on the one that hands the
+/// documents over in order (freeing a page's documents costs about as much as reading them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keep {
+    /// The rows' canonical values ([`SourceRow::values`]), for a field-level diff.
+    pub values: bool,
+    /// The document as the source holds it ([`ReadDoc::raw`]), for the round trip.
+    pub raw: bool,
+}
+
+impl Keep {
+    /// Hashes only (the aggregates, the duplicates' second read).
+    pub(crate) const HASHES: Keep = Keep {
+        values: false,
+        raw: false,
+    };
+}
+
 impl ReadDoc {
     pub(crate) fn bucket(&self) -> Option<u8> {
         self.document_key.map(|k| k.as_bytes()[0])
@@ -96,98 +113,69 @@ fn sql(e: sqlx::Error) -> VerifyError {
     VerifyError::Store(mystira_postgres::map_sqlx_error("verify", e))
 }
 
+/// Pages a pass keeps in flight besides the one being read: each is decoded, mapped and hashed
+/// on a blocking thread (so every core works), its quarantine and account look-ups overlap
+/// the others', and they are handed over strictly in source order. Memory: this many pages.
+pub(crate) const PAGES_IN_FLIGHT: usize = 3;
+
+/// Every page of `container`, read in order, as [`ReadDoc`]s (see [`read_docs`]), in source
+/// order, with up to [`PAGES_IN_FLIGHT`] pages mapped concurrently while the next is read. The
+/// result is the same as reading and mapping one page after the other: only the work overlaps.
+pub(crate) fn doc_pages<'a>(
+    pool: &'a PgPool,
+    source: &'a dyn DocumentSource,
+    container: &'static str,
+    page_size: usize,
+    wanted: Option<Wanted<'a>>,
+    keep: Keep,
+) -> impl Stream<Item = Result<Vec<ReadDoc>, VerifyError>> + Send + 'a {
+    let pages = Pages::new(source, container, page_size);
+    futures::stream::try_unfold(pages, |mut pages| async move {
+        let page = pages.next().await.map_err(VerifyError::Source)?;
+        Ok::<_, VerifyError>(page.map(|docs| (docs, pages)))
+    })
+    .map_ok(move |docs| read_docs(pool, container, docs, wanted, keep))
+    .try_buffered(PAGES_IN_FLIGHT)
+}
+
+/// Runs CPU-bound work on a blocking thread (a panic there is a panic here).
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // the runtime is shutting down: nothing will wait for this result
+            Err(e) => panic!("verification work was cancelled: {e}"),
+        },
+    }
+}
+
 /// Maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With `wanted`, only
 /// documents whose key it accepts are mapped (the key is read from the id alone, far cheaper
-/// than mapping): the descent's passes skip the rest of the source.
+/// than mapping): the descent's passes skip the rest of the source. Mapping, the rows and
+/// their hashes are computed on a blocking thread; the page's quarantine entries and the
+/// accounts its profiles reference are asked of PostgreSQL in between.
 pub(crate) async fn read_docs(
     pool: &PgPool,
     container: &'static str,
     docs: Vec<SourceDocument>,
-    read: &mut u64,
     wanted: Option<Wanted<'_>>,
+    keep: Keep,
 ) -> Result<Vec<ReadDoc>, VerifyError> {
     let kind = Container::from_name(container);
-    let mut out = Vec::with_capacity(docs.len());
-    let mut mapped = Vec::with_capacity(docs.len());
-    for doc in docs {
-        *read += 1;
-        let raw = match doc {
-            SourceDocument::Malformed { locator, .. } => {
-                out.push(ReadDoc {
-                    container,
-                    document_id: locator,
-                    document_key: None,
-                    ts: 0,
-                    state: DocState::Unmigrated {
-                        code: "malformed_line".into(),
-                    },
-                    contender: false,
-                    rows: Vec::new(),
-                    raw: serde_json::Value::Null,
-                });
-                mapped.push(None);
-                continue;
-            }
-            SourceDocument::Document(raw) => raw,
-        };
-        if let Some(wanted) = wanted {
-            let key = kind
-                .and_then(|k| codec::document_ref(k, &raw))
-                .map(|r| r.key);
-            if key.is_some_and(|k| !wanted(k)) {
-                continue;
-            }
-        }
-        // the backfill's name for a document without a usable id
-        let locator = crate::mapping::content_locator(container, &raw);
-        let m = map_document(container, &raw, &locator);
-        let (document_id, document_key, ts, state) = match &m {
-            Mapped::Account(d) => (
-                d.version.document_id.clone(),
-                Some(d.account.id),
-                d.version.ts,
-                DocState::Mapped,
-            ),
-            Mapped::Profile(d) => (
-                d.version.document_id.clone(),
-                Some(d.profile.id),
-                d.version.ts,
-                DocState::Mapped,
-            ),
-            Mapped::Signup(d) => (
-                d.version.document_id.clone(),
-                Some(d.signup.id),
-                d.version.ts,
-                DocState::Mapped,
-            ),
-            Mapped::Reject {
-                document_id,
-                code,
-                ts,
-                ..
-            } => (
-                document_id.clone(),
-                kind.and_then(|k| codec::document_ref(k, &raw))
-                    .map(|r| r.key),
-                ts.unwrap_or(0),
-                DocState::Unmigrated {
-                    code: (*code).to_owned(),
-                },
-            ),
-        };
-        let contender = !matches!(m, Mapped::Reject { .. });
-        out.push(ReadDoc {
-            container,
-            document_id,
-            document_key,
-            ts,
-            state,
-            contender,
-            rows: Vec::new(),
-            raw,
-        });
-        mapped.push(Some(m));
-    }
+    let docs: Vec<SourceDocument> = match wanted {
+        None => docs,
+        Some(wanted) => docs
+            .into_iter()
+            .filter(|doc| match doc {
+                SourceDocument::Malformed { .. } => true,
+                SourceDocument::Document(raw) => kind
+                    .and_then(|k| codec::document_ref(k, raw))
+                    .is_none_or(|r| wanted(r.key)),
+            })
+            .collect(),
+    };
+    let (mut out, mapped) = off_thread(move || map_page(container, docs, keep.raw)).await;
 
     // Open quarantine entries of this page. An entry for an older version than the source's
     // does not cover it: the document changed since, and the change has not been copied.
@@ -237,19 +225,116 @@ pub(crate) async fn read_docs(
             .collect()
     };
 
-    for (doc, m) in out.iter_mut().zip(mapped) {
-        if doc.state != DocState::Mapped {
-            continue;
-        }
-        doc.rows = match m {
-            Some(Mapped::Account(d)) => tables::account_rows(&d),
-            Some(Mapped::Profile(d)) => {
-                let attached = d.profile.account_id.is_some_and(|a| existing.contains(&a));
-                tables::profile_rows(&d, attached)
+    Ok(off_thread(move || {
+        for (doc, m) in out.iter_mut().zip(mapped) {
+            if doc.state != DocState::Mapped {
+                continue;
             }
-            Some(Mapped::Signup(d)) => tables::signup_rows(&d),
-            _ => Vec::new(),
+            doc.rows = match m {
+                Some(Mapped::Account(d)) => tables::account_rows(&d),
+                Some(Mapped::Profile(d)) => {
+                    let attached = d.profile.account_id.is_some_and(|a| existing.contains(&a));
+                    tables::profile_rows(&d, attached)
+                }
+                Some(Mapped::Signup(d)) => tables::signup_rows(&d),
+                _ => Vec::new(),
+            };
+            if !keep.values {
+                for row in &mut doc.rows {
+                    row.values = Vec::new();
+                }
+            }
+        }
+        out
+    })
+    .await)
+}
+
+/// The mapping of one page's documents (CPU only): each as a [`ReadDoc`] without rows yet,
+/// and what the mapping made of it.
+fn map_page(
+    container: &'static str,
+    docs: Vec<SourceDocument>,
+    keep_raw: bool,
+) -> (Vec<ReadDoc>, Vec<Option<Mapped>>) {
+    let kind = Container::from_name(container);
+    let mut out = Vec::with_capacity(docs.len());
+    let mut mapped = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let raw = match doc {
+            SourceDocument::Malformed { locator, .. } => {
+                out.push(ReadDoc {
+                    container,
+                    document_id: locator,
+                    document_key: None,
+                    ts: 0,
+                    state: DocState::Unmigrated {
+                        code: "malformed_line".into(),
+                    },
+                    contender: false,
+                    rows: Vec::new(),
+                    raw: serde_json::Value::Null,
+                });
+                mapped.push(None);
+                continue;
+            }
+            SourceDocument::Document(raw) => raw,
         };
+        // the backfill's name for a document without a usable id (only computed for one:
+        // it hashes the whole document)
+        let m = map_document_with(container, &raw, || {
+            crate::mapping::content_locator(container, &raw)
+        });
+        let (document_id, document_key, ts, state) = match &m {
+            Mapped::Account(d) => (
+                d.version.document_id.clone(),
+                Some(d.account.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Profile(d) => (
+                d.version.document_id.clone(),
+                Some(d.profile.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Signup(d) => (
+                d.version.document_id.clone(),
+                Some(d.signup.id),
+                d.version.ts,
+                DocState::Mapped,
+            ),
+            Mapped::Reject {
+                document_id,
+                code,
+                ts,
+                ..
+            } => (
+                document_id.clone(),
+                kind.and_then(|k| codec::document_ref(k, &raw))
+                    .map(|r| r.key),
+                ts.unwrap_or(0),
+                DocState::Unmigrated {
+                    code: (*code).to_owned(),
+                },
+            ),
+        };
+        let contender = !matches!(m, Mapped::Reject { .. });
+        out.push(ReadDoc {
+            container,
+            document_id,
+            document_key,
+            ts,
+            state,
+            contender,
+            rows: Vec::new(),
+            raw: if keep_raw {
+                raw
+            } else {
+                serde_json::Value::Null
+            },
+        });
+        mapped.push(Some(m));
     }
-    Ok(out)
+    (out, mapped)
 }

@@ -25,7 +25,9 @@ use mystira_domain::aggregate::Aggregate;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::read::{DocState, Pages, ReadDoc, read_docs};
+use futures::TryStreamExt as _;
+
+use super::read::{self, DocState, ReadDoc};
 use super::{DriftItem, DriftKind, Entity, FieldValues, Verifier, VerifyError, canonical, sql};
 use crate::backfill::CONTAINERS;
 
@@ -48,15 +50,23 @@ impl Verifier<'_> {
     /// the comparison's `missing` items already.
     pub(super) async fn round_trip(&mut self) -> Result<(), VerifyError> {
         self.passes += 1;
+        let (pool, source) = (self.pool, self.source);
         for container in CONTAINERS {
-            if !self.source.has_container(container).await? {
+            if !source.has_container(container).await? {
                 continue;
             }
-            let mut pages = Pages::new(self.source, container, self.opts.page_size);
-            while let Some(docs) = pages.next().await? {
-                let mut read = pages.read;
-                let docs = read_docs(self.pool, container, docs, &mut read, None).await?;
-                pages.read = read;
+            let mut pages = std::pin::pin!(read::doc_pages(
+                pool,
+                source,
+                container,
+                self.opts.page_size,
+                None,
+                read::Keep {
+                    values: false,
+                    raw: true,
+                }
+            ));
+            while let Some(docs) = pages.try_next().await? {
                 let docs: Vec<ReadDoc> = docs
                     .into_iter()
                     .filter(|d| {

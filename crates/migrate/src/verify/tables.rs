@@ -367,7 +367,7 @@ impl Table {
 
     /// Per-bucket aggregates; binds `$1`, `$2` = the first and last bucket (int4).
     pub(crate) fn aggregate_sql(&self) -> String {
-        canonical::aggregate_sql(self.from, self.bucket, &self.row_text_sql())
+        canonical::aggregate_sql(self.from, self.bucket, &self.canonical_columns())
     }
 
     /// A key range's rows as (key, document key, document id, hash); binds `$1` (and `$2`
@@ -424,6 +424,9 @@ pub(crate) struct SourceRow {
     pub document_key: Uuid,
     pub key: String,
     pub values: Vec<Option<String>>,
+    /// The md5 of the canonical text ([`canonical::row_hash`]), computed with the row (on the
+    /// thread that maps the page).
+    pub hash: String,
 }
 
 impl SourceRow {
@@ -440,20 +443,18 @@ impl SourceRow {
                 .eq(table(entity).columns.iter().map(|c| c.name)),
             "the Rust columns of {entity} are not the SQL columns"
         );
+        let values: Vec<Option<String>> = fields.into_iter().map(|f| f.1).collect();
         Self {
             entity,
             document_key,
             key,
-            values: fields.into_iter().map(|f| f.1).collect(),
+            hash: canonical::row_hash(&values),
+            values,
         }
     }
 
     pub(crate) fn bucket(&self) -> u8 {
         self.document_key.as_bytes()[0]
-    }
-
-    pub(crate) fn hash(&self) -> String {
-        canonical::row_hash(&self.values)
     }
 }
 

@@ -143,6 +143,33 @@ async fn write_kind<D: BulkDocument>(
                 .await?;
                 counts.quarantined += 1;
             }
+            WriteOutcome::IdentityTaken { by } => {
+                let id = &doc.version().document_id;
+                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
+                let message = match by {
+                    Some(keeper) => format!(
+                        "its auth0_user_id is also claimed by account document `{keeper}`, \
+                         which keeps it (the newest by _ts keeps a login; on a tie, the greater \
+                         document id)"
+                    ),
+                    None => "its auth0_user_id is held by an account PostgreSQL holds no \
+                             source version for (written by the service, or changed there and \
+                             not yet in Cosmos), which a copy never displaces"
+                        .to_owned(),
+                };
+                quarantine(
+                    pool,
+                    retries,
+                    container,
+                    id,
+                    bulk::DUPLICATE_AUTH0_USER_ID,
+                    &message,
+                    &raw,
+                    Some(doc.version().ts),
+                )
+                .await?;
+                counts.quarantined += 1;
+            }
             WriteOutcome::Failed(e) => {
                 let id = &doc.version().document_id;
                 let code = failure_code(&e);
@@ -170,7 +197,7 @@ fn failure_code(e: &mystira_domain::RepoError) -> &'static str {
     match e {
         mystira_domain::RepoError::Invalid(v) => v.code(),
         mystira_domain::RepoError::Conflict { kind, .. } => match kind {
-            ConflictKind::DuplicateAuth0UserId => "duplicate_auth0_user_id",
+            ConflictKind::DuplicateAuth0UserId => bulk::DUPLICATE_AUTH0_USER_ID,
             ConflictKind::DuplicateId => "duplicate_id",
             ConflictKind::MissingReference => "missing_reference",
             _ => "conflict",

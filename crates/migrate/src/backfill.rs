@@ -75,8 +75,9 @@ pub struct ContainerCounts {
     pub quarantined: u64,
     /// Not copied on purpose, by reason.
     pub skipped: BTreeMap<String, u64>,
-    /// Documents counted `written` earlier that a newer document of the same row displaced
-    /// later (moved to the quarantine as `superseded_duplicate`). Not part of the reconciliation:
+    /// Documents counted `written` earlier that a newer document of the same row, or a newer
+    /// account claiming the same login, displaced later (moved to the quarantine as
+    /// `superseded_duplicate` or `duplicate_auth0_user_id`). Not part of the reconciliation:
     /// each was read and written once; this says how many of those writes no longer stand.
     pub superseded: u64,
 }

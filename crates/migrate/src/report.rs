@@ -499,8 +499,9 @@ impl Report {
         ));
         out.push_str(
             "`read = written + unchanged + quarantined + skipped`; `superseded` counts documents \
-             written and later displaced by a newer document of the same row (now in the \
-             quarantine as `superseded_duplicate`).\n\n",
+             written and later displaced by a newer document of the same row or a newer \
+             account of the same login (now in the quarantine as `superseded_duplicate` or \
+             `duplicate_auth0_user_id`).\n\n",
         );
         for (name, c) in &self.containers {
             for (reason, n) in &c.counts.skipped {

@@ -96,7 +96,8 @@ fn profile_doc(id: Uuid, account: Option<Uuid>, updated_at: DateTime<Utc>) -> Pr
     }
 }
 
-/// (written, unchanged, failed); a superseded document counts as failed here.
+/// (written, unchanged, failed); a superseded document or one whose login is taken counts as
+/// failed here.
 fn count(batch: &BatchOutcome) -> (usize, usize, usize) {
     batch
         .outcomes
@@ -104,7 +105,9 @@ fn count(batch: &BatchOutcome) -> (usize, usize, usize) {
         .fold((0, 0, 0), |(w, u, f), o| match o {
             WriteOutcome::Written => (w + 1, u, f),
             WriteOutcome::Unchanged => (w, u + 1, f),
-            WriteOutcome::Failed(_) | WriteOutcome::Superseded { .. } => (w, u, f + 1),
+            WriteOutcome::Failed(_)
+            | WriteOutcome::Superseded { .. }
+            | WriteOutcome::IdentityTaken { .. } => (w, u, f + 1),
         })
 }
 
@@ -162,17 +165,21 @@ async fn within_one_batch_the_newest_copy_of_a_document_wins(pool: PgPool) {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_conflicting_document_fails_alone_and_the_rest_land(pool: PgPool) {
-    let docs = vec![
-        account_doc(Uuid::new_v4(), 1, "a", Some("auth0|same")),
+    // two documents of different keys carrying one original Cosmos id (the unique
+    // `cosmos_id`): no rule picks one, the constraint refuses the second
+    let mut docs = vec![
+        account_doc(Uuid::new_v4(), 1, "a", None),
         account_doc(Uuid::new_v4(), 1, "b", None),
-        account_doc(Uuid::new_v4(), 1, "c", Some("auth0|same")),
+        account_doc(Uuid::new_v4(), 1, "c", None),
     ];
+    docs[0].account.cosmos_id = Some("Account|same".into());
+    docs[2].account.cosmos_id = Some("Account|same".into());
     let out = write_batch(&pool, &docs).await.unwrap();
     assert_eq!(count(&out), (2, 0, 1));
     match &out.outcomes[2] {
         WriteOutcome::Failed(e) => assert_eq!(
             e.conflict_kind(),
-            Some(mystira_domain::error::ConflictKind::DuplicateAuth0UserId)
+            Some(mystira_domain::error::ConflictKind::DuplicateId)
         ),
         other => panic!("expected the third document to fail, got {other:?}"),
     }
@@ -240,4 +247,231 @@ async fn a_profile_of_a_missing_account_lands_detached_with_its_reference_noted(
             .await
             .unwrap();
     assert_eq!(badges, 1);
+}
+
+/// Empties the domain tables and the migration's records, between two orders of one test.
+async fn reset(pool: &PgPool) {
+    sqlx::query(
+        "truncate accounts, user_profiles, migration.document_versions,
+                  migration.document_notes, migration.quarantine cascade",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Everything a write decides, in a form two runs can be compared by.
+async fn state(pool: &PgPool) -> serde_json::Value {
+    sqlx::query_scalar(
+        "select jsonb_build_object(
+             'accounts', (select jsonb_agg(jsonb_build_array(id, auth0_user_id, display_name)
+                                           order by id) from accounts),
+             'scenarios', (select jsonb_agg(account_id order by account_id) from completed_scenarios),
+             'profiles', (select jsonb_agg(jsonb_build_array(id, account_id) order by id)
+                          from user_profiles),
+             'notes', (select jsonb_agg(jsonb_build_array(container, document_id, code, detail)
+                                        order by container, document_id, code)
+                       from migration.document_notes),
+             'versions', (select jsonb_agg(jsonb_build_array(container, document_id, source_ts, deleted)
+                                           order by container, document_id)
+                          from migration.document_versions))",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Writes the documents one batch at a time, in order, and returns the ids of the documents
+/// that lost their login (refused, or displaced after they had landed).
+async fn write_in_order(pool: &PgPool, order: &[Either]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for doc in order {
+        let out = match doc {
+            Either::Account(a) => write_batch(pool, std::slice::from_ref(a)).await.unwrap(),
+            Either::Profile(p) => write_batch(pool, std::slice::from_ref(p)).await.unwrap(),
+        };
+        lost.extend(out.displaced);
+        for (o, id) in out.outcomes.iter().zip([doc.id()]) {
+            if let WriteOutcome::IdentityTaken { .. } = o {
+                lost.push(id);
+            }
+        }
+    }
+    lost.sort();
+    lost.dedup();
+    lost
+}
+
+#[derive(Clone)]
+enum Either {
+    Account(AccountDocument),
+    Profile(ProfileDocument),
+}
+
+impl Either {
+    fn id(&self) -> String {
+        match self {
+            Either::Account(a) => a.version.document_id.clone(),
+            Either::Profile(p) => p.version.document_id.clone(),
+        }
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn of_two_accounts_of_one_login_the_newer_keeps_it_whatever_the_order(pool: PgPool) {
+    let (older, newer, kid) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let a = Either::Account(account_doc(older, 10, "older", Some("auth0|same")));
+    let b = Either::Account(account_doc(newer, 20, "newer", Some("auth0|same")));
+    let p = Either::Profile(profile_doc(kid, Some(older), t0()));
+    let orders = [
+        vec![a.clone(), b.clone(), p.clone()],
+        vec![b.clone(), a.clone(), p.clone()],
+        vec![p.clone(), a.clone(), b.clone()],
+        vec![p.clone(), b.clone(), a.clone()],
+        vec![a.clone(), p.clone(), b.clone()],
+        vec![b.clone(), p.clone(), a.clone()],
+    ];
+    let mut first: Option<serde_json::Value> = None;
+    for order in &orders {
+        reset(&pool).await;
+        let lost = write_in_order(&pool, order).await;
+        assert_eq!(
+            lost,
+            vec![older.to_string()],
+            "the older account loses the login"
+        );
+        let now = state(&pool).await;
+        assert_eq!(now["accounts"][0][1], "auth0|same");
+        assert_eq!(now["accounts"][0][2], "newer");
+        assert_eq!(now["accounts"].as_array().unwrap().len(), 1);
+        // the older account's profile is detached with the note it gets when its account
+        // never landed
+        assert_eq!(now["profiles"][0][1], serde_json::Value::Null);
+        assert_eq!(now["notes"][0][2], "missing_account");
+        match &first {
+            None => first = Some(now),
+            Some(f) => assert_eq!(&now, f, "the same state whatever the order"),
+        }
+    }
+    // and in one batch, in either order
+    for docs in [
+        [
+            account_doc(older, 10, "older", Some("auth0|same")),
+            account_doc(newer, 20, "newer", Some("auth0|same")),
+        ],
+        [
+            account_doc(newer, 20, "newer", Some("auth0|same")),
+            account_doc(older, 10, "older", Some("auth0|same")),
+        ],
+    ] {
+        reset(&pool).await;
+        let out = write_batch(&pool, &docs).await.unwrap();
+        assert_eq!(count(&out), (1, 0, 1));
+        let now = state(&pool).await;
+        assert_eq!(now["accounts"][0][2], "newer");
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn an_older_copy_of_a_loser_never_lands_in_its_place(pool: PgPool) {
+    let (loser, keeper) = (Uuid::new_v4(), Uuid::new_v4());
+    // the loser once had another login; its newer version claims the keeper's
+    let old = Either::Account(account_doc(loser, 5, "loser-old", Some("auth0|other")));
+    let new = Either::Account(account_doc(loser, 10, "loser-new", Some("auth0|same")));
+    let k = Either::Account(account_doc(keeper, 20, "keeper", Some("auth0|same")));
+    let mut first: Option<serde_json::Value> = None;
+    for order in [
+        vec![old.clone(), k.clone(), new.clone()],
+        vec![new.clone(), k.clone(), old.clone()],
+        vec![k.clone(), old.clone(), new.clone()],
+        vec![k.clone(), new.clone(), old.clone()],
+    ] {
+        reset(&pool).await;
+        write_in_order(&pool, &order).await;
+        let now = state(&pool).await;
+        assert_eq!(now["accounts"].as_array().unwrap().len(), 1, "{now}");
+        assert_eq!(now["accounts"][0][2], "keeper");
+        match &first {
+            None => first = Some(now),
+            Some(f) => assert_eq!(&now, f, "the same state whatever the order"),
+        }
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_login_held_by_an_account_the_service_wrote_is_never_taken_by_a_copy(pool: PgPool) {
+    let service = Uuid::new_v4();
+    sqlx::query(
+        "insert into accounts (id, auth0_user_id, email, display_name, role)
+         values ($1, 'auth0|svc', 'svc@example.com', 'service', 'User')",
+    )
+    .bind(service)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let copy = account_doc(
+        Uuid::new_v4(),
+        i64::from(i32::MAX),
+        "copy",
+        Some("auth0|svc"),
+    );
+    let out = write_batch(&pool, &[copy]).await.unwrap();
+    match &out.outcomes[0] {
+        WriteOutcome::IdentityTaken { by } => assert_eq!(by, &None),
+        other => panic!("expected the copy to lose the login, got {other:?}"),
+    }
+    assert!(out.displaced.is_empty());
+    assert_eq!(display_name(&pool, service).await, "service");
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_loser_lands_at_its_next_copy_once_the_keeper_gives_the_login_up(pool: PgPool) {
+    let (loser, keeper) = (Uuid::new_v4(), Uuid::new_v4());
+    let lost = account_doc(loser, 10, "loser", Some("auth0|same"));
+    write_batch(
+        &pool,
+        &[account_doc(keeper, 20, "keeper", Some("auth0|same"))],
+    )
+    .await
+    .unwrap();
+    let out = write_batch(&pool, std::slice::from_ref(&lost))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out.outcomes[0], WriteOutcome::IdentityTaken { by: Some(k) } if *k == keeper.to_string())
+    );
+    // the keeper moves to another login, in one batch with a copy of the loser: the login
+    // passes within the batch, whatever the rows' order in it
+    let moved = account_doc(keeper, 30, "keeper", Some("auth0|moved"));
+    let out = write_batch(&pool, &[lost.clone(), moved]).await.unwrap();
+    assert_eq!(count(&out), (2, 0, 0));
+    let holder: Uuid =
+        sqlx::query_scalar("select id from accounts where auth0_user_id = 'auth0|same'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(holder, loser);
+    // a re-run changes nothing
+    let out = write_batch(&pool, &[lost]).await.unwrap();
+    assert_eq!(count(&out), (0, 1, 0));
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn two_claimants_of_one_login_written_at_once_give_the_result_of_any_order(pool: PgPool) {
+    for round in 0..8 {
+        reset(&pool).await;
+        let (older, newer) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = [account_doc(older, 10, "older", Some("auth0|same"))];
+        let b = [account_doc(newer, 20, "newer", Some("auth0|same"))];
+        let (x, y) = tokio::join!(write_batch(&pool, &a), write_batch(&pool, &b));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let lost_older = matches!(x.outcomes[0], WriteOutcome::IdentityTaken { .. })
+            || y.displaced == vec![older.to_string()];
+        assert!(lost_older, "round {round}: the older claimant loses");
+        let ids: Vec<Uuid> = sqlx::query_scalar("select id from accounts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![newer], "round {round}");
+    }
 }

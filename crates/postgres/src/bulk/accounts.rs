@@ -6,7 +6,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::embedded::{self, EmbeddedTable, Incoming};
-use super::{AccountDocument, BulkDocument, DocumentNote, NotesFor, Result, SourceVersion, column};
+use super::{
+    AccountDocument, BulkDocument, DUPLICATE_AUTH0_USER_ID, DocumentNote, Identity, NotesFor,
+    Result, SourceVersion, column,
+};
 use crate::error::map_sqlx_error;
 use mystira_domain::RepoError;
 
@@ -20,6 +23,25 @@ impl BulkDocument for AccountDocument {
              'completed_scenarios', coalesce((select jsonb_agg(to_jsonb(c) order by c.scenario_id)
                                               from completed_scenarios c where c.account_id = a.id), '[]'))
          from accounts a where a.id = $1";
+    const IDENTITY: Option<Identity> = Some(Identity {
+        column: "auth0_user_id",
+        reason_code: DUPLICATE_AUTH0_USER_ID,
+        holders_sql: "select a.auth0_user_id as identity, a.id as key, v.document_id, v.source_ts
+             from accounts a
+             left join lateral (
+                 select document_id, source_ts from migration.document_versions v
+                 where v.container = 'Accounts' and v.key = a.id and not v.deleted
+                   and not exists (select 1 from migration.outbox o
+                                   where o.container = 'Accounts' and o.key = a.id)
+                 order by source_ts desc, document_id desc limit 1
+             ) v on true
+             where a.auth0_user_id = any($1)",
+        release_sql: "update accounts set auth0_user_id = null where id = any($1)",
+    });
+
+    fn identity(&self) -> Option<&str> {
+        self.account.auth0_user_id.as_deref()
+    }
 
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         for d in docs {
@@ -98,6 +120,30 @@ async fn attach_waiting_profiles(conn: &mut PgConnection, account_ids: &[Uuid]) 
     .execute(&mut *conn)
     .await
     .map_err(map)?;
+    Ok(())
+}
+
+/// Before the account `key` is removed (its profiles' `account_id` is then set null): gives each
+/// of its copied profiles the `missing_account` note a profile gets when it lands before its
+/// account, so the result is the same whichever came first, and [`attach_waiting_profiles`]
+/// attaches them again when the account lands again.
+pub(super) async fn note_profiles_to_detach(conn: &mut PgConnection, key: Uuid) -> Result<()> {
+    sqlx::query(
+        "insert into migration.document_notes (container, document_id, code, subject, detail, original)
+         select 'UserProfiles', v.document_id, 'missing_account', 'AccountId',
+                jsonb_build_object('account_ref', $1::text, 'account_key', $1::text),
+                to_jsonb($1::text)
+         from user_profiles p
+         join migration.document_versions v
+           on v.container = 'UserProfiles' and v.key = p.id and not v.deleted
+         where p.account_id = $1
+         on conflict (container, document_id, code, subject) do update
+             set detail = excluded.detail, original = excluded.original",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx_error("document_notes", e))?;
     Ok(())
 }
 

@@ -93,6 +93,11 @@ pub enum WriteOutcome {
     /// Not written: another document of the container maps to the same row and is newer (see
     /// [`SUPERSEDED_DUPLICATE`]). Quarantine it with that reason; `by` is the other's id.
     Superseded { by: String },
+    /// Not written: another document of the container claims the same identity (an
+    /// account's `auth0_user_id`) and keeps it (see [`DUPLICATE_AUTH0_USER_ID`]). Quarantine
+    /// it with that reason; `by` is the keeper's document id, `None` when the keeper is a row
+    /// PostgreSQL holds no source version for (written by the service, never displaced).
+    IdentityTaken { by: Option<String> },
 }
 
 /// The quarantine reason of a document that lost its row to another document of the same key.
@@ -106,6 +111,22 @@ pub enum WriteOutcome {
 /// and are displaced, with a snapshot of the values they had in PostgreSQL (their raw document
 /// is not at hand then; the source still has it).
 pub const SUPERSEDED_DUPLICATE: &str = "superseded_duplicate";
+
+/// The quarantine reason of an account document that lost its login to another account.
+///
+/// `accounts.auth0_user_id` is unique, and real data has two account documents (of different
+/// ids) with one Auth0 subject: a sign-up retried after a timeout, an account re-created by
+/// support. Only one can keep the login, and which one must not depend on the order the
+/// documents arrive in (workers, batch boundaries, resumes): the keeper is the greatest by
+/// (`_ts`, document id), i.e. the newest, and on a tie the greater id. A row PostgreSQL holds no
+/// source version for (written by the service, or changed in PostgreSQL and not yet taken by
+/// Cosmos) is never displaced by a copy: the copy loses. The others are kept in the quarantine
+/// with this reason: with their raw document when they arrive after the keeper, or, when they
+/// had landed first and are displaced, with a snapshot of what PostgreSQL held for them (under
+/// `displaced_copy_from_postgresql`). Their version record stays, so an older copy of a loser
+/// cannot land later and take its place; their profiles are detached with a `missing_account`
+/// note, as if the account had never landed, so they attach again if it does.
+pub const DUPLICATE_AUTH0_USER_ID: &str = "duplicate_auth0_user_id";
 
 /// The rank deciding which of several documents of one key owns the row (the greatest).
 fn owner_rank(ts: i64, document_id: &str, key: Uuid) -> (i64, bool, &str) {
@@ -135,6 +156,29 @@ pub trait BulkDocument: Send + Sync {
     /// A query of one jsonb value (`$1` = the key): the rows of the document as PostgreSQL
     /// holds them, kept in the quarantine when a newer document of the key displaces them.
     const SNAPSHOT_SQL: &'static str;
+    /// The unique value other than the key that documents of this kind compete for, if any.
+    const IDENTITY: Option<Identity> = None;
+    /// This document's claim on [`Self::IDENTITY`].
+    fn identity(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A unique value documents of one kind compete for besides their key (an account's login).
+/// Who keeps it is decided by [`DUPLICATE_AUTH0_USER_ID`]'s rule, before any row is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The column holding it, naming it in lock names and messages.
+    pub column: &'static str,
+    /// The quarantine reason of a document that loses it.
+    pub reason_code: &'static str,
+    /// The rows holding any of `$1` (`text[]`): `identity`, `key`, and the `document_id` and
+    /// `source_ts` of their source version, both null when there is none or PostgreSQL holds a
+    /// change Cosmos has not taken yet (such a row is never displaced by a copy).
+    pub holders_sql: &'static str,
+    /// Clears the value on the rows of `$1` (`uuid[]`) that are about to be rewritten, so
+    /// that another row of the same batch can take it within one statement.
+    pub release_sql: &'static str,
 }
 
 /// Extra notes the writer itself produced for a document (e.g. a detached profile).
@@ -168,6 +212,7 @@ macro_rules! document_accessors {
 // after the macro: the document kinds' modules use it
 mod accounts;
 pub mod embedded;
+mod identity;
 mod profiles;
 mod signups;
 
@@ -367,13 +412,15 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
     .into_iter()
     .collect();
 
-    let to_write: Vec<&D> = contenders
-        .iter()
-        .copied()
-        .filter(|d| fresh.contains(&d.version().document_id))
-        .collect();
+    // who keeps a unique value several documents claim; decided before anything is written
+    let identities = identity::plan(&mut tx, &contenders, &fresh).await?;
     let mut displaced = Vec::new();
-    for d in &to_write {
+    // a fresh document displaces the other documents of its key even when it loses its
+    // identity: its version is the key's newest, and its rows go with the identity below
+    for d in contenders
+        .iter()
+        .filter(|d| fresh.contains(&d.version().document_id))
+    {
         for r in would_displace
             .get(d.version().document_id.as_str())
             .into_iter()
@@ -383,6 +430,16 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
             displaced.push(r.document_id.clone());
         }
     }
+    displaced.extend(identities.apply::<D>(&mut tx).await?);
+    let to_write: Vec<&D> = contenders
+        .iter()
+        .copied()
+        .filter(|d| {
+            let id = d.version().document_id.as_str();
+            (fresh.contains(id) && !identities.losers.contains_key(id))
+                || identities.reinstated.contains(id)
+        })
+        .collect();
     if !to_write.is_empty() {
         let extra = D::write_rows(&mut tx, &to_write).await?;
         replace_notes::<D>(&mut tx, &to_write, &extra).await?;
@@ -390,6 +447,7 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
     let landed: Vec<String> = contenders
         .iter()
         .map(|d| d.version().document_id.clone())
+        .filter(|id| !identities.losers.contains_key(id))
         .collect();
     crate::bookkeeping::resolve_quarantined(&mut *tx, D::CONTAINER, &landed).await?;
     tx.commit().await.map_err(map)?;
@@ -397,12 +455,15 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
         .iter()
         .map(|d| {
             let id = d.version().document_id.as_str();
-            match beaten_by.get(id) {
-                Some(r) => WriteOutcome::Superseded {
+            match (beaten_by.get(id), identities.losers.get(id)) {
+                (Some(r), _) => WriteOutcome::Superseded {
                     by: r.document_id.clone(),
                 },
-                None if fresh.contains(id) => WriteOutcome::Written,
-                None => WriteOutcome::Unchanged,
+                (None, Some(by)) => WriteOutcome::IdentityTaken { by: by.clone() },
+                (None, None) if fresh.contains(id) || identities.reinstated.contains(id) => {
+                    WriteOutcome::Written
+                }
+                (None, None) => WriteOutcome::Unchanged,
             }
         })
         .collect();
@@ -420,47 +481,84 @@ async fn displace<D: BulkDocument>(
     rival: &Rival,
     owner: &D,
 ) -> Result<()> {
-    let map = |e| map_sqlx_error("quarantine", e);
-    let snapshot: Option<serde_json::Value> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(D::SNAPSHOT_SQL))
-            .bind(owner.key())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(map)?;
-    let document = serde_json::json!({
-        "superseded_copy_from_postgresql": snapshot.unwrap_or(serde_json::Value::Null),
-    });
     let message = format!(
         "superseded by document `{}`, a newer document of the same row; kept here is what \
          PostgreSQL held for this document (its raw document is still in the source)",
         owner.version().document_id
     );
-    crate::bookkeeping::quarantine(
-        &mut *conn,
-        &crate::bookkeeping::QuarantinedDocument {
-            container: D::CONTAINER,
+    quarantine_snapshot::<D>(
+        conn,
+        owner.key(),
+        &SnapshotEntry {
             document_id: &rival.document_id,
+            source_ts: rival.source_ts,
             reason_code: SUPERSEDED_DUPLICATE,
             message: &message,
-            document: &document,
-            source_ts: Some(rival.source_ts),
+            field: "superseded_copy_from_postgresql",
         },
     )
     .await?;
+    let map = |e| map_sqlx_error("document_versions", e);
     sqlx::query(
-        "delete from migration.document_versions where container = $1 and document_id = $2;",
+        "delete from migration.document_versions where container = $1 and document_id = $2",
     )
     .bind(D::CONTAINER)
     .bind(&rival.document_id)
     .execute(&mut *conn)
     .await
     .map_err(map)?;
+    delete_notes(conn, D::CONTAINER, &rival.document_id).await
+}
+
+/// A quarantine entry that holds what PostgreSQL has for a document instead of its raw
+/// document (which is not at hand when a stored document is displaced; the source still has
+/// it), under `field`.
+struct SnapshotEntry<'a> {
+    document_id: &'a str,
+    source_ts: i64,
+    reason_code: &'a str,
+    message: &'a str,
+    field: &'a str,
+}
+
+async fn quarantine_snapshot<D: BulkDocument>(
+    conn: &mut PgConnection,
+    key: Uuid,
+    entry: &SnapshotEntry<'_>,
+) -> Result<()> {
+    let snapshot: Option<serde_json::Value> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(D::SNAPSHOT_SQL))
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| map_sqlx_error("quarantine", e))?;
+    let mut document = serde_json::Map::new();
+    document.insert(
+        entry.field.to_owned(),
+        snapshot.unwrap_or(serde_json::Value::Null),
+    );
+    crate::bookkeeping::quarantine(
+        &mut *conn,
+        &crate::bookkeeping::QuarantinedDocument {
+            container: D::CONTAINER,
+            document_id: entry.document_id,
+            reason_code: entry.reason_code,
+            message: entry.message,
+            document: &serde_json::Value::Object(document),
+            source_ts: Some(entry.source_ts),
+        },
+    )
+    .await
+}
+
+/// Drops the notes of a document whose rows are gone.
+async fn delete_notes(conn: &mut PgConnection, container: &str, document_id: &str) -> Result<()> {
     sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
-        .bind(D::CONTAINER)
-        .bind(&rival.document_id)
+        .bind(container)
+        .bind(document_id)
         .execute(&mut *conn)
         .await
-        .map_err(map)?;
+        .map_err(|e| map_sqlx_error("document_notes", e))?;
     Ok(())
 }
 
@@ -525,6 +623,42 @@ fn main_table(container: &str) -> Result<&'static str> {
     }
 }
 
+/// Deletes the main row of `key` (its dependants cascade) and says whether there was one. The
+/// embedded ids its rows held pass to the next documents claiming them, and an account's
+/// profiles are detached with a `missing_account` note, as a profile landing before its
+/// account would be, so that they attach again when the account lands again.
+async fn remove_main_row(conn: &mut PgConnection, container: &str, key: Uuid) -> Result<bool> {
+    let table = main_table(container)?;
+    let embedded_table = match container {
+        "Accounts" => Some(embedded::EmbeddedTable::Subscriptions),
+        "UserProfiles" => Some(embedded::EmbeddedTable::Badges),
+        _ => None,
+    };
+    let released = match embedded_table {
+        Some(t) => embedded::keys_held_by(conn, t, &[key]).await?,
+        None => Vec::new(),
+    };
+    if container == "Accounts" {
+        accounts::note_profiles_to_detach(conn, key).await?;
+    }
+    // `table` is one of three constants, never input
+    let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "delete from {table} where id = $1"
+    )))
+    .bind(key)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx_error(table, e))?
+    .rows_affected()
+        > 0;
+    if let Some(t) = embedded_table
+        && !released.is_empty()
+    {
+        embedded::resolve(conn, t, &[], &released, &[]).await?;
+    }
+    Ok(removed)
+}
+
 /// What applying a delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -574,37 +708,8 @@ pub async fn delete_document(
     if claimed.is_none() {
         return Ok(DeleteOutcome::Superseded);
     }
-    // the embedded ids the deleted rows held pass to the next documents claiming them
-    let embedded_table = match container {
-        "Accounts" => Some(embedded::EmbeddedTable::Subscriptions),
-        "UserProfiles" => Some(embedded::EmbeddedTable::Badges),
-        _ => None,
-    };
-    let released = match embedded_table {
-        Some(t) => embedded::keys_held_by(&mut tx, t, &[key]).await?,
-        None => Vec::new(),
-    };
-    // `table` is one of three constants, never input
-    let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "delete from {table} where id = $1"
-    )))
-    .bind(key)
-    .execute(&mut *tx)
-    .await
-    .map_err(map)?
-    .rows_affected()
-        > 0;
-    sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
-        .bind(container)
-        .bind(document_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
-    if let Some(t) = embedded_table
-        && !released.is_empty()
-    {
-        embedded::resolve(&mut tx, t, &[], &released, &[]).await?;
-    }
+    let removed = remove_main_row(&mut tx, container, key).await?;
+    delete_notes(&mut tx, container, document_id).await?;
     tx.commit().await.map_err(map)?;
     Ok(DeleteOutcome::Deleted { removed })
 }

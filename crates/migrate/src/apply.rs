@@ -120,74 +120,53 @@ async fn write_kind<D: BulkDocument>(
     let batch = with_retry(retries, || bulk::write_batch(pool, docs)).await?;
     counts.superseded += batch.displaced.len() as u64;
     for (doc, outcome) in docs.iter().zip(batch.outcomes) {
-        match outcome {
-            WriteOutcome::Written => counts.written += 1,
-            WriteOutcome::Unchanged => counts.unchanged += 1,
-            WriteOutcome::Superseded { by } => {
-                let id = &doc.version().document_id;
-                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
-                let message = format!(
+        let (code, message) = match outcome {
+            WriteOutcome::Written => {
+                counts.written += 1;
+                continue;
+            }
+            WriteOutcome::Unchanged => {
+                counts.unchanged += 1;
+                continue;
+            }
+            WriteOutcome::Superseded { by } => (
+                bulk::SUPERSEDED_DUPLICATE,
+                format!(
                     "superseded by document `{by}`, a newer document of the same row \
                      (the newest by _ts owns it; on a tie, the one in EF Core 9's id form)"
-                );
-                quarantine(
-                    pool,
-                    retries,
-                    container,
-                    id,
-                    bulk::SUPERSEDED_DUPLICATE,
-                    &message,
-                    &raw,
-                    Some(doc.version().ts),
-                )
-                .await?;
-                counts.quarantined += 1;
-            }
-            WriteOutcome::IdentityTaken { by } => {
-                let id = &doc.version().document_id;
-                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
-                let message = match by {
-                    Some(keeper) => format!(
-                        "its auth0_user_id is also claimed by account document `{keeper}`, \
-                         which keeps it (the newest by _ts keeps a login; on a tie, the greater \
-                         document id)"
-                    ),
-                    None => "its auth0_user_id is held by an account PostgreSQL holds no \
-                             source version for (written by the service, or changed there and \
-                             not yet in Cosmos), which a copy never displaces"
-                        .to_owned(),
-                };
-                quarantine(
-                    pool,
-                    retries,
-                    container,
-                    id,
-                    bulk::DUPLICATE_AUTH0_USER_ID,
-                    &message,
-                    &raw,
-                    Some(doc.version().ts),
-                )
-                .await?;
-                counts.quarantined += 1;
-            }
-            WriteOutcome::Failed(e) => {
-                let id = &doc.version().document_id;
-                let code = failure_code(&e);
-                let raw = raw_by_id.get(id).cloned().unwrap_or_default();
-                quarantine(
-                    pool,
-                    retries,
-                    container,
-                    id,
-                    code,
-                    &e.to_string(),
-                    &raw,
-                    Some(doc.version().ts),
-                )
-                .await?;
-                counts.quarantined += 1;
-            }
-        }
+                ),
+            ),
+            WriteOutcome::IdentityTaken { by: Some(keeper) } => (
+                bulk::DUPLICATE_AUTH0_USER_ID,
+                format!(
+                    "its auth0_user_id is also claimed by account document `{keeper}`, which \
+                     keeps it (the newest by _ts keeps a login; on a tie, the greater document \
+                     id)"
+                ),
+            ),
+            WriteOutcome::IdentityTaken { by: None } => (
+                bulk::DUPLICATE_AUTH0_USER_ID,
+                "its auth0_user_id is held by an account PostgreSQL holds no source version \
+                 for (written by the service, or changed there and not yet in Cosmos), which a \
+                 copy never displaces"
+                    .to_owned(),
+            ),
+            WriteOutcome::Failed(e) => (failure_code(&e), e.to_string()),
+        };
+        let id = &doc.version().document_id;
+        let raw = raw_by_id.get(id).cloned().unwrap_or_default();
+        quarantine(
+            pool,
+            retries,
+            container,
+            id,
+            code,
+            &message,
+            &raw,
+            Some(doc.version().ts),
+        )
+        .await?;
+        counts.quarantined += 1;
     }
     Ok(())
 }

@@ -329,3 +329,75 @@ async fn magic_link_signups_quarantined_by_an_earlier_run_land_and_are_resolved(
     .unwrap();
     assert_eq!(stored, magic.len() as i64);
 }
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn of_two_accounts_of_one_login_the_newer_keeps_it_in_any_file_order_and_batch_size(
+    pool: PgPool,
+) {
+    let (dir, _) = export(40, 0.0);
+    let path = dir.path().join("Accounts.jsonl");
+    let mut docs: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let login_field = |d: &serde_json::Value| {
+        ["Auth0UserId", "ExternalUserId"]
+            .into_iter()
+            .find(|f| d[*f].as_str().is_some_and(|v| v.starts_with("auth0|")))
+    };
+    let with_login: Vec<usize> = (0..docs.len())
+        .filter(|&i| login_field(&docs[i]).is_some())
+        .collect();
+    let (first, last) = (with_login[0], *with_login.last().unwrap());
+    // the last account claims the first one's login, and is newer
+    let login = docs[first][login_field(&docs[first]).unwrap()].clone();
+    let field = login_field(&docs[last]).unwrap();
+    docs[last][field] = login.clone();
+    let newest = docs.iter().filter_map(|d| d["_ts"].as_i64()).max().unwrap();
+    docs[last]["_ts"] = serde_json::json!(newest + 1);
+    let (loser, keeper) = (
+        docs[first]["id"].as_str().unwrap().to_owned(),
+        docs[last]["id"].as_str().unwrap().to_owned(),
+    );
+
+    let mut reference = None;
+    for (reversed, batch_rows) in [(false, 500), (true, 500), (false, 3), (true, 7)] {
+        reset(&pool).await;
+        let mut ordered = docs.clone();
+        if reversed {
+            ordered.reverse();
+        }
+        let text: String = ordered.iter().map(|d| format!("{d}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let report = run_backfill(
+            &pool,
+            &ExportDirSource::new(dir.path()),
+            &config(batch_rows),
+            &no_progress,
+        )
+        .await
+        .unwrap();
+        assert!(report.reconciles(), "{report:?}");
+        let entries: Vec<(String, String)> = sqlx::query_as(
+            "select document_id, message from migration.quarantine
+             where container = 'Accounts' and reason_code = 'duplicate_auth0_user_id'
+               and resolved_at is null",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(entries.len(), 1, "reversed={reversed} batch={batch_rows}");
+        assert_eq!(entries[0].0, loser);
+        assert!(entries[0].1.contains(&keeper), "{}", entries[0].1);
+        assert!(
+            !entries[0].1.contains(login.as_str().unwrap()),
+            "no value in a message"
+        );
+        let now = state(&pool).await;
+        match &reference {
+            None => reference = Some(now),
+            Some(r) => assert_eq!(&now, r, "reversed={reversed} batch={batch_rows}"),
+        }
+    }
+}

@@ -33,18 +33,31 @@ struct Holder {
     source_ts: Option<i64>,
 }
 
+/// A claimant that loses its value.
+pub(super) struct Loser {
+    key: Uuid,
+    /// The keeper's document id; `None`: a row with no source version.
+    pub keeper: Option<String>,
+}
+
+/// A stored row, with its source version, that a claimant of its value outranks.
+struct Outranked {
+    key: Uuid,
+    document_id: String,
+    source_ts: i64,
+    /// The document id of the claimant that takes the value.
+    keeper: String,
+}
+
 /// What the batch must do about its identities before it writes.
 #[derive(Default)]
 pub(super) struct IdentityPlan {
-    /// The claimants that lose, by document id, with the keeper's document id (`None`: a row
-    /// with no source version).
-    pub losers: HashMap<String, Option<String>>,
+    /// The claimants that lose, by document id (their stored rows go).
+    pub losers: BTreeMap<String, Loser>,
     /// Claimants at their stored version that keep their value but have no row: written again.
     pub reinstated: HashSet<String>,
-    /// The keys and document ids of the losers, whose stored rows go.
-    loser_rows: Vec<(Uuid, String)>,
-    /// Stored rows a claimant outranks: (holder, the claimant's document id).
-    outranked: Vec<(Holder, String)>,
+    /// Stored rows a claimant outranks: they are displaced.
+    outranked: Vec<Outranked>,
     /// Rows of the batch's own documents holding a value another claimant takes: they are
     /// rewritten below, and must give the value up first.
     release: Vec<Uuid>,
@@ -158,7 +171,12 @@ pub(super) async fn plan<D: BulkDocument>(
                         if identity_rank(ts, id)
                             < identity_rank(best_version.ts, &best_version.document_id) =>
                     {
-                        plan.outranked.push((h, best_version.document_id.clone()));
+                        plan.outranked.push(Outranked {
+                            key: h.key,
+                            document_id: id.clone(),
+                            source_ts: ts,
+                            keeper: best_version.document_id.clone(),
+                        });
                     }
                     _ => keeper = h.document_id.clone(),
                 }
@@ -177,10 +195,13 @@ pub(super) async fn plan<D: BulkDocument>(
             .iter()
             .filter(|d| d.identity() == Some(value) && !keeps(d))
         {
-            plan.losers
-                .insert(d.version().document_id.clone(), keeper.clone());
-            plan.loser_rows
-                .push((d.key(), d.version().document_id.clone()));
+            plan.losers.insert(
+                d.version().document_id.clone(),
+                Loser {
+                    key: d.key(),
+                    keeper: keeper.clone(),
+                },
+            );
         }
     }
     Ok(plan)
@@ -199,35 +220,31 @@ impl IdentityPlan {
             return Ok(Vec::new());
         };
         let mut displaced = Vec::new();
-        for (holder, keeper) in &self.outranked {
-            let (Some(document_id), Some(source_ts)) = (&holder.document_id, holder.source_ts)
-            else {
-                continue;
-            };
+        for o in &self.outranked {
             let message = format!(
-                "its {} is also claimed by document `{keeper}`, which keeps it (the newest by \
-                 _ts; on a tie, the greater document id); kept here is what PostgreSQL held for \
-                 this document (its raw document is still in the source)",
-                identity.column
+                "its {} is also claimed by document `{}`, which keeps it (the newest by _ts; on \
+                 a tie, the greater document id); kept here is what PostgreSQL held for this \
+                 document (its raw document is still in the source)",
+                identity.column, o.keeper
             );
             quarantine_snapshot::<D>(
                 conn,
-                holder.key,
+                o.key,
                 &SnapshotEntry {
-                    document_id,
-                    source_ts,
+                    document_id: &o.document_id,
+                    source_ts: o.source_ts,
                     reason_code: identity.reason_code,
                     message: &message,
                     field: "displaced_copy_from_postgresql",
                 },
             )
             .await?;
-            super::remove_main_row(conn, D::CONTAINER, holder.key).await?;
-            delete_notes(conn, D::CONTAINER, document_id).await?;
-            displaced.push(document_id.clone());
+            super::remove_main_row(conn, D::CONTAINER, o.key).await?;
+            delete_notes(conn, D::CONTAINER, &o.document_id).await?;
+            displaced.push(o.document_id.clone());
         }
-        for (key, document_id) in &self.loser_rows {
-            super::remove_main_row(conn, D::CONTAINER, *key).await?;
+        for (document_id, loser) in &self.losers {
+            super::remove_main_row(conn, D::CONTAINER, loser.key).await?;
             delete_notes(conn, D::CONTAINER, document_id).await?;
         }
         if !self.release.is_empty() {

@@ -459,7 +459,9 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
                 (Some(r), _) => WriteOutcome::Superseded {
                     by: r.document_id.clone(),
                 },
-                (None, Some(by)) => WriteOutcome::IdentityTaken { by: by.clone() },
+                (None, Some(loser)) => WriteOutcome::IdentityTaken {
+                    by: loser.keeper.clone(),
+                },
                 (None, None) if fresh.contains(id) || identities.reinstated.contains(id) => {
                     WriteOutcome::Written
                 }

@@ -333,6 +333,14 @@ pub struct MigrateArgs {
     /// Start over instead of resuming or joining an unfinished run
     #[arg(long)]
     pub restart: bool,
+
+    /// How rows are loaded [default: auto]. `initial`: binary COPY into the tables stripped of
+    /// their keys, indexes, foreign keys and triggers, which are built again at the end (as
+    /// pg_restore does); needs PostgreSQL to hold nothing of the domain, phase cosmos-only.
+    /// `upsert`: version-guarded batched upserts, for any state. `auto`: `initial` when it can
+    /// run, `upsert` otherwise. The summary says which ran (docs/initial-load.md)
+    #[arg(long, env = "MYSTIRA_LOAD_MODE", value_name = "MODE")]
+    pub load_mode: Option<mystira_migrate::LoadMode>,
 }
 
 /// `mystira-users verify`

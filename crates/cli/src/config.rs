@@ -79,6 +79,8 @@ pub struct MigrateSection {
     pub ranges_per_container: Option<usize>,
     pub max_rps: Option<u32>,
     pub lease_seconds: Option<u64>,
+    /// `auto`, `initial` or `upsert` (see `migrate --help`).
+    pub load_mode: Option<mystira_migrate::LoadMode>,
 }
 
 /// A mistake in the configuration (exit code 2). Messages name the file, line and key, never a

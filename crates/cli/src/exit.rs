@@ -26,7 +26,16 @@ impl Exit {
 
     /// The exit code for an error: usage for configuration mistakes, failure for the rest.
     pub fn for_error(error: &anyhow::Error) -> Self {
-        if error.chain().any(|e| e.is::<crate::config::ConfigError>()) {
+        let load_mode = |e: &(dyn std::error::Error + 'static)| {
+            matches!(
+                e.downcast_ref::<mystira_migrate::backfill::BackfillError>(),
+                Some(mystira_migrate::backfill::BackfillError::LoadMode(_))
+            )
+        };
+        if error
+            .chain()
+            .any(|e| e.is::<crate::config::ConfigError>() || load_mode(e))
+        {
             Self::Usage
         } else {
             Self::Failure

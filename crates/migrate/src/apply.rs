@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mystira_postgres::bookkeeping::{self, QuarantinedDocument};
-use mystira_postgres::bulk::{self, BulkDocument, WriteOutcome};
+use mystira_postgres::bulk::{
+    self, AccountDocument, BulkDocument, ProfileDocument, SignupDocument, WriteOutcome,
+};
 use sqlx::PgPool;
 
 use crate::backfill::{BackfillError, ContainerCounts};
@@ -26,19 +28,48 @@ pub enum Retries {
     None,
 }
 
-/// Maps and writes one page; quarantines what cannot be migrated.
-pub async fn write_page(
-    pool: &PgPool,
+/// A page decoded and mapped: the documents of each kind, their raw documents (kept only until
+/// the write says whether they need the quarantine), and what cannot be migrated.
+#[derive(Debug, Default)]
+pub(crate) struct MappedPage {
+    pub accounts: Vec<AccountDocument>,
+    pub profiles: Vec<ProfileDocument>,
+    pub signups: Vec<SignupDocument>,
+    pub raw_by_id: BTreeMap<String, serde_json::Value>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// A document (or line) that cannot be migrated, with its quarantine reason.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// Its id, or where it is when it has none.
+    pub document_id: String,
+    pub code: &'static str,
+    pub message: String,
+    pub document: serde_json::Value,
+    pub ts: Option<i64>,
+}
+
+impl Rejected {
+    pub(crate) fn entry<'a>(&'a self, container: &'a str) -> QuarantinedDocument<'a> {
+        QuarantinedDocument {
+            container,
+            document_id: &self.document_id,
+            reason_code: self.code,
+            message: &self.message,
+            document: &self.document,
+            source_ts: self.ts,
+        }
+    }
+}
+
+/// Decodes and maps a page (the same code for every path), counting each document read.
+pub(crate) fn map_page(
     container: &str,
     documents: Vec<SourceDocument>,
     counts: &mut ContainerCounts,
-    retries: Retries,
-) -> Result<(), BackfillError> {
-    let mut accounts = Vec::new();
-    let mut profiles = Vec::new();
-    let mut signups = Vec::new();
-    // raw documents by id, kept only until the write says whether they need the quarantine
-    let mut raw_by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+) -> MappedPage {
+    let mut page = MappedPage::default();
     for doc in documents {
         counts.read += 1;
         let raw = match doc {
@@ -48,36 +79,33 @@ pub async fn write_page(
                 message,
                 raw,
             } => {
-                let document = serde_json::json!({ "malformed_line": raw });
-                quarantine(
-                    pool,
-                    retries,
-                    container,
-                    &locator,
-                    "malformed_line",
-                    &message,
-                    &document,
-                    None,
-                )
-                .await?;
-                counts.quarantined += 1;
+                page.rejected.push(Rejected {
+                    document_id: locator,
+                    code: "malformed_line",
+                    message,
+                    document: serde_json::json!({ "malformed_line": raw }),
+                    ts: None,
+                });
                 continue;
             }
         };
         // names a document without a usable id; ids are how quarantine entries are keyed
         let locator = content_locator(container, &raw);
-        match map_document(container, &raw, &locator) {
+        let id = match map_document(container, &raw, &locator) {
             Mapped::Account(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                accounts.push(*d);
+                let id = d.version.document_id.clone();
+                page.accounts.push(*d);
+                id
             }
             Mapped::Profile(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                profiles.push(*d);
+                let id = d.version.document_id.clone();
+                page.profiles.push(*d);
+                id
             }
             Mapped::Signup(d) => {
-                raw_by_id.insert(d.version.document_id.clone(), raw);
-                signups.push(*d);
+                let id = d.version.document_id.clone();
+                page.signups.push(*d);
+                id
             }
             Mapped::Reject {
                 document_id,
@@ -85,24 +113,48 @@ pub async fn write_page(
                 message,
                 ts,
             } => {
-                quarantine(
-                    pool,
-                    retries,
-                    container,
-                    &document_id,
+                page.rejected.push(Rejected {
+                    document_id,
                     code,
-                    &message,
-                    &raw,
+                    message,
+                    document: raw,
                     ts,
-                )
-                .await?;
-                counts.quarantined += 1;
+                });
+                continue;
             }
-        }
+        };
+        page.raw_by_id.insert(id, raw);
     }
-    write_kind(pool, retries, container, &accounts, &raw_by_id, counts).await?;
-    write_kind(pool, retries, container, &profiles, &raw_by_id, counts).await?;
-    write_kind(pool, retries, container, &signups, &raw_by_id, counts).await?;
+    page
+}
+
+/// Maps and writes one page; quarantines what cannot be migrated.
+pub async fn write_page(
+    pool: &PgPool,
+    container: &str,
+    documents: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+    retries: Retries,
+) -> Result<(), BackfillError> {
+    let page = map_page(container, documents, counts);
+    for r in &page.rejected {
+        quarantine(
+            pool,
+            retries,
+            container,
+            &r.document_id,
+            r.code,
+            &r.message,
+            &r.document,
+            r.ts,
+        )
+        .await?;
+        counts.quarantined += 1;
+    }
+    let raw = &page.raw_by_id;
+    write_kind(pool, retries, container, &page.accounts, raw, counts).await?;
+    write_kind(pool, retries, container, &page.profiles, raw, counts).await?;
+    write_kind(pool, retries, container, &page.signups, raw, counts).await?;
     Ok(())
 }
 
@@ -171,7 +223,7 @@ async fn write_kind<D: BulkDocument>(
     Ok(())
 }
 
-fn failure_code(e: &mystira_domain::RepoError) -> &'static str {
+pub(crate) fn failure_code(e: &mystira_domain::RepoError) -> &'static str {
     use mystira_domain::error::ConflictKind;
     match e {
         mystira_domain::RepoError::Invalid(v) => v.code(),

@@ -20,7 +20,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::apply::{Retries, write_page};
+use crate::initial::{self, InitialLoadSummary, LoadMode, LoadPath};
 use crate::source::{DocumentSource, SourceError};
+use mystira_postgres::initial_load::{self, Stage};
 
 /// The containers of the user domain, in the order they are copied.
 pub const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
@@ -47,6 +49,8 @@ pub struct BackfillConfig {
     pub lease: Duration,
     /// Names this process's workers in the lease table (`<owner>/<n>`).
     pub owner: String,
+    /// Which path loads: the initial load's COPY into empty tables, or the upserts.
+    pub load_mode: LoadMode,
 }
 
 impl Default for BackfillConfig {
@@ -59,6 +63,7 @@ impl Default for BackfillConfig {
             ranges_per_container: 16,
             lease: Duration::from_secs(30),
             owner: local_owner(std::process::id()),
+            load_mode: LoadMode::Auto,
         }
     }
 }
@@ -80,6 +85,11 @@ pub struct ContainerCounts {
     /// `superseded_duplicate` or `duplicate_auth0_user_id`). Not part of the reconciliation:
     /// each was read and written once; this says how many of those writes no longer stand.
     pub superseded: u64,
+    /// Documents the initial load copied, then took out again because they compete with
+    /// another document for a row or value (or point at an account that did not land), and
+    /// read and applied once more through the upsert path after its rebuild: each is counted
+    /// in `read` and in an outcome once per read. Not part of the reconciliation.
+    pub set_aside: u64,
 }
 
 impl ContainerCounts {
@@ -96,6 +106,7 @@ impl ContainerCounts {
         self.unchanged += other.unchanged;
         self.quarantined += other.quarantined;
         self.superseded += other.superseded;
+        self.set_aside += other.set_aside;
         for (reason, n) in &other.skipped {
             *self.skipped.entry(reason.clone()).or_default() += n;
         }
@@ -114,6 +125,10 @@ pub struct BackfillReport {
     /// What the whole job did, over every process and every resumed attempt.
     pub job_totals: BTreeMap<String, ContainerCounts>,
     pub elapsed_seconds: f64,
+    /// Which path this process loaded by.
+    pub load_path: LoadPath,
+    /// What finishing the initial load did, when this process finished it.
+    pub initial_load: Option<InitialLoadSummary>,
 }
 
 impl BackfillReport {
@@ -136,6 +151,9 @@ pub enum BackfillError {
     Source(#[from] SourceError),
     #[error("postgresql: {0}")]
     Store(#[from] mystira_domain::RepoError),
+    /// The load mode asked for cannot run (a usage error).
+    #[error("{0}")]
+    LoadMode(String),
 }
 
 /// Called after every batch with the container and this process's counts so far.
@@ -160,7 +178,7 @@ pub async fn run_backfill(
             tracing::info!(container, "container not in source, skipped");
         }
     }
-    let joined = leases::start_or_join(pool, JOB, config.restart, &plans).await?;
+    let (joined, load_path, copying) = start(pool, config, &plans).await?;
     if joined {
         tracing::info!("joining the unfinished backfill run");
         release_dead_local_owners(pool).await?;
@@ -171,6 +189,7 @@ pub async fn run_backfill(
         "joined": joined,
         // the lease owner of this process's workers: how a later run tells this one is dead
         "owner": config.owner,
+        "load_path": load_path,
     });
     let run_id = bookkeeping::start_run(pool, JOB, &source.describe(), &scope).await?;
     let abandoned = bookkeeping::abandon_dead_runs(pool, JOB, config.lease).await?;
@@ -183,9 +202,23 @@ pub async fn run_backfill(
         config,
         progress,
         counts: Mutex::new(BTreeMap::new()),
+        load_path,
     };
-    let workers = (0..config.workers.max(1)).map(|n| shared.worker(n));
-    let result = futures::future::try_join_all(workers).await.map(|_| ());
+    let result = async {
+        if copying {
+            let workers = (0..config.workers.max(1)).map(|n| shared.worker(n));
+            futures::future::try_join_all(workers).await?;
+        }
+        match load_path {
+            LoadPath::Initial => initial::finish(pool, source, JOB, config.workers).await,
+            LoadPath::Upsert => Ok(None),
+        }
+    }
+    .await;
+    let (result, initial_load) = match result {
+        Ok(summary) => (Ok(()), summary),
+        Err(e) => (Err(e), None),
+    };
     let report = BackfillReport {
         run_id,
         source: source.describe(),
@@ -193,6 +226,8 @@ pub async fn run_backfill(
         containers: shared.counts.into_inner().unwrap_or_default(),
         job_totals: job_totals(pool).await.unwrap_or_default(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
+        load_path,
+        initial_load,
     };
     let status = match &result {
         Ok(()) if report.reconciles() => "succeeded",
@@ -202,6 +237,57 @@ pub async fn run_backfill(
     let counts = serde_json::json!({ "process": report.containers, "job": report.job_totals });
     bookkeeping::finish_run(pool, run_id, status, &counts).await?;
     result.map(|()| report)
+}
+
+/// Starts or joins the run and chooses its path, under a lock that makes processes starting at
+/// the same moment agree (the first strips the schema before another can join and copy).
+/// Returns (joined, path, whether there are ranges left to copy).
+async fn start(
+    pool: &PgPool,
+    config: &BackfillConfig,
+    plans: &[(String, Vec<leases::RangePlan>)],
+) -> Result<(bool, LoadPath, bool), BackfillError> {
+    let store = |e| BackfillError::Store(mystira_postgres::map_sqlx_error("backfill", e));
+    let mut lock = pool.acquire().await.map_err(store)?;
+    sqlx::query("select pg_advisory_lock(hashtext('mystira.backfill/start'))")
+        .execute(&mut *lock)
+        .await
+        .map_err(store)?;
+    let chosen = async {
+        let stage = initial_load::stage(pool).await?;
+        if stage.is_some() {
+            if config.restart {
+                return Err(BackfillError::LoadMode(
+                    "an initial load is under way; run migrate again without --restart to \
+                     finish it first"
+                        .to_owned(),
+                ));
+            }
+            if config.load_mode == LoadMode::Upsert {
+                return Err(BackfillError::LoadMode(
+                    "an initial load is under way; run with --load-mode auto or initial to \
+                     finish it"
+                        .to_owned(),
+                ));
+            }
+        }
+        // ranges all copied (a kill while setting aside, rebuilding or redoing): finish the
+        // load without starting a new run
+        let copied = stage != Some(Stage::Loading) && stage.is_some()
+            || (stage.is_some() && leases::job_state(pool, JOB).await? == Some(true));
+        if copied {
+            return Ok((true, LoadPath::Initial, false));
+        }
+        let joined = leases::start_or_join(pool, JOB, config.restart, plans).await?;
+        let path = initial::choose_path(pool, config.load_mode, joined, stage).await?;
+        Ok((joined, path, true))
+    }
+    .await;
+    sqlx::query("select pg_advisory_unlock(hashtext('mystira.backfill/start'))")
+        .execute(&mut *lock)
+        .await
+        .map_err(store)?;
+    chosen
 }
 
 /// `<host>:<pid>`: names the workers of this process in the lease table.
@@ -255,6 +341,7 @@ struct Shared<'a> {
     config: &'a BackfillConfig,
     progress: Progress<'a>,
     counts: Mutex<BTreeMap<String, ContainerCounts>>,
+    load_path: LoadPath,
 }
 
 impl Shared<'_> {
@@ -316,31 +403,57 @@ impl Shared<'_> {
                 .await?;
             self.pace(page.documents.len()).await?;
             let mut page_counts = ContainerCounts::default();
-            write_page(
-                self.pool,
-                container,
-                page.documents,
-                &mut page_counts,
-                Retries::Backoff,
-            )
-            .await?;
-            range_counts.add(&page_counts);
             let done = page.next.is_none();
             if page.next.is_some() {
-                position = page.next;
+                position = page.next.clone();
             }
-            let counts = serde_json::to_value(&range_counts).unwrap_or_default();
-            let kept = leases::advance(
-                self.pool,
-                JOB,
-                &lease,
-                owner,
-                position.as_ref(),
-                &counts,
-                done,
-                self.config.lease,
-            )
-            .await?;
+            let kept = match self.load_path {
+                LoadPath::Upsert => {
+                    write_page(
+                        self.pool,
+                        container,
+                        page.documents,
+                        &mut page_counts,
+                        Retries::Backoff,
+                    )
+                    .await?;
+                    range_counts.add(&page_counts);
+                    let counts = serde_json::to_value(&range_counts).unwrap_or_default();
+                    leases::advance(
+                        self.pool,
+                        JOB,
+                        &lease,
+                        owner,
+                        position.as_ref(),
+                        &counts,
+                        done,
+                        self.config.lease,
+                    )
+                    .await?
+                }
+                LoadPath::Initial => {
+                    // the COPY and the checkpoint commit together: a COPY is not idempotent
+                    let checkpoint = initial::Checkpoint {
+                        job: JOB,
+                        lease: &lease,
+                        owner,
+                        position: position.as_ref(),
+                        counts: &range_counts,
+                        done,
+                        extend: self.config.lease,
+                    };
+                    let kept = initial::copy_page(
+                        self.pool,
+                        container,
+                        page.documents,
+                        &mut page_counts,
+                        checkpoint,
+                    )
+                    .await?;
+                    range_counts.add(&page_counts);
+                    kept
+                }
+            };
             let mine = {
                 let mut all = self
                     .counts

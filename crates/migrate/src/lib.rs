@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod backfill;
+pub mod initial;
 pub mod journal;
 pub mod ledger;
 pub mod loadgen;
@@ -20,6 +21,7 @@ pub mod verify;
 pub mod write_bench;
 
 pub use backfill::{BackfillConfig, BackfillReport, ContainerCounts, run_backfill};
+pub use initial::{LoadMode, LoadPath};
 pub use source::{CosmosSource, DocumentSource, ExportDirSource, SourceDocument, SourcePage};
 pub use verify::{
     DriftItem, DriftKind, Entity, EntityCounts, Outcome, RepairOptions, RepairReport, VerifyError,

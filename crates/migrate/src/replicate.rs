@@ -876,7 +876,7 @@ mod tests {
             unchanged: 1,
             quarantined: 0,
             skipped: [("duplicate".to_owned(), 1)].into(),
-            superseded: 0,
+            ..ContainerCounts::default()
         };
         total.add(&page);
         total.add(&page);

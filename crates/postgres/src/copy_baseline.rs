@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt as _;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinSet;
 
 /// The domain tables in an order that satisfies their foreign keys.
@@ -178,11 +178,14 @@ async fn copy_stream(pool: PgPool, stream: Stream) -> Result<u64, sqlx::Error> {
 
 /// The definitions of the domain tables' secondary indexes, keys, foreign keys and triggers,
 /// taken from the catalog and dropped by [`strip_schema`], to be rebuilt by
-/// [`restore_order_load`].
-#[derive(Debug, Clone)]
+/// [`rebuild_schema`]. Serializable: the initial load keeps it in `migration.load_state`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StrippedSchema {
     /// The catalog before stripping: what the rebuild must come back to.
     catalog: BTreeSet<String>,
+    /// The statements that dropped the objects, each made idempotent (`if exists`), in the
+    /// order they ran: run again, they finish a rebuild that a kill left half done.
+    drops: Vec<String>,
     indexes: Vec<String>,
     keys: Vec<String>,
     /// One `alter table` per table adding all its foreign keys, each validated as it is added.
@@ -212,7 +215,7 @@ const DEFINITIONS_QUERY: &str = r#"
 with t as (select unnest($1::text[])::regclass as oid)
 select kind, tbl, drop_sql, create_sql from (
     select 0 as step, 'trigger' as kind, tg.tgrelid::regclass::text as tbl,
-           format('drop trigger %I on %s', tg.tgname, tg.tgrelid::regclass) as drop_sql,
+           format('drop trigger if exists %I on %s', tg.tgname, tg.tgrelid::regclass) as drop_sql,
            pg_get_triggerdef(tg.oid) as create_sql
     from pg_trigger tg join t on t.oid = tg.tgrelid
     where not tg.tgisinternal
@@ -220,13 +223,13 @@ select kind, tbl, drop_sql, create_sql from (
     select case when c.contype = 'f' then 1 else 2 end,
            case when c.contype = 'f' then 'foreign key' else 'key' end,
            c.conrelid::regclass::text,
-           format('alter table %s drop constraint %I', c.conrelid::regclass, c.conname),
+           format('alter table %s drop constraint if exists %I', c.conrelid::regclass, c.conname),
            format('add constraint %I %s', c.conname, pg_get_constraintdef(c.oid))
     from pg_constraint c join t on t.oid = c.conrelid
     where c.contype in ('p', 'u', 'x', 'f')
     union all
     select 3, 'index', i.indrelid::regclass::text,
-           format('drop index %s', i.indexrelid::regclass),
+           format('drop index if exists %s', i.indexrelid::regclass),
            pg_get_indexdef(i.indexrelid)
     from pg_index i join t on t.oid = i.indrelid
     where not exists (
@@ -244,24 +247,34 @@ order by step, tbl, drop_sql
 /// `pg_get_constraintdef` of `accounts_role_check` (`role in (...)` on a varchar), added
 /// again, is stored as a different expression, so the schema would not come back.
 pub async fn strip_schema(pool: &PgPool) -> Result<StrippedSchema, sqlx::Error> {
-    let catalog = domain_catalog(pool).await?;
+    let mut tx = pool.begin().await?;
+    let stripped = strip_schema_in(&mut tx).await?;
+    tx.commit().await?;
+    Ok(stripped)
+}
+
+/// [`strip_schema`] inside the caller's transaction, so that the caller can record the
+/// definitions in the same commit that drops the objects.
+pub async fn strip_schema_in(conn: &mut PgConnection) -> Result<StrippedSchema, sqlx::Error> {
+    let catalog = domain_catalog(&mut *conn).await?;
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(DEFINITIONS_QUERY)
         .bind(table_names())
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
     let mut stripped = StrippedSchema {
         catalog,
+        drops: Vec::new(),
         indexes: Vec::new(),
         keys: Vec::new(),
         foreign_keys: Vec::new(),
         triggers: Vec::new(),
     };
     let mut per_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut tx = pool.begin().await?;
     for (kind, table, drop_sql, create_sql) in rows {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))
-            .execute(&mut *tx)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql.clone()))
+            .execute(&mut *conn)
             .await?;
+        stripped.drops.push(drop_sql);
         match kind.as_str() {
             "trigger" => stripped.triggers.push(create_sql),
             "index" => stripped.indexes.push(create_sql),
@@ -271,12 +284,60 @@ pub async fn strip_schema(pool: &PgPool) -> Result<StrippedSchema, sqlx::Error> 
             _ => per_table.entry(table).or_default().push(create_sql),
         }
     }
-    tx.commit().await?;
     stripped.foreign_keys = per_table
         .into_iter()
         .map(|(table, clauses)| format!("alter table {table} {}", clauses.join(", ")))
         .collect();
     Ok(stripped)
+}
+
+/// A primary or unique key of a domain table: what a set-based check for duplicates needs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UniqueKey {
+    pub table: String,
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+/// The primary and unique keys of the domain tables (by the catalog). Fails when a table has a
+/// unique index that is not a plain key (partial, on an expression): a check by `group by` on
+/// its columns would not be that index's rule.
+pub async fn unique_keys(conn: &mut PgConnection) -> Result<Vec<UniqueKey>, sqlx::Error> {
+    let odd: Option<String> = sqlx::query_scalar(
+        "with t as (select unnest($1::text[])::regclass as oid)
+         select i.indexrelid::regclass::text from pg_index i join t on t.oid = i.indrelid
+         where i.indisunique and (i.indpred is not null or i.indexprs is not null)
+         limit 1",
+    )
+    .bind(table_names())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(index) = odd {
+        return Err(sqlx::Error::Protocol(format!(
+            "unique index `{index}` is partial or on an expression; the initial load's              duplicate check does not cover it"
+        )));
+    }
+    let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "with t as (select unnest($1::text[])::regclass as oid)
+         select c.conrelid::regclass::text, c.conname::text,
+                array_agg(a.attname::text order by k.ord)
+         from pg_constraint c join t on t.oid = c.conrelid
+         cross join unnest(c.conkey) with ordinality as k(attnum, ord)
+         join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.attnum
+         where c.contype in ('p', 'u')
+         group by 1, 2 order by 1, 2",
+    )
+    .bind(table_names())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(table, name, columns)| UniqueKey {
+            table,
+            name,
+            columns,
+        })
+        .collect())
 }
 
 /// What the restore-order ceiling measured.
@@ -311,6 +372,43 @@ pub async fn restore_order_load(
     let started = Instant::now();
     let rows = copy_into(pool, export, streams).await?;
     let copied = started.elapsed();
+    rebuild_objects(pool, schema, streams).await?;
+    let timing = RestoreOrder {
+        rows,
+        copy_seconds: copied.as_secs_f64(),
+        rebuild_seconds: (started.elapsed() - copied).as_secs_f64(),
+    };
+    check_catalog(pool, schema).await?;
+    Ok(timing)
+}
+
+/// Makes again what [`strip_schema`] dropped, as pg_restore does: the secondary indexes (in
+/// parallel sessions), the primary and unique keys, the foreign keys (validated as they are
+/// added, one `alter table` per table), the triggers; `streams` sessions at a time, each with
+/// `maintenance_work_mem` raised. A rebuild that a kill left half done is finished by running
+/// this again: the drops run first (each `if exists`), so every object is made once.
+/// Then checks that the catalog of the domain tables is the one [`strip_schema`] found.
+pub async fn rebuild_schema(
+    pool: &PgPool,
+    schema: &StrippedSchema,
+    streams: usize,
+) -> Result<(), BaselineError> {
+    let mut tx = pool.begin().await?;
+    for drop in &schema.drops {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop.clone()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    rebuild_objects(pool, schema, streams).await?;
+    check_catalog(pool, schema).await
+}
+
+async fn rebuild_objects(
+    pool: &PgPool,
+    schema: &StrippedSchema,
+    streams: usize,
+) -> Result<(), BaselineError> {
     for stage in [
         &schema.indexes,
         &schema.keys,
@@ -323,11 +421,10 @@ pub async fn restore_order_load(
         })
         .await?;
     }
-    let timing = RestoreOrder {
-        rows,
-        copy_seconds: copied.as_secs_f64(),
-        rebuild_seconds: (started.elapsed() - copied).as_secs_f64(),
-    };
+    Ok(())
+}
+
+async fn check_catalog(pool: &PgPool, schema: &StrippedSchema) -> Result<(), BaselineError> {
     let after = domain_catalog(pool).await?;
     if after != schema.catalog {
         return Err(BaselineError::CatalogDiffers {
@@ -335,7 +432,7 @@ pub async fn restore_order_load(
             unexpected: after.difference(&schema.catalog).cloned().collect(),
         });
     }
-    Ok(timing)
+    Ok(())
 }
 
 async fn rebuild(pool: PgPool, sql: String) -> Result<(), sqlx::Error> {
@@ -355,7 +452,9 @@ async fn rebuild(pool: PgPool, sql: String) -> Result<(), sqlx::Error> {
 /// The indexes (with their validity), constraints (with the index each uses) and triggers
 /// (with whether they are enabled) of the domain tables, one text line each: two databases
 /// with equal sets have the same schema where the restore order touches it.
-pub async fn domain_catalog(pool: &PgPool) -> Result<BTreeSet<String>, sqlx::Error> {
+pub async fn domain_catalog<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+) -> Result<BTreeSet<String>, sqlx::Error> {
     let lines: Vec<String> = sqlx::query_scalar(
         r#"
         with t as (select unnest($1::text[])::regclass as oid)
@@ -375,7 +474,7 @@ pub async fn domain_catalog(pool: &PgPool) -> Result<BTreeSet<String>, sqlx::Err
         "#,
     )
     .bind(table_names())
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(lines.into_iter().collect())
 }

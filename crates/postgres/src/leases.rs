@@ -154,8 +154,8 @@ pub async fn take(
 /// Records how far the range got and what it counted, and extends the lease. Returns `false`
 /// when the lease was lost (it expired and another worker took the range): stop working on it.
 #[allow(clippy::too_many_arguments)]
-pub async fn advance(
-    pool: &PgPool,
+pub async fn advance<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
     job: &str,
     lease: &Lease,
     owner: &str,
@@ -179,10 +179,36 @@ pub async fn advance(
     .bind(counts)
     .bind(done)
     .bind(millis(extend))
-    .execute(pool)
+    .execute(exec)
     .await
     .map_err(map)?;
     Ok(updated.rows_affected() == 1)
+}
+
+/// Records `counts` under a range of `unit` that is not read from the source (`range_no`
+/// below 0, done from the start): work a job did beside its ranges (the initial load's upsert
+/// pass), so that the job's totals, summed over ranges, include it.
+pub async fn record_counts<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    job: &str,
+    unit: &str,
+    range_no: i32,
+    counts: &Value,
+) -> Result<()> {
+    sqlx::query(
+        "insert into migration.work_ranges (job, unit, range_no, range_start, done, counts)
+         values ($1, $2, $3, 'null', true, $4)
+         on conflict (job, unit, range_no) do update set counts = excluded.counts,
+                                                        updated_at = now()",
+    )
+    .bind(job)
+    .bind(unit)
+    .bind(range_no)
+    .bind(counts)
+    .execute(exec)
+    .await
+    .map_err(map)?;
+    Ok(())
 }
 
 /// Records that the range `lease` holds had everything its source held `ago` before now

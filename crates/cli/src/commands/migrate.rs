@@ -42,6 +42,10 @@ pub async fn run(args: &MigrateArgs, settings: &Settings, json: bool) -> anyhow:
             .or(file.lease_seconds)
             .map_or(defaults.lease, Duration::from_secs),
         restart: args.restart,
+        load_mode: args
+            .load_mode
+            .or(file.load_mode)
+            .unwrap_or(defaults.load_mode),
         ..defaults
     };
     let source = source::document_source(&args.source, settings).await?;
@@ -70,6 +74,7 @@ fn outcome(report: &BackfillReport) -> Outcome {
             ""
         }
     );
+    human.push_str(&format!("  loaded by: {}\n", load_path_line(report)));
     human.push_str(&format!(
         "  {:<15} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
         "container", "read", "written", "unchanged", "quarantined", "skipped"
@@ -103,12 +108,30 @@ fn outcome(report: &BackfillReport) -> Outcome {
             "run_id": report.run_id,
             "source": report.source,
             "joined": report.joined,
+            "load_path": report.load_path,
+            "initial_load": report.initial_load,
             "elapsed_seconds": report.elapsed_seconds,
             "reconciled": reconciled,
             "process": report.containers,
             "job": report.job_totals,
             "peak_rss_bytes": peak_rss_bytes(),
         }),
+    }
+}
+
+fn load_path_line(report: &BackfillReport) -> String {
+    match (report.load_path, &report.initial_load) {
+        (mystira_migrate::LoadPath::Upsert, _) => "version-guarded upserts".to_owned(),
+        (mystira_migrate::LoadPath::Initial, Some(s)) => format!(
+            "initial load (COPY into stripped tables; keys rebuilt in {:.1} s; {} documents \
+             set aside and applied by upserts in {:.1} s)",
+            s.rebuild_seconds,
+            s.set_aside.documents.values().sum::<u64>(),
+            s.redo_seconds
+        ),
+        (mystira_migrate::LoadPath::Initial, None) => {
+            "initial load (finished by another process)".to_owned()
+        }
     }
 }
 

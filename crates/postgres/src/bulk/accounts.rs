@@ -43,10 +43,18 @@ impl BulkDocument for AccountDocument {
         self.account.auth0_user_id.as_deref()
     }
 
-    async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
-        for d in docs {
-            d.account.validate()?;
+    fn validate(&self) -> Result<()> {
+        self.account.validate()?;
+        if let Some(s) = &self.subscription {
+            s.validate()?;
         }
+        for c in &self.completed_scenarios {
+            c.validate()?;
+        }
+        Ok(())
+    }
+
+    async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         let map = |e| map_sqlx_error("accounts", e);
         let accounts: Vec<&Account> = docs.iter().map(|d| &d.account).collect();
         let settings = accounts
@@ -161,9 +169,6 @@ async fn write_subscriptions(
         .iter()
         .filter_map(|d| d.subscription.as_ref().map(|s| (*d, s)))
         .collect();
-    for (_, s) in &owned {
-        s.validate()?;
-    }
     let incoming: Vec<Incoming> = owned
         .iter()
         .map(|(d, s)| Incoming {
@@ -260,9 +265,6 @@ async fn write_completed_scenarios<'a>(
 ) -> Result<()> {
     let map = |e| map_sqlx_error("completed_scenarios", e);
     let rows: Vec<&CompletedScenario> = rows.collect();
-    for r in &rows {
-        r.validate()?;
-    }
     let owners: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
     let scenario_ids: Vec<String> = rows.iter().map(|r| r.scenario_id.clone()).collect();
     sqlx::query(

@@ -151,7 +151,11 @@ pub trait BulkDocument: Send + Sync {
     /// The primary key of the document's main row.
     fn key(&self) -> Uuid;
     fn notes(&self) -> &[DocumentNote];
-    /// Writes the (already version-checked) documents inside `conn`'s transaction.
+    /// Checks every row of the document against the schema's rules, before anything is
+    /// written (the upsert path and the initial load alike).
+    fn validate(&self) -> Result<()>;
+    /// Writes the (already version-checked and validated) documents inside `conn`'s
+    /// transaction.
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>>;
     /// A query of one jsonb value (`$1` = the key): the rows of the document as PostgreSQL
     /// holds them, kept in the quarantine when a newer document of the key displaces them.
@@ -330,6 +334,7 @@ struct Rival {
 async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Result<BatchOutcome> {
     let map = |e| map_sqlx_error(D::CONTAINER, e);
     let mut tx = begin_copy(pool, D::CONTAINER).await?;
+    crate::initial_load::guard_writers(&mut tx).await?;
 
     // Two processes copying two documents of one key at once would each see no rival and both
     // write: one lock per key, taken in key order so two batches cannot deadlock on them.
@@ -441,6 +446,9 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
         })
         .collect();
     if !to_write.is_empty() {
+        for d in &to_write {
+            d.validate()?;
+        }
         let extra = D::write_rows(&mut tx, &to_write).await?;
         replace_notes::<D>(&mut tx, &to_write, &extra).await?;
     }
@@ -564,7 +572,7 @@ async fn delete_notes(conn: &mut PgConnection, container: &str, document_id: &st
     Ok(())
 }
 
-async fn replace_notes<D: BulkDocument>(
+pub(crate) async fn replace_notes<D: BulkDocument>(
     conn: &mut PgConnection,
     docs: &[&D],
     extra: &[NotesFor],
@@ -690,6 +698,7 @@ pub async fn delete_document(
     let table = main_table(container)?;
     let map = |e| map_sqlx_error(table, e);
     let mut tx = begin_copy(pool, table).await?;
+    crate::initial_load::guard_writers(&mut tx).await?;
     let claimed: Option<i32> = sqlx::query_scalar(
         "insert into migration.document_versions as v
              (container, document_id, key, source_ts, source_etag, deleted)

@@ -21,11 +21,16 @@ impl BulkDocument for ProfileDocument {
                                  from user_badges b where b.user_profile_id = p.id), '[]'))
          from user_profiles p where p.id = $1";
 
+    fn validate(&self) -> Result<()> {
+        self.profile.validate()?;
+        for b in &self.badges {
+            b.validate()?;
+        }
+        Ok(())
+    }
+
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         let map = |e| map_sqlx_error("user_profiles", e);
-        for d in docs {
-            d.profile.validate()?;
-        }
         // A profile whose account does not exist lands detached; the reference it had is kept
         // in a note so an operator can see and repair it.
         let referenced: Vec<Uuid> = docs.iter().filter_map(|d| d.profile.account_id).collect();
@@ -126,9 +131,6 @@ async fn write_badges(
         .iter()
         .flat_map(|d| d.badges.iter().map(move |b| (*d, b)))
         .collect();
-    for (_, b) in &owned {
-        b.validate()?;
-    }
     owned.sort_by_key(|(_, b)| b.earned_at);
     let incoming: Vec<Incoming> = owned
         .iter()

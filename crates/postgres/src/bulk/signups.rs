@@ -15,11 +15,12 @@ impl BulkDocument for SignupDocument {
     const SNAPSHOT_SQL: &'static str =
         "select jsonb_build_object('signup', to_jsonb(s)) from pending_signups s where s.id = $1";
 
+    fn validate(&self) -> Result<()> {
+        Ok(self.signup.validate()?)
+    }
+
     async fn write_rows(conn: &mut PgConnection, docs: &[&Self]) -> Result<Vec<NotesFor>> {
         let signups: Vec<&PendingSignup> = docs.iter().map(|d| &d.signup).collect();
-        for s in &signups {
-            s.validate()?;
-        }
         sqlx::query(
             "insert into pending_signups
                  (id, cosmos_id, email, display_name, code, verification_token_hash, status,

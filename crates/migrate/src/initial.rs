@@ -1,0 +1,369 @@
+//! The backfill's initial-load path (`--load-mode`): when PostgreSQL holds nothing of the
+//! domain yet, pages go by binary COPY into tables stripped of their keys, and the keys are
+//! built once at the end (`mystira_postgres::initial_load` has the steps and why the result is
+//! the upsert path's). This module is the job's side: choosing the path, copying a page with
+//! its checkpoint in one transaction, and finishing the load (set aside, rebuild, redo).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use mystira_postgres::bookkeeping;
+use mystira_postgres::initial_load::{self, CopyDocument, CopyOutcome, SetAside, Stage};
+use mystira_postgres::leases;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::apply::{Retries, failure_code, map_page, write_page};
+use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts};
+use crate::source::{DocumentSource, SourceDocument};
+
+/// Which path `migrate` loads by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadMode {
+    /// The initial load when PostgreSQL holds nothing of the domain, the upserts otherwise.
+    #[default]
+    Auto,
+    /// The initial load, or a usage error saying why it cannot run.
+    Initial,
+    /// The version-guarded upserts, whatever PostgreSQL holds.
+    Upsert,
+}
+
+impl std::str::FromStr for LoadMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "initial" => Ok(Self::Initial),
+            "upsert" => Ok(Self::Upsert),
+            other => Err(format!(
+                "unknown load mode `{other}`: expected auto, initial or upsert"
+            )),
+        }
+    }
+}
+
+/// The path a run took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadPath {
+    Initial,
+    Upsert,
+}
+
+/// What finishing an initial load did (reported by the process that finished it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InitialLoadSummary {
+    /// Documents set aside for the upsert pass, by container (and how many had been copied).
+    pub set_aside: SetAside,
+    pub rebuild_seconds: f64,
+    /// The upsert pass over the documents set aside, by container.
+    pub redo: BTreeMap<String, ContainerCounts>,
+    pub redo_seconds: f64,
+}
+
+/// The reason a document read twice or refused by COPY is counted under until the upsert pass
+/// reads and applies it again.
+pub const DEFERRED: &str = "deferred_to_upsert_pass";
+
+/// The range number under which a container's upsert pass records its counts (the job's
+/// totals are the sum over ranges).
+const REDO_RANGE: i32 = -1;
+
+/// Copies one page by the initial-load path: decode and map as the upsert path does, then the
+/// COPY, the quarantine entries and the range's checkpoint (`advance`) in one transaction, so a
+/// kill loses the page in flight and nothing else. Returns `false` when the lease was lost (the
+/// page is then not copied: the new holder copies it).
+pub(crate) async fn copy_page(
+    pool: &PgPool,
+    container: &str,
+    documents: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+    checkpoint: Checkpoint<'_>,
+) -> Result<bool, BackfillError> {
+    let mut page_counts = ContainerCounts::default();
+    let page = map_page(container, documents, &mut page_counts);
+    let attempt = async {
+        let mut tx = pool.begin().await.map_err(store)?;
+        let mut tried = page_counts.clone();
+        for r in &page.rejected {
+            bookkeeping::quarantine(&mut *tx, &r.entry(container)).await?;
+            tried.quarantined += 1;
+        }
+        copy_kind(
+            &mut tx,
+            container,
+            &page.accounts,
+            &page.raw_by_id,
+            &mut tried,
+        )
+        .await?;
+        copy_kind(
+            &mut tx,
+            container,
+            &page.profiles,
+            &page.raw_by_id,
+            &mut tried,
+        )
+        .await?;
+        copy_kind(
+            &mut tx,
+            container,
+            &page.signups,
+            &page.raw_by_id,
+            &mut tried,
+        )
+        .await?;
+        Ok::<_, BackfillError>((tx, tried))
+    };
+    let (mut tx, tried) = match attempt.await {
+        Ok(done) => done,
+        Err(BackfillError::Store(e)) if !e.is_retryable() => {
+            // the database refused a row the codec let through: the whole page goes to the
+            // upsert pass, which isolates the bad document and quarantines it with its reason
+            tracing::warn!(container, error = %e, "COPY refused a page; deferring it");
+            let mut tx = pool.begin().await.map_err(store)?;
+            let mut deferred = page_counts.clone();
+            for r in &page.rejected {
+                bookkeeping::quarantine(&mut *tx, &r.entry(container)).await?;
+                deferred.quarantined += 1;
+            }
+            let ids: Vec<String> = page.raw_by_id.keys().cloned().collect();
+            initial_load::defer(&mut *tx, container, &ids, initial_load::PAGE_REFUSED).await?;
+            *deferred.skipped.entry(DEFERRED.to_owned()).or_default() += ids.len() as u64;
+            (tx, deferred)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut range_counts = checkpoint.counts.clone();
+    range_counts.add(&tried);
+    let kept = leases::advance(
+        &mut *tx,
+        checkpoint.job,
+        checkpoint.lease,
+        checkpoint.owner,
+        checkpoint.position,
+        &serde_json::to_value(&range_counts).unwrap_or_default(),
+        checkpoint.done,
+        checkpoint.extend,
+    )
+    .await?;
+    if !kept {
+        // another worker holds the range now and copies this page itself
+        tx.rollback().await.map_err(store)?;
+        return Ok(false);
+    }
+    tx.commit().await.map_err(store)?;
+    counts.add(&tried);
+    Ok(true)
+}
+
+/// Where a range's checkpoint goes once its page is copied.
+pub(crate) struct Checkpoint<'a> {
+    pub job: &'a str,
+    pub lease: &'a leases::Lease,
+    pub owner: &'a str,
+    pub position: Option<&'a serde_json::Value>,
+    /// The range's counts before this page.
+    pub counts: &'a ContainerCounts,
+    pub done: bool,
+    pub extend: std::time::Duration,
+}
+
+fn store(e: sqlx::Error) -> BackfillError {
+    BackfillError::Store(mystira_postgres::map_sqlx_error("initial_load", e))
+}
+
+async fn copy_kind<D: CopyDocument>(
+    conn: &mut sqlx::PgConnection,
+    container: &str,
+    docs: &[D],
+    raw_by_id: &BTreeMap<String, serde_json::Value>,
+    counts: &mut ContainerCounts,
+) -> Result<(), BackfillError> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let outcomes = initial_load::copy_documents(&mut *conn, docs).await?;
+    for (doc, outcome) in docs.iter().zip(outcomes) {
+        match outcome {
+            CopyOutcome::Copied => counts.written += 1,
+            CopyOutcome::Unchanged => counts.unchanged += 1,
+            CopyOutcome::Deferred => {
+                *counts.skipped.entry(DEFERRED.to_owned()).or_default() += 1;
+            }
+            CopyOutcome::Failed(e) => {
+                let id = &doc.version().document_id;
+                let document = raw_by_id.get(id).cloned().unwrap_or_default();
+                let message = e.to_string();
+                bookkeeping::quarantine(
+                    &mut *conn,
+                    &bookkeeping::QuarantinedDocument {
+                        container,
+                        document_id: id,
+                        reason_code: failure_code(&e),
+                        message: &message,
+                        document: &document,
+                        source_ts: Some(doc.version().ts),
+                    },
+                )
+                .await?;
+                counts.quarantined += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finishes the initial load under way, if any (whichever process gets here first; the others
+/// wait for it, then find nothing to do): set aside, rebuild, the upsert pass, the end.
+pub(crate) async fn finish(
+    pool: &PgPool,
+    source: &dyn DocumentSource,
+    job: &str,
+    streams: usize,
+) -> Result<Option<InitialLoadSummary>, BackfillError> {
+    let mut lock = pool.acquire().await.map_err(store)?;
+    sqlx::query("select pg_advisory_lock(hashtext('mystira.initial_load/finish'))")
+        .execute(&mut *lock)
+        .await
+        .map_err(store)?;
+    let result = finish_locked(pool, source, job, streams).await;
+    sqlx::query("select pg_advisory_unlock(hashtext('mystira.initial_load/finish'))")
+        .execute(&mut *lock)
+        .await
+        .map_err(store)?;
+    result
+}
+
+async fn finish_locked(
+    pool: &PgPool,
+    source: &dyn DocumentSource,
+    job: &str,
+    streams: usize,
+) -> Result<Option<InitialLoadSummary>, BackfillError> {
+    if initial_load::stage(pool).await?.is_none() {
+        return Ok(None);
+    }
+    let mut summary = InitialLoadSummary {
+        set_aside: initial_load::set_aside(pool).await?,
+        ..InitialLoadSummary::default()
+    };
+    let started = Instant::now();
+    tracing::info!("initial load: building the indexes, keys and foreign keys");
+    initial_load::rebuild(pool, streams).await?;
+    summary.rebuild_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for container in CONTAINERS {
+        let ids: BTreeSet<String> = initial_load::redo_list(pool, container)
+            .await?
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            container,
+            documents = ids.len(),
+            "initial load: applying the documents set aside through the upsert path"
+        );
+        let (documents, missing) = reread(source, container, &ids).await?;
+        let mut counts = ContainerCounts::default();
+        write_page(pool, container, documents, &mut counts, Retries::Backoff).await?;
+        if missing > 0 {
+            // gone from a live source since it was copied: nothing is left to apply
+            counts.read += missing;
+            *counts
+                .skipped
+                .entry("gone_from_source".to_owned())
+                .or_default() += missing;
+        }
+        counts.set_aside = summary
+            .set_aside
+            .copied
+            .get(container)
+            .copied()
+            .unwrap_or(0);
+        summary.redo.insert(container.to_owned(), counts);
+    }
+    let mut tx = pool.begin().await.map_err(store)?;
+    for (container, counts) in &summary.redo {
+        leases::record_counts(
+            &mut *tx,
+            job,
+            container,
+            REDO_RANGE,
+            &serde_json::to_value(counts).unwrap_or_default(),
+        )
+        .await?;
+    }
+    initial_load::finish(&mut tx).await?;
+    tx.commit().await.map_err(store)?;
+    summary.redo_seconds = started.elapsed().as_secs_f64();
+    Ok(Some(summary))
+}
+
+/// The documents of `container` with one of `ids`, read from the source again (every copy the
+/// source has), and how many of `ids` it no longer has. Reads the whole container: sources
+/// have no lookup by id yet (planned for the live source: a query by ids).
+async fn reread(
+    source: &dyn DocumentSource,
+    container: &str,
+    ids: &BTreeSet<String>,
+) -> Result<(Vec<SourceDocument>, u64), BackfillError> {
+    let mut found = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut position: Option<serde_json::Value> = None;
+    loop {
+        let page = source.read_page(container, position.as_ref(), 1000).await?;
+        for doc in page.documents {
+            if let SourceDocument::Document(raw) = &doc
+                && let Some(id) = raw.get("id").and_then(|v| v.as_str())
+                && ids.contains(id)
+            {
+                seen.insert(id.to_owned());
+                found.push(doc);
+            }
+        }
+        match page.next {
+            Some(next) => position = Some(next),
+            None => break,
+        }
+    }
+    Ok((found, (ids.len() - seen.len()) as u64))
+}
+
+/// Chooses the path of a run that is about to start or join, and strips the schema when it
+/// is the initial load's first process. `joined`: the run was already under way.
+pub(crate) async fn choose_path(
+    pool: &PgPool,
+    mode: LoadMode,
+    joined: bool,
+    stage: Option<Stage>,
+) -> Result<LoadPath, BackfillError> {
+    if stage.is_some() {
+        return Ok(LoadPath::Initial);
+    }
+    if joined || mode == LoadMode::Upsert {
+        if joined && mode == LoadMode::Initial {
+            return Err(BackfillError::LoadMode(
+                "the unfinished run this process joins loads by upserts; run with \
+                 --load-mode auto or upsert to finish it, or --restart"
+                    .to_owned(),
+            ));
+        }
+        return Ok(LoadPath::Upsert);
+    }
+    match initial_load::begin(pool).await? {
+        None => Ok(LoadPath::Initial),
+        Some(reason) if mode == LoadMode::Initial => Err(BackfillError::LoadMode(format!(
+            "--load-mode initial needs PostgreSQL to hold nothing of the domain: {reason}"
+        ))),
+        Some(reason) => {
+            tracing::info!(reason, "loading by upserts");
+            Ok(LoadPath::Upsert)
+        }
+    }
+}

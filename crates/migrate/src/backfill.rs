@@ -210,7 +210,9 @@ pub async fn run_backfill(
             futures::future::try_join_all(workers).await?;
         }
         match load_path {
-            LoadPath::Initial => initial::finish(pool, source, JOB, config.workers).await,
+            LoadPath::Initial => {
+                initial::finish(pool, source, JOB, config.workers, config.batch_rows).await
+            }
             LoadPath::Upsert => Ok(None),
         }
     }
@@ -219,11 +221,15 @@ pub async fn run_backfill(
         Ok(summary) => (Ok(()), summary),
         Err(e) => (Err(e), None),
     };
+    let mut containers = shared.counts.into_inner().unwrap_or_default();
+    if let Some(summary) = &initial_load {
+        initial::correct_process_counts(&mut containers, summary);
+    }
     let report = BackfillReport {
         run_id,
         source: source.describe(),
         joined,
-        containers: shared.counts.into_inner().unwrap_or_default(),
+        containers,
         job_totals: job_totals(pool).await.unwrap_or_default(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
         load_path,

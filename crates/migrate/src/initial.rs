@@ -68,10 +68,6 @@ pub struct InitialLoadSummary {
 /// reads and applies it again.
 pub const DEFERRED: &str = "deferred_to_upsert_pass";
 
-/// The range number under which a container's upsert pass records its counts (the job's
-/// totals are the sum over ranges).
-const REDO_RANGE: i32 = -1;
-
 /// Copies one page by the initial-load path: decode and map as the upsert path does, then the
 /// COPY, the quarantine entries and the range's checkpoint (`advance`) in one transaction, so a
 /// kill loses the page in flight and nothing else. Returns `false` when the lease was lost (the
@@ -224,13 +220,14 @@ pub(crate) async fn finish(
     source: &dyn DocumentSource,
     job: &str,
     streams: usize,
+    batch_rows: usize,
 ) -> Result<Option<InitialLoadSummary>, BackfillError> {
     let mut lock = pool.acquire().await.map_err(store)?;
     sqlx::query("select pg_advisory_lock(hashtext('mystira.initial_load/finish'))")
         .execute(&mut *lock)
         .await
         .map_err(store)?;
-    let result = finish_locked(pool, source, job, streams).await;
+    let result = finish_locked(pool, source, job, streams, batch_rows).await;
     sqlx::query("select pg_advisory_unlock(hashtext('mystira.initial_load/finish'))")
         .execute(&mut *lock)
         .await
@@ -243,6 +240,7 @@ async fn finish_locked(
     source: &dyn DocumentSource,
     job: &str,
     streams: usize,
+    batch_rows: usize,
 ) -> Result<Option<InitialLoadSummary>, BackfillError> {
     if initial_load::stage(pool).await?.is_none() {
         return Ok(None);
@@ -269,9 +267,21 @@ async fn finish_locked(
             documents = ids.len(),
             "initial load: applying the documents set aside through the upsert path"
         );
-        let (documents, missing) = reread(source, container, &ids).await?;
+        let (mut documents, missing) = reread(source, container, &ids).await?;
+        // newest first: the document a written rule keeps (the newest by `_ts`) lands before
+        // those it beats, so they reach the quarantine with their raw document rather than a
+        // snapshot of rows they held for a moment; the result is the same in any order
+        documents.sort_by_cached_key(|d| match d {
+            SourceDocument::Document(raw) => (
+                std::cmp::Reverse(raw.get("_ts").and_then(serde_json::Value::as_i64)),
+                std::cmp::Reverse(raw.get("id").and_then(|v| v.as_str()).map(str::to_owned)),
+            ),
+            SourceDocument::Malformed { .. } => (std::cmp::Reverse(None), std::cmp::Reverse(None)),
+        });
         let mut counts = ContainerCounts::default();
-        write_page(pool, container, documents, &mut counts, Retries::Backoff).await?;
+        for chunk in chunks(documents, batch_rows) {
+            write_page(pool, container, chunk, &mut counts, Retries::Backoff).await?;
+        }
         if missing > 0 {
             // gone from a live source since it was copied: nothing is left to apply
             counts.read += missing;
@@ -289,20 +299,98 @@ async fn finish_locked(
         summary.redo.insert(container.to_owned(), counts);
     }
     let mut tx = pool.begin().await.map_err(store)?;
-    for (container, counts) in &summary.redo {
-        leases::record_counts(
-            &mut *tx,
-            job,
-            container,
-            REDO_RANGE,
-            &serde_json::to_value(counts).unwrap_or_default(),
-        )
-        .await?;
+    for (container, redo) in &summary.redo {
+        correct_totals(&mut tx, job, container, redo).await?;
     }
     initial_load::finish(&mut tx).await?;
     tx.commit().await.map_err(store)?;
     summary.redo_seconds = started.elapsed().as_secs_f64();
     Ok(Some(summary))
+}
+
+/// Makes the job's totals of `container` what the upsert path would have counted: each
+/// document read once, with its final outcome. The documents set aside were counted when the
+/// COPY read them (`written` when copied, `deferred_to_upsert_pass` otherwise); those counts
+/// are taken back from the ranges that hold them, and the upsert pass's outcomes (not its
+/// second reads) are added to the container's last range (the job's totals are the sum over
+/// ranges, so which range carries them does not matter).
+async fn correct_totals(
+    conn: &mut sqlx::PgConnection,
+    job: &str,
+    container: &str,
+    redo: &ContainerCounts,
+) -> Result<(), BackfillError> {
+    let ranges = leases::unit_counts_for_update(&mut *conn, job, container).await?;
+    let mut copied_left = redo.set_aside;
+    let mut taken = 0;
+    let mut corrected: Vec<(i32, ContainerCounts)> = ranges
+        .into_iter()
+        .map(|(range_no, counts)| {
+            let mut counts: ContainerCounts = serde_json::from_value(counts).unwrap_or_default();
+            taken += take_back(&mut counts, &mut copied_left);
+            (range_no, counts)
+        })
+        .collect();
+    if let Some((_, last)) = corrected.last_mut() {
+        last.add(&outcomes_in_place_of(redo, taken));
+    }
+    for (range_no, counts) in corrected {
+        let counts = serde_json::to_value(&counts).unwrap_or_default();
+        leases::set_counts(&mut *conn, job, container, range_no, &counts).await?;
+    }
+    Ok(())
+}
+
+/// Takes back from `counts` up to `copied_left` documents counted `written` and every one
+/// counted `deferred_to_upsert_pass`; returns how many counts it took.
+fn take_back(counts: &mut ContainerCounts, copied_left: &mut u64) -> u64 {
+    let written = (*copied_left).min(counts.written);
+    counts.written -= written;
+    *copied_left -= written;
+    written + counts.skipped.remove(DEFERRED).unwrap_or(0)
+}
+
+/// The counts that replace `taken` counts of documents set aside: the upsert pass's outcomes
+/// (not its reads: each of those documents was counted read when the COPY read it). The pass
+/// reads each document once per copy the source has now; a document the run had read twice
+/// (a live source's final pass) has one outcome there, and its other read counts `unchanged`,
+/// as the upsert path would have counted it.
+fn outcomes_in_place_of(redo: &ContainerCounts, taken: u64) -> ContainerCounts {
+    let mut outcomes = ContainerCounts {
+        read: 0,
+        ..redo.clone()
+    };
+    let applied =
+        redo.written + redo.unchanged + redo.quarantined + redo.skipped.values().sum::<u64>();
+    if taken > applied {
+        outcomes.unchanged += taken - applied;
+    } else {
+        // copies the source gained since: read for the first time by the pass
+        outcomes.read = applied - taken;
+    }
+    outcomes
+}
+
+/// The same correction of this process's own counts, once the load is finished.
+pub(crate) fn correct_process_counts(
+    counts: &mut BTreeMap<String, ContainerCounts>,
+    summary: &InitialLoadSummary,
+) {
+    for (container, redo) in &summary.redo {
+        let mut copied_left = redo.set_aside;
+        let mine = counts.entry(container.clone()).or_default();
+        let taken = take_back(mine, &mut copied_left);
+        mine.add(&outcomes_in_place_of(redo, taken));
+    }
+}
+
+fn chunks(documents: Vec<SourceDocument>, size: usize) -> Vec<Vec<SourceDocument>> {
+    let mut out = Vec::new();
+    let mut rest = documents.into_iter().peekable();
+    while rest.peek().is_some() {
+        out.push(rest.by_ref().take(size.max(1)).collect());
+    }
+    out
 }
 
 /// The documents of `container` with one of `ids`, read from the source again (every copy the

@@ -58,7 +58,7 @@ async fn backfill(pool: &PgPool, store: &CosmosStore) {
     )
     .await
     .unwrap();
-    assert!(report.reconciles());
+    assert!(report.reconciles(), "{report:?}");
 }
 
 /// Direct writes into Cosmos: renames the first `renamed` accounts and adds `added` accounts

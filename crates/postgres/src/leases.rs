@@ -185,27 +185,41 @@ pub async fn advance<'e>(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Records `counts` under a range of `unit` that is not read from the source (`range_no`
-/// below 0, done from the start): work a job did beside its ranges (the initial load's upsert
-/// pass), so that the job's totals, summed over ranges, include it.
-pub async fn record_counts<'e>(
-    exec: impl sqlx::PgExecutor<'e>,
+/// The counts of every range of `unit`, by range number, locked until the transaction ends
+/// (for a job that corrects its totals, such as the initial load's upsert pass).
+pub async fn unit_counts_for_update(
+    conn: &mut sqlx::PgConnection,
+    job: &str,
+    unit: &str,
+) -> Result<Vec<(i32, Value)>> {
+    sqlx::query_as(
+        "select range_no, counts from migration.work_ranges
+         where job = $1 and unit = $2 order by range_no for update",
+    )
+    .bind(job)
+    .bind(unit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map)
+}
+
+/// Replaces the counts of one range.
+pub async fn set_counts(
+    conn: &mut sqlx::PgConnection,
     job: &str,
     unit: &str,
     range_no: i32,
     counts: &Value,
 ) -> Result<()> {
     sqlx::query(
-        "insert into migration.work_ranges (job, unit, range_no, range_start, done, counts)
-         values ($1, $2, $3, 'null', true, $4)
-         on conflict (job, unit, range_no) do update set counts = excluded.counts,
-                                                        updated_at = now()",
+        "update migration.work_ranges set counts = $4, updated_at = now()
+         where job = $1 and unit = $2 and range_no = $3",
     )
     .bind(job)
     .bind(unit)
     .bind(range_no)
     .bind(counts)
-    .execute(exec)
+    .execute(&mut *conn)
     .await
     .map_err(map)?;
     Ok(())

@@ -134,8 +134,9 @@ pub async fn begin(pool: &PgPool) -> Result<Option<String>> {
     if let Some(reason) = why_not_eligible(&mut *tx).await? {
         return Ok(Some(reason));
     }
-    let stripped = copy_baseline::strip_schema_in(&mut tx).await.map_err(map)?;
+    // the keys' columns first: stripping drops them from the catalog
     let unique_keys = copy_baseline::unique_keys(&mut tx).await.map_err(map)?;
+    let stripped = copy_baseline::strip_schema_in(&mut tx).await.map_err(map)?;
     let record = serde_json::json!({ "schema": stripped, "unique_keys": unique_keys });
     sqlx::query("insert into migration.load_state (stage, stripped) values ('loading', $1)")
         .bind(record)
@@ -336,11 +337,13 @@ const OWNERS: [(&str, &str, &str); 6] = [
 ];
 
 /// What [`set_aside`] found: documents to redo, by container.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SetAside {
     pub documents: std::collections::BTreeMap<String, u64>,
     /// Of those, how many had been copied (their rows were taken out).
     pub copied: std::collections::BTreeMap<String, u64>,
+    /// By the constraint or rule that set them aside (`<container> <reason>`).
+    pub reasons: std::collections::BTreeMap<String, u64>,
 }
 
 /// Chooses every document that competes with another for a key or unique value, or points at
@@ -357,7 +360,9 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
         return Ok(SetAside::default());
     };
     if Stage::parse(&stage)? != Stage::Loading {
-        return Ok(SetAside::default());
+        // chosen before a kill: what was found then
+        return serde_json::from_value(stripped["set_aside"].clone())
+            .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")));
     }
     let keys: Vec<copy_baseline::UniqueKey> =
         serde_json::from_value(stripped["unique_keys"].clone())
@@ -443,6 +448,16 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
             .copied
             .insert(container, u64::try_from(copied).unwrap_or(0));
     }
+    let reasons: Vec<(String, i64)> = sqlx::query_as(
+        "select container || ' ' || reason, count(*) from migration.load_redo group by 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map)?;
+    found.reasons = reasons
+        .into_iter()
+        .map(|(r, n)| (r, u64::try_from(n).unwrap_or(0)))
+        .collect();
     for (table, owner, container) in OWNERS.iter().rev() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "delete from {table} t using migration.load_redo r, migration.document_versions v
@@ -469,6 +484,11 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
     .await
     .map_err(map)?;
     set_stage(&mut tx, Stage::Rebuilding).await?;
+    sqlx::query("update migration.load_state set stripped = stripped || jsonb_build_object('set_aside', $1::jsonb)")
+        .bind(serde_json::to_value(&found).unwrap_or_default())
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
     tx.commit().await.map_err(map)?;
     Ok(found)
 }

@@ -245,3 +245,146 @@ async fn verify_exits_0_when_clean_1_on_drift_2_when_it_cannot_compare_and_repai
     let unreachable = verify(export.path(), "postgres://nobody@127.0.0.1:1/none", &[]);
     assert_eq!(unreachable.status.code(), Some(2));
 }
+
+/// The catalog of the domain tables' indexes, constraints and triggers, one line each.
+async fn domain_catalog(db: &str) -> Vec<String> {
+    let mut conn = PgConnection::connect(db).await.unwrap();
+    sqlx::query_scalar(
+        "select 'index ' || indexdef from pg_indexes where schemaname = 'public'
+         union all
+         select 'constraint ' || conrelid::regclass::text || ' ' || conname || ' '
+                || pg_get_constraintdef(oid)
+         from pg_constraint where connamespace = 'public'::regnamespace
+         union all
+         select 'trigger ' || pg_get_triggerdef(oid) || ' ' || tgenabled::text
+         from pg_trigger where not tgisinternal
+         order by 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Per container: read and each outcome (not `superseded` or `set_aside`, which say how a
+/// path got there).
+fn outcomes(report: &serde_json::Value) -> Vec<(String, [serde_json::Value; 5])> {
+    let job = report["job"].as_object().unwrap();
+    job.iter()
+        .map(|(c, n)| {
+            let skipped: u64 = n["skipped"]
+                .as_object()
+                .unwrap()
+                .values()
+                .filter_map(serde_json::Value::as_u64)
+                .sum();
+            (
+                c.clone(),
+                [
+                    n["read"].clone(),
+                    n["written"].clone(),
+                    n["unchanged"].clone(),
+                    n["quarantined"].clone(),
+                    skipped.into(),
+                ],
+            )
+        })
+        .collect()
+}
+
+async fn load_stage(db: &str) -> Option<String> {
+    let mut conn = PgConnection::connect(db).await.ok()?;
+    sqlx::query_scalar("select stage from migration.load_state")
+        .fetch_optional(&mut conn)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn initial_load_killed_while_copying_and_while_rebuilding_reaches_the_upsert_state() {
+    let export = tempfile::tempdir().unwrap();
+    generate(export.path(), 600);
+
+    // the reference: the upsert path, one clean run
+    let clean_db = fresh_database("upserted").await;
+    let clean = finish(&mut migrate(
+        export.path(),
+        &clean_db,
+        &["--load-mode", "upsert"],
+    ));
+    assert_eq!(clean["load_path"], "upsert");
+    let expected = state(&clean_db).await;
+    let expected_catalog = domain_catalog(&clean_db).await;
+
+    let db = fresh_database("initial_killed").await;
+    let initial = ["--load-mode", "initial", "--workers", "2"];
+    let mut kills = 0;
+    // while copying: in Accounts, then in UserProfiles
+    for n in [100, 1200] {
+        let mut child = migrate(export.path(), &db, &initial).spawn().unwrap();
+        if kill_after(&mut child, &db, n).await {
+            kills += 1;
+            assert_eq!(load_stage(&db).await.as_deref(), Some("loading"));
+        }
+    }
+    assert_eq!(kills, 2, "both kills must land while copying");
+
+    // while rebuilding: a reader holds pending_signups, so the rebuild waits on its key (an
+    // `alter table` needs the table to itself) with the load in stage `rebuilding`
+    let mut blocker = PgConnection::connect(&db).await.unwrap();
+    sqlx::raw_sql("begin; select 1 from pending_signups limit 1")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let mut child = migrate(export.path(), &db, &initial).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while load_stage(&db).await.as_deref() != Some("rebuilding") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the rebuild"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the load never reached the rebuild"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // let it get into the rebuild, then kill it there
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(load_stage(&db).await.as_deref(), Some("rebuilding"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sqlx::raw_sql("commit").execute(&mut blocker).await.unwrap();
+
+    // the next run (auto) finishes the load: the same rows, counts and schema as the upserts
+    let resumed = finish(&mut migrate(export.path(), &db, &[]));
+    assert_eq!(resumed["load_path"], "initial");
+    assert_eq!(resumed["reconciled"], true);
+    assert_eq!(
+        outcomes(&resumed),
+        outcomes(&clean),
+        "the same totals as the upsert path"
+    );
+    assert_eq!(load_stage(&db).await, None);
+    assert_eq!(state(&db).await, expected);
+    assert_eq!(domain_catalog(&db).await, expected_catalog);
+
+    // and a later run takes the upsert path and changes nothing
+    let again = finish(&mut migrate(export.path(), &db, &[]));
+    assert_eq!(again["load_path"], "upsert");
+    assert_eq!(state(&db).await, expected);
+}
+
+#[tokio::test]
+async fn load_mode_initial_on_a_database_holding_rows_is_a_usage_error_naming_why() {
+    let export = tempfile::tempdir().unwrap();
+    generate(export.path(), 20);
+    let db = fresh_database("initial_refused").await;
+    finish(&mut migrate(export.path(), &db, &[]));
+    let out = migrate(export.path(), &db, &["--load-mode", "initial", "--restart"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("accounts holds rows"), "{stderr}");
+}

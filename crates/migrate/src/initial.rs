@@ -351,10 +351,9 @@ fn take_back(counts: &mut ContainerCounts, copied_left: &mut u64) -> u64 {
 }
 
 /// The counts that replace `taken` counts of documents set aside: the upsert pass's outcomes
-/// (not its reads: each of those documents was counted read when the COPY read it). The pass
-/// reads each document once per copy the source has now; a document the run had read twice
-/// (a live source's final pass) has one outcome there, and its other read counts `unchanged`,
-/// as the upsert path would have counted it.
+/// (not its reads: each of those documents was counted read when the COPY read it), one per
+/// document; a document the run had read more than once (a live source's final pass) has
+/// one outcome, and each of its other reads counts `unchanged`.
 fn outcomes_in_place_of(redo: &ContainerCounts, taken: u64) -> ContainerCounts {
     let mut outcomes = ContainerCounts {
         read: 0,
@@ -393,26 +392,41 @@ fn chunks(documents: Vec<SourceDocument>, size: usize) -> Vec<Vec<SourceDocument
     out
 }
 
-/// The documents of `container` with one of `ids`, read from the source again (every copy the
-/// source has), and how many of `ids` it no longer has. Reads the whole container: sources
-/// have no lookup by id yet (planned for the live source: a query by ids).
+/// The documents of `container` with one of `ids`, read from the source again (the newest copy
+/// of each, by `_ts` then `_etag`, as a batch keeps it), and how many of `ids` it no longer
+/// has. One document each, so the upsert pass gives each document set aside one outcome.
+/// Reads the whole container: sources have no lookup by id yet (planned for the live source:
+/// a query by ids).
 async fn reread(
     source: &dyn DocumentSource,
     container: &str,
     ids: &BTreeSet<String>,
 ) -> Result<(Vec<SourceDocument>, u64), BackfillError> {
-    let mut found = Vec::new();
-    let mut seen = BTreeSet::new();
+    let version = |raw: &serde_json::Value| {
+        (
+            raw.get("_ts").and_then(serde_json::Value::as_i64),
+            raw.get("_etag").and_then(|v| v.as_str()).map(str::to_owned),
+        )
+    };
+    let mut found: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut position: Option<serde_json::Value> = None;
     loop {
         let page = source.read_page(container, position.as_ref(), 1000).await?;
         for doc in page.documents {
-            if let SourceDocument::Document(raw) = &doc
-                && let Some(id) = raw.get("id").and_then(|v| v.as_str())
-                && ids.contains(id)
-            {
-                seen.insert(id.to_owned());
-                found.push(doc);
+            let SourceDocument::Document(raw) = doc else {
+                continue;
+            };
+            let Some(id) = raw.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !ids.contains(&id) {
+                continue;
+            }
+            match found.get(&id) {
+                Some(kept) if version(kept) >= version(&raw) => {}
+                _ => {
+                    found.insert(id, raw);
+                }
             }
         }
         match page.next {
@@ -420,7 +434,11 @@ async fn reread(
             None => break,
         }
     }
-    Ok((found, (ids.len() - seen.len()) as u64))
+    let missing = (ids.len() - found.len()) as u64;
+    Ok((
+        found.into_values().map(SourceDocument::Document).collect(),
+        missing,
+    ))
 }
 
 /// Chooses the path of a run that is about to start or join, and strips the schema when it

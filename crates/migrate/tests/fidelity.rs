@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mystira_migrate::{BackfillConfig, ExportDirSource, run_backfill};
+use mystira_cosmos::generate::{self, GenerateOptions};
+use mystira_migrate::{
+    BackfillConfig, BackfillReport, ExportDirSource, LoadMode, LoadPath, run_backfill,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -144,8 +147,12 @@ fn write_export(dir: &Path, accounts: &[Value], profiles: &[Value]) {
 
 /// Every domain row and every record an operator sees, as text, in a fixed order.
 async fn state(pool: &PgPool) -> BTreeMap<&'static str, Vec<String>> {
-    let queries: [(&str, &str); 9] = [
+    let queries: [(&str, &str); 10] = [
         ("accounts", "select t::text from accounts t order by id"),
+        (
+            "pending_signups",
+            "select t::text from pending_signups t order by id",
+        ),
         (
             "subscriptions",
             "select t::text from subscriptions t order by id",
@@ -316,5 +323,177 @@ async fn competing_documents_resolve_by_rule_whatever_the_order_batches_or_worke
 
     // and a re-run over the migrated state changes nothing
     migrate(&pool, forward.path(), 2, 3).await;
+    assert_eq!(state(&pool).await, reference, "re-run");
+}
+
+const KEEPER: &str = "55555555-5555-4555-8555-555555555555";
+const LOSER: &str = "66666666-6666-4666-8666-666666666666";
+const READ_TWICE: &str = "77777777-7777-4777-8777-777777777777";
+
+async fn migrate_by(
+    pool: &PgPool,
+    dir: &Path,
+    workers: usize,
+    batch_rows: usize,
+    load_mode: LoadMode,
+) -> BackfillReport {
+    let config = BackfillConfig {
+        batch_rows,
+        workers,
+        ranges_per_container: workers * 2,
+        load_mode,
+        ..BackfillConfig::default()
+    };
+    let report = run_backfill(pool, &ExportDirSource::new(dir), &config, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.reconciles(), "{report:?}");
+    report
+}
+
+/// The counts an operator reads: per container, read and each outcome (not `superseded` or
+/// `set_aside`, which say how a path got there).
+fn outcomes(report: &BackfillReport) -> Vec<(String, u64, u64, u64, u64, u64)> {
+    report
+        .job_totals
+        .iter()
+        .map(|(c, n)| {
+            let skipped = n.skipped.values().sum();
+            (
+                c.clone(),
+                n.read,
+                n.written,
+                n.unchanged,
+                n.quarantined,
+                skipped,
+            )
+        })
+        .collect()
+}
+
+/// A generated export (every historical shape, with problems) plus the competing documents,
+/// and more of them: two accounts of one login, a document read twice with its older copy
+/// second, a profile of the account that loses its login and one of an account no document
+/// has. Every file's lines reversed when `reversed`.
+fn export_with_competitors(reversed: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    generate::write_export(
+        dir.path(),
+        &GenerateOptions {
+            accounts: 80,
+            seed: 5,
+            dirty: 0.1,
+        },
+    )
+    .unwrap();
+    let (mut accounts, mut profiles) = documents();
+    let mut keeper = account(KEEPER, None, 500, "2023-06-01T00:00:00Z", "Keeper");
+    let mut loser = account(LOSER, None, 450, "2023-06-02T00:00:00Z", "Loser");
+    for d in [&mut keeper, &mut loser] {
+        d["ExternalUserId"] = json!("auth0|shared-login");
+    }
+    accounts.extend([
+        keeper,
+        loser,
+        account(READ_TWICE, None, 300, "2023-07-01T00:00:00Z", "Read Twice"),
+        account(
+            READ_TWICE,
+            None,
+            250,
+            "2023-07-01T00:00:00Z",
+            "Read Twice Older",
+        ),
+    ]);
+    profiles.push(profile(
+        "aaaaaaaa-0000-4000-8000-000000000003",
+        LOSER,
+        "2023-06-05T00:00:00Z",
+    ));
+    profiles.push(profile(
+        "aaaaaaaa-0000-4000-8000-000000000004",
+        "99999999-9999-4999-8999-999999999999",
+        "2023-06-06T00:00:00Z",
+    ));
+    for (file, extra) in [
+        ("Accounts.jsonl", &accounts),
+        ("UserProfiles.jsonl", &profiles),
+    ] {
+        let path = dir.path().join(file);
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.extend(extra.iter().map(Value::to_string));
+        if reversed {
+            lines.reverse();
+        }
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+    dir
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn the_initial_load_reaches_the_upsert_paths_state_whatever_the_order_batches_or_workers(
+    pool: PgPool,
+) {
+    let forward = export_with_competitors(false);
+    let backward = export_with_competitors(true);
+    let catalog = mystira_postgres::copy_baseline::domain_catalog(&pool)
+        .await
+        .unwrap();
+
+    let upserted = migrate_by(&pool, forward.path(), 1, 1000, LoadMode::Upsert).await;
+    assert_eq!(upserted.load_path, LoadPath::Upsert);
+    let reference = state(&pool).await;
+    assert_eq!(
+        scalar(
+            &pool,
+            "select display_name from accounts where id = '77777777-7777-4777-8777-777777777777'"
+        )
+        .await,
+        "Read Twice",
+        "the newer copy of a document read twice"
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "select string_agg(document_id, ' ') from migration.quarantine
+             where reason_code = 'duplicate_auth0_user_id'"
+        )
+        .await,
+        LOSER
+    );
+
+    for (dir, workers, batch_rows) in [
+        (forward.path(), 1, 1000),
+        (backward.path(), 4, 1),
+        (forward.path(), 2, 7),
+    ] {
+        reset(&pool).await;
+        let report = migrate_by(&pool, dir, workers, batch_rows, LoadMode::Initial).await;
+        let what = format!("workers={workers} batch={batch_rows} dir={}", dir.display());
+        assert_eq!(report.load_path, LoadPath::Initial, "{what}");
+        let summary = report.initial_load.clone().unwrap();
+        // FIRST/CLONE (shared ids), TWICE and CASES (one key), KEEPER/LOSER (one login),
+        // READ_TWICE, the orphans: all through the upsert pass
+        assert!(
+            summary.set_aside.documents["Accounts"] >= 9,
+            "{what}: {summary:?}"
+        );
+        assert_eq!(state(&pool).await, reference, "{what}");
+        assert_eq!(outcomes(&report), outcomes(&upserted), "{what}");
+        assert_eq!(
+            mystira_postgres::copy_baseline::domain_catalog(&pool)
+                .await
+                .unwrap(),
+            catalog,
+            "{what}: the schema is whole again"
+        );
+    }
+
+    // a later run takes the upsert path and changes nothing
+    let again = migrate_by(&pool, forward.path(), 2, 100, LoadMode::Auto).await;
+    assert_eq!(again.load_path, LoadPath::Upsert);
     assert_eq!(state(&pool).await, reference, "re-run");
 }

@@ -65,7 +65,14 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
     let mut memory = Vec::new();
     for &size in &args.memory_sizes {
         let dir = data_set(work.path(), size)?;
-        let m = migrate_once(&server, &dir, args, &format!("bench_{tag}_mem{size}")).await?;
+        let m = migrate_once(
+            &server,
+            &dir,
+            args,
+            &format!("bench_{tag}_mem{size}"),
+            "initial",
+        )
+        .await?;
         memory.push(json!({ "accounts": size, "rows": m.rows, "peak_rss_bytes": m.peak_rss, "rows_per_second": m.rows as f64 / m.seconds }));
         drop_database(&server, &m.url, args.keep).await;
     }
@@ -79,8 +86,12 @@ pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcom
 #[derive(Debug)]
 struct RunSample {
     rows: u64,
+    /// `migrate --load-mode upsert`.
     migrate_seconds: f64,
     peak_rss: Option<u64>,
+    /// `migrate --load-mode initial`, into its own fresh database, the same rows.
+    initial_seconds: f64,
+    initial_peak_rss: Option<u64>,
     verify_seconds: f64,
     full_schema_seconds: f64,
     restore_copy_seconds: f64,
@@ -103,7 +114,25 @@ async fn measure_run(
     streams: usize,
     prefix: &str,
 ) -> anyhow::Result<RunSample> {
-    let migrated = migrate_once(server, export_dir, args, &format!("{prefix}_migrate")).await?;
+    let initial = migrate_once(
+        server,
+        export_dir,
+        args,
+        &format!("{prefix}_initial"),
+        "initial",
+    )
+    .await?;
+    let migrated = migrate_once(
+        server,
+        export_dir,
+        args,
+        &format!("{prefix}_migrate"),
+        "upsert",
+    )
+    .await?;
+    same_rows("the initial load", initial.rows, migrated.rows)?;
+    same_content(&initial.url, &migrated.url).await?;
+    drop_database(server, &initial.url, args.keep).await;
     let source = db::pool_on(&migrated.url).await?;
     settle(&source, "verify").await?;
     let verify_seconds = time_verify(&migrated.url, export_dir)?;
@@ -165,11 +194,37 @@ async fn measure_run(
         rows: migrated.rows,
         migrate_seconds: migrated.seconds,
         peak_rss: migrated.peak_rss,
+        initial_seconds: initial.seconds,
+        initial_peak_rss: initial.peak_rss,
         verify_seconds,
         full_schema_seconds,
         restore_copy_seconds: restored.copy_seconds,
         restore_rebuild_seconds: restored.rebuild_seconds,
     })
+}
+
+/// Checks, untimed, that the two paths wrote the same rows: a digest of every table of each.
+async fn same_content(initial: &str, upserted: &str) -> anyhow::Result<()> {
+    let mut digests = Vec::new();
+    for url in [initial, upserted] {
+        let pool = db::pool_on(url).await?;
+        let mut digest = Vec::new();
+        for table in copy_baseline::DOMAIN_TABLES {
+            let sql = format!(
+                "select coalesce(md5(string_agg(t::text, '|' order by t::text)), '') from {table} t"
+            );
+            let d: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await?;
+            digest.push((table, d));
+        }
+        pool.close().await;
+        digests.push(digest);
+    }
+    if digests[0] != digests[1] {
+        bail!("the initial load and the upsert path wrote different rows: {digests:?}");
+    }
+    Ok(())
 }
 
 fn same_rows(what: &str, rows: u64, migrated: u64) -> anyhow::Result<()> {
@@ -233,6 +288,7 @@ fn report(
     let per_second = |s: f64| rows as f64 / s;
     let seconds = |f: fn(&RunSample) -> f64| Spread::of(runs.iter().map(f));
     let migrate = seconds(|r| r.migrate_seconds);
+    let initial = seconds(|r| r.initial_seconds);
     let verify = seconds(|r| r.verify_seconds);
     let full = seconds(|r| r.full_schema_seconds);
     let restore = seconds(RunSample::restore_seconds);
@@ -244,8 +300,15 @@ fn report(
     let over_full = ratio(|r| r.full_schema_seconds / r.migrate_seconds);
     let over_restore = ratio(|r| r.restore_seconds() / r.migrate_seconds);
     let verify_ratio = ratio(|r| r.verify_seconds / r.migrate_seconds);
-    let peaks: Vec<u64> = runs.iter().filter_map(|r| r.peak_rss).collect();
-    let peak = (!peaks.is_empty()).then(|| Spread::of(peaks.iter().map(|&b| b as f64)));
+    let initial_over_full = ratio(|r| r.full_schema_seconds / r.initial_seconds);
+    let initial_over_restore = ratio(|r| r.restore_seconds() / r.initial_seconds);
+    let verify_over_initial = ratio(|r| r.verify_seconds / r.initial_seconds);
+    let peak_of = |f: fn(&RunSample) -> Option<u64>| {
+        let peaks: Vec<u64> = runs.iter().filter_map(f).collect();
+        (!peaks.is_empty()).then(|| Spread::of(peaks.iter().map(|&b| b as f64)))
+    };
+    let peak = peak_of(|r| r.peak_rss);
+    let initial_peak = peak_of(|r| r.initial_peak_rss);
 
     let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
     let line = |name: &str, s: Spread| {
@@ -271,7 +334,8 @@ fn report(
     if runs.len() < 3 {
         human.push_str("warning: fewer than 3 runs, the spread says little\n");
     }
-    human.push_str(&line("migrate (export files -> PostgreSQL)", migrate));
+    human.push_str(&line("migrate, upsert path", migrate));
+    human.push_str(&line("migrate, initial load", initial));
     human.push_str(&line("COPY, full schema", full));
     human.push_str(&line("COPY, restore order (COPY + rebuild)", restore));
     human.push_str(&format!(
@@ -294,15 +358,29 @@ fn report(
         "  migrate / restore order (rows/s)",
         over_restore,
     ));
+    human.push_str(&ratio_line(
+        "  initial load / full-schema COPY",
+        initial_over_full,
+    ));
+    human.push_str(&ratio_line(
+        "  initial load / restore order",
+        initial_over_restore,
+    ));
     human.push_str(&ratio_line("  verify / migrate (time)", verify_ratio));
-    match peak {
-        Some(p) => human.push_str(&format!(
-            "migrate peak memory: {} ({} .. {})\n",
-            mib(p.median),
-            mib(p.min),
-            mib(p.max)
-        )),
-        None => human.push_str("migrate peak memory: unknown on this system\n"),
+    human.push_str(&ratio_line(
+        "  verify / initial load (time)",
+        verify_over_initial,
+    ));
+    for (name, peak) in [("upsert path", peak), ("initial load", initial_peak)] {
+        match peak {
+            Some(p) => human.push_str(&format!(
+                "{name} peak memory: {} ({} .. {})\n",
+                mib(p.median),
+                mib(p.min),
+                mib(p.max)
+            )),
+            None => human.push_str(&format!("{name} peak memory: unknown on this system\n")),
+        }
     }
     for m in &memory {
         human.push_str(&format!(
@@ -325,6 +403,7 @@ fn report(
             "streams": streams,
             "send_buffer_bytes": copy_baseline::SEND_BUFFER_BYTES,
             "migrate": measure(migrate),
+            "initial_load": measure(initial),
             "full_schema_copy": measure(full),
             "restore_order": {
                 "seconds": restore,
@@ -338,11 +417,17 @@ fn report(
                 "migrate_over_full_schema_copy": over_full,
                 "migrate_over_restore_order": over_restore,
                 "verify_over_migrate": verify_ratio,
+                "initial_load_over_full_schema_copy": initial_over_full,
+                "initial_load_over_restore_order": initial_over_restore,
+                "verify_over_initial_load": verify_over_initial,
             },
             "peak_rss_bytes": peak,
+            "initial_load_peak_rss_bytes": initial_peak,
             "samples": runs.iter().map(|r| json!({
                 "migrate_seconds": r.migrate_seconds,
                 "peak_rss_bytes": r.peak_rss,
+                "initial_load_seconds": r.initial_seconds,
+                "initial_load_peak_rss_bytes": r.initial_peak_rss,
                 "verify_seconds": r.verify_seconds,
                 "full_schema_copy_seconds": r.full_schema_seconds,
                 "restore_order_copy_seconds": r.restore_copy_seconds,
@@ -390,6 +475,7 @@ async fn migrate_once(
     dir: &Path,
     args: &BenchArgs,
     name: &str,
+    load_mode: &str,
 ) -> anyhow::Result<Migrated> {
     let url = database(server, name);
     // the schema is created before timing starts: the benchmark measures copying, not DDL
@@ -400,7 +486,7 @@ async fn migrate_once(
     command
         .args(["migrate", "--json", "--quiet", "--export-dir"])
         .arg(dir)
-        .args(["--database-url", &url]);
+        .args(["--database-url", &url, "--load-mode", load_mode]);
     if let Some(rows) = args.batch_rows {
         command.args(["--batch-rows", &rows.to_string()]);
     }

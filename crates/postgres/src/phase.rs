@@ -407,6 +407,22 @@ async fn change<G: PhaseGate>(
         .await
         .map_err(sql)?;
     let domain = parse_stored(&domain)?;
+    let leaves_cosmos_only = match target {
+        Target::Domain(to) | Target::Override(_, to) => to != Phase::CosmosOnly,
+        Target::Clear(_) => domain != Phase::CosmosOnly,
+    };
+    if leaves_cosmos_only
+        && let Some(stage) = crate::initial_load::stage(&mut *tx).await?
+        && stage != crate::initial_load::Stage::Redoing
+    {
+        // not a gate `force` can pass: the tables have no keys, the service must not write
+        return Err(RepoError::Unavailable(format!(
+            "an initial load is under way (stage {}): the domain tables are loaded without \
+             their keys, so no phase other than cosmos-only can start until `migrate` has \
+             built them again",
+            stage.name()
+        )));
+    }
     let account = match target {
         Target::Domain(_) => None,
         Target::Override(a, _) | Target::Clear(a) => Some(a),

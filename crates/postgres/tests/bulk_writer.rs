@@ -475,3 +475,63 @@ async fn two_claimants_of_one_login_written_at_once_give_the_result_of_any_order
         assert_eq!(ids, vec![newer], "round {round}");
     }
 }
+
+/// While an initial load has the domain tables stripped of their keys, every other writer is
+/// refused with a retryable error naming the load (the router journals, `replicate` waits),
+/// no phase but cosmos-only can start (not even forced), and the rebuild brings back the
+/// catalog of `db migrate`.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn while_an_initial_load_has_the_tables_stripped_other_writers_wait(pool: PgPool) {
+    use mystira_postgres::copy_baseline::domain_catalog;
+    use mystira_postgres::initial_load::{self, Stage};
+    use mystira_postgres::phase::{self, ChangeRequest, Phase, Ungated};
+
+    let migrated = domain_catalog(&pool).await.unwrap();
+    assert_eq!(initial_load::begin(&pool).await.unwrap(), None);
+    assert_eq!(
+        initial_load::stage(&pool).await.unwrap(),
+        Some(Stage::Loading)
+    );
+    let stripped = domain_catalog(&pool).await.unwrap();
+    assert!(
+        stripped.iter().all(|l| !l.starts_with("index ")),
+        "no index left: {stripped:?}"
+    );
+    assert_eq!(
+        initial_load::begin(&pool).await.unwrap().as_deref(),
+        Some("an initial load is already under way")
+    );
+
+    let id = Uuid::new_v4();
+    let err = write_batch(&pool, &[account_doc(id, 10, "Ada", None)])
+        .await
+        .expect_err("refused while stripped");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("initial load"), "{err}");
+    let request = ChangeRequest {
+        actor: "ada",
+        reason: "too early",
+        force: true,
+    };
+    let refused = phase::set_phase(&pool, Phase::DualWriteCosmosRead, request, &Ungated)
+        .await
+        .expect_err("no phase change while stripped, even forced");
+    assert!(refused.to_string().contains("initial load"), "{refused}");
+
+    initial_load::set_aside(&pool).await.unwrap();
+    initial_load::rebuild(&pool, 2).await.unwrap();
+    assert_eq!(domain_catalog(&pool).await.unwrap(), migrated);
+    assert_eq!(
+        initial_load::stage(&pool).await.unwrap(),
+        Some(Stage::Redoing)
+    );
+    // the schema is whole: the upsert pass (and any writer) may write
+    let batch = write_batch(&pool, &[account_doc(id, 10, "Ada", None)])
+        .await
+        .unwrap();
+    assert!(matches!(batch.outcomes[0], WriteOutcome::Written));
+    let mut tx = pool.begin().await.unwrap();
+    initial_load::finish(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(initial_load::stage(&pool).await.unwrap(), None);
+}

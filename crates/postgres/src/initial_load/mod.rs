@@ -61,7 +61,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Loading => "loading",
             Self::Rebuilding => "rebuilding",
@@ -128,6 +128,12 @@ pub async fn begin(pool: &PgPool) -> Result<Option<String>> {
     let mut tx = pool.begin().await.map_err(map)?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(LOAD_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+    // a phase change waits for this transaction (and then sees the load and refuses), or
+    // this one sees the phase it set
+    sqlx::query("select 1 from migration.phase_state for share")
         .execute(&mut *tx)
         .await
         .map_err(map)?;

@@ -13,7 +13,7 @@ use mystira_postgres::leases;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::apply::{Retries, failure_code, map_page, write_page};
+use crate::apply::{MappedPage, Retries, failure_code, map_page, write_page};
 use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts};
 use crate::source::{DocumentSource, SourceDocument};
 
@@ -84,34 +84,11 @@ pub(crate) async fn copy_page(
     let attempt = async {
         let mut tx = pool.begin().await.map_err(store)?;
         let mut tried = page_counts.clone();
-        for r in &page.rejected {
-            bookkeeping::quarantine(&mut *tx, &r.entry(container)).await?;
-            tried.quarantined += 1;
-        }
-        copy_kind(
-            &mut tx,
-            container,
-            &page.accounts,
-            &page.raw_by_id,
-            &mut tried,
-        )
-        .await?;
-        copy_kind(
-            &mut tx,
-            container,
-            &page.profiles,
-            &page.raw_by_id,
-            &mut tried,
-        )
-        .await?;
-        copy_kind(
-            &mut tx,
-            container,
-            &page.signups,
-            &page.raw_by_id,
-            &mut tried,
-        )
-        .await?;
+        quarantine_rejected(&mut tx, container, &page, &mut tried).await?;
+        let (raw, t) = (&page.raw_by_id, &mut tried);
+        copy_kind(&mut tx, container, &page.accounts, raw, t).await?;
+        copy_kind(&mut tx, container, &page.profiles, raw, t).await?;
+        copy_kind(&mut tx, container, &page.signups, raw, t).await?;
         Ok::<_, BackfillError>((tx, tried))
     };
     let (mut tx, tried) = match attempt.await {
@@ -122,10 +99,7 @@ pub(crate) async fn copy_page(
             tracing::warn!(container, error = %e, "COPY refused a page; deferring it");
             let mut tx = pool.begin().await.map_err(store)?;
             let mut deferred = page_counts.clone();
-            for r in &page.rejected {
-                bookkeeping::quarantine(&mut *tx, &r.entry(container)).await?;
-                deferred.quarantined += 1;
-            }
+            quarantine_rejected(&mut tx, container, &page, &mut deferred).await?;
             let ids: Vec<String> = page.raw_by_id.keys().cloned().collect();
             initial_load::defer(&mut *tx, container, &ids, initial_load::PAGE_REFUSED).await?;
             *deferred.skipped.entry(DEFERRED.to_owned()).or_default() += ids.len() as u64;
@@ -154,6 +128,20 @@ pub(crate) async fn copy_page(
     tx.commit().await.map_err(store)?;
     counts.add(&tried);
     Ok(true)
+}
+
+/// What the codec rejected, to the quarantine, in the page's transaction.
+async fn quarantine_rejected(
+    conn: &mut sqlx::PgConnection,
+    container: &str,
+    page: &MappedPage,
+    counts: &mut ContainerCounts,
+) -> Result<(), BackfillError> {
+    for r in &page.rejected {
+        bookkeeping::quarantine(&mut *conn, &r.entry(container)).await?;
+        counts.quarantined += 1;
+    }
+    Ok(())
 }
 
 /// Where a range's checkpoint goes once its page is copied.

@@ -239,21 +239,7 @@ async fn begin_copy(
 /// Writes a batch and returns one outcome per input document, in order. `Err` only for a
 /// failure that says nothing about the documents (the database went away): retry the batch.
 pub async fn write_batch<D: BulkDocument>(pool: &PgPool, docs: &[D]) -> Result<BatchOutcome> {
-    // Within one batch a document id may appear twice (a source read twice across a resume);
-    // only the newest copy is written, the other is reported unchanged.
-    let mut newest: HashMap<&str, usize> = HashMap::new();
-    for (i, d) in docs.iter().enumerate() {
-        let v = d.version();
-        newest
-            .entry(v.document_id.as_str())
-            .and_modify(|j| {
-                let w = docs[*j].version();
-                if (v.ts, &v.etag) > (w.ts, &w.etag) {
-                    *j = i;
-                }
-            })
-            .or_insert(i);
-    }
+    let newest = newest_per_document(docs);
     let mut outcomes: Vec<WriteOutcome> = docs.iter().map(|_| WriteOutcome::Unchanged).collect();
     // and two documents of one key: only the owner goes on (see SUPERSEDED_DUPLICATE)
     let mut owner_of_key: HashMap<Uuid, usize> = HashMap::new();
@@ -311,6 +297,26 @@ pub async fn write_batch<D: BulkDocument>(pool: &PgPool, docs: &[D]) -> Result<B
         outcomes,
         displaced,
     })
+}
+
+/// Within one batch a document id may appear twice (a source read twice across a resume):
+/// the index of the newest copy of each id (by `_ts`, then `_etag`); the others are reported
+/// unchanged.
+pub(crate) fn newest_per_document<D: BulkDocument>(docs: &[D]) -> HashMap<&str, usize> {
+    let mut newest: HashMap<&str, usize> = HashMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        let v = d.version();
+        newest
+            .entry(v.document_id.as_str())
+            .and_modify(|j| {
+                let w = docs[*j].version();
+                if (v.ts, &v.etag) > (w.ts, &w.etag) {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    newest
 }
 
 fn superseded<D: BulkDocument>(owner: &D) -> WriteOutcome {

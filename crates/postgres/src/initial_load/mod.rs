@@ -26,7 +26,7 @@
 mod copy_rows;
 mod encode;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use mystira_domain::RepoError;
 use sqlx::{PgConnection, PgPool};
@@ -227,20 +227,8 @@ pub async fn copy_documents<D: CopyDocument>(
     docs: &[D],
 ) -> Result<Vec<CopyOutcome>> {
     let mut outcomes: Vec<CopyOutcome> = docs.iter().map(|_| CopyOutcome::Unchanged).collect();
-    // the newest copy of a document id read twice in one page (as the upsert path)
-    let mut newest: HashMap<&str, usize> = HashMap::new();
-    for (i, d) in docs.iter().enumerate() {
-        let v = d.version();
-        newest
-            .entry(v.document_id.as_str())
-            .and_modify(|j| {
-                let w = docs[*j].version();
-                if (v.ts, &v.etag) > (w.ts, &w.etag) {
-                    *j = i;
-                }
-            })
-            .or_insert(i);
-    }
+    // the newest copy of a document id read twice in one page, as the upsert path keeps it
+    let newest = crate::bulk::newest_per_document(docs);
     let mut chosen: Vec<usize> = Vec::new();
     for i in newest.into_values() {
         match docs[i].validate() {

@@ -15,7 +15,7 @@ use mystira_postgres::bulk::{
 use sqlx::PgPool;
 
 use crate::backfill::{BackfillError, ContainerCounts};
-use crate::mapping::{Mapped, content_locator, map_document};
+use crate::mapping::{Mapped, content_locator, map_document_with};
 use crate::source::SourceDocument;
 
 /// Whether a transient PostgreSQL failure is retried here or returned at once.
@@ -89,9 +89,9 @@ pub(crate) fn map_page(
                 continue;
             }
         };
-        // names a document without a usable id; ids are how quarantine entries are keyed
-        let locator = content_locator(container, &raw);
-        let id = match map_document(container, &raw, &locator) {
+        // a document without a usable id is named by a hash of its content, computed only
+        // for such a document (it serialises the whole document)
+        let id = match map_document_with(container, &raw, || content_locator(container, &raw)) {
             Mapped::Account(d) => {
                 let id = d.version.document_id.clone();
                 page.accounts.push(*d);

@@ -414,6 +414,20 @@ fn export_with_competitors(reversed: bool) -> tempfile::TempDir {
         "99999999-9999-4999-8999-999999999999",
         "2023-06-06T00:00:00Z",
     ));
+    // an orphan whose reference is not the key's canonical text: its note keeps the spelling
+    profiles.push(profile(
+        "aaaaaaaa-0000-4000-8000-000000000005",
+        "ABCDEF01-9999-4999-8999-999999999999",
+        "2023-06-07T00:00:00Z",
+    ));
+    // the two orphans compete for nothing else (their own badge ids): the initial load
+    // detaches them set-based, not through the upsert pass
+    for (p, badge) in profiles.iter_mut().rev().take(2).zip([
+        "b0b0b0b0-0000-4000-8000-000000000005",
+        "b0b0b0b0-0000-4000-8000-000000000004",
+    ]) {
+        p["EarnedBadges"][0]["Id"] = json!(badge);
+    }
     for (file, extra) in [
         ("Accounts.jsonl", &accounts),
         ("UserProfiles.jsonl", &profiles),
@@ -464,6 +478,15 @@ async fn the_initial_load_reaches_the_upsert_paths_state_whatever_the_order_batc
         .await,
         LOSER
     );
+    assert_eq!(
+        scalar(
+            &pool,
+            "select original #>> '{}' from migration.document_notes
+             where code = 'missing_account' and document_id = 'aaaaaaaa-0000-4000-8000-000000000005'"
+        )
+        .await,
+        "ABCDEF01-9999-4999-8999-999999999999"
+    );
 
     for (dir, workers, batch_rows) in [
         (forward.path(), 1, 1000),
@@ -479,6 +502,10 @@ async fn the_initial_load_reaches_the_upsert_paths_state_whatever_the_order_batc
         // READ_TWICE, the orphans: all through the upsert pass
         assert!(
             summary.set_aside.documents["Accounts"] >= 9,
+            "{what}: {summary:?}"
+        );
+        assert!(
+            summary.set_aside.detached_profiles >= 2,
             "{what}: {summary:?}"
         );
         assert_eq!(state(&pool).await, reference, "{what}");

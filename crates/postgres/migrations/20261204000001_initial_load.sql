@@ -29,3 +29,11 @@ create table migration.load_redo (
     reason text not null,
     primary key (container, document_id)
 );
+
+-- The `AccountId` of a copied profile as its document spells it, when that is not the key's
+-- canonical text: what the `missing_account` note of a profile whose account did not land
+-- keeps (written set-based, before the keys come back).
+create table migration.load_refs (
+    document_id text primary key,
+    account_ref text not null
+);

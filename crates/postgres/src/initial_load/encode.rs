@@ -124,6 +124,13 @@ impl CopyDocument for ProfileDocument {
                 .text(&b.image_id);
         }
     }
+
+    fn account_ref_to_keep(&self) -> Option<&str> {
+        match (self.account_ref.as_deref(), self.profile.account_id) {
+            (Some(r), Some(a)) if r != a.hyphenated().to_string() => Some(r),
+            _ => None,
+        }
+    }
 }
 
 impl CopyDocument for SignupDocument {

@@ -9,9 +9,10 @@
 //!    notes, inside the caller's transaction (which also commits the range's checkpoint).
 //! 3. **Set aside** ([`set_aside`]): one set-based query per unique key finds every document
 //!    that shares a key or unique value with another (two documents of one row, a shared
-//!    embedded id, one login for two accounts, a duplicate `cosmos_id`), and every profile
-//!    whose account did not land or was set aside. Their rows are taken out, and they are
-//!    listed in `migration.load_redo`. What is left can hold every key.
+//!    embedded id, one login for two accounts, a duplicate `cosmos_id`). Their rows are taken
+//!    out, and they are listed in `migration.load_redo`. A profile whose account did not land
+//!    or was set aside stays, detached with the `missing_account` note the upsert path gives
+//!    it (the account attaches it again if it lands). What is left can hold every key.
 //! 4. **Rebuild** ([`rebuild`]): the indexes in parallel, then the keys, the foreign keys and
 //!    the triggers; the catalog must come back to what it was, or the load fails.
 //! 5. **Redo** (the caller): the documents set aside go through the upsert path, whose written
@@ -179,6 +180,11 @@ pub trait CopyDocument: BulkDocument {
     const TABLES: &'static [(&'static str, &'static str)];
     /// Adds the document's rows to `page`, with the values the upsert path writes.
     fn encode(&self, page: &mut PageRows);
+    /// A profile's `AccountId` as its document spells it, when that is not the key's canonical
+    /// text (kept for the note of a profile whose account does not land).
+    fn account_ref_to_keep(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The rows of one page, one COPY input per table.
@@ -287,6 +293,25 @@ pub async fn copy_documents<D: CopyDocument>(
         copy.finish().await.map_err(|e| map_sqlx_error(table, e))?;
     }
     replace_notes::<D>(&mut *conn, &copied, &[]).await?;
+    let refs: Vec<(String, String)> = copied
+        .iter()
+        .filter_map(|d| {
+            d.account_ref_to_keep()
+                .map(|r| (d.version().document_id.clone(), r.to_owned()))
+        })
+        .collect();
+    if !refs.is_empty() {
+        sqlx::query(
+            "insert into migration.load_refs (document_id, account_ref)
+             select * from unnest($1::text[], $2::text[])
+             on conflict (document_id) do update set account_ref = excluded.account_ref",
+        )
+        .bind(refs.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>())
+        .bind(refs.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await
+        .map_err(map)?;
+    }
     let landed: Vec<String> = copied
         .iter()
         .map(|d| d.version().document_id.clone())
@@ -338,6 +363,10 @@ pub struct SetAside {
     pub copied: std::collections::BTreeMap<String, u64>,
     /// By the constraint or rule that set them aside (`<container> <reason>`).
     pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Profiles left in place but detached (with their `missing_account` note) because their
+    /// account did not land or was set aside (it attaches them again if it lands).
+    #[serde(default)]
+    pub detached_profiles: u64,
 }
 
 /// Chooses every document that competes with another for a key or unique value, or points at
@@ -361,69 +390,45 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
     let keys: Vec<copy_baseline::UniqueKey> =
         serde_json::from_value(stripped["unique_keys"].clone())
             .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;
-    // accounts first: a profile whose account is set aside is set aside after them
-    for owner_container in ["Accounts", "PendingSignups", "UserProfiles"] {
-        for key in &keys {
-            let Some((table, owner, container)) =
-                OWNERS.iter().find(|(t, _, _)| *t == key.table.as_str())
-            else {
-                return Err(RepoError::Store(format!(
-                    "the unique key `{}` is on `{}`, which the initial load does not know",
-                    key.name, key.table
-                )));
-            };
-            if *container != owner_container {
-                continue;
-            }
-            let cols = key.columns.join(", ");
-            let not_null = key
-                .columns
-                .iter()
-                .map(|c| format!("{c} is not null"))
-                .collect::<Vec<_>>()
-                .join(" and ");
-            // names come from the catalog (constraint columns), never from input
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "insert into migration.load_redo (container, document_id, reason)
-                 select distinct $1, v.document_id, $2
-                 from {table} t
-                 join migration.document_versions v on v.container = $1 and v.key = t.{owner}
-                 where ({cols}) in (select {cols} from {table} where {not_null}
-                                    group by {cols} having count(*) > 1)
-                 on conflict do nothing"
-            )))
-            .bind(container)
-            .bind(&key.name)
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-        }
-        if owner_container == "Accounts" {
-            // every document of a key one of them is set aside for goes with it
-            same_key(&mut tx).await?;
-        }
-        if owner_container == "PendingSignups" {
-            // the one foreign key between documents: a profile's account
-            sqlx::query(
-                "insert into migration.load_redo (container, document_id, reason)
-                 select 'UserProfiles', v.document_id, 'user_profiles_account_id_fkey'
-                 from user_profiles p
-                 join migration.document_versions v on v.container = 'UserProfiles' and v.key = p.id
-                 where p.account_id is not null
-                   and (not exists (select 1 from accounts a where a.id = p.account_id)
-                        or exists (select 1 from migration.document_versions av
-                                   join migration.load_redo r
-                                     on r.container = av.container and r.document_id = av.document_id
-                                   where av.container = 'Accounts' and av.key = p.account_id))
-                 on conflict do nothing",
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-        }
+    for key in &keys {
+        let Some((table, owner, container)) =
+            OWNERS.iter().find(|(t, _, _)| *t == key.table.as_str())
+        else {
+            return Err(RepoError::Store(format!(
+                "the unique key `{}` is on `{}`, which the initial load does not know",
+                key.name, key.table
+            )));
+        };
+        let cols = key.columns.join(", ");
+        let not_null = key
+            .columns
+            .iter()
+            .map(|c| format!("{c} is not null"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        // names come from the catalog (constraint columns), never from input
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into migration.load_redo (container, document_id, reason)
+             select distinct $1, v.document_id, $2
+             from {table} t
+             join migration.document_versions v on v.container = $1 and v.key = t.{owner}
+             where ({cols}) in (select {cols} from {table} where {not_null}
+                                group by {cols} having count(*) > 1)
+             on conflict do nothing"
+        )))
+        .bind(container)
+        .bind(&key.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
     }
+    // every document of a key one of them is set aside for goes with it
     same_key(&mut tx).await?;
-    let mut found = SetAside::default();
+    let detached = detach_orphans(&mut tx).await?;
+    let mut found = SetAside {
+        detached_profiles: detached,
+        ..SetAside::default()
+    };
     let per_container: Vec<(String, i64, i64)> = sqlx::query_as(
         "select r.container, count(*), count(v.document_id)
          from migration.load_redo r
@@ -485,6 +490,45 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
         .map_err(map)?;
     tx.commit().await.map_err(map)?;
     Ok(found)
+}
+
+/// The one foreign key between documents, a profile's account, set-based: a profile (not
+/// itself set aside) whose account did not land, or was set aside, is detached with the
+/// `missing_account` note the upsert path gives a profile that lands before its account. When
+/// the account lands in the upsert pass, it attaches them again (`attach_waiting_profiles`),
+/// as it does in the upsert path. Returns how many were detached.
+async fn detach_orphans(conn: &mut PgConnection) -> Result<u64> {
+    let detached = sqlx::query(
+        "with orphans as (
+             select p.id as key, v.document_id, p.account_id
+             from user_profiles p
+             join migration.document_versions v on v.container = 'UserProfiles' and v.key = p.id
+             where p.account_id is not null
+               and not exists (select 1 from migration.load_redo r
+                               where r.container = 'UserProfiles' and r.document_id = v.document_id)
+               and (not exists (select 1 from accounts a where a.id = p.account_id)
+                    or exists (select 1 from migration.document_versions av
+                               join migration.load_redo r
+                                 on r.container = av.container and r.document_id = av.document_id
+                               where av.container = 'Accounts' and av.key = p.account_id))
+         ), noted as (
+             insert into migration.document_notes
+                 (container, document_id, code, subject, detail, original)
+             select 'UserProfiles', o.document_id, 'missing_account', 'AccountId',
+                    jsonb_build_object('account_ref', coalesce(f.account_ref, o.account_id::text),
+                                       'account_key', o.account_id),
+                    to_jsonb(coalesce(f.account_ref, o.account_id::text))
+             from orphans o left join migration.load_refs f on f.document_id = o.document_id
+             on conflict (container, document_id, code, subject) do update
+                 set detail = excluded.detail, original = excluded.original
+         )
+         update user_profiles p set account_id = null from orphans o where p.id = o.key",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(map)?
+    .rows_affected();
+    Ok(detached)
 }
 
 /// Adds to the redo list every document that shares a key with one listed.
@@ -555,6 +599,10 @@ pub async fn redo_list(pool: &PgPool, container: &str) -> Result<Vec<String>> {
 
 /// Ends the load inside the caller's transaction (which records the upsert pass's counts).
 pub async fn finish(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("delete from migration.load_refs")
+        .execute(&mut *conn)
+        .await
+        .map_err(map)?;
     sqlx::query("delete from migration.load_redo")
         .execute(&mut *conn)
         .await

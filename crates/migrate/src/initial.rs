@@ -58,6 +58,8 @@ pub enum LoadPath {
 pub struct InitialLoadSummary {
     /// Documents set aside for the upsert pass, by container (and how many had been copied).
     pub set_aside: SetAside,
+    /// The set-based checks and the removal of what they found.
+    pub set_aside_seconds: f64,
     pub rebuild_seconds: f64,
     /// The upsert pass over the documents set aside, by container.
     pub redo: BTreeMap<String, ContainerCounts>,
@@ -82,7 +84,7 @@ pub(crate) async fn copy_page(
     let mut page_counts = ContainerCounts::default();
     let page = map_page(container, documents, &mut page_counts);
     let attempt = async {
-        let mut tx = pool.begin().await.map_err(store)?;
+        let mut tx = begin_page(pool).await?;
         let mut tried = page_counts.clone();
         quarantine_rejected(&mut tx, container, &page, &mut tried).await?;
         let (raw, t) = (&page.raw_by_id, &mut tried);
@@ -97,7 +99,7 @@ pub(crate) async fn copy_page(
             // the database refused a row the codec let through: the whole page goes to the
             // upsert pass, which isolates the bad document and quarantines it with its reason
             tracing::warn!(container, error = %e, "COPY refused a page; deferring it");
-            let mut tx = pool.begin().await.map_err(store)?;
+            let mut tx = begin_page(pool).await?;
             let mut deferred = page_counts.clone();
             quarantine_rejected(&mut tx, container, &page, &mut deferred).await?;
             let ids: Vec<String> = page.raw_by_id.keys().cloned().collect();
@@ -128,6 +130,21 @@ pub(crate) async fn copy_page(
     tx.commit().await.map_err(store)?;
     counts.add(&tried);
     Ok(true)
+}
+
+/// A page's transaction. Its commit does not wait for the WAL flush (`synchronous_commit =
+/// off`): the page's rows and its checkpoint commit together, so a server crash that loses
+/// the last commits loses both, and the re-run reads those pages again. A `kill -9` of this
+/// process loses nothing committed.
+async fn begin_page(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, BackfillError> {
+    let mut tx = pool.begin().await.map_err(store)?;
+    sqlx::query("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+    Ok(tx)
 }
 
 /// What the codec rejected, to the quarantine, in the page's transaction.
@@ -233,10 +250,12 @@ async fn finish_locked(
     if initial_load::stage(pool).await?.is_none() {
         return Ok(None);
     }
+    let started = Instant::now();
     let mut summary = InitialLoadSummary {
         set_aside: initial_load::set_aside(pool).await?,
         ..InitialLoadSummary::default()
     };
+    summary.set_aside_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     tracing::info!("initial load: building the indexes, keys and foreign keys");
     initial_load::rebuild(pool, streams).await?;

@@ -394,6 +394,10 @@ pub async fn rebuild_schema(
     streams: usize,
 ) -> Result<(), BaselineError> {
     let mut tx = pool.begin().await?;
+    // most of the objects are gone already: no notice per `if exists` that finds nothing
+    sqlx::query("set local client_min_messages = warning")
+        .execute(&mut *tx)
+        .await?;
     for drop in &schema.drops {
         sqlx::raw_sql(sqlx::AssertSqlSafe(drop.clone()))
             .execute(&mut *tx)

@@ -387,6 +387,16 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
         return serde_json::from_value(stripped["set_aside"].clone())
             .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")));
     }
+    // the tables were filled by COPY a moment ago and autovacuum may not have looked at them
+    // yet: without statistics the planner takes them for empty and joins them row by row (a
+    // probe ran for minutes at 100,000 accounts)
+    sqlx::raw_sql(
+        "analyze accounts, subscriptions, completed_scenarios, user_profiles, user_badges,
+                 pending_signups, migration.document_versions",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?;
     let keys: Vec<copy_baseline::UniqueKey> =
         serde_json::from_value(stripped["unique_keys"].clone())
             .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;

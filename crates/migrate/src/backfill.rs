@@ -86,9 +86,9 @@ pub struct ContainerCounts {
     /// each was read and written once; this says how many of those writes no longer stand.
     pub superseded: u64,
     /// Documents the initial load copied, then took out again because they compete with
-    /// another document for a row or value (or point at an account that did not land), and
-    /// read and applied once more through the upsert path after its rebuild: each is counted
-    /// in `read` and in an outcome once per read. Not part of the reconciliation.
+    /// another document for a row or value, and applied through the upsert path after its
+    /// rebuild. Their counts are those of that final outcome (each read counted once, see
+    /// `crate::initial`); this says how many took the detour. Not part of the reconciliation.
     pub set_aside: u64,
 }
 
@@ -253,47 +253,37 @@ async fn start(
     config: &BackfillConfig,
     plans: &[(String, Vec<leases::RangePlan>)],
 ) -> Result<(bool, LoadPath, bool), BackfillError> {
-    let store = |e| BackfillError::Store(mystira_postgres::map_sqlx_error("backfill", e));
-    let mut lock = pool.acquire().await.map_err(store)?;
-    sqlx::query("select pg_advisory_lock(hashtext('mystira.backfill/start'))")
-        .execute(&mut *lock)
-        .await
-        .map_err(store)?;
-    let chosen = async {
-        let stage = initial_load::stage(pool).await?;
-        if stage.is_some() {
-            if config.restart {
-                return Err(BackfillError::LoadMode(
-                    "an initial load is under way; run migrate again without --restart to \
-                     finish it first"
-                        .to_owned(),
-                ));
-            }
-            if config.load_mode == LoadMode::Upsert {
-                return Err(BackfillError::LoadMode(
-                    "an initial load is under way; run with --load-mode auto or initial to \
-                     finish it"
-                        .to_owned(),
-                ));
-            }
+    let _lock = leases::SessionLock::acquire(pool, "mystira.backfill/start").await?;
+    let stage = initial_load::stage(pool).await?;
+    if stage.is_some() {
+        if config.restart {
+            return Err(BackfillError::LoadMode(
+                "an initial load is under way; run migrate again without --restart to \
+                 finish it first"
+                    .to_owned(),
+            ));
         }
-        // ranges all copied (a kill while setting aside, rebuilding or redoing): finish the
-        // load without starting a new run
-        let copied = stage != Some(Stage::Loading) && stage.is_some()
-            || (stage.is_some() && leases::job_state(pool, JOB).await? == Some(true));
-        if copied {
-            return Ok((true, LoadPath::Initial, false));
+        if config.load_mode == LoadMode::Upsert {
+            return Err(BackfillError::LoadMode(
+                "an initial load is under way; run with --load-mode auto or initial to \
+                 finish it"
+                    .to_owned(),
+            ));
         }
-        let joined = leases::start_or_join(pool, JOB, config.restart, plans).await?;
-        let path = initial::choose_path(pool, config.load_mode, joined, stage).await?;
-        Ok((joined, path, true))
     }
-    .await;
-    sqlx::query("select pg_advisory_unlock(hashtext('mystira.backfill/start'))")
-        .execute(&mut *lock)
-        .await
-        .map_err(store)?;
-    chosen
+    // every range copied (killed while setting aside, rebuilding or redoing, or just before):
+    // finish the load without starting a new run
+    let copied = match stage {
+        None => false,
+        Some(Stage::Loading) => leases::job_state(pool, JOB).await? == Some(true),
+        Some(Stage::Rebuilding | Stage::Redoing) => true,
+    };
+    if copied {
+        return Ok((true, LoadPath::Initial, false));
+    }
+    let joined = leases::start_or_join(pool, JOB, config.restart, plans).await?;
+    let path = initial::choose_path(pool, config.load_mode, joined, stage).await?;
+    Ok((joined, path, true))
 }
 
 /// `<host>:<pid>`: names the workers of this process in the lease table.
@@ -410,8 +400,8 @@ impl Shared<'_> {
             self.pace(page.documents.len()).await?;
             let mut page_counts = ContainerCounts::default();
             let done = page.next.is_none();
-            if page.next.is_some() {
-                position = page.next.clone();
+            if let Some(next) = page.next {
+                position = Some(next);
             }
             let kept = match self.load_path {
                 LoadPath::Upsert => {

@@ -227,17 +227,8 @@ pub(crate) async fn finish(
     streams: usize,
     batch_rows: usize,
 ) -> Result<Option<InitialLoadSummary>, BackfillError> {
-    let mut lock = pool.acquire().await.map_err(store)?;
-    sqlx::query("select pg_advisory_lock(hashtext('mystira.initial_load/finish'))")
-        .execute(&mut *lock)
-        .await
-        .map_err(store)?;
-    let result = finish_locked(pool, source, job, streams, batch_rows).await;
-    sqlx::query("select pg_advisory_unlock(hashtext('mystira.initial_load/finish'))")
-        .execute(&mut *lock)
-        .await
-        .map_err(store)?;
-    result
+    let _lock = leases::SessionLock::acquire(pool, "mystira.initial_load/finish").await?;
+    finish_locked(pool, source, job, streams, batch_rows).await
 }
 
 async fn finish_locked(

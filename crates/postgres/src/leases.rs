@@ -107,6 +107,28 @@ pub async fn start_or_join(
     Ok(false)
 }
 
+/// A session-level advisory lock, held for as long as this value lives. Its connection is
+/// closed when the value is dropped (never returned to the pool still holding the lock), and
+/// the server releases the lock with the session, also when the process dies.
+#[derive(Debug)]
+pub struct SessionLock {
+    _conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+impl SessionLock {
+    /// Waits for the lock named `name` (any text; hashed to the lock key).
+    pub async fn acquire(pool: &PgPool, name: &str) -> Result<Self> {
+        let mut conn = pool.acquire().await.map_err(map)?;
+        conn.close_on_drop();
+        sqlx::query("select pg_advisory_lock(hashtext($1))")
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map_err(map)?;
+        Ok(Self { _conn: conn })
+    }
+}
+
 /// Whether the job has ranges, and whether all of them are done.
 pub async fn job_state(pool: &PgPool, job: &str) -> Result<Option<bool>> {
     let (total, done): (i64, i64) = sqlx::query_as(

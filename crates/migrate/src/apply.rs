@@ -128,6 +128,33 @@ pub(crate) fn map_page(
     page
 }
 
+/// [`map_page`] on the blocking pool. Decoding is the client's CPU work; the workers of a
+/// process are futures of one task, so decoding on the runtime would run one page at a time
+/// and leave the connection idle meanwhile. Off the runtime, one worker's page decodes while
+/// another's is written.
+pub(crate) async fn map_page_apart(
+    container: &str,
+    documents: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+) -> MappedPage {
+    let container = container.to_owned();
+    let (page, read) = tokio::task::spawn_blocking(move || {
+        let mut read = ContainerCounts::default();
+        let page = map_page(&container, documents, &mut read);
+        (page, read)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    counts.add(&read);
+    page
+}
+
+/// Drops a page's documents on the blocking pool: freeing a page of JSON trees is a
+/// noticeable share of the client's CPU, and nothing waits for it.
+pub(crate) fn drop_apart(page: MappedPage) {
+    tokio::task::spawn_blocking(move || drop(page));
+}
+
 /// Maps and writes one page; quarantines what cannot be migrated.
 pub async fn write_page(
     pool: &PgPool,
@@ -136,7 +163,7 @@ pub async fn write_page(
     counts: &mut ContainerCounts,
     retries: Retries,
 ) -> Result<(), BackfillError> {
-    let page = map_page(container, documents, counts);
+    let page = map_page_apart(container, documents, counts).await;
     for r in &page.rejected {
         quarantine(
             pool,
@@ -155,6 +182,7 @@ pub async fn write_page(
     write_kind(pool, retries, container, &page.accounts, raw, counts).await?;
     write_kind(pool, retries, container, &page.profiles, raw, counts).await?;
     write_kind(pool, retries, container, &page.signups, raw, counts).await?;
+    drop_apart(page);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use mystira_postgres::leases;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::apply::{MappedPage, Retries, failure_code, map_page, write_page};
+use crate::apply::{MappedPage, Retries, drop_apart, failure_code, map_page_apart, write_page};
 use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts};
 use crate::source::{DocumentSource, SourceDocument};
 
@@ -82,7 +82,7 @@ pub(crate) async fn copy_page(
     checkpoint: Checkpoint<'_>,
 ) -> Result<bool, BackfillError> {
     let mut page_counts = ContainerCounts::default();
-    let page = map_page(container, documents, &mut page_counts);
+    let page = map_page_apart(container, documents, &mut page_counts).await;
     let attempt = async {
         let mut tx = begin_page(pool).await?;
         let mut tried = page_counts.clone();
@@ -129,6 +129,7 @@ pub(crate) async fn copy_page(
     }
     tx.commit().await.map_err(store)?;
     counts.add(&tried);
+    drop_apart(page);
     Ok(true)
 }
 

@@ -172,9 +172,13 @@ pub async fn resolve_quarantined<'e>(
     container: &str,
     document_ids: &[String],
 ) -> Result<u64> {
+    // a join with the ids, not `document_id = any($2)`: over the open-entries index that
+    // filter compares every open entry with every id (70 ms a page at 7,000 open entries,
+    // the largest statement of a 100,000-account load); the join hashes them
     sqlx::query(
-        "update migration.quarantine set resolved_at = now()
-         where container = $1 and document_id = any($2) and resolved_at is null",
+        "update migration.quarantine q set resolved_at = now()
+         from unnest($2::text[]) as d(id)
+         where q.container = $1 and q.document_id = d.id and q.resolved_at is null",
     )
     .bind(container)
     .bind(document_ids)

@@ -588,14 +588,27 @@ pub(crate) async fn replace_notes<D: BulkDocument>(
         .iter()
         .map(|d| d.version().document_id.clone())
         .collect();
+    // joined with the ids rather than `= any($2)` (see `bookkeeping::resolve_quarantined`)
     sqlx::query(
-        "delete from migration.document_notes where container = $1 and document_id = any($2)",
+        "delete from migration.document_notes n using unnest($2::text[]) as d(id)
+         where n.container = $1 and n.document_id = d.id",
     )
     .bind(D::CONTAINER)
     .bind(&ids)
     .execute(&mut *conn)
     .await
     .map_err(map)?;
+    insert_notes(conn, docs, extra).await
+}
+
+/// Writes the notes of `docs` (and `extra`) without removing the documents' earlier notes:
+/// for documents known to have none.
+pub(crate) async fn insert_notes<D: BulkDocument>(
+    conn: &mut PgConnection,
+    docs: &[&D],
+    extra: &[NotesFor],
+) -> Result<()> {
+    let map = |e| map_sqlx_error("document_notes", e);
     let notes: Vec<(&str, &DocumentNote)> = docs
         .iter()
         .flat_map(|d| {

@@ -16,6 +16,12 @@ use crate::commands::Outcome;
 use crate::config::{SearchEnv, Settings};
 use crate::exit::Exit;
 
+/// Decoding builds and frees a tree of small values per document, on several threads at once;
+/// glibc's malloc spent about a quarter of a migration's client CPU on it, mimalloc's
+/// per-thread free lists much less (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (cli, url_source) = cli::parse();
     logging::init(&cli.global);

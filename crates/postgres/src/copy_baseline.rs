@@ -428,6 +428,28 @@ async fn rebuild_objects(
     Ok(())
 }
 
+/// `ANALYZE` of `tables`, `streams` sessions at a time: what one runs after pg_restore (which
+/// leaves no statistics), so that the first queries are not planned for empty tables.
+pub async fn analyze_tables(
+    pool: &PgPool,
+    tables: Vec<String>,
+    streams: usize,
+) -> Result<(), BaselineError> {
+    let pool = pool.clone();
+    in_parallel(tables, streams, move |table| {
+        let pool = pool.clone();
+        async move {
+            // names come from the caller's constants, never from input
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("analyze {table}")))
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 async fn check_catalog(pool: &PgPool, schema: &StrippedSchema) -> Result<(), BaselineError> {
     let after = domain_catalog(pool).await?;
     if after != schema.catalog {

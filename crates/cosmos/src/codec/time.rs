@@ -172,16 +172,24 @@ mod tests {
     fn the_fixed_width_reading_agrees_with_chrono() {
         let mut checked = 0;
         for date in [
-            "2025-12-20", "0001-01-01", "9999-12-31", "2024-02-29", "2023-02-29", "2025-13-01",
-            "2025-00-10", "2025-04-31", "0000-01-01",
+            "2025-12-20",
+            "0001-01-01",
+            "9999-12-31",
+            "2024-02-29",
+            "2023-02-29",
+            "2025-13-01",
+            "2025-00-10",
+            "2025-04-31",
+            "0000-01-01",
         ] {
             let chrono = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok();
             assert_eq!(fixed_width_date(date.as_bytes()), chrono, "{date}");
-            for time in ["00:00:00", "23:59:59", "24:00:00", "12:60:00", "10:15:59", "10:15:60"] {
+            for time in [
+                "00:00:00", "23:59:59", "24:00:00", "12:60:00", "10:15:59", "10:15:60",
+            ] {
                 for fraction in ["", ".1", ".12", ".1234567", ".123456789", ".000000001"] {
                     let raw = format!("{date}T{time}{fraction}");
-                    let chrono =
-                        NaiveDateTime::parse_from_str(&raw, "%Y-%m-%dT%H:%M:%S%.f").ok();
+                    let chrono = NaiveDateTime::parse_from_str(&raw, "%Y-%m-%dT%H:%M:%S%.f").ok();
                     let fast = fixed_width_date_time(raw.as_bytes());
                     // the fast path may decline (None) and leave the string to chrono, but
                     // what it reads must be what chrono reads
@@ -193,7 +201,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 90, "the fast path read {checked} strings, not every valid one");
+        assert_eq!(
+            checked, 90,
+            "the fast path read {checked} strings, not every valid one"
+        );
     }
 
     #[test]

@@ -83,36 +83,41 @@ pub(crate) async fn copy_page(
 ) -> Result<bool, BackfillError> {
     let mut page_counts = ContainerCounts::default();
     let page = map_page_apart(container, documents, &mut page_counts).await;
+    // the page's transaction is opened and ended by statements on one connection rather than
+    // held as a `Transaction`, so the fallback below can reuse the connection
+    let mut conn = CloseUnlessFinished(pool.acquire().await.map_err(store)?, false);
     let attempt = async {
-        let mut tx = begin_page(pool).await?;
+        let tx = begin_page(&mut conn.0).await?;
         let mut tried = page_counts.clone();
-        quarantine_rejected(&mut tx, container, &page, &mut tried).await?;
+        quarantine_rejected(tx, container, &page, &mut tried).await?;
         let (raw, t) = (&page.raw_by_id, &mut tried);
-        copy_kind(&mut tx, container, &page.accounts, raw, t).await?;
-        copy_kind(&mut tx, container, &page.profiles, raw, t).await?;
-        copy_kind(&mut tx, container, &page.signups, raw, t).await?;
-        Ok::<_, BackfillError>((tx, tried))
+        copy_kind(tx, container, &page.accounts, raw, t).await?;
+        copy_kind(tx, container, &page.profiles, raw, t).await?;
+        copy_kind(tx, container, &page.signups, raw, t).await?;
+        Ok::<_, BackfillError>(tried)
     };
-    let (mut tx, tried) = match attempt.await {
-        Ok(done) => done,
+    let tried = match attempt.await {
+        Ok(tried) => tried,
         Err(BackfillError::Store(e)) if !e.is_retryable() => {
             // the database refused a row the codec let through: the whole page goes to the
             // upsert pass, which isolates the bad document and quarantines it with its reason
             tracing::warn!(container, error = %e, "COPY refused a page; deferring it");
-            let mut tx = begin_page(pool).await?;
+            end_page(&mut conn.0, "rollback").await?;
+            let tx = begin_page(&mut conn.0).await?;
             let mut deferred = page_counts.clone();
-            quarantine_rejected(&mut tx, container, &page, &mut deferred).await?;
+            quarantine_rejected(tx, container, &page, &mut deferred).await?;
             let ids: Vec<String> = page.raw_by_id.keys().cloned().collect();
             initial_load::defer(&mut *tx, container, &ids, initial_load::PAGE_REFUSED).await?;
             *deferred.skipped.entry(DEFERRED.to_owned()).or_default() += ids.len() as u64;
-            (tx, deferred)
+            deferred
         }
+        // the connection may be inside a failed transaction: the guard closes it
         Err(e) => return Err(e),
     };
     let mut range_counts = checkpoint.counts.clone();
     range_counts.add(&tried);
     let kept = leases::advance(
-        &mut *tx,
+        &mut *conn.0,
         checkpoint.job,
         checkpoint.lease,
         checkpoint.owner,
@@ -124,28 +129,54 @@ pub(crate) async fn copy_page(
     .await?;
     if !kept {
         // another worker holds the range now and copies this page itself
-        tx.rollback().await.map_err(store)?;
+        end_page(&mut conn.0, "rollback").await?;
+        conn.1 = true;
         return Ok(false);
     }
-    tx.commit().await.map_err(store)?;
+    end_page(&mut conn.0, "commit").await?;
+    conn.1 = true;
     counts.add(&tried);
     drop_apart(page);
     Ok(true)
 }
 
-/// A page's transaction. Its commit does not wait for the WAL flush (`synchronous_commit =
-/// off`): the page's rows and its checkpoint commit together, so a server crash that loses
-/// the last commits loses both, and the re-run reads those pages again. A `kill -9` of this
-/// process loses nothing committed.
+/// A page's connection, closed instead of returned to the pool unless the page's transaction
+/// ended cleanly (`.1` set). sqlx's COPY is not cancel-safe: a `PgCopyIn` dropped mid-way
+/// (its future cancelled, as when a sibling worker fails or a test stops a run) queues a
+/// `CopyFail` without counting the `ReadyForQuery` the server answers with (sqlx-postgres
+/// 0.9 `copy.rs`), so the next statement on that connection fails with "expected
+/// ParseComplete, got ReadyForQuery".
+struct CloseUnlessFinished(sqlx::pool::PoolConnection<sqlx::Postgres>, bool);
+
+impl Drop for CloseUnlessFinished {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.close_on_drop();
+        }
+    }
+}
+
+/// Opens a page's transaction on `conn` and returns the connection to run it on. Its commit
+/// does not wait for the WAL flush (`synchronous_commit = off`): the page's rows and its
+/// checkpoint commit together, so a server crash that loses the last commits loses both, and
+/// the re-run reads those pages again. A `kill -9` of this process loses nothing committed.
 async fn begin_page(
-    pool: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, BackfillError> {
-    let mut tx = pool.begin().await.map_err(store)?;
-    sqlx::query("set local synchronous_commit = off")
-        .execute(&mut *tx)
+    conn: &mut sqlx::PgConnection,
+) -> Result<&mut sqlx::PgConnection, BackfillError> {
+    sqlx::raw_sql("begin; set local synchronous_commit = off")
+        .execute(&mut *conn)
         .await
         .map_err(store)?;
-    Ok(tx)
+    Ok(conn)
+}
+
+/// Ends the page's transaction: `commit` or `rollback`.
+async fn end_page(conn: &mut sqlx::PgConnection, how: &'static str) -> Result<(), BackfillError> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(how))
+        .execute(conn)
+        .await
+        .map_err(store)?;
+    Ok(())
 }
 
 /// What the codec rejected, to the quarantine, in the page's transaction.

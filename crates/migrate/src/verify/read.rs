@@ -182,11 +182,8 @@ pub(crate) async fn read_docs(
     let ids: Vec<String> = out.iter().map(|d| d.document_id.clone()).collect();
     let quarantined: HashMap<String, (String, Option<i64>)> =
         sqlx::query_as::<_, (String, String, Option<i64>)>(
-            // joined with the ids rather than `= any($2)`, which compares every open entry
-            // with every id (see `bookkeeping::resolve_quarantined`)
-            "select q.document_id, q.reason_code, q.source_ts
-             from migration.quarantine q join unnest($2::text[]) as d(id) on q.document_id = d.id
-             where q.container = $1 and q.resolved_at is null",
+            "select document_id, reason_code, source_ts from migration.quarantine
+         where container = $1 and document_id = any($2) and resolved_at is null",
         )
         .bind(container)
         .bind(&ids)

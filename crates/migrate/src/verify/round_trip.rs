@@ -92,9 +92,8 @@ impl Verifier<'_> {
         let ids: Vec<String> = docs.iter().map(|d| d.document_id.clone()).collect();
         let mut subjects: HashMap<String, Vec<String>> = HashMap::new();
         for (document_id, subject) in sqlx::query_as::<_, (String, String)>(
-            "select n.document_id, n.subject
-             from migration.document_notes n join unnest($2::text[]) as d(id) on n.document_id = d.id
-             where n.container = $1",
+            "select document_id, subject from migration.document_notes
+             where container = $1 and document_id = any($2)",
         )
         .bind(container)
         .bind(&ids)

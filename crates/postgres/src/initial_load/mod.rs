@@ -213,6 +213,20 @@ impl PageRows {
     }
 }
 
+/// Encodes `docs` into one page's COPY inputs and returns their size in bytes, with no database:
+/// the client-side encode cost alone, for the decode-floor benchmark
+/// (`crates/cli/examples/decode_floor.rs`).
+pub fn encoded_size<D: CopyDocument>(docs: &[D]) -> usize {
+    let mut page = PageRows::new(D::TABLES);
+    for d in docs {
+        d.encode(&mut page);
+    }
+    page.tables
+        .into_iter()
+        .map(|(_, _, rows)| rows.finish().len())
+        .sum()
+}
+
 /// What the initial load did with one document of a page.
 #[derive(Debug)]
 pub enum CopyOutcome {

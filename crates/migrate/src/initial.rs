@@ -224,9 +224,6 @@ async fn copy_kind<D: CopyDocument>(
         match outcome {
             CopyOutcome::Copied => counts.written += 1,
             CopyOutcome::Unchanged => counts.unchanged += 1,
-            CopyOutcome::Deferred => {
-                *counts.skipped.entry(DEFERRED.to_owned()).or_default() += 1;
-            }
             CopyOutcome::Failed(e) => {
                 let id = &doc.version().document_id;
                 let document = raw_by_id.get(id).cloned().unwrap_or_default();

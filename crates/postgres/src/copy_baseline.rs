@@ -181,6 +181,10 @@ async fn copy_stream(pool: PgPool, stream: Stream) -> Result<u64, sqlx::Error> {
 /// [`rebuild_schema`]. Serializable: the initial load keeps it in `migration.load_state`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StrippedSchema {
+    /// The tables stripped (a record written before this field existed stripped the domain
+    /// tables).
+    #[serde(default = "table_names")]
+    tables: Vec<String>,
     /// The catalog before stripping: what the rebuild must come back to.
     catalog: BTreeSet<String>,
     /// The statements that dropped the objects, each made idempotent (`if exists`), in the
@@ -256,12 +260,22 @@ pub async fn strip_schema(pool: &PgPool) -> Result<StrippedSchema, sqlx::Error> 
 /// [`strip_schema`] inside the caller's transaction, so that the caller can record the
 /// definitions in the same commit that drops the objects.
 pub async fn strip_schema_in(conn: &mut PgConnection) -> Result<StrippedSchema, sqlx::Error> {
-    let catalog = domain_catalog(&mut *conn).await?;
+    strip_tables_in(conn, table_names()).await
+}
+
+/// [`strip_schema_in`] of `tables` (names as `regclass` reads them): the initial load also
+/// strips `migration.document_versions`, whose keys cost more per row than a domain table's.
+pub async fn strip_tables_in(
+    conn: &mut PgConnection,
+    tables: Vec<String>,
+) -> Result<StrippedSchema, sqlx::Error> {
+    let catalog = catalog_of(&mut *conn, &tables).await?;
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(DEFINITIONS_QUERY)
-        .bind(table_names())
+        .bind(&tables)
         .fetch_all(&mut *conn)
         .await?;
     let mut stripped = StrippedSchema {
+        tables,
         catalog,
         drops: Vec::new(),
         indexes: Vec::new(),
@@ -451,7 +465,7 @@ pub async fn analyze_tables(
 }
 
 async fn check_catalog(pool: &PgPool, schema: &StrippedSchema) -> Result<(), BaselineError> {
-    let after = domain_catalog(pool).await?;
+    let after = catalog_of(pool, &schema.tables).await?;
     if after != schema.catalog {
         return Err(BaselineError::CatalogDiffers {
             missing: schema.catalog.difference(&after).cloned().collect(),
@@ -481,6 +495,14 @@ async fn rebuild(pool: PgPool, sql: String) -> Result<(), sqlx::Error> {
 pub async fn domain_catalog<'e>(
     conn: impl sqlx::PgExecutor<'e>,
 ) -> Result<BTreeSet<String>, sqlx::Error> {
+    catalog_of(conn, &table_names()).await
+}
+
+/// [`domain_catalog`] of `tables`.
+async fn catalog_of<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    tables: &[String],
+) -> Result<BTreeSet<String>, sqlx::Error> {
     let lines: Vec<String> = sqlx::query_scalar(
         r#"
         with t as (select unnest($1::text[])::regclass as oid)
@@ -499,7 +521,7 @@ pub async fn domain_catalog<'e>(
         where not tg.tgisinternal
         "#,
     )
-    .bind(table_names())
+    .bind(tables)
     .fetch_all(conn)
     .await?;
     Ok(lines.into_iter().collect())

@@ -306,8 +306,9 @@ pub async fn copy_documents<D: CopyDocument>(
             .map_err(|e| map_sqlx_error(table, e))?;
         copy.finish().await.map_err(|e| map_sqlx_error(table, e))?;
     }
-    // no earlier notes to replace: notes were empty when the load began, and a document's
-    // notes are written only with its version, whose row this transaction has just inserted
+    // no earlier notes to replace: notes were empty when the load began. A document id copied
+    // in an earlier page too keeps that copy's notes beside these (merged on the key), and
+    // `set_aside` removes both with the document's rows before the upsert pass writes it
     insert_notes::<D>(&mut *conn, &copied, &[]).await?;
     let refs: Vec<(String, String)> = copied
         .iter()

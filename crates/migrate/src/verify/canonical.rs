@@ -7,7 +7,7 @@
 //! characters, floats). A row's text is its columns' texts, each written as
 //! `<char count>:<text>` or `~` for null, so no value can be mistaken for a separator.
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, TimeDelta, Timelike as _, Utc};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
@@ -61,16 +61,64 @@ pub(crate) fn timestamp(t: &DateTime<Utc>) -> String {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .unwrap_or_default();
     match (t.naive_utc() - epoch).num_microseconds() {
-        Some(micros) => (epoch + TimeDelta::microseconds(micros))
-            .format(FORMAT)
-            .to_string(),
+        Some(micros) => {
+            let stored = epoch + TimeDelta::microseconds(micros);
+            // Written by hand: chrono's `format` interprets its pattern for every value, which
+            // was a visible part of a verify's CPU (one timestamp per badge and scenario row).
+            let mut out = String::with_capacity(27);
+            if push_date(&mut out, stored.date()) {
+                out.push('T');
+                push_padded(&mut out, stored.hour(), 2);
+                out.push(':');
+                push_padded(&mut out, stored.minute(), 2);
+                out.push(':');
+                push_padded(&mut out, stored.second(), 2);
+                out.push('.');
+                push_padded(&mut out, stored.nanosecond() / 1_000, 6);
+                out.push('Z');
+                out
+            } else {
+                stored.format(FORMAT).to_string()
+            }
+        }
         // out of PostgreSQL's range: the write fails, so the value never meets its copy
         None => t.format(FORMAT).to_string(),
     }
 }
 
 pub(crate) fn date(d: &NaiveDate) -> String {
-    d.format("%Y-%m-%d").to_string()
+    let mut out = String::with_capacity(10);
+    if push_date(&mut out, *d) {
+        out
+    } else {
+        d.format("%Y-%m-%d").to_string()
+    }
+}
+
+/// `YYYY-MM-DD` for the years 0 to 9999, as chrono's `%Y-%m-%d` writes them; false (nothing
+/// written) for other years, which chrono writes with a sign.
+fn push_date(out: &mut String, d: NaiveDate) -> bool {
+    let Ok(year) = u32::try_from(d.year()) else {
+        return false;
+    };
+    if year > 9999 {
+        return false;
+    }
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, d.month(), 2);
+    out.push('-');
+    push_padded(out, d.day(), 2);
+    true
+}
+
+/// `n` in decimal, zero-padded to `width` digits (`n` must have at most `width` digits).
+fn push_padded(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width.saturating_sub(1));
+    while div > 0 {
+        out.push(char::from(b'0' + u8::try_from(n / div % 10).unwrap_or(0)));
+        div /= 10;
+    }
 }
 
 pub(crate) fn real(f: f32) -> String {
@@ -187,17 +235,39 @@ fn numeric_text(text: &str) -> String {
 /// A row's canonical text from its columns' canonical texts.
 pub(crate) fn row_text(values: &[Option<String>]) -> String {
     let mut out = String::new();
+    for_each_row_text_piece(values, |piece| out.push_str(piece));
+    out
+}
+
+/// Hands [`row_text`] over piece by piece (so a hash can take it without the whole text being
+/// built first).
+fn for_each_row_text_piece(values: &[Option<String>], mut piece: impl FnMut(&str)) {
     for v in values {
         match v {
             Some(s) => {
-                out.push_str(&s.chars().count().to_string());
-                out.push(':');
-                out.push_str(s);
+                let mut digits = [0u8; 20];
+                piece(decimal(s.chars().count(), &mut digits));
+                piece(":");
+                piece(s);
             }
-            None => out.push('~'),
+            None => piece("~"),
         }
     }
-    out
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // only ASCII digits were written
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// The SQL expression of a row's canonical text from its columns' canonical expressions.
@@ -211,8 +281,15 @@ pub(crate) fn row_text_sql(columns: &[String]) -> String {
 
 /// The md5 of a row's canonical text, as the lower-case hex PostgreSQL's `md5()` returns.
 pub(crate) fn row_hash(values: &[Option<String>]) -> String {
-    let digest = Md5::digest(row_text(values).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut md5 = Md5::new();
+    for_each_row_text_piece(values, |piece| md5.update(piece.as_bytes()));
+    let mut out = String::with_capacity(32);
+    for b in md5.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Per key range: how many rows and the sums of the two halves of their hashes (as signed
@@ -297,6 +374,41 @@ mod tests {
     fn json_orders_keys_by_length_then_bytes() {
         let v = serde_json::json!({"bb": 1, "a": [1, "x\u{1}"], "c": null});
         assert_eq!(json(&v), r#"{"a": [1, "x\u0001"], "c": null, "bb": 1}"#);
+    }
+
+    #[test]
+    fn timestamps_and_dates_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone as _;
+        const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+        for (secs, nanos) in [
+            (0_i64, 0_u32),
+            (946_684_800, 1_000),
+            (1_700_000_000, 123_456_789),
+            (-2_208_988_800, 999_999_999),
+            (-62_135_596_800, 0),
+            (253_402_300_799, 999_999_000),
+            (253_402_300_800, 0),
+            (-62_135_596_801, 500_000_000),
+        ] {
+            let t = Utc.timestamp_opt(secs, nanos).single().expect("valid instant");
+            let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().expect("epoch");
+            let micros = (t - epoch).num_microseconds().expect("in range");
+            let stored = epoch + TimeDelta::microseconds(micros);
+            assert_eq!(timestamp(&t), stored.format(FORMAT).to_string(), "{t:?}");
+            let day = t.date_naive();
+            assert_eq!(date(&day), day.format("%Y-%m-%d").to_string(), "{day}");
+        }
+    }
+
+    #[test]
+    fn row_hash_is_the_md5_of_row_text() {
+        let values = [Some("é:~".to_owned()), None, Some(String::new()), Some("x".repeat(123))];
+        let expected: String = Md5::digest(row_text(&values).as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(row_hash(&values), expected);
+        assert_eq!(row_text(&values[..2]), "3:é:~~");
     }
 
     #[test]

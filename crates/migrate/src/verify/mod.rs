@@ -465,6 +465,11 @@ pub async fn verify(
     let source_side = async {
         let started = Instant::now();
         let (mut source_aggs, candidates) = v.source_pass().await?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            candidates = candidates.len(),
+            "verify: source pass done"
+        );
         if !candidates.is_empty() {
             v.resolve_duplicates(&candidates, &mut source_aggs).await?;
         }

@@ -420,10 +420,56 @@ impl DocumentReader {
     }
 }
 
-impl Iterator for DocumentReader {
-    type Item = Result<Document, LineError>;
+/// One line of an export file, read but not parsed yet ([`DocumentReader::next_line`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// 1-based line number.
+    pub line_no: u64,
+    /// Byte offset of the line's start.
+    pub byte_offset: u64,
+    /// Where the next line starts.
+    pub next: Position,
+    pub bytes: Vec<u8>,
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl Line {
+    /// Parses the line as [`DocumentReader`]'s iterator does: a JSON object, or why it is not
+    /// one. `file` and `container` are the reader's ([`DocumentReader::file`]).
+    pub fn parse(self, file: &str, container: &str) -> Result<Document, LineError> {
+        let parsed = match serde_json::from_slice::<Value>(&self.bytes) {
+            // serde_json's syntax errors give a position and a rule, not the content.
+            Err(e) => Err(format!("not valid JSON: {e}")),
+            Ok(v) if !v.is_object() => Err("not a JSON object".to_owned()),
+            Ok(v) => Ok(v),
+        };
+        match parsed {
+            Ok(value) => Ok(Document {
+                container: container.to_owned(),
+                line_no: self.line_no,
+                byte_offset: self.byte_offset,
+                next: self.next,
+                value,
+            }),
+            Err(message) => Err(LineError {
+                file: file.to_owned(),
+                line_no: self.line_no,
+                byte_offset: self.byte_offset,
+                message,
+            }),
+        }
+    }
+}
+
+impl DocumentReader {
+    /// The file as named in [`LineError`]s.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The next line that is not blank, unparsed. Parsing is most of the cost of reading, so
+    /// a caller may do it ([`Line::parse`]) on other threads while it reads on; the iterator
+    /// reads and parses in one step.
+    pub fn next_line(&mut self) -> Option<Result<Line, LineError>> {
         loop {
             if self.done {
                 return None;
@@ -452,22 +498,21 @@ impl Iterator for DocumentReader {
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let parsed = match serde_json::from_slice::<Value>(&self.buf) {
-                // serde_json's syntax errors give a position and a rule, not the content.
-                Err(e) => Err(format!("not valid JSON: {e}")),
-                Ok(v) if !v.is_object() => Err("not a JSON object".to_owned()),
-                Ok(v) => Ok(v),
-            };
-            return Some(match parsed {
-                Ok(value) => Ok(Document {
-                    container: self.container.clone(),
-                    line_no: start.line_no,
-                    byte_offset: start.byte_offset,
-                    next: self.pos,
-                    value,
-                }),
-                Err(message) => Err(self.line_error(start.line_no, start.byte_offset, message)),
-            });
+            return Some(Ok(Line {
+                line_no: start.line_no,
+                byte_offset: start.byte_offset,
+                next: self.pos,
+                bytes: self.buf.clone(),
+            }));
         }
+    }
+}
+
+impl Iterator for DocumentReader {
+    type Item = Result<Document, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let line = self.next_line()?;
+        Some(line.and_then(|line| line.parse(&self.file, &self.container)))
     }
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use mystira_cosmos::codec::{
-    Container, decode, decode_account, decode_pending_signup, decode_profile, encode_account,
+    Container, decode, document_key_of_json, document_ref, decode_account, decode_pending_signup, decode_profile, encode_account,
     encode_pending_signup, encode_profile,
 };
 use mystira_domain::ids::derived_key;
@@ -450,6 +450,20 @@ fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// An `id` to put into a document: the shapes the decoder reads ids in, and some it rejects.
+fn any_id() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        Just(None),
+        uuid().prop_map(|u| Some(json!(u.to_string()))),
+        uuid().prop_map(|u| Some(json!(format!("Account|{u}")))),
+        uuid().prop_map(|u| Some(json!(format!("UserProfile|{}", u.to_string().to_uppercase())))),
+        text(12).prop_map(|t| Some(json!(t))),
+        Just(Some(json!("  "))),
+        Just(Some(json!(7))),
+        Just(Some(Value::Null)),
+    ]
+}
+
 /// Every JSON pointer into a document.
 fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
     match value {
@@ -581,6 +595,22 @@ proptest! {
         }
     }
 
+    /// The key read from a document's text without building it is `document_ref`'s, or
+    /// nothing: verify skips the lines of keys it does not want on this alone.
+    #[test]
+    fn the_key_read_from_text_is_document_refs_key(doc in any_json(), id in any_id()) {
+        let mut doc = doc;
+        if let (Value::Object(m), Some(id)) = (&mut doc, id) {
+            m.insert("id".into(), id);
+        }
+        for c in Container::ALL {
+            let text = serde_json::to_vec(&doc).unwrap();
+            if let Some(key) = document_key_of_json(c, &text) {
+                prop_assert_eq!(Some(key), document_ref(c, &doc).map(|r| r.key));
+            }
+        }
+    }
+
     #[test]
     fn decoder_never_panics_on_mutated_documents(
         which in 0usize..3,
@@ -603,6 +633,32 @@ proptest! {
         }
         // Whatever happens, it is a value or a classified error, never a panic.
         let _ = decode(container, &doc);
+    }
+}
+
+#[test]
+fn the_key_read_from_text_covers_every_sample_document_and_refuses_unclear_text() {
+    for (c, doc) in sample_documents() {
+        let text = serde_json::to_vec(&doc).unwrap();
+        let expected = document_ref(c, &doc).map(|r| r.key);
+        assert!(expected.is_some());
+        assert_eq!(document_key_of_json(c, &text), expected);
+        // the same document with an extra copy of `id`: serde_json keeps the last one, the
+        // probe cannot tell which, so it does not answer
+        let mut twice = text.clone();
+        twice.pop();
+        twice.extend_from_slice(br#","id":"other"}"#);
+        assert_eq!(document_key_of_json(c, &twice), None);
+    }
+    let id = "7d1c3a52-5b7e-4d5a-9f0e-2b1f3c4d5e6f";
+    for text in [
+        format!(r#"["{id}"]"#),
+        format!(r#"{{"id": "{id}", "Id": ""}}"#),
+        format!(r#"{{"id": "{id}", "Id": 3}}"#),
+        r#"{"id": null}"#.to_owned(),
+        format!(r#"{{"id": "{id}""#),
+    ] {
+        assert_eq!(document_key_of_json(Container::Accounts, text.as_bytes()), None, "{text}");
     }
 }
 

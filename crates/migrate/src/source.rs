@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use mystira_cosmos::export::{DocumentReader, Position};
+use mystira_cosmos::export::{DocumentReader, Line, LineError, Position};
 pub use mystira_postgres::leases::RangePlan;
 
 /// One raw document, or a line that is not a document, with where it was read.
@@ -28,6 +28,76 @@ pub struct SourcePage {
     pub next: Option<serde_json::Value>,
 }
 
+/// A page whose documents may not be parsed yet ([`DocumentSource::read_page_unparsed`]).
+#[derive(Debug)]
+pub struct UnparsedPage {
+    documents: Unparsed,
+    /// The position after the page, as in [`SourcePage::next`].
+    pub next: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+enum Unparsed {
+    Parsed(Vec<SourceDocument>),
+    /// Lines of an export file (`file` as named in its errors, `file_name` its base name).
+    Lines {
+        file: String,
+        file_name: String,
+        container: String,
+        lines: Vec<Result<Line, LineError>>,
+    },
+}
+
+impl From<SourcePage> for UnparsedPage {
+    fn from(page: SourcePage) -> Self {
+        Self {
+            documents: Unparsed::Parsed(page.documents),
+            next: page.next,
+        }
+    }
+}
+
+impl UnparsedPage {
+    /// The page as [`DocumentSource::read_page`] returns it (CPU only: call it where the work
+    /// may run, a blocking thread).
+    pub fn parse(self) -> SourcePage {
+        self.parse_skipping(|_| false)
+    }
+
+    /// [`Self::parse`], leaving out the unparsed lines `skip` rejects from their text alone
+    /// (parsed pages are returned whole: their caller filters the documents).
+    pub fn parse_skipping(self, skip: impl Fn(&[u8]) -> bool) -> SourcePage {
+        let documents = match self.documents {
+            Unparsed::Parsed(documents) => documents,
+            Unparsed::Lines {
+                file,
+                file_name,
+                container,
+                lines,
+            } => lines
+                .into_iter()
+                .filter(|line| line.as_ref().map_or(true, |l| !skip(&l.bytes)))
+                .map(|line| match line.and_then(|l| l.parse(&file, &container)) {
+                    Ok(doc) => SourceDocument::Document(doc.value),
+                    Err(e) => SourceDocument::Malformed {
+                        locator: format!("{file_name}:{}", e.line_no),
+                        raw: serde_json::json!({
+                            "file": file_name,
+                            "line_no": e.line_no,
+                            "byte_offset": e.byte_offset,
+                        }),
+                        message: e.message,
+                    },
+                })
+                .collect(),
+        };
+        SourcePage {
+            documents,
+            next: self.next,
+        }
+    }
+}
+
 /// A source of Cosmos documents, read container by container.
 #[async_trait]
 pub trait DocumentSource: Send + Sync {
@@ -42,6 +112,19 @@ pub trait DocumentSource: Send + Sync {
         position: Option<&serde_json::Value>,
         max: usize,
     ) -> Result<SourcePage, SourceError>;
+
+    /// Like [`Self::read_page`], but the parsing may be left to [`UnparsedPage::parse`], for a
+    /// caller that parses pages on other threads while it reads the next one (verify reads a
+    /// container as one stream). Export files leave their lines unparsed; the default reads
+    /// and parses at once.
+    async fn read_page_unparsed(
+        &self,
+        container: &str,
+        position: Option<&serde_json::Value>,
+        max: usize,
+    ) -> Result<UnparsedPage, SourceError> {
+        Ok(self.read_page(container, position, max).await?.into())
+    }
 
     /// How many documents `container` holds, when the source can tell cheaply (for progress
     /// bars and ETAs).
@@ -133,14 +216,18 @@ impl DocumentSource for ExportDirSource {
         position: Option<&serde_json::Value>,
         max: usize,
     ) -> Result<SourcePage, SourceError> {
-        let at = match position {
-            None => Position::START,
-            Some(p) => serde_json::from_value(p.clone()).map_err(|e| SourceError::BadPosition {
-                container: container.to_owned(),
-                message: e.to_string(),
-            })?,
-        };
+        let at = start_position(container, position)?;
         self.read_until(container, at, None, max).await
+    }
+
+    async fn read_page_unparsed(
+        &self,
+        container: &str,
+        position: Option<&serde_json::Value>,
+        max: usize,
+    ) -> Result<UnparsedPage, SourceError> {
+        let at = start_position(container, position)?;
+        self.read_lines_until(container, at, None, max).await
     }
 
     async fn estimate_documents(&self, container: &str) -> Option<u64> {
@@ -193,8 +280,24 @@ impl ExportDirSource {
     ) -> Result<SourcePage, SourceError> {
         let path = self.file(container);
         let container = container.to_owned();
-        // file reads block: keep them off the async workers
-        tokio::task::spawn_blocking(move || read_export_page(&path, &container, at, end, max))
+        // file reads block, and parsing is CPU work: both stay off the async workers
+        tokio::task::spawn_blocking(move || {
+            read_export_lines(&path, &container, at, end, max).map(UnparsedPage::parse)
+        })
+        .await
+        .map_err(|e| SourceError::Unavailable(e.to_string()))?
+    }
+
+    async fn read_lines_until(
+        &self,
+        container: &str,
+        at: Position,
+        end: Option<u64>,
+        max: usize,
+    ) -> Result<UnparsedPage, SourceError> {
+        let path = self.file(container);
+        let container = container.to_owned();
+        tokio::task::spawn_blocking(move || read_export_lines(&path, &container, at, end, max))
             .await
             .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
@@ -251,45 +354,57 @@ fn plan_file_ranges(path: &Path, n: usize) -> Result<Vec<RangePlan>, SourceError
         .collect())
 }
 
-fn read_export_page(
+/// Up to `max` lines of an export file from `at` (stopping at the byte offset `end`), unparsed.
+fn read_export_lines(
     path: &Path,
     container: &str,
     at: Position,
     end: Option<u64>,
     max: usize,
-) -> Result<SourcePage, SourceError> {
+) -> Result<UnparsedPage, SourceError> {
     let io = |e: mystira_cosmos::export::ExportError| SourceError::Io {
         what: path.display().to_string(),
         message: e.to_string(),
     };
     let mut reader = DocumentReader::open_at(path, container, at).map_err(io)?;
-    let mut documents = Vec::with_capacity(max);
+    let mut lines = Vec::with_capacity(max);
     let mut range_done = false;
-    while documents.len() < max {
+    while lines.len() < max {
         if end.is_some_and(|end| reader.position().byte_offset >= end) {
             range_done = true;
             break;
         }
-        let Some(item) = reader.next() else {
+        let Some(line) = reader.next_line() else {
             range_done = true;
             break;
         };
-        documents.push(match item {
-            Ok(doc) => SourceDocument::Document(doc.value),
-            Err(e) => SourceDocument::Malformed {
-                locator: format!("{}:{}", file_name_of(path), e.line_no),
-                message: e.message.clone(),
-                raw: serde_json::json!({
-                    "file": file_name_of(path),
-                    "line_no": e.line_no,
-                    "byte_offset": e.byte_offset,
-                }),
-            },
-        });
+        lines.push(line);
     }
     // a full page may end exactly at the end: the next read then returns an empty last page
     let next = (!range_done).then(|| serde_json::to_value(reader.position()).unwrap_or_default());
-    Ok(SourcePage { documents, next })
+    Ok(UnparsedPage {
+        documents: Unparsed::Lines {
+            file: reader.file().to_owned(),
+            file_name: file_name_of(path),
+            container: container.to_owned(),
+            lines,
+        },
+        next,
+    })
+}
+
+/// Where a read starts: the beginning, or a saved [`Position`].
+fn start_position(
+    container: &str,
+    position: Option<&serde_json::Value>,
+) -> Result<Position, SourceError> {
+    match position {
+        None => Ok(Position::START),
+        Some(p) => serde_json::from_value(p.clone()).map_err(|e| SourceError::BadPosition {
+            container: container.to_owned(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn file_name_of(path: &Path) -> String {

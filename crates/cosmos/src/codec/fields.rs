@@ -70,7 +70,17 @@ impl<'a> DocIds<'a> {
         if document_id.trim().is_empty() {
             return Err(DecodeError::new("invalid_id", "id", "must not be empty"));
         }
-        let key_source = match fields.opt_str("Id")? {
+        Self::from_strings(document_id, fields.opt_str("Id")?, entity_type)
+    }
+
+    /// The rest of [`Self::read`], from a non-empty `id` and the `Id` string if any (also used
+    /// by [`super::document_key_of_json`], which reads the two without building the document).
+    pub(crate) fn from_strings(
+        document_id: &'a str,
+        upper_id: Option<&'a str>,
+        entity_type: &str,
+    ) -> Result<Self, DecodeError> {
+        let key_source = match upper_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(DecodeError::new(
                     "invalid_id",

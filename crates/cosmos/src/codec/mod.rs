@@ -241,6 +241,33 @@ pub fn document_ref(container: Container, doc: &Value) -> Option<DocumentRef> {
     })
 }
 
+/// The key [`document_ref`] gives the document in the JSON text `json`, found without building
+/// the document: only `id` and `Id` are decoded, the rest is skipped over (still checked as
+/// JSON). `None` when that cannot tell (not an object, a missing, empty or ill-typed id, a field
+/// given twice): then only decoding the document can, and [`document_ref`] decides. When this
+/// gives a key, `document_ref` of the parsed document gives the same one.
+pub fn document_key_of_json(container: Container, json: &[u8]) -> Option<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct Ids<'a> {
+        #[serde(borrow, default)]
+        id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(rename = "Id", borrow, default)]
+        upper_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    // a derived struct would also read a JSON array; a document is an object
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let ids: Ids<'_> = serde_json::from_slice(json).ok()?;
+    let id = ids.id?;
+    if id.trim().is_empty() {
+        return None;
+    }
+    let doc_ids =
+        fields::DocIds::from_strings(&id, ids.upper_id.as_deref(), container.entity_type()).ok()?;
+    Some(doc_ids.mapped.uuid)
+}
+
 /// The `_ts` / `_etag` of a document (absent or ill-typed system fields read as `None`).
 pub fn source_version(doc: &Value) -> SourceVersion {
     SourceVersion {

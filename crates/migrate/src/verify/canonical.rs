@@ -232,7 +232,8 @@ fn numeric_text(text: &str) -> String {
     }
 }
 
-/// A row's canonical text from its columns' canonical texts.
+/// A row's canonical text from its columns' canonical texts (what [`row_hash`] hashes).
+#[cfg(test)]
 pub(crate) fn row_text(values: &[Option<String>]) -> String {
     let mut out = String::new();
     for_each_row_text_piece(values, |piece| out.push_str(piece));

@@ -83,9 +83,9 @@ impl Verifier<'_> {
         aggs: &mut HashMap<(Entity, u8), Aggregate>,
     ) -> Result<(), VerifyError> {
         let keys: HashSet<Uuid> = candidates.iter().map(|(_, k)| *k).collect();
-        let wanted = |k: Uuid| keys.contains(&k);
+        let wanted: super::read::Wanted = std::sync::Arc::new(move |k: Uuid| keys.contains(&k));
         let mut groups: BTreeMap<(&'static str, Uuid), Vec<Contender>> = BTreeMap::new();
-        self.each_doc(Some(&wanted), Keep::HASHES, |v, doc: ReadDoc| {
+        self.each_doc(Some(wanted), Keep::HASHES, |v, doc: ReadDoc| {
             let Some(key) = doc.document_key else { return };
             if !doc.contender
                 || !v.in_slice(doc.bucket())

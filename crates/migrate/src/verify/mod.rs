@@ -613,7 +613,7 @@ impl Verifier<'_> {
     /// buckets only, when given).
     async fn each_doc(
         &mut self,
-        wanted: Option<Wanted<'_>>,
+        wanted: Option<Wanted>,
         keep: Keep,
         mut each: impl FnMut(&mut Self, ReadDoc),
     ) -> Result<(), VerifyError> {
@@ -629,7 +629,7 @@ impl Verifier<'_> {
                 source,
                 container,
                 self.opts.page_size,
-                wanted,
+                wanted.clone(),
                 keep
             ));
             while let Some(docs) = pages.try_next().await? {
@@ -698,14 +698,17 @@ impl Verifier<'_> {
         differing: &HashSet<(Entity, u8)>,
     ) -> Result<(), VerifyError> {
         let wanted: HashSet<u8> = chunk.iter().copied().collect();
-        let in_chunk = |k: Uuid| wanted.contains(&k.as_bytes()[0]);
+        let in_chunk: Wanted = {
+            let wanted = wanted.clone();
+            std::sync::Arc::new(move |k: Uuid| wanted.contains(&k.as_bytes()[0]))
+        };
         let mut rows: HashMap<(Entity, u8), HashMap<String, KeptRow>> = HashMap::new();
         let mut docs: HashMap<Uuid, KeptDoc> = HashMap::new();
         let keep = Keep {
             values: true,
             raw: false,
         };
-        self.each_doc(Some(&in_chunk), keep, |v, doc| {
+        self.each_doc(Some(in_chunk), keep, |v, doc| {
             let (Some(key), Some(b)) = (doc.document_key, doc.bucket()) else {
                 return;
             };

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::VerifyError;
 use super::tables::{self, SourceRow};
 use crate::mapping::{Mapped, map_document_with};
-use crate::source::{DocumentSource, SourceDocument, SourceError};
+use crate::source::{DocumentSource, SourceDocument, SourceError, UnparsedPage};
 
 /// A container read page by page from its beginning.
 pub(crate) struct Pages<'a> {
@@ -34,19 +34,21 @@ impl<'a> Pages<'a> {
         }
     }
 
-    pub(crate) async fn next(&mut self) -> Result<Option<Vec<SourceDocument>>, SourceError> {
+    /// The next page, possibly not parsed yet: the reader reads one page at a time, and
+    /// parsing is left to the threads that map pages, so it does not hold the next read up.
+    pub(crate) async fn next(&mut self) -> Result<Option<UnparsedPage>, SourceError> {
         if self.done {
             return Ok(None);
         }
         let page = self
             .source
-            .read_page(self.container, self.position.as_ref(), self.size)
+            .read_page_unparsed(self.container, self.position.as_ref(), self.size)
             .await?;
-        match page.next {
-            Some(next) => self.position = Some(next),
+        match &page.next {
+            Some(next) => self.position = Some(next.clone()),
             None => self.done = true,
         }
-        Ok(Some(page.documents))
+        Ok(Some(page))
     }
 }
 
@@ -81,8 +83,9 @@ pub(crate) struct ReadDoc {
     pub raw: serde_json::Value,
 }
 
-/// Which documents a pass keeps, by key (a cheap test made before mapping).
-pub(crate) type Wanted<'a> = &'a (dyn Fn(Uuid) -> bool + Sync);
+/// Which documents a pass keeps, by key (a cheap test made before mapping, on the thread
+/// that maps).
+pub(crate) type Wanted = std::sync::Arc<dyn Fn(Uuid) -> bool + Send + Sync>;
 
 /// What a pass needs of each [`ReadDoc`] besides its identity, state and rows' hashes. What it
 /// does not need is dropped on the thread that mapped the page, not on the one that hands the
@@ -126,7 +129,7 @@ pub(crate) fn doc_pages<'a>(
     source: &'a dyn DocumentSource,
     container: &'static str,
     page_size: usize,
-    wanted: Option<Wanted<'a>>,
+    wanted: Option<Wanted>,
     keep: Keep,
 ) -> impl Stream<Item = Result<Vec<ReadDoc>, VerifyError>> + Send + 'a {
     let pages = Pages::new(source, container, page_size);
@@ -134,7 +137,7 @@ pub(crate) fn doc_pages<'a>(
         let page = pages.next().await.map_err(VerifyError::Source)?;
         Ok::<_, VerifyError>(page.map(|docs| (docs, pages)))
     })
-    .map_ok(move |docs| read_docs(pool, container, docs, wanted, keep))
+    .map_ok(move |page| read_docs(pool, container, page, wanted.clone(), keep))
     .try_buffered(PAGES_IN_FLIGHT)
 }
 
@@ -150,32 +153,44 @@ async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
     }
 }
 
-/// Maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With `wanted`, only
-/// documents whose key it accepts are mapped (the key is read from the id alone, far cheaper
-/// than mapping): the descent's passes skip the rest of the source. Mapping, the rows and
-/// their hashes are computed on a blocking thread; the page's quarantine entries and the
-/// accounts its profiles reference are asked of PostgreSQL in between.
+/// Parses and maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With
+/// `wanted`, only documents whose key it accepts are mapped (the key is read from the id alone,
+/// far cheaper than mapping): the descent's passes skip the rest of the source. Parsing,
+/// mapping, the rows and their hashes are computed on blocking threads; the page's quarantine
+/// entries and the accounts its profiles reference are asked of PostgreSQL in between.
 pub(crate) async fn read_docs(
     pool: &PgPool,
     container: &'static str,
-    docs: Vec<SourceDocument>,
-    wanted: Option<Wanted<'_>>,
+    page: UnparsedPage,
+    wanted: Option<Wanted>,
     keep: Keep,
 ) -> Result<Vec<ReadDoc>, VerifyError> {
-    let kind = Container::from_name(container);
-    let docs: Vec<SourceDocument> = match wanted {
-        None => docs,
-        Some(wanted) => docs
-            .into_iter()
-            .filter(|doc| match doc {
-                SourceDocument::Malformed { .. } => true,
-                SourceDocument::Document(raw) => kind
-                    .and_then(|k| codec::document_ref(k, raw))
-                    .is_none_or(|r| wanted(r.key)),
-            })
-            .collect(),
-    };
-    let (mut out, mapped) = off_thread(move || map_page(container, docs, keep.raw)).await;
+    let (mut out, mapped) = off_thread(move || {
+        let kind = Container::from_name(container);
+        // A line whose key can be read from its text alone, and is not wanted, is not parsed:
+        // the duplicates' pass wants a handful of keys of the whole source.
+        let unwanted = |text: &[u8]| match (&wanted, kind) {
+            (Some(wanted), Some(kind)) => {
+                codec::document_key_of_json(kind, text).is_some_and(|key| !wanted(key))
+            }
+            _ => false,
+        };
+        let docs = page.parse_skipping(unwanted).documents;
+        let docs: Vec<SourceDocument> = match wanted {
+            None => docs,
+            Some(wanted) => docs
+                .into_iter()
+                .filter(|doc| match doc {
+                    SourceDocument::Malformed { .. } => true,
+                    SourceDocument::Document(raw) => kind
+                        .and_then(|k| codec::document_ref(k, raw))
+                        .is_none_or(|r| wanted(r.key)),
+                })
+                .collect(),
+        };
+        map_page(container, docs, keep.raw)
+    })
+    .await;
 
     // Open quarantine entries of this page. An entry for an older version than the source's
     // does not cover it: the document changed since, and the change has not been copied.

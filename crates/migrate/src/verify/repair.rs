@@ -237,8 +237,11 @@ async fn recopy(
         }
         let counts = round.recopied.entry(container.to_owned()).or_default();
         let mut pages = Pages::new(source, container, page_size);
-        while let Some(docs) = pages.next().await? {
-            let batch: Vec<SourceDocument> = docs
+        while let Some(page) = pages.next().await? {
+            // repair re-reads only to re-copy a few documents: parsing here is fine
+            let batch: Vec<SourceDocument> = page
+                .parse()
+                .documents
                 .into_iter()
                 .filter(|d| {
                     let id = match d {

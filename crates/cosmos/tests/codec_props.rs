@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use mystira_cosmos::codec::{
-    Container, decode, document_key_of_json, document_ref, decode_account, decode_pending_signup, decode_profile, encode_account,
-    encode_pending_signup, encode_profile,
+    Container, decode, decode_account, decode_pending_signup, decode_profile, document_id_of_json,
+    document_key_of_json, document_ref, encode_account, encode_pending_signup, encode_profile,
 };
 use mystira_domain::ids::derived_key;
 use mystira_domain::{
@@ -456,7 +456,10 @@ fn any_id() -> impl Strategy<Value = Option<Value>> {
         Just(None),
         uuid().prop_map(|u| Some(json!(u.to_string()))),
         uuid().prop_map(|u| Some(json!(format!("Account|{u}")))),
-        uuid().prop_map(|u| Some(json!(format!("UserProfile|{}", u.to_string().to_uppercase())))),
+        uuid().prop_map(|u| Some(json!(format!(
+            "UserProfile|{}",
+            u.to_string().to_uppercase()
+        )))),
         text(12).prop_map(|t| Some(json!(t))),
         Just(Some(json!("  "))),
         Just(Some(json!(7))),
@@ -609,6 +612,10 @@ proptest! {
                 prop_assert_eq!(Some(key), document_ref(c, &doc).map(|r| r.key));
             }
         }
+        let text = serde_json::to_vec(&doc).unwrap();
+        if let Some(id) = document_id_of_json(&text) {
+            prop_assert_eq!(Some(id.as_ref()), doc.get("id").and_then(Value::as_str));
+        }
     }
 
     #[test]
@@ -643,12 +650,14 @@ fn the_key_read_from_text_covers_every_sample_document_and_refuses_unclear_text(
         let expected = document_ref(c, &doc).map(|r| r.key);
         assert!(expected.is_some());
         assert_eq!(document_key_of_json(c, &text), expected);
+        assert_eq!(document_id_of_json(&text).as_deref(), doc["id"].as_str());
         // the same document with an extra copy of `id`: serde_json keeps the last one, the
         // probe cannot tell which, so it does not answer
         let mut twice = text.clone();
         twice.pop();
         twice.extend_from_slice(br#","id":"other"}"#);
         assert_eq!(document_key_of_json(c, &twice), None);
+        assert_eq!(document_id_of_json(&twice), None);
     }
     let id = "7d1c3a52-5b7e-4d5a-9f0e-2b1f3c4d5e6f";
     for text in [
@@ -658,7 +667,11 @@ fn the_key_read_from_text_covers_every_sample_document_and_refuses_unclear_text(
         r#"{"id": null}"#.to_owned(),
         format!(r#"{{"id": "{id}""#),
     ] {
-        assert_eq!(document_key_of_json(Container::Accounts, text.as_bytes()), None, "{text}");
+        assert_eq!(
+            document_key_of_json(Container::Accounts, text.as_bytes()),
+            None,
+            "{text}"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use mystira_cosmos::codec;
 use mystira_postgres::bookkeeping;
 use mystira_postgres::initial_load::{self, CopyDocument, CopyOutcome, SetAside, Stage};
 use mystira_postgres::leases;
@@ -423,12 +424,14 @@ fn chunks(documents: Vec<SourceDocument>, size: usize) -> Vec<Vec<SourceDocument
 /// of each, by `_ts` then `_etag`, as a batch keeps it), and how many of `ids` it no longer
 /// has. One document each, so the upsert pass gives each document set aside one outcome.
 /// Reads the whole container: sources have no lookup by id yet (planned for the live source:
-/// a query by ids).
+/// a query by ids). Export lines whose `id` shows in their text that they are not wanted are
+/// not parsed.
 async fn reread(
     source: &dyn DocumentSource,
     container: &str,
     ids: &BTreeSet<String>,
 ) -> Result<(Vec<SourceDocument>, u64), BackfillError> {
+    let wanted = std::sync::Arc::new(ids.clone());
     let version = |raw: &serde_json::Value| {
         (
             raw.get("_ts").and_then(serde_json::Value::as_i64),
@@ -438,7 +441,17 @@ async fn reread(
     let mut found: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut position: Option<serde_json::Value> = None;
     loop {
-        let page = source.read_page(container, position.as_ref(), 1000).await?;
+        let page = source
+            .read_page_unparsed(container, position.as_ref(), 1000)
+            .await?;
+        let wanted = wanted.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            page.parse_skipping(|text| {
+                codec::document_id_of_json(text).is_some_and(|id| !wanted.contains(id.as_ref()))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         for doc in page.documents {
             let SourceDocument::Document(raw) = doc else {
                 continue;

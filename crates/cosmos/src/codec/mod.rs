@@ -247,18 +247,7 @@ pub fn document_ref(container: Container, doc: &Value) -> Option<DocumentRef> {
 /// given twice): then only decoding the document can, and [`document_ref`] decides. When this
 /// gives a key, `document_ref` of the parsed document gives the same one.
 pub fn document_key_of_json(container: Container, json: &[u8]) -> Option<Uuid> {
-    #[derive(serde::Deserialize)]
-    struct Ids<'a> {
-        #[serde(borrow, default)]
-        id: Option<std::borrow::Cow<'a, str>>,
-        #[serde(rename = "Id", borrow, default)]
-        upper_id: Option<std::borrow::Cow<'a, str>>,
-    }
-    // a derived struct would also read a JSON array; a document is an object
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return None;
-    }
-    let ids: Ids<'_> = serde_json::from_slice(json).ok()?;
+    let ids = IdFields::of_json(json)?;
     let id = ids.id?;
     if id.trim().is_empty() {
         return None;
@@ -266,6 +255,34 @@ pub fn document_key_of_json(container: Container, json: &[u8]) -> Option<Uuid> {
     let doc_ids =
         fields::DocIds::from_strings(&id, ids.upper_id.as_deref(), container.entity_type()).ok()?;
     Some(doc_ids.mapped.uuid)
+}
+
+/// The string `id` of the document in the JSON text `json`, found as [`document_key_of_json`]
+/// finds the key: `None` when that cannot tell without parsing the document (no string `id`,
+/// a field given twice, not an object).
+pub fn document_id_of_json(json: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    IdFields::of_json(json)?.id
+}
+
+/// A document's `id` and `Id`, read from its text with every other field skipped over.
+#[derive(serde::Deserialize)]
+struct IdFields<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "Id", borrow, default)]
+    upper_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> IdFields<'a> {
+    /// `None` unless `json` is an object whose `id` and `Id` are strings, null or absent, and
+    /// given at most once (serde_json's `Value` keeps the last of two; this cannot tell).
+    fn of_json(json: &'a [u8]) -> Option<Self> {
+        // a derived struct would also read a JSON array; a document is an object
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
 }
 
 /// The `_ts` / `_etag` of a document (absent or ill-typed system fields read as `None`).

@@ -391,8 +391,14 @@ mod tests {
             (253_402_300_800, 0),
             (-62_135_596_801, 500_000_000),
         ] {
-            let t = Utc.timestamp_opt(secs, nanos).single().expect("valid instant");
-            let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().expect("epoch");
+            let t = Utc
+                .timestamp_opt(secs, nanos)
+                .single()
+                .expect("valid instant");
+            let epoch = Utc
+                .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+                .single()
+                .expect("epoch");
             let micros = (t - epoch).num_microseconds().expect("in range");
             let stored = epoch + TimeDelta::microseconds(micros);
             assert_eq!(timestamp(&t), stored.format(FORMAT).to_string(), "{t:?}");
@@ -403,7 +409,12 @@ mod tests {
 
     #[test]
     fn row_hash_is_the_md5_of_row_text() {
-        let values = [Some("é:~".to_owned()), None, Some(String::new()), Some("x".repeat(123))];
+        let values = [
+            Some("é:~".to_owned()),
+            None,
+            Some(String::new()),
+            Some("x".repeat(123)),
+        ];
         let expected: String = Md5::digest(row_text(&values).as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -217,7 +217,8 @@ impl DocumentSource for ExportDirSource {
         max: usize,
     ) -> Result<SourcePage, SourceError> {
         let at = start_position(container, position)?;
-        self.read_until(container, at, None, max).await
+        self.read_lines(container, at, None, max, UnparsedPage::parse)
+            .await
     }
 
     async fn read_page_unparsed(
@@ -227,7 +228,7 @@ impl DocumentSource for ExportDirSource {
         max: usize,
     ) -> Result<UnparsedPage, SourceError> {
         let at = start_position(container, position)?;
-        self.read_lines_until(container, at, None, max).await
+        self.read_lines(container, at, None, max, |page| page).await
     }
 
     async fn estimate_documents(&self, container: &str) -> Option<u64> {
@@ -266,40 +267,29 @@ impl DocumentSource for ExportDirSource {
                     .ok_or_else(|| bad("a range end is a byte offset".into()))?,
             ),
         };
-        self.read_until(container, at, end, max).await
+        self.read_lines(container, at, end, max, UnparsedPage::parse)
+            .await
     }
 }
 
 impl ExportDirSource {
-    async fn read_until(
+    /// Up to `max` lines from `at` (to the byte offset `end`), handed to `then` on a blocking
+    /// thread: file reads block, and parsing is CPU work, so both stay off the async workers.
+    async fn read_lines<T: Send + 'static>(
         &self,
         container: &str,
         at: Position,
         end: Option<u64>,
         max: usize,
-    ) -> Result<SourcePage, SourceError> {
+        then: impl FnOnce(UnparsedPage) -> T + Send + 'static,
+    ) -> Result<T, SourceError> {
         let path = self.file(container);
         let container = container.to_owned();
-        // file reads block, and parsing is CPU work: both stay off the async workers
         tokio::task::spawn_blocking(move || {
-            read_export_lines(&path, &container, at, end, max).map(UnparsedPage::parse)
+            read_export_lines(&path, &container, at, end, max).map(then)
         })
         .await
         .map_err(|e| SourceError::Unavailable(e.to_string()))?
-    }
-
-    async fn read_lines_until(
-        &self,
-        container: &str,
-        at: Position,
-        end: Option<u64>,
-        max: usize,
-    ) -> Result<UnparsedPage, SourceError> {
-        let path = self.file(container);
-        let container = container.to_owned();
-        tokio::task::spawn_blocking(move || read_export_lines(&path, &container, at, end, max))
-            .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))?
     }
 }
 

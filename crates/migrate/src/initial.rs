@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use mystira_cosmos::codec;
 use mystira_postgres::bookkeeping;
 use mystira_postgres::initial_load::{self, CopyDocument, CopyOutcome, SetAside, Stage};
 use mystira_postgres::leases;
@@ -16,7 +15,7 @@ use sqlx::PgPool;
 
 use crate::apply::{MappedPage, Retries, drop_apart, failure_code, map_page_apart, write_page};
 use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts};
-use crate::source::{DocumentSource, SourceDocument};
+use crate::source::{DocumentSource, SourceDocument, read_page_of_ids};
 
 /// Which path `migrate` loads by.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -441,17 +440,7 @@ async fn reread(
     let mut found: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut position: Option<serde_json::Value> = None;
     loop {
-        let page = source
-            .read_page_unparsed(container, position.as_ref(), 1000)
-            .await?;
-        let wanted = wanted.clone();
-        let page = tokio::task::spawn_blocking(move || {
-            page.parse_skipping(|text| {
-                codec::document_id_of_json(text).is_some_and(|id| !wanted.contains(id.as_ref()))
-            })
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let page = read_page_of_ids(source, container, position.as_ref(), 1000, &wanted).await?;
         for doc in page.documents {
             let SourceDocument::Document(raw) = doc else {
                 continue;

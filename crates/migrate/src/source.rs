@@ -98,6 +98,29 @@ impl UnparsedPage {
     }
 }
 
+/// The page of `container` at `position`, parsed on a blocking thread, without the export lines
+/// whose `id` their text shows is not one of `ids` (`codec::document_id_of_json`). Lines whose
+/// text does not show it plainly, and pages of sources that parse as they read, come whole: the
+/// caller still picks its documents. For passes that re-read a container for a few ids.
+pub async fn read_page_of_ids(
+    source: &dyn DocumentSource,
+    container: &str,
+    position: Option<&serde_json::Value>,
+    max: usize,
+    ids: &std::sync::Arc<std::collections::BTreeSet<String>>,
+) -> Result<SourcePage, SourceError> {
+    let page = source.read_page_unparsed(container, position, max).await?;
+    let ids = std::sync::Arc::clone(ids);
+    tokio::task::spawn_blocking(move || {
+        page.parse_skipping(|text| {
+            mystira_cosmos::codec::document_id_of_json(text)
+                .is_some_and(|id| !ids.contains(id.as_ref()))
+        })
+    })
+    .await
+    .map_err(|e| SourceError::Unavailable(e.to_string()))
+}
+
 /// A source of Cosmos documents, read container by container.
 #[async_trait]
 pub trait DocumentSource: Send + Sync {

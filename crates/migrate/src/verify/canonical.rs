@@ -7,6 +7,8 @@
 //! characters, floats). A row's text is its columns' texts, each written as
 //! `<char count>:<text>` or `~` for null, so no value can be mistaken for a separator.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Datelike as _, NaiveDate, TimeDelta, Timelike as _, Utc};
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -112,13 +114,9 @@ fn push_date(out: &mut String, d: NaiveDate) -> bool {
     true
 }
 
-/// `n` in decimal, zero-padded to `width` digits (`n` must have at most `width` digits).
-fn push_padded(out: &mut String, n: u32, width: u32) {
-    let mut div = 10u32.pow(width.saturating_sub(1));
-    while div > 0 {
-        out.push(char::from(b'0' + u8::try_from(n / div % 10).unwrap_or(0)));
-        div /= 10;
-    }
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u32, width: usize) {
+    let _ = write!(out, "{n:0width$}");
 }
 
 pub(crate) fn real(f: f32) -> String {
@@ -232,43 +230,18 @@ fn numeric_text(text: &str) -> String {
     }
 }
 
-/// A row's canonical text from its columns' canonical texts (what [`row_hash`] hashes).
-#[cfg(test)]
+/// A row's canonical text from its columns' canonical texts.
 pub(crate) fn row_text(values: &[Option<String>]) -> String {
     let mut out = String::new();
-    for_each_row_text_piece(values, |piece| out.push_str(piece));
-    out
-}
-
-/// Hands [`row_text`] over piece by piece (so a hash can take it without the whole text being
-/// built first).
-fn for_each_row_text_piece(values: &[Option<String>], mut piece: impl FnMut(&str)) {
     for v in values {
         match v {
             Some(s) => {
-                let mut digits = [0u8; 20];
-                piece(decimal(s.chars().count(), &mut digits));
-                piece(":");
-                piece(s);
+                let _ = write!(out, "{}:{s}", s.chars().count());
             }
-            None => piece("~"),
+            None => out.push('~'),
         }
     }
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // only ASCII digits were written
-    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+    out
 }
 
 /// The SQL expression of a row's canonical text from its columns' canonical expressions.
@@ -283,10 +256,8 @@ pub(crate) fn row_text_sql(columns: &[String]) -> String {
 /// The md5 of a row's canonical text, as the lower-case hex PostgreSQL's `md5()` returns.
 pub(crate) fn row_hash(values: &[Option<String>]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut md5 = Md5::new();
-    for_each_row_text_piece(values, |piece| md5.update(piece.as_bytes()));
     let mut out = String::with_capacity(32);
-    for b in md5.finalize() {
+    for b in Md5::digest(row_text(values).as_bytes()) {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }

@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::read::Pages;
 use super::{DriftKind, Entity, VerifyError, VerifyOptions, VerifyReport, run_verify, sql};
 use crate::apply::{Retries, write_page};
 use crate::backfill::{CONTAINERS, ContainerCounts};
-use crate::source::{DocumentSource, SourceDocument};
+use crate::source::{DocumentSource, SourceDocument, read_page_of_ids};
 
 /// How repair runs.
 #[derive(Debug, Clone, Serialize)]
@@ -236,11 +235,15 @@ async fn recopy(
             continue;
         }
         let counts = round.recopied.entry(container.to_owned()).or_default();
-        let mut pages = Pages::new(source, container, page_size);
-        while let Some(page) = pages.next().await? {
-            // repair re-reads only to re-copy a few documents: parsing here is fine
+        let wanted_ids = std::sync::Arc::new(wanted.clone());
+        let mut position: Option<serde_json::Value> = None;
+        loop {
+            let page =
+                read_page_of_ids(source, container, position.as_ref(), page_size, &wanted_ids)
+                    .await?;
+            let last = page.next.is_none();
+            position = page.next;
             let batch: Vec<SourceDocument> = page
-                .parse()
                 .documents
                 .into_iter()
                 .filter(|d| {
@@ -251,46 +254,58 @@ async fn recopy(
                     id.is_some_and(|id| wanted.contains(id))
                 })
                 .collect();
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                recopy_batch(pool, container, batch, counts).await?;
             }
-            let batch_ids: Vec<String> = batch
-                .iter()
-                .filter_map(|d| match d {
-                    SourceDocument::Document(v) => {
-                        v.get("id").and_then(|i| i.as_str()).map(str::to_owned)
-                    }
-                    SourceDocument::Malformed { .. } => None,
-                })
-                .collect();
-            // lift the version guard for exactly these documents; a repair from the source
-            // also discards PostgreSQL changes of them that Cosmos has not taken (their outbox
-            // rows), which would otherwise hold the copy back: the source is the reference here
-            let keys: Vec<uuid::Uuid> = batch
-                .iter()
-                .filter_map(|d| match d {
-                    SourceDocument::Document(v) => {
-                        mystira_cosmos::codec::Container::from_name(container)
-                            .and_then(|c| mystira_cosmos::codec::document_ref(c, v))
-                            .map(|r| r.key)
-                    }
-                    SourceDocument::Malformed { .. } => None,
-                })
-                .collect();
-            sqlx::query("delete from migration.document_versions where container = $1 and document_id = any($2)")
-                .bind(container)
-                .bind(&batch_ids)
-                .execute(pool)
-                .await
-                .map_err(sql)?;
-            sqlx::query("delete from migration.outbox where container = $1 and key = any($2)")
-                .bind(container)
-                .bind(&keys)
-                .execute(pool)
-                .await
-                .map_err(sql)?;
-            write_page(pool, container, batch, counts, Retries::Backoff).await?;
+            if last {
+                break;
+            }
         }
     }
+    Ok(())
+}
+
+/// Re-copies `batch` (documents of `container` read again from the source) with the version
+/// guard lifted for exactly these documents.
+async fn recopy_batch(
+    pool: &PgPool,
+    container: &str,
+    batch: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+) -> Result<(), VerifyError> {
+    let batch_ids: Vec<String> = batch
+        .iter()
+        .filter_map(|d| match d {
+            SourceDocument::Document(v) => v.get("id").and_then(|i| i.as_str()).map(str::to_owned),
+            SourceDocument::Malformed { .. } => None,
+        })
+        .collect();
+    // lift the version guard for exactly these documents; a repair from the source
+    // also discards PostgreSQL changes of them that Cosmos has not taken (their outbox
+    // rows), which would otherwise hold the copy back: the source is the reference here
+    let keys: Vec<uuid::Uuid> = batch
+        .iter()
+        .filter_map(|d| match d {
+            SourceDocument::Document(v) => mystira_cosmos::codec::Container::from_name(container)
+                .and_then(|c| mystira_cosmos::codec::document_ref(c, v))
+                .map(|r| r.key),
+            SourceDocument::Malformed { .. } => None,
+        })
+        .collect();
+    sqlx::query(
+        "delete from migration.document_versions where container = $1 and document_id = any($2)",
+    )
+    .bind(container)
+    .bind(&batch_ids)
+    .execute(pool)
+    .await
+    .map_err(sql)?;
+    sqlx::query("delete from migration.outbox where container = $1 and key = any($2)")
+        .bind(container)
+        .bind(&keys)
+        .execute(pool)
+        .await
+        .map_err(sql)?;
+    write_page(pool, container, batch, counts, Retries::Backoff).await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use mystira_postgres::bookkeeping::{self, QuarantinedDocument};
 use mystira_postgres::bulk::{
     self, AccountDocument, BulkDocument, ProfileDocument, SignupDocument, WriteOutcome,
 };
+use mystira_postgres::journal::{JournalOp, JournalRecord};
 use sqlx::PgPool;
 
 use crate::backfill::{BackfillError, ContainerCounts};
@@ -155,7 +156,9 @@ pub(crate) fn drop_apart(page: MappedPage) {
     tokio::task::spawn_blocking(move || drop(page));
 }
 
-/// Maps and writes one page; quarantines what cannot be migrated.
+/// Maps and writes one page; quarantines what cannot be migrated. A document held back by a
+/// pending outbox row ([`WriteOutcome::HeldBack`]) is counted unchanged: for a job that copies,
+/// PostgreSQL's undelivered change is the newer side (see [`write_page_held_back`]).
 pub async fn write_page(
     pool: &PgPool,
     container: &str,
@@ -163,6 +166,21 @@ pub async fn write_page(
     counts: &mut ContainerCounts,
     retries: Retries,
 ) -> Result<(), BackfillError> {
+    write_page_held_back(pool, container, documents, counts, retries)
+        .await
+        .map(|_| ())
+}
+
+/// [`write_page`], returning the ids of the documents the outbox rule held back: newer than
+/// PostgreSQL's copy, but their aggregate has a PostgreSQL change Cosmos has not taken yet.
+/// The router's phase-1 copy needs them: it must not acknowledge such a write.
+pub async fn write_page_held_back(
+    pool: &PgPool,
+    container: &str,
+    documents: Vec<SourceDocument>,
+    counts: &mut ContainerCounts,
+    retries: Retries,
+) -> Result<Vec<String>, BackfillError> {
     let page = map_page_apart(container, documents, counts).await;
     for r in &page.rejected {
         quarantine(
@@ -179,11 +197,13 @@ pub async fn write_page(
         counts.quarantined += 1;
     }
     let raw = &page.raw_by_id;
-    write_kind(pool, retries, container, &page.accounts, raw, counts).await?;
-    write_kind(pool, retries, container, &page.profiles, raw, counts).await?;
-    write_kind(pool, retries, container, &page.signups, raw, counts).await?;
+    let mut held_back = Vec::new();
+    let held = &mut held_back;
+    write_kind(pool, retries, container, &page.accounts, raw, counts, held).await?;
+    write_kind(pool, retries, container, &page.profiles, raw, counts, held).await?;
+    write_kind(pool, retries, container, &page.signups, raw, counts, held).await?;
     drop_apart(page);
-    Ok(())
+    Ok(held_back)
 }
 
 async fn write_kind<D: BulkDocument>(
@@ -193,6 +213,7 @@ async fn write_kind<D: BulkDocument>(
     docs: &[D],
     raw_by_id: &BTreeMap<String, serde_json::Value>,
     counts: &mut ContainerCounts,
+    held_back: &mut Vec<String>,
 ) -> Result<(), BackfillError> {
     if docs.is_empty() {
         return Ok(());
@@ -207,6 +228,11 @@ async fn write_kind<D: BulkDocument>(
             }
             WriteOutcome::Unchanged => {
                 counts.unchanged += 1;
+                continue;
+            }
+            WriteOutcome::HeldBack => {
+                counts.unchanged += 1;
+                held_back.push(doc.version().document_id.clone());
                 continue;
             }
             WriteOutcome::Superseded { by } => (
@@ -249,6 +275,47 @@ async fn write_kind<D: BulkDocument>(
         counts.quarantined += 1;
     }
     Ok(())
+}
+
+/// What copying one write that Cosmos took did (the router's phase-1 copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// Written, already there, or on record in the quarantine: PostgreSQL has dealt with it.
+    Landed,
+    /// Held back by a pending outbox row of its aggregate ([`WriteOutcome::HeldBack`]).
+    HeldBack,
+}
+
+/// Copies one write Cosmos took (a document, or a delete) into PostgreSQL, saying whether the
+/// outbox rule held it back. A delete is never held back: it removes the rows, and a pending
+/// outbox row then delivers the removal.
+pub(crate) async fn copy_record(
+    pool: &PgPool,
+    record: &JournalRecord,
+) -> Result<Copied, mystira_domain::RepoError> {
+    let JournalOp::Upsert { document } = &record.op else {
+        return crate::journal::apply_record(pool, record)
+            .await
+            .map(|()| Copied::Landed);
+    };
+    let mut counts = ContainerCounts::default();
+    let held_back = write_page_held_back(
+        pool,
+        &record.container,
+        vec![SourceDocument::Document(document.clone())],
+        &mut counts,
+        Retries::None,
+    )
+    .await
+    .map_err(|e| match e {
+        BackfillError::Store(e) => e,
+        other => mystira_domain::RepoError::Store(other.to_string()),
+    })?;
+    Ok(if held_back.is_empty() {
+        Copied::Landed
+    } else {
+        Copied::HeldBack
+    })
 }
 
 pub(crate) fn failure_code(e: &mystira_domain::RepoError) -> &'static str {

@@ -40,6 +40,7 @@ use mystira_domain::{
     UserBadge, UserProfile,
 };
 use mystira_postgres::journal::{self, JournalOp, JournalRecord};
+use mystira_postgres::outbox;
 use mystira_postgres::phase::Phase;
 use mystira_postgres::{
     PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
@@ -49,6 +50,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::apply::{Copied, copy_record};
 use crate::journal::{FileJournal, apply_record};
 use crate::relay::{self, Delivered};
 
@@ -152,7 +154,9 @@ pub trait WriteObserver: Send + Sync + fmt::Debug {
     /// and `journalled_file` (phase 1: the copy into PostgreSQL failed, the documents went to
     /// the retry journal, or to the local file), `left_to_relay` (phase 2: the inline delivery
     /// to Cosmos failed, the relay delivers it), `unrecorded` (phase 1: neither journal could
-    /// record it; the caller got an error and retries). `n` documents or aggregates.
+    /// record it; the caller got an error and retries), `held_back` (phase 1: the copy was
+    /// held back by an undelivered PostgreSQL change; the caller got an error and retries).
+    /// `n` documents or aggregates.
     fn dual_write_failure(&self, kind: &'static str, n: u64) {
         let _ = (kind, n);
     }
@@ -191,6 +195,8 @@ struct Counters {
     delivered_inline: AtomicU64,
     left_to_relay: AtomicU64,
     fallback_reads: AtomicU64,
+    delivered_before_write: AtomicU64,
+    held_back: AtomicU64,
 }
 
 /// A snapshot of [`DualWriteRouter::stats`].
@@ -208,6 +214,12 @@ pub struct RouterStats {
     pub left_to_relay: u64,
     /// Phase-2 point lookups that missed in PostgreSQL and were read from Cosmos.
     pub fallback_reads: u64,
+    /// Phase-1 writes whose aggregate had an undelivered PostgreSQL change, delivered to Cosmos
+    /// before the write.
+    pub delivered_before_write: u64,
+    /// Phase-1 copies held back by a PostgreSQL change that appeared while the write was in
+    /// flight: those calls failed (retryable) rather than being acknowledged.
+    pub held_back: u64,
 }
 
 struct Inner {
@@ -285,6 +297,8 @@ impl DualWriteRouter {
             delivered_inline: get(&c.delivered_inline),
             left_to_relay: get(&c.left_to_relay),
             fallback_reads: get(&c.fallback_reads),
+            delivered_before_write: get(&c.delivered_before_write),
+            held_back: get(&c.held_back),
         }
     }
 
@@ -313,6 +327,9 @@ impl DualWriteRouter {
         match self.phase_for(account) {
             Phase::CosmosOnly => cosmos.await,
             Phase::DualWriteCosmosRead => {
+                if let Some((container, key)) = target {
+                    self.deliver_pending_first(container, key).await?;
+                }
                 let (result, written) = capture_writes(cosmos).await;
                 // What Cosmos took is copied even when the call failed half-way: it is stored.
                 self.copy_to_postgres(written).await?;
@@ -348,6 +365,51 @@ impl DualWriteRouter {
         result
     }
 
+    /// Phase 1's first half, for a write that names its aggregate: a PostgreSQL change of the
+    /// aggregate that Cosmos has not taken yet (a pending outbox row, left by a phase-2 write
+    /// before a rollback) is delivered to Cosmos before the write goes there, so that the write
+    /// lands on top of it in Cosmos and its copy is not held back (docs/dual-write.md, "Who wins
+    /// an aggregate"). If the delivery fails, nothing has been written and the call fails. If
+    /// PostgreSQL cannot say (it is unreachable), the write goes ahead: phase 1 keeps taking
+    /// writes while PostgreSQL is down, and a copy that meets a pending row later is held back
+    /// and put on record by the replay.
+    async fn deliver_pending_first(&self, container: Container, key: Uuid) -> RepoResult<()> {
+        let pending = tokio::time::timeout(
+            self.0.config.postgres_timeout,
+            outbox::has_pending(&self.0.pool, container.name(), key),
+        )
+        .await;
+        match pending {
+            Ok(Ok(false)) => Ok(()),
+            Ok(Ok(true)) => {
+                let aggregate = outbox::PendingAggregate {
+                    container: container.name().to_owned(),
+                    key,
+                };
+                match relay::deliver(&self.0.pool, &self.0.cosmos.writer, aggregate).await {
+                    Ok(_) => {
+                        self.count(|c| &c.delivered_before_write, 1);
+                        Ok(())
+                    }
+                    Err(e) => Err(RepoError::Unavailable(format!(
+                        "this {container} document has a PostgreSQL change that Cosmos has not \
+                         taken yet, and delivering it before the write failed ({}); nothing \
+                         was written: retry the call",
+                        crate::journal::error_class(&e)
+                    ))),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%container, class = crate::journal::error_class(&e), "cannot check the outbox before a phase-1 write; writing");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(%container, "outbox check timed out before a phase-1 write; writing");
+                Ok(())
+            }
+        }
+    }
+
     /// Phase 1's second half: the documents Cosmos stored, into PostgreSQL or the journal.
     async fn copy_to_postgres(&self, written: Vec<WrittenDocument>) -> RepoResult<()> {
         if written.is_empty() {
@@ -357,10 +419,13 @@ impl DualWriteRouter {
         let timeout = self.0.config.postgres_timeout;
         if self.0.config.phase1_copy == Phase1Copy::Inline {
             let applied = tokio::time::timeout(timeout, async {
+                let mut held_back = Vec::new();
                 for record in &records {
-                    apply_record(&self.0.pool, record).await?;
+                    if copy_record(&self.0.pool, record).await? == Copied::HeldBack {
+                        held_back.push(record);
+                    }
                 }
-                Ok::<(), RepoError>(())
+                Ok::<_, RepoError>(held_back)
             });
             let applied = self
                 .timed(Store::Postgres, "phase1_copy", async {
@@ -370,10 +435,11 @@ impl DualWriteRouter {
                 })
                 .await;
             match applied {
-                Ok(()) => {
+                Ok(held_back) if held_back.is_empty() => {
                     self.count(|c| &c.copied, records.len());
                     return Ok(());
                 }
+                Ok(held_back) => return Err(self.held_back(&held_back).await),
                 Err(e) => {
                     tracing::warn!(
                         class = crate::journal::error_class(&e),
@@ -402,6 +468,39 @@ impl DualWriteRouter {
         self.count(|c| &c.journalled_file, n);
         self.failure("journalled_file", n);
         Ok(())
+    }
+
+    /// A phase-1 copy the outbox rule held back: PostgreSQL holds a change of the aggregate
+    /// that Cosmos had not taken when this write reached Cosmos (a phase-2 write committed by
+    /// a router that had not yet seen the phase change). PostgreSQL's change is the reference;
+    /// it is delivered now, over the document this write left in Cosmos, so the write is not
+    /// acknowledged: the caller gets a retryable error, and its retry lands on top of the
+    /// delivered change. A delivery that fails here is left to the relay (deferred).
+    async fn held_back(&self, records: &[&JournalRecord]) -> RepoError {
+        self.count(|c| &c.held_back, records.len());
+        self.failure("held_back", records.len());
+        for record in records {
+            let JournalOp::Upsert { document } = &record.op else {
+                continue;
+            };
+            if let Some(container) = Container::from_name(&record.container)
+                && let Some(doc_ref) = mystira_cosmos::codec::document_ref(container, document)
+            {
+                relay::deliver_or_defer(
+                    &self.0.pool,
+                    &self.0.cosmos.writer,
+                    container,
+                    doc_ref.key,
+                )
+                .await;
+            }
+        }
+        RepoError::Unavailable(
+            "Cosmos took the write, but PostgreSQL holds a newer change of the same document \
+             that Cosmos had not taken (a write made in phase 2); that change was delivered over \
+             this write, which is not acknowledged: retry the call"
+                .to_owned(),
+        )
     }
 
     /// Phase 2's second half: the aggregate into Cosmos now, or later by the relay.

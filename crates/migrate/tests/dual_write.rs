@@ -802,3 +802,171 @@ async fn magic_link_signups_are_routed_by_phase(pool: PgPool) {
     );
     assert_eq!(pg.get(third.id).await.unwrap(), Some(third));
 }
+
+/// A router in another phase on the same two stores (a router that has not yet seen a phase
+/// change, beside one that has).
+fn router_beside(s: &Setup, phase: Phase, config: RouterConfig) -> DualWriteRouter {
+    let files = FileJournal::open(s._dir.path().join(format!("journal-{phase:?}"))).unwrap();
+    DualWriteRouter::new(
+        s.router.pool().clone(),
+        s.router.cosmos().clone(),
+        Arc::new(FixedPhase(phase)),
+        files,
+        config,
+    )
+}
+
+fn subscription_of(account_id: Uuid, tier: &str) -> Subscription {
+    Subscription {
+        id: Uuid::new_v4(),
+        cosmos_id: None,
+        account_id,
+        subscription_type: SubscriptionType::Annual,
+        product_id: Some("annual".to_owned()),
+        tier: tier.to_owned(),
+        is_active: true,
+        valid_until: Some(at(50)),
+        start_date: Some(at(3)),
+        end_date: None,
+        purchase_token: None,
+        last_verified: None,
+        purchased_scenarios: vec![],
+        created_at: at(3),
+        updated_at: at(3),
+    }
+}
+
+/// Both stores hold `login` as the account's last login and `tier` as its subscription's.
+async fn assert_both_stores_hold(s: &Setup, id: Uuid, login: DateTime<Utc>, tier: &str) {
+    let pool = s.router.pool();
+    let cosmos = s.router.cosmos();
+    let in_cosmos = cosmos.accounts.get(id).await.unwrap().unwrap();
+    assert_eq!(in_cosmos.last_login_at, login, "last login in cosmos");
+    let sub = cosmos.subscriptions.get_for_account(id).await.unwrap();
+    assert_eq!(sub.unwrap().tier, tier, "subscription tier in cosmos");
+    assert_eq!(pg_account(pool, id).await.unwrap().last_login_at, login);
+    let pg_sub = mystira_postgres::PgSubscriptionRepository::new(pool.clone())
+        .get_for_account(id)
+        .await
+        .unwrap();
+    assert_eq!(
+        pg_sub.unwrap().tier,
+        tier,
+        "subscription tier in postgresql"
+    );
+}
+
+/// Issue 29, item 1: after a 2 -> 1 rollback, an aggregate can still have a phase-2 change
+/// Cosmos has not taken (its outbox row pending). A phase-1 write to it must not be held back
+/// and then overwritten by the relay: the router delivers the pending change first, so Cosmos
+/// and PostgreSQL end with both writes.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_phase1_write_after_a_rollback_lands_on_top_of_the_undelivered_phase2_change(
+    pool: PgPool,
+) {
+    let s = setup(&pool, Phase::DualWriteCosmosRead, "p1-after-rollback").await;
+    let a = account();
+    AccountRepository::create(&s.router, &a).await.unwrap();
+    // a router that has not seen the rollback: its write commits in PostgreSQL and leaves the
+    // delivery to background work that never comes (as when the inline delivery fails)
+    let stale = router_beside(
+        &s,
+        Phase::DualWritePostgresRead,
+        RouterConfig {
+            phase2_delivery: mystira_migrate::router::Phase2Delivery::Background,
+            ..RouterConfig::default()
+        },
+    );
+    SubscriptionRepository::upsert_for_account(&stale, &subscription_of(a.id, "Plus"))
+        .await
+        .unwrap();
+    assert_eq!(outbox::depth(&pool).await.unwrap().rows, 1);
+
+    let login = at(40);
+    assert!(
+        AccountRepository::record_login(&s.router, a.id, login)
+            .await
+            .unwrap()
+    );
+    drain_outbox(&s).await;
+    assert_both_stores_hold(&s, a.id, login, "Plus").await;
+    assert_eq!(s.router.stats().delivered_before_write, 1);
+}
+
+/// Issue 29, item 1, the race: the phase-2 change commits while the phase-1 write is between
+/// Cosmos and its copy (the copy is paused on its document lock, which the test holds). The
+/// copy is held back, so the call must not be acknowledged: it fails with a retryable error,
+/// PostgreSQL's change is delivered over the write, and the retry lands on top of it.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_phase1_copy_held_back_by_a_change_made_meanwhile_is_not_acknowledged(pool: PgPool) {
+    let config = RouterConfig {
+        // the pause below must not turn into the journal's timeout path
+        postgres_timeout: Duration::from_secs(60),
+        ..RouterConfig::default()
+    };
+    let s = setup_on(
+        pool.clone(),
+        Phase::DualWriteCosmosRead,
+        "p1-held-back",
+        config,
+    )
+    .await;
+    let a = account();
+    AccountRepository::create(&s.router, &a).await.unwrap();
+
+    // pause every copy of this account's document: the bulk writer takes this lock first
+    let mut pause = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock(hashtextextended('document:Accounts:' || $1::text, 0))")
+        .bind(a.id)
+        .execute(&mut *pause)
+        .await
+        .unwrap();
+    let router = s.router.clone();
+    let login = at(40);
+    let write =
+        tokio::spawn(async move { AccountRepository::record_login(&router, a.id, login).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_locks where locktype = 'advisory' and not granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !write.is_finished(),
+            "the write finished without its copy waiting"
+        );
+        assert!(Instant::now() < deadline, "the copy never reached its lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the write is in Cosmos now; a router that has not seen the phase change commits a
+    // change of the same aggregate in PostgreSQL
+    mystira_postgres::PgSubscriptionRepository::new(pool.clone())
+        .upsert_for_account(&subscription_of(a.id, "Plus"))
+        .await
+        .unwrap();
+    sqlx::query("select pg_advisory_unlock_all()")
+        .execute(&mut *pause)
+        .await
+        .unwrap();
+
+    let result = write.await.unwrap();
+    let err = result.expect_err("a held-back copy must not be acknowledged");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(s.router.stats().held_back, 1);
+    drain_outbox(&s).await;
+    // the unacknowledged write was overwritten by PostgreSQL's change; both stores agree
+    assert_both_stores_hold(&s, a.id, a.last_login_at, "Plus").await;
+    // the caller's retry lands on top of it
+    assert!(
+        AccountRepository::record_login(&s.router, a.id, login)
+            .await
+            .unwrap()
+    );
+    drain_outbox(&s).await;
+    assert_both_stores_hold(&s, a.id, login, "Plus").await;
+}

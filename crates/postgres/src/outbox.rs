@@ -217,6 +217,23 @@ pub async fn depth<'e>(exec: impl PgExecutor<'e>) -> Result<Depth> {
     })
 }
 
+/// Whether the aggregate `(container, key)` has pending rows: PostgreSQL holds a change of it
+/// that Cosmos has not taken yet. One index lookup (`idx_outbox_aggregate`).
+pub async fn has_pending<'e>(
+    exec: impl PgExecutor<'e>,
+    container: &str,
+    key: Uuid,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from migration.outbox where container = $1 and key = $2)",
+    )
+    .bind(container)
+    .bind(key)
+    .fetch_one(exec)
+    .await
+    .map_err(map)
+}
+
 /// Adds an outbox row for an aggregate by hand (a repair towards Cosmos: the relay then
 /// delivers PostgreSQL's state of it, by the same path as every other delivery).
 pub async fn enqueue<'e>(exec: impl PgExecutor<'e>, container: &str, key: Uuid) -> Result<()> {

@@ -104,7 +104,7 @@ fn count(batch: &BatchOutcome) -> (usize, usize, usize) {
         .iter()
         .fold((0, 0, 0), |(w, u, f), o| match o {
             WriteOutcome::Written => (w + 1, u, f),
-            WriteOutcome::Unchanged => (w, u + 1, f),
+            WriteOutcome::Unchanged | WriteOutcome::HeldBack => (w, u + 1, f),
             WriteOutcome::Failed(_)
             | WriteOutcome::Superseded { .. }
             | WriteOutcome::IdentityTaken { .. } => (w, u, f + 1),

@@ -10,8 +10,10 @@
 //!
 //! Two more rules of the guard, for the dual write: a document whose aggregate has a pending
 //! outbox row (PostgreSQL changed it and Cosmos has not taken the change yet) is held back
-//! (`unchanged`), since PostgreSQL is then the newer side; and a document deleted in Cosmos
-//! keeps a tombstone version ([`delete_document`]) that only a strictly newer write can pass.
+//! ([`WriteOutcome::HeldBack`]), since PostgreSQL is then the newer side; and a document deleted
+//! in Cosmos keeps a tombstone version ([`delete_document`]) that only a strictly newer write
+//! can pass. A held-back copy is not an `unchanged` one: the router must not acknowledge a
+//! phase-1 write whose copy was held back (docs/dual-write.md, "Who wins an aggregate").
 //!
 //! When a batch fails on a constraint (one bad document among many), the batch is retried one
 //! document per transaction, so the good documents land and each bad one comes back with its
@@ -88,6 +90,12 @@ pub enum WriteOutcome {
     Written,
     /// Not written: the stored copy has this version or a newer one.
     Unchanged,
+    /// Not written, although its version is newer than the stored copy's: its aggregate has a
+    /// pending outbox row, a PostgreSQL change Cosmos has not taken yet, which this copy would
+    /// overwrite. Callers that only copy (backfill, replication) count it as unchanged; the
+    /// router's phase-1 copy must not acknowledge its write (the relay will put PostgreSQL's
+    /// state over the document this copy came from).
+    HeldBack,
     /// Not written: the document breaks a constraint. Quarantine it.
     Failed(RepoError),
     /// Not written: another document of the container maps to the same row and is newer (see
@@ -423,6 +431,8 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
     .into_iter()
     .collect();
 
+    let held_back = held_back_by_outbox(&mut tx, &contenders, &fresh).await?;
+
     // who keeps a unique value several documents claim; decided before anything is written
     let identities = identity::plan(&mut tx, &contenders, &fresh).await?;
     let mut displaced = Vec::new();
@@ -479,6 +489,7 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
                 (None, None) if fresh.contains(id) || identities.reinstated.contains(id) => {
                     WriteOutcome::Written
                 }
+                (None, None) if held_back.contains(id) => WriteOutcome::HeldBack,
                 (None, None) => WriteOutcome::Unchanged,
             }
         })
@@ -487,6 +498,46 @@ async fn write_in_transaction<D: BulkDocument>(pool: &PgPool, docs: &[&D]) -> Re
         outcomes,
         displaced,
     })
+}
+
+/// The documents among `contenders` that the version guard would have let through but the
+/// outbox rule held back (their aggregate has a pending outbox row). Only the documents that
+/// did not claim their version are looked at, so a batch that wrote everything (the usual case)
+/// costs no statement.
+async fn held_back_by_outbox<D: BulkDocument>(
+    conn: &mut PgConnection,
+    contenders: &[&D],
+    fresh: &HashSet<String>,
+) -> Result<HashSet<String>> {
+    let stale: Vec<&D> = contenders
+        .iter()
+        .copied()
+        .filter(|d| !fresh.contains(&d.version().document_id))
+        .collect();
+    if stale.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let held: Vec<String> = sqlx::query_scalar(
+        "select x.d from unnest($2::text[], $3::uuid[], $4::int8[], $5::text[]) as x(d, k, t, e)
+         where exists (select 1 from migration.outbox o where o.container = $1 and o.key = x.k)
+           -- the guard's own rule (see the claim in write_in_transaction), negated: no stored
+           -- version stops this one
+           and not exists (
+               select 1 from migration.document_versions v
+               where v.container = $1 and v.document_id = x.d
+                 and not (v.source_ts < x.t
+                          or (v.source_ts = x.t and not v.deleted
+                              and v.source_etag is distinct from x.e)))",
+    )
+    .bind(D::CONTAINER)
+    .bind(column(&stale, |d| d.version().document_id.clone()))
+    .bind(column(&stale, |d| d.key()))
+    .bind(column(&stale, |d| d.version().ts))
+    .bind(column(&stale, |d| d.version().etag.clone()))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| map_sqlx_error(D::CONTAINER, e))?;
+    Ok(held.into_iter().collect())
 }
 
 /// Moves a stored document that `owner` supersedes out of the tables' record: its rows as they

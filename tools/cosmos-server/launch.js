@@ -148,11 +148,14 @@ function patchHandlers() {
 // Rules are matched in creation order against every non-admin request. Tests give each rule a
 // path fragment unique to their own database, so parallel tests do not see each other's faults.
 //   POST   /_faults      {"pathContains": "/dbs/x/", "method": "GET"?, "count": N,
-//                         "action": "respond"|"drop", "status": 429, "retryAfterMs": 10?,
+//                         "action": "respond"|"drop"|"hang", "status": 429, "retryAfterMs": 10?,
 //                         "subStatus": 3200?}  -> {"id": ...}
 //   GET    /_faults/ID   -> the rule with its "hits" counter
-//   DELETE /_faults/ID   -> removes the rule
+//   DELETE /_faults/ID   -> removes the rule (and closes the connections it holds)
+// "hang" holds a matching request without answering (a Cosmos that stops responding), until
+// the rule is deleted or the client gives up.
 const faults = new Map();
+const hanging = new Map(); // rule id -> sockets held by a "hang" rule
 let nextFaultId = 1;
 
 function readJson(req) {
@@ -183,8 +186,8 @@ async function handleFaultAdmin(req, res) {
     if (typeof rule.pathContains !== "string" || !rule.pathContains) {
       return sendJson(res, 400, { message: "pathContains must be a non-empty string" });
     }
-    if (!["respond", "drop"].includes(rule.action)) {
-      return sendJson(res, 400, { message: "action must be respond or drop" });
+    if (!["respond", "drop", "hang"].includes(rule.action)) {
+      return sendJson(res, 400, { message: "action must be respond, drop or hang" });
     }
     if (!Number.isInteger(rule.count) || rule.count < 1) {
       return sendJson(res, 400, { message: "count must be a positive integer" });
@@ -194,7 +197,11 @@ async function handleFaultAdmin(req, res) {
     return sendJson(res, 201, stored);
   }
   if (req.method === "GET" && id && faults.has(id)) return sendJson(res, 200, faults.get(id));
-  if (req.method === "DELETE" && id && faults.delete(id)) return sendJson(res, 200, {});
+  if (req.method === "DELETE" && id && faults.delete(id)) {
+    for (const socket of hanging.get(id) || []) socket.destroy();
+    hanging.delete(id);
+    return sendJson(res, 200, {});
+  }
   return sendJson(res, 404, { message: "no such fault rule" });
 }
 
@@ -207,6 +214,12 @@ function injectFault(req, res) {
     rule.hits += 1;
     if (rule.action === "drop") {
       req.socket.destroy();
+      return true;
+    }
+    if (rule.action === "hang") {
+      if (!hanging.has(rule.id)) hanging.set(rule.id, []);
+      hanging.get(rule.id).push(req.socket);
+      req.resume();
       return true;
     }
     res.statusCode = rule.status || 503;

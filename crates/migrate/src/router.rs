@@ -113,6 +113,14 @@ pub struct RouterConfig {
     pub postgres_timeout: Duration,
     pub phase1_copy: Phase1Copy,
     pub phase2_delivery: Phase2Delivery,
+    /// How long a phase-2 call waits for its inline delivery to Cosmos. Past it the call is
+    /// answered (the write is committed in PostgreSQL with its outbox row) and the delivery
+    /// goes on in the background, then the relay's: a hanging Cosmos must not hold requests.
+    pub phase2_delivery_deadline: Duration,
+    /// Inline deliveries that may run at once, those past their deadline included. When all
+    /// are taken (Cosmos hangs under load), a call skips the inline delivery and leaves it to
+    /// the relay, so hanging deliveries cannot pile up without bound.
+    pub max_inline_deliveries: usize,
     /// Told of every store write the router makes, with its time (the service's metrics).
     pub observer: Option<Arc<dyn WriteObserver>>,
 }
@@ -123,6 +131,8 @@ impl Default for RouterConfig {
             postgres_timeout: Duration::from_secs(2),
             phase1_copy: Phase1Copy::Inline,
             phase2_delivery: Phase2Delivery::Inline,
+            phase2_delivery_deadline: Duration::from_secs(2),
+            max_inline_deliveries: 64,
             observer: None,
         }
     }
@@ -232,6 +242,8 @@ struct Inner {
     counters: Counters,
     /// Wakes [`run_background`] when a write left work to it (a journal entry, a delivery).
     wake: tokio::sync::Notify,
+    /// Permits for inline deliveries in flight (see [`RouterConfig::max_inline_deliveries`]).
+    inline_deliveries: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router (cheap to clone; every clone shares one state).
@@ -264,9 +276,12 @@ impl DualWriteRouter {
             cosmos,
             phases,
             files,
-            config,
             counters: Counters::default(),
             wake: tokio::sync::Notify::new(),
+            inline_deliveries: Arc::new(tokio::sync::Semaphore::new(
+                config.max_inline_deliveries.max(1),
+            )),
+            config,
         }))
     }
 
@@ -503,11 +518,40 @@ impl DualWriteRouter {
         )
     }
 
-    /// Phase 2's second half: the aggregate into Cosmos now, or later by the relay.
+    /// Phase 2's second half: the aggregate into Cosmos now, or later by the relay. The call
+    /// waits for the delivery at most [`RouterConfig::phase2_delivery_deadline`]: the delivery
+    /// runs as a task of its own, so past the deadline it is not cancelled midway (it finishes
+    /// or defers its rows for the relay) while the caller gets its answer.
     async fn deliver_inline(&self, container: Container, key: Uuid) {
         let started = std::time::Instant::now();
+        let Ok(permit) = self.0.inline_deliveries.clone().try_acquire_owned() else {
+            tracing::warn!(%container, "too many inline deliveries in flight; left to the relay");
+            self.count(|c| &c.left_to_relay, 1);
+            self.failure("left_to_relay", 1);
+            self.0.wake.notify_one();
+            return;
+        };
+        let router = self.clone();
+        let delivery = tokio::spawn(async move {
+            let _permit = permit;
+            relay::deliver_or_defer(&router.0.pool, &router.0.cosmos.writer, container, key).await
+        });
         let delivered =
-            relay::deliver_or_defer(&self.0.pool, &self.0.cosmos.writer, container, key).await;
+            match tokio::time::timeout(self.0.config.phase2_delivery_deadline, delivery).await {
+                Ok(Ok(delivered)) => delivered,
+                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // cancelled: the runtime is shutting down; the rows stay for the relay
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    tracing::warn!(
+                        %container,
+                        class = "deadline",
+                        "inline delivery to cosmos passed its deadline; answering, the delivery \
+                         goes on in the background"
+                    );
+                    None
+                }
+            };
         if let Some(observer) = &self.0.config.observer {
             observer.store_write(
                 Store::Cosmos,

@@ -970,3 +970,48 @@ async fn a_phase1_copy_held_back_by_a_change_made_meanwhile_is_not_acknowledged(
     drain_outbox(&s).await;
     assert_both_stores_hold(&s, a.id, login, "Plus").await;
 }
+
+/// Issue 34, item 7: with Cosmos hanging (requests neither answered nor refused), a phase-2
+/// call is answered once its inline delivery passes the deadline; the delivery is left to the
+/// background and the relay, which delivers once Cosmos answers again.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn phase2_call_is_answered_when_cosmos_hangs_past_the_delivery_deadline(pool: PgPool) {
+    let config = RouterConfig {
+        phase2_delivery_deadline: Duration::from_millis(500),
+        ..RouterConfig::default()
+    };
+    let s = setup_on(
+        pool.clone(),
+        Phase::DualWritePostgresRead,
+        "p2-hang",
+        config,
+    )
+    .await;
+    let faults = support::Faults::new();
+    let rule = faults
+        .arm(json!({
+            "pathContains": format!("/dbs/{}/", s.store.database_name()),
+            "action": "hang",
+            "count": 100000,
+        }))
+        .await;
+    let a = account();
+    // the hang lasts until the rule is disarmed below; a call that waits for Cosmos returns
+    // only when the client gives up (about 10 s with this test's retry policy, 90 s with the
+    // service's), the deadline answers after 0.5 s: 5 s tells them apart with room to spare
+    let created = tokio::time::timeout(
+        Duration::from_secs(5),
+        AccountRepository::create(&s.router, &a),
+    )
+    .await
+    .expect("a phase-2 call waited for a hanging Cosmos");
+    created.unwrap();
+    assert!(pg_account(&pool, a.id).await.is_some());
+    assert_eq!(s.router.stats().left_to_relay, 1);
+    assert!(faults.hits(&rule).await > 0);
+
+    faults.disarm(&rule).await;
+    drain_outbox(&s).await;
+    let in_cosmos = s.router.cosmos().accounts.get(a.id).await.unwrap().unwrap();
+    assert_eq!(in_cosmos.email, a.email);
+}

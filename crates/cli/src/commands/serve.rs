@@ -44,6 +44,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub phase_poll_ms: u64,
 
+    /// Phase 2: how long a write waits for its delivery to Cosmos, in milliseconds. Past it
+    /// the write is answered (it is committed in PostgreSQL with its outbox row) and the
+    /// delivery is left to the background and the relay
+    #[arg(
+        long,
+        env = "MYSTIRA_DELIVERY_DEADLINE_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub delivery_deadline_ms: u64,
+
     /// Production: verify bearer tokens with the keys of this JWKS document (RSA keys for
     /// RS256, P-256 keys for ES256); --issuer and --audience are then required. Without it,
     /// development mode: tokens from `mystira-users dev-token` are accepted
@@ -372,6 +383,7 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
             RouterConfig {
                 // the router's store-write times and dual-write failures, in /metrics
                 observer: Some(metrics.clone()),
+                phase2_delivery_deadline: Duration::from_millis(args.delivery_deadline_ms),
                 ..RouterConfig::default()
             },
         )

@@ -13,12 +13,17 @@
 //! written before or during a backfill can be missed.
 //!
 //! **Watermark mode** ([`ReplicationMode::Watermark`]), for servers without a change feed:
-//! `select * from c where c._ts >= @since`, with `@since` the newest `_ts` already applied
-//! minus an overlap window (`_ts` has one-second resolution, and a write can commit with a
-//! `_ts` a little older than one already read); documents seen in the previous pass's window
-//! are recognised by `_etag` and skipped, and anything else read twice is `unchanged` through
-//! the version guard. The checkpoint (`{"since", "etags"}`) lives in the lease row of job
-//! [`WATERMARK_JOB`].
+//! `select * from c where c._ts >= @since`, with `@since` the previous pass's watermark minus
+//! an overlap window (`_ts` has one-second resolution, and a write can commit with a `_ts` a
+//! little older than one already read). The watermark is the newest `_ts` the pass applied,
+//! **capped at the second the pass started**: a document read early in a long pass and changed
+//! while the pass still runs is not read again by that pass, and a watermark taken from a
+//! later document's newer `_ts` would pass its change for good. The pass start is read on this
+//! host's clock (Cosmos offers no clock reading the test server can serve), so the overlap
+//! window also has to cover the skew between this host's clock and Cosmos's (see
+//! `docs/replication.md`). Documents seen in the previous pass's window are recognised by
+//! `_etag` and skipped, and anything else read twice is `unchanged` through the version guard.
+//! The checkpoint (`{"since", "etags"}`) lives in the lease row of job [`WATERMARK_JOB`].
 //!
 //! **Deletes**: a latest-version feed and a watermark query carry none. A key-set comparison
 //! (the ids PostgreSQL holds as not deleted in `migration.document_versions` against the ids in
@@ -44,9 +49,10 @@
 //! timings.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use mystira_cosmos_client::{
     Container, CosmosStore, FeedMode, FeedRangeKey, FeedStart, QuerySpec, ResumeToken,
 };
@@ -138,6 +144,49 @@ pub struct ReplicateConfig {
     pub delete_check_every: Option<Duration>,
     /// Rows written to PostgreSQL more recently than this are not compared.
     pub delete_grace: Duration,
+    /// Test seam, unset in production: awaited after every page is applied (and, on the change
+    /// feed, checkpointed), before the next page is read, so a test can hold a pass open at a
+    /// known point while it changes documents.
+    pub after_page: PageHook,
+}
+
+/// A page a replication turn has applied (what [`PageHook`] is told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageDone {
+    pub container: &'static str,
+    /// The page's number in its turn (a range's feed read, or a watermark pass), from 1.
+    pub page: u64,
+}
+
+/// An async callback awaited after every page (see [`ReplicateConfig::after_page`]); the
+/// default does nothing.
+#[derive(Clone, Default)]
+pub struct PageHook(Option<Arc<dyn Fn(PageDone) -> BoxFuture<'static, ()> + Send + Sync>>);
+
+impl PageHook {
+    pub fn new<F, Fut>(hook: F) -> Self
+    where
+        F: Fn(PageDone) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self(Some(Arc::new(move |page| Box::pin(hook(page)))))
+    }
+
+    async fn call(&self, page: PageDone) {
+        if let Some(hook) = &self.0 {
+            hook(page).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for PageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "PageHook(set)"
+        } else {
+            "PageHook(none)"
+        })
+    }
 }
 
 impl Default for ReplicateConfig {
@@ -156,6 +205,7 @@ impl Default for ReplicateConfig {
             overlap: Duration::from_secs(5),
             delete_check_every: Some(Duration::from_secs(300)),
             delete_grace: Duration::from_secs(60),
+            after_page: PageHook::default(),
         }
     }
 }
@@ -481,8 +531,10 @@ impl<'a> Replicator<'a> {
             self.config.feed_mode,
             self.config.page_size,
         );
+        let mut page_no = 0;
         loop {
             let page = feed.next_page().await?;
+            page_no += 1;
             let read_at = Instant::now();
             let caught_up = page.is_caught_up();
             let position = serde_json::to_value(page.token())
@@ -546,6 +598,13 @@ impl<'a> Replicator<'a> {
                     .await?;
                 return Ok(Turn::CaughtUp);
             }
+            self.config
+                .after_page
+                .call(PageDone {
+                    container,
+                    page: page_no,
+                })
+                .await;
             if *stop.borrow() {
                 return Ok(Turn::Interrupted);
             }
@@ -562,6 +621,10 @@ impl<'a> Replicator<'a> {
         stop: &watch::Receiver<bool>,
     ) -> Result<Turn, ReplicateError> {
         let pass_started = Instant::now();
+        // The pass's start in `_ts` terms (whole seconds, floored), on this host's clock: every
+        // change committed after this moment has a `_ts` at or after it, give or take the
+        // clock skew the overlap window covers.
+        let pass_start_ts = now_secs();
         let handle = &self.containers[container];
         let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let checkpoint = match &lease.position {
@@ -578,6 +641,13 @@ impl<'a> Replicator<'a> {
                 .map_err(|_| ReplicateError::BadCheckpoint("watermark"))?,
         };
         let from = checkpoint.since.map_or(0, |s| s.saturating_sub(overlap));
+        // The next watermark is at most the pass's start: a document read early in this pass
+        // and changed while it runs is not read again by it, and a watermark taken from the
+        // newest `_ts` read (a later document's) would skip that change for good. A start
+        // position in the future (`--start` a later time) is kept as it is.
+        let cap = checkpoint
+            .since
+            .map_or(pass_start_ts, |s| s.max(pass_start_ts));
         let seen: HashSet<&str> = checkpoint.etags.iter().map(String::as_str).collect();
         let spec = QuerySpec::new("select * from c where c._ts >= @since").param("@since", from);
         let mut pages =
@@ -588,7 +658,9 @@ impl<'a> Replicator<'a> {
         // (ts, etag) of what this pass read, to keep the window's etags for the next pass
         let mut read: Vec<(i64, String)> = Vec::new();
         let mut interrupted = false;
+        let mut page_no = 0;
         while let Some(page) = pages.next_page().await? {
+            page_no += 1;
             let mut documents = Vec::new();
             let mut duplicates = 0;
             let mut page_newest = None;
@@ -618,9 +690,9 @@ impl<'a> Replicator<'a> {
                 .await?;
             }
             newest = newest.max(page_newest);
-            // only the window below the newest `_ts` is kept for the next pass
+            // only the window below the next watermark is kept for the next pass
             if let Some(n) = newest {
-                let window_start = n.saturating_sub(overlap);
+                let window_start = n.min(cap).saturating_sub(overlap);
                 read.retain(|(ts, _)| *ts >= window_start);
             }
             range_counts.add(&page_counts);
@@ -632,6 +704,13 @@ impl<'a> Replicator<'a> {
                 page_newest,
                 0,
             );
+            self.config
+                .after_page
+                .call(PageDone {
+                    container,
+                    page: page_no,
+                })
+                .await;
             if *stop.borrow() {
                 interrupted = true;
                 break;
@@ -641,7 +720,7 @@ impl<'a> Replicator<'a> {
         let position = if interrupted {
             lease.position.clone()
         } else {
-            let since = newest;
+            let since = newest.map(|n| n.min(cap));
             let window_start = since.map_or(i64::MIN, |s| s.saturating_sub(overlap));
             let etags = read
                 .into_iter()

@@ -4,13 +4,17 @@
 //! into Cosmos (as the app does when it bypasses the router) and replicates.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mystira_cosmos::generate::{self, GenerateOptions};
 use mystira_cosmos_client::{CosmosConfig, CosmosStore, QuerySpec, TlsTrust, import_dir};
 use mystira_domain::Secret;
-use mystira_migrate::replicate::{ReplicateConfig, ReplicationMode, StartAt, run_replication};
+use mystira_migrate::replicate::{
+    PageDone, PageHook, ReplicateConfig, ReplicationMode, StartAt, run_replication,
+};
 use mystira_migrate::{BackfillConfig, CosmosSource, run_backfill};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -565,6 +569,224 @@ async fn two_replicators_share_the_ranges_and_one_takes_over_when_the_other_stop
         .await,
         0,
         "stopping releases the leases"
+    );
+    store.delete_database().await.unwrap();
+}
+
+/// What [`change_mid_pass`] changed while a pass was held open: an account the pass had already
+/// read (`early`, changed at `early_ts`) and one it had not read yet (`late`, changed at
+/// `late_ts`, a later second).
+#[derive(Debug, Clone)]
+struct MidPass {
+    early: String,
+    early_ts: i64,
+    late: String,
+    late_ts: i64,
+}
+
+const CHANGED_EARLY: &str = "Changed mid-pass (early)";
+const CHANGED_LATE: &str = "Changed mid-pass (late)";
+
+fn epoch_seconds() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn cosmos_account(accounts: &mystira_cosmos_client::Container, id: &str) -> Value {
+    let spec = QuerySpec::new("select * from c where c.id = @id").param("@id", id);
+    let mut pages = accounts.query::<Value>(spec, None);
+    let mut found = Vec::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        found.extend(page.items);
+    }
+    assert_eq!(found.len(), 1, "one account with that id");
+    found.remove(0)
+}
+
+/// Run inside the pass, after its first page of accounts was applied (no backfill ran, so the
+/// accounts PostgreSQL holds are exactly that page's): changes one of them, waits (bounded) for
+/// the clock to pass the second of that change, then changes an account the pass has not read
+/// yet, so that the pass goes on to read a `_ts` newer than the early change's.
+async fn change_mid_pass(pool: &PgPool, store: &CosmosStore) -> MidPass {
+    let read: BTreeSet<String> = sqlx::query_scalar(
+        "select document_id from migration.document_versions where container = 'Accounts'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let accounts = store.container("Accounts").await.unwrap();
+    let mut pages = accounts.query::<Value>(QuerySpec::new("select c.id from c"), None);
+    let mut all = BTreeSet::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        all.extend(
+            page.items
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    let early = read
+        .first()
+        .expect("the first page applied accounts")
+        .clone();
+    let late = all
+        .difference(&read)
+        .next()
+        .expect("accounts left for later pages")
+        .clone();
+
+    let mut doc = cosmos_account(&accounts, &early).await;
+    doc["DisplayName"] = Value::String(CHANGED_EARLY.to_owned());
+    accounts.upsert(early.clone(), &early, &doc).await.unwrap();
+    let early_ts = cosmos_account(&accounts, &early).await["_ts"]
+        .as_i64()
+        .unwrap();
+    // `_ts` has one-second resolution: the late change must land in a later second (the test
+    // server runs on this machine's clock), so wait, bounded, for the clock to pass it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while epoch_seconds() <= early_ts {
+        assert!(Instant::now() < deadline, "the clock did not advance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut doc = cosmos_account(&accounts, &late).await;
+    doc["DisplayName"] = Value::String(CHANGED_LATE.to_owned());
+    accounts.upsert(late.clone(), &late, &doc).await.unwrap();
+    let late_ts = cosmos_account(&accounts, &late).await["_ts"]
+        .as_i64()
+        .unwrap();
+    assert!(late_ts > early_ts, "the late change is in a later second");
+    MidPass {
+        early,
+        early_ts,
+        late,
+        late_ts,
+    }
+}
+
+/// A hook that runs [`change_mid_pass`] once, after the first page of accounts, and keeps what
+/// it changed.
+fn hold_open_after_first_accounts_page(
+    pool: &PgPool,
+    store: &CosmosStore,
+) -> (PageHook, Arc<Mutex<Option<MidPass>>>) {
+    let changed = Arc::new(Mutex::new(None));
+    let fired = Arc::new(AtomicBool::new(false));
+    let (pool, store, out) = (pool.clone(), store.clone(), changed.clone());
+    let hook = PageHook::new(move |page: PageDone| {
+        let (pool, store, out, fired) = (pool.clone(), store.clone(), out.clone(), fired.clone());
+        async move {
+            if page.container != "Accounts" || page.page != 1 || fired.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+            let done = change_mid_pass(&pool, &store).await;
+            *out.lock().unwrap() = Some(done);
+        }
+    });
+    (hook, changed)
+}
+
+async fn display_name(pool: &PgPool, id: &str) -> String {
+    sqlx::query_scalar(
+        "select a.display_name from accounts a
+         join migration.document_versions v on v.key = a.id
+         where v.container = 'Accounts' and v.document_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_watermark_pass_does_not_skip_a_document_changed_after_it_was_read(pool: PgPool) {
+    let store = seeded_store(6, 12).await;
+    let (hook, changed) = hold_open_after_first_accounts_page(&pool, &store);
+    let held = ReplicateConfig {
+        mode: ReplicationMode::Watermark,
+        page_size: 2,
+        // no overlap: the skip shows with any overlap shorter than the pass, and this keeps the
+        // test to one second boundary
+        overlap: Duration::ZERO,
+        delete_check_every: None,
+        after_page: hook,
+        ..config("watermark-held")
+    };
+    let first = once(&pool, &store, &held).await;
+    let mid = changed
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the pass was held open");
+    assert_eq!(
+        first.containers["Accounts"].counts.read, 6,
+        "every account once"
+    );
+    assert_ne!(
+        display_name(&pool, &mid.early).await,
+        CHANGED_EARLY,
+        "the pass had read the early account before it changed"
+    );
+    assert_eq!(
+        display_name(&pool, &mid.late).await,
+        CHANGED_LATE,
+        "the pass read the late change (so it saw a newer _ts than the early change's)"
+    );
+    let since: i64 = sqlx::query_scalar(
+        "select (position->>'since')::bigint from migration.work_ranges
+         where job = 'replicate-watermark' and unit = 'Accounts'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        since <= mid.early_ts && since < mid.late_ts,
+        "the watermark ({since}) stays at the pass's start, not at the newest _ts read ({})",
+        mid.late_ts
+    );
+
+    // The next pass reads the early account's change.
+    let next = ReplicateConfig {
+        after_page: PageHook::default(),
+        ..held
+    };
+    let second = once(&pool, &store, &next).await;
+    assert_eq!(
+        display_name(&pool, &mid.early).await,
+        CHANGED_EARLY,
+        "the change made after the document was read is replicated by the next pass"
+    );
+    assert!(second.containers["Accounts"].counts.written >= 1);
+    store.delete_database().await.unwrap();
+}
+
+/// The change feed has no such gap: its position is the feed's own (a continuation), not a
+/// `_ts`, and a document changed after it was read comes again, later in the feed.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn the_change_feed_reads_a_document_changed_after_it_was_read(pool: PgPool) {
+    let store = seeded_store(6, 13).await;
+    let (hook, changed) = hold_open_after_first_accounts_page(&pool, &store);
+    let held = ReplicateConfig {
+        page_size: 2,
+        delete_check_every: None,
+        after_page: hook,
+        ..config("feed-held")
+    };
+    let first = once(&pool, &store, &held).await;
+    let mid = changed
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the turn was held open");
+    assert_eq!(
+        display_name(&pool, &mid.early).await,
+        CHANGED_EARLY,
+        "the same turn read the early account again, at its new version"
+    );
+    assert_eq!(display_name(&pool, &mid.late).await, CHANGED_LATE);
+    assert_eq!(
+        first.containers["Accounts"].counts.read, 7,
+        "six accounts, and the early one a second time"
     );
     store.delete_database().await.unwrap();
 }

@@ -7,8 +7,17 @@
 //! the file `fsync`ed before the router's call returns, so an acknowledged write survives a
 //! crash of the process and of the machine's page cache. The writing process holds an
 //! exclusive `flock` on its current file; a replayer takes only files it can lock, i.e. files
-//! whose writer has rotated away from them ([`FileJournal::seal`]) or died. A line cut short by
-//! a crash was never fsynced, so its write was never acknowledged: it is skipped and counted.
+//! whose writer has rotated away from them ([`FileJournal::seal`]) or died.
+//!
+//! An append that fails (the write or the `fsync`) may have left a record cut short at the end
+//! of the file; the file is then sealed at once, so the next record starts a new file and is
+//! never glued to the broken line. A torn line is therefore always the last line of its file
+//! (a failed append, or a crash mid-write): its write was never acknowledged, so replay skips
+//! and counts it (`torn_lines`). A line that cannot be read anywhere else is damage, not a
+//! torn write: replay applies every readable record of the file, then keeps the file, renamed
+//! `journal-….jsonl.damaged` (never replayed again, never deleted, counted by
+//! [`FileJournal::pending`] as `damaged_files`) for an operator to look at. A record that an
+//! older writer glued to a torn line (`{"contai{"container":…}`) is recovered and replayed.
 //!
 //! # Replay
 //! Every record is applied through [`crate::apply`] (upserts, version-guarded; given Cosmos,
@@ -20,7 +29,7 @@
 //! defers the entry with a growing delay.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,7 +48,15 @@ use crate::source::SourceDocument;
 #[derive(Debug, Clone)]
 pub struct FileJournal {
     dir: PathBuf,
-    current: Arc<Mutex<Option<OpenJournal>>>,
+    current: Arc<Mutex<Writer>>,
+}
+
+#[derive(Debug, Default)]
+struct Writer {
+    open: Option<OpenJournal>,
+    /// Test seam ([`FileJournal::cut_next_append`]): the next append writes only this many
+    /// bytes, then fails.
+    cut_next_append: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -71,7 +88,7 @@ impl FileJournal {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Self {
             dir,
-            current: Arc::new(Mutex::new(None)),
+            current: Arc::new(Mutex::new(Writer::default())),
         })
     }
 
@@ -95,12 +112,17 @@ impl FileJournal {
 
     /// Appends records and fsyncs the file before returning. Blocking: call it from
     /// `spawn_blocking` (see [`FileJournal::append_async`]).
+    ///
+    /// When the write or the `fsync` fails, the file is sealed: what reached it is unknown (a
+    /// record cut short, or whole but not durable), and the next append must not continue a
+    /// torn line, so it starts a new file.
     pub fn append(&self, records: &[JournalRecord]) -> Result<(), FileJournalError> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if current.is_none() {
-            *current = Some(self.create_file()?);
+        if current.open.is_none() {
+            current.open = Some(self.create_file()?);
         }
-        let open = current.as_mut().expect("just opened");
+        let cut = current.cut_next_append.take();
+        let open = current.open.as_mut().expect("just opened");
         let mut buf = Vec::new();
         for record in records {
             serde_json::to_writer(&mut buf, record).map_err(|e| FileJournalError {
@@ -109,8 +131,34 @@ impl FileJournal {
             })?;
             buf.push(b'\n');
         }
-        open.file.write_all(&buf).map_err(io_err(&open.path))?;
-        open.file.sync_data().map_err(io_err(&open.path))
+        let written = match cut {
+            Some(n) if n < buf.len() => open.file.write_all(&buf[..n]).and_then(|()| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "write cut short (injected)",
+                ))
+            }),
+            _ => open.file.write_all(&buf),
+        }
+        .and_then(|()| open.file.sync_data());
+        if let Err(source) = written {
+            let path = open.path.clone();
+            // dropping the file releases its lock: a replayer may take it from now on
+            current.open = None;
+            tracing::warn!(file = %path.display(), "journal append failed, file sealed");
+            return Err(FileJournalError { path, source });
+        }
+        Ok(())
+    }
+
+    /// Test seam: the next [`FileJournal::append`] writes only the first `bytes` bytes of its
+    /// records and then fails, as a write cut short by a full disk or an I/O error does.
+    #[doc(hidden)]
+    pub fn cut_next_append(&self, bytes: usize) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cut_next_append = Some(bytes);
     }
 
     /// [`FileJournal::append`] off the async runtime's threads.
@@ -152,6 +200,7 @@ impl FileJournal {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .open
             .is_some()
     }
 
@@ -161,6 +210,7 @@ impl FileJournal {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .open
             .take();
     }
 
@@ -188,13 +238,15 @@ impl FileJournal {
         Ok(out)
     }
 
-    /// How many records wait in files no live writer holds, and how many files there are in all
-    /// (including the current one).
+    /// How many records wait in files no live writer holds, how many files there are in all
+    /// (including the current one), and how many were kept as damaged.
     pub fn pending(&self) -> Result<FileDepth, FileJournalError> {
         let mut depth = FileDepth::default();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let path = entry.map_err(io_err(&self.dir))?.path();
-            if path.extension().is_some_and(|e| e == "jsonl") {
+            if path.extension().is_some_and(|e| e == DAMAGED) {
+                depth.damaged_files += 1;
+            } else if path.extension().is_some_and(|e| e == "jsonl") {
                 depth.files += 1;
                 let file = File::open(&path).map_err(io_err(&path))?;
                 depth.records += BufReader::new(file).lines().count() as u64;
@@ -209,7 +261,13 @@ impl FileJournal {
 pub struct FileDepth {
     pub files: u64,
     pub records: u64,
+    /// Files kept as `.jsonl.damaged` (a line other than the last could not be read; every
+    /// readable record in them was replayed): an operator has to look at them.
+    pub damaged_files: u64,
 }
+
+/// The extension added to a journal file kept as damaged.
+const DAMAGED: &str = "damaged";
 
 /// What a replay pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -220,8 +278,14 @@ pub struct ReplayReport {
     pub deferred: u64,
     /// Local files fully replayed and removed.
     pub files_done: u64,
-    /// Lines of local files that were cut short by a crash (never acknowledged).
+    /// Lines of local files that were cut short by a failed append or a crash (never
+    /// acknowledged).
     pub torn_lines: u64,
+    /// Local files kept as damaged (renamed `.jsonl.damaged`) after their readable records
+    /// were applied.
+    pub damaged_files: u64,
+    /// Unreadable lines in those files (not the last line of their file, so not torn writes).
+    pub damaged_lines: u64,
 }
 
 impl ReplayReport {
@@ -230,6 +294,8 @@ impl ReplayReport {
         self.deferred += other.deferred;
         self.files_done += other.files_done;
         self.torn_lines += other.torn_lines;
+        self.damaged_files += other.damaged_files;
+        self.damaged_lines += other.damaged_lines;
     }
 }
 
@@ -373,26 +439,69 @@ pub async fn replay_table(
     }
 }
 
+/// What one line of a journal file holds.
+#[derive(Debug)]
+enum Line {
+    Record(JournalRecord),
+    /// A torn line with a whole record after it on the same line (written by an older writer
+    /// that kept appending to a file after a failed write).
+    Glued(JournalRecord),
+    Unreadable,
+}
+
+/// Every record line starts like this (`container` is the record's first field).
+const RECORD_START: &[u8] = b"{\"container\":";
+
+fn parse_line(line: &[u8]) -> Line {
+    if let Ok(record) = serde_json::from_slice(line) {
+        return Line::Record(record);
+    }
+    // The leftmost record start after which the rest of the line is exactly one record: a
+    // start nested in a document leaves the outer record's end behind it, which does not parse.
+    (1..line.len())
+        .filter(|&at| line[at..].starts_with(RECORD_START))
+        .find_map(|at| serde_json::from_slice(&line[at..]).ok())
+        .map_or(Line::Unreadable, Line::Glued)
+}
+
 /// One pass over the local files no live writer holds: applies each file's records in order and
-/// removes the file when all of them landed. Stops at the first transient failure (the file
-/// stays; replaying it again is harmless).
+/// removes the file when all of them landed. An unreadable last line is a torn write (skipped,
+/// counted); an unreadable line before it is damage: the file's readable records are applied
+/// and the file is kept, renamed `.jsonl.damaged` (see the module docs). Stops at the first
+/// transient failure (the file stays; replaying it again is harmless).
 pub async fn replay_files(
     pool: &PgPool,
     files: &FileJournal,
     current: CurrentSource<'_>,
 ) -> Result<ReplayReport, ReplayError> {
     let mut report = ReplayReport::default();
-    for (path, file) in files.replayable_files()? {
-        let lines: Vec<String> = BufReader::new(&file)
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&path))?;
-        for line in lines {
-            let record: JournalRecord = match serde_json::from_str(&line) {
-                Ok(r) => r,
-                Err(_) => {
+    for (path, mut file) in files.replayable_files()? {
+        // bytes, not text: a write cut short can end inside a multi-byte character
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            // what follows the final newline
+            lines.pop();
+        }
+        let last = lines.len().saturating_sub(1);
+        let mut damaged_lines = 0;
+        for (n, line) in lines.iter().enumerate() {
+            let record = match parse_line(line) {
+                Line::Record(r) => r,
+                Line::Glued(r) => {
+                    report.torn_lines += 1;
+                    tracing::warn!(file = %path.display(), line = n + 1, "journal record recovered from behind a line cut short");
+                    r
+                }
+                Line::Unreadable if n == last => {
                     report.torn_lines += 1;
                     tracing::warn!(file = %path.display(), "skipping a journal line cut short");
+                    continue;
+                }
+                Line::Unreadable => {
+                    damaged_lines += 1;
+                    tracing::error!(file = %path.display(), line = n + 1, "unreadable journal line");
                     continue;
                 }
             };
@@ -403,9 +512,68 @@ pub async fn replay_files(
             }
             report.applied += 1;
         }
-        fs::remove_file(&path).map_err(io_err(&path))?;
+        if damaged_lines > 0 {
+            let mut kept = path.clone().into_os_string();
+            kept.push(".");
+            kept.push(DAMAGED);
+            fs::rename(&path, &kept).map_err(io_err(&path))?;
+            report.damaged_files += 1;
+            report.damaged_lines += damaged_lines;
+            tracing::error!(
+                file = %PathBuf::from(kept).display(),
+                lines = damaged_lines,
+                "journal file kept as damaged: its readable records were replayed"
+            );
+        } else {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            report.files_done += 1;
+        }
         drop(file);
-        report.files_done += 1;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(id: &str) -> JournalRecord {
+        JournalRecord {
+            container: "Accounts".to_owned(),
+            document_id: id.to_owned(),
+            // a document can itself hold a `{"container":` that is not a record's start
+            op: JournalOp::Upsert {
+                document: json!({"id": id, "Settings": {"container": "Accounts", "x": 1}}),
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_line_starts_like_every_record() {
+        let line = serde_json::to_vec(&record("a")).expect("serializes");
+        assert!(line.starts_with(RECORD_START));
+        assert!(matches!(parse_line(&line), Line::Record(r) if r == record("a")));
+    }
+
+    #[test]
+    fn a_record_glued_behind_a_torn_line_is_found_and_a_nested_start_is_not_taken_for_one() {
+        let torn = serde_json::to_vec(&record("torn")).expect("serializes");
+        let glued = serde_json::to_vec(&record("glued")).expect("serializes");
+        let nested = torn
+            .windows(RECORD_START.len())
+            .rposition(|w| w == RECORD_START)
+            .expect("a nested start");
+        // cut after the nested start, and cut before it
+        for cut in [nested + 5, nested - 3, 10] {
+            let line = [&torn[..cut], &glued[..]].concat();
+            assert!(
+                matches!(parse_line(&line), Line::Glued(r) if r == record("glued")),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(parse_line(&torn[..nested + 5]), Line::Unreadable));
+        assert!(matches!(parse_line(b"\0\0\0"), Line::Unreadable));
+        assert!(matches!(parse_line(b""), Line::Unreadable));
+    }
 }

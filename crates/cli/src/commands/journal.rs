@@ -98,16 +98,19 @@ pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Resul
     let files = FileJournal::open(&dir)
         .and_then(|f| f.pending())
         .context("cannot read the journal directory")?;
-    let left = table.entries as u64 + files.records;
+    // a file kept as damaged needs an operator: the journal is not empty while one is there
+    let left = table.entries as u64 + files.records + files.damaged_files;
     let mut human = String::new();
     if let Some(r) = &replayed {
         human.push_str(&format!(
-            "replayed: {} applied, {} deferred, {} files done, {} torn lines skipped\n",
-            r.applied, r.deferred, r.files_done, r.torn_lines
+            "replayed: {} applied, {} deferred, {} files done, {} torn lines skipped, {} files \
+             kept as damaged\n",
+            r.applied, r.deferred, r.files_done, r.torn_lines, r.damaged_files
         ));
     }
     human.push_str(&format!(
-        "journal table: {} entries{}\nlocal files in {}: {} records in {} files\n",
+        "journal table: {} entries{}\nlocal files in {}: {} records in {} files, {} kept as \
+         damaged (*.jsonl.damaged)\n",
         table.entries,
         table
             .oldest
@@ -115,7 +118,8 @@ pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Resul
             .unwrap_or_default(),
         dir.display(),
         files.records,
-        files.files
+        files.files,
+        files.damaged_files
     ));
     Ok(Outcome {
         exit: if left == 0 { Exit::Ok } else { Exit::Attention },

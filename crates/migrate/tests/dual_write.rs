@@ -631,6 +631,15 @@ async fn verify_towards_cosmos_finds_what_cosmos_lacks_and_repair_delivers_it(po
         "{}",
         report.after.summary(10)
     );
+    // the summary counts what the repair delivered (it said "0 documents re-copied": issue
+    // 34, item 10): the edited document and the deleted one
+    assert!(
+        report
+            .summary(10)
+            .contains("repair round 1: 2 documents re-copied"),
+        "{}",
+        report.summary(10)
+    );
     let restored = s
         .router
         .cosmos()

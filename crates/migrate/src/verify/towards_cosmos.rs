@@ -95,7 +95,11 @@ pub async fn repair_towards_cosmos(
         };
         for (container, key) in &aggregates {
             outbox::enqueue(pool, container, *key).await?;
-            round.recopied.entry(container.clone()).or_default().written += 1;
+            // one aggregate read from PostgreSQL and written to Cosmos (the summary counts
+            // what was read, as for the other direction's re-copies)
+            let counts = round.recopied.entry(container.clone()).or_default();
+            counts.read += 1;
+            counts.written += 1;
         }
         // bounded: 10 minutes of relaying
         let (_, left) = drain(

@@ -11,7 +11,8 @@
 //! that is not a JSON object is reported as a [`LineError`] with the file and line number, and
 //! reading continues with the next line. Reading can start at any line boundary
 //! ([`Position`]), so a checkpoint of (byte offset, line number) resumes exactly there.
-//! Blank lines are skipped (but counted).
+//! Blank lines are skipped (but counted), and so is a UTF-8 byte-order mark at the start of a
+//! file (Windows tools write one; it is not part of the first document).
 //!
 //! The [`ExportWriter`] writes documents as they come and hashes while writing, then writes the
 //! manifest last: a directory with a manifest is complete, and a stale manifest is removed
@@ -32,6 +33,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const EXTENSION: &str = "jsonl";
 /// The manifest's `format` value.
 pub const FORMAT: &str = "mystira-cosmos-export";
+/// The UTF-8 byte-order mark, skipped at the start of a container file or the manifest.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What `manifest.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,12 +254,13 @@ impl ExportDir {
         files.sort_by(|a, b| a.container.cmp(&b.container));
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = match fs::read(&manifest_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
-                ExportError::Manifest {
-                    path: manifest_path.clone(),
-                    message: e.to_string(),
-                }
-            })?),
+            Ok(bytes) => Some(
+                serde_json::from_slice::<Manifest>(bytes.strip_prefix(UTF8_BOM).unwrap_or(&bytes))
+                    .map_err(|e| ExportError::Manifest {
+                        path: manifest_path.clone(),
+                        message: e.to_string(),
+                    })?,
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(&manifest_path)(e)),
         };
@@ -495,6 +499,11 @@ impl DocumentReader {
                 byte_offset: start.byte_offset + n as u64,
                 line_no: start.line_no + 1,
             };
+            // a byte-order mark at the start of the file (Windows tools write one) is not part
+            // of the first document; positions still count its bytes
+            if start.byte_offset == 0 && self.buf.starts_with(UTF8_BOM) {
+                self.buf.drain(..UTF8_BOM.len());
+            }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }

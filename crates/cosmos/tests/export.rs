@@ -141,3 +141,41 @@ fn a_new_writer_removes_a_stale_manifest_and_rejects_unsafe_names() {
         Err(ExportError::InvalidContainerName)
     ));
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Accounts.jsonl");
+    // EF BB BF, then two documents; a BOM-like sequence later on is left alone
+    let mut bytes = b"\xEF\xBB\xBF{\"id\":\"a\"}\n".to_vec();
+    bytes.extend_from_slice(b"\xEF\xBB\xBF{\"id\":\"b\"}\n");
+    fs::write(&path, &bytes).unwrap();
+    let items: Vec<_> = DocumentReader::open(&path, "Accounts").unwrap().collect();
+    let first = items[0].as_ref().unwrap();
+    assert_eq!((first.line_no, first.byte_offset), (1, 0));
+    assert_eq!(first.value, json!({"id": "a"}));
+    // positions count the mark's bytes: a checkpoint resumes at the true offset
+    assert_eq!(first.next.byte_offset, 14);
+    assert!(items[1].is_err(), "only the file's start is skipped");
+
+    // the unparsed lines the fast paths read (id probes) do not carry it either
+    let mut reader = DocumentReader::open(&path, "Accounts").unwrap();
+    assert_eq!(
+        reader.next_line().unwrap().unwrap().bytes,
+        b"{\"id\":\"a\"}\n"
+    );
+
+    // a file holding a BOM and nothing else holds no document
+    fs::write(&path, b"\xEF\xBB\xBF\n").unwrap();
+    assert_eq!(DocumentReader::open(&path, "Accounts").unwrap().count(), 0);
+
+    // nor does it break a manifest
+    let mut w = ExportWriter::create(dir.path()).unwrap();
+    w.write("Accounts", &json!({"id": "a"})).unwrap();
+    w.finish().unwrap();
+    let manifest = dir.path().join("manifest.json");
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    text.extend(fs::read(&manifest).unwrap());
+    fs::write(&manifest, text).unwrap();
+    assert!(ExportDir::open(dir.path()).unwrap().manifest.is_some());
+}

@@ -35,13 +35,24 @@ pub fn map_document_with(
     raw: &serde_json::Value,
     locator: impl FnOnce() -> String,
 ) -> Mapped {
+    // an id holding a NUL cannot name a quarantine entry (PostgreSQL text refuses it)
     let reject_id = || {
         raw.get("id")
             .and_then(serde_json::Value::as_str)
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.contains('\0'))
             .map_or_else(locator, str::to_owned)
     };
     let ts = codec::source_version(raw).ts;
+    // before decoding: a NUL anywhere (a value, a kept unknown property, a name) reaches a
+    // text or jsonb column and PostgreSQL refuses it, whichever load path writes it
+    if let Some(e) = codec::find_nul_character(raw) {
+        return Mapped::Reject {
+            document_id: reject_id(),
+            code: e.code,
+            message: e.message,
+            ts,
+        };
+    }
     let Some(kind) = Container::from_name(container) else {
         return Mapped::Reject {
             document_id: reject_id(),

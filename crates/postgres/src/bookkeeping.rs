@@ -135,12 +135,67 @@ pub struct QuarantinedDocument<'a> {
     pub source_ts: Option<i64>,
 }
 
+/// The one property of the stored form of a quarantined document that holds a NUL character
+/// (U+0000): its JSON text, in which every NUL is the escape `\u0000`. `jsonb` refuses a NUL
+/// in any string or name (SQLSTATE 22P05), and a quarantine write that failed would stop the
+/// whole job over the one document it was meant to set aside. [`quarantined_document`] and
+/// [`open_quarantined_documents`] give the document back as it was.
+pub const DOCUMENT_JSON_TEXT: &str = "document_json_text_with_nul";
+
+/// What `migration.quarantine.document` stores for `document`: the document itself, or, when
+/// it holds a NUL character anywhere, `{DOCUMENT_JSON_TEXT: "<its JSON text>"}`.
+pub fn storable_document(document: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    if holds_nul(document) {
+        // serde_json writes a NUL as the six characters `\u0000`: the text holds none
+        let text = serde_json::to_string(document).unwrap_or_default();
+        std::borrow::Cow::Owned(serde_json::json!({ DOCUMENT_JSON_TEXT: text }))
+    } else {
+        std::borrow::Cow::Borrowed(document)
+    }
+}
+
+/// The document [`storable_document`] stored as `stored`.
+pub fn document_from_stored(stored: serde_json::Value) -> serde_json::Value {
+    let text = match &stored {
+        serde_json::Value::Object(map) if map.len() == 1 => map
+            .get(DOCUMENT_JSON_TEXT)
+            .and_then(serde_json::Value::as_str),
+        _ => None,
+    };
+    // only a text that parses and holds a NUL was written by `storable_document`
+    match text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+        Some(document) if holds_nul(&document) => document,
+        _ => stored,
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// `text` with each NUL written as `\u0000`, for the text columns of an entry (a document
+/// id or message is not expected to hold one; this keeps the entry writable if one does).
+fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\\u0000"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Puts a document in quarantine, or refreshes its entry (new reason, new copy, one more
-/// attempt, open again) if it is already there.
+/// attempt, open again) if it is already there. A document holding a NUL character is stored
+/// in the form [`storable_document`] gives, so the entry can always be written.
 pub async fn quarantine<'e>(
     exec: impl PgExecutor<'e>,
     doc: &QuarantinedDocument<'_>,
 ) -> Result<()> {
+    let document = storable_document(doc.document);
     sqlx::query(
         "insert into migration.quarantine
              (container, document_id, reason_code, message, document, source_ts)
@@ -155,10 +210,10 @@ pub async fn quarantine<'e>(
              resolved_at = null",
     )
     .bind(doc.container)
-    .bind(doc.document_id)
+    .bind(without_nul(doc.document_id).as_ref())
     .bind(doc.reason_code)
-    .bind(doc.message)
-    .bind(doc.document)
+    .bind(without_nul(doc.message).as_ref())
+    .bind(document.as_ref())
     .bind(doc.source_ts)
     .execute(exec)
     .await
@@ -254,7 +309,7 @@ pub async fn quarantined_document(
     .fetch_one(pool)
     .await
     .map_err(|e| map_sqlx_error("quarantine", e))?;
-    Ok(Some((entry, doc)))
+    Ok(Some((entry, document_from_stored(doc))))
 }
 
 /// Open quarantine entries' documents, in (container, document id) order after `after`, for
@@ -266,7 +321,7 @@ pub async fn open_quarantined_documents(
     after: Option<(&str, &str)>,
     limit: i64,
 ) -> Result<Vec<(String, String, serde_json::Value)>> {
-    sqlx::query_as(
+    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
         "select container, document_id, document from migration.quarantine
          where resolved_at is null
            and ($1::text is null or container = $1)
@@ -282,5 +337,9 @@ pub async fn open_quarantined_documents(
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(|e| map_sqlx_error("quarantine", e))
+    .map_err(|e| map_sqlx_error("quarantine", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, d, document)| (c, d, document_from_stored(document)))
+        .collect())
 }

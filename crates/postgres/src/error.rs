@@ -45,6 +45,13 @@ pub fn map_sqlx_error(entity: &'static str, err: sqlx::Error) -> RepoError {
                     field: "value",
                     rule: "outside the range its column can store",
                 }),
+                // any other data exception (class 22: a value the column's type refuses):
+                // about the row's values, never the database's state, so the writers isolate
+                // the document and quarantine it rather than stop the job
+                c if c.starts_with("22") => RepoError::Invalid(ValidationError::OutOfRange {
+                    field: "value",
+                    rule: "refused by PostgreSQL as a value its column cannot hold",
+                }),
                 // serialization_failure, deadlock_detected, admin/crash shutdown, too many connections
                 "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" => {
                     RepoError::Unavailable(format!("database error {code} on {entity}"))

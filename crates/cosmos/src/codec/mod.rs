@@ -55,6 +55,7 @@
 
 mod account;
 mod fields;
+mod nul;
 mod profile;
 mod signup;
 mod time;
@@ -66,6 +67,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use account::{DecodedAccount, decode_account, encode_account};
+pub use nul::{NUL_CHARACTER, find_nul_character, has_nul_character};
 pub use profile::{DecodedProfile, decode_profile, encode_profile, encode_profile_with_account_id};
 pub use signup::{DecodedPendingSignup, decode_pending_signup, encode_pending_signup};
 pub use time::{DOTNET_MAX_VALUE, format_dotnet, parse_dotnet};

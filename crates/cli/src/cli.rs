@@ -159,11 +159,14 @@ pub enum Command {
     /// written, never values: no emails, codes or names). Prints throughput, errors by class
     /// and p50/p99 latency per operation and phase; then drains the journal and outbox (at
     /// most --drain-timeout). Check the ledger with `ledger check`. Creates the Cosmos
-    /// containers when missing. Exit code 0.
+    /// containers when missing. Exit code 0; 1 when a ledger write fails: the run stops at that
+    /// write (no call is made without its intent, and a call whose acknowledgement could not be
+    /// written is not counted as acknowledged) and prints what it did until then.
     Loadgen(crate::commands::LoadgenArgs),
 
     /// Check a load generator's ledger against both stores: no acknowledged write lost,
-    /// nothing duplicated.
+    /// nothing duplicated. Exit code 0 pass, 1 lost or duplicated, 3 journal or outbox not
+    /// drained, 4 nothing to check.
     #[command(subcommand)]
     Ledger(crate::commands::LedgerCommand),
 

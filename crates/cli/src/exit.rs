@@ -12,6 +12,9 @@ pub enum Exit {
     /// The command worked and found something that needs attention (for `db status`: pending
     /// migrations, or an applied migration whose file was edited).
     Attention,
+    /// The command had nothing to work on, so its answer proves nothing (`ledger check`: the
+    /// ledger holds no acknowledged write).
+    NothingToCheck,
 }
 
 impl Exit {
@@ -21,6 +24,7 @@ impl Exit {
             Self::Failure => 1,
             Self::Usage => 2,
             Self::Attention => 3,
+            Self::NothingToCheck => 4,
         }
     }
 
@@ -57,7 +61,9 @@ Exit codes:
   2  usage or configuration error (bad flag, unreadable or invalid config file)
   3  needs attention (db status: migrations pending, or an applied migration was edited;
      phase set/clear: refused by a gate; journal status/replay: entries wait;
-     relay --drain: rows left; quarantine: open entries)";
+     relay --drain: rows left; quarantine: open entries; ledger check: the retry journal
+     table, the outbox or the local journal files still hold entries)
+  4  nothing to check (ledger check: the ledger holds no acknowledged write)";
 
 #[cfg(test)]
 mod tests {
@@ -78,7 +84,13 @@ mod tests {
 
     #[test]
     fn help_text_lists_every_code() {
-        for exit in [Exit::Ok, Exit::Failure, Exit::Usage, Exit::Attention] {
+        for exit in [
+            Exit::Ok,
+            Exit::Failure,
+            Exit::Usage,
+            Exit::Attention,
+            Exit::NothingToCheck,
+        ] {
             assert!(EXIT_CODES_HELP.contains(&format!("\n  {}  ", exit.code())));
         }
     }

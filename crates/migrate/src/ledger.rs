@@ -19,10 +19,17 @@
 //! the only way a write lands: a call that failed with an unknown outcome, or that was in flight
 //! when the process was killed, may have landed too, and then it, not the last acknowledged
 //! write, is what the stores hold. Without its intent the check could not tell such a write from
-//! a lost one. Intents are written (not buffered) before their call, so they survive a `kill -9`
-//! of the writer; acknowledgements are buffered and fsynced in batches and at the end. An
-//! acknowledgement lost in a crash leaves its intent behind: that write is then checked less
-//! strictly (as "may have landed"), never falsely reported lost.
+//! a lost one. Every record is handed to the kernel (one `write` of the whole line) before the
+//! writer returns, so it survives a `kill -9` of the writer; records are fsynced in batches
+//! ([`LedgerWriter::sync`]) and at the end. An acknowledgement lost in a machine crash leaves its
+//! intent behind: that write is then checked less strictly (as "may have landed"), never falsely
+//! reported lost. The first write or fsync that fails breaks the writer: every later record is
+//! refused (nothing is written after a gap), and the load generator stops its run.
+//!
+//! A ledger line is a few hundred bytes; the reader refuses a line longer than [`MAX_LINE`]
+//! instead of reading on (a device such as `/dev/full` or `/dev/zero` reads as one endless
+//! line). Only a regular file is scanned for earlier runs when a writer opens it, and only a
+//! regular file is fsynced: a pipe or a device holds no earlier runs and has nothing to sync.
 //!
 //! # The check
 //! Every field group of every aggregate is checked against its last acknowledged write: each
@@ -36,13 +43,19 @@
 //! per Cosmos document id. Cosmos duplicates in embedded lists are counted in the raw document,
 //! since the codec keeps one of each when it decodes.
 //!
-//! The check is meaningful only after recovery, once the retry journal and the outbox have
-//! drained (a write still waiting there is reported as lost): [`check`] reports their depth
-//! first, and the report says whether they were empty.
+//! The check is meaningful only after recovery, once the retry journal (the table
+//! `migration.retry_journal` and the local journal files of the machine it runs on) and the
+//! outbox (`migration.outbox`) have drained, and only when the ledger holds something to check.
+//! [`check`] reports their depth first, and its [`Verdict`] is [`Verdict::NothingToCheck`] when
+//! no acknowledged write with a field group is in the ledger (an empty ledger, or one whose
+//! every call failed), else [`Verdict::NotDrained`] while anything waits in the journal or the
+//! outbox, else [`Verdict::Fail`] when a write is lost or something is duplicated, else
+//! [`Verdict::Pass`]. Only a pass passes. Local journal files on other machines (other routers)
+//! are not visible from here: run `journal status` on each of them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -115,8 +128,14 @@ pub enum LedgerError {
     },
     #[error("ledger file {path}, line {line}: not a ledger record")]
     Malformed { path: PathBuf, line: u64 },
+    #[error("ledger file {path}, line {line}: longer than 64 KiB, not a ledger record")]
+    LineTooLong { path: PathBuf, line: u64 },
+    #[error("ledger file {path}: not written, an earlier write failed ({first})")]
+    Broken { path: PathBuf, first: String },
     #[error("reading the stores failed: {0}")]
     Store(#[from] RepoError),
+    #[error("reading the local journal files failed: {0}")]
+    Journal(#[from] crate::journal::FileJournalError),
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
@@ -124,6 +143,43 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// The longest line a ledger reader accepts, newline excluded (a record is a few hundred bytes).
+pub const MAX_LINE: u64 = 64 * 1024;
+
+/// Reads the next line of `reader` into `buf` (without its newline): `Ok(false)` at the end.
+/// Stops at [`MAX_LINE`] bytes with an error rather than reading on: a device that never ends
+/// a line (`/dev/zero`, `/dev/full`) must not fill memory.
+fn next_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    path: &Path,
+    line: u64,
+) -> Result<bool, LedgerError> {
+    buf.clear();
+    let n = reader
+        .by_ref()
+        .take(MAX_LINE + 1)
+        .read_until(b'\n', buf)
+        .map_err(file_err(path))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if n as u64 > MAX_LINE {
+        return Err(LedgerError::LineTooLong {
+            path: path.to_owned(),
+            line,
+        });
+    }
+    Ok(true)
+}
+
+/// Whether `path` is a regular file (false when it does not exist).
+fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,10 +345,33 @@ impl FieldGroups {
 // writing
 
 struct WriterState {
-    out: BufWriter<File>,
+    out: File,
+    /// Only a regular file is fsynced (a pipe or a device has nothing to sync).
+    regular: bool,
     next_seq: u64,
     unsynced: u64,
     lines: u64,
+    /// The first write or fsync that failed: nothing is written after it.
+    broken: Option<String>,
+}
+
+impl WriterState {
+    /// Refuses to write once a write has failed.
+    fn usable(&self, path: &Path) -> Result<(), LedgerError> {
+        match &self.broken {
+            Some(first) => Err(LedgerError::Broken {
+                path: path.to_owned(),
+                first: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the writer broken by `e` and returns the error.
+    fn fail(&mut self, path: &Path, e: std::io::Error) -> LedgerError {
+        self.broken.get_or_insert_with(|| e.to_string());
+        file_err(path)(e)
+    }
 }
 
 /// Appends to a ledger file (see the module docs on what is written when). Cheap to clone.
@@ -315,15 +394,20 @@ impl std::fmt::Debug for LedgerWriter {
 impl LedgerWriter {
     /// Opens (or creates) the file for appending and starts a new run on it: the run number
     /// and sequence numbers continue those already in the file, so a restarted load generator
-    /// appends to the ledger of the one that was killed.
+    /// appends to the ledger of the one that was killed. Fails at once when the run's first
+    /// record cannot be written.
     pub fn open(path: &Path, seed: u64) -> Result<Self, LedgerError> {
         let (mut run, mut seq) = (0u64, 0u64);
-        if path.exists() {
-            let file = File::open(path).map_err(file_err(path))?;
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(file_err(path))?;
+        // a pipe or a device holds no earlier runs (and reading one may never end)
+        if is_regular(path) {
+            let mut reader = BufReader::new(File::open(path).map_err(file_err(path))?);
+            let mut buf = Vec::new();
+            for n in 1.. {
+                if !next_line(&mut reader, &mut buf, path, n)? {
+                    break;
+                }
                 // a line cut short by a kill is skipped here as in the check
-                match serde_json::from_str::<LedgerRecord>(&line) {
+                match serde_json::from_slice::<LedgerRecord>(&buf) {
                     Ok(LedgerRecord::Run { run: r, .. }) => run = run.max(r),
                     Ok(LedgerRecord::Intent { seq: s, .. } | LedgerRecord::Ack { seq: s, .. }) => {
                         seq = seq.max(s)
@@ -338,8 +422,9 @@ impl LedgerWriter {
             .open(path)
             .map_err(file_err(path))?;
         // a torn last line (a kill mid-write) must not swallow the next record
-        let len = file.metadata().map_err(file_err(path))?.len();
-        if len > 0 {
+        let meta = file.metadata().map_err(file_err(path))?;
+        let (regular, len) = (meta.is_file(), meta.len());
+        if regular && len > 0 {
             let mut last = [0u8; 1];
             let mut reader = File::open(path).map_err(file_err(path))?;
             reader
@@ -354,20 +439,19 @@ impl LedgerWriter {
             path: path.to_owned(),
             run: run + 1,
             state: Arc::new(Mutex::new(WriterState {
-                out: BufWriter::with_capacity(64 * 1024, file),
+                out: file,
+                regular,
                 next_seq: seq + 1,
                 unsynced: 0,
                 lines: 0,
+                broken: None,
             })),
         };
-        writer.append(
-            &LedgerRecord::Run {
-                run: writer.run,
-                seed,
-                at: Utc::now(),
-            },
-            true,
-        )?;
+        writer.append(&LedgerRecord::Run {
+            run: writer.run,
+            seed,
+            at: Utc::now(),
+        })?;
         writer.sync()?;
         Ok(writer)
     }
@@ -385,19 +469,20 @@ impl LedgerWriter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn append(&self, record: &LedgerRecord, flush: bool) -> Result<(), LedgerError> {
-        let mut state = self.lock();
+    /// Hands one record to the kernel in one `write` of the whole line.
+    fn append(&self, record: &LedgerRecord) -> Result<(), LedgerError> {
         let mut line = serde_json::to_vec(record).map_err(|e| LedgerError::File {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        state.out.write_all(&line).map_err(file_err(&self.path))?;
+        let mut state = self.lock();
+        state.usable(&self.path)?;
+        if let Err(e) = state.out.write_all(&line) {
+            return Err(state.fail(&self.path, e));
+        }
         state.unsynced += 1;
         state.lines += 1;
-        if flush {
-            state.out.flush().map_err(file_err(&self.path))?;
-        }
         Ok(())
     }
 
@@ -418,20 +503,18 @@ impl LedgerWriter {
         groups: Groups,
     ) -> Result<u64, LedgerError> {
         let seq = self.take_seq();
-        self.append(
-            &LedgerRecord::Intent {
-                seq,
-                op: op.to_owned(),
-                container: container.to_owned(),
-                key,
-                groups,
-            },
-            true,
-        )?;
+        self.append(&LedgerRecord::Intent {
+            seq,
+            op: op.to_owned(),
+            container: container.to_owned(),
+            key,
+            groups,
+        })?;
         Ok(seq)
     }
 
-    /// Records an acknowledged call (buffered; see [`LedgerWriter::sync`]).
+    /// Records an acknowledged call, handed to the kernel before it returns (fsynced with the
+    /// next [`LedgerWriter::sync`]).
     #[allow(clippy::too_many_arguments)]
     pub fn ack(
         &self,
@@ -444,34 +527,32 @@ impl LedgerWriter {
         groups: Groups,
     ) -> Result<(), LedgerError> {
         let seq = self.take_seq();
-        self.append(
-            &LedgerRecord::Ack {
-                seq,
-                call,
-                at: Utc::now(),
-                phase,
-                phase_after: (phase_after != phase).then_some(phase_after),
-                op: op.to_owned(),
-                container: container.to_owned(),
-                key,
-                groups,
-            },
-            false,
-        )
+        self.append(&LedgerRecord::Ack {
+            seq,
+            call,
+            at: Utc::now(),
+            phase,
+            phase_after: (phase_after != phase).then_some(phase_after),
+            op: op.to_owned(),
+            container: container.to_owned(),
+            key,
+            groups,
+        })
     }
 
-    /// Flushes and fsyncs what is buffered. Returns how many records it made durable.
+    /// Fsyncs the records written since the last sync. Returns how many records it made
+    /// durable. A pipe or a device is not fsynced (it has nothing to sync).
     pub fn sync(&self) -> Result<u64, LedgerError> {
         let mut state = self.lock();
+        state.usable(&self.path)?;
         if state.unsynced == 0 {
             return Ok(0);
         }
-        state.out.flush().map_err(file_err(&self.path))?;
-        state
-            .out
-            .get_ref()
-            .sync_data()
-            .map_err(file_err(&self.path))?;
+        if state.regular
+            && let Err(e) = state.out.sync_data()
+        {
+            return Err(state.fail(&self.path, e));
+        }
         Ok(std::mem::take(&mut state.unsynced))
     }
 
@@ -520,18 +601,76 @@ pub struct Duplicate {
     pub count: u64,
 }
 
-/// How full the journal and the outbox were when the check ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How full the journal (table and this machine's files) and the outbox were when the check
+/// ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Backlog {
+    /// Entries in `migration.retry_journal`.
     pub journal_entries: i64,
+    /// Rows in `migration.outbox`.
     pub outbox_rows: i64,
+    /// The local journal directory looked at (this machine's only).
+    pub journal_dir: PathBuf,
+    /// Journal files in it, and the records (lines) they hold.
+    pub journal_files: u64,
+    pub journal_file_records: u64,
+}
+
+impl Backlog {
+    /// Whether nothing waits anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.journal_entries == 0 && self.outbox_rows == 0 && self.journal_file_records == 0
+    }
+
+    /// What waits, for people: `None` when nothing does.
+    pub fn pending(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.journal_entries > 0 {
+            parts.push(format!(
+                "the retry journal table (migration.retry_journal) holds {} entries",
+                self.journal_entries
+            ));
+        }
+        if self.outbox_rows > 0 {
+            parts.push(format!(
+                "the outbox (migration.outbox) holds {} rows",
+                self.outbox_rows
+            ));
+        }
+        if self.journal_file_records > 0 {
+            parts.push(format!(
+                "the local journal files in {} hold {} records in {} files",
+                self.journal_dir.display(),
+                self.journal_file_records,
+                self.journal_files
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// What the check concluded (see the module docs for the order in which they are decided).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every acknowledged write is where its phase promised, nothing is duplicated, and nothing
+    /// waited in the journal or the outbox.
+    Pass,
+    /// An acknowledged write is lost, or something is duplicated.
+    Fail,
+    /// The ledger holds no acknowledged write with a field group to check (empty, or every call
+    /// failed): it proves nothing.
+    NothingToCheck,
+    /// Writes still wait in the journal (table or local files) or the outbox: a write waiting
+    /// there would be reported lost, and one that is not in the ledger is not checked at all.
+    NotDrained,
 }
 
 /// What [`check`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerReport {
-    /// Depth of the retry journal table and the outbox when the check started: both must be 0
-    /// for the check to mean something (see the module docs).
+    /// Depth of the retry journal (table and local files) and the outbox when the check
+    /// started: all must be 0 for the check to mean something (see the module docs).
     pub backlog: Backlog,
     pub drained: bool,
     pub runs: u64,
@@ -550,22 +689,24 @@ pub struct LedgerReport {
     pub met_by_unacknowledged: u64,
     pub lost: Vec<LostWrite>,
     pub duplicates: Vec<Duplicate>,
+    pub verdict: Verdict,
+    /// `verdict` is [`Verdict::Pass`].
     pub passed: bool,
 }
 
 impl LedgerReport {
-    /// A few lines for people (aggregate keys, never values).
+    /// A few lines for people (aggregate keys, never values), the last one the verdict.
     pub fn summary(&self, max_items: usize) -> String {
+        let b = &self.backlog;
         let mut out = format!(
-            "backlog before the check: retry journal {} entries, outbox {} rows{}\n",
-            self.backlog.journal_entries,
-            self.backlog.outbox_rows,
-            if self.drained {
-                ""
-            } else {
-                " (NOT drained: writes still waiting there are reported lost; replay the \
-                 journal and drain the outbox first)"
-            }
+            "backlog before the check: retry journal {} entries, outbox {} rows, local journal \
+             files in {}: {} records in {} files{}\n",
+            b.journal_entries,
+            b.outbox_rows,
+            b.journal_dir.display(),
+            b.journal_file_records,
+            b.journal_files,
+            if self.drained { "" } else { " (NOT drained)" }
         );
         out.push_str(&format!(
             "ledger: {} runs, {} calls, {} acknowledged, {} never acknowledged, {} torn lines\n\
@@ -598,10 +739,22 @@ impl LedgerReport {
                 d.store, d.container, d.key, d.what, d.count
             ));
         }
-        out.push_str(if self.passed {
-            "ledger check: PASS\n"
-        } else {
-            "ledger check: FAIL\n"
+        out.push_str(&match self.verdict {
+            Verdict::Pass => "ledger check: PASS\n".to_owned(),
+            Verdict::Fail => format!(
+                "ledger check: FAIL: {} acknowledged writes lost, {} duplicates\n",
+                self.lost.len(),
+                self.duplicates.len()
+            ),
+            Verdict::NothingToCheck => "ledger check: NOTHING TO CHECK: the ledger holds no \
+                 acknowledged write (it is empty, or every call failed), so it proves nothing\n"
+                .to_owned(),
+            Verdict::NotDrained => format!(
+                "ledger check: NOT DRAINED: {}. A write still waiting there is reported lost \
+                 (or not checked at all): replay the journal (`journal replay`) and drain the \
+                 outbox (`relay --drain`), then check again\n",
+                b.pending().unwrap_or_default()
+            ),
         });
         out
     }
@@ -644,6 +797,9 @@ fn read_ledger(path: &Path) -> Result<(Expectations, LedgerReport), LedgerError>
         backlog: Backlog {
             journal_entries: 0,
             outbox_rows: 0,
+            journal_dir: PathBuf::new(),
+            journal_files: 0,
+            journal_file_records: 0,
         },
         drained: true,
         runs: 0,
@@ -657,15 +813,17 @@ fn read_ledger(path: &Path) -> Result<(Expectations, LedgerReport), LedgerError>
         met_by_unacknowledged: 0,
         lost: Vec::new(),
         duplicates: Vec::new(),
+        verdict: Verdict::NothingToCheck,
         passed: false,
     };
-    let file = File::open(path).map_err(file_err(path))?;
+    let mut reader = BufReader::new(File::open(path).map_err(file_err(path))?);
     let mut records = Vec::new();
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(file_err(path))?;
-    for (n, line) in lines.into_iter().enumerate() {
+    let mut buf = Vec::new();
+    for n in 1.. {
+        if !next_line(&mut reader, &mut buf, path, n)? {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
         if line.trim().is_empty() {
             continue;
         }
@@ -677,7 +835,7 @@ fn read_ledger(path: &Path) -> Result<(Expectations, LedgerReport), LedgerError>
             Err(_) => {
                 return Err(LedgerError::Malformed {
                     path: path.to_owned(),
-                    line: n as u64 + 1,
+                    line: n,
                 });
             }
         }
@@ -903,21 +1061,37 @@ async fn pg_document_duplicates(
     Ok(out)
 }
 
-/// Compares the ledger at `ledger` with both stores (see the module docs). Run it after
-/// recovery, once the retry journal and the outbox are empty.
+/// The local journal files waiting in `dir` (none when it does not exist: it is not created).
+fn local_journal(dir: &Path) -> Result<crate::journal::FileDepth, LedgerError> {
+    if !dir.is_dir() {
+        return Ok(crate::journal::FileDepth::default());
+    }
+    Ok(crate::journal::FileJournal::open(dir)?.pending()?)
+}
+
+/// Compares the ledger at `ledger` with both stores (see the module docs). `journal_dir` is
+/// this machine's local journal directory (the routers' `--journal-dir`). Run it after
+/// recovery, once the retry journal (table and files) and the outbox are empty: the verdict is
+/// [`Verdict::NotDrained`] before, and [`Verdict::NothingToCheck`] for a ledger without an
+/// acknowledged write.
 pub async fn check(
     ledger: &Path,
     pool: &PgPool,
     cosmos: &CosmosRepositories,
+    journal_dir: &Path,
 ) -> Result<LedgerReport, LedgerError> {
     let journal = mystira_postgres::journal::depth(pool).await?;
     let outbox = mystira_postgres::outbox::depth(pool).await?;
+    let files = local_journal(journal_dir)?;
     let (expectations, mut report) = read_ledger(ledger)?;
     report.backlog = Backlog {
         journal_entries: journal.entries,
         outbox_rows: outbox.rows,
+        journal_dir: journal_dir.to_owned(),
+        journal_files: files.files,
+        journal_file_records: files.records,
     };
-    report.drained = journal.entries == 0 && outbox.rows == 0;
+    report.drained = report.backlog.is_empty();
     report.aggregates = expectations.len() as u64;
 
     let pg_accounts = PgAccountRepository::new(pool.clone());
@@ -1018,7 +1192,16 @@ pub async fn check(
             count: count as u64,
         });
     }
-    report.passed = report.lost.is_empty() && report.duplicates.is_empty();
+    report.verdict = if report.groups_checked == 0 {
+        Verdict::NothingToCheck
+    } else if !report.drained {
+        Verdict::NotDrained
+    } else if report.lost.is_empty() && report.duplicates.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    report.passed = report.verdict == Verdict::Pass;
     Ok(report)
 }
 
@@ -1072,6 +1255,56 @@ mod tests {
                 .flat_map(|g| g.values())
                 .all(|e| e.last_ack.is_none())
         );
+    }
+
+    /// Found by review (issue 29): `loadgen --ledger /dev/full` grew to 24 GiB. Opening the
+    /// ledger scanned the existing "file" for earlier runs line by line, and `/dev/full` reads
+    /// as an endless run of zero bytes without a newline: one line, growing until the kernel
+    /// killed the process. A device is not scanned now (the write then fails at once), and a
+    /// reader gives up on a line longer than `MAX_LINE`.
+    #[test]
+    fn a_device_that_never_ends_a_line_is_refused_not_read_forever() {
+        let full = Path::new("/dev/full");
+        match LedgerWriter::open(full, 1) {
+            Err(LedgerError::File { path, source }) => {
+                assert_eq!(path, full);
+                assert_eq!(source.raw_os_error(), Some(28), "ENOSPC: {source}");
+            }
+            other => panic!("writing to /dev/full must fail at once: {other:?}"),
+        }
+        match read_ledger(Path::new("/dev/zero")) {
+            Err(LedgerError::LineTooLong { line: 1, .. }) => {}
+            other => panic!("an endless line must be refused: {:?}", other.map(|r| r.1)),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_breaks_the_writer_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = LedgerWriter::open(&dir.path().join("ledger.jsonl"), 1).expect("open");
+        let key = Uuid::new_v4();
+        w.intent("profile.onboard", "UserProfiles", key, Groups::new())
+            .expect("intent");
+        // the file is swapped for a device whose writes fail, as a full disk would
+        w.lock().out = OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        assert!(matches!(
+            w.intent("profile.onboard", "UserProfiles", key, Groups::new()),
+            Err(LedgerError::File { .. })
+        ));
+        // nothing is written after a gap, also not once writes would work again
+        w.lock().out = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("ledger.jsonl"))
+            .expect("reopen");
+        assert!(matches!(
+            w.intent("profile.onboard", "UserProfiles", key, Groups::new()),
+            Err(LedgerError::Broken { .. })
+        ));
+        assert!(matches!(w.sync(), Err(LedgerError::Broken { .. })));
+        assert_eq!(w.lines(), 2, "the run record and the first intent");
     }
 
     #[test]

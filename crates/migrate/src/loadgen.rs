@@ -25,6 +25,13 @@
 //! same entity (a conflict on the id then means the first try landed), a failed step of a
 //! sign-up abandons it (a new one is requested), and any other failed write is simply followed
 //! by the user's next call.
+//!
+//! # The ledger failing
+//! A call is made only once its intent is written, and counts as acknowledged only once its
+//! acknowledgement is written. The first ledger write (or fsync) that fails stops the run: no
+//! call is started after it, the calls in flight finish (bounded by the settle timeout), and
+//! [`run_load`] returns [`LoadError::LedgerWrite`] with the report of what was done until then.
+//! A run whose ledger cannot be written proves nothing, and going on would only pile up work.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,8 +91,23 @@ impl LoadConfig {
 pub enum LoadError {
     #[error("the rate must be a positive number of calls per second")]
     BadRate,
+    /// The ledger could not be opened, or its run record not written: no call was made.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A ledger write failed during the run, which was stopped at once; `report` says what was
+    /// done until then (`unrecorded`: calls the router acknowledged whose acknowledgement
+    /// could not be written).
+    #[error(
+        "a ledger write failed, so the run was stopped after {} calls ({} acknowledged and \
+         recorded)",
+        report.calls,
+        report.acknowledged
+    )]
+    LedgerWrite {
+        #[source]
+        source: LedgerError,
+        report: Box<LoadReport>,
+    },
 }
 
 /// Latency of one operation in one phase (successful calls only).
@@ -112,6 +134,9 @@ pub struct LoadReport {
     pub calls: u64,
     pub acknowledged: u64,
     pub failed: u64,
+    /// Calls the router acknowledged whose acknowledgement could not be written to the ledger
+    /// (the run stopped there): not counted as acknowledged.
+    pub unrecorded: u64,
     /// Failed calls by error class (`unavailable`, `conflict`, `invalid`, `store`,
     /// `unexpected`: an answer the flow did not expect, such as `Ok(false)`).
     pub errors: BTreeMap<String, u64>,
@@ -130,8 +155,8 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         let mut out = format!(
             "loadgen run {} (seed {}): {} calls in {:.1} s ({:.1}/s, target {:.1}/s), {} \
-             acknowledged, {} failed, {} skipped at the concurrency bound, {} abandoned; {} \
-             users; {} ledger lines\n",
+             acknowledged, {} failed, {} acknowledged but not recorded, {} skipped at the \
+             concurrency bound, {} abandoned; {} users; {} ledger lines\n",
             self.run,
             self.seed,
             self.calls,
@@ -140,6 +165,7 @@ impl LoadReport {
             self.target_rate,
             self.acknowledged,
             self.failed,
+            self.unrecorded,
             self.over_concurrency,
             self.abandoned,
             self.users,
@@ -447,7 +473,7 @@ struct Tally {
     calls: u64,
     acked: u64,
     failed: u64,
-    ledger_error: Option<String>,
+    unrecorded: u64,
 }
 
 /// Everything a call needs (shared by every task).
@@ -455,6 +481,10 @@ struct Ctx {
     router: DualWriteRouter,
     ledger: LedgerWriter,
     tally: Mutex<Tally>,
+    /// The first ledger write that failed: once set, no call is started.
+    ledger_failure: Mutex<Option<LedgerError>>,
+    /// Wakes the run's loop when the ledger failed.
+    stop: tokio::sync::Notify,
 }
 
 /// The aggregate a call writes and the phase lookup the router makes for it.
@@ -471,11 +501,35 @@ enum Ended<T> {
     /// Ok, but not what the flow expected (nothing recorded as acknowledged).
     Unexpected,
     Failed(RepoError),
+    /// The ledger failed: the call was not made (its intent could not be written, or the run
+    /// is stopping), or it was made and its acknowledgement could not be written.
+    Stopped,
 }
 
 impl Ctx {
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
         self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<LedgerError>> {
+        self.ledger_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ledger_failed(&self) -> bool {
+        self.failure().is_some()
+    }
+
+    /// Keeps the first ledger failure and stops the run.
+    fn fail(&self, e: LedgerError) {
+        let mut first = self.failure();
+        if first.is_none() {
+            tracing::error!(error = %e, "a ledger write failed: stopping the run");
+            *first = Some(e);
+        }
+        drop(first);
+        self.stop.notify_one();
     }
 
     /// Makes one call: intent, the call, then (when acknowledged) its ack; counts and times it.
@@ -492,13 +546,16 @@ impl Ctx {
     where
         F: Future<Output = RepoResult<T>>,
     {
+        if self.ledger_failed() {
+            return Ended::Stopped;
+        }
         let intent = match groups {
             Some(g) => match self.ledger.intent(op, target.container, target.key, g) {
                 Ok(seq) => Some(seq),
                 Err(e) => {
                     // without its intent the call must not be made: it could land unrecorded
-                    self.tally().ledger_error.get_or_insert(e.to_string());
-                    return Ended::Unexpected;
+                    self.fail(e);
+                    return Ended::Stopped;
                 }
             },
             None => None,
@@ -510,22 +567,24 @@ impl Ctx {
         let phase_after = self.router.phase_for(target.account);
         let ended = match result {
             Ok(v) => match judge(&v) {
-                Some(acked) => {
-                    if let Some(call) = intent
-                        && let Err(e) = self.ledger.ack(
-                            call,
-                            phase,
-                            phase_after,
-                            op,
-                            target.container,
-                            target.key,
-                            acked,
-                        )
-                    {
-                        self.tally().ledger_error.get_or_insert(e.to_string());
-                    }
-                    Ended::Acked(v)
-                }
+                Some(acked) => match intent {
+                    Some(call) => match self.ledger.ack(
+                        call,
+                        phase,
+                        phase_after,
+                        op,
+                        target.container,
+                        target.key,
+                        acked,
+                    ) {
+                        Ok(()) => Ended::Acked(v),
+                        Err(e) => {
+                            self.fail(e);
+                            Ended::Stopped
+                        }
+                    },
+                    None => Ended::Acked(v),
+                },
                 None => Ended::Unexpected,
             },
             Err(e) => Ended::Failed(e),
@@ -548,6 +607,8 @@ impl Ctx {
                 t.failed += 1;
                 *t.errors.entry(error_class(e).into()).or_default() += 1;
             }
+            // made (an intent came before it), acknowledged, but not recorded as such
+            Ended::Stopped => t.unrecorded += 1,
         }
         ended
     }
@@ -927,9 +988,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Drives `router` as `config` says until `duration` passes or `stop` resolves, then waits
-/// (at most `settle_timeout`) for the calls in flight, fsyncs the ledger and reports. Host
-/// [`crate::router::run_background`] beside it: the journal and outbox it fills are drained
-/// there.
+/// (at most `settle_timeout`) for the calls in flight, fsyncs the ledger and reports. The first
+/// ledger write that fails stops the run the same way, and the result is then
+/// [`LoadError::LedgerWrite`] (see the module docs). Host [`crate::router::run_background`]
+/// beside it: the journal and outbox it fills are drained there.
 pub async fn run_load(
     router: &DualWriteRouter,
     config: &LoadConfig,
@@ -944,6 +1006,8 @@ pub async fn run_load(
         router: router.clone(),
         ledger: ledger.clone(),
         tally: Mutex::new(Tally::default()),
+        ledger_failure: Mutex::new(None),
+        stop: tokio::sync::Notify::new(),
     });
     let concurrency = config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -954,13 +1018,14 @@ pub async fn run_load(
     let mut over_concurrency = 0u64;
 
     let syncer = {
-        let ledger = ledger.clone();
+        let ctx = ctx.clone();
         let every = config.sync_interval;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = ledger.sync() {
-                    tracing::warn!(error = %e, "ledger fsync failed");
+                if let Err(e) = ctx.ledger.sync() {
+                    ctx.fail(e);
+                    return;
                 }
             }
         })
@@ -974,6 +1039,9 @@ pub async fn run_load(
     tokio::pin!(stop);
     loop {
         tokio::select! {
+            // a failed ledger write stops the run before any other branch starts a call
+            biased;
+            _ = ctx.stop.notified() => break,
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(deadline) => break,
             Some(user) = done_rx.recv() => idle.push(user),
@@ -1013,12 +1081,13 @@ pub async fn run_load(
         Err(_) => (concurrency - permits.available_permits()) as u64,
     };
     syncer.abort();
-    ledger.sync()?;
+    let failure = ctx.failure().take();
+    let failure = match failure {
+        Some(e) => Some(e),
+        None => ledger.sync().err(),
+    };
 
     let tally = std::mem::take(&mut *ctx.tally());
-    if let Some(e) = &tally.ledger_error {
-        tracing::warn!(error = %e, "ledger writes failed during the run");
-    }
     let per_op = tally
         .latencies
         .into_iter()
@@ -1035,7 +1104,7 @@ pub async fn run_load(
             }
         })
         .collect();
-    Ok(LoadReport {
+    let report = LoadReport {
         run,
         seed: config.seed,
         elapsed_seconds: elapsed.as_secs_f64(),
@@ -1044,6 +1113,7 @@ pub async fn run_load(
         calls: tally.calls,
         acknowledged: tally.acked,
         failed: tally.failed,
+        unrecorded: tally.unrecorded,
         errors: tally.errors,
         over_concurrency,
         abandoned,
@@ -1051,7 +1121,14 @@ pub async fn run_load(
         ledger_lines: ledger.lines(),
         per_op,
         router: router.stats(),
-    })
+    };
+    match failure {
+        Some(source) => Err(LoadError::LedgerWrite {
+            source,
+            report: Box::new(report),
+        }),
+        None => Ok(report),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The load generator and the ledger check on the real stores (a real PostgreSQL, the real
 //! Cosmos-protocol server): a clean run passes, and the check finds a write that a store lost
-//! or changed, a duplicate, and holds each write to what its phase promised. Each test has its
-//! own PostgreSQL database and Cosmos database.
+//! or changed, a duplicate, and holds each write to what its phase promised; it does not pass
+//! a ledger with nothing to check, nor while the journal (table or local files) or the outbox
+//! holds entries. The load generator stops at the first ledger write that fails (an intent or an
+//! acknowledgement). Each test has its own PostgreSQL database and Cosmos database.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../cosmos-client/tests/support/mod.rs"]
@@ -15,10 +17,14 @@ use mystira_cosmos::codec::Container;
 use mystira_domain::ports::AccountRepository;
 use mystira_domain::{Account, AccountSettings, Email, Role};
 use mystira_migrate::journal::FileJournal;
-use mystira_migrate::ledger::{FieldGroups, LedgerWriter, Store, check};
-use mystira_migrate::loadgen::{LoadConfig, run_load};
+use mystira_migrate::ledger::{
+    FieldGroups, LedgerError, LedgerRecord, LedgerWriter, Store, Verdict, check,
+};
+use mystira_migrate::loadgen::{LoadConfig, LoadError, run_load};
 use mystira_migrate::relay::{RelayConfig, relay_once};
-use mystira_migrate::router::{DualWriteRouter, FixedPhase, RouterConfig};
+use mystira_migrate::router::{
+    DualWriteRouter, FixedPhase, Phase1Copy, Phase2Delivery, PhaseSource, RouterConfig,
+};
 use mystira_postgres::phase::Phase;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -75,8 +81,16 @@ async fn drain(s: &Setup) {
 async fn a_clean_phase1_run_passes_and_a_changed_or_duplicated_write_fails(pool: PgPool) {
     let s = setup(&pool, Phase::DualWriteCosmosRead, "ledger-p1").await;
     let ledger = load(&s, 3).await;
-    let report = check(&ledger, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &ledger,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{}", report.summary(10));
+    assert_eq!(report.verdict, Verdict::Pass);
     assert!(report.drained);
     assert_eq!(report.promises_checked, 2 * report.groups_checked);
 
@@ -117,7 +131,14 @@ async fn a_clean_phase1_run_passes_and_a_changed_or_duplicated_write_fails(pool:
         .await
         .unwrap();
 
-    let report = check(&ledger, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &ledger,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(!report.passed);
     assert!(
         report
@@ -144,7 +165,14 @@ async fn a_clean_phase1_run_passes_and_a_changed_or_duplicated_write_fails(pool:
 async fn a_clean_phase2_run_passes(pool: PgPool) {
     let s = setup(&pool, Phase::DualWritePostgresRead, "ledger-p2").await;
     let ledger = load(&s, 3).await;
-    let report = check(&ledger, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &ledger,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{}", report.summary(10));
 }
 
@@ -189,7 +217,14 @@ async fn each_write_is_held_to_what_its_phase_promised(pool: PgPool) {
     };
     let phase0 = s.dir.path().join("phase0.jsonl");
     ack(&phase0, Phase::CosmosOnly);
-    let report = check(&phase0, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &phase0,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{}", report.summary(10));
     assert_eq!(
         report.promises_checked, 2,
@@ -198,7 +233,14 @@ async fn each_write_is_held_to_what_its_phase_promised(pool: PgPool) {
 
     let phase1 = s.dir.path().join("phase1.jsonl");
     ack(&phase1, Phase::DualWriteCosmosRead);
-    let report = check(&phase1, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &phase1,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(!report.passed);
     assert_eq!(report.lost.len(), 2, "{}", report.summary(10));
     assert!(
@@ -225,7 +267,14 @@ async fn each_write_is_held_to_what_its_phase_promised(pool: PgPool) {
     )
     .unwrap();
     w.sync().unwrap();
-    let report = check(&phase0, &pool, s.router.cosmos()).await.unwrap();
+    let report = check(
+        &phase0,
+        &pool,
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{}", report.summary(10));
     assert_eq!(report.met_by_unacknowledged, 1);
     assert_eq!(report.runs, 2);
@@ -352,4 +401,411 @@ async fn a_journalled_copy_replayed_after_a_newer_copy_of_the_same_second_does_n
         in_pg.display_name, "newer",
         "the replayed older copy overwrote the newer one in PostgreSQL"
     );
+}
+
+/// The ledger check of this test's world.
+async fn check_now(s: &Setup, ledger: &std::path::Path) -> mystira_migrate::ledger::LedgerReport {
+    check(
+        ledger,
+        s.router.pool(),
+        s.router.cosmos(),
+        s.router.file_journal().dir(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Records `account.create` of `a` as acknowledged in `phase`.
+fn record_create(path: &std::path::Path, a: &Account, phase: Phase) {
+    let groups = FieldGroups::account(a);
+    let w = LedgerWriter::open(path, 1).unwrap();
+    let call = w
+        .intent("account.create", "Accounts", a.id, groups.clone())
+        .unwrap();
+    w.ack(
+        call,
+        phase,
+        phase,
+        "account.create",
+        "Accounts",
+        a.id,
+        groups,
+    )
+    .unwrap();
+    w.sync().unwrap();
+}
+
+/// Found by review (issue 29): the check passed on an empty ledger and on one without an
+/// acknowledged write, which prove nothing.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_ledger_without_an_acknowledged_write_has_nothing_to_check(pool: PgPool) {
+    let s = setup(&pool, Phase::DualWriteCosmosRead, "ledger-nothing").await;
+    let empty = s.dir.path().join("empty.jsonl");
+    std::fs::write(&empty, b"").unwrap();
+    let report = check_now(&s, &empty).await;
+    assert_eq!(
+        report.verdict,
+        Verdict::NothingToCheck,
+        "{}",
+        report.summary(10)
+    );
+    assert!(!report.passed);
+    assert!(report.summary(10).contains("NOTHING TO CHECK"));
+
+    // a run whose every call failed: intents, no acknowledgement
+    let failed = s.dir.path().join("failed.jsonl");
+    let a = account();
+    let w = LedgerWriter::open(&failed, 1).unwrap();
+    w.intent("account.create", "Accounts", a.id, FieldGroups::account(&a))
+        .unwrap();
+    w.sync().unwrap();
+    let report = check_now(&s, &failed).await;
+    assert_eq!((report.runs, report.intents, report.acks), (1, 1, 0));
+    assert_eq!(
+        report.verdict,
+        Verdict::NothingToCheck,
+        "{}",
+        report.summary(10)
+    );
+    assert!(!report.passed);
+}
+
+/// Found by review (issue 29): a check run while writes still waited in the journal or the
+/// outbox passed as long as the ledger's own writes had landed, and the local journal files
+/// were not looked at at all. Each kind of backlog, alone, must keep the check from passing,
+/// and name itself; once drained, the same ledger passes.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_check_before_the_backlog_drained_does_not_pass_and_names_what_waits(pool: PgPool) {
+    let s = setup(&pool, Phase::DualWriteCosmosRead, "ledger-backlog").await;
+    let ledger = s.dir.path().join("ledger.jsonl");
+    let a = account();
+    AccountRepository::create(&s.router, &a).await.unwrap();
+    record_create(&ledger, &a, Phase::DualWriteCosmosRead);
+    let report = check_now(&s, &ledger).await;
+    assert_eq!(report.verdict, Verdict::Pass, "{}", report.summary(10));
+
+    // other routers' writes, not in this ledger, wait in each place in turn
+    let router_with = |pool: PgPool, phase: Phase, config: RouterConfig| {
+        DualWriteRouter::new(
+            pool,
+            s.router.cosmos().clone(),
+            Arc::new(FixedPhase(phase)),
+            s.router.file_journal().clone(),
+            config,
+        )
+    };
+    let writer = &s.router.cosmos().writer;
+
+    // 1. a local journal file (PostgreSQL unreachable in phase 1)
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let down = router_with(dead, Phase::DualWriteCosmosRead, RouterConfig::default());
+    AccountRepository::create(&down, &account()).await.unwrap();
+    assert_eq!(down.stats().journalled_file, 1);
+    let report = check_now(&s, &ledger).await;
+    assert_eq!(
+        report.verdict,
+        Verdict::NotDrained,
+        "{}",
+        report.summary(10)
+    );
+    assert!(!report.passed && !report.drained);
+    assert_eq!(
+        (
+            report.backlog.journal_entries,
+            report.backlog.outbox_rows,
+            report.backlog.journal_file_records
+        ),
+        (0, 0, 1)
+    );
+    assert!(report.summary(10).contains("local journal files"));
+    let files = s.router.file_journal();
+    files.seal();
+    mystira_migrate::journal::replay_files(&pool, files, Some(writer))
+        .await
+        .unwrap();
+    assert_eq!(check_now(&s, &ledger).await.verdict, Verdict::Pass);
+
+    // 2. the journal table (phase-1 copies through the journal, not yet replayed)
+    let journalling = router_with(
+        pool.clone(),
+        Phase::DualWriteCosmosRead,
+        RouterConfig {
+            phase1_copy: Phase1Copy::Journal,
+            ..RouterConfig::default()
+        },
+    );
+    AccountRepository::create(&journalling, &account())
+        .await
+        .unwrap();
+    let report = check_now(&s, &ledger).await;
+    assert_eq!(
+        report.verdict,
+        Verdict::NotDrained,
+        "{}",
+        report.summary(10)
+    );
+    assert!(report.backlog.journal_entries > 0);
+    assert_eq!(report.backlog.outbox_rows, 0);
+    assert_eq!(report.backlog.journal_file_records, 0);
+    assert!(report.summary(10).contains("migration.retry_journal"));
+    mystira_migrate::journal::replay_table(&pool, 200, Some(writer))
+        .await
+        .unwrap();
+    assert_eq!(check_now(&s, &ledger).await.verdict, Verdict::Pass);
+
+    // 3. the outbox (phase-2 deliveries left to the background)
+    let delivering_later = router_with(
+        pool.clone(),
+        Phase::DualWritePostgresRead,
+        RouterConfig {
+            phase2_delivery: Phase2Delivery::Background,
+            ..RouterConfig::default()
+        },
+    );
+    AccountRepository::create(&delivering_later, &account())
+        .await
+        .unwrap();
+    let report = check_now(&s, &ledger).await;
+    assert_eq!(
+        report.verdict,
+        Verdict::NotDrained,
+        "{}",
+        report.summary(10)
+    );
+    assert!(report.backlog.outbox_rows > 0);
+    assert_eq!(report.backlog.journal_entries, 0);
+    assert_eq!(report.backlog.journal_file_records, 0);
+    assert!(report.summary(10).contains("migration.outbox"));
+    drain(&s).await;
+    let report = check_now(&s, &ledger).await;
+    assert_eq!(report.verdict, Verdict::Pass, "{}", report.summary(10));
+    assert!(report.passed && report.drained);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the ledger failing under the load generator
+
+/// A ledger that is a FIFO. The test holds its only reader (opened read-write, which Linux
+/// allows without a writer) and closes it on cue; from then on every write to the ledger fails
+/// with EPIPE, as a real write failure does.
+#[derive(Debug)]
+struct PipeLedger {
+    path: std::path::PathBuf,
+    reader: std::sync::Mutex<Option<std::fs::File>>,
+    /// What had been written when the reader was closed.
+    captured: std::sync::Mutex<Vec<u8>>,
+}
+
+impl PipeLedger {
+    fn new(dir: &std::path::Path) -> Arc<Self> {
+        let path = dir.join("ledger.pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo failed");
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        Arc::new(Self {
+            path,
+            reader: std::sync::Mutex::new(Some(reader)),
+            captured: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Keeps what the pipe holds (at least the run's first record, so the read cannot block),
+    /// then closes the only reader.
+    fn close(&self) {
+        use std::io::Read as _;
+        let Some(mut reader) = self.reader.lock().unwrap().take() else {
+            return;
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = reader.read(&mut buf).unwrap();
+        self.captured.lock().unwrap().extend_from_slice(&buf[..n]);
+    }
+
+    fn closed(&self) -> bool {
+        self.reader.lock().unwrap().is_none()
+    }
+
+    /// The records written before the close.
+    fn records(&self) -> Vec<LedgerRecord> {
+        String::from_utf8(self.captured.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The phase, fixed; closes the pipe ledger at the `at`-th lookup (only at one for an account,
+/// with `account_only`). The load generator looks the phase up right after a call's intent is
+/// written and again right before its acknowledgement is, and the router inside the call: a
+/// close there makes the next ledger write the call's acknowledgement, or (for a call that
+/// failed, which has none) the next call's intent.
+#[derive(Debug)]
+struct CloseOnLookup {
+    phase: Phase,
+    at: usize,
+    account_only: bool,
+    lookups: std::sync::atomic::AtomicUsize,
+    pipe: Arc<PipeLedger>,
+}
+
+impl PhaseSource for CloseOnLookup {
+    fn phase_for(&self, account: Option<Uuid>) -> Phase {
+        let n = 1 + self
+            .lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.at && (account.is_some() || !self.account_only) {
+            self.pipe.close();
+        }
+        self.phase
+    }
+}
+
+/// One call at a time, for up to two minutes: a run that does not stop at the failure shows as
+/// a timeout of the caller.
+fn one_at_a_time(ledger: &std::path::Path) -> LoadConfig {
+    let mut config = LoadConfig::new(50.0, Duration::from_secs(120), ledger.to_owned());
+    config.concurrency = 1;
+    config
+}
+
+fn op_count(report: &mystira_migrate::loadgen::LoadReport, op: &str, ok: bool) -> u64 {
+    report
+        .per_op
+        .iter()
+        .filter(|o| o.op == op)
+        .map(|o| if ok { o.ok } else { o.calls })
+        .sum()
+}
+
+fn broken_pipe(e: &LedgerError) -> bool {
+    matches!(e, LedgerError::File { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Found by review (issue 29): a failed acknowledgement write only set a warning, the call
+/// still counted as acknowledged and the run went on (exit 0). Now the run stops there, with
+/// an error, and that call is counted as made but not acknowledged.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_failed_acknowledgement_write_stops_the_run_and_is_not_counted(pool: PgPool) {
+    let (_store, repos) = support::user_domain("ledger-ack-fails").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = PipeLedger::new(dir.path());
+    // an account call is in flight after a few users' first steps: its acknowledgement fails
+    let phases = Arc::new(CloseOnLookup {
+        phase: Phase::DualWriteCosmosRead,
+        at: 20,
+        account_only: true,
+        lookups: Default::default(),
+        pipe: pipe.clone(),
+    });
+    let router = DualWriteRouter::new(
+        pool.clone(),
+        repos,
+        phases,
+        FileJournal::open(dir.path().join("journal")).unwrap(),
+        RouterConfig::default(),
+    );
+    let config = one_at_a_time(&pipe.path);
+    let run = run_load(&router, &config, std::future::pending());
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run went on after its ledger failed");
+    let Err(LoadError::LedgerWrite { source, report }) = result else {
+        panic!("a failed ledger write must fail the run: {result:?}");
+    };
+    assert!(pipe.closed());
+    assert!(broken_pipe(&source), "{source}");
+    assert!(report.elapsed_seconds < 20.0, "{}", report.summary());
+
+    let records = pipe.records();
+    let intents = records
+        .iter()
+        .filter(|r| matches!(r, LedgerRecord::Intent { .. }))
+        .count() as u64;
+    let acks = records
+        .iter()
+        .filter(|r| matches!(r, LedgerRecord::Ack { .. }))
+        .count() as u64;
+    assert!(
+        matches!(records.last(), Some(LedgerRecord::Intent { container, .. }) if container == "Accounts"),
+        "the call in flight at the failure was an account call"
+    );
+    assert_eq!(report.unrecorded, 1, "{}", report.summary());
+    // `signup.verify` writes nothing checkable: no intent, no acknowledgement
+    assert_eq!(
+        report.acknowledged - op_count(&report, "signup.verify", true),
+        acks,
+        "only recorded acknowledgements count: {}",
+        report.summary()
+    );
+    assert_eq!(
+        report.calls,
+        intents + op_count(&report, "signup.verify", false),
+        "every call made had its intent written, and none was made after the failure: {}",
+        report.summary()
+    );
+}
+
+/// Found by review (issue 29): a failed intent write skipped its call but the run went on,
+/// every later call failing the same way. Now the run stops there, before that call is made.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_failed_intent_write_stops_the_run_before_its_call(pool: PgPool) {
+    let (_store, repos) = support::user_domain("ledger-intent-fails").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = PipeLedger::new(dir.path());
+    // phase 2 with PostgreSQL unreachable: every call fails, so none writes an
+    // acknowledgement, and the first write after the close is the next call's intent
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(100))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    drop(pool);
+    let phases = Arc::new(CloseOnLookup {
+        phase: Phase::DualWritePostgresRead,
+        at: 4,
+        account_only: false,
+        lookups: Default::default(),
+        pipe: pipe.clone(),
+    });
+    let router = DualWriteRouter::new(
+        dead,
+        repos,
+        phases,
+        FileJournal::open(dir.path().join("journal")).unwrap(),
+        RouterConfig::default(),
+    );
+    let config = one_at_a_time(&pipe.path);
+    let run = run_load(&router, &config, std::future::pending());
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run went on after its ledger failed");
+    let Err(LoadError::LedgerWrite { source, report }) = result else {
+        panic!("a failed ledger write must fail the run: {result:?}");
+    };
+    assert!(broken_pipe(&source), "{source}");
+    let records = pipe.records();
+    let intents = records
+        .iter()
+        .filter(|r| matches!(r, LedgerRecord::Intent { .. }))
+        .count() as u64;
+    assert!(intents > 0);
+    assert_eq!(report.acknowledged, 0, "{}", report.summary());
+    assert_eq!(report.unrecorded, 0, "{}", report.summary());
+    assert_eq!(
+        report.calls,
+        intents,
+        "the call whose intent could not be written must not be made: {}",
+        report.summary()
+    );
+    assert_eq!(report.failed, report.calls);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use mystira_migrate::journal::FileJournal;
-use mystira_migrate::loadgen::{LoadConfig, run_load};
+use mystira_migrate::loadgen::{LoadConfig, LoadError, run_load};
 use mystira_migrate::phase::PhaseWatcher;
 use mystira_migrate::router::{Phase1Copy, Phase2Delivery, RouterConfig};
 use serde_json::json;
@@ -136,9 +136,32 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
     let mut config = LoadConfig::new(args.rate, args.duration, args.ledger.clone());
     config.concurrency = args.concurrency.max(1);
     config.seed = args.seed;
-    let report = run_load(&router, &config, stop::stop_signal())
-        .await
-        .context("the load generator stopped")?;
+    let report = match run_load(&router, &config, stop::stop_signal()).await {
+        Ok(report) => report,
+        // the ledger cannot be written: stop at once (no draining), say what was done
+        Err(LoadError::LedgerWrite { source, report }) => {
+            let background = hosted.stop().await;
+            let error = format!(
+                "the ledger {} could not be written ({source}): the run was stopped at once; the \
+                 ledger holds the calls up to the failure",
+                args.ledger.display()
+            );
+            return Ok(Outcome {
+                exit: Exit::Failure,
+                human: format!("{}error: {error}\n", report.summary()),
+                json: json!({
+                    "error": error,
+                    "report": report,
+                    "background": background,
+                    "journal_dir": dir,
+                }),
+            });
+        }
+        Err(e) => {
+            hosted.stop().await;
+            return Err(anyhow::Error::new(e).context("the load generator stopped"));
+        }
+    };
 
     // the journal and outbox this run filled, drained by the background work (bounded)
     let drain_started = Instant::now();

@@ -110,10 +110,18 @@ async fn attach_waiting_profiles(conn: &mut PgConnection, account_ids: &[Uuid]) 
              select n.document_id, v.key as profile_key,
                     (n.detail->>'account_key')::uuid as account_key
              from migration.document_notes n
-             join migration.document_versions v
-               on v.container = n.container and v.document_id = n.document_id
+             -- one index lookup per note found: a join could be planned as a hash of every
+             -- profile's version, per call (the limit keeps the planner from flattening it)
+             cross join lateral (
+                 select v.key from migration.document_versions v
+                 where v.container = n.container and v.document_id = n.document_id
+                 limit 1
+             ) v
+             -- the predicate and expression of idx_document_notes_missing_account, so the
+             -- lookup costs in proportion to the accounts, not to the notes (a merge join on
+             -- the primary key read all 300,000 notes of a test table: 100 ms, not 0.2 ms)
              where n.container = 'UserProfiles' and n.code = 'missing_account'
-               and (n.detail->>'account_key')::uuid = any($1)
+               and n.detail->>'account_key' = any($1::uuid[]::text[])
          ), attached as (
              update user_profiles p set account_id = w.account_key
              from waiting w

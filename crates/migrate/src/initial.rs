@@ -379,8 +379,9 @@ fn take_back(counts: &mut ContainerCounts, copied_left: &mut u64) -> u64 {
 
 /// The counts that replace `taken` counts of documents set aside: the upsert pass's outcomes
 /// (not its reads: each of those documents was counted read when the COPY read it), one per
-/// document; a document the run had read more than once (a live source's final pass) has
-/// one outcome, and each of its other reads counts `unchanged`.
+/// document; a document the run had read more than once (an export line repeated, a live
+/// document written during the run) has one outcome, and each of its other reads counts
+/// `unchanged`.
 fn outcomes_in_place_of(redo: &ContainerCounts, taken: u64) -> ContainerCounts {
     let mut outcomes = ContainerCounts {
         read: 0,

@@ -433,31 +433,36 @@ fn file_name_of(path: &Path) -> String {
 /// physical partition, `read_feed_ranges`; a server that cannot answer that call, or answers
 /// with none, is read as one feed range covering everything), and, where there are fewer feed
 /// ranges than ranges asked for, each feed range further by `_ts` into intervals
-/// `[..., b1)`, `[b1, b2)`, ..., `[bk, ...)` between its oldest and newest `_ts` at planning.
-/// A range is read with `select * from c where <its _ts interval> order by c._ts` in its feed
-/// range, resumed from the SDK's continuation token, which the service (and the test server)
-/// resumes at a position in (`_ts`, `_rid`) order.
+/// `[..., b1)`, `[b1, b2)`, ..., `[bk, N]` between its oldest and newest `_ts` (`N`) at
+/// planning. A range is read with `select * from c where <its _ts interval> order by c._ts` in
+/// its feed range, resumed from the SDK's continuation token, which the service (and the test
+/// server) resumes at a position in (`_ts`, `_rid`) order.
 ///
-/// # The rule that no document is missed
-/// - The intervals of a feed range cover every `_ts` once, so at any moment a document is in
-///   exactly one range: nothing is read twice or skipped at a boundary.
-/// - Every boundary is at most the newest `_ts` seen at planning, and Cosmos stamps a write
-///   with the time it commits, so **every write made during the run lands in the last,
-///   open-ended range of its feed range** (a partition key never changes, so neither does the
-///   feed range). A bounded range only loses documents while it is read, never gains any.
-/// - Within a range, a document's position (`_ts`, `_rid`) only moves forward when it is
-///   written (`_rid` is fixed for a document's life), so a document not yet reached is never
-///   overtaken by the reader. Only a document that *enters* the open range (written during the
-///   run) can land just behind the reader, when the reader is in that very second.
-/// - So the open range ends with a **final pass**: when its first pass is exhausted it reads
-///   again every document with `_ts` at or after the newest `_ts` at planning, and it starts
-///   that pass only once every bounded range of the container is done (the backfill waits for
-///   them, [`DocumentSource::awaits_bounded_ranges`]; bounded ranges are numbered first, so
-///   they are taken first). A write committed before the final pass starts is therefore read
-///   at least once, at that version or a newer one; writes after that point are left to
-///   replication (`replicate`), as are deletes. A document may be read twice (by its old
-///   range, then by the final pass): the version-guarded writes count the second copy as
-///   `unchanged`, and `read` counts both.
+/// # The rule: every document once, none missed while the run goes
+/// - Planning takes, per feed range, the position of its change feed *now* (`changes_after`),
+///   and only then reads its newest `_ts` `N`. So every document is either unchanged since
+///   that position, and then has a `_ts` of at most `N`, or changed after it, and then is in
+///   the change feed after it.
+/// - The intervals of a feed range cover every `_ts` up to `N` once, and a document's
+///   position (`_ts`, `_rid`) is fixed while it is not written (`_rid` is fixed for its life):
+///   the first passes read every unchanged document exactly once, whatever the number of
+///   ranges, workers or pages.
+/// - The last range of a feed range (planned without an end) then reads the **final pass**:
+///   the feed range's change feed (latest version) from `changes_after` until it is caught
+///   up. It starts only once every bounded range of the container is done (the backfill waits
+///   for them, [`DocumentSource::awaits_bounded_ranges`]; bounded ranges are numbered first,
+///   so they are taken first). Every document written after planning and before the final
+///   pass catches up is read there, at that version or a newer one; writes after that point
+///   are left to replication (`replicate`), as are deletes.
+/// - So a document is read twice only when it was written during the run (or in the second
+///   of planning) and a first pass read it too: its two reads are counted (`read`), the
+///   version-guarded writes count an older or equal second copy `unchanged`, and the initial
+///   load sets it aside for its upsert pass. A container nobody writes while it is copied is
+///   read once, document by document.
+/// - A server without a change feed (planning cannot take its position) gets the earlier
+///   final pass: the last range has no upper `_ts` bound, and its final pass reads again every
+///   document with `_ts` at or after `N` (`final_from`), which reads the documents of the
+///   newest seconds twice. Ranges planned that way by an earlier version are read that way.
 #[derive(Debug)]
 pub struct CosmosSource {
     store: mystira_cosmos_client::CosmosStore,
@@ -498,12 +503,22 @@ fn cosmos_err(e: mystira_cosmos_client::Error) -> SourceError {
 use mystira_cosmos_client::FeedRangeKey;
 
 /// A planned range of a live container: a feed range and a `_ts` interval
-/// (`ts_from <= _ts < ts_to`, either side open), and for the open-ended range, where its final
-/// pass starts (the newest `_ts` at planning).
+/// (`ts_from <= _ts < ts_to`, either side open), and for the last range of its feed range,
+/// what its final pass reads.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct LiveRange {
     feed_range: String,
     ts_from: Option<i64>,
+    /// The feed range's change-feed position taken at planning, before its newest `_ts` was
+    /// read: the final pass reads the changes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changes_after: Option<String>,
+    /// With `changes_after`: the newest `_ts` at planning, where the first pass stops
+    /// (inclusive); `None`: the feed range was empty then, and there is no first pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts_through: Option<i64>,
+    /// Without `changes_after` (no change feed, or a plan of an earlier version): the first
+    /// pass is open-ended and the final pass reads again every document from this `_ts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     final_from: Option<i64>,
 }
@@ -611,6 +626,9 @@ impl DocumentSource for CosmosSource {
         // worker reaches an open range's final pass only once every bounded one is taken
         let (mut bounded, mut open) = (Vec::new(), Vec::new());
         for feed in feeds {
+            // before the newest `_ts`: a write after this position is in the change feed, and
+            // one before it has a `_ts` at most the newest read below
+            let changes_after = self.feed_position_now(&handle, container, &feed).await?;
             let newest = self.ts_edge(&handle, &feed, true).await?;
             let cuts = match (per_feed > 1, newest) {
                 (true, Some(newest)) => match self.ts_edge(&handle, &feed, false).await? {
@@ -624,15 +642,28 @@ impl DocumentSource for CosmosSource {
                 let range = LiveRange {
                     feed_range: feed.as_str().to_owned(),
                     ts_from: from,
+                    changes_after: None,
+                    ts_through: None,
                     final_from: None,
                 };
                 bounded.push(range.plan(Some(cut)));
                 from = Some(cut);
             }
-            let last = LiveRange {
-                feed_range: feed.as_str().to_owned(),
-                ts_from: from,
-                final_from: newest.or(from),
+            let last = match changes_after {
+                Some(token) => LiveRange {
+                    feed_range: feed.as_str().to_owned(),
+                    ts_from: from,
+                    changes_after: Some(token),
+                    ts_through: newest,
+                    final_from: None,
+                },
+                None => LiveRange {
+                    feed_range: feed.as_str().to_owned(),
+                    ts_from: from,
+                    changes_after: None,
+                    ts_through: None,
+                    final_from: newest.or(from),
+                },
             };
             open.push(last.plan(None));
         }
@@ -683,6 +714,30 @@ impl DocumentSource for CosmosSource {
                     .ok_or_else(|| bad("a live range ends at a _ts (seconds)".into()))?,
             ),
         };
+        // the last range of a feed range planned with its change-feed position
+        let through = match (&live.changes_after, ts_to) {
+            (Some(after), None) => {
+                if position.pass == Pass::Final {
+                    let from = position.token.clone().unwrap_or_else(|| after.clone());
+                    return self.changes_page(container, &live, from, max).await;
+                }
+                match live.ts_through {
+                    Some(through) => Some(through),
+                    // empty at planning: every document it holds now is in the change feed
+                    None => {
+                        let next = LivePosition {
+                            pass: Pass::Final,
+                            token: None,
+                        };
+                        return Ok(SourcePage {
+                            documents: Vec::new(),
+                            next: Some(serde_json::to_value(next).unwrap_or_default()),
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
         let (lower, upper) = match position.pass {
             Pass::First => (live.ts_from, ts_to),
             Pass::Final => (live.final_from.max(live.ts_from), ts_to),
@@ -694,6 +749,9 @@ impl DocumentSource for CosmosSource {
         }
         if upper.is_some() {
             conditions.push("c._ts < @hi");
+        }
+        if through.is_some() {
+            conditions.push("c._ts <= @through");
         }
         if !conditions.is_empty() {
             text.push_str(" where ");
@@ -707,6 +765,9 @@ impl DocumentSource for CosmosSource {
         }
         if let Some(hi) = upper {
             spec = spec.param("@hi", hi);
+        }
+        if let Some(through) = through {
+            spec = spec.param("@through", through);
         }
         let resume = position
             .token
@@ -733,6 +794,72 @@ impl DocumentSource for CosmosSource {
 }
 
 impl CosmosSource {
+    /// The position of `range`'s change feed now (latest version), or `None` when the server
+    /// has no change feed (the range is then planned with the query-based final pass).
+    async fn feed_position_now(
+        &self,
+        handle: &mystira_cosmos_client::Container,
+        container: &str,
+        range: &FeedRangeKey,
+    ) -> Result<Option<String>, SourceError> {
+        let mut feed = handle.change_feed_with_page_size(
+            range,
+            mystira_cosmos_client::FeedStart::Now,
+            mystira_cosmos_client::FeedMode::LatestVersion,
+            1,
+        );
+        match feed.next_page().await {
+            // a change in this very request comes before the newest `_ts` is read: its `_ts`
+            // is at most that, so the first pass reads it; the position after it is as good
+            Ok(page) => Ok(Some(page.token().as_str().to_owned())),
+            Err(e) if e.is_retryable() => Err(cosmos_err(e)),
+            Err(e) => {
+                tracing::warn!(
+                    container,
+                    error = %e,
+                    "no change feed: the last range's final pass reads the newest seconds again"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// A page of the final pass: the changes of `live`'s feed range after `from` (a change-feed
+    /// token), and the position after them; `next` is `None` once the feed is caught up.
+    async fn changes_page(
+        &self,
+        container: &str,
+        live: &LiveRange,
+        from: String,
+        max: usize,
+    ) -> Result<SourcePage, SourceError> {
+        let handle = self.store.container(container).await.map_err(cosmos_err)?;
+        let mut feed = handle.change_feed_with_page_size(
+            &FeedRangeKey::from_string(live.feed_range.clone()),
+            mystira_cosmos_client::FeedStart::Token(
+                mystira_cosmos_client::ChangeFeedToken::from_string(from),
+            ),
+            mystira_cosmos_client::FeedMode::LatestVersion,
+            u32::try_from(max).unwrap_or(u32::MAX),
+        );
+        let page = feed.next_page().await.map_err(cosmos_err)?;
+        if page.is_caught_up() {
+            return Ok(SourcePage::default());
+        }
+        let next = LivePosition {
+            pass: Pass::Final,
+            token: Some(page.token().as_str().to_owned()),
+        };
+        Ok(SourcePage {
+            documents: page
+                .documents
+                .into_iter()
+                .map(SourceDocument::Document)
+                .collect(),
+            next: Some(serde_json::to_value(next).unwrap_or_default()),
+        })
+    }
+
     /// The next non-empty page of `spec` from `resume` and the token after it, or no documents
     /// and `None` when the query is exhausted.
     async fn query_page(

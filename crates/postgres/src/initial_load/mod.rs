@@ -417,8 +417,9 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
     let keys: Vec<copy_baseline::UniqueKey> =
         serde_json::from_value(stripped["unique_keys"].clone())
             .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;
-    // a document id copied twice (an export line repeated in another page, a live source's
-    // final pass re-reading the last second): the versions have no key while loading
+    // a document id copied twice (an export line repeated in another page, a live document
+    // written during the run and read by a first pass and the final pass): the versions have
+    // no key while loading
     sqlx::query(
         "insert into migration.load_redo (container, document_id, reason)
          select container, document_id, $1 from migration.document_versions

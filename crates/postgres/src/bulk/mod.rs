@@ -231,16 +231,24 @@ mod signups;
 /// A transaction that copies source values: `mystira.keep_source_timestamps` makes the
 /// `updated_at` trigger keep the source's timestamps and the outbox trigger stay silent (a copy
 /// from Cosmos must not echo back to Cosmos).
+///
+/// JIT is off inside it: its statements touch a batch's rows by key, and JIT compiles a plan
+/// whose estimated cost passes `jit_above_cost` (the estimate grows with the tables, not with
+/// the batch), which took about 250 ms of a 300 ms per-batch lookup at a million badges
+/// (measured on PostgreSQL 15, issue 33), and it would add the same to a phase-1 call.
 async fn begin_copy(
     pool: &PgPool,
     entity: &'static str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let map = |e| map_sqlx_error(entity, e);
     let mut tx = pool.begin().await.map_err(map)?;
-    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+    sqlx::query(
+        "select set_config('mystira.keep_source_timestamps', 'on', true),
+                set_config('jit', 'off', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(map)?;
     Ok(tx)
 }
 

@@ -328,6 +328,11 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
     let ranges = metric(&text, "mystira_backfill_ranges");
     assert!(ranges > 0.0);
     assert_eq!(metric(&text, "mystira_backfill_ranges_done"), ranges);
+    // no long-runner has beaten in this database: -1 for each kind
+    for kind in ["replicate", "relay"] {
+        let age = format!("mystira_worker_heartbeat_age_seconds{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&text, &age), -1.0, "{text}");
+    }
     // every metric the alert rules and the dashboard name is one the service exposes
     let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
     assert_exposed("alerts.yml", &metric_names(&rules), &text);

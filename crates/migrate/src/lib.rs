@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod backfill;
+pub mod heartbeat;
 pub mod initial;
 pub mod journal;
 pub mod ledger;

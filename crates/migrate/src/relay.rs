@@ -23,6 +23,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::heartbeat::{Health, OutageBackoff};
 use crate::journal::error_class;
 
 /// What delivering one aggregate did.
@@ -109,6 +110,8 @@ pub struct RelayConfig {
     pub concurrency: usize,
     /// Pause when nothing is due.
     pub idle_poll: Duration,
+    /// [`run_relay`]: the longest wait between two passes while PostgreSQL is out.
+    pub outage_backoff_cap: Duration,
 }
 
 impl Default for RelayConfig {
@@ -117,6 +120,7 @@ impl Default for RelayConfig {
             batch_aggregates: 200,
             concurrency: 8,
             idle_poll: Duration::from_millis(200),
+            outage_backoff_cap: OutageBackoff::CAP,
         }
     }
 }
@@ -128,6 +132,10 @@ pub struct RelayReport {
     pub removed: u64,
     pub already_delivered: u64,
     pub deferred: u64,
+    /// The class of the last delivery that failed (in a pass: when none got through, the
+    /// heartbeat says the relay is retrying it). Classes only, never a message.
+    #[serde(skip)]
+    pub last_failure_class: Option<&'static str>,
 }
 
 impl RelayReport {
@@ -136,6 +144,7 @@ impl RelayReport {
         self.removed += other.removed;
         self.already_delivered += other.already_delivered;
         self.deferred += other.deferred;
+        self.last_failure_class = other.last_failure_class.or(self.last_failure_class);
     }
 
     pub fn delivered(&self) -> u64 {
@@ -167,6 +176,7 @@ pub async fn relay_once(
             Ok(Delivered::AlreadyDelivered) => report.already_delivered += 1,
             Err(e) => {
                 report.deferred += 1;
+                report.last_failure_class = Some(error_class(&e));
                 let attempts = outbox::defer(pool, &aggregate, error_class(&e)).await?;
                 tracing::warn!(
                     container = %aggregate.container,
@@ -180,15 +190,22 @@ pub async fn relay_once(
     Ok(report)
 }
 
-/// Runs passes until `stop` resolves; a failed pass (PostgreSQL unreachable) is retried after
-/// a second.
+/// Runs passes until `stop` resolves, and never ends because a store is out: a pass that fails
+/// with a retryable error (PostgreSQL unreachable) is logged by its class and tried again after
+/// a bounded exponential back-off (1 s doubling to `config.outage_backoff_cap`). Cosmos being
+/// out fails deliveries, not passes: each is deferred with its own back-off (1 s doubling to
+/// 5 min, in the outbox row), and a pass that delivered nothing while some failed tells
+/// `health` the relay is retrying. An error that waiting does not fix is returned.
 pub async fn run_relay(
     pool: &PgPool,
     writer: &AggregateWriter,
     config: &RelayConfig,
+    health: &Health,
     stop: impl Future<Output = ()>,
 ) -> Result<RelayReport, RepoError> {
     let mut total = RelayReport::default();
+    let mut backoff = OutageBackoff::new(OutageBackoff::INITIAL, config.outage_backoff_cap);
+    let mut deliveries_failing = false;
     tokio::pin!(stop);
     loop {
         let pass = tokio::select! {
@@ -197,12 +214,38 @@ pub async fn run_relay(
         };
         let pause = match pass {
             Ok(pass) => {
+                if backoff.attempts() > 0 {
+                    tracing::info!(
+                        attempts = backoff.attempts(),
+                        "relay: postgresql reachable again; resumed"
+                    );
+                }
+                backoff.reset();
+                // deliveries failing (Cosmos out) make the relay "retrying" until one gets
+                // through; a pass with nothing due (the failed rows wait out their back-off)
+                // changes nothing
+                if pass.delivered() + pass.already_delivered > 0 {
+                    deliveries_failing = false;
+                } else if let Some(class) = pass.last_failure_class {
+                    deliveries_failing = true;
+                    health.retrying(class_of_delivery(class));
+                }
+                if !deliveries_failing {
+                    health.running();
+                }
                 total.add(&pass);
                 (pass.delivered() + pass.already_delivered == 0).then_some(config.idle_poll)
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(class = error_class(&e), "relay pass failed; retrying");
-                Some(Duration::from_secs(1))
+                health.retrying("postgres_unavailable");
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    class = error_class(&e),
+                    attempt = backoff.attempts(),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "relay pass failed (postgresql); retrying"
+                );
+                Some(delay)
             }
             Err(e) => return Err(e),
         };
@@ -212,6 +255,17 @@ pub async fn run_relay(
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+/// The heartbeat's class for deliveries that fail: a delivery reads PostgreSQL and writes
+/// Cosmos, and its error does not say which store failed, so the class names the delivery.
+fn class_of_delivery(class: &'static str) -> &'static str {
+    match class {
+        "unavailable" => "delivery_unavailable",
+        "invalid" => "delivery_invalid",
+        "conflict" => "delivery_conflict",
+        _ => "delivery_failed",
     }
 }
 

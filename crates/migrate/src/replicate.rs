@@ -65,6 +65,7 @@ use tokio::sync::watch;
 
 use crate::apply::{Retries, write_page};
 use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts, local_owner};
+use crate::heartbeat::{Health, OutageBackoff};
 use crate::source::SourceDocument;
 
 /// The lease job of change-feed replication (one unit per container, one range per feed range).
@@ -148,6 +149,12 @@ pub struct ReplicateConfig {
     /// feed, checkpointed), before the next page is read, so a test can hold a pass open at a
     /// known point while it changes documents.
     pub after_page: PageHook,
+    /// Continuous runs: the longest wait between two attempts while a store is out (the wait
+    /// starts at a second and doubles up to this).
+    pub outage_backoff_cap: Duration,
+    /// Told when a continuous run starts waiting out an outage and when it works again (the
+    /// process's heartbeat); the default tells nobody.
+    pub health: Health,
 }
 
 /// A page a replication turn has applied (what [`PageHook`] is told).
@@ -206,6 +213,8 @@ impl Default for ReplicateConfig {
             delete_check_every: Some(Duration::from_secs(300)),
             delete_grace: Duration::from_secs(60),
             after_page: PageHook::default(),
+            outage_backoff_cap: OutageBackoff::CAP,
+            health: Health::default(),
         }
     }
 }
@@ -263,6 +272,22 @@ pub struct ReplicateReport {
 }
 
 impl ReplicateReport {
+    /// The report of a run that stopped before it could start (asked to stop while a store
+    /// was out).
+    fn nothing(config: &ReplicateConfig, started: Instant) -> Self {
+        Self {
+            mode: config.mode,
+            feed_mode: config.feed_mode,
+            owner: config.owner.clone(),
+            cycles: 0,
+            containers: BTreeMap::new(),
+            deletes: BTreeMap::new(),
+            apply_deletes: config.apply_deletes,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            stopped: true,
+        }
+    }
+
     /// Whether every document read is accounted for.
     pub fn reconciles(&self) -> bool {
         self.containers.values().all(|c| c.counts.reconciles())
@@ -290,11 +315,43 @@ pub enum ReplicateError {
     BadCheckpoint(&'static str),
 }
 
+impl ReplicateError {
+    /// The class of a store outage that a continuous run waits out (PostgreSQL unreachable;
+    /// Cosmos throttling, unavailable, timing out, dropping connections or failing with a 5xx
+    /// past the client's own retries), or `None` for an error that waiting does not fix (a
+    /// refused key, a bad request, a corrupt checkpoint). Classes only: never a message.
+    pub fn outage_class(&self) -> Option<&'static str> {
+        use mystira_cosmos_client::ErrorKind;
+        match self {
+            ReplicateError::Cosmos(e) => match e.kind() {
+                ErrorKind::Throttled => Some("cosmos_throttled"),
+                ErrorKind::Unavailable => Some("cosmos_unavailable"),
+                ErrorKind::Transport => Some("cosmos_transport"),
+                ErrorKind::Service => Some("cosmos_service"),
+                _ => None,
+            },
+            ReplicateError::Store(e) | ReplicateError::Apply(BackfillError::Store(e))
+                if e.is_retryable() =>
+            {
+                Some("postgres_unavailable")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Called after every applied page and at the end of every cycle with the report so far.
 pub type Progress<'a> = &'a (dyn Fn(&ReplicateReport) + Send + Sync);
 
 /// Runs replication: once to now (`config.once`), or until `stop` turns true (then the cycle
 /// in progress finishes its current page, checkpoints, and the leases are released).
+///
+/// A continuous run never ends because a store is out: an error that
+/// [`ReplicateError::outage_class`] names (PostgreSQL unreachable, Cosmos throttling, timing
+/// out, dropping connections, answering 5xx) is logged by its class, reported to
+/// `config.health`, and the cycle is tried again after a bounded exponential back-off (1 s
+/// doubling to `config.outage_backoff_cap`); what was checkpointed stays, so the next cycle
+/// resumes where the last checkpoint left it. A `--once` run returns the error instead.
 pub async fn run_replication(
     pool: &PgPool,
     store: &CosmosStore,
@@ -303,32 +360,56 @@ pub async fn run_replication(
     progress: Progress<'_>,
 ) -> Result<ReplicateReport, ReplicateError> {
     let started = Instant::now();
-    let replicator = Replicator::open(pool, store, config).await?;
-    replicator.plan().await?;
+    let mut outage = Outage::new(config);
+    // Opening the containers and planning the ranges need both stores too.
+    let replicator = loop {
+        let opened = async {
+            let replicator = Replicator::open(pool, store, config).await?;
+            replicator.plan().await?;
+            Ok::<_, ReplicateError>(replicator)
+        }
+        .await;
+        match opened {
+            Ok(replicator) => break replicator,
+            Err(e) => {
+                if !outage.wait(e, &mut stop).await? {
+                    return Ok(ReplicateReport::nothing(config, started));
+                }
+            }
+        }
+    };
+    outage.recovered();
     let mut last_delete_check: Option<Instant> = None;
     let result: Result<(), ReplicateError> = async {
         loop {
-            replicator.cycle(&stop).await?;
-            let stopping = *stop.borrow();
-            let check_due = match config.delete_check_every {
-                None => false,
-                Some(_) if config.once => true,
-                Some(every) => last_delete_check.is_none_or(|t| t.elapsed() >= every),
-            };
-            if check_due && !stopping {
-                replicator.check_deletes().await?;
-                last_delete_check = Some(Instant::now());
+            let turn = async {
+                replicator.cycle(&stop).await?;
+                let stopping = *stop.borrow();
+                let check_due = match config.delete_check_every {
+                    None => false,
+                    Some(_) if config.once => true,
+                    Some(every) => last_delete_check.is_none_or(|t| t.elapsed() >= every),
+                };
+                if check_due && !stopping {
+                    replicator.check_deletes().await?;
+                    last_delete_check = Some(Instant::now());
+                }
+                Ok::<_, ReplicateError>(())
             }
+            .await;
+            if let Err(e) = turn {
+                if outage.wait(e, &mut stop).await? {
+                    continue;
+                }
+                return Ok(());
+            }
+            outage.recovered();
             progress(&replicator.report(started, false));
-            if config.once || stopping {
+            if config.once || *stop.borrow() {
                 return Ok(());
             }
             // Sleep until the next poll, or until asked to stop.
-            tokio::select! {
-                _ = tokio::time::sleep(config.poll) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
+            if sleep_or_stop(config.poll, &mut stop).await {
                 return Ok(());
             }
         }
@@ -337,8 +418,86 @@ pub async fn run_replication(
     // Leases are released whatever happened, so another replicator can take over at once.
     let released = replicator.release_all().await;
     result?;
-    released?;
+    match released {
+        Ok(()) => {}
+        // stopping during an outage: the leases expire by themselves
+        Err(e) if !config.once && e.outage_class().is_some() => tracing::warn!(
+            class = e.outage_class(),
+            "leases not released (a store is out); they expire after the lease time"
+        ),
+        Err(e) => return Err(e),
+    }
     Ok(replicator.report(started, !config.once))
+}
+
+/// Sleeps `pause`, or less when `stop` turns true; returns whether it did.
+async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        changed = stop.changed() => {
+            if changed.is_err() {
+                // nobody can ask any more: just sleep
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    *stop.borrow()
+}
+
+/// A continuous run's handling of store outages (see [`run_replication`]).
+struct Outage<'a> {
+    config: &'a ReplicateConfig,
+    backoff: OutageBackoff,
+    since: Option<Instant>,
+}
+
+impl<'a> Outage<'a> {
+    fn new(config: &'a ReplicateConfig) -> Self {
+        Self {
+            config,
+            backoff: OutageBackoff::new(OutageBackoff::INITIAL, config.outage_backoff_cap),
+            since: None,
+        }
+    }
+
+    /// `Err(e)` when `e` is not an outage or the run is `--once`; otherwise waits the next
+    /// back-off and returns whether to try again (`false`: asked to stop meanwhile).
+    async fn wait(
+        &mut self,
+        e: ReplicateError,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ReplicateError> {
+        let class = match e.outage_class() {
+            Some(class) if !self.config.once => class,
+            _ => return Err(e),
+        };
+        self.since.get_or_insert_with(Instant::now);
+        self.config.health.retrying(class);
+        let delay = self.backoff.next_delay();
+        tracing::warn!(
+            class,
+            attempt = self.backoff.attempts(),
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "replication: a store is out; retrying"
+        );
+        Ok(!sleep_or_stop(delay, stop).await)
+    }
+
+    /// A cycle worked: the outage (if any) is over.
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                attempts = self.backoff.attempts(),
+                outage_seconds = since.elapsed().as_secs(),
+                "replication: stores reachable again; resumed"
+            );
+        }
+        self.backoff.reset();
+        self.config.health.running();
+    }
 }
 
 /// The run's shared state.

@@ -3,7 +3,7 @@
 //! Two kinds of figures: request counters and latency histograms, kept in the process by a
 //! middleware, and the dual-write router's store-write latencies and failures, which it reports
 //! to [`Metrics`] as its [`WriteObserver`]; and the migration's state (phase, retry journal,
-//! outbox, last verify, backfill ranges, replication lag), read from PostgreSQL at each scrape, so every replica reports the same shared state
+//! outbox, last verify, backfill ranges, replication lag, the long-runners' heartbeats), read from PostgreSQL at each scrape, so every replica reports the same shared state
 //! and nothing has to be pushed. When PostgreSQL does not answer, those gauges keep their last
 //! values and `mystira_postgres_up` drops to 0.
 
@@ -65,6 +65,12 @@ struct ContainerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    /// `replicate` or `relay`: never a host or a pid (unbounded).
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -80,6 +86,8 @@ pub struct Metrics {
     store_write_seconds: Family<StoreWriteLabels, Histogram>,
     dual_write_failures: Family<FailureLabels, Counter>,
     replication_lag: Family<ContainerLabels, FloatGauge>,
+    worker_heartbeat_age: Family<WorkerLabels, FloatGauge>,
+    workers_retrying: Family<WorkerLabels, Gauge>,
     postgres_up: Gauge,
     scrape_errors: Counter,
     phase: Gauge,
@@ -150,6 +158,20 @@ impl Metrics {
              -1 until every range has caught up once)",
             replication_lag.clone(),
         );
+        let worker_heartbeat_age = Family::<WorkerLabels, FloatGauge>::default();
+        registry.register(
+            "worker_heartbeat_age_seconds",
+            "Per kind of long-running worker (replicate, relay): seconds since the newest \
+             heartbeat any of them wrote (-1 when none has in the last day); a worker beats \
+             every 5 s while it runs, also while it waits out a store outage",
+            worker_heartbeat_age.clone(),
+        );
+        let workers_retrying = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "workers_retrying",
+            "Per kind of long-running worker: how many live ones are waiting out a store outage",
+            workers_retrying.clone(),
+        );
         let m = Self {
             registry,
             requests,
@@ -158,6 +180,8 @@ impl Metrics {
             store_write_seconds,
             dual_write_failures,
             replication_lag,
+            worker_heartbeat_age,
+            workers_retrying,
             postgres_up: Gauge::default(),
             scrape_errors: Counter::default(),
             phase: Gauge::default(),
@@ -287,6 +311,15 @@ impl Metrics {
                         .get_or_create(&ContainerLabels { container })
                         .set(lag.unwrap_or(-1.0));
                 }
+                for (kind, age, retrying) in s.workers {
+                    let labels = WorkerLabels {
+                        kind: kind.as_str().to_owned(),
+                    };
+                    self.worker_heartbeat_age
+                        .get_or_create(&labels)
+                        .set(age.unwrap_or(-1.0));
+                    self.workers_retrying.get_or_create(&labels).set(retrying);
+                }
             }
             Err(e) => {
                 self.postgres_up.set(0);
@@ -315,6 +348,7 @@ struct StateFigures {
     ranges_done: i64,
     ranges_total: i64,
     replication: Vec<(String, Option<f64>)>,
+    workers: Vec<(mystira_postgres::heartbeats::WorkerKind, Option<f64>, i64)>,
 }
 
 /// One round trip's worth of state (the times are the server's, so ages do not depend on
@@ -350,6 +384,9 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
     )
     .await
     .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let workers = mystira_postgres::heartbeats::beat_ages(&mut *tx)
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     tx.commit().await?;
     Ok(StateFigures {
         now,
@@ -362,6 +399,7 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
         ranges_done,
         ranges_total,
         replication,
+        workers,
     })
 }
 

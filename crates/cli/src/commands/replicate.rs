@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use mystira_cosmos_client::FeedMode;
+use mystira_migrate::heartbeat::{Heartbeat, this_process};
 use mystira_migrate::replicate::{
     ReplicateConfig, ReplicateReport, ReplicationMode, StartAt, run_replication,
 };
+use mystira_postgres::heartbeats::WorkerKind;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -81,6 +83,11 @@ pub struct ReplicateArgs {
     /// comparison [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub delete_grace_seconds: Option<u64>,
+
+    /// A continuous run waits out a store outage, never giving up: this is the longest wait
+    /// between two attempts (the wait starts at a second and doubles up to it) [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub max_retry_wait_seconds: Option<u64>,
 }
 
 fn parse_start(value: &str) -> Result<StartAt, String> {
@@ -127,6 +134,11 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
         delete_grace: args
             .delete_grace_seconds
             .map_or(defaults.delete_grace, Duration::from_secs),
+        outage_backoff_cap: args
+            .max_retry_wait_seconds
+            .map_or(defaults.outage_backoff_cap, |s| {
+                Duration::from_secs(s.max(1))
+            }),
         ..defaults
     };
     if config.feed_mode == FeedMode::AllVersionsAndDeletes && config.start != StartAt::Now {
@@ -139,6 +151,23 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
     }
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
     let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
+    // a continuous run keeps a heartbeat (`--once` is a one-off)
+    let heartbeat = if config.once {
+        None
+    } else {
+        let mode = serde_json::to_value(config.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let id = this_process(WorkerKind::Replicate, mode.as_deref());
+        Some(Heartbeat::start(&pool, id).await)
+    };
+    let config = ReplicateConfig {
+        health: heartbeat
+            .as_ref()
+            .map(Heartbeat::health)
+            .unwrap_or_default(),
+        ..config
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
@@ -151,8 +180,11 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
     let report = run_replication(&pool, &store, &config, stop_rx, &|report| {
         log_progress(&last_log, report);
     })
-    .await
-    .context("replication stopped")?;
+    .await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop().await;
+    }
+    let report = report.context("replication stopped")?;
     signals.abort();
     pool.close().await;
     Ok(outcome(&report))

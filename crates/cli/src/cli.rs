@@ -207,7 +207,15 @@ pub enum Command {
     /// or unmigrated database is an error (exit code 1). Exit code 0 otherwise.
     Report(ReportArgs),
 
-    /// Serve the user domain over HTTP (first slice: health, readiness and metrics).
+    /// The whole migration at a glance: the phase, its canary overrides and the gate of the
+    /// next move; the retry journal (the table, and this machine's local files); the outbox;
+    /// replication lag; the newest verify and backfill runs; the open quarantine; and what
+    /// needs attention now. Read-only. With --json an object with stable field names (see
+    /// docs/runbook.md). Exit code 0 when nothing needs attention, 3 when something does
+    /// (listed under `attention`, each with a stable code).
+    Status(crate::commands::StatusArgs),
+
+    /// Serve the user domain over HTTP: the domain API (JWT), admin, OpenAPI, health and metrics.
     ///
     /// Uses the database as every command does (the self-started cluster when none is
     /// configured) and the Cosmos account when one is configured. `/healthz` answers while the

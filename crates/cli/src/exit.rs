@@ -61,8 +61,9 @@ Exit codes:
   2  usage or configuration error (bad flag, unreadable or invalid config file)
   3  needs attention (db status: migrations pending, or an applied migration was edited;
      phase set/clear: refused by a gate; journal status/replay: entries wait;
-     relay --drain: rows left; quarantine: open entries; ledger check: the retry journal
-     table, the outbox or the local journal files still hold entries)
+     relay --drain: rows left; quarantine: open entries; status: something under
+     `attention`; ledger check: the retry journal table, the outbox or the local
+     journal files still hold entries)
   4  nothing to check (ledger check: the ledger holds no acknowledged write)";
 
 #[cfg(test)]

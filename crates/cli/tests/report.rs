@@ -335,3 +335,116 @@ async fn an_unreachable_or_unmigrated_database_is_an_error_with_exit_code_1() {
     .await;
     assert_eq!(tables, 0);
 }
+
+/// `status` (issue 34, item 8): after the main job, one read-only view that agrees with SQL and
+/// needs no attention; then an outbox row and a journal entry that have waited two minutes and
+/// a record in this machine's journal files make it exit 3, naming each by a stable code.
+#[tokio::test]
+async fn status_shows_the_migration_at_a_glance_and_exits_3_when_something_waits() {
+    let db = fresh_database("status").await;
+    let out = mystira(&db, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let journal_dir = tempfile::tempdir().unwrap();
+    let dir = journal_dir.path().to_str().unwrap().to_owned();
+
+    let status = |conn_db: &str| {
+        let out = mystira(conn_db, &["status", "--json", "--journal-dir", &dir]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = status(&db);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["phase"]["domain"]["phase"], "cosmos-only");
+    assert_eq!(report["attention"], serde_json::json!([]));
+    assert_eq!(report["latest_backfill"]["status"], "succeeded");
+    let mut conn = PgConnection::connect(&db).await.unwrap();
+    let open = count(
+        &mut conn,
+        "select count(*) from migration.quarantine where resolved_at is null",
+    )
+    .await;
+    let reported: i64 = report["quarantine"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|reasons| reasons.as_object().unwrap().values())
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert!(open > 0, "the sample has problem documents");
+    assert_eq!(reported, open);
+
+    // work that has waited longer than a router or relay would let it
+    sqlx::raw_sql(
+        "insert into migration.outbox (container, key, enqueued_at)
+             values ('Accounts', gen_random_uuid(), now() - interval '2 minutes');
+         insert into migration.retry_journal (container, document_id, op, source_ts, enqueued_at)
+             values ('Accounts', 'gone', 'delete', 1, now() - interval '2 minutes')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    std::fs::write(
+        journal_dir.path().join("journal-1-1.jsonl"),
+        "{\"container\":\"Accounts\",\"document_id\":\"x\",\"op\":\"delete\",\"key\":\"00000000-0000-0000-0000-000000000001\",\"source_ts\":1}\n",
+    )
+    .unwrap();
+    let (code, report) = status(&db);
+    assert_eq!(code, Some(3), "{report:#}");
+    let codes: Vec<&str> = report["attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["journal_backlog", "journal_files", "outbox_backlog"],
+        "{report:#}"
+    );
+    assert_eq!(report["journal"]["files"]["records"], 1);
+    assert_eq!(report["outbox"]["rows"], 1);
+
+    // phase 1 needs a replicator: none beats, and one died without saying so
+    let forced = mystira(
+        &db,
+        &[
+            "phase",
+            "set",
+            "dual-write-cosmos-read",
+            "--force",
+            "--reason",
+            "status test",
+            "--actor",
+            "test",
+        ],
+    );
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    sqlx::raw_sql(
+        "insert into migration.worker_heartbeats (worker, kind, host, pid, mode, beat_at)
+             values ('replicate@gone:7', 'replicate', 'gone', 7, 'auto',
+                     now() - interval '10 minutes')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (code, report) = status(&db);
+    assert_eq!(code, Some(3), "{report:#}");
+    let codes: Vec<&str> = report["attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"no_replicator"), "{report:#}");
+    assert!(codes.contains(&"worker_silent"), "{report:#}");
+    assert_eq!(report["workers"][0]["worker"], "replicate@gone:7");
+}

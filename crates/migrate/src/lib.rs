@@ -18,6 +18,7 @@ pub mod replicate;
 pub mod report;
 pub mod router;
 pub mod source;
+pub mod status;
 pub mod verify;
 pub mod write_bench;
 

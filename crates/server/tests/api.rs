@@ -356,6 +356,7 @@ async fn a_user_reaches_only_their_own_account_profiles_badges_and_scenarios(poo
     let admin_routes = [
         ("GET", "/v1/admin/phase"),
         ("GET", "/v1/admin/migration"),
+        ("GET", "/v1/admin/status"),
         ("GET", "/v1/admin/quarantine?container=Accounts"),
         ("DELETE", "/v1/admin/signups/expired"),
     ];
@@ -369,6 +370,21 @@ async fn a_user_reaches_only_their_own_account_profiles_badges_and_scenarios(poo
         .call("GET", "/v1/admin/migration", Some(&admin), None)
         .await;
     assert_eq!(state.body["retry_journal_entries"], 0, "{}", state.text);
+    // the status view: the service reads no local journal files (they are per machine)
+    let status = api
+        .call("GET", "/v1/admin/status", Some(&admin), None)
+        .await;
+    assert_eq!(
+        status.body["phase"]["domain"]["phase"], "cosmos-only",
+        "{}",
+        status.text
+    );
+    assert_eq!(
+        status.body["journal"]["table"]["entries"], 0,
+        "{}",
+        status.text
+    );
+    assert!(status.body["journal"]["files"].is_null(), "{}", status.text);
 
     // an admin may act on anyone's
     let seen = api

@@ -18,6 +18,7 @@ mod replicate;
 mod report;
 mod serve;
 mod source;
+mod status;
 mod stop;
 mod verify;
 
@@ -29,6 +30,7 @@ pub use phase::PhaseCommand;
 pub use relay::RelayArgs;
 pub use replicate::ReplicateArgs;
 pub use serve::{DevTokenArgs, ServeArgs};
+pub use status::StatusArgs;
 
 use crate::cli::Command;
 use crate::config::Settings;
@@ -61,6 +63,7 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Db(db) => db::run(db, settings).await,
         Command::Replicate(args) => replicate::run(args, settings).await,
         Command::Report(args) => report::run(args, settings).await,
+        Command::Status(args) => status::run(args, settings).await,
         Command::Serve(args) => serve::run(args, settings).await,
         Command::DevToken(args) => serve::dev_token(args, settings).await,
     }

@@ -31,6 +31,33 @@ pub async fn phase(State(state): State<AppState>, caller: Caller) -> Result<Json
     Ok(Json(serde_json::to_value(status).unwrap_or(Value::Null)))
 }
 
+/// The migration at a glance, as `mystira-users status --json` prints it: the phase, its
+/// overrides and the next gate, the retry journal table (`journal.files` is `null`: local
+/// journal files belong to the machine that holds them), the outbox, replication lag, the
+/// newest verify and backfill runs, the open quarantine by reason, and `attention`.
+#[utoipa::path(get, path = "/v1/admin/status", tag = "admin",
+    responses((status = 200, description = "the migration's status", body = Object), (status = 403)),
+    security(("bearer" = [])))]
+pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
+    caller.require_admin()?;
+    let report = mystira_migrate::status::collect(&state.pool, &state.gates, None)
+        .await
+        .map_err(|e| match e {
+            mystira_migrate::status::StatusError::Phase(e) => phase_problem(e),
+            mystira_migrate::status::StatusError::Store(e) => repo(e),
+            // no journal files are read here; anything else is the store's
+            other => {
+                tracing::warn!(error = %other, "admin status: reading the status failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the status cannot be read from PostgreSQL",
+                )
+            }
+        })?;
+    Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
+}
+
 /// The longest an HTTP caller may ask a phase change to wait for the outbox to drain (a
 /// longer wait belongs to `mystira-users phase set --wait-drain`, not to a request).
 const MAX_WAIT_DRAIN: Duration = Duration::from_secs(5);

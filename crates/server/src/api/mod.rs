@@ -78,6 +78,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/admin/outbox", get(admin::outbox))
         .route("/v1/admin/runs", get(admin::runs))
         .route("/v1/admin/migration", get(admin::migration))
+        .route("/v1/admin/status", get(admin::status))
         .route("/v1/admin/quarantine", get(admin::quarantine))
         .route("/v1/admin/signups/expired", delete(admin::cleanup_signups))
 }

@@ -50,6 +50,7 @@ use super::{accounts, admin, profiles, signups};
         admin::outbox,
         admin::runs,
         admin::migration,
+        admin::status,
         admin::quarantine,
         admin::cleanup_signups,
     ),

@@ -279,7 +279,7 @@ async fn write_kind<D: BulkDocument>(
 
 /// What copying one write that Cosmos took did (the router's phase-1 copy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Copied {
+pub enum Copied {
     /// Written, already there, or on record in the quarantine: PostgreSQL has dealt with it.
     Landed,
     /// Held back by a pending outbox row of its aggregate ([`WriteOutcome::HeldBack`]).
@@ -289,14 +289,23 @@ pub(crate) enum Copied {
 /// Copies one write Cosmos took (a document, or a delete) into PostgreSQL, saying whether the
 /// outbox rule held it back. A delete is never held back: it removes the rows, and a pending
 /// outbox row then delivers the removal.
-pub(crate) async fn copy_record(
+pub async fn copy_record(
     pool: &PgPool,
     record: &JournalRecord,
 ) -> Result<Copied, mystira_domain::RepoError> {
-    let JournalOp::Upsert { document } = &record.op else {
-        return crate::journal::apply_record(pool, record)
-            .await
-            .map(|()| Copied::Landed);
+    let document = match &record.op {
+        JournalOp::Upsert { document } => document,
+        JournalOp::Delete { key, source_ts } => {
+            bulk::delete_document(
+                pool,
+                &record.container,
+                &record.document_id,
+                *key,
+                *source_ts,
+            )
+            .await?;
+            return Ok(Copied::Landed);
+        }
     };
     let mut counts = ContainerCounts::default();
     let held_back = write_page_held_back(

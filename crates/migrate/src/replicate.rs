@@ -42,8 +42,10 @@
 //! was a process of this host that no longer exists). Containers are served in dependency
 //! order in every cycle (accounts before the profiles that point at them).
 //!
-//! **Lag**: per container, the seconds between now and the newest `_ts` applied, and the
-//! seconds since every range this process holds was last caught up.
+//! **Lag**: per container, the seconds since every range this process serves was last caught
+//! up (an upper bound on how far PostgreSQL is behind, near the poll interval while idle), and
+//! apart from it the age of the newest `_ts` applied (which is no lag: it grows while nothing
+//! is written).
 //!
 //! Nothing here logs ids, partition keys or document values: only containers, counts and
 //! timings.
@@ -232,10 +234,14 @@ pub struct ContainerReplication {
     pub ranges_served: u64,
     /// The newest `_ts` applied (epoch seconds).
     pub newest_ts: Option<i64>,
-    /// Seconds between now and `newest_ts` when the report was made.
+    /// How far behind Cosmos PostgreSQL may be for this container, an upper bound: seconds
+    /// since every range of it this process served was last caught up (everything Cosmos had
+    /// committed before that moment is applied). Stays near the poll interval while the
+    /// replicator is idle and caught up. `None`: not caught up yet.
     pub lag_seconds: Option<f64>,
-    /// Seconds since every range served was last caught up (`None`: not caught up yet).
-    pub since_caught_up_seconds: Option<f64>,
+    /// Seconds between now and `newest_ts`: how old the newest change seen is. Not a lag: it
+    /// grows while nothing is written to Cosmos.
+    pub newest_change_age_seconds: Option<f64>,
     /// Deletes reported by an all-versions-and-deletes feed.
     pub feed_deletes: u64,
 }
@@ -1010,11 +1016,13 @@ impl<'a> Replicator<'a> {
         let now = now_secs();
         let mut containers = state.containers.clone();
         for (name, c) in &mut containers {
-            c.lag_seconds = c.newest_ts.map(|ts| (now - ts).max(0) as f64);
-            c.since_caught_up_seconds = state
+            // the lag is the caught-up bound, not the age of the newest change: that one grows
+            // while nothing is written, however caught up the replicator is
+            c.lag_seconds = state
                 .caught_up_at
                 .get(name)
                 .map(|t| t.elapsed().as_secs_f64());
+            c.newest_change_age_seconds = c.newest_ts.map(|ts| (now - ts).max(0) as f64);
         }
         ReplicateReport {
             mode: self.config.mode,

@@ -198,7 +198,7 @@ async fn replicate_once_copies_direct_writes_after_a_backfill_and_a_second_run_c
     assert_eq!(accounts.counts.written, 8, "3 updates and 5 new accounts");
     assert_eq!(accounts.counts.unchanged, 17);
     assert_eq!(first.containers["UserProfiles"].counts.written, 0);
-    assert!(accounts.lag_seconds.is_some() && accounts.since_caught_up_seconds.is_some());
+    assert!(accounts.lag_seconds.is_some() && accounts.newest_change_age_seconds.is_some());
     for (n, id) in renamed.iter().enumerate() {
         let name: String = sqlx::query_scalar(
             "select a.display_name from accounts a
@@ -788,5 +788,83 @@ async fn the_change_feed_reads_a_document_changed_after_it_was_read(pool: PgPool
         first.containers["Accounts"].counts.read, 7,
         "six accounts, and the early one a second time"
     );
+    store.delete_database().await.unwrap();
+}
+
+/// Issue 34, item 10: an idle replicator that is caught up reports a lag near its poll
+/// interval, in its own report and in what `serve` exports from PostgreSQL, however long ago
+/// the newest change was written, and however old the rows an earlier run in the other mode
+/// left behind are.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn an_idle_caught_up_replicator_reports_a_lag_near_its_poll_interval(pool: PgPool) {
+    let store = seeded_store(5, 12).await;
+    // an earlier run in watermark mode, ten minutes ago
+    once(
+        &pool,
+        &store,
+        &ReplicateConfig {
+            mode: ReplicationMode::Watermark,
+            ..config("earlier-watermark")
+        },
+    )
+    .await;
+    sqlx::query(
+        "update migration.work_ranges set caught_up_at = now() - interval '10 minutes'
+         where job = 'replicate-watermark'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let continuous = ReplicateConfig {
+        once: false,
+        poll: Duration::from_millis(100),
+        delete_check_every: None,
+        ..config("idle-replicator")
+    };
+    let latest: Mutex<Option<mystira_migrate::replicate::ReplicateReport>> = Mutex::new(None);
+    let (stop, stop_rx) = watch::channel(false);
+    let record = |r: &mystira_migrate::replicate::ReplicateReport| {
+        *latest.lock().unwrap() = Some(r.clone());
+    };
+    let replicate = run_replication(&pool, &store, &continuous, stop_rx, &record);
+    let driver = async {
+        // idle long enough that the newest change is clearly older than the poll interval
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let accounts = loop {
+            let report = latest.lock().unwrap().clone();
+            if let Some(accounts) = report.and_then(|r| r.containers.get("Accounts").cloned())
+                && accounts.newest_change_age_seconds.is_some_and(|a| a >= 3.0)
+            {
+                break accounts;
+            }
+            assert!(Instant::now() < deadline, "the replicator never went idle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lag = accounts.lag_seconds.expect("caught up");
+        assert!(
+            lag < 2.0,
+            "an idle, caught-up replicator reports a lag of {lag} s (the newest change is {:?} s old)",
+            accounts.newest_change_age_seconds
+        );
+        let exported = mystira_postgres::leases::caught_up_lag(
+            &pool,
+            &[
+                mystira_migrate::replicate::JOB,
+                mystira_migrate::replicate::WATERMARK_JOB,
+            ],
+        )
+        .await
+        .unwrap();
+        for (container, lag) in exported {
+            let lag = lag.expect("caught up");
+            assert!(
+                lag < 2.0,
+                "{container}: the exported lag is {lag} s while the replicator is idle"
+            );
+        }
+        stop.send(true).unwrap();
+    };
+    let (report, ()) = tokio::join!(replicate, driver);
+    assert!(report.unwrap().stopped);
     store.delete_database().await.unwrap();
 }

@@ -274,19 +274,31 @@ pub async fn mark_caught_up(
 }
 
 /// Per unit of `jobs`: seconds since its least recently caught-up range caught up (by the
-/// server's clock), or `None` while a range of it has never caught up.
+/// server's clock), or `None` while a range of it has never caught up. When several of `jobs`
+/// have ranges of a unit (replication ran in one mode, then in another), only the job whose
+/// ranges caught up most recently counts: the other's rows stay behind unserved, and their
+/// old times would make the lag grow while the running replicator is idle and caught up.
 pub async fn caught_up_lag<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     jobs: &[&str],
 ) -> Result<Vec<(String, Option<f64>)>> {
     let jobs: Vec<String> = jobs.iter().map(|j| (*j).to_owned()).collect();
     sqlx::query_as(
-        "select unit,
-                case when bool_or(caught_up_at is null) then null
-                     else extract(epoch from now() - min(caught_up_at))::float8 end
-         from migration.work_ranges
-         where job = any($1)
-         group by unit
+        "with per_job as (
+             select unit, bool_or(caught_up_at is null) as never,
+                    min(caught_up_at) as oldest, max(caught_up_at) as newest
+             from migration.work_ranges
+             where job = any($1)
+             group by job, unit
+         ), current as (
+             select distinct on (unit) unit, never, oldest
+             from per_job
+             order by unit, newest desc nulls last
+         )
+         select unit,
+                case when never then null
+                     else extract(epoch from now() - oldest)::float8 end
+         from current
          order by unit",
     )
     .bind(&jobs)

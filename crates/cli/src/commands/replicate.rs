@@ -208,7 +208,7 @@ fn log_progress(last: &Mutex<Instant>, report: &ReplicateReport) {
             unchanged = c.counts.unchanged,
             quarantined = c.counts.quarantined,
             lag_seconds = c.lag_seconds,
-            since_caught_up_seconds = c.since_caught_up_seconds,
+            newest_change_age_seconds = c.newest_change_age_seconds,
             "replication progress"
         );
     }
@@ -231,14 +231,7 @@ fn outcome(report: &ReplicateReport) -> Outcome {
     );
     human.push_str(&format!(
         "  {:<15} {:>8} {:>8} {:>9} {:>11} {:>7} {:>9} {:>12}\n",
-        "container",
-        "read",
-        "written",
-        "unchanged",
-        "quarantined",
-        "ranges",
-        "lag s",
-        "caught up s"
+        "container", "read", "written", "unchanged", "quarantined", "ranges", "lag s", "newest s"
     ));
     let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}"));
     for (container, c) in &report.containers {
@@ -251,7 +244,7 @@ fn outcome(report: &ReplicateReport) -> Outcome {
             c.counts.quarantined,
             c.ranges_served,
             secs(c.lag_seconds),
-            secs(c.since_caught_up_seconds),
+            secs(c.newest_change_age_seconds),
         ));
     }
     for (container, d) in &report.deletes {

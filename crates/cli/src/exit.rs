@@ -15,6 +15,10 @@ pub enum Exit {
     /// The command had nothing to work on, so its answer proves nothing (`ledger check`: the
     /// ledger holds no acknowledged write).
     NothingToCheck,
+    /// A change that needs a person's confirmation did not get it (`phase set/clear` out of
+    /// postgres-only: no terminal to type it in and no `--yes`, or the typed text did not
+    /// match). Nothing was changed.
+    NotConfirmed,
 }
 
 impl Exit {
@@ -25,6 +29,7 @@ impl Exit {
             Self::Usage => 2,
             Self::Attention => 3,
             Self::NothingToCheck => 4,
+            Self::NotConfirmed => 5,
         }
     }
 
@@ -64,7 +69,9 @@ Exit codes:
      relay --drain: rows left; quarantine: open entries; status: something under
      `attention`; ledger check: the retry journal table, the outbox or the local
      journal files still hold entries)
-  4  nothing to check (ledger check: the ledger holds no acknowledged write)";
+  4  nothing to check (ledger check: the ledger holds no acknowledged write)
+  5  not confirmed (phase set/clear out of postgres-only: no terminal for the typed
+     confirmation and no --yes, or the typed text did not match); nothing changed";
 
 #[cfg(test)]
 mod tests {
@@ -91,6 +98,7 @@ mod tests {
             Exit::Usage,
             Exit::Attention,
             Exit::NothingToCheck,
+            Exit::NotConfirmed,
         ] {
             assert!(EXIT_CODES_HELP.contains(&format!("\n  {}  ", exit.code())));
         }

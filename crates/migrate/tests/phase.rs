@@ -1,14 +1,20 @@
 //! Phase control against a real, freshly migrated database per test: every gate refuses with
 //! the condition it names and opens once the condition is met (runs, journal and outbox rows
-//! are seeded directly), forcing is audited, backward moves need no verify but may not strand
-//! outbox rows, canary overrides pass the same gates, and a `PhaseWatcher` sees a change
-//! within 2 s through NOTIFY, through polling alone, and after losing its connections.
+//! are seeded directly), the gate into phase 3 needs clean verifies in both directions and a
+//! refusal names the command of the right direction, forcing is audited, backward moves need
+//! no verify but may not strand outbox rows, leaving phase 3 goes through phase 2 and a
+//! PostgreSQL-to-Cosmos verify started after it, canary overrides pass the same gates and name
+//! an existing account, a domain move clears (or keeps) the overrides it leaves on the wrong
+//! side, a dry run writes nothing, a move out of phase 3 waits for confirmation, and a
+//! `PhaseWatcher` sees a change within 2 s through NOTIFY, through polling alone, and after
+//! losing its connections.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use mystira_migrate::phase::{
-    self, ChangeOptions, DecisionKind, GateConfig, Phase, PhaseError, PhaseSnapshot, PhaseWatcher,
+    self, ChangeOptions, DecisionKind, GateConfig, OverrideAction, OverrideEffect,
+    OverridePosition, Phase, PhaseError, PhaseSnapshot, PhaseWatcher, VerifyDirection,
     WATCHER_APPLICATION_NAME, WatcherOptions,
 };
 use mystira_postgres::phase::{self as store, ChangeRequest, Ungated};
@@ -27,6 +33,9 @@ fn options(reason: &str) -> ChangeOptions {
         force: false,
         gates: GateConfig::default(),
         wait_drain: None,
+        keep_overrides: false,
+        dry_run: false,
+        confirmed: true,
     }
 }
 
@@ -80,6 +89,65 @@ async fn seed_verify(pool: &PgPool, clean: bool, hours_ago: i32) {
     .execute(pool)
     .await
     .unwrap();
+}
+
+/// A verify run of the whole key space in `direction` that started `started_ago_secs` ago and
+/// took a second: clean or with drift.
+async fn seed_verify_in(
+    pool: &PgPool,
+    direction: VerifyDirection,
+    clean: bool,
+    started_ago_secs: i32,
+) {
+    let (status, outcome) = if clean {
+        ("succeeded", "clean")
+    } else {
+        ("failed", "drift")
+    };
+    sqlx::query(
+        "insert into migration.runs (job, source, started_at, finished_at, status, counts, scope)
+         values ('verify', 'test', now() - make_interval(secs => $1),
+                 now() - make_interval(secs => $1 - 1), $2,
+                 jsonb_build_object('outcome', $3::text),
+                 jsonb_build_object('first_bucket', 0, 'last_bucket', 255, 'direction', $4::text))",
+    )
+    .bind(started_ago_secs)
+    .bind(status)
+    .bind(outcome)
+    .bind(direction.name())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Moves every audit row that left phase 3 `secs` into the past (as if it had happened then).
+async fn backdate_phase_3_exits(pool: &PgPool, secs: i32) {
+    sqlx::query(
+        "update migration.phase_transitions set changed_at = changed_at - make_interval(secs => $1)
+         where from_phase = 'postgres-only'",
+    )
+    .bind(secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// An account row PostgreSQL holds (an override must name one), written as a copy from the
+/// source would be: no outbox row (the outbox gates are not what these tests are about).
+async fn an_account(pool: &PgPool) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("select set_config('mystira.keep_source_timestamps', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("insert into accounts (id, email) values ($1, 'canary@example.com')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    id
 }
 
 async fn seed_journal(pool: &PgPool, rows: i32) {
@@ -232,28 +300,118 @@ mod gates {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn postgres_only_needs_an_empty_outbox_and_a_recent_clean_verify(pool: PgPool) {
+    async fn postgres_only_needs_an_empty_outbox_and_recent_clean_verifies_both_ways(pool: PgPool) {
         start_in(&pool, Phase::DualWritePostgresRead).await;
         let to = Phase::PostgresOnly;
         seed_outbox(&pool, 4, 15).await;
         let d = phase::set_phase(&pool, to, None, &options("go"))
             .await
             .unwrap();
-        assert_eq!(codes(&d), ["outbox_not_empty", "verify_missing"]);
+        assert_eq!(
+            codes(&d),
+            [
+                "outbox_not_empty",
+                "verify_missing",
+                "verify_pg_to_cosmos_missing"
+            ]
+        );
+        // each verify condition names the command of its own direction
+        assert!(
+            d.unmet[1].to_string().contains("`mystira-users verify`"),
+            "{}",
+            d.unmet[1]
+        );
+        assert!(
+            d.unmet[2]
+                .to_string()
+                .contains("`mystira-users verify --direction pg-to-cosmos`"),
+            "{}",
+            d.unmet[2]
+        );
 
+        // a clean Cosmos-to-PostgreSQL verify alone does not open it (issue 34, item 3)
         clear(&pool, "outbox").await;
-        seed_verify(&pool, true, 25).await;
+        seed_verify(&pool, true, 0).await;
         let d = phase::set_phase(&pool, to, None, &options("go"))
             .await
             .unwrap();
-        assert_eq!(codes(&d), ["verify_too_old"]);
+        assert_eq!(codes(&d), ["verify_pg_to_cosmos_missing"]);
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        let next: Vec<_> = status.next_unmet.iter().map(|c| c.code()).collect();
+        assert_eq!(next, ["verify_pg_to_cosmos_missing"], "phase show agrees");
 
-        seed_verify(&pool, true, 0).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 25 * 3600).await;
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["verify_pg_to_cosmos_too_old"]);
+
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 60).await;
         let d = phase::set_phase(&pool, to, None, &options("archive cosmos"))
             .await
             .unwrap();
         assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
         assert_eq!(domain_phase(&pool).await, to);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn the_directions_do_not_stand_in_for_each_other(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 60).await;
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["verify_missing"]);
+        // drift found towards Cosmos does not close the gate into 2 either
+        seed_verify(&pool, true, 0).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, false, 0).await;
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn drift_advice_names_the_repair_from_the_primary_store(pool: PgPool) {
+        // phase 1: Cosmos is the primary, `verify --repair` re-copies from it
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        seed_verify(&pool, true, 2).await;
+        seed_verify(&pool, false, 1).await;
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["verify_drift_since_clean"]);
+        let message = d.unmet[0].to_string();
+        assert!(
+            message.contains("`mystira-users verify --repair`"),
+            "{message}"
+        );
+
+        // phase 2: PostgreSQL is the primary: the repair delivers its state to Cosmos
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 120).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, false, 60).await;
+        let d = phase::set_phase(&pool, Phase::PostgresOnly, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(
+            codes(&d),
+            [
+                "verify_drift_since_clean",
+                "verify_pg_to_cosmos_drift_since_clean"
+            ]
+        );
+        for c in &d.unmet {
+            let message = c.to_string();
+            assert!(
+                message.contains("`mystira-users verify --direction pg-to-cosmos --repair`"),
+                "{message}"
+            );
+        }
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["unmet"][1]["direction"], "pg-to-cosmos");
+        assert_eq!(json["unmet"][1]["repair_direction"], "pg-to-cosmos");
+        assert_eq!(json["unmet"][1]["check"], "verify_pg_to_cosmos");
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -270,12 +428,14 @@ mod gates {
                 "backfill_never_run",
                 "verify_missing",
                 "retry_journal_not_empty",
-                "outbox_not_empty"
+                "outbox_not_empty",
+                "verify_pg_to_cosmos_missing"
             ]
         );
 
         seed_backfill(&pool, "succeeded", 5).await;
         seed_verify(&pool, true, 0).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 30).await;
         clear(&pool, "retry_journal").await;
         clear(&pool, "outbox").await;
         let d = phase::set_phase(&pool, Phase::PostgresOnly, None, &options("all met"))
@@ -320,13 +480,9 @@ mod backward {
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn backward_moves_need_no_verify_or_backfill(pool: PgPool) {
-        start_in(&pool, Phase::PostgresOnly).await;
+        start_in(&pool, Phase::DualWritePostgresRead).await;
         seed_journal(&pool, 3).await;
-        for to in [
-            Phase::DualWritePostgresRead,
-            Phase::DualWriteCosmosRead,
-            Phase::CosmosOnly,
-        ] {
+        for to in [Phase::DualWriteCosmosRead, Phase::CosmosOnly] {
             let d = phase::set_phase(&pool, to, None, &options("roll back"))
                 .await
                 .unwrap();
@@ -334,6 +490,160 @@ mod backward {
             assert!(!d.forced);
             assert_eq!(domain_phase(&pool).await, to);
         }
+        // out of phase 3 into phase 2 is open too
+        start_in(&pool, Phase::PostgresOnly).await;
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("back"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn leaving_postgres_only_for_a_cosmos_read_phase_must_go_through_phase_2(pool: PgPool) {
+        start_in(&pool, Phase::PostgresOnly).await;
+        // even with a clean verify towards Cosmos: phase-3 writes go on while it runs
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 1).await;
+        for to in [Phase::DualWriteCosmosRead, Phase::CosmosOnly] {
+            let d = phase::set_phase(&pool, to, None, &options("roll back"))
+                .await
+                .unwrap();
+            assert_eq!(d.result, DecisionKind::Refused, "{}", d.summary());
+            assert_eq!(codes(&d), ["postgres_only_exit_skips_phase_2"]);
+            let message = d.unmet[0].to_string();
+            assert!(
+                message.contains("`mystira-users phase set dual-write-postgres-read --reason")
+                    && message.contains("`mystira-users verify --direction pg-to-cosmos --repair`"),
+                "{message}"
+            );
+        }
+        assert_eq!(domain_phase(&pool).await, Phase::PostgresOnly);
+        // --force stays the way past, audited
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &forced("incident"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
+        assert!(d.forced);
+        assert_eq!(codes(&d), ["postgres_only_exit_skips_phase_2"]);
+        assert!(phase::history(&pool, 1).await.unwrap()[0].forced);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn after_phase_3_cosmos_read_needs_a_clean_pg_to_cosmos_verify_started_after_leaving(
+        pool: PgPool,
+    ) {
+        start_in(&pool, Phase::PostgresOnly).await;
+        // clean before phase 3 was left: proves nothing about the writes made in it
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 120).await;
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("back"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
+        let to = Phase::DualWriteCosmosRead;
+        let d = phase::set_phase(&pool, to, None, &options("roll back"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused, "{}", d.summary());
+        assert_eq!(codes(&d), ["pg_to_cosmos_unverified_since_phase_3"]);
+        let message = d.unmet[0].to_string();
+        assert!(
+            message.contains("`mystira-users verify --direction pg-to-cosmos --repair`"),
+            "{message}"
+        );
+
+        // phase 3 was left a minute ago: a verify that started 55 s ago began inside the
+        // settling time (calls that read phase 3 may still have been writing); 45 s ago is after
+        backdate_phase_3_exits(&pool, 60).await;
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 55).await;
+        let d = phase::set_phase(&pool, to, None, &options("roll back"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["pg_to_cosmos_unverified_since_phase_3"]);
+        // a clean verify of the other direction does not count either
+        seed_verify(&pool, true, 0).await;
+        let d = phase::set_phase(&pool, to, None, &options("roll back"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["pg_to_cosmos_unverified_since_phase_3"]);
+
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 45).await;
+        // ... but drift found after it closes the gate again, until a repair verifies clean
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, false, 30).await;
+        let d = phase::set_phase(&pool, to, None, &options("roll back"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["verify_pg_to_cosmos_drift_since_clean"]);
+        seed_verify_in(&pool, VerifyDirection::PgToCosmos, true, 10).await;
+        let d = phase::set_phase(&pool, to, None, &options("repaired"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!(domain_phase(&pool).await, to);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_canary_leaving_phase_3_is_held_to_the_same_rule(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let canary = an_account(&pool).await;
+        let db = &pool;
+        let pin = move |p| async move {
+            phase::set_phase(db, p, Some(canary), &forced("canary"))
+                .await
+                .unwrap()
+        };
+        pin(Phase::PostgresOnly).await;
+        // clearing it returns it to phase 1 straight from 3
+        let d = phase::clear_override(&pool, canary, &options("done"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(codes(&d), ["postgres_only_exit_skips_phase_2"]);
+        assert!(
+            d.unmet[0]
+                .to_string()
+                .contains(&format!("--account {canary}")),
+            "{}",
+            d.unmet[0]
+        );
+        pin(Phase::DualWritePostgresRead).await;
+        let d = phase::clear_override(&pool, canary, &options("done"))
+            .await
+            .unwrap();
+        assert_eq!(codes(&d), ["pg_to_cosmos_unverified_since_phase_3"]);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_move_out_of_postgres_only_needs_confirmation(pool: PgPool) {
+        start_in(&pool, Phase::PostgresOnly).await;
+        let unconfirmed = ChangeOptions {
+            confirmed: false,
+            ..options("back")
+        };
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &unconfirmed)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::NeedsConfirmation, "{}", d.summary());
+        assert!(d.confirmation_required);
+        assert!(d.transition.is_none());
+        assert_eq!(domain_phase(&pool).await, Phase::PostgresOnly);
+        // a dry run says so without asking
+        let dry = ChangeOptions {
+            dry_run: true,
+            ..unconfirmed.clone()
+        };
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &dry)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::WouldApply);
+        assert!(d.confirmation_required);
+        // a refused move is refused, not asked about
+        let d = phase::set_phase(&pool, Phase::CosmosOnly, None, &unconfirmed)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("back"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -419,7 +729,7 @@ mod overrides {
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn a_canary_override_passes_the_same_gates_as_the_domain(pool: PgPool) {
-        let canary = Uuid::new_v4();
+        let canary = an_account(&pool).await;
         let to = Phase::DualWritePostgresRead;
         let d = phase::set_phase(&pool, to, Some(canary), &options("canary"))
             .await
@@ -445,7 +755,7 @@ mod overrides {
 
         let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
         assert_eq!(status.overrides.len(), 1);
-        assert_eq!(status.overrides[0].phase, to);
+        assert_eq!(status.overrides[0].details.phase, to);
 
         // back to the domain phase (0) strands outbox rows: refused like a domain rollback
         seed_outbox(&pool, 1, 0).await;
@@ -481,6 +791,292 @@ mod overrides {
             "{}",
             status.summary()
         );
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn an_override_must_name_an_account_postgresql_holds(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let unknown = Uuid::new_v4();
+        // no other gate in the way: pinning it in the domain phase, or moving it back
+        for to in [Phase::DualWriteCosmosRead, Phase::CosmosOnly] {
+            let d = phase::set_phase(&pool, to, Some(unknown), &options("canary"))
+                .await
+                .unwrap();
+            assert_eq!(d.result, DecisionKind::Refused, "{}", d.summary());
+            assert_eq!(codes(&d), ["account_not_found"]);
+        }
+        assert!(
+            phase::status(&pool, &GateConfig::default())
+                .await
+                .unwrap()
+                .overrides
+                .is_empty()
+        );
+        let known = an_account(&pool).await;
+        let d = phase::set_phase(&pool, Phase::CosmosOnly, Some(known), &options("canary"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        // forced: set anyway (an account Cosmos holds that is not copied yet), and shown so
+        let d = phase::set_phase(
+            &pool,
+            Phase::CosmosOnly,
+            Some(unknown),
+            &forced("not copied"),
+        )
+        .await
+        .unwrap();
+        assert!(d.forced);
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        let shown = status
+            .overrides
+            .iter()
+            .find(|o| o.details.account_id == unknown)
+            .unwrap();
+        assert!(!shown.account_exists);
+        assert!(
+            status.summary().contains("no such account"),
+            "{}",
+            status.summary()
+        );
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_rollback_clears_the_canary_it_leaves_ahead_with_an_audit_row(pool: PgPool) {
+        // the issue's case: a canary in phase 2, the domain follows, then rolls back to 1
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let canary = an_account(&pool).await;
+        phase::set_phase(
+            &pool,
+            Phase::DualWritePostgresRead,
+            Some(canary),
+            &forced("canary"),
+        )
+        .await
+        .unwrap();
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        let d = phase::set_phase(
+            &pool,
+            Phase::DualWriteCosmosRead,
+            None,
+            &options("roll back"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!(d.overrides.len(), 1);
+        assert_eq!(d.overrides[0].account_id, canary);
+        assert_eq!(d.overrides[0].action, OverrideAction::Cleared);
+        assert!(d.summary().contains("cleared"), "{}", d.summary());
+        assert_eq!(
+            d.transition.as_ref().unwrap().overrides_cleared,
+            vec![canary]
+        );
+        // the canary is back on Cosmos with the rest
+        let (_, overrides) = store::load_all(&pool).await.unwrap();
+        assert!(overrides.is_empty(), "{overrides:?}");
+        let audit = phase::history(&pool, 5).await.unwrap();
+        let row = audit.iter().find(|t| t.account_id == Some(canary)).unwrap();
+        assert_eq!(
+            (row.from_phase, row.to_phase),
+            (Phase::DualWritePostgresRead, Phase::DualWriteCosmosRead)
+        );
+
+        // forward into 3 with a canary pinned in 2: left behind, its writes would still
+        // reach Cosmos; it is cleared and moves into 3 with the domain
+        let behind = an_account(&pool).await;
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        phase::set_phase(
+            &pool,
+            Phase::DualWritePostgresRead,
+            Some(behind),
+            &forced("pin"),
+        )
+        .await
+        .unwrap();
+        let d = phase::set_phase(&pool, Phase::PostgresOnly, None, &forced("cutover"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied);
+        assert_eq!(d.overrides.len(), 1, "{:?}", d.overrides);
+        assert_eq!(d.overrides[0].account_id, behind);
+        assert_eq!(d.overrides[0].action, OverrideAction::Cleared);
+        let (state, overrides) = store::load_all(&pool).await.unwrap();
+        assert_eq!(state.phase, Phase::PostgresOnly);
+        assert!(overrides.is_empty(), "{overrides:?}");
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn keep_overrides_keeps_them_and_the_domain_row_says_so(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let canary = an_account(&pool).await;
+        phase::set_phase(
+            &pool,
+            Phase::DualWritePostgresRead,
+            Some(canary),
+            &forced("canary"),
+        )
+        .await
+        .unwrap();
+        let keep = ChangeOptions {
+            keep_overrides: true,
+            ..options("roll back, canary stays")
+        };
+        let d = phase::set_phase(&pool, Phase::CosmosOnly, None, &keep)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+        assert_eq!(d.overrides[0].action, OverrideAction::Kept);
+        let t = d.transition.unwrap();
+        assert_eq!(t.overrides_kept, vec![canary]);
+        assert!(t.overrides_cleared.is_empty());
+        let (_, overrides) = store::load_all(&pool).await.unwrap();
+        assert_eq!(overrides.get(&canary), Some(&Phase::DualWritePostgresRead));
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_cleared_canary_passes_the_gate_of_its_own_move(pool: PgPool) {
+        // domain in 2, a canary in 3; rolling the domain back to 1 would take the canary
+        // straight from 3 to 1
+        start_in(&pool, Phase::DualWritePostgresRead).await;
+        let canary = an_account(&pool).await;
+        phase::set_phase(&pool, Phase::PostgresOnly, Some(canary), &forced("canary"))
+            .await
+            .unwrap();
+        let d = phase::set_phase(
+            &pool,
+            Phase::DualWriteCosmosRead,
+            None,
+            &options("roll back"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused, "{}", d.summary());
+        assert_eq!(codes(&d), ["postgres_only_exit_skips_phase_2"]);
+        let message = d.unmet[0].to_string();
+        assert!(
+            message.contains(&canary.to_string()) && message.contains("--keep-overrides"),
+            "{message}"
+        );
+        assert_eq!(domain_phase(&pool).await, Phase::DualWritePostgresRead);
+        // keeping the canary in 3, the domain may go (nothing left phase 3)
+        let keep = ChangeOptions {
+            keep_overrides: true,
+            ..options("roll back, canary stays")
+        };
+        let d = phase::set_phase(&pool, Phase::DualWriteCosmosRead, None, &keep)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn status_lists_each_override_with_what_the_next_move_and_a_rollback_mean(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let (ahead, behind) = (an_account(&pool).await, an_account(&pool).await);
+        phase::set_phase(
+            &pool,
+            Phase::DualWritePostgresRead,
+            Some(ahead),
+            &forced("canary"),
+        )
+        .await
+        .unwrap();
+        phase::set_phase(&pool, Phase::CosmosOnly, Some(behind), &forced("held back"))
+            .await
+            .unwrap();
+        let status = phase::status(&pool, &GateConfig::default()).await.unwrap();
+        let of = |id| {
+            status
+                .overrides
+                .iter()
+                .find(|o| o.details.account_id == id)
+                .unwrap()
+        };
+        let a = of(ahead);
+        assert_eq!(a.position, OverridePosition::Ahead);
+        assert_eq!(a.on_next.as_ref().unwrap().effect, OverrideEffect::Pins);
+        assert_eq!(
+            a.on_rollback.as_ref().unwrap().effect,
+            OverrideEffect::WrongSide
+        );
+        let b = of(behind);
+        assert_eq!(b.position, OverridePosition::Behind);
+        assert_eq!(
+            b.on_next.as_ref().unwrap().effect,
+            OverrideEffect::WrongSide
+        );
+        assert_eq!(b.on_rollback.as_ref().unwrap().effect, OverrideEffect::Pins);
+        let json = serde_json::to_value(&status).unwrap();
+        let first = &json["overrides"][0];
+        for field in [
+            "account_id",
+            "phase",
+            "account_exists",
+            "position",
+            "on_next",
+            "on_rollback",
+        ] {
+            assert!(!first[field].is_null(), "{field} missing: {first}");
+        }
+        assert!(first["on_next"]["meaning"].is_string());
+        let text = status.summary();
+        assert!(
+            text.contains("on next:") && text.contains("--keep-overrides"),
+            "{text}"
+        );
+        // the next move's gate counts the held-back account's own move (0 to 2)
+        let next: Vec<_> = status.next_unmet.iter().map(|c| c.code()).collect();
+        assert_eq!(next, ["verify_missing", "backfill_never_run"]);
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_dry_run_lists_every_check_and_the_overrides_and_writes_nothing(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        let behind = an_account(&pool).await;
+        phase::set_phase(&pool, Phase::CosmosOnly, Some(behind), &forced("held back"))
+            .await
+            .unwrap();
+        seed_verify(&pool, true, 0).await;
+        seed_journal(&pool, 1).await;
+        let before = phase::history(&pool, 100).await.unwrap().len();
+        let dry = ChangeOptions {
+            dry_run: true,
+            ..options("try")
+        };
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &dry)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::WouldRefuse, "{}", d.summary());
+        assert!(d.dry_run && d.transition.is_none());
+        let gates: Vec<_> = d.gates.iter().map(|g| (g.check, g.passed)).collect();
+        assert_eq!(
+            gates,
+            [
+                ("verify_cosmos_to_pg", true),
+                ("retry_journal", false),
+                ("backfill", false)
+            ],
+            "the domain's 1 to 2, then the cleared canary's 0 to 2"
+        );
+        assert_eq!(d.overrides[0].account_id, behind);
+        assert_eq!(d.overrides[0].action, OverrideAction::Cleared);
+        let text = d.summary();
+        assert!(
+            text.contains("DRY RUN") && text.contains("FAIL  retry_journal"),
+            "{text}"
+        );
+        assert_eq!(phase::history(&pool, 100).await.unwrap().len(), before);
+        assert_eq!(domain_phase(&pool).await, Phase::DualWriteCosmosRead);
+
+        // forced: it would apply, forced; still nothing written
+        let dry_forced = ChangeOptions { force: true, ..dry };
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &dry_forced)
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::WouldApply);
+        assert!(d.forced);
+        assert_eq!(phase::history(&pool, 100).await.unwrap().len(), before);
     }
 }
 

@@ -13,10 +13,18 @@
 //! requires is the caller's business (`mystira-migrate` holds the rules); this module only
 //! guarantees lock, gate, write and audit happen atomically.
 //!
+//! # Overrides a domain move leaves on the wrong side
+//! A domain move from `from` to `to` leaves an override on the wrong side when it is behind the
+//! new domain phase after a forward move, or ahead of it after a backward one
+//! ([`left_on_wrong_side`]). The move clears those overrides in the same transaction (each
+//! account gets its own audit row, and the gate is asked about each account's move too), or
+//! with [`ChangeFlags::keep_overrides`] keeps them; the domain's audit row lists them either
+//! way (`overrides_cleared`, `overrides_kept`).
+//!
 //! # Gate facts
-//! [`latest_run`], [`verify_facts`], [`retry_journal_len`] and [`outbox_backlog`] read what
-//! the gates decide on; they are generic over the executor so a gate reads them inside the
-//! locked transaction.
+//! [`latest_run`], [`verify_facts`], [`verify_facts_for`], [`left_postgres_only_at`],
+//! [`account_exists`], [`retry_journal_len`] and [`outbox_backlog`] read what the gates decide
+//! on; they are generic over the executor so a gate reads them inside the locked transaction.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -242,6 +250,11 @@ pub struct Transition {
     pub forced: bool,
     /// The canary account the change was about; `None` for the domain-wide phase.
     pub account_id: Option<Uuid>,
+    /// A domain move: the overrides it left on the wrong side and kept (`--keep-overrides`).
+    pub overrides_kept: Vec<Uuid>,
+    /// A domain move: the overrides it left on the wrong side and cleared (each also has a
+    /// transition row of its own).
+    pub overrides_cleared: Vec<Uuid>,
 }
 
 type TransitionRow = (
@@ -253,10 +266,26 @@ type TransitionRow = (
     String,
     bool,
     Option<Uuid>,
+    Vec<Uuid>,
+    Vec<Uuid>,
 );
 
+const TRANSITION_COLUMNS: &str = "id, from_phase, to_phase, changed_at, changed_by, reason, \
+                                  forced, account_id, overrides_kept, overrides_cleared";
+
 fn transition_of(row: TransitionRow) -> Result<Transition, RepoError> {
-    let (id, from, to, changed_at, changed_by, reason, forced, account_id) = row;
+    let (
+        id,
+        from,
+        to,
+        changed_at,
+        changed_by,
+        reason,
+        forced,
+        account_id,
+        overrides_kept,
+        overrides_cleared,
+    ) = row;
     Ok(Transition {
         id,
         from_phase: parse_stored(&from)?,
@@ -266,6 +295,8 @@ fn transition_of(row: TransitionRow) -> Result<Transition, RepoError> {
         reason,
         forced,
         account_id,
+        overrides_kept,
+        overrides_cleared,
     })
 }
 
@@ -274,10 +305,9 @@ pub async fn history<'e>(
     exec: impl PgExecutor<'e>,
     limit: i64,
 ) -> Result<Vec<Transition>, RepoError> {
-    let rows: Vec<TransitionRow> = sqlx::query_as(
-        "select id, from_phase, to_phase, changed_at, changed_by, reason, forced, account_id
-         from migration.phase_transitions order by id desc limit $1",
-    )
+    let rows: Vec<TransitionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {TRANSITION_COLUMNS} from migration.phase_transitions order by id desc limit $1"
+    )))
     .bind(limit.max(0))
     .fetch_all(exec)
     .await
@@ -295,6 +325,58 @@ pub struct ChangeRequest<'a> {
     pub force: bool,
 }
 
+/// How a change is carried out, beyond who asks and why ([`ChangeFlags::default`]: clear the
+/// overrides a domain move leaves on the wrong side, write, no confirmation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeFlags {
+    /// A domain move keeps the overrides it leaves on the wrong side (its audit row lists them
+    /// as kept) instead of clearing them.
+    pub keep_overrides: bool,
+    /// Decide everything (under the lock, on the same facts), then write nothing:
+    /// [`ChangeOutcome::DryRun`].
+    pub dry_run: bool,
+    /// A change that would move the domain or an account out of `postgres-only` stops before
+    /// writing with [`ChangeOutcome::NeedsConfirmation`] (the caller asks a person, then
+    /// repeats the change without this flag).
+    pub require_confirmation: bool,
+}
+
+/// What kind of change a gate is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The domain-wide phase.
+    Domain,
+    /// One account's override is set.
+    Override,
+    /// One account's override is removed (the account returns to the domain phase).
+    Clear,
+}
+
+/// One phase move: the domain's (`account: None`) or one account's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub account: Option<Uuid>,
+    pub from: Phase,
+    pub to: Phase,
+}
+
+/// What a gate decides on: the requested move, and for a domain move the accounts whose
+/// overrides it clears (each of them moves from its override's phase to the new domain phase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateRequest {
+    pub kind: ChangeKind,
+    pub change: Move,
+    pub cleared: Vec<Move>,
+}
+
+impl GateRequest {
+    /// The requested move, then every cleared override's.
+    pub fn moves(&self) -> impl Iterator<Item = &Move> {
+        std::iter::once(&self.change).chain(self.cleared.iter())
+    }
+}
+
 /// Decides whether a phase change may happen. Evaluated inside the transaction that holds the
 /// phase lock, on its connection, so what it reads cannot be changed by another phase change
 /// before the decision is written.
@@ -303,14 +385,11 @@ pub trait PhaseGate: Send + Sync {
     /// One condition the change does not meet.
     type Unmet: Send;
 
-    /// Every condition that moving `from` to `to` does not meet (empty: the change may
-    /// happen). `account` is the canary account for an override, `None` for the domain.
+    /// Every condition that `request` does not meet (empty: the change may happen).
     async fn unmet(
         &self,
         conn: &mut PgConnection,
-        from: Phase,
-        to: Phase,
-        account: Option<Uuid>,
+        request: &GateRequest,
     ) -> Result<Vec<Self::Unmet>, RepoError>;
 }
 
@@ -325,22 +404,48 @@ impl PhaseGate for Ungated {
     async fn unmet(
         &self,
         _conn: &mut PgConnection,
-        _from: Phase,
-        _to: Phase,
-        _account: Option<Uuid>,
+        _request: &GateRequest,
     ) -> Result<Vec<Self::Unmet>, RepoError> {
         Ok(Vec::new())
     }
+}
+
+/// Whether a domain move from `from` to `to` leaves an override of `override_phase` on the
+/// wrong side: behind the new domain phase after a forward move, ahead of it after a backward
+/// one. (An override equal to the new domain phase is not: it pins the account there.)
+pub fn left_on_wrong_side(from: Phase, to: Phase, override_phase: Phase) -> bool {
+    (to > from && override_phase < to) || (to < from && override_phase > to)
+}
+
+/// What a domain move does to an override it leaves on the wrong side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideAction {
+    /// Removed with the move: the account follows the domain (its own audit row).
+    Cleared,
+    /// Left in place (`keep_overrides`): listed in the domain's audit row.
+    Kept,
+}
+
+/// An override a domain move leaves on the wrong side, and what the move does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AffectedOverride {
+    pub account_id: Uuid,
+    /// The override's phase (before the move).
+    pub phase: Phase,
+    pub action: OverrideAction,
 }
 
 /// What a change did.
 #[derive(Debug)]
 pub enum ChangeOutcome<U> {
     /// Written and audited. `overridden` is what the gate refused and `force` went past
-    /// (empty unless the transition is `forced`).
+    /// (empty unless the transition is `forced`); `overrides` what a domain move did to the
+    /// overrides it left on the wrong side.
     Applied {
         transition: Transition,
         overridden: Vec<U>,
+        overrides: Vec<AffectedOverride>,
     },
     /// Already in that phase: nothing written, no audit row.
     Unchanged { phase: Phase },
@@ -349,9 +454,28 @@ pub enum ChangeOutcome<U> {
         from: Phase,
         to: Phase,
         unmet: Vec<U>,
+        overrides: Vec<AffectedOverride>,
     },
     /// [`clear_override`] of an account that has no override: nothing written.
     NoOverride { domain_phase: Phase },
+    /// [`ChangeFlags::dry_run`]: what the change would do; nothing written. It would be applied
+    /// when `unmet` is empty or `force` was given.
+    DryRun {
+        from: Phase,
+        to: Phase,
+        unmet: Vec<U>,
+        overrides: Vec<AffectedOverride>,
+        /// Whether it would stop for a confirmation ([`ChangeFlags::require_confirmation`]).
+        needs_confirmation: bool,
+    },
+    /// [`ChangeFlags::require_confirmation`]: the gate let the change through (or `force`
+    /// went past it), but it leaves `postgres-only`: nothing written.
+    NeedsConfirmation {
+        from: Phase,
+        to: Phase,
+        unmet: Vec<U>,
+        overrides: Vec<AffectedOverride>,
+    },
 }
 
 enum Target {
@@ -360,14 +484,33 @@ enum Target {
     Clear(Uuid),
 }
 
-/// Sets the domain-wide phase, if `gate` allows it (or `request.force`).
+/// Sets the domain-wide phase, if `gate` allows it (or `request.force`), clearing the
+/// overrides it leaves on the wrong side.
 pub async fn set_phase<G: PhaseGate>(
     pool: &PgPool,
     to: Phase,
     request: ChangeRequest<'_>,
     gate: &G,
 ) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
-    change(pool, Target::Domain(to), request, gate).await
+    change(
+        pool,
+        Target::Domain(to),
+        request,
+        ChangeFlags::default(),
+        gate,
+    )
+    .await
+}
+
+/// [`set_phase`] with [`ChangeFlags`].
+pub async fn set_phase_with<G: PhaseGate>(
+    pool: &PgPool,
+    to: Phase,
+    request: ChangeRequest<'_>,
+    flags: ChangeFlags,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Domain(to), request, flags, gate).await
 }
 
 /// Puts one account in its own phase (a canary), if `gate` allows moving the account from
@@ -379,7 +522,19 @@ pub async fn set_override<G: PhaseGate>(
     request: ChangeRequest<'_>,
     gate: &G,
 ) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
-    change(pool, Target::Override(account, to), request, gate).await
+    set_override_with(pool, account, to, request, ChangeFlags::default(), gate).await
+}
+
+/// [`set_override`] with [`ChangeFlags`] (`keep_overrides` means nothing here).
+pub async fn set_override_with<G: PhaseGate>(
+    pool: &PgPool,
+    account: Uuid,
+    to: Phase,
+    request: ChangeRequest<'_>,
+    flags: ChangeFlags,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Override(account, to), request, flags, gate).await
 }
 
 /// Returns an account to the domain phase, if `gate` allows moving it from its override's
@@ -390,16 +545,29 @@ pub async fn clear_override<G: PhaseGate>(
     request: ChangeRequest<'_>,
     gate: &G,
 ) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
-    change(pool, Target::Clear(account), request, gate).await
+    clear_override_with(pool, account, request, ChangeFlags::default(), gate).await
+}
+
+/// [`clear_override`] with [`ChangeFlags`] (`keep_overrides` means nothing here).
+pub async fn clear_override_with<G: PhaseGate>(
+    pool: &PgPool,
+    account: Uuid,
+    request: ChangeRequest<'_>,
+    flags: ChangeFlags,
+    gate: &G,
+) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
+    change(pool, Target::Clear(account), request, flags, gate).await
 }
 
 async fn change<G: PhaseGate>(
     pool: &PgPool,
     target: Target,
     request: ChangeRequest<'_>,
+    flags: ChangeFlags,
     gate: &G,
 ) -> Result<ChangeOutcome<G::Unmet>, RepoError> {
     let sql = |e| map_sqlx_error("phase_state", e);
+    let overrides_sql = |e| map_sqlx_error("phase_overrides", e);
     let mut tx = pool.begin().await.map_err(sql)?;
     // every change (domain or override) takes this one lock: changes are serialized
     let domain: String = sqlx::query_scalar("select phase from migration.phase_state for update")
@@ -436,7 +604,7 @@ async fn change<G: PhaseGate>(
             .bind(a)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+            .map_err(overrides_sql)?;
             found.as_deref().map(parse_stored).transpose()?
         }
     };
@@ -462,14 +630,85 @@ async fn change<G: PhaseGate>(
     if unchanged {
         return Ok(ChangeOutcome::Unchanged { phase: to });
     }
-    let unmet = if from == to {
-        Vec::new()
-    } else {
-        gate.unmet(&mut tx, from, to, account).await?
+    // the overrides a domain move leaves on the wrong side (locked: set and clear of one of
+    // them wait for the phase lock anyway, this keeps the rows as read)
+    let mut affected = Vec::new();
+    if let Target::Domain(to) = target {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "select account_id, phase from migration.phase_overrides
+             order by account_id for update",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(overrides_sql)?;
+        for (account_id, phase) in rows {
+            let phase = parse_stored(&phase)?;
+            if left_on_wrong_side(from, to, phase) {
+                affected.push(AffectedOverride {
+                    account_id,
+                    phase,
+                    action: if flags.keep_overrides {
+                        OverrideAction::Kept
+                    } else {
+                        OverrideAction::Cleared
+                    },
+                });
+            }
+        }
+    }
+    let cleared: Vec<Move> = affected
+        .iter()
+        .filter(|o| o.action == OverrideAction::Cleared)
+        .map(|o| Move {
+            account: Some(o.account_id),
+            from: o.phase,
+            to,
+        })
+        .collect();
+    let kind = match target {
+        Target::Domain(_) => ChangeKind::Domain,
+        Target::Override(..) => ChangeKind::Override,
+        Target::Clear(_) => ChangeKind::Clear,
     };
-    if !unmet.is_empty() && !request.force {
+    let gate_request = GateRequest {
+        kind,
+        change: Move { account, from, to },
+        cleared,
+    };
+    // also asked about an override that pins an account in the phase it runs in (`from ==
+    // to`): the gate may care about the account itself
+    let unmet = gate.unmet(&mut tx, &gate_request).await?;
+    let leaves_postgres_only = gate_request
+        .moves()
+        .any(|m| m.from == Phase::PostgresOnly && m.to != Phase::PostgresOnly);
+    let would_apply = unmet.is_empty() || request.force;
+    if flags.dry_run {
         tx.rollback().await.map_err(sql)?;
-        return Ok(ChangeOutcome::Refused { from, to, unmet });
+        return Ok(ChangeOutcome::DryRun {
+            from,
+            to,
+            unmet,
+            overrides: affected,
+            needs_confirmation: would_apply && leaves_postgres_only && flags.require_confirmation,
+        });
+    }
+    if !would_apply {
+        tx.rollback().await.map_err(sql)?;
+        return Ok(ChangeOutcome::Refused {
+            from,
+            to,
+            unmet,
+            overrides: affected,
+        });
+    }
+    if leaves_postgres_only && flags.require_confirmation {
+        tx.rollback().await.map_err(sql)?;
+        return Ok(ChangeOutcome::NeedsConfirmation {
+            from,
+            to,
+            unmet,
+            overrides: affected,
+        });
     }
     let forced = !unmet.is_empty();
     match target {
@@ -499,35 +738,78 @@ async fn change<G: PhaseGate>(
             .bind(request.reason)
             .execute(&mut *tx)
             .await
-            .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+            .map_err(overrides_sql)?;
         }
         Target::Clear(a) => {
             sqlx::query("delete from migration.phase_overrides where account_id = $1")
                 .bind(a)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| map_sqlx_error("phase_overrides", e))?;
+                .map_err(overrides_sql)?;
         }
     }
-    let row: TransitionRow = sqlx::query_as(
+    let ids = |action| -> Vec<Uuid> {
+        affected
+            .iter()
+            .filter(|o| o.action == action)
+            .map(|o| o.account_id)
+            .collect()
+    };
+    let (kept, cleared) = (ids(OverrideAction::Kept), ids(OverrideAction::Cleared));
+    let row: TransitionRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "insert into migration.phase_transitions
-             (from_phase, to_phase, changed_by, reason, forced, account_id)
-         values ($1, $2, $3, $4, $5, $6)
-         returning id, from_phase, to_phase, changed_at, changed_by, reason, forced, account_id",
-    )
+             (from_phase, to_phase, changed_by, reason, forced, account_id, overrides_kept,
+              overrides_cleared)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         returning {TRANSITION_COLUMNS}"
+    )))
     .bind(from.name())
     .bind(to.name())
     .bind(request.actor)
     .bind(request.reason)
     .bind(forced)
     .bind(account)
+    .bind(&kept)
+    .bind(&cleared)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| map_sqlx_error("phase_transitions", e))?;
+    if !cleared.is_empty() {
+        // each cleared account moved too: its own audit row, from its override's phase
+        sqlx::query("delete from migration.phase_overrides where account_id = any($1)")
+            .bind(&cleared)
+            .execute(&mut *tx)
+            .await
+            .map_err(overrides_sql)?;
+        let reason = format!(
+            "override cleared by the domain move to {to}: {}",
+            request.reason
+        );
+        for o in affected
+            .iter()
+            .filter(|o| o.action == OverrideAction::Cleared)
+        {
+            sqlx::query(
+                "insert into migration.phase_transitions
+                     (from_phase, to_phase, changed_by, reason, forced, account_id)
+                 values ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(o.phase.name())
+            .bind(to.name())
+            .bind(request.actor)
+            .bind(&reason)
+            .bind(forced)
+            .bind(o.account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx_error("phase_transitions", e))?;
+        }
+    }
     tx.commit().await.map_err(sql)?;
     Ok(ChangeOutcome::Applied {
         transition: transition_of(row)?,
         overridden: unmet,
+        overrides: affected,
     })
 }
 
@@ -593,40 +875,115 @@ pub async fn recent_runs<'e>(
     .map_err(|e| map_sqlx_error("runs", e))
 }
 
-/// What the recorded verify runs (job `verify`) say.
+/// Which way a verify compared, as its run records it (`scope.direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyDirection {
+    /// PostgreSQL must hold what Cosmos holds (`verify`). A run recorded without a direction
+    /// (before runs recorded one) counts as this one.
+    #[default]
+    CosmosToPg,
+    /// Cosmos must hold what PostgreSQL holds (`verify --direction pg-to-cosmos`).
+    PgToCosmos,
+}
+
+impl VerifyDirection {
+    /// The name in `scope.direction` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CosmosToPg => "cosmos-to-pg",
+            Self::PgToCosmos => "pg-to-cosmos",
+        }
+    }
+}
+
+impl fmt::Display for VerifyDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the recorded verify runs (job `verify`) of one direction say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct VerifyFacts {
     /// When the newest clean verify of the whole key space finished: status `succeeded`,
     /// outcome `clean`, buckets 0 to 255 (a slice proves nothing about the rest).
     pub latest_clean: Option<DateTime<Utc>>,
+    /// When the newest such clean verify started.
+    pub latest_clean_started: Option<DateTime<Utc>>,
     /// When the newest verify that found drift (status `failed`, any slice) finished.
     pub latest_drift: Option<DateTime<Utc>>,
 }
 
-/// Reads [`VerifyFacts`]. A verify that could not compare (`interrupted`) says nothing either
-/// way and is ignored.
+/// Reads [`VerifyFacts`] of the Cosmos-to-PostgreSQL direction (`verify`). A verify that could
+/// not compare (`interrupted`) says nothing either way and is ignored.
 pub async fn verify_facts<'e>(exec: impl PgExecutor<'e>) -> Result<VerifyFacts, RepoError> {
-    // `scope` holds the VerifyOptions (first_bucket, last_bucket); a scope without them is the
-    // default, the whole key space
-    let (latest_clean, latest_drift): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-        sqlx::query_as(
-            "select
-                 max(finished_at) filter (
-                     where status = 'succeeded'
-                       and counts->>'outcome' = 'clean'
-                       and coalesce((scope->>'first_bucket')::int, 0) = 0
-                       and coalesce((scope->>'last_bucket')::int, 255) = 255),
-                 max(finished_at) filter (where status = 'failed')
-             from migration.runs
-             where job = 'verify' and finished_at is not null",
-        )
-        .fetch_one(exec)
-        .await
-        .map_err(|e| map_sqlx_error("runs", e))?;
+    verify_facts_for(exec, VerifyDirection::CosmosToPg, None).await
+}
+
+/// Reads [`VerifyFacts`] of one direction; with `clean_started_since`, only clean runs that
+/// started at or after that time count as clean (drift counts whenever it finished).
+pub async fn verify_facts_for<'e>(
+    exec: impl PgExecutor<'e>,
+    direction: VerifyDirection,
+    clean_started_since: Option<DateTime<Utc>>,
+) -> Result<VerifyFacts, RepoError> {
+    // `scope` holds the VerifyOptions (first_bucket, last_bucket, direction); a scope without
+    // them is the default: the whole key space, Cosmos to PostgreSQL
+    type FactsRow = (
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
+    let (latest_clean, latest_clean_started, latest_drift): FactsRow = sqlx::query_as(
+        "select
+             max(finished_at) filter (where whole and ($2::timestamptz is null or started_at >= $2)),
+             max(started_at) filter (where whole and ($2::timestamptz is null or started_at >= $2)),
+             max(finished_at) filter (where status = 'failed')
+         from (
+             select r.started_at, r.finished_at, r.status,
+                    r.status = 'succeeded'
+                    and r.counts->>'outcome' = 'clean'
+                    and coalesce((r.scope->>'first_bucket')::int, 0) = 0
+                    and coalesce((r.scope->>'last_bucket')::int, 255) = 255 as whole
+             from migration.runs r
+             where r.job = 'verify' and r.finished_at is not null
+               and coalesce(r.scope->>'direction', 'cosmos-to-pg') = $1
+         ) v",
+    )
+    .bind(direction.name())
+    .bind(clean_started_since)
+    .fetch_one(exec)
+    .await
+    .map_err(|e| map_sqlx_error("runs", e))?;
     Ok(VerifyFacts {
         latest_clean,
+        latest_clean_started,
         latest_drift,
     })
+}
+
+/// When the domain or any account last left `postgres-only` (the newest audit row from it),
+/// if ever.
+pub async fn left_postgres_only_at<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<Option<DateTime<Utc>>, RepoError> {
+    sqlx::query_scalar(
+        "select max(changed_at) from migration.phase_transitions
+         where from_phase = 'postgres-only' and to_phase <> 'postgres-only'",
+    )
+    .fetch_one(exec)
+    .await
+    .map_err(|e| map_sqlx_error("phase_transitions", e))
+}
+
+/// Whether PostgreSQL holds the account.
+pub async fn account_exists<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<bool, RepoError> {
+    sqlx::query_scalar("select exists (select 1 from accounts where id = $1)")
+        .bind(id)
+        .fetch_one(exec)
+        .await
+        .map_err(|e| map_sqlx_error("accounts", e))
 }
 
 /// Rows in `migration.retry_journal`: phase-1 writes PostgreSQL has not taken yet.

@@ -1,8 +1,11 @@
 //! `mystira-users phase show|set|clear|history`: the migration phase, its gates and its audit
 //! trail. The rules live in `mystira_migrate::phase`; this module parses, resolves the actor and
 //! the maximum verify age (flag > `MYSTIRA_MAX_VERIFY_AGE` > `[phase] max_verify_age` > 24 h),
-//! and maps a refusal to exit code 3.
+//! asks for the typed confirmation of a move out of postgres-only (only when stdin is a
+//! terminal; otherwise `--yes` or exit 5, never a wait for input), and maps a refusal to exit
+//! code 3.
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,10 +37,17 @@ pub enum PhaseCommand {
     /// (or 0-3). Forward moves are gated, and a jump meets the gate of every step it passes:
     /// into 1 needs the latest backfill run to have succeeded; into 2 a clean verify of the
     /// whole key space newer than --max-verify-age and an empty retry journal; into 3 an empty
-    /// outbox and the same recent clean verify. Moving from 2 or 3 back to 1 or 0 needs an
-    /// empty outbox (--wait-drain waits for the relay to empty it). A refusal names every unmet
-    /// condition and exits 3; --force goes past it and the audit row says forced. Every change
-    /// is audited (who, when, from, to, why) and seen by every running process within 2 s.
+    /// outbox and recent clean verifies in both directions (`verify` and `verify --direction
+    /// pg-to-cosmos`). Moving from 2 or 3 back to 1 or 0 needs an empty outbox (--wait-drain
+    /// waits for the relay to empty it); out of 3 it must go through 2, and from 2 to 1 or 0
+    /// after phase 3 needs a clean `verify --direction pg-to-cosmos` started after phase 3 was
+    /// left. A domain move clears the canary overrides it leaves on the wrong side (behind it
+    /// going forward, ahead of it going back) unless --keep-overrides; an override must name
+    /// an existing account. A refusal names every unmet condition and exits 3; --force goes
+    /// past it and the audit row says forced. A move out of 3 asks for the target phase's name
+    /// to be typed (or --yes; without a terminal and without --yes it exits 5). --dry-run
+    /// shows what would change, every gate check and the overrides affected. Every change is
+    /// audited (who, when, from, to, why) and seen by every running process within 2 s.
     Set {
         /// The phase to move to (name or 0-3)
         #[arg(value_name = "PHASE")]
@@ -46,6 +56,11 @@ pub enum PhaseCommand {
         /// Only this canary account (its own phase, overriding the domain's)
         #[arg(long, value_name = "UUID")]
         account: Option<Uuid>,
+
+        /// A domain move keeps the canary overrides it leaves on the wrong side (recorded in
+        /// the audit row) instead of clearing them
+        #[arg(long, conflicts_with = "account")]
+        keep_overrides: bool,
 
         #[command(flatten)]
         change: ChangeArgs,
@@ -103,6 +118,15 @@ pub struct ChangeArgs {
     #[arg(long, value_name = "NAME")]
     pub actor: Option<String>,
 
+    /// Show what would change, every gate check (pass or fail) and the overrides affected;
+    /// change nothing (exit 0 when it would be applied, 3 when refused)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Confirm a move out of postgres-only without typing the phase's name
+    #[arg(long)]
+    pub yes: bool,
+
     #[command(flatten)]
     pub gates: GateArgs,
 }
@@ -124,14 +148,26 @@ pub async fn run(command: &PhaseCommand, settings: &Settings) -> anyhow::Result<
         PhaseCommand::Set {
             phase: to,
             account,
+            keep_overrides,
             change,
         } => {
-            let options = change_options(change, settings)?;
-            decided(phase::set_phase(&pool, *to, *account, &options).await)?
+            let mut options = change_options(change, settings)?;
+            options.keep_overrides = *keep_overrides;
+            let mut result = phase::set_phase(&pool, *to, *account, &options).await;
+            if needs_confirmation(&result) && confirmed_by_typing(&result).await? {
+                options.confirmed = true;
+                result = phase::set_phase(&pool, *to, *account, &options).await;
+            }
+            decided(result)?
         }
         PhaseCommand::Clear { account, change } => {
-            let options = change_options(change, settings)?;
-            decided(phase::clear_override(&pool, *account, &options).await)?
+            let mut options = change_options(change, settings)?;
+            let mut result = phase::clear_override(&pool, *account, &options).await;
+            if needs_confirmation(&result) && confirmed_by_typing(&result).await? {
+                options.confirmed = true;
+                result = phase::clear_override(&pool, *account, &options).await;
+            }
+            decided(result)?
         }
         PhaseCommand::History { limit } => {
             let transitions = phase::history(&pool, *limit)
@@ -145,8 +181,21 @@ pub async fn run(command: &PhaseCommand, settings: &Settings) -> anyhow::Result<
                 let scope = t
                     .account_id
                     .map_or_else(|| "domain".to_owned(), |a| format!("account {a}"));
+                let mut overrides = String::new();
+                if !t.overrides_cleared.is_empty() {
+                    overrides.push_str(&format!(
+                        "  [{} override(s) cleared]",
+                        t.overrides_cleared.len()
+                    ));
+                }
+                if !t.overrides_kept.is_empty() {
+                    overrides.push_str(&format!(
+                        "  [{} override(s) kept on the wrong side]",
+                        t.overrides_kept.len()
+                    ));
+                }
                 human.push_str(&format!(
-                    "{}  {:<8} {} -> {}{}  {scope}  {}\n",
+                    "{}  {:<8} {} -> {}{}  {scope}  {}{overrides}\n",
                     t.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     t.changed_by,
                     t.from_phase,
@@ -166,7 +215,46 @@ pub async fn run(command: &PhaseCommand, settings: &Settings) -> anyhow::Result<
     Ok(outcome)
 }
 
-/// A refusal needs attention (3); a request without a reason or actor is a usage error (2).
+fn needs_confirmation(result: &Result<Decision, PhaseError>) -> bool {
+    matches!(result, Ok(d) if d.result == DecisionKind::NeedsConfirmation)
+}
+
+/// Asks for the target phase's name to be typed, when stdin is a terminal (never otherwise:
+/// a script or a CI job gets exit 5 and the advice to pass --yes, not a hang). The change is
+/// then made again, through the gates, on fresh facts.
+async fn confirmed_by_typing(result: &Result<Decision, PhaseError>) -> anyhow::Result<bool> {
+    let Ok(decision) = result else {
+        return Ok(false);
+    };
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    let subject = match decision.account {
+        Some(a) => format!("account {a}"),
+        None => "the domain".to_owned(),
+    };
+    let expected = decision.to.name();
+    let prompt = format!(
+        "This moves {subject} from postgres-only to {expected}. Writes made in postgres-only \
+         exist only in PostgreSQL until `mystira-users verify --direction pg-to-cosmos \
+         --repair` delivers them to Cosmos.\nType `{expected}` to confirm: "
+    );
+    let typed = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, "{prompt}");
+        let _ = stderr.flush();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("cannot read the confirmation")?
+    .context("cannot read the confirmation")?;
+    Ok(typed.trim() == expected)
+}
+
+/// A refusal needs attention (3); a move out of postgres-only that was not confirmed exits 5;
+/// a request without a reason or actor is a usage error (2).
 fn decided(result: Result<Decision, PhaseError>) -> anyhow::Result<Outcome> {
     let decision = match result {
         Ok(d) => d,
@@ -176,10 +264,14 @@ fn decided(result: Result<Decision, PhaseError>) -> anyhow::Result<Outcome> {
         Err(e) => return Err(anyhow::Error::new(e).context("cannot change the phase")),
     };
     let exit = match decision.result {
-        DecisionKind::Refused => Exit::Attention,
-        DecisionKind::Applied | DecisionKind::Unchanged | DecisionKind::NoOverride => Exit::Ok,
+        DecisionKind::Refused | DecisionKind::WouldRefuse => Exit::Attention,
+        DecisionKind::NeedsConfirmation => Exit::NotConfirmed,
+        DecisionKind::Applied
+        | DecisionKind::Unchanged
+        | DecisionKind::NoOverride
+        | DecisionKind::WouldApply => Exit::Ok,
     };
-    if decision.forced {
+    if decision.forced && decision.result == DecisionKind::Applied {
         tracing::warn!(
             from = %decision.from,
             to = %decision.to,
@@ -201,6 +293,9 @@ fn change_options(args: &ChangeArgs, settings: &Settings) -> anyhow::Result<Chan
         force: args.force,
         gates: gate_config(&args.gates, settings)?,
         wait_drain: args.wait_drain.map(Duration::from_secs),
+        keep_overrides: false,
+        dry_run: args.dry_run,
+        confirmed: args.yes,
     })
 }
 

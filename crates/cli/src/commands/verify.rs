@@ -26,6 +26,11 @@ pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outco
         round_trip: args.round_trip,
         first_bucket,
         last_bucket,
+        // recorded in the run: the phase gates tell the directions apart by it
+        direction: match args.direction {
+            VerifyDirection::CosmosToPg => mystira_postgres::phase::VerifyDirection::CosmosToPg,
+            VerifyDirection::PgToCosmos => mystira_postgres::phase::VerifyDirection::PgToCosmos,
+        },
         ..VerifyOptions::default()
     };
     if args.direction == VerifyDirection::PgToCosmos {

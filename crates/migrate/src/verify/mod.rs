@@ -116,6 +116,10 @@ pub struct VerifyOptions {
     /// it field by field with its source document (see [`round_trip`]).
     #[serde(default)]
     pub round_trip: bool,
+    /// Which way this run compares, recorded in its run's `scope` (the phase gates tell the
+    /// directions apart by it). [`towards_cosmos`] sets `pg-to-cosmos` itself.
+    #[serde(default)]
+    pub direction: mystira_postgres::phase::VerifyDirection,
 }
 
 impl Default for VerifyOptions {
@@ -127,6 +131,7 @@ impl Default for VerifyOptions {
             last_bucket: 255,
             max_buckets_per_pass: 64,
             round_trip: false,
+            direction: mystira_postgres::phase::VerifyDirection::CosmosToPg,
         }
     }
 }

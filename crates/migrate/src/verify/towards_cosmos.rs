@@ -81,6 +81,11 @@ pub async fn repair_towards_cosmos(
     verify_opts: &VerifyOptions,
     opts: &RepairOptions,
 ) -> Result<RepairReport, VerifyError> {
+    // every run of this repair is recorded as what it is (the phase gates read the direction)
+    let verify_opts = &VerifyOptions {
+        direction: mystira_postgres::phase::VerifyDirection::PgToCosmos,
+        ..verify_opts.clone()
+    };
     let before = run_verify(pool, cosmos, verify_opts).await?;
     let mut current = before.clone();
     let mut rounds = Vec::new();

@@ -223,6 +223,11 @@ fn change_options(
         force,
         gates: state.gates,
         wait_drain,
+        // the domain move clears the overrides it leaves on the wrong side (audited)
+        keep_overrides: false,
+        dry_run: false,
+        // an explicit PUT is the confirmation (the typed one is the command line's)
+        confirmed: true,
     })
 }
 

@@ -3,27 +3,25 @@
 //! lists, the original id of a row that came from a non-UUID id). This is the write path of the
 //! outbox relay (phase 2) and of repairs towards Cosmos.
 //!
-//! A put is a read-modify-write of the one document: the aggregate is encoded and merged onto
-//! the stored document (unknown properties carried over, see [`super`]), and replaced with
-//! `If-Match` on the `_etag` it was read at; after a lost race it reads again and merges again,
-//! at most [`super::WRITE_ATTEMPTS`] times. What is merged is always the full state the caller
-//! passes, so a put is idempotent, and a caller that serialises puts per aggregate (the relay
-//! does) and reads the state afresh for each put can never make Cosmos go back in time.
-//!
-//! Kept as stored rather than rewritten, so that a put changes only what PostgreSQL changed:
-//! `UserProfileIds` (a hint the app maintains), `EarnedBadges` when the stored badges decode to
-//! exactly the aggregate's badges (duplicates the app appended stay), and a profile's
-//! `AccountId` when PostgreSQL holds the profile detached (the stored reference may name an
-//! account that does not exist, which PostgreSQL cannot keep).
+//! A put is a read-modify-write of the one document: the aggregate is merged onto the stored
+//! document property by property, at every depth ([`codec::account_document`] and its
+//! siblings: a property whose stored value means what PostgreSQL holds keeps its stored JSON,
+//! unknown properties stay, embedded items are matched by key and new ones appended), and
+//! replaced with `If-Match` on the `_etag` it was read at; after a lost race it reads again and
+//! merges again, at most [`super::WRITE_ATTEMPTS`] times. A merge that changes nothing writes
+//! nothing. What is merged is always the full state the caller passes, so a put is idempotent,
+//! and a caller that serialises puts per aggregate (the relay does) and reads the state afresh
+//! for each put can never make Cosmos go back in time. A document Cosmos does not have is
+//! created as the app creates one.
 
 use mystira_cosmos::codec;
 use mystira_domain::RepoError;
-use mystira_domain::aggregate::{AccountAggregate, Aggregate, ProfileAggregate};
+use mystira_domain::aggregate::Aggregate;
 use mystira_domain::ports::RepoResult;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Docs, Found, WRITE_ATTEMPTS, backoff};
+use super::{Docs, WRITE_ATTEMPTS, backoff};
 use crate::error::ErrorKind;
 
 /// The version of a document as Cosmos holds it after a put.
@@ -67,7 +65,7 @@ impl AggregateWriter {
         // The document's id is known exactly: the row's Cosmos id, or its key's canonical
         // text (what the encoder writes). A point read finds it; `locate`'s search over other
         // spellings would scan the container for every aggregate Cosmos does not have yet.
-        let encoded_doc = encoded(aggregate);
+        let encoded_doc = document(None, aggregate);
         let doc_id = encoded_doc
             .get("id")
             .and_then(Value::as_str)
@@ -90,7 +88,7 @@ impl AggregateWriter {
             .filter(|found| docs.key_of(&found.doc) == Some(key));
             let written = match stored {
                 Some(found) => {
-                    let doc = merged(docs, &found, aggregate);
+                    let doc = document(Some(&found.doc), aggregate);
                     if same_content(&found.doc, &doc) {
                         return version_of(&found.doc);
                     }
@@ -190,55 +188,23 @@ impl AggregateWriter {
     }
 }
 
-/// The aggregate in the current shape, for a document that does not exist yet.
-fn encoded(aggregate: &Aggregate) -> Value {
+/// The document that makes Cosmos hold `aggregate`: merged onto `stored`, or new.
+fn document(stored: Option<&Value>, aggregate: &Aggregate) -> Value {
     match aggregate {
-        Aggregate::Account(a) => encode_account(a, &[] as &[&str]),
-        Aggregate::Profile(p) => encode_profile(p),
-        Aggregate::Signup(s) => codec::encode_pending_signup(s),
+        Aggregate::Account(a) => codec::account_document(
+            stored,
+            &a.account,
+            a.subscription.as_ref(),
+            &a.completed_scenarios,
+        ),
+        Aggregate::Profile(p) => codec::profile_document(
+            stored,
+            &p.profile,
+            &p.badges,
+            p.account_cosmos_id.as_deref(),
+        ),
+        Aggregate::Signup(s) => codec::signup_document(stored, s),
     }
-}
-
-fn encode_account<S: AsRef<str>>(a: &AccountAggregate, profile_ids: &[S]) -> Value {
-    codec::encode_account(
-        &a.account,
-        a.subscription.as_ref(),
-        &a.completed_scenarios,
-        profile_ids,
-    )
-}
-
-fn encode_profile(p: &ProfileAggregate) -> Value {
-    codec::encode_profile_with_account_id(&p.profile, &p.badges, p.account_cosmos_id.as_deref())
-}
-
-/// The aggregate merged onto the stored document (see the module docs for what stays).
-fn merged(docs: &Docs, found: &Found, aggregate: &Aggregate) -> Value {
-    match aggregate {
-        Aggregate::Account(a) => {
-            let hint = codec::decode_account(&found.doc)
-                .map(|d| d.profile_ids_hint)
-                .unwrap_or_default();
-            docs.merge(&found.doc, encode_account(a, &hint), &["UserProfileIds"])
-        }
-        Aggregate::Profile(p) => {
-            let stored_badges = codec::decode_profile(&found.doc).ok().map(|d| d.badges);
-            let mut keep = Vec::new();
-            if stored_badges.is_some_and(|b| same_badges(&b, &p.badges)) {
-                keep.push("EarnedBadges");
-            }
-            if p.profile.account_id.is_none() {
-                keep.push("AccountId");
-            }
-            docs.merge(&found.doc, encode_profile(p), &keep)
-        }
-        Aggregate::Signup(s) => docs.merge(&found.doc, codec::encode_pending_signup(s), &[]),
-    }
-}
-
-/// Badges equal as sets (PostgreSQL lists them by `earned_at`, Cosmos in array order).
-fn same_badges(a: &[mystira_domain::UserBadge], b: &[mystira_domain::UserBadge]) -> bool {
-    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 /// Whether `doc` would change nothing of `stored` (system properties aside).

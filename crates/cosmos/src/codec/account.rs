@@ -206,7 +206,7 @@ fn read_role(f: &Fields<'_>, notes: &mut Vec<Note>) -> Result<Role, DecodeError>
     Ok(role)
 }
 
-const SETTINGS_KEYS: [&str; 6] = [
+pub(crate) const SETTINGS_KEYS: [&str; 6] = [
     "Id",
     "CacheCredentials",
     "RequireAuthOnStartup",
@@ -474,7 +474,7 @@ pub fn encode_account<S: AsRef<str>>(
     Value::Object(obj)
 }
 
-fn encode_subscription(s: &Subscription, account: &Account) -> Value {
+pub(crate) fn encode_subscription(s: &Subscription, account: &Account) -> Value {
     let mut obj = Map::new();
     if !(s.id == derived_subscription_key(account) && s.cosmos_id.is_none()) {
         obj.insert(
@@ -507,7 +507,7 @@ fn encode_subscription(s: &Subscription, account: &Account) -> Value {
     Value::Object(obj)
 }
 
-fn encode_settings(s: &AccountSettings) -> Value {
+pub(crate) fn encode_settings(s: &AccountSettings) -> Value {
     // Unknown keys first, so a known key can never be overwritten by a stray extra.
     let mut obj: Map<String, Value> = s.extra.clone();
     if let Some(id) = &s.id {

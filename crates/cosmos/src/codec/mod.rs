@@ -55,6 +55,7 @@
 
 mod account;
 mod fields;
+mod merge;
 mod nul;
 mod profile;
 mod signup;
@@ -67,6 +68,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use account::{DecodedAccount, decode_account, encode_account};
+pub use merge::{account_document, profile_document, signup_document};
 pub use nul::{NUL_CHARACTER, find_nul_character, has_nul_character};
 pub use profile::{DecodedProfile, decode_profile, encode_profile, encode_profile_with_account_id};
 pub use signup::{DecodedPendingSignup, decode_pending_signup, encode_pending_signup};

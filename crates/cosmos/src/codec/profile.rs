@@ -278,7 +278,7 @@ fn split_duplicates(
 }
 
 /// The key of a badge embedded without an `Id`.
-fn derived_badge_key(profile: Uuid, badge_configuration_id: &str) -> Uuid {
+pub(crate) fn derived_badge_key(profile: Uuid, badge_configuration_id: &str) -> Uuid {
     derived_key("user_badge", profile, badge_configuration_id)
 }
 
@@ -350,7 +350,11 @@ pub fn encode_profile_with_account_id(
     Value::Object(obj)
 }
 
-fn encode_badge(b: &UserBadge, profile: &UserProfile, profile_cosmos_id: &Value) -> Value {
+pub(crate) fn encode_badge(
+    b: &UserBadge,
+    profile: &UserProfile,
+    profile_cosmos_id: &Value,
+) -> Value {
     let mut obj = Map::new();
     if !(b.id == derived_badge_key(profile.id, &b.badge_configuration_id) && b.cosmos_id.is_none())
     {
@@ -383,7 +387,7 @@ fn encode_badge(b: &UserBadge, profile: &UserProfile, profile_cosmos_id: &Value)
 /// A .NET `float` as JSON: the shortest decimal that reads back as the same f32 (`0.1`, not
 /// `0.10000000149011612`), which is what the app writes. Non-finite values have no JSON form
 /// and become `null` (read back as 0 with a note).
-fn float_value(v: f32) -> Value {
+pub(crate) fn float_value(v: f32) -> Value {
     if !v.is_finite() {
         return Value::Null;
     }

@@ -265,8 +265,9 @@ static SUBSCRIPTIONS: Table = Table {
         column!("purchase_token"),
         column!("last_verified" => TS),
         column!("purchased_scenarios" => Kind::TextArray),
-        column!("created_at" => TS),
-        column!("updated_at" => TS),
+        // `created_at` / `updated_at` are not compared: the app's `Subscription` has no
+        // timestamps, so a document holds none (the backfill derives them) and a delivery
+        // writes none (docs/dual-write.md, "What a delivery may change")
     ],
 };
 
@@ -520,8 +521,6 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
                 ),
                 ("last_verified", opt_ts(sub.last_verified.as_ref())),
                 ("purchased_scenarios", json(&sub.purchased_scenarios)),
-                ("created_at", ts(&sub.created_at)),
-                ("updated_at", ts(&sub.updated_at)),
             ],
         ));
     }

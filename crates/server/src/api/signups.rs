@@ -194,7 +194,8 @@ pub(crate) async fn request(
             "this service has no mailer, so a code could not reach anyone",
         ));
     };
-    let email = Email::parse(&request.email).map_err(|e| invalid(&e))?;
+    // stored lower-cased, as the app stores a sign-up's email (its Cosmos partition key)
+    let email = Email::parse(&request.email.to_lowercase()).map_err(|e| invalid(&e))?;
     let now = Utc::now();
     let code = new_code()?;
     let signup = PendingSignup {

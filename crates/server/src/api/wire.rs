@@ -34,6 +34,16 @@ fn settings(value: Option<serde_json::Value>) -> Result<AccountSettings, Validat
     }
 }
 
+/// The settings object with an `Id`, as the app's always has one (EF Core 9 writes
+/// `Settings.Id`, and a delivery to Cosmos writes what PostgreSQL holds): the one given, else
+/// the one it had, else a new one.
+fn with_settings_id(mut s: AccountSettings, had: Option<String>) -> AccountSettings {
+    if s.id.is_none() {
+        s.id = Some(had.unwrap_or_else(|| Uuid::new_v4().to_string()));
+    }
+    s
+}
+
 /// An account as the API returns it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountOut {
@@ -106,7 +116,7 @@ impl NewAccount {
                 .map(Role::parse)
                 .transpose()?
                 .unwrap_or(Role::User),
-            settings: settings(self.settings)?,
+            settings: with_settings_id(settings(self.settings)?, None),
             created_at: now,
             last_login_at: now,
         };
@@ -146,7 +156,7 @@ impl AccountPatch {
             account.display_name = name;
         }
         if self.settings.is_some() {
-            account.settings = settings(self.settings)?;
+            account.settings = with_settings_id(settings(self.settings)?, account.settings.id);
         }
         account.validate()?;
         Ok(account)

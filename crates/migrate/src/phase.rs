@@ -896,10 +896,7 @@ impl Decision {
                          --keep-overrides keeps it)",
                         o.phase, self.to
                     ),
-                    (OverrideAction::Kept, true) => {
-                        format!("kept in {} (--keep-overrides)", o.phase)
-                    }
-                    (OverrideAction::Kept, false) => {
+                    (OverrideAction::Kept, _) => {
                         format!("kept in {} (--keep-overrides)", o.phase)
                     }
                 };

@@ -79,13 +79,14 @@ pub async fn set_phase(
 ) -> Result<Json<Decision>, Problem> {
     caller.require_admin()?;
     let to = change.phase()?;
-    let options = change_options(
+    let mut options = change_options(
         &state,
         &caller,
         &change.reason,
         change.force,
         change.wait_drain_seconds,
     )?;
+    options.keep_overrides = change.keep_overrides;
     let decision = phase::set_phase(&state.pool, to, change.account, &options)
         .await
         .map_err(phase_problem)?;
@@ -223,7 +224,8 @@ fn change_options(
         force,
         gates: state.gates,
         wait_drain,
-        // the domain move clears the overrides it leaves on the wrong side (audited)
+        // the domain move clears the overrides it leaves on the wrong side (audited), unless
+        // the request says to keep them
         keep_overrides: false,
         dry_run: false,
         // an explicit PUT is the confirmation (the typed one is the command line's)

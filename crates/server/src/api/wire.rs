@@ -692,6 +692,10 @@ pub struct PhaseChange {
     /// When the move needs an empty outbox, wait at most this long for the relay (at most 5).
     #[schema(maximum = 5)]
     pub wait_drain_seconds: Option<u64>,
+    /// A domain move keeps the canary overrides it leaves on the wrong side (listed in the
+    /// audit row) instead of clearing them (`phase set --keep-overrides`).
+    #[serde(default)]
+    pub keep_overrides: bool,
 }
 
 impl PhaseChange {

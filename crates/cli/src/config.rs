@@ -47,6 +47,8 @@ pub struct ServeSection {
     pub audience: Option<String>,
     /// Address blocks whose `X-Forwarded-For` names the client (`["10.0.0.0/8"]`).
     pub trusted_proxies: Option<Vec<String>>,
+    /// Clock leeway, in seconds, for the tokens' `exp` and `nbf` (0 to 300).
+    pub jwt_leeway_seconds: Option<u64>,
 }
 
 /// `[phase]` in the config file.
@@ -330,7 +332,8 @@ mod tests {
     #[test]
     fn the_serve_section_is_read_and_checked() {
         let text = "[serve]\nlisten = \"0.0.0.0:9000\"\njwks_url = \"https://idp/jwks\"\n\
-                    issuer = \"i\"\naudience = \"a\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n";
+                    issuer = \"i\"\naudience = \"a\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+                    jwt_leeway_seconds = 10\n";
         let serve = parse(text, Path::new("c.toml"))
             .expect("valid")
             .serve
@@ -340,6 +343,7 @@ mod tests {
             Some("0.0.0.0:9000".parse().expect("an address"))
         );
         assert_eq!(serve.trusted_proxies, Some(vec!["10.0.0.0/8".to_owned()]));
+        assert_eq!(serve.jwt_leeway_seconds, Some(10));
         let err = parse("[serve]\nlisten = \"nowhere\"\n", Path::new("c.toml")).expect_err("bad");
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(!err.to_string().contains("nowhere"), "{err}");

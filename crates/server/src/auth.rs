@@ -4,6 +4,11 @@
 //! (`accounts.auth0_user_id`); its `role` claim (`Guest`, `User`, `Admin`, `SuperAdmin`, any
 //! case) says what it may do beyond its own data.
 //!
+//! Tokens as identity providers issue them: `aud` is one string or a list that must contain
+//! the configured audience (Auth0 adds its `/userinfo` audience when `openid` is asked for),
+//! `nbf` is optional (Auth0 sends none; when present it is checked), and `exp` and `nbf` are
+//! compared with a clock leeway ([`DEFAULT_LEEWAY`], set with [`Authenticator::with_leeway`]).
+//!
 //! Keys from a url are fetched at start (a failure stops `serve` with the reason), cached, and
 //! fetched again when they are older than [`JWKS_MAX_AGE`] or when a token names a key id the
 //! cache does not hold (the provider rotated its keys), at most once per
@@ -29,18 +34,59 @@ use crate::{AppState, Problem};
 /// The `kid` of the development key.
 const DEV_KID: &str = "mystira-users-dev";
 
-/// What a token carries that the service reads.
+/// What a token carries that the service reads (other claims, such as Auth0's `azp`,
+/// `scope` or `gty`, are ignored). `sub`, `iss`, `aud` and `exp` are required by the
+/// validation, which reports a missing one as `missing_claim`; the defaults only let the
+/// payload be read first (jsonwebtoken reads it before it validates).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    #[serde(default)]
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    #[serde(default)]
     pub iss: String,
-    pub aud: String,
+    #[serde(default)]
+    pub aud: Audience,
+    #[serde(default)]
     pub exp: i64,
-    pub nbf: i64,
-    pub iat: i64,
+    /// Not-before: optional (Auth0's access tokens have none), checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
 }
+
+/// A token's `aud`: one audience, or several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for Audience {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl Audience {
+    /// Whether `audience` is the token's audience or one of them.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Self::One(a) => a == audience,
+            Self::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// How far `exp` and `nbf` may be off this host's clock by default (jsonwebtoken's default,
+/// which the service always used).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// The largest leeway [`Authenticator::with_leeway`] accepts: beyond it an expired token
+/// would stay good for minutes.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// One verification key.
 struct VerifyingKey {
@@ -61,6 +107,10 @@ pub struct Authenticator {
     remote: Option<RemoteJwks>,
     issuer: String,
     audience: String,
+    /// Clock leeway for `exp` and `nbf`.
+    leeway: Duration,
+    /// Whether the keys are the development key's (no JWKS configured).
+    development: bool,
 }
 
 /// Where keys are refreshed from, and when they last were.
@@ -86,6 +136,8 @@ impl std::fmt::Debug for Authenticator {
             .field("url", &self.remote.as_ref().map(|r| r.url.as_str()))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("development", &self.is_development())
             .finish()
     }
 }
@@ -113,7 +165,27 @@ impl Authenticator {
             remote: None,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            leeway: DEFAULT_LEEWAY,
+            development: false,
         }
+    }
+
+    /// The authenticator with another clock leeway for `exp` and `nbf` (at most
+    /// [`MAX_LEEWAY`]; a larger one is cut to it).
+    #[must_use]
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway.min(MAX_LEEWAY);
+        self
+    }
+
+    /// The clock leeway in use.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    /// Whether this authenticator trusts the development key (no JWKS configured).
+    pub fn is_development(&self) -> bool {
+        self.development
     }
 
     /// Keys from a JWKS document (RSA keys verify RS256, P-256 keys ES256).
@@ -244,8 +316,10 @@ impl Authenticator {
             let mut validation = Validation::new(key.algorithm);
             validation.set_issuer(&[&self.issuer]);
             validation.set_audience(&[&self.audience]);
-            validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            // no `nbf` in the list: Auth0's access tokens carry none (it is checked when there)
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             validation.validate_nbf = true;
+            validation.leeway = self.leeway.as_secs();
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => last = Some(e),
@@ -267,6 +341,10 @@ impl Authenticator {
             Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
                 unauthorized("bad_signature", "the token's signature does not verify")
             }
+            Some(jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_)) => unauthorized(
+                "missing_claim",
+                "the token lacks a required claim (exp, iss, aud and sub are required)",
+            ),
             _ => unauthorized("invalid_token", "the bearer token cannot be verified"),
         })
     }
@@ -343,11 +421,11 @@ impl DevKey {
             sub: sub.to_owned(),
             role: role.map(str::to_owned),
             iss: issuer.to_owned(),
-            aud: audience.to_owned(),
+            aud: Audience::One(audience.to_owned()),
             exp: now + ttl_seconds,
             // not-before a little in the past: a clock a second behind must not refuse it
-            nbf: now - 5,
-            iat: now,
+            nbf: Some(now - 5),
+            iat: Some(now),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -369,7 +447,7 @@ impl DevKey {
 
     /// An authenticator that accepts this key's tokens.
     pub fn authenticator(&self, issuer: &str, audience: &str) -> Authenticator {
-        Authenticator::with_keys(
+        let mut auth = Authenticator::with_keys(
             vec![VerifyingKey {
                 kid: Some(self.kid.clone()),
                 algorithm: Algorithm::ES256,
@@ -378,7 +456,9 @@ impl DevKey {
             }],
             issuer,
             audience,
-        )
+        );
+        auth.development = true;
+        auth
     }
 
     /// The same key under another key id (`kid`): tests of a provider's key rotation.

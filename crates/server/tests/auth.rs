@@ -213,3 +213,177 @@ async fn a_jwks_url_is_cached_and_fetched_again_for_a_rotated_key_but_not_for_ev
     assert!(e.to_string().contains(&endpoint.url), "{e}");
     assert!(e.to_string().contains("not a usable JWKS document"), "{e}");
 }
+
+/// An Auth0 tenant as the tests see it: its issuer, an API's audience, and the RS256 key of a
+/// test tenant (tests/fixtures: a key made for these tests, published as Auth0 publishes its
+/// keys, with `x5c` and `x5t`).
+const AUTH0_ISS: &str = "https://mystira-test.eu.auth0.com/";
+const AUTH0_API: &str = "https://api.mystira.app";
+const AUTH0_KID: &str = "auth0-test-2026";
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+}
+
+/// A token signed with the test tenant's key: the header Auth0 writes (RS256, JWT, its kid)
+/// over `claims` as given.
+fn auth0_token(claims: &serde_json::Value) -> String {
+    let pem = std::fs::read(fixture("auth0-test-rsa.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.typ = Some("JWT".to_owned());
+    header.kid = Some(AUTH0_KID.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The access token Auth0 issues a user who logged in through the app with `openid` among the
+/// scopes: `aud` a list (the API, then Auth0's own `/userinfo`), `iat` and `exp`, `azp` and
+/// `scope`, and no `nbf`.
+fn auth0_user_claims() -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
+        "iss": AUTH0_ISS,
+        "sub": "auth0|6571f0c2a8d4e1b3c9f01234",
+        "aud": [AUTH0_API, "https://mystira-test.eu.auth0.com/userinfo"],
+        "iat": now,
+        "exp": now + 86_400,
+        "scope": "openid profile email offline_access",
+        "azp": "x8dWq3kLmN0pR7sT2uV5yZ1aB4cD6eF9",
+    })
+}
+
+#[tokio::test]
+async fn access_tokens_shaped_as_auth0_issues_them_are_accepted() {
+    let jwks = std::fs::read_to_string(fixture("auth0-test-jwks.json")).unwrap();
+    // the tenant's jwks_uri, as serve is configured in production
+    let endpoint = JwksEndpoint::start(jwks).await;
+    let auth = Authenticator::from_jwks_url(&endpoint.url, AUTH0_ISS, AUTH0_API)
+        .await
+        .unwrap();
+    assert!(!auth.is_development());
+
+    // a user's token: aud is a list holding the API, and there is no nbf
+    let user = auth0_user_claims();
+    assert!(user.get("nbf").is_none());
+    let claims = auth.verify_current(&auth0_token(&user)).await.unwrap();
+    assert_eq!(claims.sub, "auth0|6571f0c2a8d4e1b3c9f01234");
+    assert_eq!(claims.role, None);
+    assert!(claims.aud.contains(AUTH0_API));
+
+    // a machine-to-machine token (client credentials): aud is a single string, no nbf
+    let now = now();
+    let machine = serde_json::json!({
+        "iss": AUTH0_ISS,
+        "sub": "x8dWq3kLmN0pR7sT2uV5yZ1aB4cD6eF9@clients",
+        "aud": AUTH0_API,
+        "iat": now,
+        "exp": now + 86_400,
+        "scope": "read:users",
+        "gty": "client-credentials",
+        "azp": "x8dWq3kLmN0pR7sT2uV5yZ1aB4cD6eF9",
+    });
+    let claims = auth.verify_current(&auth0_token(&machine)).await.unwrap();
+    assert_eq!(claims.sub, "x8dWq3kLmN0pR7sT2uV5yZ1aB4cD6eF9@clients");
+
+    // the list must hold the configured audience: a token for another API of the tenant (its
+    // /userinfo audience alone, as an ID-token-only login gives) is refused
+    let mut elsewhere = auth0_user_claims();
+    elsewhere["aud"] = serde_json::json!([
+        "https://other-api.example",
+        "https://mystira-test.eu.auth0.com/userinfo"
+    ]);
+    assert_eq!(
+        auth.verify_current(&auth0_token(&elsewhere))
+            .await
+            .unwrap_err()
+            .code,
+        "wrong_audience"
+    );
+    // nbf is optional, but checked when present
+    let mut later = auth0_user_claims();
+    later["nbf"] = serde_json::json!(now + 3_600);
+    assert_eq!(
+        auth.verify_current(&auth0_token(&later))
+            .await
+            .unwrap_err()
+            .code,
+        "token_not_yet_valid"
+    );
+    // exp stays required
+    let mut endless = auth0_user_claims();
+    endless.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        auth.verify_current(&auth0_token(&endless))
+            .await
+            .unwrap_err()
+            .code,
+        "missing_claim"
+    );
+    // another issuer with the same key id is refused
+    let mut foreign = auth0_user_claims();
+    foreign["iss"] = serde_json::json!("https://someone-else.eu.auth0.com/");
+    assert_eq!(
+        auth.verify_current(&auth0_token(&foreign))
+            .await
+            .unwrap_err()
+            .code,
+        "wrong_issuer"
+    );
+    // the keys were fetched once, at start
+    assert_eq!(endpoint.fetches(), 1);
+}
+
+#[test]
+fn the_clock_leeway_is_a_setting_with_a_ceiling() {
+    use std::time::Duration;
+    let jwks = fixture("auth0-test-jwks.json");
+    let with = |leeway: Option<u64>| {
+        let auth = Authenticator::from_jwks_file(&jwks, AUTH0_ISS, AUTH0_API).unwrap();
+        match leeway {
+            Some(s) => auth.with_leeway(Duration::from_secs(s)),
+            None => auth,
+        }
+    };
+    let mut expired_30s_ago = auth0_user_claims();
+    expired_30s_ago["exp"] = serde_json::json!(now() - 30);
+    let expired_30s_ago = auth0_token(&expired_30s_ago);
+    let mut valid_in_30s = auth0_user_claims();
+    valid_in_30s["nbf"] = serde_json::json!(now() + 30);
+    let valid_in_30s = auth0_token(&valid_in_30s);
+
+    // the default: 60 s either way
+    let default = with(None);
+    assert_eq!(default.leeway(), Duration::from_secs(60));
+    assert!(default.verify(&expired_30s_ago).is_ok());
+    assert!(default.verify(&valid_in_30s).is_ok());
+    // none: the clocks must agree
+    let strict = with(Some(0));
+    assert_eq!(
+        strict.verify(&expired_30s_ago).unwrap_err().code,
+        "token_expired"
+    );
+    assert_eq!(
+        strict.verify(&valid_in_30s).unwrap_err().code,
+        "token_not_yet_valid"
+    );
+    // a leeway larger than the ceiling is cut to it: a token expired 400 s ago stays refused
+    let loose = with(Some(3_600));
+    assert_eq!(loose.leeway(), mystira_server::auth::MAX_LEEWAY);
+    let mut expired_400s_ago = auth0_user_claims();
+    expired_400s_ago["exp"] = serde_json::json!(now() - 400);
+    assert_eq!(
+        loose
+            .verify(&auth0_token(&expired_400s_ago))
+            .unwrap_err()
+            .code,
+        "token_expired"
+    );
+}

@@ -76,6 +76,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub token: TokenArgs,
 
+    /// Clock leeway for the tokens' `exp` and `nbf`, in seconds (0 to 300): how far this
+    /// host's clock and the identity provider's may disagree
+    /// [default: `[serve] jwt_leeway_seconds` in the config file, else 60]
+    #[arg(long, env = "MYSTIRA_JWT_LEEWAY_SECONDS", value_name = "SECONDS")]
+    pub jwt_leeway_seconds: Option<u64>,
+
     /// Where the router journals phase-1 writes when PostgreSQL is down [default: as `journal`]
     #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
@@ -224,7 +230,10 @@ struct Resolved {
     issuer: Option<String>,
     audience: Option<String>,
     trusted_proxies: Vec<Cidr>,
+    leeway: Duration,
 }
+
+const DEFAULT_LEEWAY_SECONDS: u64 = 60;
 
 impl Resolved {
     fn new(args: &ServeArgs, file: &ServeSection) -> Result<Self, ConfigError> {
@@ -273,6 +282,7 @@ impl Resolved {
                 .clone()
                 .or_else(|| file.audience.clone()),
             trusted_proxies,
+            leeway: leeway(args.jwt_leeway_seconds.or(file.jwt_leeway_seconds))?,
         })
     }
 
@@ -303,7 +313,7 @@ impl Resolved {
             )),
         }
             };
-        match &self.keys {
+        let auth = match &self.keys {
             KeySource::Development => dev(),
             KeySource::Url(url) => {
                 let (issuer, audience) = production(&self.issuer, &self.audience)?;
@@ -316,8 +326,23 @@ impl Resolved {
                 Authenticator::from_jwks_file(file, &issuer, &audience)
                     .context("cannot load the JWKS keys")
             }
-        }
+        }?;
+        Ok(auth.with_leeway(self.leeway))
     }
+}
+
+/// The clock leeway: 0 to 300 s (more would keep an expired token good for minutes).
+fn leeway(seconds: Option<u64>) -> Result<Duration, ConfigError> {
+    let seconds = seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
+    let max = mystira_server::auth::MAX_LEEWAY;
+    if seconds > max.as_secs() {
+        return Err(ConfigError::Usage(format!(
+            "--jwt-leeway-seconds (or MYSTIRA_JWT_LEEWAY_SECONDS, or [serve] \
+             jwt_leeway_seconds) is {seconds}: at most {} s",
+            max.as_secs()
+        )));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// `mystira-users dev-token`

@@ -1033,3 +1033,51 @@ async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_v
         expect(&r, StatusCode::FORBIDDEN, "forbidden");
     }
 }
+
+/// What the app's documents hold, so that a delivery to Cosmos writes it (issue 28): a new
+/// account's settings get an `Id`, which an update replacing the settings without one keeps;
+/// a sign-up's email is stored lower-cased (the app's partition key for it).
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn account_settings_keep_an_id_and_signup_emails_are_stored_lower_cased(pool: PgPool) {
+    let api = Api::new(pool.clone(), |_| {});
+    let carol = api.token("auth0|carol", None);
+    let created = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&carol),
+            Some(json!({"email": "carol@example.com", "display_name": "Carol"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let settings_id = created.body["settings"]["Id"].as_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&settings_id).is_ok());
+    let account = created.body["id"].as_str().unwrap();
+    let patched = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{account}"),
+            Some(&carol),
+            Some(json!({"settings": {"Theme": "dark"}})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    assert_eq!(patched.body["settings"]["Id"], settings_id.as_str());
+    assert_eq!(patched.body["settings"]["Theme"], "dark");
+
+    let accepted = api
+        .call(
+            "POST",
+            "/v1/signups",
+            None,
+            Some(json!({"email": " New.User@Example.COM ", "display_name": "New"})),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text);
+    let stored: String = sqlx::query_scalar("select email from pending_signups where id = $1")
+        .bind(uuid::Uuid::parse_str(accepted.body["id"].as_str().unwrap()).unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "new.user@example.com");
+}

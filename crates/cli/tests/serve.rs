@@ -20,10 +20,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
 const EMULATOR_KEY: &str =
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 
-/// A running `serve` and the address it bound.
+/// A running `serve`, the address it bound and what it has logged.
 struct Serve {
     child: Child,
     base: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Serve {
@@ -65,12 +66,24 @@ impl Serve {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
         };
-        // keep draining stderr so the child never blocks on a full pipe
-        std::thread::spawn(move || for _ in lines {});
+        // keep draining stderr so the child never blocks on a full pipe, keeping the lines
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Serve {
             child,
             base: format!("http://{address}"),
+            log,
         }
+    }
+
+    /// What the process logged so far.
+    fn logged(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     async fn get(&self, path: &str) -> (u16, String, String) {
@@ -618,6 +631,59 @@ async fn bearer_tokens_from_dev_token_are_checked_and_admin_endpoints_refuse_use
             "{code}: {body}"
         );
     }
+    // each refusal is logged with its class and route pattern, never the token or the path's
+    // ids (the 401s above, the 403 before them, and a user on another's account)
+    let (status, theirs) = serve
+        .send(
+            reqwest::Method::POST,
+            "/v1/accounts",
+            &admin,
+            serde_json::json!({"email": "other.parent@example.com", "display_name": "O",
+                               "auth0_user_id": "auth0|parent-2"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{theirs}");
+    let theirs = theirs["id"].as_str().unwrap();
+    let (status, _, body) = serve
+        .get_as(&format!("/v1/accounts/{theirs}"), Some(&user))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = |log: &str, code: &str, route: &str| {
+        log.lines()
+            .any(|l| l.contains("request refused") && l.contains(code) && l.contains(route))
+    };
+    loop {
+        let log = serve.logged();
+        let all = [
+            ("forbidden", "/v1/admin/phase"),
+            ("not_your_account", "/v1/accounts/{id}"),
+            ("token_expired", "/v1/admin/phase"),
+            ("wrong_audience", "/v1/admin/phase"),
+            ("bad_signature", "/v1/admin/phase"),
+        ]
+        .iter()
+        .all(|(code, route)| refused(&log, code, route));
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals not logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = serve.logged();
+    for secret in [&user, &expired, &other_audience, &forged] {
+        // the signature part is what would let someone replay a token
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token is in the log:\n{log}");
+    }
+    assert!(
+        !log.contains(theirs),
+        "an id from a path is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("other.parent"),
+        "a value is in the log:\n{log}"
+    );
     // a sign-up code goes to the development mail file beside the key, and verifies once
     let response = reqwest::Client::new()
         .post(format!("{}/v1/signups", serve.base))

@@ -66,6 +66,8 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(api::openapi::document))
         .merge(api::routes())
         .fallback(problem::not_found)
+        // problem+json for every error, before the request is counted with its final status
+        .layer(axum::middleware::from_fn(problem::uniform))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track_requests,

@@ -30,6 +30,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    /// One of a fixed set ([`method_label`]): a made-up method is `other`.
     method: String,
     /// The route's pattern (`/readyz`), never the raw path: paths will carry ids.
     route: String,
@@ -430,7 +431,7 @@ pub(crate) async fn track_requests(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -438,8 +439,27 @@ pub(crate) async fn track_requests(
     let response = next.run(request).await;
     state
         .metrics
-        .observe(&method, &route, response.status(), started.elapsed());
+        .observe(method, &route, response.status(), started.elapsed());
     response
+}
+
+/// The `method` label: one of the methods of RFC 9110 and PATCH, else `other`. A client may
+/// send any token as a method (hyper accepts kilobytes of it), and every distinct label value
+/// is a series held for the life of the process: unbounded, they were a memory exhaustion.
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response {

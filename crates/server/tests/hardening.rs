@@ -1,0 +1,242 @@
+//! The service against hostile clients, in-process over a real PostgreSQL (one fresh database
+//! per test): made-up methods do not grow the metrics, and every error, axum's own included,
+//! is problem+json with a stable code. (The connection limits and the start-up refusals are
+//! the binary's: crates/cli/tests/serve.rs.)
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use mystira_migrate::phase::{GateConfig, PhaseWatcher};
+use mystira_postgres::phase::Phase;
+use mystira_server::auth::DevKey;
+use mystira_server::{AppState, Domain, Metrics, SignupSettings};
+use serde_json::Value;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+const ISS: &str = "mystira-users-test";
+const AUD: &str = "mystira-users";
+
+struct Service {
+    app: Router,
+    key: DevKey,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+    body: Value,
+}
+
+impl Service {
+    fn new(pool: PgPool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
+        let state = AppState {
+            domain: Domain::postgres(&pool),
+            pool,
+            cosmos: None,
+            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
+            metrics: Arc::new(Metrics::new()),
+            signups: Arc::new(SignupSettings::default()),
+            auth: Arc::new(key.authenticator(ISS, AUD)),
+            probe_timeout: Duration::from_secs(2),
+            gates: GateConfig::default(),
+        };
+        Self {
+            app: mystira_server::app(state),
+            key,
+            _dir: dir,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+}
+
+#[track_caller]
+fn expect_problem(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{status}: {}",
+        reply.text
+    );
+    assert_eq!(reply.body["code"], code, "{}", reply.text);
+    assert_eq!(reply.body["status"], status.as_u16(), "{}", reply.text);
+}
+
+/// The series lines of a scrape (comments left out).
+fn series(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.starts_with('#')).collect()
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn made_up_methods_do_not_grow_the_metrics(pool: PgPool) {
+    let service = Service::new(pool);
+    let made_up = |i: usize| {
+        // a valid HTTP token, 2 KB long and different every time
+        Method::from_bytes(format!("M{i:05}{}", "X".repeat(2_000)).as_bytes()).unwrap()
+    };
+    let burst = |from: usize| {
+        let service = &service;
+        async move {
+            for i in from..from + 100 {
+                for uri in ["/healthz", "/v1/accounts/search", "/no/such/route"] {
+                    let reply = service
+                        .send(
+                            Request::builder()
+                                .method(made_up(i))
+                                .uri(uri)
+                                .body(Body::empty())
+                                .unwrap(),
+                        )
+                        .await;
+                    assert!(reply.status.is_client_error(), "{uri}: {}", reply.text);
+                }
+            }
+        }
+    };
+    burst(0).await;
+    // the scrape counts itself: once its own series exist, the count of series is steady
+    service.get("/metrics").await;
+    let first = service.get("/metrics").await.text;
+    burst(100).await;
+    let second = service.get("/metrics").await.text;
+
+    // the second burst of 300 new methods added no series: each counted as `other`
+    assert_eq!(
+        series(&first).len(),
+        series(&second).len(),
+        "{first}\n---\n{second}"
+    );
+    assert!(!second.contains("XXXX"), "a made-up method is a label");
+    assert!(
+        second.contains(
+            r#"mystira_http_requests_total{method="other",route="/healthz",status="405"} 200"#
+        ),
+        "{second}"
+    );
+    assert!(
+        second.contains(
+            r#"mystira_http_requests_total{method="other",route="unmatched",status="404"} 200"#
+        ),
+        "{second}"
+    );
+    // the whole scrape stays small: every label is from a fixed set
+    assert!(second.len() < 64 * 1024, "{} bytes", second.len());
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn every_error_is_problem_json_with_a_stable_code(pool: PgPool) {
+    let service = Service::new(pool);
+    let token = service
+        .key
+        .token("auth0|someone", None, ISS, AUD, 600)
+        .unwrap();
+
+    // a method the route does not take: 405 with the methods it does
+    let reply = service
+        .send(Request::delete("/healthz").body(Body::empty()).unwrap())
+        .await;
+    expect_problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let allow = reply.headers[header::ALLOW].to_str().unwrap();
+    assert!(allow.contains("GET"), "{allow}");
+
+    // axum's path rejection (a segment that is not UTF-8 once decoded) was text/plain
+    let reply = service
+        .send(
+            Request::get("/v1/accounts/%FF%FE")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    expect_problem(&reply, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(!reply.text.contains("FF"), "{}", reply.text);
+
+    // a request target over 8 KiB
+    let long = format!("/v1/accounts/{}", "a".repeat(9_000));
+    expect_problem(
+        &service.get(&long).await,
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+    );
+    // a head over 16 KiB, and more than 100 header lines
+    let secret = "s3cr3t-".repeat(3_000);
+    let reply = service
+        .send(
+            Request::get("/healthz")
+                .header("x-padding", &secret)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    expect_problem(
+        &reply,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+    assert!(!reply.text.contains("s3cr3t"), "{}", reply.text);
+    let mut many = Request::get("/healthz");
+    for i in 0..120 {
+        many = many.header(format!("x-h{i}"), "1");
+    }
+    expect_problem(
+        &service.send(many.body(Body::empty()).unwrap()).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+
+    // no route
+    expect_problem(
+        &service.get("/no/such/route").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // the service's own problems pass unchanged (the token refusal keeps its challenge)
+    let reply = service.get("/v1/me").await;
+    expect_problem(&reply, StatusCode::UNAUTHORIZED, "missing_token");
+    assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let reply = service
+        .send(
+            Request::post("/v1/signups")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from("hello"))
+                .unwrap(),
+        )
+        .await;
+    expect_problem(
+        &reply,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    // and what is not an error is left alone
+    let reply = service.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
+}

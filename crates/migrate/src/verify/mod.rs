@@ -43,7 +43,10 @@
 //! reason [`NEWER_VERSION_QUARANTINED`]), a copy newer than the source (`ahead`: usually an old
 //! export), a document that cannot be mapped and is not in quarantine, a superseded document
 //! nothing records (`superseded_not_recorded`), and with `round_trip` a field the encoders
-//! write back differently ([`round_trip`]). A quarantined document is reported as such and is
+//! write back differently ([`round_trip`]); towards Cosmos (`pg-to-cosmos`), also an
+//! app-written property no row holds that the document no longer holds as the last copy
+//! recorded it (a `changed` item with reason [`remainder::LOST_REASON`], see [`remainder`]).
+//! A quarantined document is reported as such and is
 //! not drift: it is accounted for, in `migration.quarantine`; nor is a document superseded by
 //! a newer one of its key that the quarantine records (`superseded_duplicate`, its own class).
 //! Values are only reported with `show_values` (they are personal data); field names always
@@ -74,6 +77,7 @@
 pub mod canonical;
 mod duplicates;
 mod read;
+pub mod remainder;
 pub mod repair;
 mod round_trip;
 pub mod tables;
@@ -512,6 +516,10 @@ pub async fn verify(
     }
     if opts.round_trip {
         v.round_trip().await?;
+    }
+    // what no row holds: the app's properties the last copy recorded (see [`remainder`])
+    if opts.direction == mystira_postgres::phase::VerifyDirection::PgToCosmos {
+        v.remainder().await?;
     }
 
     let Verifier {

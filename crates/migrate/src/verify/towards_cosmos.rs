@@ -34,6 +34,12 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> (BTreeSet<(String, Uuid)
     let mut aggregates = BTreeSet::new();
     let mut left_alone = 0;
     for item in report.drift() {
+        // an app property no row holds cannot be delivered back: PostgreSQL has no value
+        // for it (the note of the last copy does); reported, left alone
+        if item.reason.as_deref() == Some(super::remainder::LOST_REASON) {
+            left_alone += 1;
+            continue;
+        }
         let deliver = match item.kind {
             // in Cosmos, not in PostgreSQL: delivering the (absent) aggregate removes it
             DriftKind::Missing => opts.delete_extra,

@@ -306,7 +306,8 @@ fn mystira(db: &str, args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test]
-async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_the_state() {
+async fn without_cosmos_in_development_it_is_ready_on_postgresql_alone_and_its_metrics_read_the_state()
+ {
     let db = fresh_database("serve_pg").await;
     // the main job first: the backfill's ranges are what the metrics report
     mystira(&db, &["--quiet", "migrate"]);
@@ -315,18 +316,21 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
     let (status, _, body) = serve.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"alive"}"#));
 
-    // phase 0 needs Cosmos, and none is configured
-    let (status, content_type, body) = serve.get("/readyz").await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(content_type, "application/problem+json");
-    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(problem["code"], "not_ready");
+    // phase 0, no Cosmos account, development mode: the API answers from PostgreSQL alone
+    // (whatever the phase), so that is what readiness describes
+    let (status, _, body) = serve.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["phase"], "cosmos-only");
+    assert_eq!(ready["backend"], "postgresql alone");
+    assert_eq!(ready["checks"][1]["store"], "cosmos");
+    assert_eq!(ready["checks"][1]["needed"], false);
     assert!(
-        problem["detail"]
+        ready["checks"][1]["detail"]
             .as_str()
             .unwrap()
-            .contains("cosmos: not configured"),
-        "{problem}"
+            .contains("development mode"),
+        "{ready}"
     );
 
     let (_, content_type, text) = serve.get("/metrics").await;
@@ -357,12 +361,12 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
     // the requests so far are counted by route pattern and status
     assert!(
         text.contains(
-            r#"mystira_http_requests_total{method="GET",route="/readyz",status="503"} 1"#
+            r#"mystira_http_requests_total{method="GET",route="/readyz",status="200"} 1"#
         ),
         "{text}"
     );
 
-    // postgres-only needs PostgreSQL alone: seen without a restart
+    // the phase moves: seen without a restart
     mystira(
         &db,
         &[
@@ -374,9 +378,16 @@ async fn without_cosmos_it_is_ready_only_in_postgres_only_and_its_metrics_read_t
             "serve test",
         ],
     );
-    let (status, _, body) = serve.until("/readyz", 200, Duration::from_secs(5)).await;
-    assert_eq!(status, 200, "{body}");
-    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = loop {
+        let (status, _, body) = serve.get("/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if ready["phase"] == "postgres-only" || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(ready["phase"], "postgres-only");
     assert_eq!(ready["checks"][0]["store"], "postgresql");
     assert_eq!(ready["checks"][0]["ok"], true);
@@ -738,4 +749,85 @@ async fn bearer_tokens_from_dev_token_are_checked_and_admin_endpoints_refuse_use
     }
     let (exit, _) = serve.stop();
     assert!(exit.success());
+}
+
+/// Runs `serve` with `args` (and no Cosmos settings) expecting it to refuse to start: its exit
+/// code and stderr. Fails if it starts serving, or is still running after 30 s.
+fn refused(db: &str, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--database-url", db])
+        .env_remove("MYSTIRA_CONFIG")
+        .env_remove("COSMOS_ENDPOINT")
+        .env_remove("COSMOS_KEY")
+        .env_remove("COSMOS_DATABASE")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("serving"), "{args:?} started:\n{stderr}");
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[tokio::test]
+async fn it_refuses_to_start_when_what_it_would_serve_is_unsafe() {
+    let db = fresh_database("serve_refusals").await;
+    let jwks = repo_file("crates/server/tests/fixtures/auth0-test-jwks.json");
+    let production = [
+        "--jwks-file",
+        jwks.to_str().unwrap(),
+        "--issuer",
+        "https://mystira-test.eu.auth0.com/",
+        "--audience",
+        "https://api.mystira.app",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+
+    // production with no Cosmos account while the phase writes Cosmos: it would answer from
+    // PostgreSQL alone while Cosmos is the primary
+    let (code, stderr) = refused(&db, &production);
+    assert_eq!(code, 2, "{stderr}");
+    for named in ["cosmos-only", "COSMOS_ENDPOINT", "postgres-only"] {
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+    // once the phase is postgres-only, PostgreSQL alone is right: it starts, and is ready
+    mystira(
+        &db,
+        &[
+            "phase",
+            "set",
+            "postgres-only",
+            "--force",
+            "--yes",
+            "--reason",
+            "serve test",
+        ],
+    );
+    let serve = Serve::start_with(&db, None, &production[..6]);
+    let (status, _, body) = serve.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""backend":"postgresql alone""#), "{body}");
+    let (exit, _) = serve.stop();
+    assert!(exit.success());
+
+    // a clock leeway beyond the ceiling is a configuration error
+    let (code, stderr) = refused(&db, &["--jwt-leeway-seconds", "301"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("at most 300"), "{stderr}");
 }

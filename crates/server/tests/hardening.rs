@@ -13,7 +13,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
-use mystira_server::auth::DevKey;
+use mystira_server::auth::{Authenticator, DevKey};
 use mystira_server::{AppState, Domain, Metrics, SignupSettings};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -36,17 +36,24 @@ struct Reply {
 }
 
 impl Service {
+    /// In development mode (the development key's tokens), in postgres-only, with no Cosmos
+    /// account.
     fn new(pool: PgPool) -> Self {
+        Self::with(pool, Phase::PostgresOnly, None)
+    }
+
+    /// In `phase`, with no Cosmos account; in production with `auth`, else in development.
+    fn with(pool: PgPool, phase: Phase, auth: Option<Authenticator>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
         let state = AppState {
             domain: Domain::postgres(&pool),
             pool,
             cosmos: None,
-            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
+            phase: PhaseWatcher::fixed(phase),
             metrics: Arc::new(Metrics::new()),
             signups: Arc::new(SignupSettings::default()),
-            auth: Arc::new(key.authenticator(ISS, AUD)),
+            auth: Arc::new(auth.unwrap_or_else(|| key.authenticator(ISS, AUD))),
             probe_timeout: Duration::from_secs(2),
             gates: GateConfig::default(),
         };
@@ -239,4 +246,38 @@ async fn every_error_is_problem_json_with_a_stable_code(pool: PgPool) {
     let reply = service.get("/healthz").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn readiness_describes_the_stores_this_process_uses(pool: PgPool) {
+    // development with no Cosmos account: the API answers from PostgreSQL whatever the phase,
+    // so the process is ready in cosmos-only and says what it serves from
+    let service = Service::with(pool.clone(), Phase::CosmosOnly, None);
+    let reply = service.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["phase"], "cosmos-only");
+    assert_eq!(reply.body["backend"], "postgresql alone");
+    assert_eq!(reply.body["checks"][1]["store"], "cosmos");
+    assert_eq!(reply.body["checks"][1]["needed"], false, "{}", reply.text);
+
+    // production (a JWKS) with no Cosmos account: serve starts so only in postgres-only ...
+    let jwks = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/auth0-test-jwks.json"
+    ));
+    let production = || Authenticator::from_jwks_file(jwks, "https://issuer/", AUD).unwrap();
+    let service = Service::with(pool.clone(), Phase::PostgresOnly, Some(production()));
+    let reply = service.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["checks"][1]["needed"], false, "{}", reply.text);
+    // ... and should the phase move back to one that writes Cosmos, it is not ready, and the
+    // answer says how to fix it
+    let service = Service::with(pool, Phase::DualWritePostgresRead, Some(production()));
+    let reply = service.get("/readyz").await;
+    expect_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    let detail = reply.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("restart serve with the Cosmos account"),
+        "{detail}"
+    );
 }

@@ -331,6 +331,27 @@ impl Resolved {
     }
 }
 
+/// Production with no Cosmos account answers from PostgreSQL alone: right only once the phase
+/// is `postgres-only`. Before, Cosmos is a store the phase writes (and, in phases 0 and 1, the
+/// primary), so such a process would answer from the wrong store: it does not start.
+/// (Development mode serves PostgreSQL alone whatever the phase, and `/readyz` says so.)
+fn refuse_postgres_alone(
+    production: bool,
+    with_cosmos: bool,
+    phase: mystira_postgres::phase::Phase,
+) -> Result<(), ConfigError> {
+    if !production || with_cosmos || !phase.writes_cosmos() {
+        return Ok(());
+    }
+    Err(ConfigError::Usage(format!(
+        "no Cosmos account is configured, and the phase is {}, which writes Cosmos: in \
+         production (a JWKS is configured) serve would answer from PostgreSQL alone. Configure \
+         the account (--cosmos-endpoint, COSMOS_ENDPOINT or [cosmos] endpoint, with its key), \
+         or serve without Cosmos only once the phase is postgres-only",
+        phase.name()
+    )))
+}
+
 /// The clock leeway: 0 to 300 s (more would keep an expired token good for minutes).
 fn leeway(seconds: Option<u64>) -> Result<Duration, ConfigError> {
     let seconds = seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
@@ -398,7 +419,9 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         .await
         .context("cannot read the migration phase")?;
     let metrics = Arc::new(Metrics::new());
-    let (cosmos, hosted) = if source::cosmos_endpoint(&args.cosmos, settings).is_some() {
+    let with_cosmos = source::cosmos_endpoint(&args.cosmos, settings).is_some();
+    refuse_postgres_alone(resolved.production(), with_cosmos, phase.domain_phase())?;
+    let (cosmos, hosted) = if with_cosmos {
         let store = source::connect_cosmos(&args.cosmos, settings).await?;
         let hosted = HostedRouter::start(
             &pool,

@@ -148,8 +148,15 @@ function patchHandlers() {
 // Rules are matched in creation order against every non-admin request. Tests give each rule a
 // path fragment unique to their own database, so parallel tests do not see each other's faults.
 //   POST   /_faults      {"pathContains": "/dbs/x/", "method": "GET"?, "count": N,
+//                         "header": {"a-im": "Incremental feed"}?,
 //                         "action": "respond"|"drop"|"hang", "status": 429, "retryAfterMs": 10?,
 //                         "subStatus": 3200?}  -> {"id": ...}
+// "header" (optional) matches only requests carrying each named header with that value (names
+// and values compared case-insensitively). A "respond" with status 304 answers like a change
+// feed that has nothing new: the request's own If-None-Match (its continuation) comes back as
+// the etag ("0" when it had none, or `*`), so `{"header": {"a-im": "Incremental feed"},
+// "action": "respond", "status": 304}` freezes a container's change feed while its documents
+// keep changing (a feed that does not move).
 //   GET    /_faults/ID   -> the rule with its "hits" counter
 //   DELETE /_faults/ID   -> removes the rule (and closes the connections it holds)
 // "hang" holds a matching request without answering (a Cosmos that stops responding), until
@@ -192,6 +199,10 @@ async function handleFaultAdmin(req, res) {
     if (!Number.isInteger(rule.count) || rule.count < 1) {
       return sendJson(res, 400, { message: "count must be a positive integer" });
     }
+    if (rule.header !== undefined && (typeof rule.header !== "object" || rule.header === null
+        || Object.values(rule.header).some(v => typeof v !== "string"))) {
+      return sendJson(res, 400, { message: "header must map header names to string values" });
+    }
     const stored = { ...rule, id: String(nextFaultId++), hits: 0 };
     faults.set(stored.id, stored);
     return sendJson(res, 201, stored);
@@ -211,6 +222,10 @@ function injectFault(req, res) {
     if (rule.hits >= rule.count) continue;
     if (!req.url.includes(rule.pathContains)) continue;
     if (rule.method && rule.method !== req.method) continue;
+    if (rule.header && !Object.entries(rule.header).every(([name, value]) => {
+      const sent = singleHeader(req, name.toLowerCase());
+      return sent !== undefined && sent !== null && sent.toLowerCase() === value.toLowerCase();
+    })) continue;
     rule.hits += 1;
     if (rule.action === "drop") {
       req.socket.destroy();
@@ -220,6 +235,13 @@ function injectFault(req, res) {
       if (!hanging.has(rule.id)) hanging.set(rule.id, []);
       hanging.get(rule.id).push(req.socket);
       req.resume();
+      return true;
+    }
+    if (rule.status === 304) {
+      // nothing new after the client's continuation: the same continuation comes back
+      const continuation = singleHeader(req, "if-none-match");
+      const etag = continuation && continuation !== "*" ? continuation : '"0"';
+      sendFeed(req, res, 304, etag, null);
       return true;
     }
     res.statusCode = rule.status || 503;

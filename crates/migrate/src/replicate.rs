@@ -50,7 +50,7 @@
 //! Nothing here logs ids, partition keys or document values: only containers, counts and
 //! timings.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +59,7 @@ use mystira_cosmos_client::{
     Container, CosmosStore, FeedMode, FeedRangeKey, FeedStart, QuerySpec, ResumeToken,
 };
 use mystira_postgres::bulk::{self, DeleteOutcome};
+use mystira_postgres::feed_checks;
 use mystira_postgres::leases::{self, Lease, RangePlan};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -79,8 +80,13 @@ pub const WATERMARK_JOB: &str = "replicate-watermark";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplicationMode {
-    /// Cosmos's change feed, per feed range.
+    /// The change feed per feed range, cross-checked against `_ts` probes of the same range; a
+    /// range whose feed disagrees with its probe (or cannot be read here) is read from the
+    /// `_ts` watermark instead, for the rest of the run.
     #[default]
+    Auto,
+    /// Cosmos's change feed, per feed range, cross-checked against `_ts` probes: a
+    /// disagreement is reported (log, report, exit code, metric), not worked around.
     ChangeFeed,
     /// A `_ts` watermark query with an overlap window, for servers without a change feed.
     Watermark,
@@ -140,8 +146,14 @@ pub struct ReplicateConfig {
     pub lease: Duration,
     /// Names this process's workers in the lease table.
     pub owner: String,
-    /// Watermark mode: how far before the newest `_ts` applied each pass reads again.
+    /// Watermark mode: how far before the newest `_ts` applied each pass reads again. Also the
+    /// margin for the clock skew between this host and Cosmos wherever a `_ts` is compared with
+    /// this host's clock (the watermark's cap, the probe's window).
     pub overlap: Duration,
+    /// Change-feed and auto modes: how often a caught-up range's feed is cross-checked against
+    /// a `_ts` probe of the same range (`--once` checks each range once, when caught up).
+    /// `None`: never.
+    pub probe_every: Option<Duration>,
     /// How often (continuous runs) the key-set comparison looks for deletes; `--once` runs it
     /// once, at the end. `None`: never.
     pub delete_check_every: Option<Duration>,
@@ -201,7 +213,7 @@ impl std::fmt::Debug for PageHook {
 impl Default for ReplicateConfig {
     fn default() -> Self {
         Self {
-            mode: ReplicationMode::ChangeFeed,
+            mode: ReplicationMode::Auto,
             start: StartAt::Beginning,
             feed_mode: FeedMode::LatestVersion,
             once: false,
@@ -212,6 +224,7 @@ impl Default for ReplicateConfig {
             lease: Duration::from_secs(30),
             owner: local_owner(std::process::id()),
             overlap: Duration::from_secs(5),
+            probe_every: Some(Duration::from_secs(10)),
             delete_check_every: Some(Duration::from_secs(300)),
             delete_grace: Duration::from_secs(60),
             after_page: PageHook::default(),
@@ -244,6 +257,15 @@ pub struct ContainerReplication {
     pub newest_change_age_seconds: Option<f64>,
     /// Deletes reported by an all-versions-and-deletes feed.
     pub feed_deletes: u64,
+    /// Cross-checks of a range's change feed against a `_ts` probe of the same range.
+    pub feed_probes: u64,
+    /// Of those, the ones that found documents changed in Cosmos that the feed never delivered.
+    pub feed_disagreements: u64,
+    /// The documents the latest probe of each range found missing from its feed (0 when it
+    /// agreed), summed over the ranges.
+    pub feed_missing: u64,
+    /// Ranges read from the `_ts` watermark instead of their feed (auto mode).
+    pub fallback_ranges: u64,
 }
 
 /// What the key-set comparison found in one container.
@@ -299,6 +321,11 @@ impl ReplicateReport {
         self.containers.values().all(|c| c.counts.reconciles())
     }
 
+    /// Probes that found the change feed missing documents, over every container.
+    pub fn feed_disagreements(&self) -> u64 {
+        self.containers.values().map(|c| c.feed_disagreements).sum()
+    }
+
     /// Documents PostgreSQL holds that Cosmos no longer has and that were not deleted here.
     pub fn unapplied_deletes(&self) -> u64 {
         self.deletes
@@ -333,7 +360,10 @@ impl ReplicateError {
                 ErrorKind::Throttled => Some("cosmos_throttled"),
                 ErrorKind::Unavailable => Some("cosmos_unavailable"),
                 ErrorKind::Transport => Some("cosmos_transport"),
-                ErrorKind::Service => Some("cosmos_service"),
+                // 501: the server does not implement the request (no change feed): no outage
+                ErrorKind::Service if e.status().is_none_or(|(code, _)| code != 501) => {
+                    Some("cosmos_service")
+                }
                 _ => None,
             },
             ReplicateError::Store(e) | ReplicateError::Apply(BackfillError::Store(e))
@@ -513,6 +543,9 @@ struct Replicator<'a> {
     job: &'static str,
     containers: BTreeMap<&'static str, Container>,
     state: Mutex<State>,
+    /// When this run started (epoch seconds, this host's clock): where a range never probed
+    /// starts its probes with `--start now`.
+    started_secs: i64,
 }
 
 #[derive(Default)]
@@ -524,13 +557,42 @@ struct State {
     deletes: BTreeMap<String, DeleteCheck>,
     /// every slot owner this process used, released at the end
     owners: BTreeSet<String>,
+    /// per (container, range number): the change feed's cross-check and fallback
+    ranges: BTreeMap<(String, i32), RangeState>,
 }
+
+/// A feed range's cross-check state in this process.
+#[derive(Debug, Default)]
+struct RangeState {
+    /// Loaded from `migration.feed_checks` (or the start position) at the first probe.
+    probed_to: Option<i64>,
+    last_probe: Option<Instant>,
+    /// `_etag` -> `_ts` of what the feed delivered since `probed_to` (what PostgreSQL may not
+    /// show as a source version: a copy held back, a document quarantined under another id).
+    delivered: HashMap<String, i64>,
+    /// Documents the latest probe found missing.
+    missing: u64,
+    /// Auto mode: read from the `_ts` watermark, from this checkpoint, for the rest of the run.
+    fallback: Option<Watermark>,
+}
+
+/// At most this many delivered `_etag`s are remembered per range between two agreeing probes;
+/// past it they are forgotten and PostgreSQL's source versions alone account for them.
+const DELIVERED_KEPT: usize = 200_000;
 
 /// How one turn on a range ended.
 enum Turn {
-    CaughtUp,
+    /// Everything the range held is applied; for a change feed, with the second (this host's
+    /// clock, epoch) of the read that said so.
+    CaughtUp(Option<i64>),
     /// Stopped before catching up (asked to stop, or the lease went to another worker).
     Interrupted,
+}
+
+/// A feed turn's end, and the position it saved last.
+struct FeedTurn {
+    turn: Turn,
+    position: Option<Value>,
 }
 
 impl<'a> Replicator<'a> {
@@ -552,7 +614,7 @@ impl<'a> Replicator<'a> {
             }
         }
         let job = match config.mode {
-            ReplicationMode::ChangeFeed => JOB,
+            ReplicationMode::ChangeFeed | ReplicationMode::Auto => JOB,
             ReplicationMode::Watermark => WATERMARK_JOB,
         };
         Ok(Self {
@@ -561,6 +623,7 @@ impl<'a> Replicator<'a> {
             job,
             containers,
             state: Mutex::new(State::default()),
+            started_secs: now_secs(),
         })
     }
 
@@ -576,7 +639,7 @@ impl<'a> Replicator<'a> {
         let mut plans = Vec::new();
         for (name, container) in &self.containers {
             let ranges = match self.config.mode {
-                ReplicationMode::ChangeFeed => container
+                ReplicationMode::ChangeFeed | ReplicationMode::Auto => container
                     .feed_ranges()
                     .await?
                     .into_iter()
@@ -651,17 +714,303 @@ impl<'a> Replicator<'a> {
             };
             self.state().owners.insert(owner.clone());
             let turn = match self.config.mode {
-                ReplicationMode::ChangeFeed => {
-                    self.feed_turn(container, &owner, &lease, stop).await?
+                ReplicationMode::ChangeFeed | ReplicationMode::Auto => {
+                    self.feed_range_turn(container, &owner, &lease, stop)
+                        .await?
                 }
                 ReplicationMode::Watermark => {
                     self.watermark_turn(container, &owner, &lease, stop).await?
                 }
             };
             served += 1;
-            all_caught_up &= matches!(turn, Turn::CaughtUp);
+            all_caught_up &= matches!(turn, Turn::CaughtUp(_));
         }
         Ok((served, all_caught_up))
+    }
+
+    /// A turn on one feed range in change-feed or auto mode: the feed from its checkpoint
+    /// until caught up, then (when due) the cross-check against a `_ts` probe of the range. In
+    /// auto mode a range whose feed disagreed, or cannot be read here, is read from the `_ts`
+    /// watermark instead.
+    async fn feed_range_turn(
+        &self,
+        container: &'static str,
+        owner: &str,
+        lease: &Lease,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Turn, ReplicateError> {
+        let key = (container.to_owned(), lease.range_no);
+        let auto = self.config.mode == ReplicationMode::Auto;
+        if auto && self.in_fallback(&key) {
+            return self
+                .fallback_turn(container, owner, lease, lease.position.clone(), stop)
+                .await;
+        }
+        let done = match self.feed_turn(container, owner, lease, stop).await {
+            Ok(done) => done,
+            Err(ReplicateError::Cosmos(e)) if auto && feed_unsupported(&e) => {
+                tracing::warn!(
+                    container,
+                    range = lease.range_no,
+                    kind = ?e.kind(),
+                    "the change feed cannot be read here; this range is read from the _ts \
+                     watermark instead"
+                );
+                let from = self.probed_to(container, lease.range_no).await?;
+                feed_checks::fell_back(self.pool, self.job, container, lease.range_no, from)
+                    .await?;
+                self.enter_fallback(&key, from);
+                return self
+                    .fallback_turn(container, owner, lease, lease.position.clone(), stop)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        let Turn::CaughtUp(Some(read_at)) = done.turn else {
+            return Ok(done.turn);
+        };
+        if !self.probe_due(&key) {
+            return Ok(done.turn);
+        }
+        let range = feed_range_of(lease)?;
+        let agreed = self
+            .cross_check(container, lease.range_no, &range, read_at)
+            .await?;
+        if !agreed && auto {
+            // what the feed missed is read from the watermark now, in the same turn
+            return self
+                .fallback_turn(container, owner, lease, done.position, stop)
+                .await;
+        }
+        Ok(done.turn)
+    }
+
+    fn in_fallback(&self, key: &(String, i32)) -> bool {
+        self.state()
+            .ranges
+            .get(key)
+            .is_some_and(|r| r.fallback.is_some())
+    }
+
+    /// Auto mode: the range is read from the watermark from `from` on (the end of the last
+    /// window its probe found complete), for the rest of the run.
+    fn enter_fallback(&self, key: &(String, i32), from: i64) {
+        let mut state = self.state();
+        let range = state.ranges.entry(key.clone()).or_default();
+        range.fallback = Some(Watermark {
+            since: Some(from),
+            etags: Vec::new(),
+        });
+        range.delivered.clear();
+    }
+
+    fn probe_due(&self, key: &(String, i32)) -> bool {
+        let Some(every) = self.config.probe_every else {
+            return false;
+        };
+        let state = self.state();
+        let last = state.ranges.get(key).and_then(|r| r.last_probe);
+        // a --once run checks each range once, at the end of its catch-up
+        last.is_none() || (!self.config.once && last.is_some_and(|t| t.elapsed() >= every))
+    }
+
+    /// Where the next probe of a range starts: the end of the window the last agreeing probe
+    /// covered (`migration.feed_checks`), or, for a range never probed, where its feed started.
+    async fn probed_to(&self, container: &str, range_no: i32) -> Result<i64, ReplicateError> {
+        let key = (container.to_owned(), range_no);
+        if let Some(to) = self.state().ranges.get(&key).and_then(|r| r.probed_to) {
+            return Ok(to);
+        }
+        let stored = feed_checks::load(self.pool, self.job, container, range_no)
+            .await?
+            .and_then(|c| c.probed_to);
+        let to = stored.unwrap_or(match self.config.start {
+            StartAt::Beginning => 0,
+            StartAt::Time(t) => t.timestamp(),
+            StartAt::Now => self.started_secs,
+        });
+        self.state().ranges.entry(key).or_default().probed_to = Some(to);
+        Ok(to)
+    }
+
+    /// The cross-check: every document of the range changed in `[probed_to, read_at -
+    /// overlap)` must have been delivered by the feed, which said at `read_at` that it had
+    /// nothing more: that is, be in PostgreSQL at that version or newer (or quarantined, or held
+    /// back by a PostgreSQL change Cosmos has not taken), or have been delivered in this run.
+    /// The window's end leaves the overlap for the clock skew between this host and Cosmos, so
+    /// a change made after the read is never taken for a miss. Returns whether they agree; a
+    /// disagreement is logged as an error, counted in the report and recorded in
+    /// `migration.feed_checks` (which `serve` exports), and the window is checked again next
+    /// time.
+    async fn cross_check(
+        &self,
+        container: &'static str,
+        range_no: i32,
+        range: &FeedRangeKey,
+        read_at: i64,
+    ) -> Result<bool, ReplicateError> {
+        let key = (container.to_owned(), range_no);
+        let from = self.probed_to(container, range_no).await?;
+        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
+        let to = read_at.saturating_sub(overlap);
+        self.state()
+            .ranges
+            .entry(key.clone())
+            .or_default()
+            .last_probe = Some(Instant::now());
+        if to <= from {
+            return Ok(true);
+        }
+        let spec = QuerySpec::new(
+            "select c.id, c._etag, c._ts from c where c._ts >= @from and c._ts < @to",
+        )
+        .param("@from", from)
+        .param("@to", to)
+        .in_feed_range(range.clone());
+        let mut pages = self.containers[container].query_with_page_size::<Value>(
+            spec,
+            None::<ResumeToken>,
+            self.config.page_size.max(1000),
+        );
+        let mut probed = 0u64;
+        let mut missing = 0i64;
+        while let Some(page) = pages.next_page().await? {
+            let (mut ids, mut etags, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+            {
+                let state = self.state();
+                let delivered = state.ranges.get(&key).map(|r| &r.delivered);
+                for doc in &page.items {
+                    let (Some(id), Some(etag), Some(t)) = (
+                        doc.get("id").and_then(Value::as_str),
+                        doc.get("_etag").and_then(Value::as_str),
+                        doc.get("_ts").and_then(Value::as_i64),
+                    ) else {
+                        continue;
+                    };
+                    probed += 1;
+                    if delivered.is_some_and(|d| d.contains_key(etag)) {
+                        continue;
+                    }
+                    ids.push(id.to_owned());
+                    etags.push(etag.to_owned());
+                    ts.push(t);
+                }
+            }
+            if !ids.is_empty() {
+                missing +=
+                    feed_checks::unaccounted(self.pool, container, &ids, &etags, &ts).await?;
+            }
+        }
+        let missing_docs = u64::try_from(missing).unwrap_or(0);
+        {
+            let mut state = self.state();
+            let entry = state.containers.entry(container.to_owned()).or_default();
+            entry.feed_probes += 1;
+            if missing_docs > 0 {
+                entry.feed_disagreements += 1;
+            }
+            state.ranges.entry(key.clone()).or_default().missing = missing_docs;
+        }
+        if missing == 0 {
+            feed_checks::agreed(self.pool, self.job, container, range_no, to).await?;
+            let mut state = self.state();
+            let range = state.ranges.entry(key).or_default();
+            range.probed_to = Some(to);
+            range.delivered.retain(|_, t| *t >= to);
+            tracing::debug!(
+                container,
+                range = range_no,
+                probed,
+                "change feed cross-checked"
+            );
+            return Ok(true);
+        }
+        let fallback = self.config.mode == ReplicationMode::Auto;
+        tracing::error!(
+            container,
+            range = range_no,
+            missing,
+            probed,
+            window_from = from,
+            window_to = to,
+            fallback,
+            "the change feed disagrees with a _ts probe of the same range: documents changed in \
+             cosmos that the feed never delivered{}",
+            if fallback {
+                "; this range is read from the _ts watermark instead"
+            } else {
+                " (change-feed mode: not worked around; `--mode auto` falls back to the \
+                 watermark)"
+            }
+        );
+        feed_checks::disagreed(
+            self.pool, self.job, container, range_no, from, missing, fallback,
+        )
+        .await?;
+        if fallback {
+            self.enter_fallback(&key, from);
+        }
+        Ok(false)
+    }
+
+    /// Auto mode: one watermark pass over one feed range (`in_feed_range`), from the range's
+    /// fallback checkpoint (kept in this process). The lease row keeps the feed's position
+    /// (`position`, saved as it is): the feed is tried again by the next run.
+    async fn fallback_turn(
+        &self,
+        container: &'static str,
+        owner: &str,
+        lease: &Lease,
+        position: Option<Value>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Turn, ReplicateError> {
+        let key = (container.to_owned(), lease.range_no);
+        let range = feed_range_of(lease)?;
+        let checkpoint = self
+            .state()
+            .ranges
+            .get(&key)
+            .and_then(|r| r.fallback.clone())
+            .unwrap_or_default();
+        let range_counts: ContainerCounts =
+            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
+        let pass = self
+            .watermark_pass(container, &checkpoint, Some(&range), range_counts, stop)
+            .await?;
+        let kept = leases::advance(
+            self.pool,
+            self.job,
+            lease,
+            owner,
+            position.as_ref(),
+            &serde_json::to_value(&pass.range_counts).unwrap_or_default(),
+            false,
+            self.config.lease,
+        )
+        .await?;
+        if !kept {
+            tracing::warn!(container, "lease lost to another worker");
+            return Ok(Turn::Interrupted);
+        }
+        let Some(next) = pass.next else {
+            return Ok(Turn::Interrupted);
+        };
+        // everything committed before the pass started is applied: the next probe (the next
+        // run's, when the feed is tried again) starts there
+        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
+        feed_checks::watermark_applied(
+            self.pool,
+            self.job,
+            container,
+            lease.range_no,
+            pass.cap.saturating_sub(overlap),
+        )
+        .await?;
+        if let Some(range) = self.state().ranges.get_mut(&key) {
+            range.fallback = Some(next);
+        }
+        leases::mark_caught_up(self.pool, self.job, lease, owner, pass.started.elapsed()).await?;
+        Ok(Turn::CaughtUp(None))
     }
 
     /// Reads one range's change feed from its checkpoint until caught up.
@@ -671,12 +1020,9 @@ impl<'a> Replicator<'a> {
         owner: &str,
         lease: &Lease,
         stop: &watch::Receiver<bool>,
-    ) -> Result<Turn, ReplicateError> {
+    ) -> Result<FeedTurn, ReplicateError> {
         let handle = &self.containers[container];
-        let range = match &lease.range_start {
-            Value::String(s) => FeedRangeKey::from_string(s.clone()),
-            _ => return Err(ReplicateError::BadCheckpoint("feed range")),
-        };
+        let range = feed_range_of(lease)?;
         let start = match &lease.position {
             None | Some(Value::Null) => match self.config.start {
                 StartAt::Beginning => FeedStart::Beginning,
@@ -697,7 +1043,12 @@ impl<'a> Replicator<'a> {
             self.config.page_size,
         );
         let mut page_no = 0;
+        let mut saved = lease.position.clone();
+        let key = (container.to_owned(), lease.range_no);
         loop {
+            // the second the request left (this host's clock): the feed's answer covers every
+            // change committed before it
+            let requested_at = now_secs();
             let page = feed.next_page().await?;
             page_no += 1;
             let read_at = Instant::now();
@@ -711,6 +1062,17 @@ impl<'a> Replicator<'a> {
                 .filter_map(|d| d.get("_ts").and_then(Value::as_i64))
                 .max();
             let pages = u64::from(!caught_up);
+            // what the feed delivered, for the cross-check (remembered once applied)
+            let delivered: Vec<(String, i64)> = page
+                .documents
+                .iter()
+                .filter_map(|d| {
+                    Some((
+                        d.get("_etag")?.as_str()?.to_owned(),
+                        d.get("_ts")?.as_i64()?,
+                    ))
+                })
+                .collect();
             if !page.documents.is_empty() {
                 let documents = page
                     .documents
@@ -725,6 +1087,14 @@ impl<'a> Replicator<'a> {
                     Retries::Backoff,
                 )
                 .await?;
+            }
+            if !delivered.is_empty() {
+                let mut state = self.state();
+                let remembered = &mut state.ranges.entry(key.clone()).or_default().delivered;
+                if remembered.len() + delivered.len() > DELIVERED_KEPT {
+                    remembered.clear();
+                }
+                remembered.extend(delivered);
             }
             let feed_deletes = page.deletes.len() as u64;
             if self.config.apply_deletes {
@@ -755,13 +1125,20 @@ impl<'a> Replicator<'a> {
                     range = lease.range_no,
                     "lease lost to another worker"
                 );
-                return Ok(Turn::Interrupted);
+                return Ok(FeedTurn {
+                    turn: Turn::Interrupted,
+                    position: saved,
+                });
             }
+            saved = Some(position);
             if caught_up {
                 // what the feed held is applied: the lag bound `serve` exports restarts here
                 leases::mark_caught_up(self.pool, self.job, lease, owner, read_at.elapsed())
                     .await?;
-                return Ok(Turn::CaughtUp);
+                return Ok(FeedTurn {
+                    turn: Turn::CaughtUp(Some(requested_at)),
+                    position: saved,
+                });
             }
             self.config
                 .after_page
@@ -771,7 +1148,10 @@ impl<'a> Replicator<'a> {
                 })
                 .await;
             if *stop.borrow() {
-                return Ok(Turn::Interrupted);
+                return Ok(FeedTurn {
+                    turn: Turn::Interrupted,
+                    position: saved,
+                });
             }
         }
     }
@@ -785,13 +1165,6 @@ impl<'a> Replicator<'a> {
         lease: &Lease,
         stop: &watch::Receiver<bool>,
     ) -> Result<Turn, ReplicateError> {
-        let pass_started = Instant::now();
-        // The pass's start in `_ts` terms (whole seconds, floored), on this host's clock: every
-        // change committed after this moment has a `_ts` at or after it, give or take the
-        // clock skew the overlap window covers.
-        let pass_start_ts = now_secs();
-        let handle = &self.containers[container];
-        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let checkpoint = match &lease.position {
             None | Some(Value::Null) => Watermark {
                 since: match self.config.start {
@@ -805,6 +1178,58 @@ impl<'a> Replicator<'a> {
             Some(v) => serde_json::from_value::<Watermark>(v.clone())
                 .map_err(|_| ReplicateError::BadCheckpoint("watermark"))?,
         };
+        let range_counts: ContainerCounts =
+            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
+        let pass = self
+            .watermark_pass(container, &checkpoint, None, range_counts, stop)
+            .await?;
+        // The pass is checkpointed only when complete: an interrupted pass is read again.
+        let position = match &pass.next {
+            None => lease.position.clone(),
+            Some(next) => Some(json!(next)),
+        };
+        let kept = leases::advance(
+            self.pool,
+            self.job,
+            lease,
+            owner,
+            position.as_ref(),
+            &serde_json::to_value(&pass.range_counts).unwrap_or_default(),
+            false,
+            self.config.lease,
+        )
+        .await?;
+        if !kept {
+            tracing::warn!(container, "lease lost to another worker");
+            return Ok(Turn::Interrupted);
+        }
+        if pass.next.is_none() {
+            return Ok(Turn::Interrupted);
+        }
+        // a complete pass read everything committed before it started: the lag bound restarts
+        // at its start
+        leases::mark_caught_up(self.pool, self.job, lease, owner, pass.started.elapsed()).await?;
+        Ok(Turn::CaughtUp(None))
+    }
+
+    /// Reads and applies everything of `container` (of one feed range, with `scope`) whose
+    /// `_ts` is at or after the checkpoint minus the overlap window; `range_counts` are the
+    /// range's counts so far. The next checkpoint is `None` when the pass was interrupted.
+    async fn watermark_pass(
+        &self,
+        container: &'static str,
+        checkpoint: &Watermark,
+        scope: Option<&FeedRangeKey>,
+        mut range_counts: ContainerCounts,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<WatermarkPass, ReplicateError> {
+        let pass_started = Instant::now();
+        // The pass's start in `_ts` terms (whole seconds, floored), on this host's clock: every
+        // change committed after this moment has a `_ts` at or after it, give or take the
+        // clock skew the overlap window covers.
+        let pass_start_ts = now_secs();
+        let handle = &self.containers[container];
+        let overlap = i64::try_from(self.config.overlap.as_secs()).unwrap_or(i64::MAX);
         let from = checkpoint.since.map_or(0, |s| s.saturating_sub(overlap));
         // The next watermark is at most the pass's start: a document read early in this pass
         // and changed while it runs is not read again by it, and a watermark taken from the
@@ -814,11 +1239,13 @@ impl<'a> Replicator<'a> {
             .since
             .map_or(pass_start_ts, |s| s.max(pass_start_ts));
         let seen: HashSet<&str> = checkpoint.etags.iter().map(String::as_str).collect();
-        let spec = QuerySpec::new("select * from c where c._ts >= @since").param("@since", from);
+        let mut spec =
+            QuerySpec::new("select * from c where c._ts >= @since").param("@since", from);
+        if let Some(range) = scope {
+            spec = spec.in_feed_range(range.clone());
+        }
         let mut pages =
             handle.query_with_page_size::<Value>(spec, None::<ResumeToken>, self.config.page_size);
-        let mut range_counts: ContainerCounts =
-            serde_json::from_value(lease.counts.clone()).unwrap_or_default();
         let mut newest = checkpoint.since;
         // (ts, etag) of what this pass read, to keep the window's etags for the next pass
         let mut read: Vec<(i64, String)> = Vec::new();
@@ -881,10 +1308,7 @@ impl<'a> Replicator<'a> {
                 break;
             }
         }
-        // The pass is checkpointed only when complete: an interrupted pass is read again.
-        let position = if interrupted {
-            lease.position.clone()
-        } else {
+        let next = (!interrupted).then(|| {
             let since = newest.map(|n| n.min(cap));
             let window_start = since.map_or(i64::MIN, |s| s.saturating_sub(overlap));
             let etags = read
@@ -892,30 +1316,14 @@ impl<'a> Replicator<'a> {
                 .filter(|(ts, _)| *ts >= window_start)
                 .map(|(_, e)| e)
                 .collect();
-            Some(json!(Watermark { since, etags }))
-        };
-        let kept = leases::advance(
-            self.pool,
-            self.job,
-            lease,
-            owner,
-            position.as_ref(),
-            &serde_json::to_value(&range_counts).unwrap_or_default(),
-            false,
-            self.config.lease,
-        )
-        .await?;
-        if !kept {
-            tracing::warn!(container, "lease lost to another worker");
-            return Ok(Turn::Interrupted);
-        }
-        if interrupted {
-            return Ok(Turn::Interrupted);
-        }
-        // a complete pass read everything committed before it started: the lag bound restarts
-        // at its start
-        leases::mark_caught_up(self.pool, self.job, lease, owner, pass_started.elapsed()).await?;
-        Ok(Turn::CaughtUp)
+            Watermark { since, etags }
+        });
+        Ok(WatermarkPass {
+            next,
+            started: pass_started,
+            cap,
+            range_counts,
+        })
     }
 
     fn record(
@@ -1023,6 +1431,14 @@ impl<'a> Replicator<'a> {
                 .get(name)
                 .map(|t| t.elapsed().as_secs_f64());
             c.newest_change_age_seconds = c.newest_ts.map(|ts| (now - ts).max(0) as f64);
+            let ranges = state.ranges.iter().filter(|((n, _), _)| n == name);
+            let (mut missing, mut fallback) = (0, 0);
+            for (_, r) in ranges {
+                missing += r.missing;
+                fallback += u64::from(r.fallback.is_some());
+            }
+            c.feed_missing = missing;
+            c.fallback_ranges = fallback;
         }
         ReplicateReport {
             mode: self.config.mode,
@@ -1068,9 +1484,33 @@ impl<'a> Replicator<'a> {
     }
 }
 
+/// What a watermark pass did: the next checkpoint (`None`: interrupted, read again), when it
+/// started (and its start in `_ts` terms, the cap), and the range's counts after it.
+struct WatermarkPass {
+    next: Option<Watermark>,
+    started: Instant,
+    cap: i64,
+    range_counts: ContainerCounts,
+}
+
+/// The range a lease row of a feed-range job names.
+fn feed_range_of(lease: &Lease) -> Result<FeedRangeKey, ReplicateError> {
+    match &lease.range_start {
+        Value::String(s) => Ok(FeedRangeKey::from_string(s.clone())),
+        _ => Err(ReplicateError::BadCheckpoint("feed range")),
+    }
+}
+
+/// Whether a change feed error says the feed cannot be read at all here (a server that does
+/// not implement it: a 4xx other than throttling, or 501), rather than that the store is out.
+fn feed_unsupported(e: &mystira_cosmos_client::Error) -> bool {
+    use mystira_cosmos_client::ErrorKind;
+    e.kind() == ErrorKind::InvalidRequest || e.status().is_some_and(|(code, _)| code == 501)
+}
+
 /// The watermark checkpoint: the newest `_ts` applied, and the `_etag`s read inside the
 /// overlap window below it (skipped when read again).
-#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 struct Watermark {
     since: Option<i64>,
     etags: Vec<String>,

@@ -7,6 +7,7 @@ pub mod bookkeeping;
 pub mod bulk;
 pub mod copy_baseline;
 pub mod error;
+pub mod feed_checks;
 pub mod heartbeats;
 pub mod initial_load;
 pub mod journal;

@@ -87,6 +87,7 @@ pub struct Metrics {
     store_write_seconds: Family<StoreWriteLabels, Histogram>,
     dual_write_failures: Family<FailureLabels, Counter>,
     replication_lag: Family<ContainerLabels, FloatGauge>,
+    feed_disagreeing_ranges: Family<ContainerLabels, Gauge>,
     worker_heartbeat_age: Family<WorkerLabels, FloatGauge>,
     workers_retrying: Family<WorkerLabels, Gauge>,
     postgres_up: Gauge,
@@ -159,6 +160,14 @@ impl Metrics {
              -1 until every range has caught up once)",
             replication_lag.clone(),
         );
+        let feed_disagreeing_ranges = Family::<ContainerLabels, Gauge>::default();
+        registry.register(
+            "replication_feed_disagreeing_ranges",
+            "Per container: replication ranges whose change feed the last _ts probe of the same \
+             range found missing documents changed in Cosmos (0 when every probed range \
+             agrees; auto mode reads such a range from the _ts watermark instead)",
+            feed_disagreeing_ranges.clone(),
+        );
         let worker_heartbeat_age = Family::<WorkerLabels, FloatGauge>::default();
         registry.register(
             "worker_heartbeat_age_seconds",
@@ -181,6 +190,7 @@ impl Metrics {
             store_write_seconds,
             dual_write_failures,
             replication_lag,
+            feed_disagreeing_ranges,
             worker_heartbeat_age,
             workers_retrying,
             postgres_up: Gauge::default(),
@@ -312,6 +322,11 @@ impl Metrics {
                         .get_or_create(&ContainerLabels { container })
                         .set(lag.unwrap_or(-1.0));
                 }
+                for (container, ranges) in s.feed_disagreeing {
+                    self.feed_disagreeing_ranges
+                        .get_or_create(&ContainerLabels { container })
+                        .set(ranges);
+                }
                 for (kind, age, retrying) in s.workers {
                     let labels = WorkerLabels {
                         kind: kind.as_str().to_owned(),
@@ -350,6 +365,7 @@ struct StateFigures {
     ranges_total: i64,
     replication: Vec<(String, Option<f64>)>,
     workers: Vec<(mystira_postgres::heartbeats::WorkerKind, Option<f64>, i64)>,
+    feed_disagreeing: Vec<(String, i64)>,
 }
 
 /// One round trip's worth of state (the times are the server's, so ages do not depend on
@@ -388,6 +404,12 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
     let workers = mystira_postgres::heartbeats::beat_ages(&mut *tx)
         .await
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let feed_disagreeing = mystira_postgres::feed_checks::disagreeing_ranges(
+        &mut *tx,
+        mystira_migrate::replicate::JOB,
+    )
+    .await
+    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     tx.commit().await?;
     Ok(StateFigures {
         now,
@@ -401,6 +423,7 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
         ranges_total,
         replication,
         workers,
+        feed_disagreeing,
     })
 }
 

@@ -31,9 +31,12 @@ pub struct ReplicateArgs {
     #[arg(long)]
     pub once: bool,
 
-    /// How changes are found: Cosmos's change feed per feed range, or a `_ts` watermark query
+    /// How changes are found: `auto` reads each feed range's change feed, cross-checks it
+    /// against `_ts` probes of the same range, and reads a range whose feed disagrees (or
+    /// cannot be read here) from the `_ts` watermark instead; `change-feed` cross-checks the
+    /// same way but only reports a disagreement (exit code 3); `watermark` queries `_ts` only
     /// (for servers without a change feed)
-    #[arg(long, value_enum, default_value_t = ModeArg::ChangeFeed)]
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
 
     /// Where a range without a checkpoint starts: `beginning` (every document once: nothing
@@ -69,10 +72,16 @@ pub struct ReplicateArgs {
     #[arg(long, value_name = "SECONDS")]
     pub lease_seconds: Option<u64>,
 
-    /// Watermark mode: how far below the newest `_ts` applied each pass reads again
-    /// [default: 5]
+    /// Watermark mode: how far below the newest `_ts` applied each pass reads again; also the
+    /// margin for the clock skew between this host and Cosmos [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub overlap_seconds: Option<u64>,
+
+    /// Change-feed and auto modes: how often a caught-up range's feed is cross-checked against
+    /// a `_ts` probe of the same range, in seconds (0: never); `--once` checks each range once
+    /// [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub probe_seconds: Option<u64>,
 
     /// How often a continuous run compares key sets to find deletes, in seconds (0: never);
     /// `--once` compares once, at the end [default: 300]
@@ -98,6 +107,7 @@ fn parse_start(value: &str) -> Result<StartAt, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
+    Auto,
     ChangeFeed,
     Watermark,
 }
@@ -106,6 +116,7 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
     let defaults = ReplicateConfig::default();
     let config = ReplicateConfig {
         mode: match args.mode {
+            ModeArg::Auto => ReplicationMode::Auto,
             ModeArg::ChangeFeed => ReplicationMode::ChangeFeed,
             ModeArg::Watermark => ReplicationMode::Watermark,
         },
@@ -126,6 +137,11 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
         overlap: args
             .overlap_seconds
             .map_or(defaults.overlap, Duration::from_secs),
+        probe_every: match args.probe_seconds {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => defaults.probe_every,
+        },
         delete_check_every: match args.delete_check_seconds {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
@@ -221,6 +237,12 @@ fn outcome(report: &ReplicateReport) -> Outcome {
             FeedMode::AllVersionsAndDeletes => "change feed (all versions and deletes)",
             _ => "change feed",
         },
+        ReplicationMode::Auto => match report.feed_mode {
+            FeedMode::AllVersionsAndDeletes => {
+                "change feed (all versions and deletes; auto: _ts watermark where it disagrees)"
+            }
+            _ => "change feed (auto: _ts watermark where it disagrees)",
+        },
         ReplicationMode::Watermark => "_ts watermark",
     };
     let mut human = format!(
@@ -263,6 +285,28 @@ fn outcome(report: &ReplicateReport) -> Outcome {
             ));
         }
     }
+    // the cross-check of the change feed against `_ts` probes
+    let feed_disagreements = report.feed_disagreements();
+    for (container, c) in &report.containers {
+        if c.feed_disagreements == 0 && c.fallback_ranges == 0 {
+            continue;
+        }
+        if report.mode == ReplicationMode::Auto {
+            human.push_str(&format!(
+                "  {container}: the change feed disagreed with a _ts probe ({} documents it \
+                 never delivered) or could not be read; {} ranges were read from the _ts \
+                 watermark instead\n",
+                c.feed_missing, c.fallback_ranges
+            ));
+        } else {
+            human.push_str(&format!(
+                "THE CHANGE FEED OF {container} DISAGREES WITH A _ts PROBE: {} documents changed \
+                 in Cosmos that it never delivered are not in PostgreSQL (`--mode auto` reads \
+                 such ranges from the _ts watermark)\n",
+                c.feed_missing
+            ));
+        }
+    }
     if !reconciled {
         human.push_str("COUNTS DO NOT RECONCILE: some documents are not accounted for\n");
     }
@@ -276,9 +320,11 @@ fn outcome(report: &ReplicateReport) -> Outcome {
             "{quarantined} documents are in quarantine: `mystira-users quarantine list` shows why\n"
         ));
     }
+    // a disagreement the mode did not work around means documents are missing
+    let missed = feed_disagreements > 0 && report.mode == ReplicationMode::ChangeFeed;
     let exit = if !reconciled {
         Exit::Failure
-    } else if report.unapplied_deletes() > 0 {
+    } else if report.unapplied_deletes() > 0 || missed {
         Exit::Attention
     } else {
         Exit::Ok
@@ -298,6 +344,9 @@ fn outcome(report: &ReplicateReport) -> Outcome {
             "deletes": report.deletes,
             "apply_deletes": report.apply_deletes,
             "unapplied_deletes": report.unapplied_deletes(),
+            "feed_disagreements": feed_disagreements,
+            "feed_missing": report.containers.values().map(|c| c.feed_missing).sum::<u64>(),
+            "fallback_ranges": report.containers.values().map(|c| c.fallback_ranges).sum::<u64>(),
         }),
     }
 }

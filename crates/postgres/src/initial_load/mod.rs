@@ -537,39 +537,52 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
 /// `missing_account` note the upsert path gives a profile that lands before its account. When
 /// the account lands in the upsert pass, it attaches them again (`attach_waiting_profiles`),
 /// as it does in the upsert path. Returns how many were detached.
+///
+/// The two ways a profile is orphaned are two branches of a `union`, an anti-join and a
+/// semi-join, each of which can hash: written as one `or` of `not exists` and `exists`, the
+/// check could not be made a join, and with `accounts` stripped of its key and too large for
+/// the subplan's hash table (`work_mem`) the planner scanned `accounts` once per profile (a
+/// million accounts: 1.9 million scans, issue 33).
 async fn detach_orphans(conn: &mut PgConnection) -> Result<u64> {
-    let detached = sqlx::query(
-        "with orphans as (
-             select p.id as key, v.document_id, p.account_id
-             from user_profiles p
-             join migration.document_versions v on v.container = 'UserProfiles' and v.key = p.id
-             where p.account_id is not null
-               and not exists (select 1 from migration.load_redo r
-                               where r.container = 'UserProfiles' and r.document_id = v.document_id)
-               and (not exists (select 1 from accounts a where a.id = p.account_id)
-                    or exists (select 1 from migration.document_versions av
-                               join migration.load_redo r
-                                 on r.container = av.container and r.document_id = av.document_id
-                               where av.container = 'Accounts' and av.key = p.account_id))
-         ), noted as (
-             insert into migration.document_notes
-                 (container, document_id, code, subject, detail, original)
-             select 'UserProfiles', o.document_id, 'missing_account', 'AccountId',
-                    jsonb_build_object('account_ref', coalesce(f.account_ref, o.account_id::text),
-                                       'account_key', o.account_id),
-                    to_jsonb(coalesce(f.account_ref, o.account_id::text))
-             from orphans o left join migration.load_refs f on f.document_id = o.document_id
-             on conflict (container, document_id, code, subject) do update
-                 set detail = excluded.detail, original = excluded.original
-         )
-         update user_profiles p set account_id = null from orphans o where p.id = o.key",
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(map)?
-    .rows_affected();
+    let detached = sqlx::query(DETACH_ORPHANS_SQL)
+        .execute(&mut *conn)
+        .await
+        .map_err(map)?
+        .rows_affected();
     Ok(detached)
 }
+
+const DETACH_ORPHANS_SQL: &str = "with candidates as materialized (
+         -- the profiles left in place that name an account
+         select p.id as key, v.document_id, p.account_id
+         from user_profiles p
+         join migration.document_versions v on v.container = 'UserProfiles' and v.key = p.id
+         where p.account_id is not null
+           and not exists (select 1 from migration.load_redo r
+                           where r.container = 'UserProfiles' and r.document_id = v.document_id)
+     ), orphans as (
+         -- whose account did not land
+         select c.key, c.document_id, c.account_id from candidates c
+         where not exists (select 1 from accounts a where a.id = c.account_id)
+         union
+         -- or was set aside
+         select c.key, c.document_id, c.account_id from candidates c
+         where exists (select 1 from migration.document_versions av
+                       join migration.load_redo r
+                         on r.container = av.container and r.document_id = av.document_id
+                       where av.container = 'Accounts' and av.key = c.account_id)
+     ), noted as (
+         insert into migration.document_notes
+             (container, document_id, code, subject, detail, original)
+         select 'UserProfiles', o.document_id, 'missing_account', 'AccountId',
+                jsonb_build_object('account_ref', coalesce(f.account_ref, o.account_id::text),
+                                   'account_key', o.account_id),
+                to_jsonb(coalesce(f.account_ref, o.account_id::text))
+         from orphans o left join migration.load_refs f on f.document_id = o.document_id
+         on conflict (container, document_id, code, subject) do update
+             set detail = excluded.detail, original = excluded.original
+     )
+     update user_profiles p set account_id = null from orphans o where p.id = o.key";
 
 /// Adds to the redo list every document that shares a key with one listed.
 async fn same_key(conn: &mut PgConnection) -> Result<()> {

@@ -542,6 +542,7 @@ fn a_dry_run_lists_the_change_every_gate_check_and_the_overrides_and_writes_noth
     assert_eq!(
         gates,
         [
+            ("replicator_live".to_owned(), true),
             ("verify_cosmos_to_pg".to_owned(), false),
             ("retry_journal".to_owned(), true),
             ("backfill".to_owned(), false)

@@ -150,6 +150,13 @@ pub enum Condition {
     },
     /// An override for an account PostgreSQL does not hold.
     AccountNotFound { account: Uuid },
+    /// A continuous `replicate` ran (it beat within the last day) and died: none beats now,
+    /// and the newest stopped beating `silent_for` ago without saying it stopped. The phase
+    /// being left needs one: writes that reach Cosmos without the router are otherwise missed.
+    ReplicatorDead {
+        worker: String,
+        silent_for: Duration,
+    },
 }
 
 /// The command that verifies in `direction`.
@@ -214,6 +221,7 @@ impl Condition {
             Self::SkipsDualWritePostgresRead { .. } => "postgres_only_exit_skips_phase_2",
             Self::UnverifiedSincePostgresOnly { .. } => "pg_to_cosmos_unverified_since_phase_3",
             Self::AccountNotFound { .. } => "account_not_found",
+            Self::ReplicatorDead { .. } => "replicator_dead",
         }
     }
 
@@ -233,6 +241,7 @@ impl Condition {
             Self::SkipsDualWritePostgresRead { .. } => Check::ThroughPhase2,
             Self::UnverifiedSincePostgresOnly { .. } => Check::VerifiedSincePostgresOnly,
             Self::AccountNotFound { .. } => Check::AccountExists,
+            Self::ReplicatorDead { .. } => Check::ReplicatorLive,
         }
     }
 
@@ -371,6 +380,14 @@ impl fmt::Display for Condition {
                  Check the id (`--force` sets it anyway, e.g. for an account Cosmos holds that \
                  has not been copied yet)."
             ),
+            Self::ReplicatorDead { worker, silent_for } => write!(
+                f,
+                "The replicator {worker} stopped beating {} ago without stopping cleanly, and \
+                 no other `replicate` beats: writes that reach Cosmos without the router are \
+                 not being copied. Start `mystira-users replicate` again (it resumes from its \
+                 checkpoints), check `mystira-users status`, then move again.",
+                format_duration(*silent_for)
+            ),
         }
     }
 }
@@ -428,6 +445,10 @@ impl Serialize for Condition {
                 "latest_clean_started": latest_clean_started,
             }),
             Self::AccountNotFound { account } => serde_json::json!({ "account": account }),
+            Self::ReplicatorDead { worker, silent_for } => serde_json::json!({
+                "worker": worker,
+                "silent_for_seconds": silent_for.as_secs(),
+            }),
         };
         if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), detail) {
             map.extend(extra);
@@ -449,6 +470,8 @@ enum Check {
     VerifiedSincePostgresOnly,
     /// An override names an account PostgreSQL holds.
     AccountExists,
+    /// Leaving a dual-write phase forward: a continuous replicator that ran has not died.
+    ReplicatorLive,
 }
 
 impl Check {
@@ -463,6 +486,7 @@ impl Check {
             Self::ThroughPhase2 => "through_phase_2",
             Self::VerifiedSincePostgresOnly => "pg_to_cosmos_since_phase_3",
             Self::AccountExists => "account_exists",
+            Self::ReplicatorLive => "replicator_live",
         }
     }
 
@@ -481,6 +505,14 @@ fn checks(from: Phase, to: Phase) -> Vec<Check> {
         }
     };
     if to > from {
+        // the dual-write phases need the replicator for writes that bypass the router: a
+        // forward move out of one waits until a dead replicator is replaced
+        if matches!(
+            from,
+            Phase::DualWriteCosmosRead | Phase::DualWritePostgresRead
+        ) {
+            add(Check::ReplicatorLive);
+        }
         for step in Phase::ALL.into_iter().filter(|p| *p > from && *p <= to) {
             match step {
                 Phase::CosmosOnly => {}
@@ -655,9 +687,37 @@ async fn evaluate(
                     unmet.push(Condition::AccountNotFound { account });
                 }
             }
+            Check::ReplicatorLive => {
+                if let Some(dead) = dead_replicator(&mut *conn).await? {
+                    unmet.push(dead);
+                }
+            }
         }
     }
     Ok(unmet)
+}
+
+/// [`Condition::ReplicatorDead`] when a continuous replicator beat within the last day, none
+/// is live now, and the newest one fell silent without stopping. A replicator never started (or
+/// stopped cleanly by its operator) blocks nothing here; `status` reports it (`no_replicator`).
+async fn dead_replicator(conn: &mut PgConnection) -> Result<Option<Condition>, RepoError> {
+    use mystira_postgres::heartbeats::{self, STALE_AFTER, WorkerKind, WorkerState};
+    let workers = heartbeats::list(&mut *conn).await?;
+    let replicators: Vec<_> = workers
+        .iter()
+        .filter(|w| w.kind == WorkerKind::Replicate.as_str())
+        .collect();
+    if replicators.iter().any(|w| w.is_live(STALE_AFTER)) {
+        return Ok(None);
+    }
+    // newest beat first (`list` orders by kind, then beat)
+    Ok(replicators
+        .into_iter()
+        .find(|w| w.state != WorkerState::Stopped.as_str())
+        .map(|w| Condition::ReplicatorDead {
+            worker: w.worker.clone(),
+            silent_for: Duration::from_secs_f64(w.age_seconds.max(0.0)),
+        }))
 }
 
 /// Every condition that moving the domain from `from` to `to` (clearing no override) does not
@@ -701,7 +761,8 @@ impl PhaseGate for Gates {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GateCheck {
     /// Stable: `backfill`, `verify_cosmos_to_pg`, `verify_pg_to_cosmos`, `retry_journal`,
-    /// `outbox`, `through_phase_2`, `pg_to_cosmos_since_phase_3`, `account_exists`.
+    /// `outbox`, `through_phase_2`, `pg_to_cosmos_since_phase_3`, `account_exists`,
+    /// `replicator_live`.
     pub check: &'static str,
     /// The account a per-account check is about.
     pub account: Option<Uuid>,

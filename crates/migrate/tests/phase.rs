@@ -235,6 +235,69 @@ mod gates {
         assert_eq!(domain_phase(&pool).await, to);
     }
 
+    /// Issue 34, item 5: a forward move out of a dual-write phase waits while the replicator
+    /// that phase needs is dead (it beat, then fell silent without stopping); a live one, or
+    /// one its operator stopped, lets the move through.
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn leaving_a_dual_write_phase_forward_waits_while_its_replicator_is_dead(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        seed_verify(&pool, true, 1).await;
+        let to = Phase::DualWritePostgresRead;
+        let beat = |worker: &'static str, state: &'static str, ago_secs: i32| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(
+                    "insert into migration.worker_heartbeats
+                         (worker, kind, host, pid, mode, beat_at, state)
+                     values ($1, 'replicate', 'h', 1, 'auto',
+                             now() - make_interval(secs => $3), $2)
+                     on conflict (worker) do update
+                         set beat_at = excluded.beat_at, state = excluded.state",
+                )
+                .bind(worker)
+                .bind(state)
+                .bind(ago_secs)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        };
+        beat("replicate@h:1", "running", 120).await;
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Refused);
+        assert_eq!(codes(&d), ["replicator_dead"]);
+        assert!(
+            d.unmet[0].to_string().contains("replicate@h:1"),
+            "{}",
+            d.unmet[0]
+        );
+        // a replicator beating again opens the gate
+        beat("replicate@h:2", "running", 1).await;
+        let d = phase::set_phase(&pool, to, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
+    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+    async fn a_replicator_stopped_by_its_operator_is_not_dead(pool: PgPool) {
+        start_in(&pool, Phase::DualWriteCosmosRead).await;
+        seed_verify(&pool, true, 1).await;
+        sqlx::query(
+            "insert into migration.worker_heartbeats (worker, kind, host, pid, beat_at, state)
+             values ('replicate@h:1', 'replicate', 'h', 1, now() - interval '1 hour', 'stopped')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let d = phase::set_phase(&pool, Phase::DualWritePostgresRead, None, &options("go"))
+            .await
+            .unwrap();
+        assert_eq!(d.result, DecisionKind::Applied, "{}", d.summary());
+    }
+
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn postgres_read_needs_a_recent_clean_verify_and_an_empty_retry_journal(pool: PgPool) {
         start_in(&pool, Phase::DualWriteCosmosRead).await;
@@ -1053,6 +1116,7 @@ mod overrides {
         assert_eq!(
             gates,
             [
+                ("replicator_live", true),
                 ("verify_cosmos_to_pg", true),
                 ("retry_journal", false),
                 ("backfill", false)

@@ -648,3 +648,30 @@ fn leaving_phase_3_needs_a_typed_confirmation_or_yes_and_never_waits_without_a_t
     assert_eq!(code, 0, "{applied}");
     assert_eq!(applied["result"], "applied");
 }
+
+/// Issue 34, item 10: `--wait-drain` says how many outbox rows are left while it waits (it
+/// printed nothing), then decides on what it found.
+#[test]
+fn wait_drain_reports_the_outbox_while_it_waits() {
+    let db = Database::new("waitdrain");
+    db.force(&["dual-write-postgres-read"]);
+    db.execute(
+        "insert into migration.outbox (container, key) values ('Accounts', gen_random_uuid())",
+    );
+    let output = db.run(&[
+        "phase",
+        "set",
+        "dual-write-cosmos-read",
+        "--reason",
+        "rollback",
+        "--wait-drain",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "refused: the row stays");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("waiting for the outbox to drain") && stderr.contains("outbox_rows=1"),
+        "{stderr}"
+    );
+    assert_eq!(db.domain_phase(), "dual-write-postgres-read");
+}

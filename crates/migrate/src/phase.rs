@@ -1175,6 +1175,9 @@ fn decision(
 /// How often waiting for the drain looks at the outbox.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
 
+/// How often a `--wait-drain` wait says how many outbox rows are left.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// Waits (at most `options.wait_drain`) for the outbox to empty when the move needs it. The
 /// wait happens before the phase lock is taken: holding the lock while waiting would block
 /// every other phase change for as long. The gate decides afterwards, on fresh facts.
@@ -1203,9 +1206,21 @@ async fn wait_for_drain(
     }
     let started = tokio::time::Instant::now();
     let deadline = started + limit;
+    // an operator watching a wait of minutes sees it move (it printed nothing: issue 34)
+    let mut next_report = started;
     loop {
-        let drained = store::outbox_backlog(pool).await?.rows == 0;
+        let backlog = store::outbox_backlog(pool).await?;
+        let drained = backlog.rows == 0;
         let now = tokio::time::Instant::now();
+        if !drained && now >= next_report {
+            tracing::info!(
+                outbox_rows = backlog.rows,
+                waited_seconds = (now - started).as_secs(),
+                left_seconds = deadline.saturating_duration_since(now).as_secs(),
+                "waiting for the outbox to drain"
+            );
+            next_report = now + DRAIN_REPORT_EVERY;
+        }
         if drained || now >= deadline {
             if !drained {
                 tracing::info!(

@@ -831,3 +831,250 @@ async fn it_refuses_to_start_when_what_it_would_serve_is_unsafe() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("at most 300"), "{stderr}");
 }
+
+/// A raw connection to `serve` (what a hostile client does is below any HTTP client).
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn connect(serve: &Serve) -> Raw {
+        let address = serve.base.trim_start_matches("http://");
+        Raw(tokio::net::TcpStream::connect(address).await.unwrap())
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        self.0.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Everything the server sends until it closes the connection (or resets it), within
+    /// `within`; `None` if it is still open then.
+    async fn until_closed(&mut self, within: Duration) -> Option<String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(within, async {
+            let mut buffer = [0_u8; 4096];
+            loop {
+                match self.0.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok()
+            .map(|()| String::from_utf8_lossy(&received).into_owned())
+    }
+
+    /// One answer on a kept-alive connection: reads until the body its content-length
+    /// announces is in.
+    async fn answer(&mut self) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut received = Vec::new();
+        let mut buffer = [0_u8; 4096];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let n = self.0.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+                received.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&received).to_lowercase();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if received.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("an answer within 10 s");
+        String::from_utf8_lossy(&received).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_head_and_a_stalled_body_are_closed_within_the_configured_timeouts() {
+    let db = fresh_database("serve_timeouts").await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("dev.p8");
+    let serve = Serve::start_with(
+        &db,
+        None,
+        &[
+            "--dev-key",
+            key.to_str().unwrap(),
+            "--header-read-timeout-seconds",
+            "1",
+            "--idle-timeout-seconds",
+            "1",
+        ],
+    );
+
+    // half a request head, then nothing: closed, unanswered, after the header-read timeout
+    let started = Instant::now();
+    let mut half = Raw::connect(&serve).await;
+    half.send("GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        .await;
+    let answered = half
+        .until_closed(Duration::from_secs(30))
+        .await
+        .expect("a half-sent head is closed within 30 s");
+    let took = started.elapsed();
+    assert_eq!(answered, "", "no answer to a head that never ended");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}, the timeout is 1 s"
+    );
+
+    // a kept-alive connection is answered, then closed once idle for the same timeout
+    let mut kept = Raw::connect(&serve).await;
+    kept.send("GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    assert!(kept.answer().await.starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        kept.until_closed(Duration::from_secs(5)).await.as_deref(),
+        Some(""),
+        "an idle kept-alive connection is closed"
+    );
+
+    // a body that stops coming: 408 problem+json after the idle timeout
+    let started = Instant::now();
+    let mut stalled = Raw::connect(&serve).await;
+    stalled
+        .send(
+            "POST /v1/signups HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{\"email\": ",
+        )
+        .await;
+    let answer = stalled
+        .until_closed(Duration::from_secs(30))
+        .await
+        .expect("a stalled body is answered and closed within 30 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // and the service still answers
+    let (status, _, _) = serve.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (exit, _) = serve.stop();
+    assert!(exit.success());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_sigterm_ends_it_within_the_deadline() {
+    let db = fresh_database("serve_cap").await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("dev.p8");
+    let serve = Serve::start_with(
+        &db,
+        None,
+        &[
+            "--dev-key",
+            key.to_str().unwrap(),
+            "--max-connections",
+            "2",
+            "--shutdown-timeout-seconds",
+            "1",
+            // long enough that nothing below is closed by them
+            "--header-read-timeout-seconds",
+            "60",
+            "--idle-timeout-seconds",
+            "60",
+        ],
+    );
+
+    // two connections, each answered once and kept alive: the cap is reached
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut connection = Raw::connect(&serve).await;
+        connection
+            .send("GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await;
+        assert!(connection.answer().await.starts_with("HTTP/1.1 200"));
+        held.push(connection);
+    }
+    // a third is answered 503 problem+json and closed at once
+    let mut over = Raw::connect(&serve).await;
+    let answer = over
+        .until_closed(Duration::from_secs(10))
+        .await
+        .expect("refused and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"too_many_connections""#),
+        "{answer}"
+    );
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+
+    // one closes: a slot is free again (seen as soon as the server notices the close)
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let mut probe = Raw::connect(&serve).await;
+        probe
+            .send("GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await;
+        let answer = probe.until_closed(Duration::from_secs(10)).await.unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metric(&metrics, "mystira_http_connections_refused_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "mystira_http_connections_open"),
+        2.0,
+        "{metrics}"
+    );
+
+    // SIGTERM with a request in flight whose body never comes, and a half-sent head on
+    // another connection: the process ends within the 1 s deadline, cutting them
+    let mut in_flight = held.pop().unwrap();
+    in_flight
+        .send(
+            "POST /v1/signups HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut half = loop {
+        // the slot of the metrics probe is freed as the server notices its close
+        let mut half = Raw::connect(&serve).await;
+        half.send("GET /healthz HTTP/1.1\r\nHost: te").await;
+        if half
+            .until_closed(Duration::from_millis(200))
+            .await
+            .is_none()
+        {
+            break half;
+        }
+        assert!(Instant::now() < deadline, "no slot for the half-sent head");
+    };
+    let started = Instant::now();
+    let (exit, stdout) = serve.stop();
+    let took = started.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    assert!(stdout.contains("were cut"), "{stdout}");
+    assert_eq!(
+        in_flight
+            .until_closed(Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("")
+    );
+    assert!(half.until_closed(Duration::from_secs(5)).await.is_some());
+}

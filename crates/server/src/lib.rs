@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod client_addr;
+pub mod connections;
 mod domain;
 pub mod health;
 pub mod metrics;
@@ -75,16 +76,25 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting and
-/// finishes the requests in flight (axum's graceful shutdown) before returning.
+/// Serves `app(state)` on `listener` with the default [`connections::Limits`] until
+/// `shutdown` resolves (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // with the peer's address, for the per-client rate limits
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> std::io::Result<connections::Stopped> {
+    serve_with(listener, state, connections::Limits::default(), shutdown).await
+}
+
+/// Serves `app(state)` on `listener` within `limits` until `shutdown` resolves, then stops
+/// accepting, lets the requests in flight be answered for at most the shutdown timeout, and
+/// cuts the connections still open then.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: connections::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<connections::Stopped> {
+    let metrics = state.metrics.clone();
+    connections::serve(listener, app(state), limits, metrics, shutdown).await
 }

@@ -90,6 +90,8 @@ pub struct Metrics {
     feed_disagreeing_ranges: Family<ContainerLabels, Gauge>,
     worker_heartbeat_age: Family<WorkerLabels, FloatGauge>,
     workers_retrying: Family<WorkerLabels, Gauge>,
+    connections_open: Gauge,
+    connections_refused: Counter,
     postgres_up: Gauge,
     scrape_errors: Counter,
     phase: Gauge,
@@ -193,6 +195,8 @@ impl Metrics {
             feed_disagreeing_ranges,
             worker_heartbeat_age,
             workers_retrying,
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
             postgres_up: Gauge::default(),
             scrape_errors: Counter::default(),
             phase: Gauge::default(),
@@ -210,6 +214,16 @@ impl Metrics {
 
     fn register_state(mut self) -> Self {
         let r = &mut self.registry;
+        r.register(
+            "http_connections_open",
+            "TCP connections the service holds open (at most --max-connections)",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections answered 503 too_many_connections and closed: over --max-connections",
+            self.connections_refused.clone(),
+        );
         r.register(
             "postgres_up",
             "1 when the last scrape could read the migration state from PostgreSQL",
@@ -267,6 +281,21 @@ impl Metrics {
             self.backfill_ranges_total.clone(),
         );
         self
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A connection was closed (or cut at the shutdown deadline).
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// A connection over the cap was refused.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts a request refused by the rate limit `limit`.

@@ -281,3 +281,42 @@ async fn readiness_describes_the_stores_this_process_uses(pool: PgPool) {
         "{detail}"
     );
 }
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_client_that_does_not_read_its_answer_is_closed_after_the_idle_timeout(pool: PgPool) {
+    use mystira_server::connections::{Limits, serve_connection};
+    use tokio::io::AsyncWriteExt as _;
+    let service = Service::new(pool);
+    // a pipe of 1 KiB: the OpenAPI document (tens of KiB) cannot be written whole into it
+    let (mut client, server) = tokio::io::duplex(1024);
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let app = service.app.clone();
+    let peer = "192.0.2.1:4000".parse().unwrap();
+    let started = std::time::Instant::now();
+    let served = tokio::spawn(async move {
+        serve_connection(server, peer, app, &limits, std::future::pending()).await
+    });
+    client
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // the client never reads: the connection ends once no byte was taken for 500 ms
+    let ended = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the connection is closed within 10 s")
+        .unwrap();
+    let error = ended.expect_err("a stalled write ends the connection with an error");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "ended after {took:?}: {error}"
+    );
+    let timed_out = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+    assert!(timed_out, "{error:?}");
+    drop(client);
+}

@@ -13,6 +13,7 @@ use mystira_migrate::phase::PhaseWatcher;
 use mystira_migrate::router::RouterConfig;
 use mystira_postgres::local_cluster::LocalCluster;
 use mystira_server::auth::{Authenticator, DevKey};
+use mystira_server::connections::Limits;
 use mystira_server::{
     AppState, Cidr, Domain, FileMailer, Metrics, RateLimit, SignupSettings, TrustedProxies,
 };
@@ -89,9 +90,109 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub signups: SignupArgs,
 
+    #[command(flatten)]
+    pub limits: ConnectionArgs,
+
     /// The phase gates of `PUT /v1/admin/phase`, as `mystira-users phase set` has them
     #[command(flatten)]
     pub gates: GateArgs,
+}
+
+/// What a client may hold of the service (docs/security.md, "Limits").
+#[derive(Debug, Args, Clone)]
+pub struct ConnectionArgs {
+    /// A request head (the request line and headers) must arrive whole within this many
+    /// seconds of the connection waiting for it (at accept, and after each answer on a
+    /// kept-alive connection, so it is also how long an idle connection is kept)
+    #[arg(
+        long,
+        env = "MYSTIRA_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub header_read_timeout_seconds: u64,
+
+    /// A request body from which no byte arrives for this many seconds is answered 408, and a
+    /// connection whose client takes no byte of its answer for this long is closed
+    #[arg(
+        long,
+        env = "MYSTIRA_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    pub idle_timeout_seconds: u64,
+
+    /// Connections held at once; one more is answered 503 too_many_connections and closed.
+    /// Keep the process's descriptor limit (ulimit -n) above it
+    #[arg(
+        long,
+        env = "MYSTIRA_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// On SIGTERM or SIGINT, how long the requests in flight are given to finish before the
+    /// connections still open are cut
+    #[arg(
+        long,
+        env = "MYSTIRA_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl ConnectionArgs {
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let positive = |name: &str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Usage(format!("--{name} must be at least 1")))
+            } else {
+                Ok(Duration::from_secs(value))
+            }
+        };
+        if self.max_connections == 0 {
+            return Err(ConfigError::Usage(
+                "--max-connections must be at least 1".into(),
+            ));
+        }
+        Ok(Limits {
+            header_read_timeout: positive(
+                "header-read-timeout-seconds",
+                self.header_read_timeout_seconds,
+            )?,
+            idle_timeout: positive("idle-timeout-seconds", self.idle_timeout_seconds)?,
+            max_connections: self.max_connections,
+            // 0 is allowed: cut at once
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+        })
+    }
+}
+
+/// Warns when the process may run out of descriptors before it reaches the connection cap
+/// (then `accept` fails instead of the over-cap answer). Linux only: it reads
+/// /proc/self/limits.
+fn warn_on_descriptor_limit(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    // the database pool, the Cosmos client, the listener and the log need some too
+    if let Some(soft) = soft
+        && soft < max_connections + 128
+    {
+        tracing::warn!(
+            descriptors = soft,
+            max_connections,
+            "the descriptor limit (ulimit -n) is below --max-connections plus 128: raise it, or \
+             lower the cap"
+        );
+    }
 }
 
 /// How sign-ups behave.
@@ -414,6 +515,8 @@ pub async fn dev_token(args: &DevTokenArgs, settings: &Settings) -> anyhow::Resu
 
 pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let resolved = Resolved::new(args, &settings.file.serve.clone().unwrap_or_default())?;
+    let limits = args.limits.limits()?;
+    warn_on_descriptor_limit(limits.max_connections);
     let pool = db::prepared_pool(settings, 16).await?;
     let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
         .await
@@ -484,17 +587,27 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
         gates: gate_config(&args.gates, settings)?,
     };
-    let served = mystira_server::serve(listener, state, stop::stop_signal()).await;
-    // the requests are answered; what they left to the background work is finished or
-    // journalled before the process goes
+    let served = mystira_server::serve_with(listener, state, limits, stop::stop_signal()).await;
+    // the requests are answered (or cut at the deadline); what they left to the background
+    // work is finished or journalled before the process goes
     if let Some(hosted) = hosted {
         hosted.stop().await;
     }
-    served.context("the server failed")?;
+    let stopped = served.context("the server failed")?;
     pool.close().await;
+    let human = if stopped.cut == 0 {
+        format!("stopped serving on {address}: requests in flight were answered")
+    } else {
+        format!(
+            "stopped serving on {address}: {} connection(s) still open at the {} s shutdown \
+             deadline were cut",
+            stopped.cut,
+            limits.shutdown_timeout.as_secs()
+        )
+    };
     Ok(Outcome {
         exit: Exit::Ok,
-        human: format!("stopped serving on {address}: requests in flight were answered"),
-        json: json!({ "address": address.to_string(), "stopped": true }),
+        human,
+        json: json!({ "address": address.to_string(), "stopped": true, "cut_connections": stopped.cut }),
     })
 }

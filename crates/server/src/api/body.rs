@@ -38,12 +38,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 "send the body as Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|_| {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_unreadable",
-                "the body could not be read (too large, or the connection broke)",
-            )
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if crate::connections::is_body_timeout(&e) {
+                Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "no byte of the body arrived within the idle timeout",
+                )
+            } else {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_unreadable",
+                    "the body could not be read (too large, or the connection broke)",
+                )
+            }
         })?;
         serde_json::from_slice(&bytes)
             .map(Body)

@@ -238,6 +238,36 @@ pub enum Command {
     /// only), for --sub (the account's external user id) and an optional --role. For
     /// development and tests only: production tokens come from the identity provider.
     DevToken(crate::commands::DevTokenArgs),
+
+    /// Archive every document of the user-domain containers of a Cosmos account into a folder:
+    /// zstd-compressed JSON-lines chunks and a manifest.
+    ///
+    /// Reads Accounts, UserProfiles and PendingSignups as `migrate` reads a live account (feed
+    /// ranges split by `_ts`, then the change feed from the position taken when each
+    /// container's archive began) and writes every document exactly as the server returns it,
+    /// system properties included, in chunks of at most --chunk-documents documents; the
+    /// manifest lists per chunk its SHA-256, bytes and documents, per container its document
+    /// count and when its archive began. Resumable: after a kill, run it again with the same
+    /// --out and it keeps the finished chunks and continues (a chunk is written under a
+    /// temporary name, fsynced and renamed, then recorded in the manifest, which is replaced
+    /// atomically); on a finished archive it does nothing. `archive verify DIR` checks it;
+    /// `restore DIR` loads it back (docs/archive.md). Exit code 0 when the archive is complete.
+    Archive(crate::commands::ArchiveArgs),
+
+    /// Load an archive into a Cosmos database: creates the containers with the app's
+    /// partition keys and upserts every document, resumably.
+    ///
+    /// Checks the archive first (as `archive verify` does offline; a damaged or unfinished
+    /// archive restores nothing), refuses a target whose containers hold documents unless
+    /// --merge (exit code 3, nothing written), creates the database and containers when missing
+    /// (Accounts and UserProfiles on /id, PendingSignups on /email), then upserts the chunks in
+    /// the manifest's order, checkpointing after each in a state file in the archive folder: a
+    /// re-run after a kill continues, a re-run after a finished restore does nothing
+    /// (--restart starts over). System properties (_rid, _self, _etag, _ts, _attachments)
+    /// cannot be written: they are stripped, and every document gets a new _ts and _etag.
+    /// Finally counts the documents in the target: without --merge each container must hold
+    /// the archive's count. Exit code 0 restored, 1 failed or counts differ, 3 refused.
+    Restore(crate::commands::RestoreArgs),
 }
 
 /// `mystira-users report`
@@ -580,6 +610,11 @@ fn collect_leaves(command: &clap::Command, prefix: &str, out: &mut Vec<(String, 
     for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = format!("{prefix}{}", sub.get_name());
         if sub.has_subcommands() {
+            // a command that also runs without a subcommand (`archive`) is listed itself too
+            if !sub.is_subcommand_required_set() {
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                out.push((name.clone(), about));
+            }
             collect_leaves(sub, &format!("{name} "), out);
         } else {
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();

@@ -143,8 +143,8 @@ fn partition_value(container: &Container, doc: &Value) -> Option<String> {
 }
 
 /// Cosmos rejects or overwrites its own system fields on write; drop them so an export taken
-/// from one account can be imported into another.
-fn strip_system_fields(mut doc: Value) -> Value {
+/// from one account can be imported into another (also used by `restore`).
+pub fn strip_system_fields(mut doc: Value) -> Value {
     if let Some(obj) = doc.as_object_mut() {
         for field in ["_rid", "_self", "_etag", "_attachments", "_ts"] {
             obj.remove(field);

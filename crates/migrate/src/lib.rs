@@ -4,6 +4,7 @@
 //! writes from its change feed.
 
 pub mod apply;
+pub mod archive;
 pub mod backfill;
 pub mod heartbeat;
 pub mod initial;

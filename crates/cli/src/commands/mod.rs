@@ -1,6 +1,7 @@
 //! Runs one command: each submodule turns a command of the tree in `cli` into calls on the
 //! library crates and an [`Outcome`]; printing it is `main`'s job.
 
+mod archive;
 mod bench;
 mod bench_writes;
 mod cosmos;
@@ -22,6 +23,7 @@ mod status;
 mod stop;
 mod verify;
 
+pub use archive::{ArchiveArgs, RestoreArgs};
 pub use bench_writes::BenchWritesArgs;
 pub use journal::JournalCommand;
 pub use ledger::LedgerCommand;
@@ -66,5 +68,7 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Status(args) => status::run(args, settings).await,
         Command::Serve(args) => serve::run(args, settings).await,
         Command::DevToken(args) => serve::dev_token(args, settings).await,
+        Command::Archive(args) => archive::run(args, settings).await,
+        Command::Restore(args) => archive::restore(args, settings).await,
     }
 }

@@ -1,0 +1,457 @@
+//! `restore`: loads a finished archive into a Cosmos database.
+//!
+//! - The archive is checked first as `archive verify` checks it offline; a damaged or
+//!   unfinished archive restores nothing.
+//! - A target that holds documents in any of the archive's containers is refused unless
+//!   merging was asked for, before anything is written. The database and containers are
+//!   created when missing, with the partition keys the manifest records (the app's: `/id` for
+//!   Accounts and UserProfiles, `/email` for PendingSignups); an existing container with
+//!   another partition key is an error.
+//! - Chunks are applied in manifest order, one after the other, each chunk's documents upserted
+//!   `concurrency` at a time; a document read at two versions (see the archive's module docs)
+//!   is written at the later one. System properties (`_rid`, `_self`, `_etag`, `_ts`,
+//!   `_attachments`) cannot be written: they are stripped, and the target gives every document
+//!   a new `_ts` and `_etag`.
+//! - After each chunk a checkpoint (the next chunk's index) is saved atomically in a state file
+//!   in the archive directory, named after the target (`restore-state-<database>-<hash>.json`,
+//!   the hash of endpoint and database). A re-run after a kill continues from it (the chunk
+//!   that was being applied is upserted again: upserts are idempotent) without the emptiness
+//!   check, which its own earlier writes would fail. A re-run after a finished restore does
+//!   nothing; `restart` starts over (and then needs `merge`, the target holding the restore).
+//! - At the end every container's documents are counted in the target; without `merge` the
+//!   count must be the archive's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use mystira_cosmos_client::{CosmosStore, ErrorKind, PartitionKey, QuerySpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::chunk::{self, sha256_hex};
+use super::manifest::{self, Manifest, RESTORE_STATE_PREFIX};
+use super::{ArchiveError, StallPoint, blocking, stall};
+
+/// The database restored into (the endpoint only names the state file: never a key).
+#[derive(Debug, Clone)]
+pub struct RestoreTarget {
+    pub endpoint: String,
+    pub database: String,
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    /// Documents upserted at the same time.
+    pub concurrency: usize,
+    /// Upsert over a target that already holds documents.
+    pub merge: bool,
+    /// Forget an earlier restore into this target and start over.
+    pub restart: bool,
+    pub stall: Option<StallPoint>,
+}
+
+/// A restore's checkpoint, in the archive directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RestoreState {
+    endpoint: String,
+    database: String,
+    /// The archive it restores (its `started_at`), so a state file never applies to another.
+    archive_started_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    merge: bool,
+    /// Chunks of the manifest applied so far (the next one to apply).
+    next_chunk: usize,
+    /// Documents upserted per container, over every run of this restore.
+    upserted: BTreeMap<String, u64>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub dir: PathBuf,
+    pub database: String,
+    /// `restored`, `resumed` (an interrupted restore was finished) or `already_restored`.
+    pub outcome: &'static str,
+    pub merge: bool,
+    pub state_file: PathBuf,
+    /// Chunks this run applied.
+    pub chunks_applied: u64,
+    pub chunks_total: u64,
+    /// Documents upserted per container, over every run of this restore.
+    pub upserted: BTreeMap<String, u64>,
+    /// Distinct documents per container in the archive.
+    pub archived: BTreeMap<String, u64>,
+    /// Documents per container in the target afterwards.
+    pub in_target: BTreeMap<String, u64>,
+    /// Without merge: whether every container holds exactly the archive's document count.
+    pub counts_match: bool,
+    /// Documents that could not be written (no string at the partition-key path), by chunk
+    /// and line; never values.
+    pub rejected: Vec<String>,
+}
+
+impl RestoreReport {
+    pub fn ok(&self) -> bool {
+        self.rejected.is_empty() && (self.merge || self.counts_match)
+    }
+
+    /// The summary a person reads.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "restore of {} into {} ({}): {} of {} chunks applied by this run{}\n",
+            self.dir.display(),
+            self.database,
+            self.outcome,
+            self.chunks_applied,
+            self.chunks_total,
+            if self.merge { ", merged" } else { "" },
+        );
+        for (name, archived) in &self.archived {
+            out.push_str(&format!(
+                "  {name:<15} {archived:>10} in the archive {:>10} upserted {:>10} in the target\n",
+                self.upserted.get(name).copied().unwrap_or(0),
+                self.in_target.get(name).copied().unwrap_or(0),
+            ));
+        }
+        if !self.merge && !self.counts_match {
+            out.push_str("  the target does not hold the archive's document counts\n");
+        }
+        for r in &self.rejected {
+            out.push_str(&format!("  not restored: {r}\n"));
+        }
+        out.push_str(
+            "  documents get a new _ts and _etag in the target (system properties are not \
+             written)\n",
+        );
+        out
+    }
+}
+
+/// The state file of `target` in `dir`.
+pub fn state_path(dir: &Path, target: &RestoreTarget) -> PathBuf {
+    let safe: String = target
+        .database
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = sha256_hex(format!("{}\n{}", target.endpoint, target.database).as_bytes());
+    dir.join(format!("{RESTORE_STATE_PREFIX}{safe}-{}.json", &hash[..12]))
+}
+
+/// Restores the archive in `dir` into `store`'s database (see the module docs).
+pub async fn restore(
+    dir: &Path,
+    store: &CosmosStore,
+    target: &RestoreTarget,
+    config: &RestoreConfig,
+) -> Result<RestoreReport, ArchiveError> {
+    let manifest = {
+        let dir = dir.to_path_buf();
+        blocking(move || Manifest::load(&dir)).await??
+    }
+    .ok_or_else(|| {
+        ArchiveError::Usage(format!(
+            "{} holds no archive ({})",
+            dir.display(),
+            manifest::MANIFEST
+        ))
+    })?;
+    if manifest.finished_at.is_none() {
+        return Err(ArchiveError::NotFinished(dir.display().to_string()));
+    }
+    let check = {
+        let dir = dir.to_path_buf();
+        blocking(move || super::verify_offline(&dir)).await?
+    };
+    if !check.ok {
+        let findings: Vec<String> = check.findings.iter().map(ToString::to_string).collect();
+        return Err(ArchiveError::Failed(format!(
+            "the archive does not pass `archive verify`, nothing restored: {}",
+            findings.join("; ")
+        )));
+    }
+    let path = state_path(dir, target);
+    let mut state = match load_state(&path).await? {
+        Some(_) if config.restart => None,
+        Some(state) if state.archive_started_at != manifest.started_at => {
+            return Err(ArchiveError::Failed(format!(
+                "{} belongs to another archive: remove it or pass --restart",
+                path.display()
+            )));
+        }
+        other => other,
+    };
+    let archived: BTreeMap<String, u64> = manifest
+        .containers
+        .iter()
+        .map(|c| (c.name.clone(), c.documents.unwrap_or(0)))
+        .collect();
+    let present: Vec<(String, String)> = manifest
+        .containers
+        .iter()
+        .filter(|c| c.present)
+        .map(|c| (c.name.clone(), c.partition_key.clone()))
+        .collect();
+
+    if let Some(done) = state.as_ref().filter(|s| s.finished_at.is_some()) {
+        let in_target = count_in_target(store, &present).await?;
+        let merge = done.merge;
+        return Ok(RestoreReport {
+            dir: dir.to_path_buf(),
+            database: target.database.clone(),
+            outcome: "already_restored",
+            merge,
+            state_file: path,
+            chunks_applied: 0,
+            chunks_total: manifest.chunks.len() as u64,
+            upserted: done.upserted.clone(),
+            counts_match: in_target == archived_present(&archived, &present),
+            archived,
+            in_target,
+            rejected: Vec::new(),
+        });
+    }
+    let resumed = state.is_some();
+    if state.is_none() {
+        if !config.merge {
+            let busy = non_empty_containers(store, &present).await?;
+            if !busy.is_empty() {
+                return Err(ArchiveError::TargetNotEmpty {
+                    database: target.database.clone(),
+                    containers: format!("documents in {}", busy.join(", ")),
+                });
+            }
+        }
+        let fresh = RestoreState {
+            endpoint: target.endpoint.clone(),
+            database: target.database.clone(),
+            archive_started_at: manifest.started_at,
+            started_at: Utc::now(),
+            finished_at: None,
+            merge: config.merge,
+            next_chunk: 0,
+            upserted: BTreeMap::new(),
+        };
+        save_state(&path, &fresh).await?;
+        state = Some(fresh);
+    }
+    let mut state = state.ok_or_else(|| ArchiveError::Failed("no restore state".into()))?;
+    let merge = state.merge || config.merge;
+
+    store.ensure_database().await?;
+    let mut containers = BTreeMap::new();
+    for (name, pk) in &present {
+        let container = store.ensure_container(name, pk).await?;
+        if container.partition_key_paths() != [pk.clone()] {
+            return Err(ArchiveError::Failed(format!(
+                "container {name} of {} has partition key {:?}, the archive's is {pk}",
+                target.database,
+                container.partition_key_paths()
+            )));
+        }
+        containers.insert(name.clone(), (container, pk.clone()));
+    }
+
+    let mut applied = 0u64;
+    let mut rejected = Vec::new();
+    for (index, entry) in manifest.chunks.iter().enumerate().skip(state.next_chunk) {
+        let Some((container, pk)) = containers.get(&entry.container) else {
+            return Err(ArchiveError::Failed(format!(
+                "chunk {} belongs to {}, which the archive does not hold",
+                entry.file, entry.container
+            )));
+        };
+        let documents = {
+            let dir = dir.to_path_buf();
+            let entry = entry.clone();
+            blocking(move || chunk::read_checked(&dir, &entry)).await?
+        }
+        .map_err(|p| ArchiveError::Damaged {
+            file: entry.file.clone(),
+            code: p.code,
+            message: p.message,
+        })?;
+        let (writes, bad) = writes_of(documents, pk, &entry.file);
+        rejected.extend(bad);
+        let n = writes.len() as u64;
+        let results: Vec<Result<(), mystira_cosmos_client::Error>> = futures::stream::iter(writes)
+            .map(|(partition, id, doc)| async move {
+                container
+                    .upsert(PartitionKey::from(partition), &id, &doc)
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(config.concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        applied += 1;
+        if config.stall == Some(StallPoint::RestoreUpserted(applied)) {
+            stall(StallPoint::RestoreUpserted(applied)).await;
+        }
+        state.next_chunk = index + 1;
+        *state.upserted.entry(entry.container.clone()).or_default() += n;
+        save_state(&path, &state).await?;
+        tracing::debug!(chunk = %entry.file, documents = n, "chunk restored");
+        if config.stall == Some(StallPoint::RestoreCheckpointed(applied)) {
+            stall(StallPoint::RestoreCheckpointed(applied)).await;
+        }
+    }
+    state.finished_at = Some(Utc::now());
+    save_state(&path, &state).await?;
+
+    let in_target = count_in_target(store, &present).await?;
+    Ok(RestoreReport {
+        dir: dir.to_path_buf(),
+        database: target.database.clone(),
+        outcome: if resumed { "resumed" } else { "restored" },
+        merge,
+        state_file: path,
+        chunks_applied: applied,
+        chunks_total: manifest.chunks.len() as u64,
+        upserted: state.upserted,
+        counts_match: in_target == archived_present(&archived, &present),
+        archived,
+        in_target,
+        rejected,
+    })
+}
+
+fn archived_present(
+    archived: &BTreeMap<String, u64>,
+    present: &[(String, String)],
+) -> BTreeMap<String, u64> {
+    present
+        .iter()
+        .map(|(name, _)| (name.clone(), archived.get(name).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// The upserts of a chunk: each document once (the last line wins: the later version), its
+/// system properties stripped, with its partition-key value and id. A document without a
+/// string at the partition-key path is named by chunk and line instead.
+fn writes_of(
+    documents: Vec<Value>,
+    partition_key: &str,
+    file: &str,
+) -> (Vec<(String, String, Value)>, Vec<String>) {
+    let mut last = std::collections::HashMap::new();
+    for (i, doc) in documents.iter().enumerate() {
+        last.insert(chunk::identity(doc, partition_key), i);
+    }
+    let mut writes = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, doc) in documents.into_iter().enumerate() {
+        if last.get(&chunk::identity(&doc, partition_key)) != Some(&i) {
+            continue;
+        }
+        let id = doc.get("id").and_then(Value::as_str).map(str::to_owned);
+        let partition = doc
+            .pointer(partition_key)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match (id, partition) {
+            (Some(id), Some(partition)) => writes.push((
+                partition,
+                id,
+                mystira_cosmos_client::transfer::strip_system_fields(doc),
+            )),
+            _ => rejected.push(format!(
+                "{file} line {}: no string id or value at {partition_key}",
+                i + 1
+            )),
+        }
+    }
+    (writes, rejected)
+}
+
+/// The containers of `present` that exist in the target and hold at least one document.
+async fn non_empty_containers(
+    store: &CosmosStore,
+    present: &[(String, String)],
+) -> Result<Vec<String>, ArchiveError> {
+    let mut busy = Vec::new();
+    for (name, _) in present {
+        let container = match store.container(name).await {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut pages = container.query_with_page_size::<Value>(
+            QuerySpec::new("select top 1 c.id from c"),
+            None,
+            1,
+        );
+        while let Some(page) = pages.next_page().await? {
+            if !page.items.is_empty() {
+                busy.push(name.clone());
+                break;
+            }
+        }
+    }
+    Ok(busy)
+}
+
+/// Documents per container in the target (ids read, counted).
+async fn count_in_target(
+    store: &CosmosStore,
+    present: &[(String, String)],
+) -> Result<BTreeMap<String, u64>, ArchiveError> {
+    let mut out = BTreeMap::new();
+    for (name, _) in present {
+        let container = match store.container(name).await {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                out.insert(name.clone(), 0);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut pages = container.query_with_page_size::<Value>(
+            QuerySpec::new("select c.id from c"),
+            None,
+            1000,
+        );
+        let mut n = 0u64;
+        while let Some(page) = pages.next_page().await? {
+            n += page.items.len() as u64;
+        }
+        out.insert(name.clone(), n);
+    }
+    Ok(out)
+}
+
+async fn load_state(path: &Path) -> Result<Option<RestoreState>, ArchiveError> {
+    let path = path.to_path_buf();
+    blocking(move || match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ArchiveError::Invalid {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::io(&path, &e)),
+    })
+    .await?
+}
+
+async fn save_state(path: &Path, state: &RestoreState) -> Result<(), ArchiveError> {
+    let path = path.to_path_buf();
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| ArchiveError::Invalid {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    blocking(move || manifest::write_atomic(&path, &bytes)).await?
+}

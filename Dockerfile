@@ -4,7 +4,14 @@
 # docs/service.md, "Deployment".
 #
 #   docker build -t mystira-users .
-#   docker run --rm -e DATABASE_URL=postgres://... -p 8080:8080 mystira-users serve
+#   docker run --rm -e DATABASE_URL=postgres://... -e COSMOS_ENDPOINT=... -e COSMOS_KEY=... \
+#     -e MYSTIRA_JWKS_URL=https://TENANT/.well-known/jwks.json -e MYSTIRA_JWT_ISSUER=https://TENANT/ \
+#     -e MYSTIRA_JWT_AUDIENCE=https://API -p 8080:8080 mystira-users serve
+#
+# `serve` listens on every interface of the container, so it starts only in production (the
+# identity provider's keys configured, as above) or when told that development mode on a network
+# is meant: `mystira-users serve --allow-dev-on-network` (deploy/compose.yaml does). With neither
+# it refuses to start and says so (docs/security.md).
 
 # --- build: the release binary, from the committed Cargo.lock ------------------------------------
 # the toolchain the tests run on (the workspace needs 1.94 or newer)
@@ -41,7 +48,8 @@ COPY examples/sample /app/examples/sample
 WORKDIR /app
 USER mystira:mystira
 # serve listens on every interface of the container (its default, 127.0.0.1, is unreachable
-# from outside it)
+# from outside it); development mode refuses a non-loopback address without
+# --allow-dev-on-network
 ENV MYSTIRA_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 ENTRYPOINT ["mystira-users"]

@@ -36,8 +36,12 @@ impl Serve {
 
     fn start_with(db: &str, cosmos_db: Option<&str>, extra: &[&str]) -> Serve {
         let mut command = Command::new(BIN);
+        command.args(["serve", "--phase-poll-ms", "200"]);
+        // a free port on loopback unless the test listens elsewhere
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--phase-poll-ms", "200"])
             .args(extra)
             .args(["--database-url", db])
             .env_remove("MYSTIRA_CONFIG")
@@ -57,6 +61,7 @@ impl Serve {
         // the "serving" log line names the bound address
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
+        let mut before = Vec::new();
         let address = loop {
             let line = lines
                 .next()
@@ -65,9 +70,10 @@ impl Serve {
             if let Some(rest) = line.split("address=").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
+            before.push(line);
         };
         // keep draining stderr so the child never blocks on a full pipe, keeping the lines
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(before));
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -830,6 +836,60 @@ async fn it_refuses_to_start_when_what_it_would_serve_is_unsafe() {
     let (code, stderr) = refused(&db, &["--jwt-leeway-seconds", "301"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("at most 300"), "{stderr}");
+
+    // development mode on a network address: refused unless said so explicitly
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("dev.p8");
+    let key_arg = key.to_str().unwrap();
+    let (code, stderr) = refused(&db, &["--listen", "0.0.0.0:0", "--dev-key", key_arg]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--allow-dev-on-network"), "{stderr}");
+    assert!(stderr.contains("--jwks-url"), "{stderr}");
+    let serve = Serve::start_with(
+        &db,
+        None,
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--allow-dev-on-network",
+            "--dev-key",
+            key_arg,
+        ],
+    );
+    let (status, _, _) = serve.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(serve.logged().contains("--allow-dev-on-network"));
+    let (exit, _) = serve.stop();
+    assert!(exit.success());
+
+    // a development key open to others (planted, or left so) is not trusted
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = refused(&db, &["--listen", "127.0.0.1:0", "--dev-key", key_arg]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("open to other users (mode 644)"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // a mail file that is a link is not followed
+    let elsewhere = keys.path().join("elsewhere");
+    std::fs::write(&elsewhere, "").unwrap();
+    let link = keys.path().join("mail.jsonl");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let (code, stderr) = refused(
+        &db,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--dev-key",
+            key_arg,
+            "--mail-file",
+            link.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
 }
 
 /// A raw connection to `serve` (what a hostile client does is below any HTTP client).

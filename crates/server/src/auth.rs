@@ -365,14 +365,23 @@ impl std::fmt::Debug for DevKey {
 }
 
 impl DevKey {
-    /// Loads the key from `path`, creating it (mode 0600) when the file does not exist.
+    /// Loads the key from `path`, creating it (mode 0600) when the file does not exist. An
+    /// existing key is refused when it is a symbolic link, is not owned by this process's user
+    /// or is open to others (see [`crate::private_file`]): anyone who could read it could mint
+    /// admin tokens, and anyone who could write it could plant their own.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
         let shown = path.display().to_string();
         let io = |source| KeyError::Io {
             path: shown.clone(),
             source,
         };
-        let pkcs8 = match std::fs::read(path) {
+        let read = crate::private_file::open(path, crate::private_file::Access::Read).and_then(
+            |mut file| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
+            },
+        );
+        let pkcs8 = match read {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let document = EcdsaKeyPair::generate_pkcs8(

@@ -19,6 +19,7 @@ pub mod connections;
 mod domain;
 pub mod health;
 pub mod metrics;
+mod private_file;
 mod problem;
 
 use std::future::Future;

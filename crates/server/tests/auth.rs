@@ -387,3 +387,49 @@ fn the_clock_leeway_is_a_setting_with_a_ceiling() {
         "token_expired"
     );
 }
+
+/// Whether this test runs as root, who may give a file away (to test a foreign owner).
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_development_key_that_is_a_link_not_ours_or_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.p8");
+    let made = DevKey::load_or_create(&path).unwrap();
+    let token = made.token("auth0|kid", None, ISS, AUD, 60).unwrap();
+    // reused as it was made (0600, ours)
+    let again = DevKey::load_or_create(&path).unwrap();
+    assert!(again.authenticator(ISS, AUD).verify(&token).is_ok());
+
+    // a planted world-readable key (or one left so): refused, with the fix
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = DevKey::load_or_create(&path).unwrap_err().to_string();
+    assert!(e.contains("open to other users (mode 644)"), "{e}");
+    assert!(e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(DevKey::load_or_create(&path).is_err());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // a symbolic link to a key is not followed
+    let link = dir.path().join("link.p8");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let e = DevKey::load_or_create(&link).unwrap_err().to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+
+    // a key of another user (only root can make one to test with)
+    if root() {
+        std::os::unix::fs::chown(&path, Some(65_534), None).unwrap();
+        let e = DevKey::load_or_create(&path).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    } else {
+        eprintln!("not root: the foreign-owner case is not tested here");
+    }
+}

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
 use mystira_server::auth::{Authenticator, DevKey};
-use mystira_server::{AppState, Domain, Metrics, SignupSettings};
+use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};
 use serde_json::Value;
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -44,6 +44,15 @@ impl Service {
 
     /// In `phase`, with no Cosmos account; in production with `auth`, else in development.
     fn with(pool: PgPool, phase: Phase, auth: Option<Authenticator>) -> Self {
+        Self::with_signups(pool, phase, auth, SignupSettings::default())
+    }
+
+    fn with_signups(
+        pool: PgPool,
+        phase: Phase,
+        auth: Option<Authenticator>,
+        signups: SignupSettings,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
         let state = AppState {
@@ -52,7 +61,7 @@ impl Service {
             cosmos: None,
             phase: PhaseWatcher::fixed(phase),
             metrics: Arc::new(Metrics::new()),
-            signups: Arc::new(SignupSettings::default()),
+            signups: Arc::new(signups),
             auth: Arc::new(auth.unwrap_or_else(|| key.authenticator(ISS, AUD))),
             probe_timeout: Duration::from_secs(2),
             gates: GateConfig::default(),
@@ -319,4 +328,80 @@ async fn a_client_that_does_not_read_its_answer_is_closed_after_the_idle_timeout
         .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
     assert!(timed_out, "{error:?}");
     drop(client);
+}
+
+/// Whether this test runs as root, who may give a file away (to test a foreign owner).
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn the_mail_file_is_never_a_link_another_users_or_open_to_others(pool: PgPool) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // missing: made 0600
+    let fresh = dir.path().join("mail.jsonl");
+    FileMailer::new(&fresh).check().unwrap();
+    assert_eq!(mode(&fresh), 0o600);
+
+    // a file anyone may read (a planted 0666 one, say): refused, and not written
+    let open = dir.path().join("open.jsonl");
+    std::fs::write(&open, "").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = FileMailer::new(&open).check().unwrap_err().to_string();
+    assert!(e.contains("open to other users (mode 666)"), "{e}");
+
+    // a link, to wherever: not followed
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = FileMailer::new(&link).check().unwrap_err().to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+
+    // another user's
+    if root() {
+        let theirs = dir.path().join("theirs.jsonl");
+        std::fs::write(&theirs, "").unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65_534), None).unwrap();
+        let e = FileMailer::new(&theirs).check().unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    }
+
+    // checked at every mail too: a link put in place of the file after start is not written
+    // through, and the request is answered 503 mail_failed
+    let service = Service::with_signups(
+        pool,
+        Phase::PostgresOnly,
+        None,
+        SignupSettings {
+            mailer: Some(FileMailer::new(&link)),
+            ..SignupSettings::default()
+        },
+    );
+    let reply = service
+        .send(
+            Request::post("/v1/signups")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    r#"{"email": "someone@example.com", "display_name": "S"}"#,
+                ))
+                .unwrap(),
+        )
+        .await;
+    expect_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "mail_failed");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "",
+        "written through the link"
+    );
 }

@@ -37,6 +37,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cosmos: CosmosArgs,
 
+    /// Development mode (no --jwks-url or --jwks-file) listens on loopback only, since anyone
+    /// holding the development key mints any token: with this flag it may listen on another
+    /// address (a container's, or a trusted development network)
+    #[arg(long)]
+    pub allow_dev_on_network: bool,
+
     /// How long /readyz waits for each store, in milliseconds
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub probe_timeout_ms: u64,
@@ -432,6 +438,29 @@ impl Resolved {
     }
 }
 
+/// Development mode accepts tokens minted with the development key, by anyone who holds it:
+/// it listens on loopback unless told otherwise (`--allow-dev-on-network`).
+fn refuse_dev_on_network(resolved: &Resolved, allowed: bool) -> Result<(), ConfigError> {
+    let ip = resolved.listen.ip();
+    if resolved.production() || ip.is_loopback() {
+        return Ok(());
+    }
+    if allowed {
+        tracing::warn!(
+            %ip,
+            "development mode on a network address (--allow-dev-on-network): whoever holds \
+             the development key is admin"
+        );
+        return Ok(());
+    }
+    Err(ConfigError::Usage(format!(
+        "development mode (no --jwks-url or --jwks-file) accepts tokens minted with the \
+         development key, and {ip} is not a loopback address: listen on 127.0.0.1 or ::1, \
+         configure the identity provider's keys (--jwks-url or --jwks-file, with --issuer and \
+         --audience), or pass --allow-dev-on-network if this network is trusted"
+    )))
+}
+
 /// Production with no Cosmos account answers from PostgreSQL alone: right only once the phase
 /// is `postgres-only`. Before, Cosmos is a store the phase writes (and, in phases 0 and 1, the
 /// primary), so such a process would answer from the wrong store: it does not start.
@@ -515,6 +544,7 @@ pub async fn dev_token(args: &DevTokenArgs, settings: &Settings) -> anyhow::Resu
 
 pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let resolved = Resolved::new(args, &settings.file.serve.clone().unwrap_or_default())?;
+    refuse_dev_on_network(&resolved, args.allow_dev_on_network)?;
     let limits = args.limits.limits()?;
     warn_on_descriptor_limit(limits.max_connections);
     let pool = db::prepared_pool(settings, 16).await?;
@@ -562,6 +592,14 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         args.signups
             .settings(dev_mail, resolved.trusted_proxies.clone()),
     );
+    if let Some(mailer) = &signups.mailer {
+        mailer.check().map_err(|e| {
+            ConfigError::Usage(format!(
+                "the mail file {} cannot hold sign-up codes: {e}",
+                mailer.path().display()
+            ))
+        })?;
+    }
     let listener = tokio::net::TcpListener::bind(resolved.listen)
         .await
         .with_context(|| format!("cannot listen on {}", resolved.listen))?;

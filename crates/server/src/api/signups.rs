@@ -74,7 +74,8 @@ impl Default for SignupSettings {
     }
 }
 
-/// The development mailer: one JSON line per mail, appended to a file only its owner can read.
+/// The development mailer: one JSON line per mail, appended to a file only its owner can read
+/// (never through a symbolic link, never to a file of another user or open to others).
 #[derive(Debug)]
 pub struct FileMailer {
     path: PathBuf,
@@ -93,6 +94,13 @@ impl FileMailer {
         &self.path
     }
 
+    /// Opens the file as [`FileMailer`] does to mail (creating it, mode 0600, when missing),
+    /// so that `serve` refuses at start a file that is a symbolic link, not its user's, or open
+    /// to others (see `crate::private_file`), rather than when a code is mailed.
+    pub fn check(&self) -> std::io::Result<()> {
+        crate::private_file::open(&self.path, crate::private_file::Access::Append).map(drop)
+    }
+
     fn send(&self, to: &Email, code: &SignupCode, signup: &PendingSignup) -> std::io::Result<()> {
         let line = serde_json::json!({
             "to": to.as_str(),
@@ -104,11 +112,8 @@ impl FileMailer {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&self.path)?;
+        // checked at every mail, not only at start: the file may be replaced meanwhile
+        let mut file = crate::private_file::open(&self.path, crate::private_file::Access::Append)?;
         writeln!(file, "{line}")?;
         file.sync_data()
     }

@@ -310,6 +310,10 @@ fn an_archive_of_a_live_account_restores_into_an_empty_database_identical_docume
     let again = succeed(archive(&source_db, &out));
     assert_eq!(again["outcome"], "complete");
     assert_eq!(again["chunks_written"], 0);
+    // nor does one pointed at another database: positions of one mean nothing in another
+    let (code, _, text) = run(archive("another-database", &out));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("is of cosmos database"), "{text}");
 
     // restore into an empty database; read back independently
     let target = format!("{source_db}-restored");

@@ -250,20 +250,26 @@ impl Pacer {
     }
 
     async fn pace(&self, documents: usize) {
-        let Some(rate) = self.rate else { return };
-        if documents == 0 {
-            return;
+        let wait = self.reserve(documents, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
-        let wait = {
-            let mut next = self
-                .next_free
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            *next = (*next).max(now) + Duration::from_secs_f64(documents as f64 / f64::from(rate));
-            next.saturating_duration_since(now)
+    }
+
+    /// Reserves `documents` at `now`: how long to wait until they are paid for.
+    fn reserve(&self, documents: usize, now: Instant) -> Duration {
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
         };
-        tokio::time::sleep(wait).await;
+        if documents == 0 {
+            return Duration::ZERO;
+        }
+        let mut next = self
+            .next_free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *next = (*next).max(now) + Duration::from_secs_f64(documents as f64 / f64::from(rate));
+        next.saturating_duration_since(now)
     }
 }
 
@@ -346,6 +352,16 @@ async fn open_dir(
     })
     .await??;
     match existing {
+        // positions and change-feed tokens of one database mean nothing in another
+        Some((manifest, _)) if manifest.source != source.describe() => {
+            Err(ArchiveError::Usage(format!(
+                "the archive in {} is of {}, not of {}: archive {} into another directory",
+                dir.display(),
+                manifest.source,
+                source.describe(),
+                source.describe()
+            )))
+        }
         Some((manifest, removed)) => Ok((manifest, removed, true)),
         None => {
             let manifest = Manifest::new(source.describe(), config.chunk_documents);
@@ -665,4 +681,39 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ArchiveError::Failed(format!("a file task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_makes_each_page_wait_until_the_rate_has_paid_for_it() {
+        let pacer = Pacer::new(Some(100));
+        let t0 = Instant::now();
+        // 10 documents at 100 a second: 100 ms each, queued behind each other
+        assert_eq!(pacer.reserve(10, t0), Duration::from_millis(100));
+        assert_eq!(pacer.reserve(10, t0), Duration::from_millis(200));
+        // time that passed pays for what was reserved; idle time is not saved up
+        assert_eq!(
+            pacer.reserve(10, t0 + Duration::from_secs(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(Pacer::new(None).reserve(10, t0), Duration::ZERO);
+        assert_eq!(Pacer::new(Some(0)).reserve(10, t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn stall_points_parse_from_the_test_hook_variable() {
+        assert_eq!(
+            "archive-renamed:3".parse::<StallPoint>(),
+            Ok(StallPoint::ArchiveRenamed(3))
+        );
+        assert_eq!(
+            "restore-checkpointed:1".parse::<StallPoint>(),
+            Ok(StallPoint::RestoreCheckpointed(1))
+        );
+        assert!("archive-renamed".parse::<StallPoint>().is_err());
+        assert!("nowhere:1".parse::<StallPoint>().is_err());
+    }
 }

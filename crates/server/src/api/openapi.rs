@@ -17,7 +17,12 @@ use super::{accounts, admin, profiles, signups};
         title = "mystira-users",
         description = "The user domain (accounts, subscriptions, profiles, badges, completed \
                        scenarios, sign-ups) over the dual-write router. Errors are \
-                       application/problem+json with a stable `code`."
+                       application/problem+json with a stable `code`. Besides the answers \
+                       each operation lists, any operation may answer 400 `bad_request` (a \
+                       path segment that cannot be read), 405 `method_not_allowed` (with \
+                       `Allow`), 408 `body_timeout` (a body that stopped arriving), 414 \
+                       `uri_too_long`, 431 `headers_too_large`, and 503 \
+                       `too_many_connections` (with `Retry-After`)."
     ),
     paths(
         accounts::me,

@@ -265,8 +265,9 @@ pub enum Command {
     /// re-run after a kill continues, a re-run after a finished restore does nothing
     /// (--restart starts over). System properties (_rid, _self, _etag, _ts, _attachments)
     /// cannot be written: they are stripped, and every document gets a new _ts and _etag.
-    /// Finally counts the documents in the target: without --merge each container must hold
-    /// the archive's count. Exit code 0 restored, 1 failed or counts differ, 3 refused.
+    /// Finally reads the target back and compares every document with the archive's, system
+    /// properties aside (without --merge it must hold nothing else). Exit code 0 restored and
+    /// matching, 1 failed or not matching, 3 refused.
     Restore(crate::commands::RestoreArgs),
 }
 

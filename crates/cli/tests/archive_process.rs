@@ -319,7 +319,11 @@ fn an_archive_of_a_live_account_restores_into_an_empty_database_identical_docume
     let target = format!("{source_db}-restored");
     let restored = succeed(restore(&out, &target, &[]));
     assert_eq!(restored["outcome"], "restored", "{restored}");
-    assert_eq!(restored["counts_match"], true, "{restored}");
+    assert_eq!(restored["matches"], true, "{restored}");
+    for c in CONTAINERS {
+        let n = in_source.keys().filter(|(k, _)| k == c).count() as u64;
+        assert_eq!(restored["target"][c]["identical"], n, "{c}: {restored}");
+    }
     let in_target = read_back(&target);
     assert_eq!(
         without_system(&in_target),
@@ -337,6 +341,28 @@ fn an_archive_of_a_live_account_restores_into_an_empty_database_identical_docume
     let repeated = succeed(restore(&out, &target, &[]));
     assert_eq!(repeated["outcome"], "already_restored", "{repeated}");
     assert_eq!(repeated["chunks_applied"], 0, "{repeated}");
+    // and it reads the target back: a document changed there since is named
+    let (key, doc) = in_target
+        .iter()
+        .find(|((c, _), _)| c == "Accounts")
+        .unwrap();
+    let mut changed = doc.clone();
+    changed["Tampered"] = Value::Bool(true);
+    let tamper = tempfile::tempdir().unwrap();
+    std::fs::write(tamper.path().join("Accounts.jsonl"), format!("{changed}\n")).unwrap();
+    succeed(command(
+        &target,
+        &["cosmos", "import", "--export-dir", path(tamper.path())],
+    ));
+    let (code, checked, text) = run(restore(&out, &target, &[]));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(checked["matches"], false, "{text}");
+    assert_eq!(checked["target"]["Accounts"]["differing"], 1, "{text}");
+    assert_eq!(
+        checked["target"]["Accounts"]["examples"][0],
+        key.1.as_str(),
+        "{text}"
+    );
 
     // a non-empty target is refused, and nothing is written into it
     let (code, refused, text) = run(restore(&out, &source_db, &[]));
@@ -533,7 +559,7 @@ fn restore_killed_at_a_chunk_resumes_to_the_same_documents() {
         );
         let resumed = succeed(restore(&out, &target, &[]));
         assert_eq!(resumed["outcome"], "resumed", "{point}: {resumed}");
-        assert_eq!(resumed["counts_match"], true, "{point}: {resumed}");
+        assert_eq!(resumed["matches"], true, "{point}: {resumed}");
         let applied = resumed["chunks_applied"].as_u64().unwrap();
         let total = resumed["chunks_total"].as_u64().unwrap();
         // two chunks were checkpointed before either kill (the third, upserted, is applied again)

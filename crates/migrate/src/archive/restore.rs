@@ -18,10 +18,12 @@
 //!   that was being applied is upserted again: upserts are idempotent) without the emptiness
 //!   check, which its own earlier writes would fail. A re-run after a finished restore does
 //!   nothing; `restart` starts over (and then needs `merge`, the target holding the restore).
-//! - At the end every container's documents are counted in the target; without `merge` the
-//!   count must be the archive's.
+//! - At the end the target is read back and every document compared with the archive's (its
+//!   later version where it holds two), system properties aside: every document must be
+//!   there with the same content, and without `merge` nothing else. A re-run after a finished
+//!   restore does the same check.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -29,6 +31,7 @@ use futures::StreamExt as _;
 use mystira_cosmos_client::{CosmosStore, ErrorKind, PartitionKey, QuerySpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::chunk::{self, sha256_hex};
 use super::manifest::{self, Manifest, RESTORE_STATE_PREFIX};
@@ -85,18 +88,38 @@ pub struct RestoreReport {
     pub upserted: BTreeMap<String, u64>,
     /// Distinct documents per container in the archive.
     pub archived: BTreeMap<String, u64>,
-    /// Documents per container in the target afterwards.
-    pub in_target: BTreeMap<String, u64>,
-    /// Without merge: whether every container holds exactly the archive's document count.
-    pub counts_match: bool,
+    /// Per container, the target read back afterwards and compared with the archive.
+    pub target: BTreeMap<String, TargetCheck>,
+    /// Whether the target holds every document of the archive as the archive holds it
+    /// (system properties aside) and, without merge, nothing else.
+    pub matches: bool,
     /// Documents that could not be written (no string at the partition-key path), by chunk
     /// and line; never values.
     pub rejected: Vec<String>,
 }
 
+/// A container of the target read back after a restore and compared with the archive, each
+/// document without its system properties (which the target sets anew).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TargetCheck {
+    /// Documents in the target.
+    pub in_target: u64,
+    /// Documents of the archive the target holds exactly as the archive does (its later
+    /// version, where it holds two).
+    pub identical: u64,
+    /// Documents of the archive the target holds with other content.
+    pub differing: u64,
+    /// Documents of the archive the target does not hold.
+    pub missing: u64,
+    /// Documents the target holds and the archive does not (only a merge may leave some).
+    pub extra: u64,
+    /// Ids of a few differing or missing documents (never values).
+    pub examples: Vec<String>,
+}
+
 impl RestoreReport {
     pub fn ok(&self) -> bool {
-        self.rejected.is_empty() && (self.merge || self.counts_match)
+        self.rejected.is_empty() && self.matches
     }
 
     /// The summary a person reads.
@@ -111,14 +134,26 @@ impl RestoreReport {
             if self.merge { ", merged" } else { "" },
         );
         for (name, archived) in &self.archived {
+            let check = self.target.get(name).cloned().unwrap_or_default();
             out.push_str(&format!(
-                "  {name:<15} {archived:>10} in the archive {:>10} upserted {:>10} in the target\n",
+                "  {name:<15} {archived:>10} in the archive {:>10} upserted {:>10} in the target \
+                 {:>10} identical\n",
                 self.upserted.get(name).copied().unwrap_or(0),
-                self.in_target.get(name).copied().unwrap_or(0),
+                check.in_target,
+                check.identical,
             ));
+            if check.differing + check.missing + check.extra > 0 {
+                out.push_str(&format!(
+                    "    {} differing, {} missing, {} not in the archive; e.g. {}\n",
+                    check.differing,
+                    check.missing,
+                    check.extra,
+                    check.examples.join(", ")
+                ));
+            }
         }
-        if !self.merge && !self.counts_match {
-            out.push_str("  the target does not hold the archive's document counts\n");
+        if !self.matches {
+            out.push_str("  the target does not hold what the archive holds\n");
         }
         for r in &self.rejected {
             out.push_str(&format!("  not restored: {r}\n"));
@@ -204,8 +239,8 @@ pub async fn restore(
         .collect();
 
     if let Some(done) = state.as_ref().filter(|s| s.finished_at.is_some()) {
-        let in_target = count_in_target(store, &present).await?;
         let merge = done.merge;
+        let target_checks = compare_target(dir, &manifest, store, &present).await?;
         return Ok(RestoreReport {
             dir: dir.to_path_buf(),
             database: target.database.clone(),
@@ -215,9 +250,9 @@ pub async fn restore(
             chunks_applied: 0,
             chunks_total: manifest.chunks.len() as u64,
             upserted: done.upserted.clone(),
-            counts_match: in_target == archived_present(&archived, &present),
+            matches: matches(&target_checks, merge),
             archived,
-            in_target,
+            target: target_checks,
             rejected: Vec::new(),
         });
     }
@@ -310,7 +345,7 @@ pub async fn restore(
     state.finished_at = Some(Utc::now());
     save_state(&path, &state).await?;
 
-    let in_target = count_in_target(store, &present).await?;
+    let target_checks = compare_target(dir, &manifest, store, &present).await?;
     Ok(RestoreReport {
         dir: dir.to_path_buf(),
         database: target.database.clone(),
@@ -320,21 +355,17 @@ pub async fn restore(
         chunks_applied: applied,
         chunks_total: manifest.chunks.len() as u64,
         upserted: state.upserted,
-        counts_match: in_target == archived_present(&archived, &present),
+        matches: matches(&target_checks, merge),
         archived,
-        in_target,
+        target: target_checks,
         rejected,
     })
 }
 
-fn archived_present(
-    archived: &BTreeMap<String, u64>,
-    present: &[(String, String)],
-) -> BTreeMap<String, u64> {
-    present
-        .iter()
-        .map(|(name, _)| (name.clone(), archived.get(name).copied().unwrap_or(0)))
-        .collect()
+fn matches(checks: &BTreeMap<String, TargetCheck>, merge: bool) -> bool {
+    checks
+        .values()
+        .all(|c| c.differing == 0 && c.missing == 0 && (merge || c.extra == 0))
 }
 
 /// The upserts of a chunk: each document once (the last line wins: the later version), its
@@ -402,31 +433,96 @@ async fn non_empty_containers(
     Ok(busy)
 }
 
-/// Documents per container in the target (ids read, counted).
-async fn count_in_target(
+/// Ids of differing or missing documents a check names at most.
+const EXAMPLES: usize = 10;
+
+/// A document's content without the system properties, as a digest.
+fn content_digest(doc: Value) -> [u8; 32] {
+    let doc = mystira_cosmos_client::transfer::strip_system_fields(doc);
+    // serde_json writes an object's keys in sorted order, so equal documents give equal bytes
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    Sha256::digest(&bytes).into()
+}
+
+/// Reads every container of the target back and compares each document with the archive's
+/// (its later version where it holds two), system properties aside.
+async fn compare_target(
+    dir: &Path,
+    manifest: &Manifest,
     store: &CosmosStore,
     present: &[(String, String)],
-) -> Result<BTreeMap<String, u64>, ArchiveError> {
-    let mut out = BTreeMap::new();
-    for (name, _) in present {
-        let container = match store.container(name).await {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                out.insert(name.clone(), 0);
-                continue;
+) -> Result<BTreeMap<String, TargetCheck>, ArchiveError> {
+    // per container: identity -> (content digest, id), from the chunks in manifest order
+    let expected = {
+        let dir = dir.to_path_buf();
+        let manifest = manifest.clone();
+        let present = present.to_vec();
+        blocking(move || -> Result<_, ArchiveError> {
+            let mut out: BTreeMap<String, HashMap<u128, ([u8; 32], String)>> = BTreeMap::new();
+            for (name, pk) in &present {
+                let docs = out.entry(name.clone()).or_default();
+                for entry in manifest.chunks_of(name) {
+                    let chunk =
+                        chunk::read_checked(&dir, entry).map_err(|p| ArchiveError::Damaged {
+                            file: entry.file.clone(),
+                            code: p.code,
+                            message: p.message,
+                        })?;
+                    for doc in chunk {
+                        let key = chunk::identity(&doc, pk);
+                        let id = doc
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        docs.insert(key, (content_digest(doc), id));
+                    }
+                }
             }
+            Ok(out)
+        })
+        .await??
+    };
+    let mut out = BTreeMap::new();
+    for (name, pk) in present {
+        let mut want = expected.get(name).cloned().unwrap_or_default();
+        let mut check = TargetCheck::default();
+        match store.container(name).await {
+            Ok(container) => {
+                let mut pages = container.read_all::<Value>(None);
+                while let Some(page) = pages.next_page().await? {
+                    for doc in page.items {
+                        check.in_target += 1;
+                        let key = chunk::identity(&doc, pk);
+                        let id = doc
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        match want.remove(&key) {
+                            Some((digest, _)) if digest == content_digest(doc) => {
+                                check.identical += 1;
+                            }
+                            Some(_) => {
+                                check.differing += 1;
+                                if check.examples.len() < EXAMPLES {
+                                    check.examples.push(id);
+                                }
+                            }
+                            None => check.extra += 1,
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
-        };
-        let mut pages = container.query_with_page_size::<Value>(
-            QuerySpec::new("select c.id from c"),
-            None,
-            1000,
-        );
-        let mut n = 0u64;
-        while let Some(page) = pages.next_page().await? {
-            n += page.items.len() as u64;
         }
-        out.insert(name.clone(), n);
+        check.missing = want.len() as u64;
+        let room = EXAMPLES.saturating_sub(check.examples.len());
+        let mut missing: Vec<String> = want.into_values().map(|(_, id)| id).collect();
+        missing.sort();
+        check.examples.extend(missing.into_iter().take(room));
+        out.insert(name.clone(), check);
     }
     Ok(out)
 }

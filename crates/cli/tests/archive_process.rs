@@ -571,3 +571,60 @@ fn restore_killed_at_a_chunk_resumes_to_the_same_documents() {
         );
     }
 }
+
+#[test]
+fn a_document_written_while_archived_is_kept_at_both_versions_and_restored_at_the_later_one() {
+    let (source_db, _) = seeded_source("written");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    // stop after the first chunk, change one of its documents in the source, then finish
+    kill_at(archive(&source_db, &out), "archive-recorded:1");
+    let first = manifest(&out)["chunks"][0].clone();
+    let container = first["container"].as_str().unwrap().to_owned();
+    let bytes = zstd::stream::decode_all(
+        std::fs::File::open(out.join(first["file"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut doc: Value =
+        serde_json::from_slice(bytes.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    doc["WrittenWhileArchived"] = Value::Bool(true);
+    let change = tempfile::tempdir().unwrap();
+    std::fs::write(
+        change.path().join(format!("{container}.jsonl")),
+        format!("{doc}\n"),
+    )
+    .unwrap();
+    succeed(command(
+        &source_db,
+        &["cosmos", "import", "--export-dir", path(change.path())],
+    ));
+
+    let resumed = succeed(archive(&source_db, &out));
+    assert_eq!(resumed["outcome"], "resumed");
+    let entry = resumed["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == container.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        entry["lines"].as_u64().unwrap() > entry["documents"].as_u64().unwrap(),
+        "the changed document was not read again: {entry}"
+    );
+    let (code, _, text) = run(command(&source_db, &["archive", "verify", path(&out)]));
+    assert_eq!(code, 0, "{text}");
+
+    // restore applies the later version: the target is the source as it is now
+    let target = format!("{source_db}-restored");
+    let restored = succeed(restore(&out, &target, &[]));
+    assert_eq!(restored["matches"], true, "{restored}");
+    let now = read_back(&source_db);
+    assert_eq!(
+        now.values()
+            .filter(|d| d["WrittenWhileArchived"] == true)
+            .count(),
+        1
+    );
+    assert_eq!(without_system(&read_back(&target)), without_system(&now));
+}

@@ -1779,13 +1779,14 @@ mod tests {
         let c2p = Check::Verify(VerifyDirection::CosmosToPg);
         let p2c = Check::Verify(VerifyDirection::PgToCosmos);
         assert_eq!(checks(CosmosOnly, DualWriteCosmosRead), [Check::Backfill]);
+        // leaving a dual-write phase forward also needs its replicator alive (not dead)
         assert_eq!(
             checks(DualWriteCosmosRead, DualWritePostgresRead),
-            [c2p, Check::RetryJournal]
+            [Check::ReplicatorLive, c2p, Check::RetryJournal]
         );
         assert_eq!(
             checks(DualWritePostgresRead, PostgresOnly),
-            [Check::Outbox, c2p, p2c]
+            [Check::ReplicatorLive, Check::Outbox, c2p, p2c]
         );
         assert_eq!(
             checks(CosmosOnly, PostgresOnly),

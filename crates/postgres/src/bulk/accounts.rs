@@ -276,10 +276,16 @@ async fn write_completed_scenarios<'a>(
     let owners: Vec<Uuid> = rows.iter().map(|r| r.account_id).collect();
     let scenario_ids: Vec<String> = rows.iter().map(|r| r.scenario_id.clone()).collect();
     sqlx::query(
-        "delete from completed_scenarios c
-         where c.account_id = any($1)
-           and not exists (select 1 from unnest($2::uuid[], $3::text[]) as n(a, s)
-                           where n.a = c.account_id and n.s = c.scenario_id)",
+        // by key whatever the statistics: one descent per account of the unique index that
+        // leads with `account_id`, the rows deleted by their primary keys (see
+        // `profiles::write_badges`)
+        "delete from completed_scenarios
+         where id = any(array(
+             select c.id from unnest($1::uuid[]) as k(id)
+             cross join lateral (select id, scenario_id from completed_scenarios
+                                 where account_id = k.id offset 0) as c
+             where not exists (select 1 from unnest($2::uuid[], $3::text[]) as n(a, s)
+                               where n.a = k.id and n.s = c.scenario_id)))",
     )
     .bind(account_ids)
     .bind(&owners)

@@ -80,19 +80,30 @@ impl EmbeddedTable {
     /// source-key index, the owner's unique index), and the rows found are read by key, so a
     /// batch costs in proportion to the batch, whatever the table's size or statistics. The
     /// three conditions OR-ed in one `where` were planned as parallel sequential scans of the
-    /// whole table per batch at 5 million badges (1.2 s a batch: issue 33).
+    /// whole table per batch at 5 million badges (1.2 s a batch: issue 33). No branch lets
+    /// the planner weigh the batch against the table: the primary-key branch takes its keys as
+    /// an array it cannot count (an init plan), so it expects a few; the source-key and owner
+    /// branches, whose columns are not unique, look each key up in a lateral subquery it may not
+    /// flatten (`offset 0`), costed as one index lookup per key whatever the statistics.
+    /// `owner = any($2)` with a batch's 1,000 ids on a table not analyzed yet was estimated at
+    /// every row and planned as a sequential scan (as `profiles::write_badges`' delete was).
     fn candidates_sql(self) -> &'static str {
         match self {
             Self::Subscriptions => {
                 "select s.id, s.cosmos_id, s.account_id as owner,
                         s.owner_document, '' as sub_key, s.created_at as rank_at,
                         coalesce(mystira_key_for_cosmos_id(s.cosmos_id), s.id) as natural_key
-                 from (select id from subscriptions where id = any($1)
+                 from (select id from subscriptions where id = any(array(select unnest($1::uuid[])))
                        union
-                       select id from subscriptions
-                       where cosmos_id is not null and mystira_key_for_cosmos_id(cosmos_id) = any($1)
+                       select x.id from unnest($1::uuid[]) as k(id)
+                       cross join lateral (
+                           select id from subscriptions
+                           where cosmos_id is not null and mystira_key_for_cosmos_id(cosmos_id) = k.id
+                           offset 0) as x
                        union
-                       select id from subscriptions where account_id = any($2)) as hit
+                       select x.id from unnest($2::uuid[]) as k(id)
+                       cross join lateral (select id from subscriptions where account_id = k.id offset 0) as x
+                      ) as hit
                  -- one lookup by key per row found (the limit keeps it from being flattened
                  -- into a join the planner may choose to hash over the whole table)
                  cross join lateral (
@@ -107,12 +118,17 @@ impl EmbeddedTable {
                         b.owner_document, b.badge_configuration_id::text as sub_key,
                         b.earned_at as rank_at,
                         coalesce(mystira_key_for_cosmos_id(b.cosmos_id), b.id) as natural_key
-                 from (select id from user_badges where id = any($1)
+                 from (select id from user_badges where id = any(array(select unnest($1::uuid[])))
                        union
-                       select id from user_badges
-                       where cosmos_id is not null and mystira_key_for_cosmos_id(cosmos_id) = any($1)
+                       select x.id from unnest($1::uuid[]) as k(id)
+                       cross join lateral (
+                           select id from user_badges
+                           where cosmos_id is not null and mystira_key_for_cosmos_id(cosmos_id) = k.id
+                           offset 0) as x
                        union
-                       select id from user_badges where user_profile_id = any($2)) as hit
+                       select x.id from unnest($2::uuid[]) as k(id)
+                       cross join lateral (select id from user_badges where user_profile_id = k.id offset 0) as x
+                      ) as hit
                  cross join lateral (
                      select b.*, coalesce(p.cosmos_id, p.id::text) as owner_document
                      from user_badges b join user_profiles p on p.id = b.user_profile_id

@@ -236,6 +236,13 @@ mod signups;
 /// whose estimated cost passes `jit_above_cost` (the estimate grows with the tables, not with
 /// the batch), which took about 250 ms of a 300 ms per-batch lookup at a million badges
 /// (measured on PostgreSQL 15, issue 33), and it would add the same to a phase-1 call.
+///
+/// Every statement is planned for its own parameters (`plan_cache_mode = force_custom_plan`):
+/// a pooled connection otherwise switches a prepared statement to a generic plan after five
+/// runs, made once for the tables as they were then (nearly empty, early in an upsert run) and
+/// kept until an `ANALYZE` of one of them, which a table autovacuum has not reached never gets:
+/// a sequential scan per batch of a table that grew to millions of rows (issue 33). Planning
+/// each statement costs well under a millisecond.
 async fn begin_copy(
     pool: &PgPool,
     entity: &'static str,
@@ -244,7 +251,8 @@ async fn begin_copy(
     let mut tx = pool.begin().await.map_err(map)?;
     sqlx::query(
         "select set_config('mystira.keep_source_timestamps', 'on', true),
-                set_config('jit', 'off', true)",
+                set_config('jit', 'off', true),
+                set_config('plan_cache_mode', 'force_custom_plan', true)",
     )
     .execute(&mut *tx)
     .await

@@ -524,3 +524,82 @@ async fn verify_towards_cosmos_reports_an_app_property_removed_out_of_band(pool:
     assert!(drift.drift().all(|i| i.values.is_none()));
     assert_eq!(drift.drift_count(), 3, "{}", drift.summary(10));
 }
+
+/// The completion times of `account` as PostgreSQL holds them, by scenario.
+async fn completion_times(
+    pool: &PgPool,
+    account: Uuid,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    sqlx::query_as(
+        "select scenario_id, completed_at from completed_scenarios where account_id = $1
+         order by scenario_id",
+    )
+    .bind(account)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A completion's time has no place in the app's document (`CompletedScenarioIds` lists ids),
+/// so a re-copy from Cosmos (after a rollback: the app wrote the document again, `migrate`
+/// copies it through the upsert path) must keep the time PostgreSQL already holds for every
+/// completion it has, those the service recorded in phase 2 included, and derive one only
+/// for a completion it does not have.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_recopy_from_cosmos_keeps_the_completion_times_postgres_holds(pool: PgPool) {
+    let s = setup(&pool).await;
+    let id = Uuid::new_v4().to_string();
+    let account = json!({
+        "id": id, "$type": "Account", "ExternalUserId": "auth0|0123456789abcdef0123456789abcdef",
+        "Email": "sam@example.org", "DisplayName": "Sam", "Role": "Guest", "UserProfileIds": "",
+        "CompletedScenarioIds": ["pirates", "dragons"], "Subscription": null,
+        "Settings": {"Id": Uuid::new_v4().to_string(), "Theme": "dark"},
+        "CreatedAt": "2025-12-20T10:15:11.6313029Z", "LastLoginAt": "2025-12-21T10:15:11.6313029Z"
+    });
+    let (_, key) = load(&s, Container::Accounts, &account).await;
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc();
+    write(
+        &s,
+        Container::Accounts,
+        key,
+        &Change::Complete("space".to_owned(), at("2026-03-04T05:06:07.123456Z")),
+    )
+    .await;
+    let held = completion_times(&pool, key).await;
+    assert_eq!(held.len(), 3);
+    assert_eq!(
+        held[2],
+        ("space".to_owned(), at("2026-03-04T05:06:07.123456Z"))
+    );
+
+    // the app, after a rollback: a login and a completion of its own, then `migrate`
+    let mut doc = raw_document(&s, Container::Accounts, &id, &id).await;
+    doc["LastLoginAt"] = json!("2026-06-01T00:00:00.0000000Z");
+    doc["CompletedScenarioIds"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("castle"));
+    s.store
+        .container(Container::Accounts.name())
+        .await
+        .unwrap()
+        .upsert(id.clone(), &id, &user_part(&doc))
+        .await
+        .unwrap();
+    let stored = raw_document(&s, Container::Accounts, &id, &id).await;
+    let mut counts = ContainerCounts::default();
+    write_page(
+        &s.pool,
+        Container::Accounts.name(),
+        vec![SourceDocument::Document(stored)],
+        &mut counts,
+        Retries::Backoff,
+    )
+    .await
+    .unwrap();
+    assert_eq!(counts.written, 1, "{counts:?}");
+    let mut expected = held.clone();
+    // the one completion PostgreSQL did not have: derived from the new LastLoginAt
+    expected.insert(0, ("castle".to_owned(), at("2026-06-01T00:00:00Z")));
+    assert_eq!(completion_times(&pool, key).await, expected);
+}

@@ -239,6 +239,11 @@ pub enum Command {
     /// development and tests only: production tokens come from the identity provider.
     DevToken(crate::commands::DevTokenArgs),
 
+    /// Print the HTTP API's OpenAPI 3.1 document, as `serve` answers it at `/openapi.json`,
+    /// without starting a server or opening a database (for linters and client generators;
+    /// `scripts/api-check` lints it and compiles a typed client generated from it).
+    Openapi,
+
     /// Archive every document of the user-domain containers of a Cosmos account into a folder:
     /// zstd-compressed JSON-lines chunks and a manifest.
     ///

@@ -68,6 +68,14 @@ pub async fn run(command: &Command, settings: &Settings, json: bool) -> anyhow::
         Command::Status(args) => status::run(args, settings).await,
         Command::Serve(args) => serve::run(args, settings).await,
         Command::DevToken(args) => serve::dev_token(args, settings).await,
+        Command::Openapi => {
+            let document = mystira_server::api::openapi::json();
+            Ok(Outcome {
+                exit: Exit::Ok,
+                human: document.to_owned(),
+                json: serde_json::from_str(document)?,
+            })
+        }
         Command::Archive(args) => archive::run(args, settings).await,
         Command::Restore(args) => archive::restore(args, settings).await,
     }

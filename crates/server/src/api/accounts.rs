@@ -43,7 +43,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
 
 /// Creates an account: the caller's own (its `auth0_user_id` is the token's `sub`), or, for
 /// admins, anyone's.
-#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount,
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", operation_id = "create_account", request_body = NewAccount,
     responses((status = 201, body = AccountOut), (status = 403, description = "another user's id, or a role above User"),
         (status = 409, description = "the id or the external user id exists"), (status = 422, description = "a field breaks a rule")),
     security(("bearer" = [])))]
@@ -80,7 +80,8 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+/// An account, by its id.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", operation_id = "get_account",
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 200, body = AccountOut), (status = 403, description = "another user's account"), (status = 404)),
     security(("bearer" = [])))]
@@ -94,7 +95,7 @@ pub async fn get(
 }
 
 /// Changes an account (absent fields are kept). Only admins change roles.
-#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", request_body = AccountPatch,
+#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", operation_id = "update_account", request_body = AccountPatch,
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 200, body = AccountOut), (status = 403), (status = 404), (status = 422)),
     security(("bearer" = [])))]
@@ -118,7 +119,7 @@ pub async fn update(
 
 /// Deletes the account, its subscription and its completed scenarios; its profiles stay,
 /// detached. Idempotent in effect: a second call is a 404.
-#[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts",
+#[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts", operation_id = "delete_account",
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 204), (status = 403), (status = 404)),
     security(("bearer" = [])))]
@@ -138,7 +139,7 @@ pub async fn delete(
 }
 
 /// The account with this external user id (a user may look up only their own).
-#[utoipa::path(get, path = "/v1/accounts/by-external-id/{external_user_id}", tag = "accounts",
+#[utoipa::path(get, path = "/v1/external-users/{external_user_id}/account", tag = "accounts", operation_id = "account_by_external_id",
     params(("external_user_id" = String, Path, description = "an auth0_user_id")),
     responses((status = 200, body = AccountOut), (status = 403), (status = 404)),
     security(("bearer" = [])))]
@@ -206,6 +207,7 @@ pub async fn record_login(
     no_content_if(found, "account")
 }
 
+/// The account's subscription.
 #[utoipa::path(get, path = "/v1/accounts/{id}/subscription", tag = "accounts",
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 200, body = SubscriptionOut), (status = 403), (status = 404)),
@@ -254,6 +256,7 @@ pub async fn set_subscription(
     Ok(Json(SubscriptionOut::new(&stored, now)))
 }
 
+/// The scenarios the account completed.
 #[utoipa::path(get, path = "/v1/accounts/{id}/completed-scenarios", tag = "accounts",
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 200, body = Vec<CompletedOut>), (status = 403), (status = 404)),

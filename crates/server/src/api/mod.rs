@@ -39,7 +39,7 @@ pub fn routes() -> Router<AppState> {
                 .delete(accounts::delete),
         )
         .route(
-            "/v1/accounts/by-external-id/{external_user_id}",
+            "/v1/external-users/{external_user_id}/account",
             get(accounts::by_external_id),
         )
         .route("/v1/accounts/{id}/login", post(accounts::record_login))

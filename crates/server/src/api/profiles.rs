@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::{AppState, Problem};
 
 /// The account's profiles, oldest first.
-#[utoipa::path(get, path = "/v1/accounts/{id}/profiles", tag = "profiles",
+#[utoipa::path(get, path = "/v1/accounts/{id}/profiles", tag = "profiles", operation_id = "list_profiles",
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 200, body = Vec<ProfileOut>), (status = 403), (status = 404)),
     security(("bearer" = [])))]
@@ -33,7 +33,7 @@ pub async fn list(
 }
 
 /// Creates a profile of the account.
-#[utoipa::path(post, path = "/v1/accounts/{id}/profiles", tag = "profiles", request_body = NewProfile,
+#[utoipa::path(post, path = "/v1/accounts/{id}/profiles", tag = "profiles", operation_id = "create_profile", request_body = NewProfile,
     params(("id" = uuid::Uuid, Path, description = "the account's id")),
     responses((status = 201, body = ProfileOut), (status = 403), (status = 404), (status = 409), (status = 422)),
     security(("bearer" = [])))]
@@ -55,7 +55,8 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles",
+/// A profile, by its id.
+#[utoipa::path(get, path = "/v1/profiles/{id}", tag = "profiles", operation_id = "get_profile",
     params(("id" = uuid::Uuid, Path, description = "the profile's id")),
     responses((status = 200, body = ProfileOut), (status = 403), (status = 404)),
     security(("bearer" = [])))]
@@ -69,7 +70,7 @@ pub async fn get(
 }
 
 /// Changes a profile: absent fields are kept, `null` clears a nullable one.
-#[utoipa::path(patch, path = "/v1/profiles/{id}", tag = "profiles", request_body = ProfilePatch,
+#[utoipa::path(patch, path = "/v1/profiles/{id}", tag = "profiles", operation_id = "update_profile", request_body = ProfilePatch,
     params(("id" = uuid::Uuid, Path, description = "the profile's id")),
     responses((status = 200, body = ProfileOut), (status = 403), (status = 404), (status = 422)),
     security(("bearer" = [])))]
@@ -89,7 +90,7 @@ pub async fn update(
 }
 
 /// Deletes the profile and its badges.
-#[utoipa::path(delete, path = "/v1/profiles/{id}", tag = "profiles",
+#[utoipa::path(delete, path = "/v1/profiles/{id}", tag = "profiles", operation_id = "delete_profile",
     params(("id" = uuid::Uuid, Path, description = "the profile's id")),
     responses((status = 204), (status = 403), (status = 404)),
     security(("bearer" = [])))]

@@ -184,7 +184,7 @@ fn new_code() -> Result<SignupCode, Problem> {
 }
 
 /// Creates a sign-up and mails its code.
-#[utoipa::path(post, path = "/v1/signups", tag = "signups", request_body = SignupRequest,
+#[utoipa::path(post, path = "/v1/signups", tag = "signups", operation_id = "request_signup", request_body = SignupRequest,
     responses((status = 202, body = SignupAccepted), (status = 422), (status = 429, description = "rate limited, see Retry-After"),
         (status = 503, description = "no mailer configured")))]
 pub(crate) async fn request(
@@ -239,7 +239,7 @@ pub(crate) async fn request(
 }
 
 /// Checks a code against the newest open sign-up of the email; the right code uses it up.
-#[utoipa::path(post, path = "/v1/signups/verify", tag = "signups", request_body = SignupVerify,
+#[utoipa::path(post, path = "/v1/signups/verify", tag = "signups", operation_id = "verify_signup", request_body = SignupVerify,
     responses((status = 200, body = SignupVerified), (status = 400, description = "wrong code (attempts_left)"),
         (status = 404, description = "no open sign-up"), (status = 409, description = "a magic-link sign-up"),
         (status = 410, description = "expired"), (status = 422), (status = 423, description = "locked after too many wrong codes"),

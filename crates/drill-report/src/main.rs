@@ -1,0 +1,662 @@
+//! `drill-report DIR`: the report of a `scripts/drill` run, from what the drill recorded in DIR
+//! (`events.jsonl`: steps, faults, statuses; `samples.jsonl`: `status --json` every second;
+//! `http.jsonl`: one line per HTTP call of the load; `ledger.jsonl` and `ledger-check*.json`;
+//! `loadgen.json`). Writes `summary.json`, `report.md` and five PNG plots (the phase, write
+//! latency, error rate, journal and outbox depth, replication lag), each with the faults marked.
+//!
+//! A binary of its own, so that `mystira-users` does not carry a plotting library: plotters with
+//! its bitmap backend and PNG encoder only; text through `ab_glyph` with a TrueType font found
+//! on the machine (`MYSTIRA_DRILL_FONT`, else DejaVu Sans or Liberation Sans where Debian
+//! installs them). See docs/drill.md.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+/// Where Debian and Ubuntu put a sans-serif TrueType font (packages fonts-dejavu-core,
+/// fonts-liberation).
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation2/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Size of each plot, in pixels.
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 340;
+
+/// Width of a time bucket of the latency and error plots, in seconds.
+const BUCKET: f64 = 2.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = match args.as_slice() {
+        [dir] if dir != "-h" && dir != "--help" => PathBuf::from(dir),
+        _ => {
+            eprintln!(
+                "usage: drill-report DIR\nrenders summary.json, report.md and PNG plots from \
+                 what scripts/drill recorded in DIR"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&dir) {
+        eprintln!("drill-report: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A fault or a step, in seconds since the drill began.
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    start: f64,
+    end: f64,
+}
+
+fn run(dir: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    let events = read_lines(&dir.join("events.jsonl"))?;
+    if events.is_empty() {
+        bail!("{} holds no event", dir.join("events.jsonl").display());
+    }
+    let samples = read_lines(&dir.join("samples.jsonl")).unwrap_or_default();
+    let http = read_lines(&dir.join("http.jsonl")).unwrap_or_default();
+    let drill = events.iter().find(|e| e["kind"] == "drill").cloned();
+    let t0 = drill
+        .as_ref()
+        .and_then(|d| d["start"].as_f64())
+        .or_else(|| {
+            events
+                .iter()
+                .filter_map(|e| e["start"].as_f64())
+                .reduce(f64::min)
+        })
+        .unwrap_or(0.0);
+    let t_end = drill
+        .as_ref()
+        .and_then(|d| d["end"].as_f64())
+        .or_else(|| {
+            events
+                .iter()
+                .filter_map(|e| e["end"].as_f64())
+                .reduce(f64::max)
+        })
+        .unwrap_or(t0);
+
+    let faults: Vec<Span> = events
+        .iter()
+        .filter(|e| e["kind"] == "fault")
+        .map(|e| Span {
+            name: e["name"].as_str().unwrap_or("?").to_owned(),
+            start: e["start"].as_f64().unwrap_or(t0) - t0,
+            end: e["end"].as_f64().unwrap_or(t0) - t0,
+        })
+        .collect();
+    let steps: Vec<Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .map(|e| {
+            let start = e["start"].as_f64().unwrap_or(t0);
+            let end = e["end"].as_f64().unwrap_or(start);
+            let outcome = if e["skipped"] == true {
+                "skipped".to_owned()
+            } else if e["background"] == true {
+                "started".to_owned()
+            } else {
+                match e["exit"].as_i64() {
+                    Some(0) => "ok".to_owned(),
+                    Some(code) => format!("exit {code}"),
+                    None => "unknown".to_owned(),
+                }
+            };
+            json!({
+                "name": e["name"], "command": e["command"],
+                "at_seconds": round1(start - t0), "duration_seconds": round1(end - start),
+                "outcome": outcome,
+            })
+        })
+        .collect();
+    let x_max = (t_end - t0).max(1.0);
+
+    // the ledger checks: against the drill's Cosmos database and the restored one
+    let check = read_json(&dir.join("ledger-check.json"));
+    let restored = read_json(&dir.join("ledger-check-restored.json"));
+    let count = |v: &Option<Value>, field: &str| {
+        v.as_ref()
+            .and_then(|v| v[field].as_array().map(|a| a.len()))
+            .map_or(Value::Null, |n| json!(n))
+    };
+
+    // the HTTP load: latency per bucket (successful calls), error rate per bucket
+    let mut buckets: BTreeMap<i64, (Vec<f64>, u64, u64)> = BTreeMap::new();
+    let (mut http_ok, mut http_failed, mut failovers) = (0u64, 0u64, 0u64);
+    let mut all_ms = Vec::new();
+    for h in &http {
+        let (Some(t), Some(ms)) = (h["t"].as_f64(), h["ms"].as_f64()) else {
+            continue;
+        };
+        let b = buckets
+            .entry(((t - t0) / BUCKET).floor() as i64)
+            .or_default();
+        let status = h["status"].as_u64().unwrap_or(0);
+        if h["failover"] == true {
+            failovers += 1;
+        }
+        if (200..300).contains(&status) {
+            b.0.push(ms);
+            all_ms.push(ms);
+            http_ok += 1;
+        } else {
+            b.2 += 1;
+            http_failed += 1;
+        }
+        b.1 += 1;
+    }
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut http_errors = Vec::new();
+    for (b, (ms, calls, failed)) in &mut buckets {
+        let x = (*b as f64 + 0.5) * BUCKET;
+        if !ms.is_empty() {
+            ms.sort_by(f64::total_cmp);
+            p50.push((x, quantile(ms, 0.50)));
+            p99.push((x, quantile(ms, 0.99)));
+        }
+        http_errors.push((x, 100.0 * *failed as f64 / (*calls).max(1) as f64));
+    }
+    all_ms.sort_by(f64::total_cmp);
+
+    // the ledger's load: calls (intents) and acknowledgements per bucket; an intent carries no
+    // time, so it is placed at the time of the last timed line before it
+    let ledger_errors = ledger_error_rate(&dir.join("ledger.jsonl"), t0)?;
+
+    // status samples
+    let mut phase = Vec::new();
+    let mut journal = Vec::new();
+    let mut outbox = Vec::new();
+    let mut lag = Vec::new();
+    let mut unreadable = Vec::new();
+    for s in &samples {
+        let Some(t) = s["t"].as_f64() else { continue };
+        let x = t - t0;
+        if s["ok"] != true {
+            unreadable.push(x);
+            continue;
+        }
+        if let Some(p) = s["phase"].as_str().and_then(phase_number) {
+            phase.push((x, p));
+        }
+        let table = s["journal_table"].as_f64().unwrap_or(0.0);
+        let files = s["journal_files"].as_f64().unwrap_or(0.0);
+        journal.push((x, table + files));
+        outbox.push((x, s["outbox"].as_f64().unwrap_or(0.0)));
+        if let Some(l) = s["lag"].as_f64() {
+            lag.push((x, l));
+        }
+    }
+
+    let passed = drill.as_ref().and_then(|d| d["failed_steps"].as_u64()) == Some(0)
+        && check.as_ref().is_some_and(|c| c["passed"] == true);
+    let loadgen = read_json(&dir.join("loadgen.json"));
+    let summary = json!({
+        "passed": passed,
+        "short": drill.as_ref().map(|d| d["short"].clone()),
+        "duration_seconds": round1(t_end - t0),
+        "acknowledged": check.as_ref().map(|c| c["acks"].clone()),
+        "lost": count(&check, "lost"),
+        "duplicated": count(&check, "duplicates"),
+        "ledger_check_passed": check.as_ref().map(|c| c["passed"].clone()),
+        "restored": {
+            "acknowledged": restored.as_ref().map(|c| c["acks"].clone()),
+            "lost": count(&restored, "lost"),
+            "duplicated": count(&restored, "duplicates"),
+            "ledger_check_passed": restored.as_ref().map(|c| c["passed"].clone()),
+        },
+        "failed_steps": drill.as_ref().map(|d| d["failed_steps"].clone()),
+        "steps": steps,
+        "faults": faults.iter().map(|f| json!({
+            "name": f.name, "at_seconds": round1(f.start),
+            "duration_seconds": round1(f.end - f.start),
+        })).collect::<Vec<_>>(),
+        "http": {
+            "calls": http_ok + http_failed, "ok": http_ok, "failed": http_failed,
+            "failovers": failovers,
+            "p50_ms": (!all_ms.is_empty()).then(|| round1(quantile(&all_ms, 0.50))),
+            "p99_ms": (!all_ms.is_empty()).then(|| round1(quantile(&all_ms, 0.99))),
+        },
+        "loadgen": loadgen.as_ref().map(|l| json!({
+            "calls": l["report"]["calls"], "acknowledged": l["report"]["acknowledged"],
+            "failed": l["report"]["failed"], "errors": l["report"]["errors"],
+            "achieved_rate": l["report"]["achieved_rate"],
+        })),
+        "status_unreadable_samples": unreadable.len(),
+        "plots": ["phase.png", "latency.png", "errors.png", "queues.png", "lag.png"],
+    });
+    fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )
+    .context("cannot write summary.json")?;
+
+    plot(
+        &dir.join("phase.png"),
+        "migration phase (0 cosmos-only .. 3 postgres-only)",
+        "phase",
+        x_max,
+        Some(3.5),
+        &faults,
+        &[("phase", BLUE, step_line(&phase))],
+    )?;
+    plot(
+        &dir.join("latency.png"),
+        "HTTP write latency (PATCH /v1/accounts/{id}, successful calls)",
+        "ms",
+        x_max,
+        None,
+        &faults,
+        &[("p50", BLUE, p50), ("p99", RED, p99)],
+    )?;
+    plot(
+        &dir.join("errors.png"),
+        "failed calls (% of calls started)",
+        "%",
+        x_max,
+        Some(105.0),
+        &faults,
+        &[
+            ("HTTP load", RED, http_errors),
+            ("loadgen (ledger)", MAGENTA, ledger_errors),
+        ],
+    )?;
+    plot(
+        &dir.join("queues.png"),
+        "retry journal (table + local files) and outbox depth",
+        "entries",
+        x_max,
+        None,
+        &faults,
+        &[("journal", BLUE, journal), ("outbox", RED, outbox)],
+    )?;
+    plot(
+        &dir.join("lag.png"),
+        "replication lag (largest over the containers)",
+        "seconds",
+        x_max,
+        None,
+        &faults,
+        &[("lag", BLUE, lag)],
+    )?;
+    fs::write(dir.join("report.md"), report_md(&summary)).context("cannot write report.md")?;
+    println!(
+        "{}: {}",
+        dir.join("report.md").display(),
+        if passed { "passed" } else { "FAILED" }
+    );
+    Ok(())
+}
+
+fn register_font() -> anyhow::Result<()> {
+    let path = std::env::var_os("MYSTIRA_DRILL_FONT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            FONT_CANDIDATES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no TrueType font found (looked at {}): set MYSTIRA_DRILL_FONT to a .ttf file \
+                 (Debian: apt-get install fonts-dejavu-core)",
+                FONT_CANDIDATES.join(", ")
+            )
+        })?;
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    // plotters keeps a registered font for the life of the process
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into()))
+        .map_err(|_| anyhow!("{} is not a font plotters can read", path.display()))
+}
+
+fn read_lines(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // a line cut short by a kill is skipped: the rest of the file still counts
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn phase_number(name: &str) -> Option<f64> {
+    Some(match name {
+        "cosmos-only" => 0.0,
+        "dual-write-cosmos-read" => 1.0,
+        "dual-write-postgres-read" => 2.0,
+        "postgres-only" => 3.0,
+        _ => return None,
+    })
+}
+
+/// A phase line drawn as steps: each value holds until the next sample.
+fn step_line(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(points.len() * 2);
+    for (i, &(x, y)) in points.iter().enumerate() {
+        if i > 0 {
+            out.push((x, points[i - 1].1));
+        }
+        out.push((x, y));
+    }
+    out
+}
+
+/// Failed calls of the ledger's load, in % per bucket: an intent without an acknowledgement.
+fn ledger_error_rate(path: &Path, t0: f64) -> anyhow::Result<Vec<(f64, f64)>> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut intent_at: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut acked = std::collections::BTreeSet::new();
+    let mut last = t0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(at) = v["at"].as_str()
+            && let Ok(t) = chrono_free_parse(at)
+        {
+            last = t;
+        }
+        match v["kind"].as_str() {
+            Some("intent") => {
+                if let Some(seq) = v["seq"].as_u64() {
+                    intent_at.insert(seq, last);
+                }
+            }
+            Some("ack") => {
+                if let Some(call) = v["call"].as_u64() {
+                    acked.insert(call);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut buckets: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+    for (seq, t) in &intent_at {
+        let b = buckets
+            .entry(((t - t0) / BUCKET).floor() as i64)
+            .or_default();
+        b.0 += 1;
+        if !acked.contains(seq) {
+            b.1 += 1;
+        }
+    }
+    Ok(buckets
+        .into_iter()
+        .map(|(b, (calls, failed))| {
+            (
+                (b as f64 + 0.5) * BUCKET,
+                100.0 * failed as f64 / calls.max(1) as f64,
+            )
+        })
+        .collect())
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time as the ledger writes it
+/// (`2026-12-07T08:19:32.163171Z`), without a date library.
+fn chrono_free_parse(s: &str) -> Result<f64, ()> {
+    let s = s.strip_suffix('Z').ok_or(())?;
+    let (date, time) = s.split_once('T').ok_or(())?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().map_err(|_| ()));
+    let (y, m, day) = (
+        d.next().ok_or(())??,
+        d.next().ok_or(())??,
+        d.next().ok_or(())??,
+    );
+    let mut t = time.split(':');
+    let h: f64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
+    let min: f64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
+    let sec: f64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
+    // days from the civil date (Howard Hinnant's algorithm)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// One PNG: the series over time, each fault a shaded band with its name.
+fn plot(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    x_max: f64,
+    y_max: Option<f64>,
+    faults: &[Span],
+    series: &[Series<'_>],
+) -> anyhow::Result<()> {
+    let y_max = y_max.unwrap_or_else(|| {
+        let m = series
+            .iter()
+            .flat_map(|s| s.2.iter().map(|p| p.1))
+            .fold(0.0, f64::max);
+        (m * 1.15).max(1.0)
+    });
+    let mut buffer = vec![0u8; WIDTH as usize * HEIGHT as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the drill began")
+            .y_desc(y_desc)
+            // the fine grid only blurs the curves (and triples the PNG's size)
+            .light_line_style(TRANSPARENT)
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(plot_error)?;
+        let band = RGBColor(255, 170, 120).mix(0.35).filled();
+        for (i, f) in faults.iter().enumerate() {
+            let end = f.end.max(f.start + 0.5);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(f.start, 0.0), (end, y_max)],
+                    band,
+                )))
+                .map_err(plot_error)?;
+            // staggered, so that names of faults close in time do not overlap
+            let y = y_max * (0.97 - 0.08 * (i % 4) as f64);
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    f.name.clone(),
+                    (f.start, y),
+                    ("sans-serif", 12).into_font().color(&RGBColor(150, 60, 0)),
+                )))
+                .map_err(plot_error)?;
+        }
+        for (name, color, points) in series {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    write_png(path, &buffer)
+}
+
+/// The RGB buffer as a PNG, at the best compression.
+fn write_png(path: &Path, rgb: &[u8]) -> anyhow::Result<()> {
+    let file =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Best);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    let mut writer = encoder
+        .write_header()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .write_image_data(rgb)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn plot_error<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw the plot: {e}")
+}
+
+fn report_md(s: &Value) -> String {
+    let v = |x: &Value| match x {
+        Value::Null => "—".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# Drill report\n\n{} drill of docs/runbook.md under load and faults \
+         (scripts/drill, see docs/drill.md): **{}** in {} s.\n\n",
+        if s["short"] == true {
+            "A short"
+        } else {
+            "A full"
+        },
+        if s["passed"] == true {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        v(&s["duration_seconds"]),
+    ));
+    out.push_str("| | drill database | restored database |\n|---|---|---|\n");
+    for (label, field) in [
+        ("acknowledged writes (ledger)", "acknowledged"),
+        ("lost", "lost"),
+        ("duplicated", "duplicated"),
+        ("ledger check passed", "ledger_check_passed"),
+    ] {
+        out.push_str(&format!(
+            "| {label} | {} | {} |\n",
+            v(&s[field]),
+            v(&s["restored"][field])
+        ));
+    }
+    let h = &s["http"];
+    out.push_str(&format!(
+        "\nHTTP load on the two `serve` replicas: {} calls, {} failed, {} failed over to the other \
+         replica; latency p50 {} ms, p99 {} ms.\n",
+        v(&h["calls"]),
+        v(&h["failed"]),
+        v(&h["failovers"]),
+        v(&h["p50_ms"]),
+        v(&h["p99_ms"])
+    ));
+    if let Some(l) = s["loadgen"].as_object() {
+        out.push_str(&format!(
+            "`loadgen` (the ledger's load): {} calls, {} acknowledged, {} failed (errors: {}).\n",
+            v(&l["calls"]),
+            v(&l["acknowledged"]),
+            v(&l["failed"]),
+            v(&l["errors"])
+        ));
+    }
+    out.push_str("\n## Faults\n\n| fault | at (s) | lasted (s) |\n|---|---|---|\n");
+    for f in s["faults"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            v(&f["name"]),
+            v(&f["at_seconds"]),
+            v(&f["duration_seconds"])
+        ));
+    }
+    out.push_str(
+        "\n## Steps\n\nEach is the runbook's command in its words (`DIR`: the archive, `NAME`: \
+         the restored database).\n\n| step | command | at (s) | took (s) | outcome |\n\
+         |---|---|---|---|---|\n",
+    );
+    for st in s["steps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} |\n",
+            v(&st["name"]),
+            v(&st["command"]),
+            v(&st["at_seconds"]),
+            v(&st["duration_seconds"]),
+            v(&st["outcome"])
+        ));
+    }
+    out.push_str("\n## Plots\n\n");
+    for p in s["plots"].as_array().into_iter().flatten() {
+        let p = v(p);
+        out.push_str(&format!("![{p}]({p})\n\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ledger_times() {
+        assert_eq!(chrono_free_parse("1970-01-01T00:00:00Z"), Ok(0.0));
+        assert_eq!(
+            chrono_free_parse("2026-12-07T08:19:32.5Z"),
+            Ok(1_796_631_572.5)
+        );
+        assert!(chrono_free_parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_phase_line_holds_each_value_until_the_next_sample() {
+        assert_eq!(
+            step_line(&[(0.0, 0.0), (2.0, 1.0)]),
+            vec![(0.0, 0.0), (2.0, 0.0), (2.0, 1.0)]
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! (in `DATABASE_URL`) and a fresh database on it per test.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod serve;
+
 use sqlx::{Connection, PgConnection};
 
 /// The server's url (its maintenance database).

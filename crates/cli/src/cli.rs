@@ -235,8 +235,10 @@ pub enum Command {
     /// --jwks-file).
     ///
     /// Signed with the development key (ES256; created on first use, readable by its owner
-    /// only), for --sub (the account's external user id) and an optional --role. For
-    /// development and tests only: production tokens come from the identity provider.
+    /// only), for --sub (the account's external user id), an optional --role and an optional
+    /// --email (with `email_verified: true` unless --email-verified false: the proof an account
+    /// needs to take that address). For development and tests only: production tokens come
+    /// from the identity provider.
     DevToken(crate::commands::DevTokenArgs),
 
     /// Print the HTTP API's OpenAPI 3.1 document, as `serve` answers it at `/openapi.json`,

@@ -42,6 +42,13 @@ pub enum ValidationError {
         max: usize,
         actual: usize,
     },
+    /// A list with more items than a client may send (see [`crate::input`]).
+    #[error("`{field}` has {actual} items, the limit is {max}")]
+    TooMany {
+        field: &'static str,
+        max: usize,
+        actual: usize,
+    },
     /// A number outside the range its CHECK constraint allows.
     #[error("`{field}` is out of range: {rule}")]
     OutOfRange {
@@ -67,6 +74,7 @@ impl ValidationError {
             | Self::InvalidSubscriptionType { field }
             | Self::InvalidSignupCode { field, .. }
             | Self::TooLong { field, .. }
+            | Self::TooMany { field, .. }
             | Self::OutOfRange { field, .. }
             | Self::Empty { field }
             | Self::NoCodeOrToken { field } => field,
@@ -82,6 +90,7 @@ impl ValidationError {
             Self::InvalidSubscriptionType { .. } => "invalid_subscription_type",
             Self::InvalidSignupCode { .. } => "invalid_signup_code",
             Self::TooLong { .. } => "too_long",
+            Self::TooMany { .. } => "too_many",
             Self::OutOfRange { .. } => "out_of_range",
             Self::Empty { .. } => "empty",
             Self::NoCodeOrToken { .. } => "no_code_or_token",

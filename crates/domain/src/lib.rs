@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod entities;
 pub mod error;
 pub mod ids;
+pub mod input;
 pub mod ports;
 pub mod values;
 

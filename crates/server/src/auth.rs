@@ -8,6 +8,9 @@
 //! the configured audience (Auth0 adds its `/userinfo` audience when `openid` is asked for),
 //! `nbf` is optional (Auth0 sends none; when present it is checked), and `exp` and `nbf` are
 //! compared with a clock leeway ([`DEFAULT_LEEWAY`], set with [`Authenticator::with_leeway`]).
+//! An `email` claim with `email_verified: true` is an address the provider proved the user
+//! holds ([`Caller::verified_email`]); an account may take only such an address (or one a
+//! completed sign-up proved), see `api::accounts`.
 //!
 //! Keys from a url are fetched at start (a failure stops `serve` with the reason), cached, and
 //! fetched again when they are older than [`JWKS_MAX_AGE`] or when a token names a key id the
@@ -24,7 +27,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use mystira_domain::Role;
+use mystira_domain::{Email, Role};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -55,6 +58,47 @@ pub struct Claims {
     pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// The user's email address (OpenID Connect's `email`; an Auth0 access token carries it
+    /// when an Action adds it). It proves the address only with `email_verified: true`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub email: Option<String>,
+    /// Whether the provider verified `email` (a boolean; the strings `"true"` and `"false"`,
+    /// which some providers send, count as well). Anything else is "not verified".
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_bool"
+    )]
+    pub email_verified: Option<bool>,
+}
+
+/// A claim that is a string, else none: a provider's odd `email` must not refuse the token.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// `true`, `false`, `"true"` or `"false"`; anything else is none.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::String(s) if s == "true" => Some(true),
+        serde_json::Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    })
+}
+
+/// The `email` and `email_verified` claims of a development token (`dev-token --email`).
+#[derive(Debug, Clone, Copy)]
+pub struct EmailClaim<'a> {
+    pub email: &'a str,
+    pub verified: bool,
 }
 
 /// A token's `aud`: one audience, or several (RFC 7519 §4.1.3).
@@ -425,6 +469,32 @@ impl DevKey {
         audience: &str,
         ttl_seconds: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(sub, role, None, issuer, audience, ttl_seconds)
+    }
+
+    /// [`DevKey::token`] with an `email` claim and its `email_verified` (a token that proves
+    /// the address, or with `verified: false` one that does not).
+    pub fn token_with_email(
+        &self,
+        sub: &str,
+        role: Option<&str>,
+        email: EmailClaim<'_>,
+        issuer: &str,
+        audience: &str,
+        ttl_seconds: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(sub, role, Some(email), issuer, audience, ttl_seconds)
+    }
+
+    fn sign(
+        &self,
+        sub: &str,
+        role: Option<&str>,
+        email: Option<EmailClaim<'_>>,
+        issuer: &str,
+        audience: &str,
+        ttl_seconds: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -435,6 +505,8 @@ impl DevKey {
             // not-before a little in the past: a clock a second behind must not refuse it
             nbf: Some(now - 5),
             iat: Some(now),
+            email: email.map(|e| e.email.to_owned()),
+            email_verified: email.map(|e| e.verified),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -542,6 +614,9 @@ pub struct Caller {
     /// The external user id (`sub`).
     pub user_id: String,
     pub role: Role,
+    /// The address the identity provider verified: the token's `email` when its
+    /// `email_verified` is true and the domain accepts it as an email; else none.
+    pub verified_email: Option<Email>,
 }
 
 impl Caller {
@@ -589,9 +664,14 @@ impl FromRequestParts<AppState> for Caller {
             .as_deref()
             .and_then(|r| Role::parse(r).ok())
             .unwrap_or(Role::User);
+        let verified_email = match (claims.email_verified, claims.email.as_deref()) {
+            (Some(true), Some(email)) => Email::parse(email).ok(),
+            _ => None,
+        };
         Ok(Caller {
             user_id: claims.sub,
             role,
+            verified_email,
         })
     }
 }

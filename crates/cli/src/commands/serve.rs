@@ -507,6 +507,22 @@ pub struct DevTokenArgs {
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
 
+    /// The token's `email` claim: an address the token proves (with --email-verified true),
+    /// which an account may then take [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub email: Option<String>,
+
+    /// The token's `email_verified` claim, beside --email (false: a token that names the
+    /// address without proving it, to test the refusal)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        requires = "email"
+    )]
+    pub email_verified: bool,
+
     /// Seconds until it expires (a negative value gives an expired token, to test refusals)
     #[arg(
         long,
@@ -526,15 +542,27 @@ pub async fn dev_token(args: &DevTokenArgs, settings: &Settings) -> anyhow::Resu
     let issuer = args.token.issuer.clone().or(file.issuer);
     let audience = args.token.audience.clone().or(file.audience);
     let (issuer, audience) = dev_names(issuer.as_deref(), audience.as_deref());
-    let token = key
-        .token(
+    let token = match &args.email {
+        None => key.token(
             &args.sub,
             args.role.as_deref(),
             issuer,
             audience,
             args.ttl_seconds,
-        )
-        .context("cannot sign the token")?;
+        ),
+        Some(email) => key.token_with_email(
+            &args.sub,
+            args.role.as_deref(),
+            mystira_server::auth::EmailClaim {
+                email,
+                verified: args.email_verified,
+            },
+            issuer,
+            audience,
+            args.ttl_seconds,
+        ),
+    }
+    .context("cannot sign the token")?;
     Ok(Outcome {
         exit: Exit::Ok,
         human: token.clone(),

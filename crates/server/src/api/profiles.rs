@@ -81,8 +81,9 @@ pub async fn update(
     Body(patch): Body<ProfilePatch>,
 ) -> Result<Json<ProfileOut>, Problem> {
     let current = access::profile(&state, &caller, parse_id("profile", &id)?).await?;
-    let mut profile = patch.apply(current).map_err(|e| invalid(&e))?;
-    profile.updated_at = Utc::now();
+    let now = Utc::now();
+    let mut profile = patch.apply(current, now).map_err(|e| invalid(&e))?;
+    profile.updated_at = now;
     if !state.domain.profiles.update(&profile).await.map_err(repo)? {
         return Err(not_found("profile"));
     }

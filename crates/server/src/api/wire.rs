@@ -3,10 +3,18 @@
 //! parsers (`Email::parse`, `AgeGroup::parse`, ...) and `validate` methods, the same ones the
 //! backfill applies to Cosmos documents, so the API cannot store what a migration would refuse.
 //!
+//! A client's values are also held to the caps and value rules of [`mystira_domain::input`]
+//! (a bio of at most 2,000 characters, at most 20 themes, an age group whose bounds are a real
+//! range, a date of birth in the past 150 years, ...), which the backfill does not apply to
+//! what Cosmos already holds. A PATCH checks only the fields it sets, so a stored value from
+//! before the caps does not block a change of another field. The caps are repeated as
+//! `maxLength`/`maxItems` in the OpenAPI schema (docs/security.md, "Limits").
+//!
 //! Secrets the domain keeps (`purchase_token`, a sign-up's code) are accepted where the app
 //! writes them and never returned: a response says whether one is set.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use mystira_domain::input::{self, check_list, check_text};
 use mystira_domain::{
     Account, AccountSettings, AgeGroup, CompletedScenario, Email, Role, Secret, Subscription,
     SubscriptionType, UserBadge, UserProfile, ValidationError,
@@ -25,12 +33,15 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 fn settings(value: Option<serde_json::Value>) -> Result<AccountSettings, ValidationError> {
     match value {
         None => Ok(AccountSettings::default()),
-        Some(v) => serde_json::from_value(v).map_err(|_| ValidationError::OutOfRange {
-            field: "settings",
-            rule: "must be an object whose known keys (CacheCredentials, \
+        Some(v) => {
+            input::check_settings_size(&v.to_string())?;
+            serde_json::from_value(v).map_err(|_| ValidationError::OutOfRange {
+                field: "settings",
+                rule: "must be an object whose known keys (CacheCredentials, \
                    RequireAuthOnStartup, PreferredLanguage, NotificationsEnabled, Theme, Id) \
                    have their types",
-        }),
+            })
+        }
     }
 }
 
@@ -91,8 +102,12 @@ pub struct NewAccount {
     pub display_name: String,
     #[schema(pattern = "^(Guest|User|Admin|SuperAdmin)$")]
     pub role: Option<String>,
+    /// The app's settings object, at most 4096 bytes as JSON.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
+    /// A completed sign-up for `email` (the `signup_id` its verification answered): the proof
+    /// that the caller holds the address, when the token's `email` is not it.
+    pub signup_id: Option<Uuid>,
 }
 
 impl NewAccount {
@@ -135,9 +150,11 @@ pub struct AccountPatch {
     pub display_name: Option<String>,
     #[schema(pattern = "^(Guest|User|Admin|SuperAdmin)$")]
     pub role: Option<String>,
-    /// Replaces the whole settings object.
+    /// Replaces the whole settings object (at most 4096 bytes as JSON).
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
+    /// A completed sign-up for the new `email`: the proof of the address, as for a new account.
+    pub signup_id: Option<Uuid>,
 }
 
 impl AccountPatch {
@@ -224,9 +241,12 @@ pub struct SubscriptionIn {
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
     /// The store's purchase token (write-only: never returned).
+    #[schema(max_length = 8192)]
     pub purchase_token: Option<String>,
     pub last_verified: Option<DateTime<Utc>>,
+    /// Scenario ids, each 1 to 255 characters with no comma.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub purchased_scenarios: Vec<String>,
 }
 
@@ -236,6 +256,17 @@ impl SubscriptionIn {
         account_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<Subscription, ValidationError> {
+        check_text(
+            "purchase_token",
+            self.purchase_token.as_deref(),
+            input::PURCHASE_TOKEN_MAX,
+        )?;
+        check_list(
+            "purchased_scenarios",
+            &self.purchased_scenarios,
+            input::PURCHASED_SCENARIOS_MAX_ITEMS,
+            input::SCENARIO_ID_MAX,
+        )?;
         let subscription = Subscription {
             id: Uuid::new_v4(),
             cosmos_id: None,
@@ -308,19 +339,26 @@ pub struct NewProfile {
     pub id: Option<Uuid>,
     #[schema(max_length = 255)]
     pub name: String,
-    /// `<min>-<max>`, for example `6-9`.
-    #[schema(pattern = "^[0-9]{1,9}-[0-9]{1,9}$")]
+    /// `<min>-<max>`, for example `6-9`: min <= max <= 150, no leading zeros.
+    #[schema(pattern = "^(0|[1-9][0-9]{0,2})-(0|[1-9][0-9]{0,2})$")]
     pub age_group: String,
+    /// Not in the future, not more than 150 years ago.
     pub date_of_birth: Option<NaiveDate>,
     #[serde(default)]
     pub is_guest: bool,
     #[serde(default)]
     pub is_npc: bool,
+    #[schema(max_length = 50)]
     pub pronouns: Option<String>,
+    #[schema(max_length = 2000)]
     pub bio: Option<String>,
+    #[schema(max_length = 255)]
     pub avatar_media_id: Option<String>,
+    #[schema(max_length = 255)]
     pub selected_avatar_media_id: Option<String>,
+    /// Theme names, each 1 to 50 characters with no comma.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub preferred_themes: Vec<String>,
 }
 
@@ -335,8 +373,11 @@ impl NewProfile {
             cosmos_id: None,
             account_id: Some(account_id),
             name: self.name,
-            age_group: AgeGroup::parse(&self.age_group)?,
-            date_of_birth: self.date_of_birth.map(Secret::new),
+            age_group: AgeGroup::parse_input(&self.age_group)?,
+            date_of_birth: self
+                .date_of_birth
+                .map(|d| input::check_date_of_birth(d, now.date_naive()).map(|()| Secret::new(d)))
+                .transpose()?,
             is_guest: self.is_guest,
             is_npc: self.is_npc,
             pronouns: self.pronouns,
@@ -349,6 +390,10 @@ impl NewProfile {
             updated_at: now,
         };
         profile.validate()?;
+        check_profile_input(
+            profile.bio.as_deref(),
+            Some(profile.preferred_themes.as_slice()),
+        )?;
         Ok(profile)
     }
 }
@@ -359,7 +404,7 @@ impl NewProfile {
 pub struct ProfilePatch {
     #[schema(max_length = 255)]
     pub name: Option<String>,
-    #[schema(pattern = "^[0-9]{1,9}-[0-9]{1,9}$")]
+    #[schema(pattern = "^(0|[1-9][0-9]{0,2})-(0|[1-9][0-9]{0,2})$")]
     pub age_group: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<NaiveDate>)]
@@ -367,30 +412,44 @@ pub struct ProfilePatch {
     pub is_guest: Option<bool>,
     pub is_npc: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 50)]
     pub pronouns: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     pub bio: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255)]
     pub avatar_media_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255)]
     pub selected_avatar_media_id: Option<Option<String>>,
+    #[schema(max_items = 20)]
     pub preferred_themes: Option<Vec<String>>,
     pub has_completed_onboarding: Option<bool>,
 }
 
 impl ProfilePatch {
-    pub fn apply(self, mut p: UserProfile) -> Result<UserProfile, ValidationError> {
+    /// The profile with the patch's fields, checked as at creation; only the fields the patch
+    /// sets are held to the input caps (a value stored before them stays until changed).
+    pub fn apply(
+        self,
+        mut p: UserProfile,
+        now: DateTime<Utc>,
+    ) -> Result<UserProfile, ValidationError> {
+        check_profile_input(
+            self.bio.as_ref().and_then(Option::as_deref),
+            self.preferred_themes.as_deref(),
+        )?;
         if let Some(name) = self.name {
             p.name = name;
         }
         if let Some(group) = &self.age_group {
-            p.age_group = AgeGroup::parse(group)?;
+            p.age_group = AgeGroup::parse_input(group)?;
         }
         if let Some(dob) = self.date_of_birth {
+            if let Some(d) = dob {
+                input::check_date_of_birth(d, now.date_naive())?;
+            }
             p.date_of_birth = dob.map(Secret::new);
         }
         p.is_guest = self.is_guest.unwrap_or(p.is_guest);
@@ -410,6 +469,24 @@ impl ProfilePatch {
         p.validate()?;
         Ok(p)
     }
+}
+
+/// The caps of a profile's unbounded fields (`bio`, `preferred_themes`) on what a client sends;
+/// the bounded ones are the schema's widths, checked by `UserProfile::validate`.
+fn check_profile_input(
+    bio: Option<&str>,
+    themes: Option<&[String]>,
+) -> Result<(), ValidationError> {
+    check_text("bio", bio, input::BIO_MAX)?;
+    if let Some(themes) = themes {
+        check_list(
+            "preferred_themes",
+            themes,
+            input::PREFERRED_THEMES_MAX_ITEMS,
+            input::THEME_MAX,
+        )?;
+    }
+    Ok(())
 }
 
 /// A badge as the API returns it.
@@ -462,8 +539,10 @@ pub struct NewBadge {
     #[schema(max_length = 255)]
     pub badge_name: String,
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub badge_message: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub axis: String,
     #[serde(default)]
     pub trigger_value: f32,
@@ -471,9 +550,12 @@ pub struct NewBadge {
     pub threshold: f32,
     /// When it was earned; now when absent.
     pub earned_at: Option<DateTime<Utc>>,
+    #[schema(max_length = 255)]
     pub game_session_id: Option<String>,
+    #[schema(max_length = 255)]
     pub scenario_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub image_id: String,
 }
 
@@ -511,6 +593,11 @@ impl NewBadge {
             image_id: self.image_id,
         };
         badge.validate()?;
+        check_text(
+            "badge_message",
+            Some(&badge.badge_message),
+            input::BADGE_MESSAGE_MAX,
+        )?;
         Ok(badge)
     }
 }

@@ -1,0 +1,728 @@
+//! What a client may send (issue 30, items 6 and 9), in-process against a real PostgreSQL: an
+//! account's email must be one its owner proved (a verified `email` claim or a completed
+//! sign-up), also to change it; free text and lists are capped; an age group is a real range
+//! and a date of birth a past one. Every refusal is problem+json naming the field, never the
+//! value; values stored before these rules still load and do not block other changes.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use mystira_domain::ports::ProfileRepository as _;
+use mystira_domain::{AgeGroup, Secret, UserProfile};
+use mystira_migrate::phase::{GateConfig, PhaseWatcher};
+use mystira_postgres::PgProfileRepository;
+use mystira_postgres::phase::Phase;
+use mystira_server::auth::{DevKey, EmailClaim};
+use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+const ISS: &str = "mystira-users-test";
+const AUD: &str = "mystira-users";
+
+struct Api {
+    app: Router,
+    key: DevKey,
+    mail: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    text: String,
+    content_type: String,
+}
+
+impl Api {
+    fn new(pool: PgPool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
+        let mail = dir.path().join("mail.jsonl");
+        let state = AppState {
+            domain: Domain::postgres(&pool),
+            pool,
+            cosmos: None,
+            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
+            metrics: Arc::new(Metrics::new()),
+            signups: Arc::new(SignupSettings {
+                mailer: Some(FileMailer::new(&mail)),
+                ..SignupSettings::default()
+            }),
+            auth: Arc::new(key.authenticator(ISS, AUD)),
+            probe_timeout: Duration::from_secs(2),
+            gates: GateConfig::default(),
+        };
+        Self {
+            app: mystira_server::app(state),
+            key,
+            mail,
+            _dir: dir,
+        }
+    }
+
+    /// A user's token without an `email` claim.
+    fn token(&self, sub: &str) -> String {
+        self.key.token(sub, None, ISS, AUD, 600).unwrap()
+    }
+
+    fn admin(&self) -> String {
+        self.key
+            .token("auth0|ops", Some("Admin"), ISS, AUD, 600)
+            .unwrap()
+    }
+
+    /// A user's token whose `email` is `email`, verified or not.
+    fn token_with(&self, sub: &str, email: &str, verified: bool) -> String {
+        self.key
+            .token_with_email(sub, None, EmailClaim { email, verified }, ISS, AUD, 600)
+            .unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = match body {
+            Some(b) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string()))
+                .unwrap(),
+            None => builder.body(Body::empty()).unwrap(),
+        };
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            content_type,
+        }
+    }
+
+    /// Creates `sub`'s account with `email`, proven by a verified `email` claim; its id.
+    async fn account(&self, sub: &str, email: &str) -> String {
+        let token = self.token_with(sub, email, true);
+        let created = self
+            .call(
+                "POST",
+                "/v1/accounts",
+                Some(&token),
+                Some(json!({"email": email, "display_name": "D"})),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        created.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Requests a sign-up for `email` and types its mailed code back: the sign-up's id.
+    async fn completed_signup(&self, email: &str) -> String {
+        let id = self.requested_signup(email).await;
+        let text = std::fs::read_to_string(&self.mail).unwrap();
+        let mail: Value = text
+            .lines()
+            .rev()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|m| m["to"] == email)
+            .unwrap();
+        let verified = self
+            .call(
+                "POST",
+                "/v1/signups/verify",
+                None,
+                Some(json!({"email": email, "code": mail["code"]})),
+            )
+            .await;
+        assert_eq!(verified.status, StatusCode::OK, "{}", verified.text);
+        assert_eq!(verified.body["signup_id"], id.as_str());
+        id
+    }
+
+    async fn requested_signup(&self, email: &str) -> String {
+        let accepted = self
+            .call(
+                "POST",
+                "/v1/signups",
+                None,
+                Some(json!({"email": email, "display_name": "S"})),
+            )
+            .await;
+        assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.text);
+        accepted.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The ids of the accounts whose email is `email` (ignoring case), as an admin finds them.
+    async fn search(&self, email: &str) -> Vec<String> {
+        let found = self
+            .call(
+                "POST",
+                "/v1/accounts/search",
+                Some(&self.admin()),
+                Some(json!({ "email": email })),
+            )
+            .await;
+        assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+        found
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A problem+json refusal with `code` about `field`, whose text holds none of `values`.
+#[track_caller]
+fn refused(reply: &Reply, status: StatusCode, code: &str, field: &str, values: &[&str]) {
+    // an accepted oversize body would print megabytes
+    let shown: String = reply.text.chars().take(400).collect();
+    assert_eq!(reply.status, status, "{shown}");
+    assert_eq!(reply.content_type, "application/problem+json", "{shown}");
+    assert_eq!(reply.body["code"], code, "{shown}");
+    assert_eq!(reply.body["field"], field, "{shown}");
+    for value in values {
+        assert!(
+            !reply.text.contains(value),
+            "the answer quotes a value: {shown}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn an_account_takes_only_an_email_its_owner_proved(pool: PgPool) {
+    let api = Api::new(pool);
+    let bob = api.account("auth0|bob", "bob@example.com").await;
+
+    // mallory types bob's address: without a claim, with an unverified one, with her own
+    let attempts = [
+        api.token("auth0|mallory"),
+        api.token_with("auth0|mallory", "bob@example.com", false),
+        api.token_with("auth0|mallory", "mallory@example.com", true),
+    ];
+    for token in &attempts {
+        let taken = api
+            .call(
+                "POST",
+                "/v1/accounts",
+                Some(token),
+                Some(json!({"email": "bob@example.com", "display_name": "M"})),
+            )
+            .await;
+        refused(
+            &taken,
+            StatusCode::FORBIDDEN,
+            "email_not_proven",
+            "email",
+            &["bob@"],
+        );
+    }
+    // a made-up sign-up id proves nothing either
+    let guessed = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&attempts[0]),
+            Some(json!({"email": "bob@example.com", "display_name": "M",
+                        "signup_id": Uuid::new_v4()})),
+        )
+        .await;
+    refused(
+        &guessed,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["bob@"],
+    );
+
+    // her own verified address is hers, whatever its case in the token
+    let mallory_token = api.token_with("auth0|mallory", "Mallory@Example.COM", true);
+    let mallory = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&mallory_token),
+            Some(json!({"email": "mallory@example.com", "display_name": "M"})),
+        )
+        .await;
+    assert_eq!(mallory.status, StatusCode::CREATED, "{}", mallory.text);
+    let mallory = mallory.body["id"].as_str().unwrap().to_owned();
+
+    // a PATCH to bob's address is refused; another case of her own is no new address
+    let moved = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{mallory}"),
+            Some(&mallory_token),
+            Some(json!({"email": "BOB@example.com"})),
+        )
+        .await;
+    refused(
+        &moved,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["bob@", "BOB@"],
+    );
+    let recased = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{mallory}"),
+            Some(&api.token("auth0|mallory")),
+            Some(json!({"email": "MALLORY@example.com", "display_name": "Mal"})),
+        )
+        .await;
+    assert_eq!(recased.status, StatusCode::OK, "{}", recased.text);
+    assert_eq!(recased.body["email"], "MALLORY@example.com");
+
+    // so bob's address finds bob's account alone
+    assert_eq!(api.search("bob@example.com").await, vec![bob.clone()]);
+    let bobs = api
+        .call(
+            "GET",
+            &format!("/v1/accounts/{bob}"),
+            Some(&api.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(bobs.body["email"], "bob@example.com");
+
+    // an admin is not asked for a proof (support and the purchase service act on anyone's)
+    let by_admin = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&api.admin()),
+            Some(json!({"email": "carer@example.com", "display_name": "C",
+                        "auth0_user_id": "auth0|carer"})),
+        )
+        .await;
+    assert_eq!(by_admin.status, StatusCode::CREATED, "{}", by_admin.text);
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_completed_signup_proves_its_address_for_an_hour_after_its_code_expires(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    let carol = api.token("auth0|carol");
+    let create = |signup: &str, email: &str| json!({"email": email, "display_name": "Carol", "signup_id": signup});
+
+    // requested but not completed: no proof yet
+    let open = api.requested_signup("carol@example.com").await;
+    let early = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&carol),
+            Some(create(&open, "carol@example.com")),
+        )
+        .await;
+    refused(
+        &early,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["carol@"],
+    );
+
+    let done = api.completed_signup("carol@example.com").await;
+    // it proves its own address only
+    let other = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&carol),
+            Some(create(&done, "dave@example.com")),
+        )
+        .await;
+    refused(
+        &other,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["dave@"],
+    );
+    let created = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&carol),
+            Some(create(&done, "Carol@Example.com")),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let account = created.body["id"].as_str().unwrap().to_owned();
+
+    // a change of address needs a proof of the new one
+    let unproven = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{account}"),
+            Some(&carol),
+            Some(json!({"email": "carol.new@example.com"})),
+        )
+        .await;
+    refused(
+        &unproven,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["carol.new@"],
+    );
+    let again = api.completed_signup("carol.new@example.com").await;
+    let moved = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{account}"),
+            Some(&carol),
+            Some(json!({"email": "carol.new@example.com", "signup_id": again})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    assert_eq!(moved.body["email"], "carol.new@example.com");
+
+    // an hour after its code expired, a sign-up proves nothing any more
+    sqlx::query(
+        "update pending_signups set expires_at = now() - interval '61 minutes' where id = $1",
+    )
+    .bind(Uuid::parse_str(&done).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let late = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&api.token("auth0|carol-2")),
+            Some(create(&done, "carol@example.com")),
+        )
+        .await;
+    refused(
+        &late,
+        StatusCode::FORBIDDEN,
+        "email_not_proven",
+        "email",
+        &["carol@"],
+    );
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn oversize_text_and_lists_are_refused_naming_the_field(pool: PgPool) {
+    let api = Api::new(pool);
+    let alice = api.token_with("auth0|alice", "alice@example.com", true);
+    let account = api.account("auth0|alice", "alice@example.com").await;
+    let profiles = format!("/v1/accounts/{account}/profiles");
+    let marker = "very-private";
+    let big_bio = format!("{marker}{}", "b".repeat(1_500_000));
+    let many_themes: Vec<String> = (0..100_000).map(|i| format!("{marker}{i}")).collect();
+    let profile = |extra: Value| {
+        let mut p = json!({"name": "Kid", "age_group": "6-9"});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let cases = [
+        (json!({ "bio": big_bio }), "too_long", "bio"),
+        (json!({ "bio": "b".repeat(2_001) }), "too_long", "bio"),
+        (
+            json!({ "preferred_themes": many_themes }),
+            "too_many",
+            "preferred_themes",
+        ),
+        (
+            json!({ "preferred_themes": vec!["space"; 21] }),
+            "too_many",
+            "preferred_themes",
+        ),
+        (
+            json!({ "preferred_themes": [format!("{marker},sea")] }),
+            "out_of_range",
+            "preferred_themes",
+        ),
+        (
+            json!({ "preferred_themes": ["x".repeat(51)] }),
+            "too_long",
+            "preferred_themes",
+        ),
+        (
+            json!({ "preferred_themes": [""] }),
+            "empty",
+            "preferred_themes",
+        ),
+    ];
+    for (extra, code, field) in &cases {
+        let reply = api
+            .call(
+                "POST",
+                &profiles,
+                Some(&alice),
+                Some(profile(extra.clone())),
+            )
+            .await;
+        refused(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            field,
+            &[marker],
+        );
+    }
+    let listed = api.call("GET", &profiles, Some(&alice), None).await;
+    assert_eq!(listed.body, json!([]), "nothing refused was stored");
+
+    // at the caps, accepted; a PATCH past them refused, field by field
+    let at_caps = json!({"bio": "b".repeat(2_000), "preferred_themes": vec!["t".repeat(50); 20]});
+    let kid = api
+        .call("POST", &profiles, Some(&alice), Some(profile(at_caps)))
+        .await;
+    assert_eq!(kid.status, StatusCode::CREATED, "{}", kid.text);
+    let kid = format!("/v1/profiles/{}", kid.body["id"].as_str().unwrap());
+    for (patch, code, field) in cases {
+        let reply = api.call("PATCH", &kid, Some(&alice), Some(patch)).await;
+        refused(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            field,
+            &[marker],
+        );
+    }
+
+    // a badge's message, the settings object, a subscription's lists and token
+    let badge = api
+        .call(
+            "POST",
+            &format!("{kid}/badges"),
+            Some(&alice),
+            Some(json!({"badge_configuration_id": "b-1", "badge_name": "B",
+                        "badge_message": format!("{marker}{}", "m".repeat(1_000))})),
+        )
+        .await;
+    refused(
+        &badge,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_long",
+        "badge_message",
+        &[marker],
+    );
+    let settings = json!({"Theme": format!("{marker}{}", "s".repeat(5_000))});
+    let patched = api
+        .call(
+            "PATCH",
+            &format!("/v1/accounts/{account}"),
+            Some(&alice),
+            Some(json!({ "settings": settings })),
+        )
+        .await;
+    refused(
+        &patched,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "out_of_range",
+        "settings",
+        &[marker],
+    );
+    let created = api
+        .call(
+            "POST",
+            "/v1/accounts",
+            Some(&api.admin()),
+            Some(json!({"email": "x@example.com", "display_name": "X",
+                        "auth0_user_id": "auth0|x", "settings": settings})),
+        )
+        .await;
+    refused(
+        &created,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "out_of_range",
+        "settings",
+        &[marker],
+    );
+    let subscription = |extra: Value| {
+        let mut s = json!({"subscription_type": "Annual", "is_active": true});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s
+    };
+    let sub_cases = [
+        (
+            json!({"purchased_scenarios": vec![format!("{marker}-scenario"); 1_001]}),
+            "too_many",
+            "purchased_scenarios",
+        ),
+        (
+            json!({"purchased_scenarios": [format!("{marker},forest-2")]}),
+            "out_of_range",
+            "purchased_scenarios",
+        ),
+        (
+            json!({"purchase_token": format!("{marker}{}", "t".repeat(8_192))}),
+            "too_long",
+            "purchase_token",
+        ),
+    ];
+    for (extra, code, field) in sub_cases {
+        let reply = api
+            .call(
+                "PUT",
+                &format!("/v1/accounts/{account}/subscription"),
+                Some(&api.admin()),
+                Some(subscription(extra)),
+            )
+            .await;
+        refused(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            field,
+            &[marker],
+        );
+    }
+}
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn age_groups_are_real_ranges_and_births_are_in_the_past(pool: PgPool) {
+    let api = Api::new(pool);
+    let alice = api.token_with("auth0|alice", "alice@example.com", true);
+    let account = api.account("auth0|alice", "alice@example.com").await;
+    let profiles = format!("/v1/accounts/{account}/profiles");
+    let cases = [
+        (
+            json!({"age_group": "9-1"}),
+            "invalid_age_group",
+            "age_group",
+            "9-1",
+        ),
+        (
+            json!({"age_group": "06-9"}),
+            "invalid_age_group",
+            "age_group",
+            "06-9",
+        ),
+        (
+            json!({"age_group": "19-151"}),
+            "invalid_age_group",
+            "age_group",
+            "19-151",
+        ),
+        (
+            json!({"age_group": "6-9", "date_of_birth": "2999-01-01"}),
+            "out_of_range",
+            "date_of_birth",
+            "2999",
+        ),
+        (
+            json!({"age_group": "6-9", "date_of_birth": "1812-05-04"}),
+            "out_of_range",
+            "date_of_birth",
+            "1812",
+        ),
+    ];
+    for (body, code, field, value) in &cases {
+        let mut body = body.clone();
+        body["name"] = json!("Kid");
+        let reply = api.call("POST", &profiles, Some(&alice), Some(body)).await;
+        refused(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            field,
+            &[value],
+        );
+    }
+    let kid = api
+        .call(
+            "POST",
+            &profiles,
+            Some(&alice),
+            Some(json!({"name": "Kid", "age_group": "0-2", "date_of_birth": "2025-02-03"})),
+        )
+        .await;
+    assert_eq!(kid.status, StatusCode::CREATED, "{}", kid.text);
+    let kid = format!("/v1/profiles/{}", kid.body["id"].as_str().unwrap());
+    for (body, code, field, value) in cases {
+        let reply = api.call("PATCH", &kid, Some(&alice), Some(body)).await;
+        refused(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            field,
+            &[value],
+        );
+    }
+    let unchanged = api.call("GET", &kid, Some(&alice), None).await;
+    assert_eq!(unchanged.body["age_group"], "0-2");
+    assert_eq!(unchanged.body["date_of_birth"], "2025-02-03");
+}
+
+/// The backfill and the repositories keep the schema's rules: a profile stored with a reversed
+/// age group, a future birth date and a long bio and list (as Cosmos may hold them) loads, and
+/// a PATCH of another field keeps them; only a field the client sets is held to the caps.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn values_stored_before_the_rules_stay_and_do_not_block_other_changes(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    let alice = api.token_with("auth0|alice", "alice@example.com", true);
+    let account = Uuid::parse_str(&api.account("auth0|alice", "alice@example.com").await).unwrap();
+    let now = chrono::Utc::now();
+    let stored = UserProfile {
+        id: Uuid::new_v4(),
+        cosmos_id: None,
+        account_id: Some(account),
+        name: "Legacy".into(),
+        age_group: AgeGroup::from_source("9-1").unwrap(),
+        date_of_birth: Some(Secret::new(
+            chrono::NaiveDate::from_ymd_opt(2999, 1, 1).unwrap(),
+        )),
+        is_guest: false,
+        is_npc: false,
+        pronouns: None,
+        bio: Some("b".repeat(5_000)),
+        avatar_media_id: None,
+        selected_avatar_media_id: None,
+        preferred_themes: (0..30).map(|i| format!("t{i}")).collect(),
+        has_completed_onboarding: false,
+        created_at: now,
+        updated_at: now,
+    };
+    PgProfileRepository::new(pool)
+        .create(&stored)
+        .await
+        .unwrap();
+    let renamed = api
+        .call(
+            "PATCH",
+            &format!("/v1/profiles/{}", stored.id),
+            Some(&alice),
+            Some(json!({"name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text);
+    assert_eq!(renamed.body["name"], "Renamed");
+    assert_eq!(renamed.body["age_group"], "9-1");
+    assert_eq!(renamed.body["date_of_birth"], "2999-01-01");
+    assert_eq!(renamed.body["bio"].as_str().unwrap().len(), 5_000);
+    assert_eq!(
+        renamed.body["preferred_themes"].as_array().unwrap().len(),
+        30
+    );
+}

@@ -1,6 +1,6 @@
-//! `mystira-users archive --out DIR`, `archive verify DIR` and `restore DIR`: the Cosmos side
-//! archived into a folder, checked, and loaded back (the logic is in
-//! `mystira_migrate::archive`; docs/archive.md describes the format).
+//! `mystira-users archive --out TARGET`, `archive verify TARGET` and `restore TARGET`: the
+//! Cosmos side archived into a folder or Azure Blob Storage, checked, and loaded back (the
+//! logic is in `mystira_migrate::archive`; docs/archive.md describes the format and targets).
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use mystira_migrate::CosmosSource;
 use mystira_migrate::archive::{
-    self, ArchiveConfig, ArchiveError, RestoreConfig, RestoreTarget, StallPoint,
+    self, ArchiveConfig, ArchiveError, RestoreConfig, RestoreTarget, StallPoint, Store,
 };
 use serde_json::json;
 
@@ -33,10 +33,13 @@ pub struct ArchiveArgs {
     #[command(flatten)]
     pub cosmos: CosmosArgs,
 
-    /// Folder to write the archive to (created; must be new or empty, or hold an unfinished
-    /// archive, which is then finished). Azure Blob Storage is planned, not built
-    #[arg(long, value_name = "DIR", required = true)]
-    pub out: Option<PathBuf>,
+    /// Where to write the archive: a folder (created), or Azure Blob Storage as
+    /// az://CONTAINER/PREFIX or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX
+    /// (credentials from AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY or a SAS token in
+    /// the URL; docs/archive.md). Must be new or empty, or hold an unfinished archive, which is
+    /// then finished
+    #[arg(long, value_name = "DIR|URL", required = true)]
+    pub out: Option<String>,
 
     /// Documents per chunk file at most (a resumed archive keeps its own)
     #[arg(long, default_value_t = 10_000, value_name = "N",
@@ -72,16 +75,18 @@ pub enum ArchiveCommand {
     /// finding names its chunk or container and has a stable code. Exit code 0 intact (and
     /// matching), 1 a finding, 2 PostgreSQL could not be compared.
     Verify {
-        /// The archive directory
-        dir: PathBuf,
+        /// The archive: a folder or an Azure Blob Storage URL (as `archive --out`)
+        #[arg(value_name = "DIR|URL")]
+        dir: String,
     },
 }
 
 /// `mystira-users restore`
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The archive directory (written by `archive --out`)
-    pub dir: PathBuf,
+    /// The archive (written by `archive --out`): a folder or an Azure Blob Storage URL
+    #[arg(value_name = "DIR|URL")]
+    pub dir: String,
 
     /// Cosmos account endpoint, e.g. https://myaccount.documents.azure.com:443/
     #[arg(long, env = "COSMOS_ENDPOINT", value_name = "URL")]
@@ -134,6 +139,11 @@ fn stall_point() -> anyhow::Result<Option<StallPoint>> {
 }
 
 /// Usage errors of the library as configuration errors (exit code 2).
+/// The archive's store; a malformed URL is a usage error.
+fn open_store(target: &str) -> anyhow::Result<Store> {
+    Store::open(target).map_err(lift)
+}
+
 fn lift(e: ArchiveError) -> anyhow::Error {
     match e {
         ArchiveError::Usage(message) => ConfigError::Usage(message).into(),
@@ -143,8 +153,9 @@ fn lift(e: ArchiveError) -> anyhow::Error {
 
 async fn create(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let Some(out) = &args.out else {
-        bail!(ConfigError::Usage("archive needs --out DIR".into()));
+        bail!(ConfigError::Usage("archive needs --out DIR|URL".into()));
     };
+    let out = open_store(out)?;
     let config = ArchiveConfig {
         ranges: args.ranges.max(1),
         workers: args.workers.max(1),
@@ -155,7 +166,7 @@ async fn create(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<Outco
     };
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
     let source = CosmosSource::new(store);
-    let report = archive::run_archive(&source, out, &config)
+    let report = archive::run_archive(&source, &out, &config)
         .await
         .map_err(lift)
         .context("the archive failed (run it again: it resumes)")?;
@@ -195,11 +206,9 @@ async fn create(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<Outco
     })
 }
 
-async fn verify(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<Outcome> {
-    let dir_owned = dir.to_path_buf();
-    let mut report = tokio::task::spawn_blocking(move || archive::verify_offline(&dir_owned))
-        .await
-        .context("the check stopped")?;
+async fn verify(target: &str, settings: &Settings) -> anyhow::Result<Outcome> {
+    let store = open_store(target)?;
+    let mut report = archive::verify_offline(&store).await;
     let mut could_not_compare = None;
     if let DatabaseTarget::Url { url, .. } = &settings.database
         && report.finished
@@ -254,6 +263,7 @@ pub async fn restore(args: &RestoreArgs, settings: &Settings) -> anyhow::Result<
         cosmos_database: Some(args.cosmos_database.clone()),
         cosmos_ca_file: args.cosmos_ca_file.clone(),
     };
+    let archive_store = open_store(&args.dir)?;
     let endpoint = source::cosmos_endpoint(&cosmos, settings).unwrap_or_default();
     let store = source::connect_cosmos(&cosmos, settings).await?;
     let target = RestoreTarget {
@@ -266,7 +276,7 @@ pub async fn restore(args: &RestoreArgs, settings: &Settings) -> anyhow::Result<
         restart: args.restart,
         stall: stall_point()?,
     };
-    let report = match archive::restore(&args.dir, &store, &target, &config).await {
+    let report = match archive::restore(&archive_store, &store, &target, &config).await {
         Ok(report) => report,
         Err(e @ ArchiveError::TargetNotEmpty { .. }) => {
             // refused before anything was written: the operator decides (--merge)

@@ -2,12 +2,13 @@
 //! the SHA-256 of the file as written, which the manifest records.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::manifest::ChunkEntry;
+use super::store::Store;
+use super::{ArchiveError, blocking};
 
 /// zstd's default level: about JSON's size / 6 at hundreds of MB/s; the archive is read far
 /// less often than a backup, but written while Cosmos is read, so speed matters more here.
@@ -63,17 +64,15 @@ impl ChunkProblem {
     }
 }
 
-/// Reads chunk `entry` from `dir` and checks it against the manifest: present, its size, its
-/// SHA-256, that it decompresses, that every line is a JSON object with an `id`, and that it
-/// holds as many documents as recorded. Returns the documents.
-pub fn read_checked(dir: &Path, entry: &ChunkEntry) -> Result<Vec<Value>, ChunkProblem> {
-    let path = dir.join(&entry.file);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+/// Reads chunk `entry` from `store` and checks it ([`check`], on a blocking thread). Returns
+/// the documents.
+pub async fn read_checked(store: &Store, entry: &ChunkEntry) -> Result<Vec<Value>, ChunkProblem> {
+    let bytes = match store.read(&entry.file).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
             return Err(ChunkProblem::new(
                 "chunk_missing",
-                "listed in the manifest but not in the directory".into(),
+                "listed in the manifest but not in the archive".into(),
             ));
         }
         Err(e) => {
@@ -83,6 +82,27 @@ pub fn read_checked(dir: &Path, entry: &ChunkEntry) -> Result<Vec<Value>, ChunkP
             ));
         }
     };
+    let entry = entry.clone();
+    blocking(move || check(&bytes, &entry))
+        .await
+        .unwrap_or_else(|e| Err(ChunkProblem::new("chunk_unreadable", e.to_string())))
+}
+
+/// [`read_checked`] as an archive error (a damaged chunk names itself).
+pub async fn read_or_fail(store: &Store, entry: &ChunkEntry) -> Result<Vec<Value>, ArchiveError> {
+    read_checked(store, entry)
+        .await
+        .map_err(|p| ArchiveError::Damaged {
+            file: entry.file.clone(),
+            code: p.code,
+            message: p.message,
+        })
+}
+
+/// Checks a chunk's bytes against the manifest: its size, its SHA-256, that it decompresses,
+/// that every line is a JSON object with an `id`, and that it holds as many documents as
+/// recorded. Returns the documents.
+pub fn check(bytes: &[u8], entry: &ChunkEntry) -> Result<Vec<Value>, ChunkProblem> {
     if bytes.len() as u64 != entry.bytes {
         return Err(ChunkProblem::new(
             "chunk_size_differs",
@@ -93,7 +113,7 @@ pub fn read_checked(dir: &Path, entry: &ChunkEntry) -> Result<Vec<Value>, ChunkP
             ),
         ));
     }
-    let sha = sha256_hex(&bytes);
+    let sha = sha256_hex(bytes);
     if sha != entry.sha256 {
         return Err(ChunkProblem::new(
             "chunk_hash_differs",
@@ -103,7 +123,7 @@ pub fn read_checked(dir: &Path, entry: &ChunkEntry) -> Result<Vec<Value>, ChunkP
             ),
         ));
     }
-    let json = zstd::stream::decode_all(bytes.as_slice())
+    let json = zstd::stream::decode_all(bytes)
         .map_err(|e| ChunkProblem::new("chunk_unreadable", format!("does not decompress: {e}")))?;
     let mut documents = Vec::with_capacity(entry.documents as usize);
     for (i, line) in json.split(|b| *b == b'\n').enumerate() {
@@ -205,14 +225,11 @@ mod tests {
             .map(|i| serde_json::json!({"id": format!("d{i}"), "_ts": i, "n": [i, i]}))
             .collect();
         let encoded = encode(&docs).expect("encode");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("c.jsonl.zst"), &encoded.bytes).expect("write");
-        assert_eq!(read_checked(dir.path(), &entry(&encoded)), Ok(docs));
+        assert_eq!(check(&encoded.bytes, &entry(&encoded)), Ok(docs));
         for at in [0, encoded.bytes.len() / 2, encoded.bytes.len() - 1] {
             let mut bytes = encoded.bytes.clone();
             bytes[at] ^= 0x01;
-            std::fs::write(dir.path().join("c.jsonl.zst"), &bytes).expect("write");
-            let problem = read_checked(dir.path(), &entry(&encoded)).expect_err("damaged");
+            let problem = check(&bytes, &entry(&encoded)).expect_err("damaged");
             assert_eq!(problem.code, "chunk_hash_differs", "byte {at}");
         }
     }

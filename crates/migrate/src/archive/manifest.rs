@@ -1,16 +1,14 @@
-//! The archive's manifest (`manifest.json`) and the file operations every writer of an archive
-//! directory uses: a file is written under a temporary name, fsynced, renamed into place, and
-//! its directory fsynced, so a kill at any moment leaves either the old file or the new one.
+//! The archive's manifest (`manifest.json`), read from and replaced atomically in the archive's
+//! [`Store`] (a folder or a blob container prefix).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ArchiveError;
+use super::store::Store;
 
 /// What `format` says in every manifest this version writes.
 pub const FORMAT: &str = "mystira-users-archive/1";
@@ -119,21 +117,19 @@ impl Manifest {
         self.chunks.iter().filter(move |c| c.container == container)
     }
 
-    /// Reads `dir/manifest.json`; `Ok(None)` when there is none.
-    pub fn load(dir: &Path) -> Result<Option<Self>, ArchiveError> {
-        let path = dir.join(MANIFEST);
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ArchiveError::io(&path, &e)),
+    /// Reads the store's `manifest.json`; `Ok(None)` when there is none.
+    pub async fn load(store: &Store) -> Result<Option<Self>, ArchiveError> {
+        let Some(text) = store.read(MANIFEST).await? else {
+            return Ok(None);
         };
+        let path = store.shown_name(MANIFEST);
         let manifest: Self = serde_json::from_slice(&text).map_err(|e| ArchiveError::Invalid {
-            path: path.display().to_string(),
+            path: path.clone(),
             message: e.to_string(),
         })?;
         if manifest.format != FORMAT {
             return Err(ArchiveError::Invalid {
-                path: path.display().to_string(),
+                path,
                 message: format!(
                     "format {:?} is not {FORMAT:?} (written by another version)",
                     manifest.format
@@ -143,15 +139,14 @@ impl Manifest {
         Ok(Some(manifest))
     }
 
-    /// Replaces `dir/manifest.json` atomically (temporary file, fsync, rename, directory fsync).
-    pub fn save(&self, dir: &Path) -> Result<(), ArchiveError> {
-        let path = dir.join(MANIFEST);
+    /// Replaces the store's `manifest.json` atomically (see [`Store::write`]).
+    pub async fn save(&self, store: &Store) -> Result<(), ArchiveError> {
         let mut text = serde_json::to_vec_pretty(self).map_err(|e| ArchiveError::Invalid {
-            path: path.display().to_string(),
+            path: store.shown_name(MANIFEST),
             message: e.to_string(),
         })?;
         text.push(b'\n');
-        write_atomic(&path, &text)
+        store.write(MANIFEST, text).await
     }
 
     /// Chunks per container (for summaries).
@@ -169,40 +164,4 @@ impl Manifest {
 /// The relative path of chunk `seq` of `range` of `container`.
 pub fn chunk_file(container: &str, range: usize, seq: u64) -> String {
     format!("{container}/r{range:03}-c{seq:06}{CHUNK_EXTENSION}")
-}
-
-/// The temporary name a file is written under before it is renamed to `path`.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Writes `bytes` to `path` so that a kill leaves either the old file or the whole new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let tmp = temp_path(path);
-    write_synced(&tmp, bytes)?;
-    rename_synced(&tmp, path)
-}
-
-/// Creates (or truncates) `path` with `bytes` and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let mut file = std::fs::File::create(path).map_err(|e| ArchiveError::io(path, &e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ArchiveError::io(path, &e))
-}
-
-/// Renames `from` to `to` and fsyncs the directory, so the rename survives a crash.
-pub fn rename_synced(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    std::fs::rename(from, to).map_err(|e| ArchiveError::io(to, &e))?;
-    sync_dir(to.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsyncs a directory (its entries: created, renamed and removed files).
-pub fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ArchiveError::io(dir, &e))
 }

@@ -1,7 +1,9 @@
 //! The archive of the Cosmos side at the end of phase 3 (`mystira-users archive`), its offline
 //! check (`archive verify`) and loading it back into a Cosmos database (`restore`).
 //!
-//! # Layout of an archive directory
+//! # Layout of an archive
+//! In a folder or under a prefix of an Azure Blob Storage container ([`store::Store`]: the
+//! same names, the same atomic writes, each its own way):
 //! - `manifest.json` ([`manifest::Manifest`]): the source, when the archive began and ended,
 //!   per container its partition key, when its archive began, its ranges with how far each
 //!   got, its document count; per chunk its file, SHA-256, byte and document counts.
@@ -21,20 +23,21 @@
 //! later one last). Reads are paced to `max_docs_per_second` in this process.
 //!
 //! # Resuming after a kill
-//! A chunk is encoded, written under a temporary name and fsynced, renamed into place, and only
-//! then recorded in the manifest with its range's position after it (the manifest is replaced
-//! atomically, under one lock, so a chunk file and its record appear in the same order). A
-//! re-run loads the manifest, removes temporary files and chunk files the manifest does not
-//! list (written by a run killed before recording them), and continues every range from its
-//! recorded position. The plan is kept: a container's archive is the container as of the time
+//! A chunk is encoded, written whole (in a folder: under a temporary name, fsynced, renamed
+//! into place; in a container: one Put Blob), and only then recorded in the manifest with its
+//! range's position after it (the manifest is replaced atomically, under one lock, so a chunk
+//! and its record appear in the same order). A re-run loads the manifest, removes temporary
+//! files and chunks the manifest does not list (written by a run killed before recording
+//! them), and continues every range from its recorded position. The plan is kept: a container's archive is the container as of the time
 //! it began, whatever the number of runs.
 
 pub mod chunk;
 pub mod manifest;
 pub mod restore;
+pub mod store;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,7 @@ use tokio::sync::Mutex;
 
 use crate::source::{DocumentSource, RangePlan, SourceDocument, SourceError};
 use manifest::{CHUNK_EXTENSION, ChunkEntry, ContainerEntry, MANIFEST, Manifest, RangeEntry};
+pub use store::Store;
 
 pub use restore::{RestoreConfig, RestoreReport, RestoreTarget, restore};
 pub use verify::{ArchiveVerifyReport, Finding, postgres_counts, verify_offline};
@@ -178,7 +182,8 @@ impl Default for ArchiveConfig {
 /// What an archive run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchiveReport {
-    pub dir: PathBuf,
+    /// The target (a folder, or a blob URL without credentials).
+    pub dir: String,
     /// `created`, `resumed` (an unfinished archive was found and finished) or `complete` (the
     /// archive was already finished: nothing was read).
     pub outcome: &'static str,
@@ -195,7 +200,7 @@ impl ArchiveReport {
         let m = &self.manifest;
         let mut out = format!(
             "archive {} ({}): {} chunks, this run wrote {}\n  source: {}\n  began: {}\n",
-            self.dir.display(),
+            self.dir,
             self.outcome,
             m.chunks.len(),
             self.chunks_written,
@@ -273,11 +278,11 @@ impl Pacer {
     }
 }
 
-/// Archives every container of `config` from `source` into `dir` (created), or finishes the
-/// unfinished archive there.
+/// Archives every container of `config` from `source` into `store` (a folder is created), or
+/// finishes the unfinished archive there.
 pub async fn run_archive(
     source: &dyn DocumentSource,
-    dir: &Path,
+    store: &Store,
     config: &ArchiveConfig,
 ) -> Result<ArchiveReport, ArchiveError> {
     if config.chunk_documents == 0 || config.page_size == 0 {
@@ -285,10 +290,10 @@ pub async fn run_archive(
             "chunk size and page size must be at least 1".into(),
         ));
     }
-    let (manifest, orphans_removed, resumed) = open_dir(dir, source, config).await?;
+    let (manifest, orphans_removed, resumed) = open_dir(store, source, config).await?;
     if manifest.finished_at.is_some() {
         return Ok(ArchiveReport {
-            dir: dir.to_path_buf(),
+            dir: store.shown(),
             outcome: "complete",
             chunks_written: 0,
             orphans_removed,
@@ -303,7 +308,7 @@ pub async fn run_archive(
     }
     let run = Run {
         source,
-        dir,
+        store,
         config,
         chunk_documents: manifest.chunk_documents,
         manifest: Mutex::new(manifest),
@@ -315,9 +320,9 @@ pub async fn run_archive(
         run.archive_container(name, partition_key).await?;
     }
     let mut manifest = run.manifest.into_inner();
-    seal(dir, &mut manifest).await?;
+    seal(store, &mut manifest).await?;
     Ok(ArchiveReport {
-        dir: dir.to_path_buf(),
+        dir: store.shown(),
         outcome: if resumed { "resumed" } else { "created" },
         chunks_written: run.recorded.load(Ordering::SeqCst),
         orphans_removed,
@@ -325,96 +330,68 @@ pub async fn run_archive(
     })
 }
 
-/// Creates `dir` with a new manifest, or loads the one there and removes what a killed run
-/// left unrecorded. Returns the manifest, the files removed and whether it was resumed.
+/// Creates the archive with a new manifest, or loads the one there and removes what a killed
+/// run left unrecorded. Returns the manifest, the chunks removed and whether it was resumed.
 async fn open_dir(
-    dir: &Path,
+    store: &Store,
     source: &dyn DocumentSource,
     config: &ArchiveConfig,
 ) -> Result<(Manifest, u64, bool), ArchiveError> {
-    let dir_owned = dir.to_path_buf();
-    let existing = blocking(move || -> Result<_, ArchiveError> {
-        std::fs::create_dir_all(&dir_owned).map_err(|e| ArchiveError::io(&dir_owned, &e))?;
-        let Some(manifest) = Manifest::load(&dir_owned)? else {
-            let mut entries =
-                std::fs::read_dir(&dir_owned).map_err(|e| ArchiveError::io(&dir_owned, &e))?;
-            if entries.next().is_some() {
-                return Err(ArchiveError::Usage(format!(
-                    "{} is not empty and holds no archive ({MANIFEST}): archive into a new or \
-                     empty directory",
-                    dir_owned.display()
-                )));
-            }
-            return Ok(None);
-        };
-        let removed = remove_unrecorded(&dir_owned, &manifest)?;
-        Ok(Some((manifest, removed)))
-    })
-    .await??;
-    match existing {
-        // positions and change-feed tokens of one database mean nothing in another
-        Some((manifest, _)) if manifest.source != source.describe() => {
-            Err(ArchiveError::Usage(format!(
-                "the archive in {} is of {}, not of {}: archive {} into another directory",
-                dir.display(),
-                manifest.source,
-                source.describe(),
-                source.describe()
-            )))
+    store.prepare().await?;
+    let Some(manifest) = Manifest::load(store).await? else {
+        if !store.is_empty().await? {
+            return Err(ArchiveError::Usage(format!(
+                "{} is not empty and holds no archive ({MANIFEST}): archive into a new or \
+                 empty directory or prefix",
+                store.shown()
+            )));
         }
-        Some((manifest, removed)) => Ok((manifest, removed, true)),
-        None => {
-            let manifest = Manifest::new(source.describe(), config.chunk_documents);
-            save(dir, &manifest).await?;
-            Ok((manifest, 0, false))
-        }
+        let manifest = Manifest::new(source.describe(), config.chunk_documents);
+        manifest.save(store).await?;
+        return Ok((manifest, 0, false));
+    };
+    // positions and change-feed tokens of one database mean nothing in another
+    if manifest.source != source.describe() {
+        return Err(ArchiveError::Usage(format!(
+            "the archive in {} is of {}, not of {}: archive {} into another directory or prefix",
+            store.shown(),
+            manifest.source,
+            source.describe(),
+            source.describe()
+        )));
     }
+    let removed = remove_unrecorded(store, &manifest).await?;
+    Ok((manifest, removed, true))
 }
 
-/// Removes temporary files and chunk files the manifest does not list, in each container
-/// directory (a killed run may leave one of each). Returns how many chunk files it removed.
-fn remove_unrecorded(dir: &Path, manifest: &Manifest) -> Result<u64, ArchiveError> {
+/// Removes temporary files and chunks the manifest does not list, at the top and in each
+/// container's folder (a killed run may leave one of each). Returns how many chunks it removed.
+async fn remove_unrecorded(store: &Store, manifest: &Manifest) -> Result<u64, ArchiveError> {
     let listed: std::collections::HashSet<&str> =
         manifest.chunks.iter().map(|c| c.file.as_str()).collect();
+    let mut doomed = Vec::new();
     let mut removed = 0;
-    for top in [Path::new(".")].into_iter().chain(
-        manifest
-            .containers
-            .iter()
-            .map(|c| Path::new(c.name.as_str())),
-    ) {
-        let sub = dir.join(top);
-        let entries = match std::fs::read_dir(&sub) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(ArchiveError::io(&sub, &e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| ArchiveError::io(&sub, &e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let relative = if top == Path::new(".") {
-                name.clone()
-            } else {
-                format!("{}/{name}", top.display())
-            };
-            let temporary = name.starts_with('.') && name.ends_with(".tmp");
-            let unlisted_chunk = name.ends_with(CHUNK_EXTENSION) && !listed.contains(&*relative);
-            if temporary || unlisted_chunk {
-                std::fs::remove_file(entry.path()).map_err(|e| ArchiveError::io(&sub, &e))?;
-                if unlisted_chunk {
-                    removed += 1;
-                    tracing::info!(file = %relative, "removed a chunk a stopped run did not record");
-                }
-            }
+    for name in store.list().await? {
+        let folder = name.rsplit_once('/').map_or("", |(f, _)| f);
+        if !folder.is_empty() && !manifest.containers.iter().any(|c| c.name == folder) {
+            continue;
         }
-        manifest::sync_dir(&sub)?;
+        let unlisted_chunk = name.ends_with(CHUNK_EXTENSION) && !listed.contains(name.as_str());
+        if unlisted_chunk {
+            removed += 1;
+            tracing::info!(file = %name, "removed a chunk a stopped run did not record");
+        }
+        if unlisted_chunk || store::is_temporary(&name) {
+            doomed.push(name);
+        }
     }
+    store.remove(&doomed).await?;
     Ok(removed)
 }
 
 struct Run<'a> {
     source: &'a dyn DocumentSource,
-    dir: &'a Path,
+    store: &'a Store,
     config: &'a ArchiveConfig,
     chunk_documents: usize,
     manifest: Mutex<Manifest>,
@@ -450,7 +427,7 @@ impl Run<'_> {
         if let Some(c) = manifest.container_mut(name) {
             c.finished_at = Some(Utc::now());
         }
-        save(self.dir, &manifest).await
+        manifest.save(self.store).await
     }
 
     /// Plans `name`'s ranges and records them (and the time) in the manifest.
@@ -489,7 +466,7 @@ impl Run<'_> {
         };
         let mut manifest = self.manifest.lock().await;
         manifest.containers.push(entry.clone());
-        save(self.dir, &manifest).await?;
+        manifest.save(self.store).await?;
         tracing::info!(
             container = name,
             ranges = entry.ranges.len(),
@@ -567,29 +544,21 @@ impl Run<'_> {
             None
         } else {
             let file = manifest::chunk_file(container, index, seq);
-            let path = self.dir.join(&file);
-            let tmp = manifest::temp_path(&path);
-            let encoded = {
-                let tmp = tmp.clone();
-                blocking(move || -> Result<chunk::Encoded, ArchiveError> {
-                    let encoded =
-                        chunk::encode(&documents).map_err(|e| ArchiveError::io(&tmp, &e))?;
-                    if let Some(parent) = tmp.parent() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| ArchiveError::io(parent, &e))?;
-                    }
-                    manifest::write_synced(&tmp, &encoded.bytes)?;
-                    Ok(encoded)
-                })
-                .await??
-            };
-            Some((file, path, tmp, encoded))
+            let encoded = blocking(move || chunk::encode(&documents))
+                .await?
+                .map_err(|e| ArchiveError::Io {
+                    path: self.store.shown_name(&file),
+                    message: e.to_string(),
+                })?;
+            // a folder writes and fsyncs the temporary file here, outside the lock
+            let staged = self.store.stage(&file, encoded.bytes.clone()).await?;
+            Some((file, staged, encoded))
         };
-        // the rename and the record under one lock: chunk files appear in manifest order
+        // the chunk's appearance and its record under one lock: chunks appear in manifest order
         let mut manifest = self.manifest.lock().await;
         let wrote = chunk.is_some();
-        if let Some((file, path, tmp, encoded)) = chunk {
-            blocking(move || manifest::rename_synced(&tmp, &path)).await??;
+        if let Some((file, staged, encoded)) = chunk {
+            self.store.publish(staged).await?;
             let renamed = self.renamed.fetch_add(1, Ordering::SeqCst) + 1;
             if self.config.stall == Some(StallPoint::ArchiveRenamed(renamed)) {
                 stall(StallPoint::ArchiveRenamed(renamed)).await;
@@ -617,7 +586,7 @@ impl Run<'_> {
             r.position = position;
             r.done = done;
         }
-        save(self.dir, &manifest).await?;
+        manifest.save(self.store).await?;
         if wrote {
             let recorded = self.recorded.fetch_add(1, Ordering::SeqCst) + 1;
             tracing::debug!(container, range = index, chunk = seq, "chunk recorded");
@@ -631,27 +600,16 @@ impl Run<'_> {
 
 /// Counts every container's distinct documents (reading back and checking every chunk, which
 /// also proves what was written reads back) and marks the archive finished.
-async fn seal(dir: &Path, manifest: &mut Manifest) -> Result<(), ArchiveError> {
-    let dir_owned = dir.to_path_buf();
-    let snapshot = manifest.clone();
-    let counts = blocking(move || -> Result<Vec<(String, u64)>, ArchiveError> {
-        let mut out = Vec::new();
-        for c in &snapshot.containers {
-            let mut distinct = chunk::DistinctCounter::default();
-            for entry in snapshot.chunks_of(&c.name) {
-                let docs =
-                    chunk::read_checked(&dir_owned, entry).map_err(|p| ArchiveError::Damaged {
-                        file: entry.file.clone(),
-                        code: p.code,
-                        message: p.message,
-                    })?;
-                distinct.add(&docs, &c.partition_key);
-            }
-            out.push((c.name.clone(), distinct.count()));
+async fn seal(store: &Store, manifest: &mut Manifest) -> Result<(), ArchiveError> {
+    let mut counts = Vec::new();
+    for c in &manifest.containers {
+        let mut distinct = chunk::DistinctCounter::default();
+        for entry in manifest.chunks_of(&c.name) {
+            let docs = chunk::read_or_fail(store, entry).await?;
+            distinct.add(&docs, &c.partition_key);
         }
-        Ok(out)
-    })
-    .await??;
+        counts.push((c.name.clone(), distinct.count()));
+    }
     for (name, documents) in counts {
         if let Some(c) = manifest.container_mut(&name) {
             if documents < c.lines {
@@ -665,13 +623,7 @@ async fn seal(dir: &Path, manifest: &mut Manifest) -> Result<(), ArchiveError> {
         }
     }
     manifest.finished_at = Some(Utc::now());
-    save(dir, manifest).await
-}
-
-async fn save(dir: &Path, manifest: &Manifest) -> Result<(), ArchiveError> {
-    let dir = dir.to_path_buf();
-    let manifest = manifest.clone();
-    blocking(move || manifest.save(&dir)).await?
+    manifest.save(store).await
 }
 
 /// Runs file work on a blocking thread.

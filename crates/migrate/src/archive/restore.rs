@@ -13,7 +13,7 @@
 //!   `_attachments`) cannot be written: they are stripped, and the target gives every document
 //!   a new `_ts` and `_etag`.
 //! - After each chunk a checkpoint (the next chunk's index) is saved atomically in a state file
-//!   in the archive directory, named after the target (`restore-state-<database>-<hash>.json`,
+//!   in the archive (its folder, or its blob prefix), named after the target (`restore-state-<database>-<hash>.json`,
 //!   the hash of endpoint and database). A re-run after a kill continues from it (the chunk
 //!   that was being applied is upserted again: upserts are idempotent) without the emptiness
 //!   check, which its own earlier writes would fail. A re-run after a finished restore does
@@ -24,7 +24,6 @@
 //!   restore does the same check.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -35,7 +34,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::chunk::{self, sha256_hex};
 use super::manifest::{self, Manifest, RESTORE_STATE_PREFIX};
-use super::{ArchiveError, StallPoint, blocking, stall};
+use super::store::Store;
+use super::{ArchiveError, StallPoint, stall};
 
 /// The database restored into (the endpoint only names the state file: never a key).
 #[derive(Debug, Clone)]
@@ -75,12 +75,14 @@ struct RestoreState {
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
-    pub dir: PathBuf,
+    /// The archive restored (a folder, or a blob URL without credentials).
+    pub dir: String,
     pub database: String,
     /// `restored`, `resumed` (an interrupted restore was finished) or `already_restored`.
     pub outcome: &'static str,
     pub merge: bool,
-    pub state_file: PathBuf,
+    /// The checkpoint file (its path, or its URL without credentials).
+    pub state_file: String,
     /// Chunks this run applied.
     pub chunks_applied: u64,
     pub chunks_total: u64,
@@ -126,7 +128,7 @@ impl RestoreReport {
     pub fn summary(&self) -> String {
         let mut out = format!(
             "restore of {} into {} ({}): {} of {} chunks applied by this run{}\n",
-            self.dir.display(),
+            self.dir,
             self.database,
             self.outcome,
             self.chunks_applied,
@@ -166,8 +168,8 @@ impl RestoreReport {
     }
 }
 
-/// The state file of `target` in `dir`.
-pub fn state_path(dir: &Path, target: &RestoreTarget) -> PathBuf {
+/// The name of `target`'s state file in the archive.
+pub fn state_name(target: &RestoreTarget) -> String {
     let safe: String = target
         .database
         .chars()
@@ -180,34 +182,27 @@ pub fn state_path(dir: &Path, target: &RestoreTarget) -> PathBuf {
         })
         .collect();
     let hash = sha256_hex(format!("{}\n{}", target.endpoint, target.database).as_bytes());
-    dir.join(format!("{RESTORE_STATE_PREFIX}{safe}-{}.json", &hash[..12]))
+    format!("{RESTORE_STATE_PREFIX}{safe}-{}.json", &hash[..12])
 }
 
-/// Restores the archive in `dir` into `store`'s database (see the module docs).
+/// Restores the archive in `archive` into `store`'s database (see the module docs).
 pub async fn restore(
-    dir: &Path,
+    archive: &Store,
     store: &CosmosStore,
     target: &RestoreTarget,
     config: &RestoreConfig,
 ) -> Result<RestoreReport, ArchiveError> {
-    let manifest = {
-        let dir = dir.to_path_buf();
-        blocking(move || Manifest::load(&dir)).await??
-    }
-    .ok_or_else(|| {
+    let manifest = Manifest::load(archive).await?.ok_or_else(|| {
         ArchiveError::Usage(format!(
             "{} holds no archive ({})",
-            dir.display(),
+            archive.shown(),
             manifest::MANIFEST
         ))
     })?;
     if manifest.finished_at.is_none() {
-        return Err(ArchiveError::NotFinished(dir.display().to_string()));
+        return Err(ArchiveError::NotFinished(archive.shown()));
     }
-    let check = {
-        let dir = dir.to_path_buf();
-        blocking(move || super::verify_offline(&dir)).await?
-    };
+    let check = super::verify_offline(archive).await;
     if !check.ok {
         let findings: Vec<String> = check.findings.iter().map(ToString::to_string).collect();
         return Err(ArchiveError::Failed(format!(
@@ -215,13 +210,13 @@ pub async fn restore(
             findings.join("; ")
         )));
     }
-    let path = state_path(dir, target);
-    let mut state = match load_state(&path).await? {
+    let name = state_name(target);
+    let path = archive.shown_name(&name);
+    let mut state = match load_state(archive, &name).await? {
         Some(_) if config.restart => None,
         Some(state) if state.archive_started_at != manifest.started_at => {
             return Err(ArchiveError::Failed(format!(
-                "{} belongs to another archive: remove it or pass --restart",
-                path.display()
+                "{path} belongs to another archive: remove it or pass --restart"
             )));
         }
         other => other,
@@ -240,9 +235,9 @@ pub async fn restore(
 
     if let Some(done) = state.as_ref().filter(|s| s.finished_at.is_some()) {
         let merge = done.merge;
-        let target_checks = compare_target(dir, &manifest, store, &present).await?;
+        let target_checks = compare_target(archive, &manifest, store, &present).await?;
         return Ok(RestoreReport {
-            dir: dir.to_path_buf(),
+            dir: archive.shown(),
             database: target.database.clone(),
             outcome: "already_restored",
             merge,
@@ -277,7 +272,7 @@ pub async fn restore(
             next_chunk: 0,
             upserted: BTreeMap::new(),
         };
-        save_state(&path, &fresh).await?;
+        save_state(archive, &name, &fresh).await?;
         state = Some(fresh);
     }
     let mut state = state.ok_or_else(|| ArchiveError::Failed("no restore state".into()))?;
@@ -306,16 +301,7 @@ pub async fn restore(
                 entry.file, entry.container
             )));
         };
-        let documents = {
-            let dir = dir.to_path_buf();
-            let entry = entry.clone();
-            blocking(move || chunk::read_checked(&dir, &entry)).await?
-        }
-        .map_err(|p| ArchiveError::Damaged {
-            file: entry.file.clone(),
-            code: p.code,
-            message: p.message,
-        })?;
+        let documents = chunk::read_or_fail(archive, entry).await?;
         let (writes, bad) = writes_of(documents, pk, &entry.file);
         rejected.extend(bad);
         let n = writes.len() as u64;
@@ -336,18 +322,18 @@ pub async fn restore(
         }
         state.next_chunk = index + 1;
         *state.upserted.entry(entry.container.clone()).or_default() += n;
-        save_state(&path, &state).await?;
+        save_state(archive, &name, &state).await?;
         tracing::debug!(chunk = %entry.file, documents = n, "chunk restored");
         if config.stall == Some(StallPoint::RestoreCheckpointed(applied)) {
             stall(StallPoint::RestoreCheckpointed(applied)).await;
         }
     }
     state.finished_at = Some(Utc::now());
-    save_state(&path, &state).await?;
+    save_state(archive, &name, &state).await?;
 
-    let target_checks = compare_target(dir, &manifest, store, &present).await?;
+    let target_checks = compare_target(archive, &manifest, store, &present).await?;
     Ok(RestoreReport {
-        dir: dir.to_path_buf(),
+        dir: archive.shown(),
         database: target.database.clone(),
         outcome: if resumed { "resumed" } else { "restored" },
         merge,
@@ -447,42 +433,27 @@ fn content_digest(doc: Value) -> [u8; 32] {
 /// Reads every container of the target back and compares each document with the archive's
 /// (its later version where it holds two), system properties aside.
 async fn compare_target(
-    dir: &Path,
+    archive: &Store,
     manifest: &Manifest,
     store: &CosmosStore,
     present: &[(String, String)],
 ) -> Result<BTreeMap<String, TargetCheck>, ArchiveError> {
     // per container: identity -> (content digest, id), from the chunks in manifest order
-    let expected = {
-        let dir = dir.to_path_buf();
-        let manifest = manifest.clone();
-        let present = present.to_vec();
-        blocking(move || -> Result<_, ArchiveError> {
-            let mut out: BTreeMap<String, HashMap<u128, ([u8; 32], String)>> = BTreeMap::new();
-            for (name, pk) in &present {
-                let docs = out.entry(name.clone()).or_default();
-                for entry in manifest.chunks_of(name) {
-                    let chunk =
-                        chunk::read_checked(&dir, entry).map_err(|p| ArchiveError::Damaged {
-                            file: entry.file.clone(),
-                            code: p.code,
-                            message: p.message,
-                        })?;
-                    for doc in chunk {
-                        let key = chunk::identity(&doc, pk);
-                        let id = doc
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        docs.insert(key, (content_digest(doc), id));
-                    }
-                }
+    let mut expected: BTreeMap<String, HashMap<u128, ([u8; 32], String)>> = BTreeMap::new();
+    for (name, pk) in present {
+        let docs = expected.entry(name.clone()).or_default();
+        for entry in manifest.chunks_of(name) {
+            for doc in chunk::read_or_fail(archive, entry).await? {
+                let key = chunk::identity(&doc, pk);
+                let id = doc
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                docs.insert(key, (content_digest(doc), id));
             }
-            Ok(out)
-        })
-        .await??
-    };
+        }
+    }
     let mut out = BTreeMap::new();
     for (name, pk) in present {
         let mut want = expected.get(name).cloned().unwrap_or_default();
@@ -527,27 +498,23 @@ async fn compare_target(
     Ok(out)
 }
 
-async fn load_state(path: &Path) -> Result<Option<RestoreState>, ArchiveError> {
-    let path = path.to_path_buf();
-    blocking(move || match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ArchiveError::Invalid {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ArchiveError::io(&path, &e)),
-    })
-    .await?
+async fn load_state(archive: &Store, name: &str) -> Result<Option<RestoreState>, ArchiveError> {
+    let Some(bytes) = archive.read(name).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ArchiveError::Invalid {
+            path: archive.shown_name(name),
+            message: e.to_string(),
+        })
 }
 
-async fn save_state(path: &Path, state: &RestoreState) -> Result<(), ArchiveError> {
-    let path = path.to_path_buf();
+async fn save_state(archive: &Store, name: &str, state: &RestoreState) -> Result<(), ArchiveError> {
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| ArchiveError::Invalid {
-        path: path.display().to_string(),
+        path: archive.shown_name(name),
         message: e.to_string(),
     })?;
     bytes.push(b'\n');
-    blocking(move || manifest::write_atomic(&path, &bytes)).await?
+    archive.write(name, bytes).await
 }

@@ -1,4 +1,4 @@
-//! `archive verify`: checks an archive directory offline against its manifest, and its
+//! `archive verify`: checks an archive (a folder or a blob container prefix) offline against its manifest, and its
 //! per-container document counts against PostgreSQL's.
 //!
 //! # What PostgreSQL's count is
@@ -14,13 +14,13 @@
 //! reached Cosmos.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::ArchiveError;
 use super::chunk::{self, DistinctCounter};
 use super::manifest::{CHUNK_EXTENSION, MANIFEST, Manifest};
+use super::store::Store;
 
 /// One thing wrong with an archive, with a stable code; `chunk` names the chunk file when it is
 /// about one. Never holds document values.
@@ -62,7 +62,8 @@ pub struct ContainerCheck {
 /// What `archive verify` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchiveVerifyReport {
-    pub dir: PathBuf,
+    /// The archive checked (a folder, or a blob URL without credentials).
+    pub dir: String,
     /// Whether the archive is intact and complete (and, when compared, matches PostgreSQL).
     pub ok: bool,
     pub finished: bool,
@@ -120,7 +121,7 @@ impl ArchiveVerifyReport {
     pub fn summary(&self) -> String {
         let mut out = format!(
             "archive {}: {}\n  {} chunks, {} bytes checked{}\n",
-            self.dir.display(),
+            self.dir,
             if self.ok { "intact" } else { "NOT OK" },
             self.chunks_checked,
             self.bytes_checked,
@@ -150,14 +151,14 @@ impl ArchiveVerifyReport {
     }
 }
 
-/// Checks `dir` against its manifest without any service: the manifest reads and is finished;
-/// every listed chunk is present with its size and SHA-256, decompresses, and holds the
-/// documents recorded; no chunk file is unlisted; per container the chunks' lines add up to
-/// the recorded lines, and the distinct documents counted in them to the recorded documents.
-/// Blocking (file reads): call it on a blocking thread.
-pub fn verify_offline(dir: &Path) -> ArchiveVerifyReport {
+/// Checks the archive in `store` against its manifest, without Cosmos or PostgreSQL: the
+/// manifest reads and is finished; every listed chunk is present with its size and SHA-256
+/// (read back from the store and hashed again), decompresses, and holds the documents
+/// recorded; no chunk file is unlisted; per container the chunks' lines add up to the recorded
+/// lines, and the distinct documents counted in them to the recorded documents.
+pub async fn verify_offline(store: &Store) -> ArchiveVerifyReport {
     let mut report = ArchiveVerifyReport {
-        dir: dir.to_path_buf(),
+        dir: store.shown(),
         ok: true,
         finished: false,
         started_at: None,
@@ -167,14 +168,14 @@ pub fn verify_offline(dir: &Path) -> ArchiveVerifyReport {
         postgres_compared: false,
         findings: Vec::new(),
     };
-    let manifest = match Manifest::load(dir) {
+    let manifest = match Manifest::load(store).await {
         Ok(Some(m)) => m,
         Ok(None) => {
             report.finding(
                 "manifest_missing",
                 None,
                 None,
-                format!("{} holds no {MANIFEST}", dir.display()),
+                format!("{} holds no {MANIFEST}", store.shown()),
             );
             return report;
         }
@@ -215,7 +216,7 @@ pub fn verify_offline(dir: &Path) -> ArchiveVerifyReport {
             *per_range.entry(entry.range).or_default() += 1;
             report.chunks_checked += 1;
             report.bytes_checked += entry.bytes;
-            match chunk::read_checked(dir, entry) {
+            match chunk::read_checked(store, entry).await {
                 Ok(docs) => distinct.add(&docs, &c.partition_key),
                 Err(problem) => {
                     report.finding(
@@ -288,45 +289,39 @@ pub fn verify_offline(dir: &Path) -> ArchiveVerifyReport {
             ),
         );
     }
-    for file in unlisted_files(dir, &manifest, &listed) {
+    let unlisted = match unlisted_files(store, &listed).await {
+        Ok(files) => files,
+        Err(e) => {
+            report.finding("archive_unlistable", None, None, e.to_string());
+            Vec::new()
+        }
+    };
+    for file in unlisted {
         report.finding(
             "chunk_not_listed",
             Some(&file),
             None,
-            "is in the directory but not in the manifest".into(),
+            "is in the archive but not in the manifest".into(),
         );
     }
     report
 }
 
-/// Chunk files and leftover temporary files in the archive that the manifest does not list.
-fn unlisted_files(dir: &Path, manifest: &Manifest, listed: &HashSet<String>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut subdirs: Vec<String> = manifest.containers.iter().map(|c| c.name.clone()).collect();
-    // any other directory holding chunk files is unlisted too
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !subdirs.contains(&name) {
-                subdirs.push(name);
-            } else if name.ends_with(CHUNK_EXTENSION) {
-                out.push(name);
-            }
-        }
-    }
-    for sub in subdirs {
-        let Ok(entries) = std::fs::read_dir(dir.join(&sub)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let relative = format!("{sub}/{}", e.file_name().to_string_lossy());
-            if !listed.contains(&relative) {
-                out.push(relative);
-            }
-        }
-    }
-    out.sort();
-    out
+/// Files in the archive that the manifest does not list: chunk files at the top, and any file
+/// in a folder (a container's, or any other: nothing else belongs in one), temporary files of
+/// a stopped run included.
+async fn unlisted_files(
+    store: &Store,
+    listed: &HashSet<String>,
+) -> Result<Vec<String>, ArchiveError> {
+    Ok(store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|name| {
+            !listed.contains(name) && (name.contains('/') || name.ends_with(CHUNK_EXTENSION))
+        })
+        .collect())
 }
 
 /// PostgreSQL's comparable document count per container (see the module docs).

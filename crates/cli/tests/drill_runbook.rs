@@ -30,7 +30,11 @@ fn drill_commands(script: &str) -> Vec<(usize, String)> {
                 .trim()
                 .trim_start_matches('{')
                 .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ';' | '}' | '\\'));
-            let words: Vec<&str> = part.split_whitespace().collect();
+            // an environment assignment before the helper (`COSMOS_DATABASE=x step ...`)
+            let words: Vec<&str> = part
+                .split_whitespace()
+                .skip_while(|w| w.contains('=') && !w.starts_with('-'))
+                .collect();
             let skip = match words.first() {
                 Some(&"step" | &"must" | &"bg") => 2,
                 Some(&"wait_ok") => 3,
@@ -111,7 +115,7 @@ fn every_drill_step_is_a_runbook_command_in_its_words() {
 fn the_extraction_sees_each_helper_and_rejects_a_foreign_command() {
     let script = "step a mystira-users verify || wait_ok 60 b mystira-users verify --repair\n\
                   # step c mystira-users not-a-command\n\
-                  bg relay mystira-users relay\n\
+                  X=\"$y\" bg relay mystira-users relay\n\
                   must d mystira-users archive --out DIR  # comment\n\
                   { wait_ok 60 e mystira-users journal status; }\n";
     let found: Vec<String> = drill_commands(script).into_iter().map(|c| c.1).collect();

@@ -98,10 +98,21 @@ fn run(dir: &Path) -> anyhow::Result<()> {
             end: e["end"].as_f64().unwrap_or(t0) - t0,
         })
         .collect();
-    let steps: Vec<Value> = events
+    // each step with the attention codes of the status read right after it
+    let mut steps_with_status: Vec<(&Value, Option<&Value>)> = Vec::new();
+    for e in &events {
+        if e["kind"] == "step" {
+            steps_with_status.push((e, None));
+        } else if e["kind"] == "status"
+            && let Some(last) = steps_with_status.last_mut()
+            && last.0["name"] == e["after"]
+        {
+            last.1 = Some(&e["attention"]);
+        }
+    }
+    let steps: Vec<Value> = steps_with_status
         .iter()
-        .filter(|e| e["kind"] == "step")
-        .map(|e| {
+        .map(|&(e, attention)| {
             let start = e["start"].as_f64().unwrap_or(t0);
             let end = e["end"].as_f64().unwrap_or(start);
             let outcome = if e["skipped"] == true {
@@ -119,6 +130,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
                 "name": e["name"], "command": e["command"],
                 "at_seconds": round1(start - t0), "duration_seconds": round1(end - start),
                 "outcome": outcome,
+                "attention_after": attention.cloned().unwrap_or(Value::Null),
             })
         })
         .collect();
@@ -134,7 +146,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     };
 
     // the HTTP load: latency per bucket (successful calls), error rate per bucket
-    let mut buckets: BTreeMap<i64, (Vec<f64>, u64, u64)> = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, (Vec<f64>, u64, u64, u64)> = BTreeMap::new();
     let (mut http_ok, mut http_failed, mut failovers) = (0u64, 0u64, 0u64);
     let mut all_ms = Vec::new();
     for h in &http {
@@ -147,6 +159,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         let status = h["status"].as_u64().unwrap_or(0);
         if h["failover"] == true {
             failovers += 1;
+            b.3 += 1;
         }
         if (200..300).contains(&status) {
             b.0.push(ms);
@@ -161,7 +174,8 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let mut http_errors = Vec::new();
-    for (b, (ms, calls, failed)) in &mut buckets {
+    let mut http_failovers = Vec::new();
+    for (b, (ms, calls, failed, failed_over)) in &mut buckets {
         let x = (*b as f64 + 0.5) * BUCKET;
         if !ms.is_empty() {
             ms.sort_by(f64::total_cmp);
@@ -169,6 +183,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
             p99.push((x, quantile(ms, 0.99)));
         }
         http_errors.push((x, 100.0 * *failed as f64 / (*calls).max(1) as f64));
+        http_failovers.push((x, 100.0 * *failed_over as f64 / (*calls).max(1) as f64));
     }
     all_ms.sort_by(f64::total_cmp);
 
@@ -212,6 +227,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         "lost": count(&check, "lost"),
         "duplicated": count(&check, "duplicates"),
         "ledger_check_passed": check.as_ref().map(|c| c["passed"].clone()),
+        "ledger": check.as_ref().map(|c| json!({
+            "intents": c["intents"], "unacknowledged": c["unacknowledged"],
+            "promises_checked": c["promises_checked"], "drained": c["drained"],
+        })),
         "restored": {
             "acknowledged": restored.as_ref().map(|c| c["acks"].clone()),
             "lost": count(&restored, "lost"),
@@ -270,7 +289,12 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         Some(105.0),
         &faults,
         &[
-            ("HTTP load", RED, http_errors),
+            ("HTTP load: failed", RED, http_errors),
+            (
+                "HTTP load: refused, then served by the other replica",
+                RGBColor(230, 140, 0),
+                http_failovers,
+            ),
             ("loadgen (ledger)", MAGENTA, ledger_errors),
         ],
     )?;
@@ -617,12 +641,17 @@ fn report_md(s: &Value) -> String {
     }
     out.push_str(
         "\n## Steps\n\nEach is the runbook's command in its words (`DIR`: the archive, `NAME`: \
-         the restored database).\n\n| step | command | at (s) | took (s) | outcome |\n\
-         |---|---|---|---|---|\n",
+         the restored database).\n\n| step | command | at (s) | took (s) | outcome | status attention after it |\n\
+         |---|---|---|---|---|---|\n",
     );
     for st in s["steps"].as_array().into_iter().flatten() {
+        let attention = match st["attention_after"].as_array() {
+            Some(codes) if codes.is_empty() => "none".to_owned(),
+            Some(codes) => codes.iter().map(v).collect::<Vec<_>>().join(", "),
+            None => "—".to_owned(),
+        };
         out.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} |\n",
+            "| {} | `{}` | {} | {} | {} | {attention} |\n",
             v(&st["name"]),
             v(&st["command"]),
             v(&st["at_seconds"]),

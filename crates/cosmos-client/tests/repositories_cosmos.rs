@@ -1241,13 +1241,13 @@ async fn signups_create_get_verify_mark_used_and_cleanup() {
     assert!(signups.mark_used(newest.id).await.expect("used"));
     assert!(signups.mark_used(newest.id).await.expect("idempotent"));
     assert!(!signups.mark_used(Uuid::new_v4()).await.expect("missing"));
-    // now the older one is the newest unused
+    // the older one stays superseded, as in PostgreSQL: its code never verifies
     assert_eq!(
         signups
             .verify_code(&email, "111111", now, 5)
             .await
             .expect("older"),
-        VerifyOutcome::Verified(signups.get(old.id).await.expect("get").expect("present"))
+        VerifyOutcome::NotFound
     );
 
     // lock-out: at the limit even the right code is refused

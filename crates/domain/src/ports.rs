@@ -150,7 +150,8 @@ pub enum VerifyOutcome {
     LockedOut,
     /// The newest open sign-up for this email has expired.
     Expired,
-    /// No unused sign-up exists for this email.
+    /// The email has no sign-up, or its newest is used: only the newest sign-up's code can
+    /// verify, so an older (superseded) one never does.
     NotFound,
     /// The newest unused sign-up for this email has no code: it is a magic-link sign-up, which
     /// only its link completes ([`PendingSignupRepository::find_by_token_hash`]). Refused and

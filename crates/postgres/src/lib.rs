@@ -19,6 +19,7 @@ pub mod rate_budget;
 pub mod rate_limits;
 pub mod repos;
 pub mod schema;
+pub mod signup_guesses;
 
 pub use error::map_sqlx_error;
 pub use repos::{

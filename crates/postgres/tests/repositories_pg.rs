@@ -1239,12 +1239,20 @@ mod pending_signups {
         assert!(repo.mark_used(newest.id).await.expect("mark used"));
         assert!(repo.mark_used(newest.id).await.expect("mark used again"));
         assert!(!repo.mark_used(Uuid::new_v4()).await.expect("missing"));
-        // with the newest used, the older one is the open sign-up
+        // with the newest used, the older one stays superseded: its code never verifies
         assert_eq!(
             repo.verify_code(&email("ada@example.com"), "111111", now(), LOCKOUT)
                 .await
                 .expect("older now"),
-            VerifyOutcome::Verified(old)
+            VerifyOutcome::NotFound
+        );
+        assert!(
+            !repo
+                .get(old.id)
+                .await
+                .expect("get")
+                .expect("exists")
+                .is_used
         );
     }
 

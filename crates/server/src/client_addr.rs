@@ -1,4 +1,5 @@
-//! The client's address, for the per-client sign-up budget.
+//! The client's address, for the per-client sign-up budgets, and the bucket it spends
+//! ([`bucket`]: an IPv4 address, or an IPv6 /64).
 //!
 //! Without configuration it is the connection's peer. Behind a load balancer every peer is the
 //! balancer, so one client could spend everyone's budget (and every client would share one):
@@ -127,6 +128,30 @@ impl TrustedProxies {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
+impl ClientAddr {
+    /// The client's budget key ([`bucket`]), `None` without an address.
+    pub fn bucket(&self) -> Option<String> {
+        self.0.map(bucket)
+    }
+}
+
+/// Whose budget a client spends: an IPv4 address is one client (an IPv4-mapped IPv6 address
+/// is its IPv4 address), an IPv6 address is its /64. A /64 is what one subscriber, or one
+/// host, is given: inside it an address costs nothing, so per exact address an IPv6 client
+/// would have as many budgets as it cares to use. `2001:db8:1:2::/64`, `192.0.2.7`.
+pub fn bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
@@ -188,6 +213,20 @@ mod tests {
             let e = bad.parse::<Cidr>().expect_err("not a block");
             assert!(e.to_string().contains("not an address block"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn ipv6_clients_are_bucketed_by_their_64_and_ipv4_by_address() {
+        assert_eq!(bucket(ip("192.0.2.7")), "192.0.2.7");
+        assert_eq!(bucket(ip("::ffff:192.0.2.7")), "192.0.2.7", "IPv4-mapped");
+        assert_eq!(bucket(ip("2001:db8:1:2::1")), "2001:db8:1:2::/64");
+        assert_eq!(
+            bucket(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(bucket(ip("2001:db8:1:3::1")), "2001:db8:1:3::/64");
+        assert_eq!(bucket(ip("::1")), "::/64");
+        assert_eq!(ClientAddr(None).bucket(), None);
     }
 
     #[test]

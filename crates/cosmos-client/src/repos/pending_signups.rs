@@ -40,8 +40,9 @@ impl CosmosPendingSignupRepository {
         Self { docs }
     }
 
-    /// The newest unused sign-up for `email` (ignoring case; `Email` is the legacy spelling of
-    /// the property), with the document it came from.
+    /// The newest sign-up for `email` (ignoring case; `Email` is the legacy spelling of the
+    /// property), with the document it came from, if it is unused: an older one is superseded
+    /// and never checked, even once the newest is used.
     async fn newest_open(
         &self,
         email: &Email,
@@ -60,11 +61,13 @@ impl CosmosPendingSignupRepository {
                     None
                 }
             })
-            .filter(|(_, d)| !d.signup.is_used && d.signup.email.normalized() == email.normalized())
-            .max_by_key(|(_, d)| (d.signup.created_at, d.signup.id)))
+            .filter(|(_, d)| d.signup.email.normalized() == email.normalized())
+            .max_by_key(|(_, d)| (d.signup.created_at, d.signup.id))
+            .filter(|(_, d)| !d.signup.is_used))
     }
 
-    /// The same checks, in the same order, as PostgreSQL: no unused sign-up -> `NotFound`;
+    /// The same checks, in the same order, as PostgreSQL: no sign-up, or the newest used ->
+    /// `NotFound`;
     /// expired -> `Expired`; at the limit -> `LockedOut`; right code -> `Verified` (with
     /// `redeem`, marked used by a replace conditional on the ETag read, so of concurrent right
     /// codes one wins); wrong code -> counted, `WrongCode` with the tries left (0 for the

@@ -1,6 +1,7 @@
 //! [`PendingSignupRepository`] on table `pending_signups`, including the code check with its
 //! lock-out, which runs in one transaction holding the sign-up's row lock so that concurrent
-//! guesses are counted one after the other, and the magic-link flow (lookup by token hash,
+//! guesses are counted one after the other and only the email's newest sign-up is checked (a
+//! superseded code never verifies, even once the newest is used), and the magic-link flow (lookup by token hash,
 //! verified, consumed). Both versions of a sign-up share the row: `code` for the code version,
 //! `verification_token_hash`, `status`, `verified_at`, `consumed_at` for the magic-link one.
 
@@ -169,7 +170,8 @@ enum OnRightCode {
 }
 
 impl PgPendingSignupRepository {
-    /// The checks, in order: no unused sign-up -> `NotFound`; expired at `now` -> `Expired`;
+    /// The checks, in order: no sign-up, or the newest one used -> `NotFound` (an older
+    /// sign-up is superseded: its code never verifies); expired at `now` -> `Expired`;
     /// `failed_attempts` at the limit -> `LockedOut` (even for the right code); right code ->
     /// `Verified` (and, to redeem, marked used before the lock is released); wrong code -> the
     /// failure is counted and `WrongCode` says how many tries are left. The wrong guess that
@@ -189,18 +191,20 @@ impl PgPendingSignupRepository {
             .begin()
             .await
             .map_err(|e| map_sqlx_error(TABLE, e))?;
+        // The newest sign-up whatever its state: once it is used, the older ones stay
+        // superseded (taking the newest *unused* one would bring an older code back to life).
         // `for update` serializes concurrent checks of one sign-up: a waiting check re-reads the
         // row after the lock holder commits, so it sees the count that one wrote, and a
-        // sign-up redeemed meanwhile no longer matches `not is_used` (NotFound).
+        // sign-up redeemed meanwhile is seen used (NotFound).
         let row = select_signups!(
-            "where lower(email) = lower($1) and not is_used \
+            "where lower(email) = lower($1) \
              order by created_at desc, id desc limit 1 for update"
         )
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| map_sqlx_error(TABLE, e))?;
-        let Some(row) = row else {
+        let Some(row) = row.filter(|r| !r.is_used) else {
             return Ok(VerifyOutcome::NotFound);
         };
         let signup = PendingSignup::try_from(row)?;

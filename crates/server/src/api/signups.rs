@@ -1,8 +1,14 @@
 //! Sign-ups by emailed code: request a code, type it back. Both are unauthenticated (they
-//! come before an account exists), so both are rate-limited, per email and per client
-//! address, in PostgreSQL ([`mystira_postgres::rate_limits`]) so that every replica counts
-//! against one budget; a wrong code is also counted against its sign-up, which locks after the
-//! spec's attempt limit.
+//! come before an account exists), so both are rate-limited, per email and per client (an
+//! IPv4 address or an IPv6 /64, [`crate::client_addr::bucket`]), in PostgreSQL
+//! ([`mystira_postgres::rate_limits`]) so that every replica counts against one budget.
+//!
+//! Guessing codes has its own budget per email ([`mystira_postgres::signup_guesses`]): at
+//! most [`GUESSES_PER_EMAIL`] codes compared per email per window, across its sign-ups and
+//! every client, of which the client that asked for the newest code keeps its lock-out's worth
+//! (so that others guessing cannot lock it out of its own code). Only the email's newest
+//! sign-up is checked, whatever its state: a superseded code never verifies, even once the
+//! newest is used (and is not marked used, which would count as a completed sign-up).
 //!
 //! The code leaves the service only by mail. What exists is the development mailer, a file
 //! of JSON lines (created 0600) that a developer or a test reads; **planned:** a real mail
@@ -30,6 +36,11 @@ use super::{Body, invalid, repo};
 pub use crate::client_addr::ClientAddr;
 use crate::client_addr::TrustedProxies;
 use crate::{AppState, Problem};
+
+/// Codes compared per email per window (`--signup-limit-window-seconds`), across the email's
+/// sign-ups and every client; the schema's ceiling of wrong codes per sign-up, so that a
+/// sign-up's own count never passes it within a window.
+pub const GUESSES_PER_EMAIL: u32 = PendingSignup::MAX_FAILED_ATTEMPTS.unsigned_abs();
 
 /// A budget: at most `max` hits per `window`.
 #[derive(Debug, Clone, Copy)]
@@ -119,10 +130,32 @@ impl FileMailer {
     }
 }
 
+/// SHA-256, in hex: how an email or a client is named in the service's tables.
+fn sha256_hex(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn email_bucket(email: &Email) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, email.normalized().as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("signup-email:{hex}")
+    format!("signup-email:{}", email_key(email))
+}
+
+/// The email's key in `service.signup_guesses`.
+fn email_key(email: &Email) -> String {
+    sha256_hex(&email.normalized())
+}
+
+/// The client's key in `service.signup_guesses` (`None`: no address known).
+fn client_key(client: ClientAddr) -> Option<String> {
+    client.bucket().map(|b| sha256_hex(&b))
+}
+
+fn guess_limits(state: &AppState) -> mystira_postgres::signup_guesses::Limits {
+    mystira_postgres::signup_guesses::Limits {
+        per_email: GUESSES_PER_EMAIL,
+        lockout: state.signups.lockout_attempts,
+        window: state.signups.per_email.window,
+    }
 }
 
 async fn admit(state: &AppState, bucket: &str, limit: RateLimit) -> Result<(), Problem> {
@@ -149,11 +182,11 @@ async fn admit(state: &AppState, bucket: &str, limit: RateLimit) -> Result<(), P
 }
 
 async fn admit_client(state: &AppState, client: ClientAddr, what: &str) -> Result<(), Problem> {
-    match client.0 {
-        Some(ip) => {
+    match client.bucket() {
+        Some(bucket) => {
             admit(
                 state,
-                &format!("{what}-client:{ip}"),
+                &format!("{what}-client:{bucket}"),
                 state.signups.per_client,
             )
             .await
@@ -221,6 +254,18 @@ pub(crate) async fn request(
     admit_client(&state, client, "signup").await?;
     admit(&state, &email_bucket(&email), state.signups.per_email).await?;
     state.domain.signups.create(&signup).await.map_err(repo)?;
+    // the new sign-up is the email's newest (the store checks only the newest, so the codes
+    // before it are dead), and its requester's share of the guesses is kept for this client
+    mystira_postgres::signup_guesses::record_signup(
+        &state.pool,
+        &email_key(&email),
+        signup.id,
+        client_key(client).as_deref(),
+        signup.expires_at,
+        state.signups.per_email.window,
+    )
+    .await
+    .map_err(repo)?;
     mailer.send(&email, &code, &signup).map_err(|e| {
         tracing::error!(error = %e, "cannot write the development mail file");
         Problem::new(
@@ -253,19 +298,38 @@ pub(crate) async fn verify(
     // a code that cannot exist is refused before it is counted against anyone
     let code = SignupCode::parse(&attempt.code).map_err(|e| invalid(&e))?;
     admit_client(&state, client, "verify").await?;
+    let key = email_key(&email);
+    // counted before the code is compared, under the email's row lock: concurrent guesses
+    // cannot overspend the email's budget
+    let admitted = match mystira_postgres::signup_guesses::admit(
+        &state.pool,
+        &key,
+        client_key(client).as_deref(),
+        guess_limits(&state),
+    )
+    .await
+    .map_err(repo)?
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => return Err(guess_refused(&state, refused)),
+    };
     let outcome = state
         .domain
         .signups
         // checked and marked used in one step: one code completes one sign-up, however many
         // requests carry it at once
-        .redeem_code(
-            &email,
-            code.as_str(),
-            Utc::now(),
-            state.signups.lockout_attempts,
-        )
+        .redeem_code(&email, code.as_str(), Utc::now(), admitted.store_lockout)
         .await
         .map_err(repo)?;
+    if !matches!(
+        outcome,
+        VerifyOutcome::Verified(_) | VerifyOutcome::WrongCode { .. }
+    ) {
+        // no code was compared: the guess is given back
+        mystira_postgres::signup_guesses::refund(&state.pool, &key, &admitted)
+            .await
+            .map_err(repo)?;
+    }
     let refused = |status, code: &str, detail: &str| Err(Problem::new(status, code, detail));
     match outcome {
         VerifyOutcome::Verified(signup) => Ok(Json(SignupVerified {
@@ -278,7 +342,7 @@ pub(crate) async fn verify(
             "wrong_code",
             "the code does not match",
         )
-        .with("attempts_left", attempts_left)),
+        .with("attempts_left", attempts_left.min(admitted.attempts_left))),
         VerifyOutcome::LockedOut => refused(
             StatusCode::LOCKED,
             "locked_out",
@@ -294,6 +358,31 @@ pub(crate) async fn verify(
             StatusCode::CONFLICT,
             "not_a_code_signup",
             "the open sign-up for this email is completed by its emailed link, not a code",
+        ),
+    }
+}
+
+/// The answer to a guess the email's budget refuses.
+fn guess_refused(state: &AppState, refused: mystira_postgres::signup_guesses::Refused) -> Problem {
+    use mystira_postgres::signup_guesses::Refused;
+    match refused {
+        Refused::Budget { retry_after } => {
+            state.metrics.rate_limited("verify-email");
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_guesses",
+                format!(
+                    "too many codes tried for this email: at most {GUESSES_PER_EMAIL} per {} s; \
+                     try again later",
+                    state.signups.per_email.window.as_secs()
+                ),
+            )
+            .retry_after(retry_after.as_secs().max(1))
+        }
+        Refused::LockedOut => Problem::new(
+            StatusCode::LOCKED,
+            "locked_out",
+            "too many wrong codes: request a new code",
         ),
     }
 }

@@ -9,13 +9,16 @@
 //!   view of the same process shows the waiting row (item 8);
 //! - item 5, the gate: a forward move out of phase 1 or 2 is refused while the `replicate`
 //!   process the phase needs died (killed, its heartbeat left to go stale), naming it and the
-//!   fix; a new replicator opens the gate, `--force` passes it; `status` names the dead one;
+//!   fix; a new replicator opens the gate, `--force` passes it; `status` and `/metrics` show
+//!   the dead one; and a continuous `relay` started while Cosmos is out waits for it (it
+//!   exited 1);
 //! - item 10: `verify --direction pg-to-cosmos --repair` counts what it re-copied, an idle
 //!   caught-up `replicate` reports a lag near its poll interval (not the newest change's age),
 //!   and `serve --help` no longer calls the service a "first slice".
 //!
 //! Every wait is bounded; time that must pass (a heartbeat going stale after 30 s) is moved
-//! back in the database instead of slept through.
+//! back in the database instead of slept through, except the 5 s of idleness that are the
+//! idle-lag test's scenario (a `_ts` is the server's clock). About 30 s in all.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 use mystira_cosmos_client::{CosmosStore, QuerySpec};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
-use support::serve::{Serve, dev_token};
+use support::serve::{Serve, dev_token, metric};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
 
@@ -475,7 +478,7 @@ async fn a_forward_move_out_of_phase_1_or_2_waits_for_a_dead_replicator_to_be_re
         message.contains(&worker) && message.contains("Start `mystira-users replicate` again"),
         "{message}"
     );
-    // `status` names the silent worker too
+    // `status` names the silent worker too, and /metrics gives its age (the alert's input)
     let (code, status) = w.run_json(&["status", "--journal-dir", &w.path("journal")]);
     assert_eq!(code, 3, "{status}");
     assert!(
@@ -486,6 +489,15 @@ async fn a_forward_move_out_of_phase_1_or_2_waits_for_a_dead_replicator_to_be_re
             .any(|a| a["code"] == "worker_silent"),
         "{status}"
     );
+    let key = w.path("dev.p8");
+    let serve = Serve::start_with(&w.db, None, &["--dev-key", &key]);
+    let (_, _, text) = serve.get("/metrics").await;
+    let age = metric(
+        &text,
+        r#"mystira_worker_heartbeat_age_seconds{kind="replicate"}"#,
+    );
+    assert!(age >= 60.0, "the dead replicator's heartbeat age: {age}");
+    drop(serve);
 
     // the fix the refusal names: a replicator beating again opens the gate
     let (second, _) = live_replicator(&w, "replicate-2.log").await;

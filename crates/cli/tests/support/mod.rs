@@ -1,5 +1,6 @@
 //! What the process tests of the binary share: the PostgreSQL server `scripts/test` started
-//! (in `DATABASE_URL`) and a fresh database on it per test.
+//! (in `DATABASE_URL`) and a fresh database on it per test; `serve` as a child process
+//! ([`serve`]).
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod serve;

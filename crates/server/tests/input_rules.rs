@@ -17,7 +17,7 @@ use mystira_domain::{AgeGroup, Secret, UserProfile};
 use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::PgProfileRepository;
 use mystira_postgres::phase::Phase;
-use mystira_server::auth::{DevKey, EmailClaim};
+use mystira_server::auth::{Authenticator, DevKey, EmailClaim};
 use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -43,6 +43,11 @@ struct Reply {
 
 impl Api {
     fn new(pool: PgPool) -> Self {
+        Self::with_auth(pool, None)
+    }
+
+    /// With `auth` (production: a JWKS), else trusting the development key.
+    fn with_auth(pool: PgPool, auth: Option<Authenticator>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
         let mail = dir.path().join("mail.jsonl");
@@ -56,7 +61,7 @@ impl Api {
                 mailer: Some(FileMailer::new(&mail)),
                 ..SignupSettings::default()
             }),
-            auth: Arc::new(key.authenticator(ISS, AUD)),
+            auth: Arc::new(auth.unwrap_or_else(|| key.authenticator(ISS, AUD))),
             probe_timeout: Duration::from_secs(2),
             gates: GateConfig::default(),
         };
@@ -598,6 +603,38 @@ async fn oversize_text_and_lists_are_refused_naming_the_field(pool: PgPool) {
             &[marker],
         );
     }
+    // an admin's reason for a phase change goes to the audit trail: capped too
+    let reason = format!("{marker}{}", "r".repeat(1_000));
+    let phase = api
+        .call(
+            "PUT",
+            "/v1/admin/phase",
+            Some(&api.admin()),
+            Some(json!({"phase": "dual-write-cosmos-read", "reason": reason})),
+        )
+        .await;
+    refused(
+        &phase,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_long",
+        "reason",
+        &[marker],
+    );
+    let cleared = api
+        .call(
+            "POST",
+            &format!("/v1/admin/phase/overrides/{account}/clear"),
+            Some(&api.admin()),
+            Some(json!({ "reason": reason })),
+        )
+        .await;
+    refused(
+        &cleared,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_long",
+        "reason",
+        &[marker],
+    );
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -725,4 +762,82 @@ async fn values_stored_before_the_rules_stay_and_do_not_block_other_changes(pool
         renamed.body["preferred_themes"].as_array().unwrap().len(),
         30
     );
+}
+
+const AUTH0_ISS: &str = "https://mystira-test.eu.auth0.com/";
+const AUTH0_API: &str = "https://api.mystira.app";
+
+/// An access token as an Auth0 tenant whose post-login Action adds `email` and
+/// `email_verified` issues it (signed with the test tenant's key, tests/fixtures).
+fn auth0_token(sub: &str, email: Value, verified: Value) -> String {
+    let fixture = |name: &str| {
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+    };
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": AUTH0_ISS, "sub": sub,
+        "aud": [AUTH0_API, "https://mystira-test.eu.auth0.com/userinfo"],
+        "iat": now, "exp": now + 600, "scope": "openid profile email",
+        "email": email, "email_verified": verified,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("auth0-test-2026".to_owned());
+    let pem = std::fs::read(fixture("auth0-test-rsa.pem")).unwrap();
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The claims as providers send them: `email_verified` a boolean or the string `"true"`
+/// proves the address; `false`, `"false"`, a number or an odd `email` (not a string) prove
+/// nothing and still leave the token good for everything else.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn the_providers_email_claims_prove_an_address_only_when_verified(pool: PgPool) {
+    let jwks = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/auth0-test-jwks.json"
+    ));
+    let auth = Authenticator::from_jwks_file(jwks, AUTH0_ISS, AUTH0_API).unwrap();
+    let api = Api::with_auth(pool, Some(auth));
+    let create = |email: &str| json!({"email": email, "display_name": "P"});
+    for (n, (email, verified)) in [
+        (json!("p0@example.com"), json!(false)),
+        (json!("p1@example.com"), json!("false")),
+        (json!("p2@example.com"), json!(1)),
+        (json!("p3@example.com"), Value::Null),
+        (json!(["p4@example.com"]), json!(true)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let token = auth0_token(&format!("auth0|p{n}"), email, verified);
+        let me = api.call("GET", "/v1/me", Some(&token), None).await;
+        assert_eq!(me.status, StatusCode::OK, "{n}: {}", me.text);
+        let refused_one = api
+            .call(
+                "POST",
+                "/v1/accounts",
+                Some(&token),
+                Some(create(&format!("p{n}@example.com"))),
+            )
+            .await;
+        refused(
+            &refused_one,
+            StatusCode::FORBIDDEN,
+            "email_not_proven",
+            "email",
+            &["@example"],
+        );
+    }
+    for (n, verified) in [json!(true), json!("true")].into_iter().enumerate() {
+        let email = format!("v{n}@example.com");
+        let token = auth0_token(&format!("auth0|v{n}"), json!(email), verified);
+        let created = api
+            .call("POST", "/v1/accounts", Some(&token), Some(create(&email)))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    }
 }

@@ -207,6 +207,7 @@ fn change_options(
     force: bool,
     wait_drain_seconds: Option<u64>,
 ) -> Result<ChangeOptions, Problem> {
+    super::wire::check_reason(reason)?;
     let wait_drain = wait_drain_seconds.map(Duration::from_secs);
     if wait_drain.is_some_and(|w| w > MAX_WAIT_DRAIN) {
         return Err(Problem::new(

@@ -799,6 +799,15 @@ impl PhaseChange {
     }
 }
 
+/// A phase change's `reason` (the audit trail's): at most [`REASON_MAX`] characters (an empty
+/// one is refused by the phase change itself, `invalid_body`).
+pub fn check_reason(reason: &str) -> Result<(), crate::Problem> {
+    mystira_domain::error::check_len("reason", reason, REASON_MAX).map_err(|e| super::invalid(&e))
+}
+
+/// The longest `reason` of a phase change, in characters.
+pub const REASON_MAX: usize = 1_000;
+
 /// Returning a canary account to the domain phase.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -69,9 +69,15 @@ impl Store {
     /// The store `target` names: a URL (`az://`, `azure://`, `http://`, `https://`) is Azure
     /// Blob Storage, anything else a folder path.
     pub fn open(target: &str) -> Result<Self, ArchiveError> {
+        Self::open_with(target, &[])
+    }
+
+    /// [`Self::open`], with `object_store` Azure settings (e.g. `azure_storage_account_key`)
+    /// applied over the environment's and under the URL's.
+    pub fn open_with(target: &str, settings: &[(&str, &str)]) -> Result<Self, ArchiveError> {
         match target.split_once("://") {
             Some((scheme, _)) if matches!(scheme, "az" | "azure" | "http" | "https") => {
-                Ok(Self::Blob(BlobStore::open(target)?))
+                Ok(Self::Blob(BlobStore::open(target, settings)?))
             }
             Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
                 Err(ArchiveError::Usage(format!(
@@ -255,7 +261,7 @@ impl Store {
 }
 
 impl BlobStore {
-    fn open(target: &str) -> Result<Self, ArchiveError> {
+    fn open(target: &str, settings: &[(&str, &str)]) -> Result<Self, ArchiveError> {
         let bad = |why: &str| {
             ArchiveError::Usage(format!(
                 "{} is not an Azure Blob Storage target: {why}",
@@ -270,6 +276,12 @@ impl BlobStore {
             .unwrap_or_default();
         let host = url.host_str().unwrap_or_default().to_owned();
         let mut builder = MicrosoftAzureBuilder::from_env();
+        for (key, value) in settings {
+            let key: AzureConfigKey = key
+                .parse()
+                .map_err(|_| bad(&format!("{key} is not an Azure storage setting")))?;
+            builder = builder.with_config(key, *value);
+        }
         let rest: &[String] = match url.scheme() {
             "az" | "azure" => {
                 if host.is_empty() {

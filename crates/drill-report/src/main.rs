@@ -253,6 +253,8 @@ fn run(dir: &Path) -> anyhow::Result<()> {
             "calls": l["report"]["calls"], "acknowledged": l["report"]["acknowledged"],
             "failed": l["report"]["failed"], "errors": l["report"]["errors"],
             "achieved_rate": l["report"]["achieved_rate"],
+            // latency of each operation in each phase (successful calls)
+            "per_op": l["report"]["per_op"],
         })),
         "status_unreadable_samples": unreadable.len(),
         "plots": ["phase.png", "latency.png", "errors.png", "queues.png", "lag.png"],
@@ -670,6 +672,89 @@ fn report_md(s: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drill directory as scripts/drill leaves it, in small: two steps (one refused, then
+    /// passed), a fault, two status samples (one unreadable), three HTTP calls and both checks.
+    #[test]
+    fn a_drill_directory_becomes_a_summary_a_report_and_plots() {
+        let dir = std::env::temp_dir().join(format!("drill-report-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, text: &str| {
+            fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        write(
+            "events.jsonl",
+            r#"{"kind":"step","name":"phase-3","command":"mystira-users phase set postgres-only","start":100.0,"end":100.5,"exit":3}
+{"kind":"status","after":"phase-3","t":100.6,"exit":3,"attention":["outbox_backlog"]}
+{"kind":"step","name":"phase-3","command":"mystira-users phase set postgres-only","start":102.0,"end":102.2,"exit":0}
+{"kind":"status","after":"phase-3","t":102.3,"exit":0,"attention":[]}
+{"kind":"fault","name":"postgres-stopped","start":101.0,"end":111.0}
+{"kind":"drill","start":100.0,"end":130.0,"failed_steps":0,"short":true}
+"#,
+        );
+        write(
+            "samples.jsonl",
+            r#"{"t":101.0,"ok":true,"phase":"dual-write-postgres-read","journal_table":0,"journal_files":3,"outbox":2,"lag":1.5}
+{"t":105.0,"ok":false,"phase":null}
+"#,
+        );
+        write(
+            "http.jsonl",
+            r#"{"t":101.0,"ms":10.0,"status":200,"replica":0,"failover":false}
+{"t":101.5,"ms":30.0,"status":200,"replica":1,"failover":true}
+{"t":102.0,"ms":5.0,"status":503,"replica":0,"failover":false}
+"#,
+        );
+        write(
+            "ledger-check.json",
+            r#"{"acks":7,"passed":true,"drained":true,"lost":[],"duplicates":[]}"#,
+        );
+        write(
+            "ledger-check-restored.json",
+            r#"{"acks":7,"passed":false,"lost":[{"key":"k"}],"duplicates":[]}"#,
+        );
+
+        run(&dir).unwrap_or_else(|e| panic!("{e:#}"));
+
+        let summary: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("summary.json")).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(summary["passed"], true);
+        assert_eq!(summary["acknowledged"], 7);
+        assert_eq!(summary["lost"], 0);
+        assert_eq!(summary["duplicated"], 0);
+        assert_eq!(summary["restored"]["lost"], 1);
+        assert_eq!(summary["duration_seconds"], 30.0);
+        assert_eq!(summary["steps"][0]["outcome"], "exit 3");
+        assert_eq!(
+            summary["steps"][0]["attention_after"],
+            json!(["outbox_backlog"])
+        );
+        assert_eq!(summary["steps"][1]["outcome"], "ok");
+        assert_eq!(summary["steps"][1]["at_seconds"], 2.0);
+        assert_eq!(summary["faults"][0]["at_seconds"], 1.0);
+        assert_eq!(summary["faults"][0]["duration_seconds"], 10.0);
+        assert_eq!(summary["http"]["calls"], 3);
+        assert_eq!(summary["http"]["failed"], 1);
+        assert_eq!(summary["http"]["failovers"], 1);
+        assert_eq!(summary["status_unreadable_samples"], 1);
+        let report = fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+        assert!(
+            report.contains("| postgres-stopped | 1.0 | 10.0 |"),
+            "{report}"
+        );
+        assert!(report.contains("outbox_backlog"), "{report}");
+        for plot in ["phase", "latency", "errors", "queues", "lag"] {
+            let bytes = fs::read(dir.join(format!("{plot}.png"))).unwrap_or_default();
+            assert!(
+                bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 2_000,
+                "{plot}.png is not a drawn PNG ({} bytes)",
+                bytes.len()
+            );
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn parses_the_ledger_times() {

@@ -59,8 +59,8 @@
 //!   partitions; they are left as the app leaves them: their `AccountId` still names the deleted
 //!   account, so `ProfileRepository::get` still returns `account_id: Some(..)` and
 //!   `list_by_account` of the deleted id still lists them, where PostgreSQL has set
-//!   `account_id` to `None`. `UserProfileIds` of accounts and profile deletes are not kept in
-//!   step either (the field is a hint that drifts in the app too).
+//!   `account_id` to `None`. An account's `UserProfileIds` is kept as the app keeps it: a
+//!   profile's create appends its id, its delete removes it (`profiles::maintain_profile_ids`).
 //! * **Completed scenarios have no stored time.** The codec derives `completed_at` from the
 //!   account's `LastLoginAt`, so `mark_completed` returns (and `list_by_account` reads) that
 //!   derived time, not the `at` passed in, and the time of every completion moves with each

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use mystira_cosmos::codec;
 use mystira_cosmos_client::AggregateWriter;
+use mystira_cosmos_client::repos::profiles::ProfileIdsWritten;
 use mystira_domain::RepoError;
 use mystira_postgres::aggregates;
 use mystira_postgres::outbox::{self, DeliveredVersion, Delivery, PendingAggregate};
@@ -57,22 +58,108 @@ pub async fn deliver(
     match aggregates::load(delivery.connection(), container.name(), key).await? {
         Some(state) => {
             let v = writer.put(&state).await?;
+            let mut listed = v.profile_ids.clone();
+            if v.created && container == codec::Container::Accounts {
+                // profiles PostgreSQL gave the account before its document existed found no
+                // list to join (their deliveries ran first): the app's list names them all
+                let profiles = profiles_of_account(delivery.connection(), key).await?;
+                if !profiles.is_empty() {
+                    listed = writer.list_profiles(key, &profiles).await?.or(listed);
+                }
+            }
+            let (mut ts, mut etag) = (v.ts, v.etag);
+            if let Some(listed) = &listed {
+                record_profile_ids(delivery.connection(), listed).await?;
+                // this document's list written right after the put: that version is the one
+                // that holds PostgreSQL's state now
+                if container == codec::Container::Accounts
+                    && listed.before == (Some(ts), etag.clone())
+                    && let (Some(after_ts), after_etag) = &listed.after
+                {
+                    (ts, etag) = (*after_ts, after_etag.clone());
+                }
+            }
             delivery
                 .delivered(Some(DeliveredVersion {
                     document_id: v.document_id,
-                    ts: v.ts,
-                    etag: v.etag,
+                    ts,
+                    etag,
                 }))
                 .await?;
             Ok(Delivered::Put)
         }
         None => {
             let doc_id = delivery.known_document_id().await?;
-            writer.remove(container, key, doc_id.as_deref()).await?;
+            let (_, listed) = writer.remove(container, key, doc_id.as_deref()).await?;
+            if let Some(listed) = &listed {
+                record_profile_ids(delivery.connection(), listed).await?;
+            }
             delivery.delivered(None).await?;
             Ok(Delivered::Removed)
         }
     }
+}
+
+/// The profiles of account `key` (key, Cosmos document id), oldest first: the order the app
+/// appended them to its `UserProfileIds`.
+async fn profiles_of_account(
+    conn: &mut sqlx::PgConnection,
+    key: Uuid,
+) -> Result<Vec<(Uuid, String)>, RepoError> {
+    sqlx::query_as(
+        "select id, coalesce(cosmos_id, id::text) from user_profiles where account_id = $1
+         order by created_at, id",
+    )
+    .bind(key)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| mystira_postgres::map_sqlx_error("user_profiles", e))
+}
+
+/// Keeps what the bookkeeping of unmapped properties holds for an account document's
+/// `UserProfileIds` (the `user_profile_ids_dropped` note, which `verify --direction
+/// pg-to-cosmos` compares with the document) in step with the list a delivery wrote, and the
+/// document's recorded version, in the delivery's transaction.
+async fn record_profile_ids(
+    conn: &mut sqlx::PgConnection,
+    listed: &ProfileIdsWritten,
+) -> Result<(), RepoError> {
+    sqlx::query(
+        "insert into migration.document_notes as n
+             (container, document_id, code, subject, detail, original)
+         values ('Accounts', $1, 'user_profile_ids_dropped', 'UserProfileIds',
+                 jsonb_build_object('rule', 'not stored: profiles point at their account'), $2)
+         on conflict (container, document_id, code, subject) do update
+             set original = excluded.original, seen_at = now()",
+    )
+    .bind(&listed.account_doc_id)
+    .bind(&listed.user_profile_ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| mystira_postgres::map_sqlx_error("document_notes", e))?;
+    // The written version holds what PostgreSQL holds when the version it was written on is
+    // the one PostgreSQL copied last (the list aside, which the note now says): record it, so
+    // verify does not see the account as stale and its echo is no copy. Written on another
+    // version (one PostgreSQL has not copied yet), it is left to the copy from Cosmos.
+    if let ((Some(before_ts), before_etag), (Some(after_ts), after_etag)) =
+        (&listed.before, &listed.after)
+    {
+        sqlx::query(
+            "update migration.document_versions
+             set source_ts = $4, source_etag = $5, written_at = now()
+             where container = 'Accounts' and document_id = $1 and not deleted
+               and source_ts = $2 and source_etag is not distinct from $3",
+        )
+        .bind(&listed.account_doc_id)
+        .bind(before_ts)
+        .bind(before_etag)
+        .bind(after_ts)
+        .bind(after_etag)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| mystira_postgres::map_sqlx_error("document_versions", e))?;
+    }
+    Ok(())
 }
 
 /// [`deliver`] for the aggregate `(container, key)`, deferring it on failure so the relay backs

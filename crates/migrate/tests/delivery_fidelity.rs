@@ -77,25 +77,40 @@ fn cases() -> Vec<Case> {
 
 struct Setup {
     pool: PgPool,
+    /// The router in phase 2 (`dual-write-postgres-read`).
     router: DualWriteRouter,
+    /// A router over the same stores in phase 1 (`dual-write-cosmos-read`).
+    phase1: DualWriteRouter,
     store: mystira_cosmos_client::CosmosStore,
     _dir: tempfile::TempDir,
 }
 
 async fn setup(pool: &PgPool) -> Setup {
+    setup_with(pool, RouterConfig::default()).await
+}
+
+async fn setup_with(pool: &PgPool, config: RouterConfig) -> Setup {
     let (store, repos) = support::user_domain("fidelity").await;
     let dir = tempfile::tempdir().unwrap();
-    let files = FileJournal::open(dir.path().join("journal")).unwrap();
-    let router = DualWriteRouter::new(
-        pool.clone(),
-        repos,
-        Arc::new(FixedPhase(Phase::DualWritePostgresRead)),
-        files,
+    let router_in = |phase: Phase, journal: &str, config: RouterConfig| {
+        DualWriteRouter::new(
+            pool.clone(),
+            repos.clone(),
+            Arc::new(FixedPhase(phase)),
+            FileJournal::open(dir.path().join(journal)).unwrap(),
+            config,
+        )
+    };
+    let router = router_in(Phase::DualWritePostgresRead, "journal", config);
+    let phase1 = router_in(
+        Phase::DualWriteCosmosRead,
+        "journal-1",
         RouterConfig::default(),
     );
     Setup {
         pool: pool.clone(),
         router,
+        phase1,
         store,
         _dir: dir,
     }
@@ -602,4 +617,193 @@ async fn a_recopy_from_cosmos_keeps_the_completion_times_postgres_holds(pool: Pg
     // the one completion PostgreSQL did not have: derived from the new LastLoginAt
     expected.insert(0, ("castle".to_owned(), at("2026-06-01T00:00:00Z")));
     assert_eq!(completion_times(&pool, key).await, expected);
+}
+
+fn new_profile(account: Option<Uuid>) -> mystira_domain::UserProfile {
+    let at = chrono::DateTime::parse_from_rfc3339("2026-02-03T04:05:06.123456Z")
+        .unwrap()
+        .to_utc();
+    mystira_domain::UserProfile {
+        id: Uuid::new_v4(),
+        cosmos_id: None,
+        account_id: account,
+        name: "Pip".to_owned(),
+        age_group: mystira_domain::AgeGroup::parse("6-9").unwrap(),
+        date_of_birth: None,
+        is_guest: false,
+        is_npc: false,
+        pronouns: None,
+        bio: None,
+        avatar_media_id: None,
+        selected_avatar_media_id: None,
+        preferred_themes: vec!["Classic Fantasy".to_owned()],
+        has_completed_onboarding: false,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Lets the relay deliver whatever the router left in the outbox.
+async fn drain_outbox(s: &Setup) {
+    let (_, left) = drain(
+        &s.pool,
+        &s.router.cosmos().writer,
+        &RelayConfig::default(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(left.rows, 0, "the outbox did not drain");
+}
+
+/// The service creates and deletes profiles as the app does to their account's document: the
+/// new profile's id appended to `UserProfileIds`, a deleted one's id removed (in whatever
+/// spelling the list holds it), everything else byte-identical, in phase 1 (the router writes
+/// Cosmos) and in phase 2 (the delivery writes it). The list drifted in real data (blank items,
+/// spaces, EF 8's `UserProfile|<guid>`, ids of profiles that no longer exist): the drift stays.
+/// `verify --direction pg-to-cosmos` is clean afterwards: the bookkeeping of what no row holds
+/// follows the list the deliveries wrote.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn profile_creates_and_deletes_maintain_user_profile_ids_as_the_app_does(pool: PgPool) {
+    use mystira_migrate::{CosmosSource, Outcome, VerifyOptions, run_verify};
+    use mystira_postgres::phase::VerifyDirection;
+
+    let s = setup(&pool).await;
+    let account_id = Uuid::new_v4().to_string();
+    let (gone, legacy) = (Uuid::new_v4(), Uuid::new_v4());
+    let list = format!(
+        " {} , ,UserProfile|{legacy}",
+        gone.to_string().to_uppercase()
+    );
+    let account = json!({
+        "id": account_id, "$type": "Account", "ExternalUserId": "auth0|0123456789abcdef0123456789abcdef",
+        "Email": "Sam@Example.org", "DisplayName": "Sam", "Role": "user", "UserProfileIds": list,
+        "CompletedScenarioIds": ["pirates"], "Subscription": null,
+        "Settings": {"Theme": "dark", "AppSetting": [1]},
+        "CreatedAt": "2025-12-20T10:15:11.6313029+02:00", "LastLoginAt": "2025-12-21T10:15:11.6313029",
+        "AppExtra": {"kept": true}
+    });
+    let (original, account_key) = load(&s, Container::Accounts, &account).await;
+    // the profile the list names in EF 8's form
+    let legacy_doc = json!({
+        "id": format!("UserProfile|{legacy}"), "Id": legacy.to_string(), "Discriminator": "UserProfile",
+        "AccountId": account_id, "Name": "Old", "AgeGroupName": "school",
+        "PreferredFantasyThemes": "", "CreatedAt": "2025-12-20T10:15:11.6313029Z",
+        "UpdatedAt": "2025-12-20T10:15:11.6313029Z", "EarnedBadges": []
+    });
+    load(&s, Container::UserProfiles, &legacy_doc).await;
+    let read = || raw_document(&s, Container::Accounts, &account_id, &account_id);
+
+    for (phase, router) in [("1", &s.phase1), ("2", &s.router)] {
+        let before = read().await;
+        let p = new_profile(Some(account_key));
+        ProfileRepository::create(router, &p).await.unwrap();
+        drain_outbox(&s).await;
+        let after = read().await;
+        assert_eq!(
+            changed_paths(&before, &after),
+            ["UserProfileIds"],
+            "phase {phase}: create"
+        );
+        assert_eq!(
+            after["UserProfileIds"],
+            format!("{},{}", before["UserProfileIds"].as_str().unwrap(), p.id),
+            "phase {phase}: the new id is appended"
+        );
+        assert!(ProfileRepository::delete(router, p.id).await.unwrap());
+        drain_outbox(&s).await;
+        let after = read().await;
+        assert_eq!(
+            user_part(&after),
+            user_part(&before),
+            "phase {phase}: the deleted id is removed, nothing else changes"
+        );
+    }
+    // a profile the list names in another spelling: that item goes, the drift stays
+    assert!(ProfileRepository::delete(&s.router, legacy).await.unwrap());
+    drain_outbox(&s).await;
+    let after = read().await;
+    assert_eq!(changed_paths(&original, &after), ["UserProfileIds"]);
+    assert_eq!(
+        after["UserProfileIds"],
+        format!(" {} , ", gone.to_string().to_uppercase())
+    );
+
+    let source = CosmosSource::new(s.store.clone());
+    let opts = VerifyOptions {
+        direction: VerifyDirection::PgToCosmos,
+        ..VerifyOptions::default()
+    };
+    let report = run_verify(&pool, &source, &opts).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Clean, "{}", report.summary(10));
+}
+
+/// An account created in phase 2 whose profile's delivery runs before its own (Cosmos was out,
+/// the relay delivers in any order): the profile found no account document to join, so the
+/// account's new document lists it, as the app's would.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_new_account_document_lists_the_profiles_delivered_before_it(pool: PgPool) {
+    use mystira_migrate::relay::deliver;
+    use mystira_postgres::outbox::PendingAggregate;
+
+    let config = RouterConfig {
+        phase2_delivery: mystira_migrate::router::Phase2Delivery::Background,
+        ..RouterConfig::default()
+    };
+    let s = setup_with(&pool, config).await;
+    let key = Uuid::new_v4();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-02-03T04:05:06Z")
+        .unwrap()
+        .to_utc();
+    let account = mystira_domain::Account {
+        id: key,
+        cosmos_id: None,
+        auth0_user_id: Some(format!("auth0|{}", Uuid::new_v4().simple())),
+        email: mystira_domain::Email::parse("sam@example.org").unwrap(),
+        display_name: "Sam".to_owned(),
+        role: mystira_domain::Role::Guest,
+        settings: mystira_domain::AccountSettings::default(),
+        created_at: at,
+        last_login_at: at,
+    };
+    AccountRepository::create(&s.router, &account)
+        .await
+        .unwrap();
+    let (first, second) = (new_profile(Some(key)), new_profile(Some(key)));
+    ProfileRepository::create(&s.router, &first).await.unwrap();
+    ProfileRepository::create(&s.router, &second).await.unwrap();
+    let writer = &s.router.cosmos().writer;
+    for (container, key) in [
+        ("UserProfiles", second.id),
+        ("UserProfiles", first.id),
+        ("Accounts", key),
+    ] {
+        let aggregate = PendingAggregate {
+            container: container.to_owned(),
+            key,
+        };
+        deliver(&pool, writer, aggregate).await.unwrap();
+    }
+    let id = key.to_string();
+    let doc = raw_document(&s, Container::Accounts, &id, &id).await;
+    // oldest first (the two were created at the same instant: by key then)
+    let mut ids = [first.id, second.id];
+    ids.sort();
+    assert_eq!(doc["UserProfileIds"], format!("{},{}", ids[0], ids[1]));
+    // the version recorded is the one holding the list (verify does not see a stale account)
+    let recorded: (i64, Option<String>) = sqlx::query_as(
+        "select source_ts, source_etag from migration.document_versions
+         where container = 'Accounts' and document_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        (
+            doc["_ts"].as_i64().unwrap(),
+            doc["_etag"].as_str().map(str::to_owned)
+        )
+    );
 }

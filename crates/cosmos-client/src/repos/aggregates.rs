@@ -21,15 +21,20 @@ use mystira_domain::ports::RepoResult;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::profiles::{ProfileIdsWritten, account_of, maintain_profile_ids};
 use super::{Docs, WRITE_ATTEMPTS, backoff};
 use crate::error::ErrorKind;
 
 /// The version of a document as Cosmos holds it after a put.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DocumentVersion {
     pub document_id: String,
     pub ts: i64,
     pub etag: Option<String>,
+    /// The put created the document (Cosmos had none).
+    pub created: bool,
+    /// The account document whose `UserProfileIds` the put of a new profile appended to.
+    pub profile_ids: Option<ProfileIdsWritten>,
 }
 
 /// Writes aggregates into the three containers.
@@ -71,6 +76,7 @@ impl AggregateWriter {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        let mut profile_ids = None;
         for attempt in 0..WRITE_ATTEMPTS {
             // a sign-up is first looked for in the partition its email names (a point read);
             // the id query covers one stored under another spelling of the email
@@ -86,11 +92,12 @@ impl AggregateWriter {
                 None => docs.read_by_doc_id(&doc_id).await?,
             }
             .filter(|found| docs.key_of(&found.doc) == Some(key));
+            let found_before = stored.is_some();
             let written = match stored {
                 Some(found) => {
                     let doc = document(Some(&found.doc), aggregate);
                     if same_content(&found.doc, &doc) {
-                        return version_of(&found.doc);
+                        return version_of(&found.doc, false, profile_ids);
                     }
                     let etag = found.etag.as_deref().ok_or_else(|| {
                         RepoError::Store(format!(
@@ -109,6 +116,17 @@ impl AggregateWriter {
                         .map(|stored| (stored, found.partition.clone(), found.doc_id.clone()))
                 }
                 None => {
+                    // a new profile: its id joins its account's `UserProfileIds` as the app
+                    // appends it, before the profile exists, so that a put repeated after a
+                    // failure finds it listed (appended once)
+                    if let Aggregate::Profile(p) = aggregate
+                        && let Some(account) = p.profile.account_id
+                    {
+                        profile_ids =
+                            maintain_profile_ids(&self.accounts, account, key, Some(&doc_id))
+                                .await?
+                                .or(profile_ids);
+                    }
                     let partition = docs.partition_of(&encoded_doc);
                     docs.container
                         .create_returning(partition.clone(), &doc_id, &encoded_doc)
@@ -128,7 +146,7 @@ impl AggregateWriter {
                             .map(|v| v.value)
                             .ok_or_else(|| docs.contended())?,
                     };
-                    return version_of(&doc);
+                    return version_of(&doc, !found_before, profile_ids);
                 }
                 // Someone wrote (or created) it in between: read again and merge again.
                 Err(e)
@@ -147,13 +165,14 @@ impl AggregateWriter {
 
     /// Deletes the document of `container` with key `key`; `false` if there was none.
     /// `doc_id`, when known (the id the document was last seen under), spares the search over
-    /// every spelling of the key.
+    /// every spelling of the key. A profile's id first leaves its account's `UserProfileIds`,
+    /// as the app removes it (the account document written is returned).
     pub async fn remove(
         &self,
         container: codec::Container,
         key: Uuid,
         doc_id: Option<&str>,
-    ) -> RepoResult<bool> {
+    ) -> RepoResult<(bool, Option<ProfileIdsWritten>)> {
         let docs = self.docs(container);
         let found = match doc_id {
             Some(id) => docs
@@ -166,10 +185,45 @@ impl AggregateWriter {
             Some(f) => Some(f),
             None => docs.locate(key).await?,
         };
-        match found {
-            Some(found) => docs.delete(&found).await,
-            None => Ok(false),
+        let Some(found) = found else {
+            return Ok((false, None));
+        };
+        let profile_ids = match container {
+            codec::Container::UserProfiles => match account_of(&found.doc) {
+                Some(account) => maintain_profile_ids(&self.accounts, account, key, None).await?,
+                None => None,
+            },
+            _ => None,
+        };
+        Ok((docs.delete(&found).await?, profile_ids))
+    }
+
+    /// Appends each of `profiles` (key, document id), in order, to the `UserProfileIds` of
+    /// account `account_key` unless it is listed: for an account document created after its
+    /// profiles (their deliveries found no account document to append to). Returns the list
+    /// written, with the version it was first written on.
+    pub async fn list_profiles(
+        &self,
+        account_key: Uuid,
+        profiles: &[(Uuid, String)],
+    ) -> RepoResult<Option<ProfileIdsWritten>> {
+        let mut all: Option<ProfileIdsWritten> = None;
+        for (key, doc_id) in profiles {
+            let Some(written) =
+                maintain_profile_ids(&self.accounts, account_key, *key, Some(doc_id)).await?
+            else {
+                continue;
+            };
+            // one change from the first version written on to the last one written
+            all = Some(match all {
+                Some(first) if first.after == written.before => ProfileIdsWritten {
+                    before: first.before,
+                    ..written
+                },
+                _ => written,
+            });
         }
+        Ok(all)
     }
 
     /// The raw document of `container` whose `id` is exactly `doc_id` and whose key is `key`.
@@ -223,7 +277,11 @@ fn same_content(stored: &Value, doc: &Value) -> bool {
     user(stored) == user(doc)
 }
 
-fn version_of(doc: &Value) -> RepoResult<DocumentVersion> {
+fn version_of(
+    doc: &Value,
+    created: bool,
+    profile_ids: Option<ProfileIdsWritten>,
+) -> RepoResult<DocumentVersion> {
     let document_id = doc
         .get("id")
         .and_then(Value::as_str)
@@ -238,5 +296,7 @@ fn version_of(doc: &Value) -> RepoResult<DocumentVersion> {
         document_id,
         ts,
         etag,
+        created,
+        profile_ids,
     })
 }

@@ -7,10 +7,14 @@ use mystira_cosmos::codec;
 use mystira_domain::UserProfile;
 use mystira_domain::error::ConflictKind;
 use mystira_domain::ports::{ProfileRepository, RepoResult};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Docs, Found, Step, conflict, now_ticks, undecodable, warn_skipped};
+use crate::capture::{self, WrittenDocument};
 use crate::container::QuerySpec;
+use crate::error::ErrorKind;
+use mystira_domain::RepoError;
 
 const ENTITY: &str = "UserProfiles";
 
@@ -78,6 +82,113 @@ async fn account_id_spellings(accounts: &Docs, key: Uuid) -> RepoResult<Vec<Stri
     Ok(out)
 }
 
+/// An account document whose `UserProfileIds` a profile's create or delete changed: its id, the
+/// list it now holds, and its version before and after the write (for the bookkeeping of what
+/// no row holds, and of the versions PostgreSQL has copied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileIdsWritten {
+    pub account_doc_id: String,
+    pub user_profile_ids: Value,
+    /// `(_ts, _etag)` of the version the list was changed on.
+    pub before: (Option<i64>, Option<String>),
+    /// `(_ts, _etag)` of the version written.
+    pub after: (Option<i64>, Option<String>),
+}
+
+/// The `(_ts, _etag)` of a stored document.
+fn version(doc: &Value) -> (Option<i64>, Option<String>) {
+    (
+        doc.get("_ts").and_then(Value::as_i64),
+        doc.get("_etag").and_then(Value::as_str).map(str::to_owned),
+    )
+}
+
+/// Does to the `UserProfileIds` of account `account_key` what the app does when it creates
+/// (`Some(profile_doc_id)`) or deletes (`None`) the profile with key `profile_key`: appends the
+/// id, or removes it (`codec::profile_ids_with` / `profile_ids_without`), and changes nothing
+/// else. A read-modify-write with `If-Match`, again after a lost race (at most
+/// [`super::WRITE_ATTEMPTS`] times); reported to the capture of a phase-1 call. `None` when the
+/// account has no document or its list already says so (nothing is written).
+pub(crate) async fn maintain_profile_ids(
+    accounts: &Docs,
+    account_key: Uuid,
+    profile_key: Uuid,
+    profile_doc_id: Option<&str>,
+) -> RepoResult<Option<ProfileIdsWritten>> {
+    for attempt in 0..super::WRITE_ATTEMPTS {
+        let Some(found) = accounts.locate(account_key).await? else {
+            return Ok(None);
+        };
+        let list = match profile_doc_id {
+            Some(id) => codec::profile_ids_with(&found.doc, id, profile_key),
+            None => codec::profile_ids_without(&found.doc, profile_key),
+        };
+        let Some(list) = list else {
+            return Ok(None);
+        };
+        let mut doc = crate::transfer::strip_system_fields(found.doc.clone());
+        if let Some(obj) = doc.as_object_mut() {
+            obj.remove("_lsn");
+            obj.insert("UserProfileIds".into(), list.clone());
+        }
+        let etag = found.etag.as_deref().ok_or_else(|| {
+            RepoError::Store("an account document was read without an etag".to_owned())
+        })?;
+        let written = accounts
+            .container
+            .replace_if_match_returning(found.partition.clone(), &found.doc_id, &doc, etag)
+            .await;
+        match written {
+            Ok(stored) => {
+                // only the answer says which version is this write's (a read may see a later one)
+                let after = stored
+                    .document
+                    .as_ref()
+                    .map(version)
+                    .unwrap_or((None, None));
+                let stored = match stored.document {
+                    Some(doc) => Some(doc),
+                    None if capture::capturing() => accounts.reread(&found).await?.map(|f| f.doc),
+                    None => None,
+                };
+                if let Some(document) = stored
+                    && capture::capturing()
+                {
+                    capture::record(WrittenDocument::Stored {
+                        container: codec::Container::Accounts,
+                        document,
+                    });
+                }
+                return Ok(Some(ProfileIdsWritten {
+                    account_doc_id: found.doc_id.clone(),
+                    user_profile_ids: list,
+                    before: version(&found.doc),
+                    after,
+                }));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PreconditionFailed | ErrorKind::NotFound
+                ) =>
+            {
+                super::backoff(attempt).await;
+            }
+            Err(e) => return Err(accounts.err(e)),
+        }
+    }
+    Err(accounts.contended())
+}
+
+/// The account key a stored profile document's `AccountId` names, if any.
+pub(crate) fn account_of(profile_doc: &Value) -> Option<Uuid> {
+    profile_doc
+        .get("AccountId")
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| codec::reference_key(r.trim(), "Account"))
+}
+
 fn decode_found(docs: &Docs, found: &Found) -> RepoResult<codec::DecodedProfile> {
     codec::decode_profile(&found.doc).map_err(|e| undecodable(docs.kind(), &e))
 }
@@ -96,6 +207,13 @@ impl ProfileRepository for CosmosProfileRepository {
             None => None,
         };
         let doc = codec::encode_profile_with_account_id(profile, &[], reference.as_deref());
+        // the app appends the new profile's id to its account's `UserProfileIds`; first, so
+        // that a retry after a failed create finds the id listed and does not list it twice
+        if let (Some(account), Some(id)) =
+            (profile.account_id, doc.get("id").and_then(Value::as_str))
+        {
+            maintain_profile_ids(&self.accounts, account, profile.id, Some(id)).await?;
+        }
         self.docs.create(&doc).await
     }
 
@@ -174,10 +292,17 @@ impl ProfileRepository for CosmosProfileRepository {
         Ok(done.is_some())
     }
 
-    /// Deletes the profile document, and with it the embedded badges.
+    /// Deletes the profile document, and with it the embedded badges; its id leaves its
+    /// account's `UserProfileIds` first, as the app removes it (a retry after a failed delete
+    /// then finds nothing left to remove).
     async fn delete(&self, id: Uuid) -> RepoResult<bool> {
         match self.docs.locate(id).await? {
-            Some(found) => self.docs.delete(&found).await,
+            Some(found) => {
+                if let Some(account) = account_of(&found.doc) {
+                    maintain_profile_ids(&self.accounts, account, id, None).await?;
+                }
+                self.docs.delete(&found).await
+            }
             None => Ok(false),
         }
     }

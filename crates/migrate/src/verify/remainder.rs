@@ -13,7 +13,8 @@
 //!   a badge (`EarnedBadges[i]`: deliveries only append, so positions stay), with its value;
 //! - `duplicate_badge`: the whole badge the app appended again, as an item of `EarnedBadges`;
 //! - `duplicate_completed_scenario`: the repeated id at its position in `CompletedScenarioIds`;
-//! - `user_profile_ids_dropped`: `UserProfileIds` as it was (deliveries do not maintain it);
+//! - `user_profile_ids_dropped`: `UserProfileIds` as it was (a delivery that appends or removes
+//!   a profile's id records the list it wrote here);
 //! - `badge_profile_mismatch`: a badge's `UserProfileId` naming another profile;
 //! - `magic_link_fields_without_token`: magic-link properties of a sign-up without a token.
 //!

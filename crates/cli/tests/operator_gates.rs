@@ -200,6 +200,20 @@ async fn until_logged(w: &World, child: &mut Child, log: &str, needle: &str, wit
     }
 }
 
+/// SIGTERM, then (bounded) the exit status.
+fn terminate(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    wait_exit(
+        child,
+        Duration::from_secs(20),
+        &format!("{what} after SIGTERM"),
+    )
+}
+
 fn codes(unmet: &Value) -> Vec<&str> {
     unmet
         .as_array()
@@ -407,6 +421,16 @@ async fn heartbeat_of(w: &World, pid: u32) -> Option<(String, String)> {
         .unwrap()
 }
 
+/// Waits (bounded) until the heartbeat of the process `pid` says `state`.
+async fn until_beats(w: &World, pid: u32, state: &str) {
+    until(
+        &format!("the heartbeat to say {state}"),
+        Duration::from_secs(20),
+        || async { heartbeat_of(w, pid).await.is_some_and(|(_, s)| s == state) },
+    )
+    .await;
+}
+
 /// A continuous `replicate`, once it beats; returns the child and its heartbeat's worker name.
 async fn live_replicator(w: &World, log: &str) -> (Child, String) {
     let mut child = w.spawn(
@@ -567,16 +591,7 @@ async fn a_continuous_relay_started_while_cosmos_is_out_waits_for_it_and_then_de
     )
     .await;
     let pid = relay.id();
-    until(
-        "the heartbeat to say why",
-        Duration::from_secs(20),
-        || async {
-            heartbeat_of(&w, pid)
-                .await
-                .is_some_and(|(_, state)| state == "retrying")
-        },
-    )
-    .await;
+    until_beats(&w, pid, "retrying").await;
     let class: Option<String> = w
         .scalar(&format!(
             "select last_error_class from migration.worker_heartbeats where pid = {pid}"
@@ -597,22 +612,8 @@ async fn a_continuous_relay_started_while_cosmos_is_out_waits_for_it_and_then_de
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    until(
-        "the heartbeat to say running",
-        Duration::from_secs(20),
-        || async {
-            heartbeat_of(&w, pid)
-                .await
-                .is_some_and(|(_, state)| state == "running")
-        },
-    )
-    .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = wait_exit(&mut relay, Duration::from_secs(20), "relay after SIGTERM");
+    until_beats(&w, pid, "running").await;
+    let exit = terminate(&mut relay, "relay");
     assert!(exit.success(), "{}", w.log("relay.log"));
     w.store.delete_database().await.unwrap();
 }
@@ -697,16 +698,7 @@ async fn an_idle_caught_up_replicator_reports_a_lag_near_its_poll_not_the_newest
         "{}",
         w.log("replicate.log")
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = wait_exit(
-        &mut child,
-        Duration::from_secs(20),
-        "replicate after SIGTERM",
-    );
+    let exit = terminate(&mut child, "replicate");
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(exit.success(), "{stdout}{}", w.log("replicate.log"));

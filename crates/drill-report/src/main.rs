@@ -26,6 +26,9 @@ const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
+/// Longest time between two points of a series drawn as one line, in seconds.
+const GAP: f64 = 5.0;
+
 /// Size of each plot, in pixels.
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 340;
@@ -394,6 +397,19 @@ fn step_line(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     out
 }
 
+/// A series cut where no point was recorded for more than `GAP` seconds (while PostgreSQL is
+/// down `status` cannot answer): a line drawn across would invent the values in between.
+fn segments(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    let mut out: Vec<Vec<(f64, f64)>> = Vec::new();
+    for &p in points {
+        match out.last_mut() {
+            Some(last) if last.last().is_some_and(|q| p.0 - q.0 <= GAP) => last.push(p),
+            _ => out.push(vec![p]),
+        }
+    }
+    out
+}
+
 /// Failed calls of the ledger's load, in % per bucket: an intent without an acknowledgement.
 fn ledger_error_rate(path: &Path, t0: f64) -> anyhow::Result<Vec<(f64, f64)>> {
     let Ok(text) = fs::read_to_string(path) else {
@@ -532,14 +548,16 @@ fn plot(
         }
         for (name, color, points) in series {
             let color = *color;
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(plot_error)?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            for (i, segment) in segments(points).into_iter().enumerate() {
+                let drawn = chart
+                    .draw_series(LineSeries::new(segment, color.stroke_width(2)))
+                    .map_err(plot_error)?;
+                if i == 0 {
+                    drawn
+                        .label(*name)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                }
+            }
         }
         chart
             .configure_series_labels()
@@ -764,6 +782,15 @@ mod tests {
             Ok(1_796_631_572.5)
         );
         assert!(chrono_free_parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_series_is_cut_where_samples_are_missing() {
+        let cut = segments(&[(0.0, 1.0), (1.0, 1.0), (9.0, 2.0), (10.0, 2.0)]);
+        assert_eq!(
+            cut,
+            vec![vec![(0.0, 1.0), (1.0, 1.0)], vec![(9.0, 2.0), (10.0, 2.0)]]
+        );
     }
 
     #[test]

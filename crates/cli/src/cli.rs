@@ -246,8 +246,8 @@ pub enum Command {
     /// `scripts/api-check` lints it and compiles a typed client generated from it).
     Openapi,
 
-    /// Archive every document of the user-domain containers of a Cosmos account into a folder:
-    /// zstd-compressed JSON-lines chunks and a manifest.
+    /// Archive every document of the user-domain containers of a Cosmos account into a folder
+    /// or Azure Blob Storage: zstd-compressed JSON-lines chunks and a manifest.
     ///
     /// Reads Accounts, UserProfiles and PendingSignups as `migrate` reads a live account (feed
     /// ranges split by `_ts`, then the change feed from the position taken when each
@@ -256,9 +256,10 @@ pub enum Command {
     /// manifest lists per chunk its SHA-256, bytes and documents, per container its document
     /// count and when its archive began. Resumable: after a kill, run it again with the same
     /// --out and it keeps the finished chunks and continues (a chunk is written under a
-    /// temporary name, fsynced and renamed, then recorded in the manifest, which is replaced
-    /// atomically); on a finished archive it does nothing. `archive verify DIR` checks it;
-    /// `restore DIR` loads it back (docs/archive.md). Exit code 0 when the archive is complete.
+    /// temporary name, fsynced and renamed, or uploaded as one blob, then recorded in the
+    /// manifest, which is replaced atomically); on a finished archive it does nothing.
+    /// `archive verify DIR|URL` checks it; `restore DIR|URL` loads it back (docs/archive.md).
+    /// Exit code 0 when the archive is complete.
     Archive(crate::commands::ArchiveArgs),
 
     /// Load an archive into a Cosmos database: creates the containers with the app's
@@ -268,7 +269,7 @@ pub enum Command {
     /// archive restores nothing), refuses a target whose containers hold documents unless
     /// --merge (exit code 3, nothing written), creates the database and containers when missing
     /// (Accounts and UserProfiles on /id, PendingSignups on /email), then upserts the chunks in
-    /// the manifest's order, checkpointing after each in a state file in the archive folder: a
+    /// the manifest's order, checkpointing after each in a state file in the archive: a
     /// re-run after a kill continues, a re-run after a finished restore does nothing
     /// (--restart starts over). System properties (_rid, _self, _etag, _ts, _attachments)
     /// cannot be written: they are stripped, and every document gets a new _ts and _etag.

@@ -9,33 +9,17 @@
 //! `restore`, then a re-run, ends where an uninterrupted run ends.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::io::BufRead as _;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[path = "support/archive_rig.rs"]
+mod archive_rig;
+use archive_rig::{
+    AZURITE_KEY, Documents, add_chunk, archive_files, archive_to, command, kill_at, read_back,
+    required, restore_from, run, seeded_source, succeed, without_system,
+};
+
+use std::process::Command;
 
 use mystira_migrate::archive::Store;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-/// Azurite's well-known account key (devstoreaccount1), public by design.
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
-const SYSTEM: [&str; 5] = ["_rid", "_self", "_etag", "_ts", "_attachments"];
-const CHUNK: &str = "5";
-
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} must be set: run through ./scripts/test, or start the services first: \
-             `eval \"$(tools/cosmos-server/start)\"` and `eval \"$(tools/azurite/start)\"`"
-        )
-    })
-}
 
 /// A new, empty prefix in Azurite's container, as the path-style URL the binary takes.
 fn blob_target(tag: &str) -> String {
@@ -70,223 +54,40 @@ fn objects(store: &Store) -> Vec<String> {
     block_on(store.list()).unwrap()
 }
 
-/// The binary with the Cosmos test server's settings (database `cosmos_db`) and Azurite's
-/// account key in the environment, as an operator would give it.
-fn command(cosmos_db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("MYSTIRA_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("MYSTIRA_ARCHIVE_TEST_STALL")
-        .env("RUST_LOG", "warn")
-        .env("COSMOS_ENDPOINT", required("COSMOS_ENDPOINT"))
-        .env("COSMOS_CERT_FILE", required("COSMOS_CERT_FILE"))
-        .env("SSL_CERT_FILE", required("COSMOS_CERT_FILE"))
-        .env("COSMOS_KEY", EMULATOR_KEY)
-        .env("COSMOS_DATABASE", cosmos_db)
-        .env("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn run(mut command: Command) -> (i32, Value, String) {
-    let out: Output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        !text.contains(AZURITE_KEY),
-        "the account key was printed: {text}"
-    );
-    (out.status.code().unwrap_or(-1), json, text)
-}
-
-fn succeed(command: Command) -> Value {
-    let (code, json, text) = run(command);
-    assert_eq!(code, 0, "command failed: {text}");
-    json
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// What a Cosmos database holds now, read back with `cosmos export`, by container and id.
-fn read_back(cosmos_db: &str) -> BTreeMap<(String, String), Value> {
-    let dir = tempfile::tempdir().unwrap();
-    succeed(command(
-        cosmos_db,
-        &["cosmos", "export", "--out", path(dir.path())],
-    ));
-    let mut out = BTreeMap::new();
-    for c in CONTAINERS {
-        let Ok(text) = std::fs::read_to_string(dir.path().join(format!("{c}.jsonl"))) else {
-            continue;
-        };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            let id = doc["id"].as_str().unwrap().to_owned();
-            assert!(
-                out.insert((c.to_owned(), id), doc).is_none(),
-                "{c}: an id twice"
-            );
-        }
-    }
-    out
-}
-
-fn without_system(docs: &BTreeMap<(String, String), Value>) -> BTreeMap<(String, String), Value> {
-    docs.iter()
-        .map(|(k, v)| {
-            let mut v = v.clone();
-            for field in SYSTEM {
-                v.as_object_mut().unwrap().remove(field);
-            }
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 fn manifest(store: &Store) -> Value {
     serde_json::from_slice(&read_object(store, "manifest.json")).unwrap()
 }
 
-/// Every document in the archive's chunk objects, decompressed by the test.
-fn archived(store: &Store) -> BTreeMap<(String, String), Value> {
-    let mut out = BTreeMap::new();
+/// Every document in the archive's chunk objects, downloaded and decompressed by the test.
+fn archived(store: &Store) -> Documents {
+    let mut out = Documents::new();
     for chunk in manifest(store)["chunks"].as_array().unwrap() {
         let file = chunk["file"].as_str().unwrap();
-        let bytes = zstd::stream::decode_all(read_object(store, file).as_slice()).unwrap();
-        let container = chunk["container"].as_str().unwrap().to_owned();
-        for line in String::from_utf8(bytes).unwrap().lines() {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            let id = doc["id"].as_str().unwrap().to_owned();
-            assert!(
-                out.insert((container.clone(), id), doc).is_none(),
-                "{file}: a document twice in an archive of a container nobody wrote"
-            );
-        }
+        let container = chunk["container"].as_str().unwrap();
+        add_chunk(&mut out, container, file, &read_object(store, file));
     }
     out
 }
 
-/// A source database with generated documents written in two different seconds (so the
-/// archive splits a container into `_ts` ranges), and what it holds.
-fn seeded_source(tag: &str) -> (String, BTreeMap<(String, String), Value>) {
-    let cosmos_db = format!("archive-blob-{tag}-{}", uuid::Uuid::new_v4().simple());
-    let generated = tempfile::tempdir().unwrap();
-    for (i, (accounts, seed)) in [("6", "7"), ("5", "8")].into_iter().enumerate() {
-        let out = generated.path().join(format!("set{i}"));
-        succeed(command(
-            &cosmos_db,
-            &[
-                "generate",
-                "--accounts",
-                accounts,
-                "--seed",
-                seed,
-                "--out",
-                path(&out),
-            ],
-        ));
-        succeed(command(
-            &cosmos_db,
-            &["cosmos", "import", "--export-dir", path(&out)],
-        ));
-        if i == 0 {
-            // the second set lands in a later second: wait (bounded) for the clock to pass
-            // the newest `_ts` so far
-            let newest = read_back(&cosmos_db)
-                .values()
-                .filter_map(|d| d["_ts"].as_u64())
-                .max()
-                .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                <= newest
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the clock does not move"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let docs = read_back(&cosmos_db);
-    (cosmos_db, docs)
+/// The binary with Azurite's account key in the environment, as an operator would give it.
+fn with_key(mut command: Command) -> Command {
+    command.env("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY);
+    command
 }
 
 fn archive(cosmos_db: &str, target: &str) -> Command {
-    command(
-        cosmos_db,
-        &[
-            "archive",
-            "--json",
-            "--out",
-            target,
-            "--chunk-documents",
-            CHUNK,
-            "--ranges",
-            "3",
-            "--workers",
-            "2",
-        ],
-    )
+    with_key(archive_to(cosmos_db, target))
 }
 
 fn verify(target: &str) -> (i32, Value, String) {
-    run(command("unused", &["archive", "verify", "--json", target]))
+    run(with_key(command(
+        "unused",
+        &["archive", "verify", "--json", target],
+    )))
 }
 
 fn restore(target: &str, database: &str) -> Command {
-    command(
-        "not-the-target",
-        &["restore", "--json", target, "--cosmos-database", database],
-    )
-}
-
-/// Starts `command` with the stall hook at `point`, waits (bounded) until the process says it
-/// stopped there, and kills it with SIGKILL.
-fn kill_at(mut command: Command, point: &str) {
-    command.env("MYSTIRA_ARCHIVE_TEST_STALL", point);
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("test hook: stalled") => break,
-            Ok(line) => seen.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!(
-                    "the process never reached {point} ({e}): {}",
-                    seen.join("\n")
-                );
-            }
-        }
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "killed at {point}, yet it exited cleanly"
-    );
+    with_key(restore_from(target, database, &[]))
 }
 
 fn finding_codes(report: &Value) -> Vec<String> {
@@ -315,15 +116,11 @@ fn an_archive_in_azurite_verifies_catches_a_flipped_byte_and_restores_identicall
     );
     let m = manifest(&store);
     assert!(m["finished_at"].is_string(), "{m}");
-    let mut expected: Vec<String> = m["chunks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["file"].as_str().unwrap().to_owned())
-        .chain(["manifest.json".to_owned()])
-        .collect();
-    expected.sort();
-    assert_eq!(objects(&store), expected, "objects beside the manifest's");
+    assert_eq!(
+        objects(&store),
+        archive_files(&m),
+        "objects beside the manifest's"
+    );
     for chunk in m["chunks"].as_array().unwrap() {
         let bytes = read_object(&store, chunk["file"].as_str().unwrap());
         assert_eq!(chunk["bytes"], bytes.len() as u64, "{chunk}");
@@ -442,17 +239,9 @@ fn archive_to_azurite_killed_at_a_chunk_resumes_and_a_killed_restore_from_it_fin
             "{point}"
         );
         assert_eq!(archived(&store), in_source, "{point}");
-        let mut expected: Vec<String> = after["chunks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["file"].as_str().unwrap().to_owned())
-            .chain(["manifest.json".to_owned()])
-            .collect();
-        expected.sort();
         assert_eq!(
             objects(&store),
-            expected,
+            archive_files(&after),
             "{point}: an unrecorded chunk object was left"
         );
         let (code, _, text) = verify(&target);

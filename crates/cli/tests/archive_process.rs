@@ -10,132 +10,26 @@
 mod support;
 use support::fresh_database;
 
-use std::collections::BTreeMap;
-use std::io::BufRead as _;
+#[path = "support/archive_rig.rs"]
+mod archive_rig;
+use archive_rig::{
+    CONTAINERS, Documents, add_chunk, archive_to, command, kill_at, path, read_back, restore_from,
+    run, seeded_source, succeed, without_system,
+};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Command;
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
-const SYSTEM: [&str; 5] = ["_rid", "_self", "_etag", "_ts", "_attachments"];
-/// Documents per chunk in these tests: small, so a few dozen documents make many chunks.
-const CHUNK: &str = "5";
-
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} must be set: run through ./scripts/test, or start PostgreSQL and \
-             `eval \"$(tools/cosmos-server/start)\"` first"
-        )
-    })
-}
-
-/// The binary with the Cosmos test server's settings (database `cosmos_db`) and no database
-/// url unless the arguments give one.
-fn command(cosmos_db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("MYSTIRA_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("MYSTIRA_ARCHIVE_TEST_STALL")
-        .env("RUST_LOG", "warn")
-        .env("COSMOS_ENDPOINT", required("COSMOS_ENDPOINT"))
-        .env("COSMOS_CERT_FILE", required("COSMOS_CERT_FILE"))
-        .env("SSL_CERT_FILE", required("COSMOS_CERT_FILE"))
-        .env("COSMOS_KEY", EMULATOR_KEY)
-        .env("COSMOS_DATABASE", cosmos_db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn run(mut command: Command) -> (i32, Value, String) {
-    let out: Output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), json, text)
-}
-
-fn succeed(command: Command) -> Value {
-    let (code, json, text) = run(command);
-    assert_eq!(code, 0, "command failed: {text}");
-    json
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The documents of export files (`cosmos export`), by container and id (a container the
-/// database does not have has no file).
-fn exported(dir: &Path) -> BTreeMap<(String, String), Value> {
-    let mut out = BTreeMap::new();
-    for c in CONTAINERS {
-        let Ok(text) = std::fs::read_to_string(dir.join(format!("{c}.jsonl"))) else {
-            continue;
-        };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            let id = doc["id"].as_str().unwrap().to_owned();
-            assert!(
-                out.insert((c.to_owned(), id), doc).is_none(),
-                "{c}: an id twice"
-            );
-        }
-    }
-    out
-}
-
-/// What a Cosmos database holds now, read back with `cosmos export` (the SDK's plain
-/// `select * from c`, none of the archive's code).
-fn read_back(cosmos_db: &str) -> BTreeMap<(String, String), Value> {
-    let dir = tempfile::tempdir().unwrap();
-    succeed(command(
-        cosmos_db,
-        &["cosmos", "export", "--out", path(dir.path())],
-    ));
-    exported(dir.path())
-}
-
-/// The documents without the system properties Cosmos sets on every write.
-fn without_system(docs: &BTreeMap<(String, String), Value>) -> BTreeMap<(String, String), Value> {
-    docs.iter()
-        .map(|(k, v)| {
-            let mut v = v.clone();
-            for field in SYSTEM {
-                v.as_object_mut().unwrap().remove(field);
-            }
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 /// Every document in an archive's chunks, decompressed independently of the binary.
-fn archived(dir: &Path) -> BTreeMap<(String, String), Value> {
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let mut out = BTreeMap::new();
-    for chunk in manifest["chunks"].as_array().unwrap() {
-        let file = dir.join(chunk["file"].as_str().unwrap());
-        let bytes = zstd::stream::decode_all(std::fs::File::open(&file).unwrap()).unwrap();
-        let text = String::from_utf8(bytes).unwrap();
-        let container = chunk["container"].as_str().unwrap().to_owned();
-        for line in text.lines() {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            let id = doc["id"].as_str().unwrap().to_owned();
-            assert!(
-                out.insert((container.clone(), id), doc).is_none(),
-                "{}: a document twice in an archive of a container nobody wrote",
-                file.display()
-            );
-        }
+fn archived(dir: &Path) -> Documents {
+    let mut out = Documents::new();
+    for chunk in manifest(dir)["chunks"].as_array().unwrap() {
+        let file = chunk["file"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        add_chunk(&mut out, chunk["container"].as_str().unwrap(), file, &bytes);
     }
     out
 }
@@ -144,127 +38,12 @@ fn manifest(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
 
-/// A source database holding generated documents written in two different seconds (so the
-/// archive splits a container into `_ts` ranges), and what it holds as `cosmos export` reads
-/// it.
-fn seeded_source(tag: &str) -> (String, BTreeMap<(String, String), Value>) {
-    let cosmos_db = format!("archive-{tag}-{}", uuid::Uuid::new_v4().simple());
-    let generated = tempfile::tempdir().unwrap();
-    for (i, (accounts, seed)) in [("6", "7"), ("5", "8")].into_iter().enumerate() {
-        let out = generated.path().join(format!("set{i}"));
-        succeed(command(
-            &cosmos_db,
-            &[
-                "generate",
-                "--accounts",
-                accounts,
-                "--seed",
-                seed,
-                "--dirty",
-                "0.1",
-                "--out",
-                path(&out),
-            ],
-        ));
-        succeed(command(
-            &cosmos_db,
-            &["cosmos", "import", "--export-dir", path(&out)],
-        ));
-        if i == 0 {
-            // the second set must land in a later second than the first: wait (bounded) until
-            // the clock the server stamps `_ts` with has passed the newest `_ts` so far
-            let newest = read_back(&cosmos_db)
-                .values()
-                .filter_map(|d| d["_ts"].as_u64())
-                .max()
-                .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                <= newest
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the clock does not move"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let docs = read_back(&cosmos_db);
-    (cosmos_db, docs)
-}
-
 fn archive(cosmos_db: &str, out: &Path) -> Command {
-    command(
-        cosmos_db,
-        &[
-            "archive",
-            "--json",
-            "--out",
-            path(out),
-            "--chunk-documents",
-            CHUNK,
-            "--ranges",
-            "3",
-            "--workers",
-            "2",
-        ],
-    )
+    archive_to(cosmos_db, path(out))
 }
 
 fn restore(archive: &Path, target: &str, extra: &[&str]) -> Command {
-    let mut args = vec![
-        "restore",
-        "--json",
-        path(archive),
-        "--cosmos-database",
-        target,
-    ];
-    args.extend_from_slice(extra);
-    // COSMOS_DATABASE names the source: restore must not read it
-    command("not-the-target", &args)
-}
-
-/// Starts `command` with the stall hook at `point`, waits (bounded) until the process says it
-/// stopped there, and kills it with SIGKILL (what `kill -9` sends).
-fn kill_at(mut command: Command, point: &str) {
-    command.env("MYSTIRA_ARCHIVE_TEST_STALL", point);
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("test hook: stalled") => break,
-            Ok(line) => seen.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!(
-                    "the process never reached {point} ({e}): {}",
-                    seen.join("\n")
-                );
-            }
-        }
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "killed at {point}, yet it exited cleanly"
-    );
+    restore_from(path(archive), target, extra)
 }
 
 #[test]

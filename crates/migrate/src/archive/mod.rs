@@ -28,8 +28,8 @@
 //! range's position after it (the manifest is replaced atomically, under one lock, so a chunk
 //! and its record appear in the same order). A re-run loads the manifest, removes temporary
 //! files and chunks the manifest does not list (written by a run killed before recording
-//! them), and continues every range from its recorded position. The plan is kept: a container's archive is the container as of the time
-//! it began, whatever the number of runs.
+//! them), and continues every range from its recorded position. The plan is kept: a
+//! container's archive is the container as of the time it began, whatever the number of runs.
 
 pub mod chunk;
 pub mod manifest;

@@ -13,8 +13,8 @@
 //!   `_attachments`) cannot be written: they are stripped, and the target gives every document
 //!   a new `_ts` and `_etag`.
 //! - After each chunk a checkpoint (the next chunk's index) is saved atomically in a state file
-//!   in the archive (its folder, or its blob prefix), named after the target (`restore-state-<database>-<hash>.json`,
-//!   the hash of endpoint and database). A re-run after a kill continues from it (the chunk
+//!   in the archive (its folder, or its blob prefix), named after the target
+//!   (`restore-state-<database>-<hash>.json`, the hash of endpoint and database). A re-run after a kill continues from it (the chunk
 //!   that was being applied is upserted again: upserts are idempotent) without the emptiness
 //!   check, which its own earlier writes would fail. A re-run after a finished restore does
 //!   nothing; `restart` starts over (and then needs `merge`, the target holding the restore).
@@ -430,6 +430,14 @@ fn content_digest(doc: Value) -> [u8; 32] {
     Sha256::digest(&bytes).into()
 }
 
+/// A document's id (empty when it has none: the archive's checks refuse such a chunk).
+fn id_of(doc: &Value) -> String {
+    doc.get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Reads every container of the target back and compares each document with the archive's
 /// (its later version where it holds two), system properties aside.
 async fn compare_target(
@@ -444,12 +452,7 @@ async fn compare_target(
         let docs = expected.entry(name.clone()).or_default();
         for entry in manifest.chunks_of(name) {
             for doc in chunk::read_or_fail(archive, entry).await? {
-                let key = chunk::identity(&doc, pk);
-                let id = doc
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let (key, id) = (chunk::identity(&doc, pk), id_of(&doc));
                 docs.insert(key, (content_digest(doc), id));
             }
         }
@@ -464,12 +467,7 @@ async fn compare_target(
                 while let Some(page) = pages.next_page().await? {
                     for doc in page.items {
                         check.in_target += 1;
-                        let key = chunk::identity(&doc, pk);
-                        let id = doc
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
+                        let (key, id) = (chunk::identity(&doc, pk), id_of(&doc));
                         match want.remove(&key) {
                             Some((digest, _)) if digest == content_digest(doc) => {
                                 check.identical += 1;

@@ -76,7 +76,7 @@ impl Store {
     /// applied over the environment's and under the URL's.
     pub fn open_with(target: &str, settings: &[(&str, &str)]) -> Result<Self, ArchiveError> {
         match target.split_once("://") {
-            Some((scheme, _)) if matches!(scheme, "az" | "azure" | "http" | "https") => {
+            Some(("az" | "azure" | "http" | "https", _)) => {
                 Ok(Self::Blob(BlobStore::open(target, settings)?))
             }
             Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {

@@ -1,5 +1,5 @@
-//! `archive verify`: checks an archive (a folder or a blob container prefix) offline against its manifest, and its
-//! per-container document counts against PostgreSQL's.
+//! `archive verify`: checks an archive (a folder or a blob container prefix) offline against
+//! its manifest, and its per-container document counts against PostgreSQL's.
 //!
 //! # What PostgreSQL's count is
 //! For each container, the distinct document ids PostgreSQL knows Cosmos to hold: the rows of
@@ -179,8 +179,13 @@ pub async fn verify_offline(store: &Store) -> ArchiveVerifyReport {
             );
             return report;
         }
-        Err(e) => {
+        Err(e @ ArchiveError::Invalid { .. }) => {
             report.finding("manifest_invalid", None, None, e.to_string());
+            return report;
+        }
+        // the store could not be read at all (a missing container, no credentials, no network)
+        Err(e) => {
+            report.finding("manifest_unreadable", None, None, e.to_string());
             return report;
         }
     };

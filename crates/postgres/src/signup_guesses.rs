@@ -285,6 +285,14 @@ async fn sweep_some(pool: &PgPool) -> Result<u64, RepoError> {
     .map_err(err)
 }
 
+/// [`sweep_some`] after a row was created: housekeeping, so a failure is logged and the
+/// caller's answer stands (the next new row sweeps again).
+async fn sweep_after_insert(pool: &PgPool) {
+    if let Err(e) = sweep_some(pool).await {
+        tracing::warn!(error = %e, "cannot sweep ended sign-up guess rows");
+    }
+}
+
 /// Deletes every row whose window and code have ended; returns how many.
 pub async fn sweep(pool: &PgPool) -> Result<u64, RepoError> {
     sqlx::query("delete from service.signup_guesses where expires_at < now()")
@@ -320,7 +328,7 @@ pub async fn admit(
     store(&mut tx, email_hash, &decision.next, limits.window).await?;
     tx.commit().await.map_err(err)?;
     if created {
-        sweep_some(pool).await?;
+        sweep_after_insert(pool).await;
     }
     Ok(decision.outcome)
 }
@@ -374,7 +382,7 @@ pub async fn record_signup(
     store(&mut tx, email_hash, &next, window).await?;
     tx.commit().await.map_err(err)?;
     if created {
-        sweep_some(pool).await?;
+        sweep_after_insert(pool).await;
     }
     Ok(())
 }

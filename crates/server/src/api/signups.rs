@@ -325,10 +325,12 @@ pub(crate) async fn verify(
         outcome,
         VerifyOutcome::Verified(_) | VerifyOutcome::WrongCode { .. }
     ) {
-        // no code was compared: the guess is given back
-        mystira_postgres::signup_guesses::refund(&state.pool, &key, &admitted)
-            .await
-            .map_err(repo)?;
+        // no code was compared: the guess is given back (if that fails the guess stays
+        // counted, the stricter way, and the store's answer stands)
+        if let Err(e) = mystira_postgres::signup_guesses::refund(&state.pool, &key, &admitted).await
+        {
+            tracing::warn!(error = %e, "cannot give back a sign-up guess");
+        }
     }
     let refused = |status, code: &str, detail: &str| Err(Problem::new(status, code, detail));
     match outcome {

@@ -525,6 +525,14 @@ async fn a_forward_move_out_of_phase_1_or_2_waits_for_a_dead_replicator_to_be_re
 
     // the fix the refusal names: a replicator beating again opens the gate
     let (second, _) = live_replicator(&w, "replicate-2.log").await;
+    // and `status` no longer asks for attention for the dead one, which stays listed
+    let (_, status) = w.run_json(&["status", "--journal-dir", &w.path("journal")]);
+    let attention = status["attention"].as_array().unwrap();
+    assert!(
+        !attention.iter().any(|a| a["code"] == "worker_silent"),
+        "a replaced worker still needs attention: {status}"
+    );
+    assert!(status["workers"].to_string().contains(&worker), "{status}");
     let (code, applied) = w.run_json(&["phase", "set", "2", "--reason", "go"]);
     assert_eq!(code, 0, "{applied}");
     assert_eq!(applied["forced"], false);

@@ -349,7 +349,15 @@ pub fn attention(r: &StatusReport) -> Vec<Attention> {
     }
     for w in &r.workers {
         let stopped = w.state == heartbeats::WorkerState::Stopped.as_str();
-        if !stopped && !w.is_live(heartbeats::STALE_AFTER) {
+        // a killed worker's heartbeat stays behind (a restarted process beats under a new
+        // name); once a live worker of its kind has taken over, its work is being done (the
+        // leases are shared, as the replicator gate and the alerts count them: per kind), so
+        // it is listed under `workers` but needs no attention
+        let replaced = r
+            .workers
+            .iter()
+            .any(|other| other.kind == w.kind && other.is_live(heartbeats::STALE_AFTER));
+        if !stopped && !replaced && !w.is_live(heartbeats::STALE_AFTER) {
             out.push(Attention {
                 code: "worker_silent",
                 message: format!(

@@ -328,9 +328,12 @@ impl BlobStore {
         if prefix.iter().any(|p| p == "." || p == "..") {
             return Err(bad("the prefix holds . or .."));
         }
-        let store = builder
-            .build()
-            .map_err(|e| bad(&format!("cannot configure the client: {e}")))?;
+        let store = builder.build().map_err(|e| {
+            bad(&format!(
+                "cannot configure the client: {e} (for az://, AZURE_STORAGE_ACCOUNT_NAME names \
+                     the account; docs/archive.md lists the settings)"
+            ))
+        })?;
         Ok(Self {
             store: Arc::new(store),
             prefix,
@@ -508,6 +511,22 @@ mod tests {
         assert_eq!(azurite.prefix, ["p"]);
         assert!(matches!(
             Store::open("http://127.0.0.1:10000/devstoreaccount1"),
+            Err(ArchiveError::Usage(_))
+        ));
+        // az:// takes the account from the environment or the settings, the prefix from the path
+        let Ok(Store::Blob(az)) = Store::open_with(
+            "az://backups/cosmos/2026",
+            &[
+                ("azure_storage_account_name", "acct"),
+                ("azure_storage_account_key", "a2V5"),
+            ],
+        ) else {
+            panic!("an az:// URL with an account");
+        };
+        assert_eq!(az.prefix, ["cosmos", "2026"]);
+        assert_eq!(az.shown, "az://backups/cosmos/2026");
+        assert!(matches!(
+            Store::open_with("az://backups/x", &[("no_such_setting", "1")]),
             Err(ArchiveError::Usage(_))
         ));
     }

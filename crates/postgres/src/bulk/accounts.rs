@@ -150,8 +150,12 @@ pub(super) async fn note_profiles_to_detach(conn: &mut PgConnection, key: Uuid) 
                 jsonb_build_object('account_ref', $1::text, 'account_key', $1::text),
                 to_jsonb($1::text)
          from user_profiles p
-         join migration.document_versions v
-           on v.container = 'UserProfiles' and v.key = p.id and not v.deleted
+         -- one probe of the versions' key index per profile (`offset 0`: never a join that may
+         -- hash every profile's version, issue 33)
+         cross join lateral (
+             select v.document_id from migration.document_versions v
+             where v.container = 'UserProfiles' and v.key = p.id and not v.deleted
+             offset 0) as v
          where p.account_id = $1
          on conflict (container, document_id, code, subject) do update
              set detail = excluded.detail, original = excluded.original",

@@ -355,9 +355,15 @@ pub(super) async fn resolve(
     if !stored_note_subjects.is_empty() {
         let map = |e| map_sqlx_error("document_notes", e);
         sqlx::query(
-            "delete from migration.document_notes n
-             using unnest($2::text[], $3::text[]) as x(d, s)
-             where n.container = $1 and n.document_id = x.d and n.subject = x.s and n.code = $4",
+            // one primary-key descent per note, deleted by row address (see
+            // `super::replace_notes`): never a join that may hash the whole table
+            "delete from migration.document_notes
+             where ctid = any(array(
+                 select n.ctid from unnest($2::text[], $3::text[]) as x(d, s)
+                 cross join lateral (
+                     select ctid from migration.document_notes
+                     where container = $1 and document_id = x.d and code = $4 and subject = x.s
+                     offset 0) as n))",
         )
         .bind(table.owner_container())
         .bind(column(&stored_note_subjects, |(d, _)| d.clone()))

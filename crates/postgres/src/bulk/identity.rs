@@ -88,13 +88,17 @@ pub(super) async fn plan<D: BulkDocument>(
     let at_stored_version: HashSet<String> = if rerun.is_empty() {
         HashSet::new()
     } else {
+        // one index probe per document in each check (`offset 0`: never a join, semi- or
+        // anti-join that, planned for a batch's 1,000 documents, may hash the whole table;
+        // issue 33)
         sqlx::query_scalar(
             "select x.d from unnest($2::text[], $3::uuid[], $4::int8[], $5::text[]) as x(d, k, t, e)
-             join migration.document_versions v
-               on v.container = $1 and v.document_id = x.d and v.source_ts = x.t
-              and v.source_etag is not distinct from x.e and not v.deleted
-             where not exists (select 1 from migration.outbox o
-                               where o.container = $1 and o.key = x.k)",
+             where exists (select 1 from migration.document_versions v
+                           where v.container = $1 and v.document_id = x.d and v.source_ts = x.t
+                             and v.source_etag is not distinct from x.e and not v.deleted
+                           offset 0)
+               and not exists (select 1 from migration.outbox o
+                               where o.container = $1 and o.key = x.k offset 0)",
         )
         .bind(D::CONTAINER)
         .bind(column(&rerun, |d| d.version().document_id.clone()))

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use mystira_cosmos_client::{CosmosRepositories, CosmosStore};
@@ -77,6 +78,25 @@ impl HostedRouter {
     pub async fn stop(self) -> BackgroundReport {
         let _ = self.stop.send(true);
         let report = self.background.await.unwrap_or_default();
+        self.files.seal();
+        report
+    }
+
+    /// [`Self::stop`], waiting at most `deadline` for the current pass: a pass stuck on a
+    /// store that does not answer (a Cosmos that hangs holds a delivery, and the aggregate's
+    /// lock with it) is dropped at the deadline. Nothing is lost by that: an outbox row is
+    /// removed only after its delivery, and a journal entry only after its replay, so the
+    /// next relay or replay does the work again. `None` when the pass was dropped.
+    pub async fn stop_within(self, deadline: Duration) -> Option<BackgroundReport> {
+        let _ = self.stop.send(true);
+        let mut background = self.background;
+        let report = match tokio::time::timeout(deadline, &mut background).await {
+            Ok(joined) => Some(joined.unwrap_or_default()),
+            Err(_) => {
+                background.abort();
+                None
+            }
+        };
         self.files.seal();
         report
     }

@@ -655,12 +655,30 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
     };
     let served = mystira_server::serve_with(listener, state, limits, stop::stop_signal()).await;
     // the requests are answered (or cut at the deadline); what they left to the background
-    // work is finished or journalled before the process goes
-    if let Some(hosted) = hosted {
-        hosted.stop().await;
+    // work is finished or journalled before the process goes. The background pass and the
+    // database connections get the same deadline again: a Cosmos that hangs holds a
+    // delivery (inline or the relay's) and its connection, and must not keep the process
+    // from ending; what such a delivery did not finish stays in the outbox for the next relay
+    if let Some(hosted) = hosted
+        && hosted.stop_within(limits.shutdown_timeout).await.is_none()
+    {
+        tracing::warn!(
+            deadline_seconds = limits.shutdown_timeout.as_secs(),
+            "the background pass (journal replay, outbox relay) did not finish by the \
+             shutdown deadline: dropped, its work stays queued"
+        );
     }
     let stopped = served.context("the server failed")?;
-    pool.close().await;
+    if tokio::time::timeout(limits.shutdown_timeout, pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            deadline_seconds = limits.shutdown_timeout.as_secs(),
+            "database connections still in use at the shutdown deadline (a delivery waiting \
+             on Cosmos): closed with the process"
+        );
+    }
     let human = if stopped.cut == 0 {
         format!("stopped serving on {address}: requests in flight were answered")
     } else {

@@ -46,14 +46,23 @@ pub enum Store {
     Blob(BlobStore),
 }
 
-/// A prefix in an Azure Blob Storage container.
-#[derive(Debug, Clone)]
+/// A prefix in an Azure Blob Storage container. Its `Debug` shows the target only: the
+/// client's own would print the credential.
+#[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// The archive's prefix in the container (empty: the container's root).
     prefix: Vec<String>,
     /// The target as given, without a SAS token: for messages and reports.
     shown: String,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("target", &self.shown)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A file written but not yet in place ([`Store::stage`], then [`Store::publish`]).
@@ -498,6 +507,7 @@ mod tests {
         };
         assert_eq!(blob.prefix, ["2026", "12"]);
         assert!(!blob.shown.contains("SECRET"), "{}", blob.shown);
+        assert!(!format!("{blob:?}").contains("SECRET"), "{blob:?}");
         assert_eq!(
             blob.path("Accounts/r000-c000001.jsonl.zst")
                 .expect("path")
@@ -525,6 +535,8 @@ mod tests {
         };
         assert_eq!(az.prefix, ["cosmos", "2026"]);
         assert_eq!(az.shown, "az://backups/cosmos/2026");
+        // the key (base64 of "key") appears in no debug output either
+        assert!(!format!("{az:?}").contains("107, 101, 121"), "{az:?}");
         assert!(matches!(
             Store::open_with("az://backups/x", &[("no_such_setting", "1")]),
             Err(ArchiveError::Usage(_))

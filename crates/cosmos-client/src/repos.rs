@@ -21,12 +21,16 @@
 //!
 //! Every write encodes through the codec's `encode_*` (the current EF Core 9 shape), then
 //! *merges* onto the stored document: properties the codec does not know are carried over (a
-//! newer app version may have added them), system properties (`_rid`, `_etag`, ...) are dropped,
-//! legacy aliases that the current shape replaces (`Discriminator`, `Auth0UserId`, a redundant
-//! `Id`) are removed so they cannot contradict the new values, the partition-key property is
-//! kept exactly as stored (it cannot change in a replace), and embedded parts that the write does
-//! not touch (`EarnedBadges`, `UserProfileIds`, `Subscription`, ...) are kept verbatim, so a
-//! write never drops duplicate badges or reformats data it did not mean to change.
+//! newer app version may have added them), system properties (`_rid`, `_etag`, ...) are
+//! dropped, the partition-key property is kept exactly as stored (it cannot change in a
+//! replace), and embedded parts that the write does not touch (`EarnedBadges`,
+//! `UserProfileIds`, `Subscription`, ...) are kept verbatim. What that document means is then
+//! merged onto the stored document property by property, as a phase-2 delivery merges
+//! PostgreSQL's state (`by_meaning`, `codec::{account,profile,signup}_document`): a property
+//! whose stored text already means what the write says keeps its text (a date's digits and
+//! offset, an id's spelling, EF 8's `Discriminator`, `Auth0UserId` while the user id is the
+//! same), so a write changes only what it changed, as the app's would, and never drops
+//! duplicate badges.
 //!
 //! # Ids
 //! A document's `id` is the entity's Cosmos id (its original string, or the canonical text of
@@ -592,6 +596,11 @@ impl Docs {
     /// properties stay, system properties and replaced aliases go, `keep_raw` properties and the
     /// partition-key property stay exactly as stored.
     pub(crate) fn merge(&self, stored: &Value, encoded: Value, keep_raw: &[&str]) -> Value {
+        let candidate = self.merge_shape(stored, encoded, keep_raw);
+        by_meaning(self.kind, stored, candidate)
+    }
+
+    fn merge_shape(&self, stored: &Value, encoded: Value, keep_raw: &[&str]) -> Value {
         let Value::Object(encoded) = encoded else {
             return encoded;
         };
@@ -696,4 +705,69 @@ pub(crate) async fn backoff(attempt: u32) {
             % 7,
     );
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// What a write means (`candidate`, the stored document with the write's properties in the
+/// current shape) merged onto `stored` the way a phase-2 delivery merges PostgreSQL's state
+/// (`codec::{account,profile,signup}_document`): a property whose stored value already means
+/// what the write says keeps its stored text (a date's digits and offset, an id's spelling, a
+/// legacy alias), so a phase-0/1 write changes only what it changed, as the app's would. A
+/// candidate the codec cannot read is written as it is.
+fn by_meaning(kind: codec::Container, stored: &Value, candidate: Value) -> Value {
+    match kind {
+        codec::Container::Accounts => match codec::decode_account(&candidate) {
+            Ok(d) => {
+                let mut doc = codec::account_document(
+                    Some(stored),
+                    &d.account,
+                    d.subscription.as_ref(),
+                    &d.completed_scenarios,
+                );
+                // this repository's subscription keeps its own times (created_at kept,
+                // updated_at the time of the write, as PostgreSQL's), which the app's
+                // `Subscription` has no place for: written with a write that changes the
+                // subscription, never by another write
+                let times = |v: &Value| {
+                    ["CreatedAt", "UpdatedAt"].map(|n| v.get("Subscription")?.get(n).cloned())
+                };
+                let changed = doc.get("Subscription") != stored.get("Subscription");
+                if changed && let Some(Value::Object(sub)) = doc.get_mut("Subscription") {
+                    for (name, value) in ["CreatedAt", "UpdatedAt"].iter().zip(times(&candidate)) {
+                        if let Some(value) = value {
+                            sub.insert((*name).to_owned(), value);
+                        }
+                    }
+                }
+                doc
+            }
+            Err(_) => candidate,
+        },
+        codec::Container::UserProfiles => match codec::decode_profile(&candidate) {
+            Ok(d) => {
+                let account_id = candidate.get("AccountId").filter(|v| !v.is_null());
+                let mut doc = codec::profile_document(
+                    Some(stored),
+                    &d.profile,
+                    &d.badges,
+                    account_id.and_then(Value::as_str),
+                );
+                // a write that unsets the account: the merge keeps a stored reference
+                // PostgreSQL cannot hold, the write means to clear it
+                if account_id.is_none()
+                    && let Some(obj) = doc.as_object_mut()
+                {
+                    match candidate.get("AccountId") {
+                        Some(v) => obj.insert("AccountId".into(), v.clone()),
+                        None => obj.remove("AccountId"),
+                    };
+                }
+                doc
+            }
+            Err(_) => candidate,
+        },
+        codec::Container::PendingSignups => match codec::decode_pending_signup(&candidate) {
+            Ok(d) => codec::signup_document(Some(stored), &d.signup),
+            Err(_) => candidate,
+        },
+    }
 }

@@ -477,8 +477,10 @@ async fn legacy_ef8_document_is_found_decoded_and_rewritten_in_the_current_shape
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].age_group.as_str(), "6-9");
 
-    // A write rewrites the same document in the EF Core 9 shape, keeping unknown properties and
-    // the parts it did not touch.
+    // A write changes only what it changed, as the app's would (issue 28): the EF 8
+    // discriminator and the legacy alias stay, as do unknown properties and the parts it did
+    // not touch.
+    let before = read_raw(&store, "Accounts", &doc_id).await;
     assert!(
         repos
             .accounts
@@ -487,13 +489,14 @@ async fn legacy_ef8_document_is_found_decoded_and_rewritten_in_the_current_shape
             .expect("login")
     );
     let doc = read_raw(&store, "Accounts", &doc_id).await;
-    assert_eq!(doc["$type"], "Account");
-    assert!(doc.get("Discriminator").is_none());
-    assert!(
-        doc.get("Auth0UserId").is_none(),
-        "the legacy alias is replaced"
+    assert_eq!(doc["Discriminator"], before["Discriminator"]);
+    assert_eq!(doc.get("$type"), before.get("$type"));
+    assert_eq!(
+        doc["Auth0UserId"], "auth0|legacy-1",
+        "the legacy alias is kept"
     );
-    assert_eq!(doc["ExternalUserId"], "auth0|legacy-1");
+    assert_eq!(doc.get("ExternalUserId"), before.get("ExternalUserId"));
+    assert_ne!(doc["LastLoginAt"], before["LastLoginAt"]);
     assert_eq!(doc["FutureProperty"], json!({"kept": true}));
     assert_eq!(
         doc["Subscription"]["PurchasedScenarios"], "a, b",

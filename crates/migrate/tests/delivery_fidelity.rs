@@ -207,7 +207,17 @@ fn profile_state(a: Aggregate) -> ProfileAggregate {
 /// Makes the write through the router, then lets the relay deliver whatever the inline
 /// delivery left. [`Change::Same`] delivers the unchanged aggregate (as a repair does).
 async fn write(s: &Setup, container: Container, key: Uuid, change: &Change) {
-    let r = &s.router;
+    write_through(s, &s.router, container, key, change).await;
+}
+
+/// [`write`] through `r` (the phase-1 or the phase-2 router).
+async fn write_through(
+    s: &Setup,
+    r: &DualWriteRouter,
+    container: Container,
+    key: Uuid,
+    change: &Change,
+) {
     match change {
         Change::RenameAccount(name) => {
             let mut a = AccountRepository::get(r, key).await.unwrap().unwrap();
@@ -265,12 +275,12 @@ async fn write(s: &Setup, container: Container, key: Uuid, change: &Change) {
 }
 
 /// Runs one case; panics naming what differs. Returns the paths the write changed.
-async fn run(s: &Setup, case: &Case) -> Vec<String> {
+async fn run(s: &Setup, r: &DualWriteRouter, case: &Case) -> Vec<String> {
     match case {
         Case::Account(doc, change) => {
             let (before_doc, key) = load(s, Container::Accounts, doc).await;
             let before = account_state(state(s, Container::Accounts, key).await);
-            write(s, Container::Accounts, key, change).await;
+            write_through(s, r, Container::Accounts, key, change).await;
             let after = account_state(state(s, Container::Accounts, key).await);
             let id = before_doc["id"].as_str().unwrap();
             let after_doc = raw_document(s, Container::Accounts, id, id).await;
@@ -294,7 +304,7 @@ async fn run(s: &Setup, case: &Case) -> Vec<String> {
             let doc = draft.with_account(&account_doc);
             let (before_doc, key) = load(s, Container::UserProfiles, &doc).await;
             let before = profile_state(state(s, Container::UserProfiles, key).await);
-            write(s, Container::UserProfiles, key, change).await;
+            write_through(s, r, Container::UserProfiles, key, change).await;
             let after = profile_state(state(s, Container::UserProfiles, key).await);
             let id = before_doc["id"].as_str().unwrap();
             let after_doc = raw_document(s, Container::UserProfiles, id, id).await;
@@ -329,7 +339,7 @@ async fn run(s: &Setup, case: &Case) -> Vec<String> {
             let Aggregate::Signup(before) = state(s, Container::PendingSignups, key).await else {
                 unreachable!()
             };
-            write(s, Container::PendingSignups, key, change).await;
+            write_through(s, r, Container::PendingSignups, key, change).await;
             let Aggregate::Signup(after) = state(s, Container::PendingSignups, key).await else {
                 unreachable!()
             };
@@ -356,10 +366,23 @@ fn untouched_unless_changed(before: &Value, after: &Value, expected: &[String]) 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_phase2_delivery_changes_exactly_what_the_write_changed(pool: PgPool) {
     let s = setup(&pool).await;
+    changes_exactly_what_the_write_changed(&s, &s.router).await;
+}
+
+/// The same cases through the router in phase 1: the write goes to Cosmos first (the Cosmos
+/// repositories' read-modify-write), and its copy into PostgreSQL must not come back changed
+/// either.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_phase1_write_changes_exactly_what_the_write_changed(pool: PgPool) {
+    let s = setup(&pool).await;
+    changes_exactly_what_the_write_changed(&s, &s.phase1).await;
+}
+
+async fn changes_exactly_what_the_write_changed(s: &Setup, r: &DualWriteRouter) {
     let mut changed = Vec::new();
     for (n, case) in cases().iter().enumerate() {
         let outcome =
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&s, case))).await;
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(s, r, case))).await;
         match outcome {
             Ok(paths) => changed.push(paths),
             Err(panic) => {

@@ -357,3 +357,44 @@ fn a_delivered_subscription_gains_no_timestamps() {
     );
     assert_eq!(changed_paths(&doc, &merged), ["Subscription.Tier"]);
 }
+
+/// `UserProfileIds` as the app keeps it: a created profile's id appended (the list's other
+/// items, spacing and blanks untouched), a deleted profile's id removed in whatever spelling the
+/// list holds it, nothing written when the list already says so.
+#[test]
+fn user_profile_ids_gain_and_lose_a_profile_as_the_app_does() {
+    use mystira_cosmos::codec::{profile_ids_with, profile_ids_without};
+    let (p, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let upper = p.to_string().to_uppercase();
+    let with = |v: Value| profile_ids_with(&json!({ "UserProfileIds": v }), &p.to_string(), p);
+    let without = |v: Value| profile_ids_without(&json!({ "UserProfileIds": v }), p);
+    let id = p.to_string();
+    assert_eq!(with(json!("")), Some(json!(id)));
+    assert_eq!(with(json!("  ")), Some(json!(id)));
+    assert_eq!(with(Value::Null), Some(json!(id)));
+    assert_eq!(profile_ids_with(&json!({}), &id, p), Some(json!(id)));
+    assert_eq!(
+        with(json!(format!(" {other} , "))),
+        Some(json!(format!(" {other} , ,{id}")))
+    );
+    assert_eq!(
+        with(json!([other.to_string()])),
+        Some(json!([other.to_string(), id]))
+    );
+    // listed already, in any spelling: nothing to write
+    assert_eq!(with(json!(format!("{other}, {upper}"))), None);
+    assert_eq!(with(json!(format!("UserProfile|{p}"))), None);
+    assert_eq!(with(json!(7)), None);
+
+    assert_eq!(
+        without(json!(format!(" {other} ,{upper}, ,UserProfile|{p}"))),
+        Some(json!(format!(" {other} , ")))
+    );
+    assert_eq!(
+        without(json!([id.clone(), other.to_string()])),
+        Some(json!([other.to_string()]))
+    );
+    assert_eq!(without(json!(format!("{other}"))), None);
+    assert_eq!(without(Value::Null), None);
+    assert_eq!(profile_ids_without(&json!({}), p), None);
+}

@@ -422,6 +422,12 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_buckets)]
     pub buckets: Option<(u8, u8)>,
 
+    /// Against a live Cosmos source: how many times a document found differing is read again
+    /// from both sides (with a short pause) before it is reported; what compares equal was a
+    /// write in flight. 0 disables the rechecks
+    #[arg(long, default_value_t = 3)]
+    pub recheck_rounds: u32,
+
     /// Drift items printed at most (the JSON output has all of them)
     #[arg(long, default_value_t = 50)]
     pub max_items: usize,

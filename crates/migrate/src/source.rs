@@ -180,6 +180,24 @@ pub trait DocumentSource: Send + Sync {
         false
     }
 
+    /// Whether the source can change while it is read (a live database, not export files):
+    /// verify then rechecks the documents it finds differing (`verify::recheck`).
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    /// The documents of `container` whose `id` is `id` (in any partition), read now. Only a
+    /// live source ([`Self::is_live`]) needs it; the default says it cannot.
+    async fn read_documents_by_id(
+        &self,
+        container: &str,
+        _id: &str,
+    ) -> Result<Vec<SourceDocument>, SourceError> {
+        Err(SourceError::Unavailable(format!(
+            "{container}: this source cannot read single documents"
+        )))
+    }
+
     /// Like [`Self::read_page`], but stops at the end of `range` (`next` is `None` there).
     /// `position` is where the range's copy got to; `None` means the range's start.
     async fn read_range_page(
@@ -601,6 +619,28 @@ impl DocumentSource for CosmosSource {
             documents,
             next: token.map(serde_json::Value::String),
         })
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    async fn read_documents_by_id(
+        &self,
+        container: &str,
+        id: &str,
+    ) -> Result<Vec<SourceDocument>, SourceError> {
+        // a query, not a point read: the partition key (an email for pending sign-ups) is not
+        // known to the caller, and a document id may be in more than one partition
+        let handle = self.store.container(container).await.map_err(cosmos_err)?;
+        let spec = mystira_cosmos_client::QuerySpec::new("select * from c where c.id = @id")
+            .param("@id", id);
+        let mut pages = handle.query_with_page_size::<serde_json::Value>(spec, None, 10);
+        let mut documents = Vec::new();
+        while let Some(page) = pages.next_page().await.map_err(cosmos_err)? {
+            documents.extend(page.items.into_iter().map(SourceDocument::Document));
+        }
+        Ok(documents)
     }
 
     async fn plan_ranges(&self, container: &str, n: usize) -> Result<Vec<RangePlan>, SourceError> {

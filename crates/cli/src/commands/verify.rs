@@ -24,6 +24,7 @@ pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outco
     let options = VerifyOptions {
         show_values: args.show_values,
         round_trip: args.round_trip,
+        recheck_rounds: args.recheck_rounds,
         first_bucket,
         last_bucket,
         // recorded in the run: the phase gates tell the directions apart by it

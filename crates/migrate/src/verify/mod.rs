@@ -21,6 +21,11 @@
 //!    buckets' (key, hash) through a key-range predicate its indexes serve, and the
 //!    differences are classified. Only rows whose hashes differ have their values fetched,
 //!    for a field-level diff.
+//! 4. **Recheck** (live source only). A live source is written while it is read: a document
+//!    written between the descent's read of the source and its read of PostgreSQL looks like
+//!    drift. Each document the descent found differing is read again from both sides, a few
+//!    rounds, and only what still differs is reported ([`recheck`]; a document that changed at
+//!    every round is [`DriftKind::Changing`]).
 //!
 //! # Parallelism, and why the report does not depend on it
 //! A clean verification is the two aggregate passes, run side by side (`tokio::try_join!`):
@@ -77,6 +82,7 @@
 pub mod canonical;
 mod duplicates;
 mod read;
+mod recheck;
 pub mod remainder;
 pub mod repair;
 mod round_trip;
@@ -98,6 +104,7 @@ use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
 use futures::TryStreamExt as _;
 use read::{DocState, Keep, ReadDoc, Wanted};
+pub use recheck::{CHANGING_REASON, DescentHook, RecheckSummary};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
 pub use tables::Entity;
 
@@ -124,6 +131,18 @@ pub struct VerifyOptions {
     /// directions apart by it). [`towards_cosmos`] sets `pg-to-cosmos` itself.
     #[serde(default)]
     pub direction: mystira_postgres::phase::VerifyDirection,
+    /// Against a live source, how many times a document found differing is read again (from
+    /// the source and from PostgreSQL) before it is reported (see [`recheck`]); 0 disables.
+    pub recheck_rounds: u32,
+    /// The pause before each recheck round after the first, in milliseconds.
+    pub recheck_pause_ms: u64,
+    /// At most this many documents are rechecked; the drift of any further ones is reported
+    /// as the descent found it (and counted in [`RecheckSummary::not_rechecked`]).
+    pub recheck_max_documents: usize,
+    /// Test seam, unset in production: awaited after each descent pass has read the source and
+    /// before PostgreSQL's side of it is read.
+    #[serde(skip)]
+    pub after_descent_read: DescentHook,
 }
 
 impl Default for VerifyOptions {
@@ -136,6 +155,10 @@ impl Default for VerifyOptions {
             max_buckets_per_pass: 64,
             round_trip: false,
             direction: mystira_postgres::phase::VerifyDirection::CosmosToPg,
+            recheck_rounds: 3,
+            recheck_pause_ms: 200,
+            recheck_max_documents: 1000,
+            after_descent_read: DescentHook::default(),
         }
     }
 }
@@ -192,6 +215,10 @@ pub enum DriftKind {
     /// The document encoded back from PostgreSQL differs from the source document at a field
     /// path that no note and no documented normalisation excuses (`verify --round-trip`).
     RoundTrip,
+    /// Against a live source: the document still differed at every recheck and changed between
+    /// every two of them (it is being written). Drift: a gate cannot call it equal; a later run
+    /// usually finds it settled (see [`recheck`]).
+    Changing,
 }
 
 impl DriftKind {
@@ -211,6 +238,7 @@ impl DriftKind {
             Self::SupersededDuplicate => "superseded_duplicate",
             Self::SupersededNotRecorded => "superseded_not_recorded",
             Self::RoundTrip => "round_trip",
+            Self::Changing => "changing",
         }
     }
 }
@@ -265,6 +293,8 @@ pub struct EntityCounts {
     pub superseded_not_recorded: u64,
     /// Field paths whose round trip differs (only with `round_trip`).
     pub round_trip: u64,
+    /// Rows of documents still being written at every recheck (live source).
+    pub changing: u64,
 }
 
 /// The result of a verification.
@@ -282,6 +312,8 @@ pub struct VerifyReport {
     pub differing_buckets: u64,
     /// Times the source was read (1 + descent passes).
     pub source_passes: u32,
+    /// What the rechecks of a live source found (all zero for export files).
+    pub recheck: RecheckSummary,
     pub elapsed_seconds: f64,
 }
 
@@ -305,6 +337,7 @@ impl VerifyReport {
             "superseded": self.items.iter().filter(|i| i.kind == DriftKind::SupersededDuplicate).count(),
             "differing_buckets": self.differing_buckets,
             "source_passes": self.source_passes,
+            "recheck": self.recheck,
             "elapsed_seconds": self.elapsed_seconds,
         })
     }
@@ -356,6 +389,19 @@ impl VerifyReport {
                 c.unmigrated,
                 c.superseded + c.superseded_not_recorded,
                 c.round_trip
+            );
+        }
+        if self.recheck.documents > 0 || self.recheck.not_rechecked > 0 {
+            let r = &self.recheck;
+            let _ = writeln!(
+                out,
+                "recheck: {} documents in {} rounds, {} items cleared ({} documents), {} documents still changing, {} not rechecked (over the limit)",
+                r.documents,
+                r.rounds,
+                r.cleared_items,
+                r.cleared_documents,
+                r.changing_documents,
+                r.not_rechecked
             );
         }
         let drift: Vec<&DriftItem> = self.drift().collect();
@@ -468,6 +514,8 @@ pub async fn verify(
         items: Vec::new(),
         passes: 0,
         losers: HashSet::new(),
+        item_docs: Vec::new(),
+        recheck: RecheckSummary::default(),
     };
     // The two sides are independent: PostgreSQL aggregates its tables (one query per table,
     // all at once, on separate connections) while the source is read and hashed.
@@ -514,6 +562,8 @@ pub async fn verify(
     for chunk in buckets.chunks(opts.max_buckets_per_pass.max(1)) {
         v.descend(chunk, &differing_set).await?;
     }
+    // a live source may have been written between its read and PostgreSQL's
+    v.recheck().await?;
     if opts.round_trip {
         v.round_trip().await?;
     }
@@ -526,6 +576,7 @@ pub async fn verify(
         mut counts,
         mut items,
         passes,
+        recheck,
         ..
     } = v;
     for item in &items {
@@ -540,6 +591,7 @@ pub async fn verify(
             DriftKind::SupersededDuplicate => c.superseded += 1,
             DriftKind::SupersededNotRecorded => c.superseded_not_recorded += 1,
             DriftKind::RoundTrip => c.round_trip += 1,
+            DriftKind::Changing => c.changing += 1,
             // counted per row while reading
             DriftKind::Quarantined => {}
         }
@@ -562,6 +614,7 @@ pub async fn verify(
         items,
         differing_buckets: differing.len() as u64,
         source_passes: passes,
+        recheck,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -607,6 +660,10 @@ struct Verifier<'a> {
     /// (container, document id) of the source documents another document of their key
     /// supersedes (see [`duplicates`]): only the winner of a key is compared with PostgreSQL.
     losers: HashSet<(&'static str, String)>,
+    /// The document key of each item the descent reported (by index in `items`): what a
+    /// recheck reads again.
+    item_docs: Vec<(usize, Uuid)>,
+    recheck: RecheckSummary,
 }
 
 impl Verifier<'_> {
@@ -751,6 +808,7 @@ impl Verifier<'_> {
             }
         })
         .await?;
+        self.opts.after_descent_read.call().await;
 
         let mut status: HashMap<Uuid, VersionStatus> = HashMap::new();
         for entity in Entity::ALL {
@@ -770,12 +828,36 @@ impl Verifier<'_> {
         &mut self,
         entity: Entity,
         bucket: u8,
-        mut src: HashMap<String, KeptRow>,
+        src: HashMap<String, KeptRow>,
         docs: &HashMap<Uuid, KeptDoc>,
         status: &mut HashMap<Uuid, VersionStatus>,
     ) -> Result<(), VerifyError> {
-        let table = tables::table(entity);
         let (lo, hi) = bucket_bounds(bucket);
+        let compared = self
+            .compare_range(entity, lo, hi, src, docs, status)
+            .await?;
+        self.counts.entry(entity).or_default().matched += compared.matched;
+        for (document_key, item) in compared.items {
+            self.item_docs.push((self.items.len(), document_key));
+            self.items.push(item);
+        }
+        Ok(())
+    }
+
+    /// Compares the source's rows `src` of `entity` with PostgreSQL's rows whose document key
+    /// is in `[lo, hi)` (a bucket, or one document for a recheck) and classifies the
+    /// differences, each with its document's key.
+    async fn compare_range(
+        &self,
+        entity: Entity,
+        lo: Uuid,
+        hi: Option<Uuid>,
+        mut src: HashMap<String, KeptRow>,
+        docs: &HashMap<Uuid, KeptDoc>,
+        status: &mut HashMap<Uuid, VersionStatus>,
+    ) -> Result<Compared, VerifyError> {
+        let table = tables::table(entity);
+        let mut out = Compared::default();
         let pg: Vec<(String, Uuid, Option<String>, String)> = {
             let q =
                 sqlx::query_as(sqlx::AssertSqlSafe(table.bucket_rows_sql(hi.is_none()))).bind(lo);
@@ -791,6 +873,7 @@ impl Verifier<'_> {
         let mut changed: Vec<String> = Vec::new();
         let mut matched = 0u64;
         for (key, document_key, pg_document_id, hash) in pg {
+            out.pg_hashes.push(hash.clone());
             match src.get(&key) {
                 Some(s) if s.hash == hash => {
                     matched += 1;
@@ -813,20 +896,23 @@ impl Verifier<'_> {
                             _ => (DriftKind::Extra, None),
                         },
                     };
-                    self.items.push(DriftItem {
-                        entity,
-                        kind,
-                        key: Some(key),
-                        cosmos_id: pg_document_id,
-                        fields: Vec::new(),
-                        values: None,
-                        reason,
-                        source_has_document: doc.is_some(),
-                    });
+                    out.items.push((
+                        document_key,
+                        DriftItem {
+                            entity,
+                            kind,
+                            key: Some(key),
+                            cosmos_id: pg_document_id,
+                            fields: Vec::new(),
+                            values: None,
+                            reason,
+                            source_has_document: doc.is_some(),
+                        },
+                    ));
                 }
             }
         }
-        self.counts.entry(entity).or_default().matched += matched;
+        out.matched = matched;
 
         if !changed.is_empty() {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(table.values_sql(hi.is_none()))).bind(lo);
@@ -866,16 +952,19 @@ impl Verifier<'_> {
                     Some(VersionStatus::Ahead) => DriftKind::Ahead,
                     _ => DriftKind::Changed,
                 };
-                self.items.push(DriftItem {
-                    entity,
-                    kind,
-                    key: Some(key),
-                    cosmos_id: Some(s.document_id),
-                    fields,
-                    values: self.opts.show_values.then_some(values),
-                    reason: None,
-                    source_has_document: true,
-                });
+                out.items.push((
+                    s.document_key,
+                    DriftItem {
+                        entity,
+                        kind,
+                        key: Some(key),
+                        cosmos_id: Some(s.document_id),
+                        fields,
+                        values: self.opts.show_values.then_some(values),
+                        reason: None,
+                        source_has_document: true,
+                    },
+                ));
             }
         }
 
@@ -885,19 +974,31 @@ impl Verifier<'_> {
                 Some(VersionStatus::Stale) => DriftKind::Stale,
                 _ => DriftKind::Missing,
             };
-            self.items.push(DriftItem {
-                entity,
-                kind,
-                key: Some(key),
-                cosmos_id: Some(s.document_id),
-                fields: Vec::new(),
-                values: None,
-                reason: None,
-                source_has_document: true,
-            });
+            out.items.push((
+                s.document_key,
+                DriftItem {
+                    entity,
+                    kind,
+                    key: Some(key),
+                    cosmos_id: Some(s.document_id),
+                    fields: Vec::new(),
+                    values: None,
+                    reason: None,
+                    source_has_document: true,
+                },
+            ));
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// What [`Verifier::compare_range`] found: the differences (with their document's key), the
+/// rows that matched, and the hashes of PostgreSQL's rows it read (a recheck's fingerprint).
+#[derive(Default)]
+struct Compared {
+    items: Vec<(Uuid, DriftItem)>,
+    matched: u64,
+    pg_hashes: Vec<String>,
 }
 
 /// Compares (`_ts`, `_etag`) of the source and of PostgreSQL's copy.

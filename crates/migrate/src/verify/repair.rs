@@ -124,6 +124,11 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> Plan {
                 p.left_alone += 1;
                 false
             }
+            // still being written: the write in flight delivers it, a re-copy would race it
+            DriftKind::Changing => {
+                p.left_alone += 1;
+                false
+            }
             DriftKind::Quarantined | DriftKind::SupersededDuplicate => false,
         };
         if recopy && let Some(id) = &item.cosmos_id {

@@ -55,6 +55,8 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> (BTreeSet<(String, Uuid)
             DriftKind::Quarantined
             | DriftKind::SupersededDuplicate
             | DriftKind::SupersededNotRecorded => false,
+            // still being written: the write in flight delivers it
+            DriftKind::Changing => false,
         };
         let container = item.entity.container();
         let key = item

@@ -249,3 +249,41 @@ async fn real_drift_is_still_reported_after_the_rechecks(pool: PgPool) {
     assert_eq!(report.entities, unchecked.entities);
     assert_eq!(unchecked.recheck.rounds, 0);
 }
+
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn a_document_written_at_every_recheck_is_reported_changing(pool: PgPool) {
+    let store = migrated_store(&pool, 12).await;
+    let id = some_account_id(&store).await;
+    // a write that has reached Cosmos and not PostgreSQL, and another one before every round
+    write_cosmos(&store, &id, None).await;
+    let hook = {
+        let (store, id) = (store.clone(), id.clone());
+        DescentHook::new(move || {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                write_cosmos(&store, &id, None).await;
+            }
+        })
+    };
+    let opts = VerifyOptions {
+        recheck_pause_ms: 10,
+        before_recheck_round: hook,
+        ..VerifyOptions::default()
+    };
+    let report = verify(&pool, &CosmosSource::new(store.clone()), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Drift, "{}", report.summary(10));
+    let drift: Vec<_> = report.drift().collect();
+    assert_eq!(drift.len(), 1, "{}", report.summary(10));
+    assert_eq!(drift[0].kind, DriftKind::Changing);
+    assert_eq!(drift[0].cosmos_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        drift[0].reason.as_deref(),
+        Some(format!("{}: stale", mystira_migrate::verify::CHANGING_REASON).as_str())
+    );
+    assert_eq!(report.recheck.rounds, 3);
+    assert_eq!(report.recheck.changing_documents, 1);
+    assert_eq!(report.recheck.cleared_items, 0);
+    assert_eq!(report.entities[&Entity::Accounts].changing, 1);
+}

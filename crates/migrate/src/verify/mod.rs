@@ -143,6 +143,9 @@ pub struct VerifyOptions {
     /// before PostgreSQL's side of it is read.
     #[serde(skip)]
     pub after_descent_read: DescentHook,
+    /// Test seam, unset in production: awaited before each recheck round.
+    #[serde(skip)]
+    pub before_recheck_round: DescentHook,
 }
 
 impl Default for VerifyOptions {
@@ -159,6 +162,7 @@ impl Default for VerifyOptions {
             recheck_pause_ms: 200,
             recheck_max_documents: 1000,
             after_descent_read: DescentHook::default(),
+            before_recheck_round: DescentHook::default(),
         }
     }
 }

@@ -81,9 +81,9 @@ pub struct RecheckSummary {
     pub not_rechecked: u64,
 }
 
-/// The test seam [`super::VerifyOptions::after_descent_read`]: an async callback awaited after
-/// each descent pass has read the source and before PostgreSQL's side is read. The default does
-/// nothing.
+/// The test seams [`super::VerifyOptions::after_descent_read`] (awaited after each descent
+/// pass has read the source and before PostgreSQL's side is read) and
+/// [`super::VerifyOptions::before_recheck_round`]: an async callback. The default does nothing.
 #[derive(Clone, Default)]
 pub struct DescentHook(Option<Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>);
 
@@ -201,6 +201,7 @@ impl Verifier<'_> {
                 tokio::time::sleep(Duration::from_millis(self.opts.recheck_pause_ms)).await;
             }
             self.recheck.rounds = round + 1;
+            self.opts.before_recheck_round.call().await;
             let this: &Self = self;
             let results: Vec<Round> = futures::stream::iter(pending.iter())
                 .map(|p| this.recheck_one(p.container, p.key, &p.id))

@@ -221,6 +221,36 @@ pub async fn quarantine<'e>(
     Ok(())
 }
 
+/// The quarantine entries of a page's documents (`$1` the container, `$2` the ids), one
+/// primary-key descent per id whatever the statistics (see [`resolve_quarantined`]): the
+/// `from` of a select whose rows are `e`.
+macro_rules! entries_by_key {
+    () => {
+        " from unnest($2::text[]) as d(id)
+          cross join lateral (select *, ctid from migration.quarantine
+                              where container = $1 and document_id = d.id offset 0) as e "
+    };
+}
+
+/// The open quarantine entries of `document_ids`: (document id, reason code, the quarantined
+/// copy's `_ts`), read by key (see [`resolve_quarantined`]).
+pub async fn open_entries<'e>(
+    exec: impl PgExecutor<'e>,
+    container: &str,
+    document_ids: &[String],
+) -> Result<Vec<(String, String, Option<i64>)>> {
+    sqlx::query_as(concat!(
+        "select e.document_id, e.reason_code, e.source_ts",
+        entries_by_key!(),
+        "where e.resolved_at is null"
+    ))
+    .bind(container)
+    .bind(document_ids)
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))
+}
+
 /// Marks quarantine entries resolved: the documents have now been migrated. Returns how many
 /// entries the documents have, resolved now or earlier.
 pub async fn resolve_quarantined<'e>(
@@ -228,19 +258,25 @@ pub async fn resolve_quarantined<'e>(
     container: &str,
     document_ids: &[String],
 ) -> Result<u64> {
-    // One probe of the primary key per id, whatever the number of open entries and whatever
-    // the statistics: the ids are an array the planner cannot count (an init plan), so it
-    // expects a few, and no condition names `resolved_at`, so the open-entries index (partial,
-    // `where resolved_at is null`) cannot serve it; an entry resolved already keeps its time.
-    // `document_id = any($2) and resolved_at is null` was planned over that index, comparing
-    // every open entry with every id (70 ms a page at 7,000 open entries; never analyzed, as
-    // during a load, the quarantine looks as if it held almost none open: 25 ms a page at
-    // 36,000, 92 s of a million-account initial load), and a join with `unnest($2)` as a
-    // hash of every open entry per page (7.4 ms a page at 36,000, 27 s of that load; issue 33).
-    sqlx::query(
-        "update migration.quarantine q set resolved_at = coalesce(q.resolved_at, now())
-         where q.container = $1 and q.document_id = any(array(select unnest($2::text[])))",
-    )
+    // One descent of the primary key per id, whatever the number of entries and whatever the
+    // statistics, in a lateral subquery the planner may not flatten (`offset 0`: both of the
+    // key's columns equal, one row expected), and the update by row address (a TID scan). No
+    // condition names `resolved_at`, so the open-entries index (partial) cannot serve it; an
+    // entry resolved already keeps its time. Each earlier form read a whole table per page at
+    // some statistics (issue 33): `document_id = any($2) and resolved_at is null` went over
+    // the open-entries index, comparing every open entry with every id (25 ms a page at 36,000
+    // never analyzed, 92 s of a million-account initial load); a join with `unnest($2)`
+    // hashed every open entry (7.4 ms a page, 27 s of that load); and
+    // `document_id = any(array(select unnest($2)))`, the key's second column, was left out of
+    // the index condition and used as a filter over every entry of the container when the
+    // quarantine had last been analyzed while it held another container's entries (965 ms a
+    // page at 36,000).
+    sqlx::query(concat!(
+        "update migration.quarantine set resolved_at = coalesce(resolved_at, now())
+         where ctid = any(array(select e.ctid",
+        entries_by_key!(),
+        "))"
+    ))
     .bind(container)
     .bind(document_ids)
     .execute(exec)

@@ -194,24 +194,15 @@ pub(crate) async fn read_docs(
 
     // Open quarantine entries of this page. An entry for an older version than the source's
     // does not cover it: the document changed since, and the change has not been copied.
-    // The ids are an array the planner cannot count (an init plan), so it reads them by the
-    // primary key, one probe each, however many entries are open (see
+    // Read by key, one probe each, whatever the statistics (see
     // `bookkeeping::resolve_quarantined`).
     let ids: Vec<String> = out.iter().map(|d| d.document_id.clone()).collect();
     let quarantined: HashMap<String, (String, Option<i64>)> =
-        sqlx::query_as::<_, (String, String, Option<i64>)>(
-            "select document_id, reason_code, source_ts from migration.quarantine
-         where container = $1 and document_id = any(array(select unnest($2::text[])))
-           and resolved_at is null",
-        )
-        .bind(container)
-        .bind(&ids)
-        .fetch_all(pool)
-        .await
-        .map_err(sql)?
-        .into_iter()
-        .map(|(id, reason, ts)| (id, (reason, ts)))
-        .collect();
+        mystira_postgres::bookkeeping::open_entries(pool, container, &ids)
+            .await?
+            .into_iter()
+            .map(|(id, reason, ts)| (id, (reason, ts)))
+            .collect();
     for doc in &mut out {
         if let Some((reason, q_ts)) = quarantined.get(&doc.document_id)
             && q_ts.is_none_or(|q| doc.ts <= q)

@@ -5,168 +5,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use mystira_migrate::phase::{GateConfig, PhaseWatcher};
-use mystira_postgres::phase::Phase;
+use axum::http::{Request, StatusCode, header};
 use mystira_server::auth::DevKey;
-use mystira_server::{
-    AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings, TrustedProxies,
-};
+use mystira_server::{RateLimit, TrustedProxies};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
-const ISS: &str = "mystira-users-test";
-const AUD: &str = "mystira-users";
-
-struct Api {
-    app: Router,
-    key: DevKey,
-    mail: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
-    headers: HeaderMap,
-}
-
-impl Api {
-    fn new(pool: PgPool, tune: impl FnOnce(&mut SignupSettings)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
-        let mail = dir.path().join("mail.jsonl");
-        let mut signups = SignupSettings {
-            mailer: Some(FileMailer::new(&mail)),
-            ..SignupSettings::default()
-        };
-        tune(&mut signups);
-        let state = AppState {
-            domain: Domain::postgres(&pool),
-            pool,
-            cosmos: None,
-            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
-            metrics: Arc::new(Metrics::new()),
-            signups: Arc::new(signups),
-            auth: Arc::new(key.authenticator(ISS, AUD)),
-            probe_timeout: Duration::from_secs(2),
-            gates: GateConfig::default(),
-        };
-        Self {
-            app: mystira_server::app(state),
-            key,
-            mail,
-            _dir: dir,
-        }
-    }
-
-    fn token(&self, sub: &str, role: Option<&str>) -> String {
-        self.key.token(sub, role, ISS, AUD, 600).unwrap()
-    }
-
-    /// A user's token with a verified `email` claim: what an account with that email needs
-    /// (tests/input_rules.rs tests the proof).
-    fn token_proving(&self, sub: &str, email: &str) -> String {
-        let email = mystira_server::auth::EmailClaim {
-            email,
-            verified: true,
-        };
-        self.key
-            .token_with_email(sub, None, email, ISS, AUD, 600)
-            .unwrap()
-    }
-
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            body,
-            text,
-            headers,
-        }
-    }
-
-    /// A call as `token` (none when `None`), with a JSON body when one is given, from
-    /// `client` when one is given.
-    async fn call_from(
-        &self,
-        client: Option<SocketAddr>,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut builder = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let mut request = match body {
-            Some(b) => builder
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string()))
-                .unwrap(),
-            None => builder.body(Body::empty()).unwrap(),
-        };
-        if let Some(addr) = client {
-            request.extensions_mut().insert(ConnectInfo(addr));
-        }
-        self.send(request).await
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        self.call_from(None, method, uri, token, body).await
-    }
-
-    /// The newest code mailed to `email`.
-    fn mailed_code(&self, email: &str) -> String {
-        let text = std::fs::read_to_string(&self.mail).unwrap();
-        let line = text
-            .lines()
-            .rev()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|m| m["to"] == email)
-            .unwrap();
-        line["code"].as_str().unwrap().to_owned()
-    }
-}
-
-fn code_of(reply: &Reply) -> &str {
-    reply.body["code"].as_str().unwrap_or("")
-}
-
-#[track_caller]
-fn expect(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(code_of(reply), code, "{}", reply.text);
-    assert_eq!(
-        reply.headers[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-}
+mod support;
+use support::{AUD, Api, ISS, expect_problem as expect};
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_user_reaches_only_their_own_account_profiles_badges_and_scenarios(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let alice = api.token_proving("auth0|alice", "alice@example.com");
     let bob = api.token("auth0|bob", None);
     let admin = api.token("auth0|ops", Some("Admin"));
@@ -482,7 +336,7 @@ async fn a_user_reaches_only_their_own_account_profiles_badges_and_scenarios(poo
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn bad_tokens_are_refused_before_anything_is_read(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let dir = tempfile::tempdir().unwrap();
     let stranger = DevKey::load_or_create(&dir.path().join("other.p8")).unwrap();
     let uri = "/v1/accounts/00000000-0000-4000-8000-000000000001";
@@ -526,7 +380,7 @@ async fn bad_tokens_are_refused_before_anything_is_read(pool: PgPool) {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn bad_bodies_are_named_without_quoting_what_was_sent(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let alice = api.token_proving("auth0|alice", "alice@example.com");
     let cases = [
         (
@@ -638,7 +492,7 @@ async fn bad_bodies_are_named_without_quoting_what_was_sent(pool: PgPool) {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_signup_code_verifies_once_and_locks_after_wrong_guesses(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let request = json!({"email": "new@example.com", "display_name": "New"});
     let accepted = api
         .call("POST", "/v1/signups", None, Some(request.clone()))
@@ -736,7 +590,7 @@ async fn a_signup_code_verifies_once_and_locks_after_wrong_guesses(pool: PgPool)
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn signups_are_rate_limited_per_email_and_per_client(pool: PgPool) {
-    let api = Api::new(pool.clone(), |s| {
+    let api = Api::tuned(pool.clone(), |s| {
         s.per_email = RateLimit {
             max: 2,
             window: Duration::from_secs(600),
@@ -797,7 +651,7 @@ async fn signups_are_rate_limited_per_email_and_per_client(pool: PgPool) {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn behind_a_trusted_proxy_the_forwarded_client_has_the_budget(pool: PgPool) {
-    let api = Api::new(pool, |s| {
+    let api = Api::tuned(pool, |s| {
         s.per_client = RateLimit {
             max: 1,
             window: Duration::from_secs(600),
@@ -839,7 +693,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_has_the_budget(pool: PgPool
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn the_openapi_document_describes_every_route(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let doc = api.call("GET", "/openapi.json", None, None).await;
     assert_eq!(doc.status, StatusCode::OK);
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -888,14 +742,17 @@ async fn the_openapi_document_describes_every_route(pool: PgPool) {
             }
         }
     }
-    assert_eq!(doc.body["paths"]["/v1/signups"]["post"]["security"], json!([]));
+    assert_eq!(
+        doc.body["paths"]["/v1/signups"]["post"]["security"],
+        json!([])
+    );
 }
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_values(
     pool: PgPool,
 ) {
-    let api = Api::new(pool.clone(), |_| {});
+    let api = Api::new(pool.clone());
     let admin = api.token("auth0|ops", Some("Admin"));
     let user = api.token_proving("auth0|alice", "alice@example.com");
     let to_phase_1 = json!({"phase": "dual-write-cosmos-read", "reason": "canary week"});
@@ -1075,7 +932,7 @@ async fn admins_move_the_phase_through_the_gates_and_read_the_backlogs_without_v
 /// a sign-up's email is stored lower-cased (the app's partition key for it).
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn account_settings_keep_an_id_and_signup_emails_are_stored_lower_cased(pool: PgPool) {
-    let api = Api::new(pool.clone(), |_| {});
+    let api = Api::new(pool.clone());
     let carol = api.token_proving("auth0|carol", "carol@example.com");
     let created = api
         .call(

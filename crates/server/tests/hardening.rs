@@ -4,106 +4,22 @@
 //! the binary's: crates/cli/tests/serve.rs.)
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
-use mystira_server::auth::{Authenticator, DevKey};
-use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};
-use serde_json::Value;
+use mystira_server::auth::Authenticator;
+use mystira_server::{FileMailer, SignupSettings};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
-const ISS: &str = "mystira-users-test";
-const AUD: &str = "mystira-users";
+mod support;
+use support::{AUD, Api, ISS, expect_problem};
 
-struct Service {
-    app: Router,
-    key: DevKey,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-    body: Value,
-}
-
-impl Service {
-    /// In development mode (the development key's tokens), in postgres-only, with no Cosmos
-    /// account.
-    fn new(pool: PgPool) -> Self {
-        Self::with(pool, Phase::PostgresOnly, None)
-    }
-
-    /// In `phase`, with no Cosmos account; in production with `auth`, else in development.
-    fn with(pool: PgPool, phase: Phase, auth: Option<Authenticator>) -> Self {
-        Self::with_signups(pool, phase, auth, SignupSettings::default())
-    }
-
-    fn with_signups(
-        pool: PgPool,
-        phase: Phase,
-        auth: Option<Authenticator>,
-        signups: SignupSettings,
-    ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
-        let state = AppState {
-            domain: Domain::postgres(&pool),
-            pool,
-            cosmos: None,
-            phase: PhaseWatcher::fixed(phase),
-            metrics: Arc::new(Metrics::new()),
-            signups: Arc::new(signups),
-            auth: Arc::new(auth.unwrap_or_else(|| key.authenticator(ISS, AUD))),
-            probe_timeout: Duration::from_secs(2),
-            gates: GateConfig::default(),
-        };
-        Self {
-            app: mystira_server::app(state),
-            key,
-            _dir: dir,
-        }
-    }
-
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        }
-    }
-
-    async fn get(&self, uri: &str) -> Reply {
-        self.send(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-    }
-}
-
-#[track_caller]
-fn expect_problem(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(
-        reply.headers[header::CONTENT_TYPE],
-        "application/problem+json",
-        "{status}: {}",
-        reply.text
-    );
-    assert_eq!(reply.body["code"], code, "{}", reply.text);
-    assert_eq!(reply.body["status"], status.as_u16(), "{}", reply.text);
+/// The application in `phase`, in production with `auth` else in development, with the
+/// default sign-up settings (no mailer).
+fn service_in(pool: PgPool, phase: Phase, auth: Option<Authenticator>) -> Api {
+    Api::with(pool, phase, auth, |s| *s = SignupSettings::default())
 }
 
 /// The series lines of a scrape (comments left out).
@@ -113,7 +29,7 @@ fn series(text: &str) -> Vec<&str> {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn made_up_methods_do_not_grow_the_metrics(pool: PgPool) {
-    let service = Service::new(pool);
+    let service = service_in(pool, Phase::PostgresOnly, None);
     let made_up = |i: usize| {
         // a valid HTTP token, 2 KB long and different every time
         Method::from_bytes(format!("M{i:05}{}", "X".repeat(2_000)).as_bytes()).unwrap()
@@ -169,7 +85,7 @@ async fn made_up_methods_do_not_grow_the_metrics(pool: PgPool) {
 
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn every_error_is_problem_json_with_a_stable_code(pool: PgPool) {
-    let service = Service::new(pool);
+    let service = service_in(pool, Phase::PostgresOnly, None);
     let token = service
         .key
         .token("auth0|someone", None, ISS, AUD, 600)
@@ -261,7 +177,7 @@ async fn every_error_is_problem_json_with_a_stable_code(pool: PgPool) {
 async fn readiness_describes_the_stores_this_process_uses(pool: PgPool) {
     // development with no Cosmos account: the API answers from PostgreSQL whatever the phase,
     // so the process is ready in cosmos-only and says what it serves from
-    let service = Service::with(pool.clone(), Phase::CosmosOnly, None);
+    let service = service_in(pool.clone(), Phase::CosmosOnly, None);
     let reply = service.get("/readyz").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.body["phase"], "cosmos-only");
@@ -275,13 +191,13 @@ async fn readiness_describes_the_stores_this_process_uses(pool: PgPool) {
         "/tests/fixtures/auth0-test-jwks.json"
     ));
     let production = || Authenticator::from_jwks_file(jwks, "https://issuer/", AUD).unwrap();
-    let service = Service::with(pool.clone(), Phase::PostgresOnly, Some(production()));
+    let service = service_in(pool.clone(), Phase::PostgresOnly, Some(production()));
     let reply = service.get("/readyz").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.body["checks"][1]["needed"], false, "{}", reply.text);
     // ... and should the phase move back to one that writes Cosmos, it is not ready, and the
     // answer says how to fix it
-    let service = Service::with(pool, Phase::DualWritePostgresRead, Some(production()));
+    let service = service_in(pool, Phase::DualWritePostgresRead, Some(production()));
     let reply = service.get("/readyz").await;
     expect_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     let detail = reply.body["detail"].as_str().unwrap();
@@ -295,7 +211,7 @@ async fn readiness_describes_the_stores_this_process_uses(pool: PgPool) {
 async fn a_client_that_does_not_read_its_answer_is_closed_after_the_idle_timeout(pool: PgPool) {
     use mystira_server::connections::{Limits, serve_connection};
     use tokio::io::AsyncWriteExt as _;
-    let service = Service::new(pool);
+    let service = service_in(pool, Phase::PostgresOnly, None);
     // a pipe of 1 KiB: the OpenAPI document (tens of KiB) cannot be written whole into it
     let (mut client, server) = tokio::io::duplex(1024);
     let limits = Limits {
@@ -379,15 +295,12 @@ async fn the_mail_file_is_never_a_link_another_users_or_open_to_others(pool: PgP
 
     // checked at every mail too: a link put in place of the file after start is not written
     // through, and the request is answered 503 mail_failed
-    let service = Service::with_signups(
-        pool,
-        Phase::PostgresOnly,
-        None,
-        SignupSettings {
+    let service = Api::with(pool, Phase::PostgresOnly, None, |s| {
+        *s = SignupSettings {
             mailer: Some(FileMailer::new(&link)),
             ..SignupSettings::default()
-        },
-    );
+        }
+    });
     let reply = service
         .send(
             Request::post("/v1/signups")

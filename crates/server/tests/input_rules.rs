@@ -5,126 +5,21 @@
 //! value; values stored before these rules still load and do not block other changes.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use mystira_domain::ports::ProfileRepository as _;
 use mystira_domain::{AgeGroup, Secret, UserProfile};
-use mystira_migrate::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::PgProfileRepository;
 use mystira_postgres::phase::Phase;
-use mystira_server::auth::{Authenticator, DevKey, EmailClaim};
-use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};
+use mystira_server::auth::Authenticator;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 
-const ISS: &str = "mystira-users-test";
-const AUD: &str = "mystira-users";
+mod support;
+use support::{Api, Reply};
 
-struct Api {
-    app: Router,
-    key: DevKey,
-    mail: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
-    content_type: String,
-}
-
+/// What these tests ask of the application besides the shared calls.
 impl Api {
-    fn new(pool: PgPool) -> Self {
-        Self::with_auth(pool, None)
-    }
-
-    /// With `auth` (production: a JWKS), else trusting the development key.
-    fn with_auth(pool: PgPool, auth: Option<Authenticator>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
-        let mail = dir.path().join("mail.jsonl");
-        let state = AppState {
-            domain: Domain::postgres(&pool),
-            pool,
-            cosmos: None,
-            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
-            metrics: Arc::new(Metrics::new()),
-            signups: Arc::new(SignupSettings {
-                mailer: Some(FileMailer::new(&mail)),
-                ..SignupSettings::default()
-            }),
-            auth: Arc::new(auth.unwrap_or_else(|| key.authenticator(ISS, AUD))),
-            probe_timeout: Duration::from_secs(2),
-            gates: GateConfig::default(),
-        };
-        Self {
-            app: mystira_server::app(state),
-            key,
-            mail,
-            _dir: dir,
-        }
-    }
-
-    /// A user's token without an `email` claim.
-    fn token(&self, sub: &str) -> String {
-        self.key.token(sub, None, ISS, AUD, 600).unwrap()
-    }
-
-    fn admin(&self) -> String {
-        self.key
-            .token("auth0|ops", Some("Admin"), ISS, AUD, 600)
-            .unwrap()
-    }
-
-    /// A user's token whose `email` is `email`, verified or not.
-    fn token_with(&self, sub: &str, email: &str, verified: bool) -> String {
-        self.key
-            .token_with_email(sub, None, EmailClaim { email, verified }, ISS, AUD, 600)
-            .unwrap()
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut builder = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let request = match body {
-            Some(b) => builder
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string()))
-                .unwrap(),
-            None => builder.body(Body::empty()).unwrap(),
-        };
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            content_type,
-        }
-    }
-
     /// Creates `sub`'s account with `email`, proven by a verified `email` claim; its id.
     async fn account(&self, sub: &str, email: &str) -> String {
         let token = self.token_with(sub, email, true);
@@ -143,19 +38,13 @@ impl Api {
     /// Requests a sign-up for `email` and types its mailed code back: the sign-up's id.
     async fn completed_signup(&self, email: &str) -> String {
         let id = self.requested_signup(email).await;
-        let text = std::fs::read_to_string(&self.mail).unwrap();
-        let mail: Value = text
-            .lines()
-            .rev()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|m| m["to"] == email)
-            .unwrap();
+        let code = self.mailed_code(email);
         let verified = self
             .call(
                 "POST",
                 "/v1/signups/verify",
                 None,
-                Some(json!({"email": email, "code": mail["code"]})),
+                Some(json!({"email": email, "code": code})),
             )
             .await;
         assert_eq!(verified.status, StatusCode::OK, "{}", verified.text);
@@ -203,7 +92,7 @@ fn refused(reply: &Reply, status: StatusCode, code: &str, field: &str, values: &
     // an accepted oversize body would print megabytes
     let shown: String = reply.text.chars().take(400).collect();
     assert_eq!(reply.status, status, "{shown}");
-    assert_eq!(reply.content_type, "application/problem+json", "{shown}");
+    assert_eq!(reply.content_type(), "application/problem+json", "{shown}");
     assert_eq!(reply.body["code"], code, "{shown}");
     assert_eq!(reply.body["field"], field, "{shown}");
     for value in values {
@@ -221,7 +110,7 @@ async fn an_account_takes_only_an_email_its_owner_proved(pool: PgPool) {
 
     // mallory types bob's address: without a claim, with an unverified one, with her own
     let attempts = [
-        api.token("auth0|mallory"),
+        api.token("auth0|mallory", None),
         api.token_with("auth0|mallory", "bob@example.com", false),
         api.token_with("auth0|mallory", "mallory@example.com", true),
     ];
@@ -293,7 +182,7 @@ async fn an_account_takes_only_an_email_its_owner_proved(pool: PgPool) {
         .call(
             "PATCH",
             &format!("/v1/accounts/{mallory}"),
-            Some(&api.token("auth0|mallory")),
+            Some(&api.token("auth0|mallory", None)),
             Some(json!({"email": "MALLORY@example.com", "display_name": "Mal"})),
         )
         .await;
@@ -328,7 +217,7 @@ async fn an_account_takes_only_an_email_its_owner_proved(pool: PgPool) {
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_completed_signup_proves_its_address_for_an_hour_after_its_code_expires(pool: PgPool) {
     let api = Api::new(pool.clone());
-    let carol = api.token("auth0|carol");
+    let carol = api.token("auth0|carol", None);
     let create = |signup: &str, email: &str| json!({"email": email, "display_name": "Carol", "signup_id": signup});
 
     // requested but not completed: no proof yet
@@ -417,7 +306,7 @@ async fn a_completed_signup_proves_its_address_for_an_hour_after_its_code_expire
         .call(
             "POST",
             "/v1/accounts",
-            Some(&api.token("auth0|carol-2")),
+            Some(&api.token("auth0|carol-2", None)),
             Some(create(&done, "carol@example.com")),
         )
         .await;
@@ -801,7 +690,7 @@ async fn the_providers_email_claims_prove_an_address_only_when_verified(pool: Pg
         "/tests/fixtures/auth0-test-jwks.json"
     ));
     let auth = Authenticator::from_jwks_file(jwks, AUTH0_ISS, AUTH0_API).unwrap();
-    let api = Api::with_auth(pool, Some(auth));
+    let api = Api::with(pool, Phase::PostgresOnly, Some(auth), |_| {});
     let create = |email: &str| json!({"email": email, "display_name": "P"});
     for (n, (email, verified)) in [
         (json!("p0@example.com"), json!(false)),

@@ -6,100 +6,39 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use mystira_migrate::phase::{GateConfig, PhaseWatcher};
-use mystira_postgres::phase::Phase;
-use mystira_server::auth::DevKey;
-use mystira_server::{AppState, Domain, FileMailer, Metrics, RateLimit, SignupSettings};
+use axum::http::{StatusCode, header};
+use mystira_server::RateLimit;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 const EMAIL: &str = "victim@example.com";
 
-struct Api {
-    app: Router,
-    mail: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
-    headers: HeaderMap,
-}
+mod support;
+use support::{Api, Reply};
 
 impl Reply {
-    fn code(&self) -> &str {
-        self.body["code"].as_str().unwrap_or_default()
-    }
-
     /// A refusal: problem+json with a stable code.
     fn refused(&self, status: StatusCode, code: &str) -> bool {
         self.status == status
             && self.code() == code
-            && self.headers[header::CONTENT_TYPE] == "application/problem+json"
+            && self.content_type() == "application/problem+json"
     }
 }
 
+/// What these tests ask of the application: requests from a client address of their choosing.
 impl Api {
-    fn new(pool: PgPool, tune: impl FnOnce(&mut SignupSettings)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DevKey::load_or_create(&dir.path().join("key.p8")).unwrap();
-        let mail = dir.path().join("mail.jsonl");
-        let mut signups = SignupSettings {
-            mailer: Some(FileMailer::new(&mail)),
-            ..SignupSettings::default()
-        };
-        tune(&mut signups);
-        let state = AppState {
-            domain: Domain::postgres(&pool),
-            pool,
-            cosmos: None,
-            phase: PhaseWatcher::fixed(Phase::PostgresOnly),
-            metrics: Arc::new(Metrics::new()),
-            signups: Arc::new(signups),
-            auth: Arc::new(key.authenticator("iss", "aud")),
-            probe_timeout: Duration::from_secs(2),
-            gates: GateConfig::default(),
-        };
-        Self {
-            app: mystira_server::app(state),
-            mail,
-            _dir: dir,
-        }
-    }
-
     async fn post(&self, from: &str, uri: &str, body: Value) -> Reply {
-        let mut request = Request::builder()
-            .method("POST")
-            .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
         let ip: IpAddr = from.parse().unwrap();
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            headers,
-        }
+        self.call_from(
+            Some(SocketAddr::new(ip, 40000)),
+            "POST",
+            uri,
+            None,
+            Some(body),
+        )
+        .await
     }
 
     /// Asks for a code for `email` from `from`; the code mailed.
@@ -154,7 +93,7 @@ fn wrong_codes(replies: &[Reply]) -> usize {
 /// Before the fix each sign-up took 5 (15 compared here, 25 an hour with 5 sign-ups).
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn guesses_are_bounded_per_email_across_signups_and_client_addresses(pool: PgPool) {
-    let api = Api::new(pool.clone(), |_| {});
+    let api = Api::new(pool.clone());
     // the requester asks from one /64 and guesses from five other addresses of it
     let requester = |n: usize| format!("2001:db8:aa:1::{}", n + 1);
     let mut replies = Vec::new();
@@ -220,7 +159,7 @@ async fn guesses_are_bounded_per_email_across_signups_and_client_addresses(pool:
 /// an IPv4 client by its address, and an IPv4-mapped IPv6 address as its IPv4 address.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn ipv6_addresses_of_one_64_share_a_client_budget(pool: PgPool) {
-    let api = Api::new(pool, |s| {
+    let api = Api::tuned(pool, |s| {
         s.per_client = RateLimit {
             max: 3,
             window: Duration::from_secs(600),
@@ -277,7 +216,7 @@ async fn ipv6_addresses_of_one_64_share_a_client_budget(pool: PgPool) {
 /// newest has been used (before the fix it did: the older sign-up was the newest unused one).
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn a_superseded_code_is_refused_after_the_newest_is_used(pool: PgPool) {
-    let api = Api::new(pool.clone(), |_| {});
+    let api = Api::new(pool.clone());
     let client = "203.0.113.7";
     let old = api.ask(client, EMAIL).await;
     let mut new = api.ask(client, EMAIL).await;
@@ -313,7 +252,7 @@ async fn a_superseded_code_is_refused_after_the_newest_is_used(pool: PgPool) {
 /// Before the fix five wrong guesses from anyone locked the sign-up (423 for the victim).
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn the_victim_finishes_with_the_newest_code_after_others_spent_the_budget(pool: PgPool) {
-    let api = Api::new(pool, |_| {});
+    let api = Api::new(pool);
     let victim = "203.0.113.7";
     let code = api.ask(victim, EMAIL).await;
     let wrong = other_than(&code);
@@ -340,7 +279,7 @@ async fn the_victim_finishes_with_the_newest_code_after_others_spent_the_budget(
 /// come.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn ended_guess_state_is_swept(pool: PgPool) {
-    let api = Api::new(pool.clone(), |_| {});
+    let api = Api::new(pool.clone());
     sqlx::query(
         "insert into service.signup_guesses (email_hash, window_start, expires_at)
          select 'old' || n, now() - interval '2 hours', now() - interval '1 hour'

@@ -19,18 +19,20 @@
 //! skipped in lists with a `tracing` warning naming the container, the reason code and the field
 //! (never a value or an id), and is [`RepoError::Store`] for a point lookup.
 //!
-//! Every write encodes through the codec's `encode_*` (the current EF Core 9 shape), then
-//! *merges* onto the stored document: properties the codec does not know are carried over (a
-//! newer app version may have added them), system properties (`_rid`, `_etag`, ...) are
-//! dropped, the partition-key property is kept exactly as stored (it cannot change in a
-//! replace), and embedded parts that the write does not touch (`EarnedBadges`,
-//! `UserProfileIds`, `Subscription`, ...) are kept verbatim. What that document means is then
-//! merged onto the stored document property by property, as a phase-2 delivery merges
-//! PostgreSQL's state (`by_meaning`, `codec::{account,profile,signup}_document`): a property
-//! whose stored text already means what the write says keeps its text (a date's digits and
-//! offset, an id's spelling, EF 8's `Discriminator`, `Auth0UserId` while the user id is the
-//! same), so a write changes only what it changed, as the app's would, and never drops
-//! duplicate badges.
+//! Every write changes the stored document with the functions a phase-2 delivery uses
+//! (`codec::{account,profile,signup}_document(Some(stored), ...)`, given the domain values the
+//! write means: the stored ones it does not change, decoded from the same document, and the
+//! ones it changes): a property whose stored text already means what the write says keeps its
+//! text (a date's digits and offset, an id's spelling, EF 8's `Discriminator`, `Auth0UserId`
+//! while the user id is the same), unknown properties stay at every depth, system properties
+//! are left to Cosmos, and embedded items are matched, never rebuilt (duplicate badges stay).
+//! So a write changes only what it changed, as the app's would. Creates encode the entity in
+//! the current EF Core 9 shape.
+//!
+//! A subscription's `created_at`/`updated_at` have no place in the app's `Subscription`: a
+//! write never adds `CreatedAt`/`UpdatedAt` to it (it keeps them up to date only where an
+//! older writer left them, as a delivery does), and what a read returns for them is derived
+//! (see [`CosmosSubscriptionRepository`]).
 //!
 //! # Ids
 //! A document's `id` is the entity's Cosmos id (its original string, or the canonical text of
@@ -76,8 +78,12 @@
 //!   when documents are skipped (undecodable, or in `list_active` not active at `now`): follow
 //!   `next` until it is `None`. `list_active` pages over account documents, so its cursor is the
 //!   owning account's key, not the subscription's id.
-//! * **Timestamps** keep 100 ns ticks (PostgreSQL: microseconds); `updated_at` of a subscription
-//!   or profile is set to this process's clock on a write (PostgreSQL: the server's `now()`), and
+//! * **Timestamps** keep 100 ns ticks (PostgreSQL: microseconds); `updated_at` of a profile is
+//!   set to this process's clock on a write (PostgreSQL: the server's `now()`); a subscription's
+//!   `created_at`/`updated_at` are derived on every read (`StartDate`, else the account's
+//!   `CreatedAt`; the document's `_ts`, the time of the document's last write, whatever it
+//!   changed) unless the stored subscription has them (PostgreSQL keeps `created_at` and sets
+//!   `updated_at` to `now()` on an upsert); and
 //!   `cleanup_expired` compares with this process's clock as well (Cosmos queries cannot compare
 //!   the app's date strings reliably: their offsets and digit counts vary).
 //! * **Emails** are matched ignoring case with `LOWER(...)`; the partition key of a sign-up is
@@ -97,7 +103,7 @@ use chrono::{DateTime, Utc};
 use mystira_cosmos::codec::{self, DecodeError};
 use mystira_domain::error::{ConflictKind, RepoError};
 use mystira_domain::ports::{Page, PageRequest, RepoResult};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::PartitionKey;
@@ -257,9 +263,6 @@ pub(crate) enum Step<R> {
     /// Replace the document with this one (if nobody wrote in between), then return the result.
     Write(Value, R),
 }
-
-/// Legacy properties that the current shape replaces; kept, they could contradict new values.
-const REPLACED_ALIASES: [&str; 3] = ["Discriminator", "Auth0UserId", "Id"];
 
 /// One container of the user domain with the operations every repository shares.
 #[derive(Debug, Clone)]
@@ -585,46 +588,87 @@ impl Docs {
         Err(self.contended())
     }
 
+    /// [`Docs::modify`] that returns the document as Cosmos holds it afterwards: the one
+    /// written, with the `_ts` and `_etag` Cosmos gave it, or the stored one when `step` writes
+    /// nothing (`None`). For a result derived from the written version (a subscription's
+    /// `updated_at` is its `_ts`).
+    pub(crate) async fn modify_returning(
+        &self,
+        key: Uuid,
+        mut step: impl FnMut(&Found) -> RepoResult<Option<Value>> + Send,
+    ) -> RepoResult<Option<Value>> {
+        let Some(mut found) = self.locate(key).await? else {
+            return Ok(None);
+        };
+        for attempt in 0..WRITE_ATTEMPTS {
+            match step(&found)? {
+                None => return Ok(Some(found.doc)),
+                Some(doc) => {
+                    if let Some(stored) = self.replace_returning(&found, &doc).await? {
+                        return Ok(Some(stored));
+                    }
+                }
+            }
+            backoff(attempt).await;
+            found = match self.reread(&found).await? {
+                Some(fresh) => fresh,
+                None => return Ok(None),
+            };
+        }
+        Err(self.contended())
+    }
+
+    /// [`Docs::replace`] returning the document Cosmos stored (`None`: the ETag is stale or the
+    /// document is gone; re-read and decide again). A service that sends no body is asked for
+    /// the document; if it is gone by then, the document sent is returned.
+    async fn replace_returning(&self, found: &Found, doc: &Value) -> RepoResult<Option<Value>> {
+        let etag = found.etag.as_deref().ok_or_else(|| {
+            RepoError::Store(format!(
+                "a document in {} was read without an etag",
+                self.kind
+            ))
+        })?;
+        let stored = match self
+            .container
+            .replace_if_match_returning(found.partition.clone(), &found.doc_id, doc, etag)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PreconditionFailed | ErrorKind::NotFound
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        let document = match stored.document {
+            Some(document) => Some(document),
+            None => self
+                .container
+                .read::<Value>(found.partition.clone(), &found.doc_id)
+                .await
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value),
+        };
+        if let Some(document) = &document
+            && capture::capturing()
+        {
+            capture::record(WrittenDocument::Stored {
+                container: self.kind,
+                document: document.clone(),
+            });
+        }
+        Ok(Some(document.unwrap_or_else(|| doc.clone())))
+    }
+
     pub(crate) fn contended(&self) -> RepoError {
         RepoError::Unavailable(format!(
             "a document in {} kept changing concurrently ({WRITE_ATTEMPTS} attempts); retry",
             self.kind
         ))
-    }
-
-    /// The encoded document merged onto the stored one (see the module docs): unknown stored
-    /// properties stay, system properties and replaced aliases go, `keep_raw` properties and the
-    /// partition-key property stay exactly as stored.
-    pub(crate) fn merge(&self, stored: &Value, encoded: Value, keep_raw: &[&str]) -> Value {
-        let candidate = self.merge_shape(stored, encoded, keep_raw);
-        by_meaning(self.kind, stored, candidate)
-    }
-
-    fn merge_shape(&self, stored: &Value, encoded: Value, keep_raw: &[&str]) -> Value {
-        let Value::Object(encoded) = encoded else {
-            return encoded;
-        };
-        let stored = stored.as_object().cloned().unwrap_or_default();
-        let mut out: Map<String, Value> = stored
-            .iter()
-            .filter(|(k, _)| !k.starts_with('_') && !REPLACED_ALIASES.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in encoded {
-            if keep_raw.contains(&k.as_str()) && stored.contains_key(&k) {
-                continue;
-            }
-            out.insert(k, v);
-        }
-        if let [top] = self.pk_path.as_slice()
-            && top != "id"
-        {
-            match stored.get(top) {
-                Some(v) => out.insert(top.clone(), v.clone()),
-                None => out.remove(top),
-            };
-        }
-        Value::Object(out)
     }
 
     /// The `id` to continue a keyset page after: the document id of the document with key
@@ -707,67 +751,18 @@ pub(crate) async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
-/// What a write means (`candidate`, the stored document with the write's properties in the
-/// current shape) merged onto `stored` the way a phase-2 delivery merges PostgreSQL's state
-/// (`codec::{account,profile,signup}_document`): a property whose stored value already means
-/// what the write says keeps its stored text (a date's digits and offset, an id's spelling, a
-/// legacy alias), so a phase-0/1 write changes only what it changed, as the app's would. A
-/// candidate the codec cannot read is written as it is.
-fn by_meaning(kind: codec::Container, stored: &Value, candidate: Value) -> Value {
-    match kind {
-        codec::Container::Accounts => match codec::decode_account(&candidate) {
-            Ok(d) => {
-                let mut doc = codec::account_document(
-                    Some(stored),
-                    &d.account,
-                    d.subscription.as_ref(),
-                    &d.completed_scenarios,
-                );
-                // this repository's subscription keeps its own times (created_at kept,
-                // updated_at the time of the write, as PostgreSQL's), which the app's
-                // `Subscription` has no place for: written with a write that changes the
-                // subscription, never by another write
-                let times = |v: &Value| {
-                    ["CreatedAt", "UpdatedAt"].map(|n| v.get("Subscription")?.get(n).cloned())
-                };
-                let changed = doc.get("Subscription") != stored.get("Subscription");
-                if changed && let Some(Value::Object(sub)) = doc.get_mut("Subscription") {
-                    for (name, value) in ["CreatedAt", "UpdatedAt"].iter().zip(times(&candidate)) {
-                        if let Some(value) = value {
-                            sub.insert((*name).to_owned(), value);
-                        }
-                    }
-                }
-                doc
-            }
-            Err(_) => candidate,
-        },
-        codec::Container::UserProfiles => match codec::decode_profile(&candidate) {
-            Ok(d) => {
-                let account_id = candidate.get("AccountId").filter(|v| !v.is_null());
-                let mut doc = codec::profile_document(
-                    Some(stored),
-                    &d.profile,
-                    &d.badges,
-                    account_id.and_then(Value::as_str),
-                );
-                // a write that unsets the account: the merge keeps a stored reference
-                // PostgreSQL cannot hold, the write means to clear it
-                if account_id.is_none()
-                    && let Some(obj) = doc.as_object_mut()
-                {
-                    match candidate.get("AccountId") {
-                        Some(v) => obj.insert("AccountId".into(), v.clone()),
-                        None => obj.remove("AccountId"),
-                    };
-                }
-                doc
-            }
-            Err(_) => candidate,
-        },
-        codec::Container::PendingSignups => match codec::decode_pending_signup(&candidate) {
-            Ok(d) => codec::signup_document(Some(stored), &d.signup),
-            Err(_) => candidate,
-        },
-    }
+/// Whether `doc` would change nothing of `stored` (system properties aside).
+pub(crate) fn same_content(stored: &Value, doc: &Value) -> bool {
+    let user = |v: &Value| -> Vec<(String, Value)> {
+        let mut props: Vec<(String, Value)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        props.sort_by(|x, y| x.0.cmp(&y.0));
+        props
+    };
+    user(stored) == user(doc)
 }

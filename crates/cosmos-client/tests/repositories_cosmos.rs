@@ -638,6 +638,10 @@ async fn delete_account_removes_subscription_and_completions_and_leaves_profiles
     store.delete_database().await.expect("cleanup");
 }
 
+/// The app's `Subscription` has no `CreatedAt`/`UpdatedAt`: an upsert never writes them, and
+/// what it returns (and a read returns) for them is derived: `created_at` = `StartDate`,
+/// `updated_at` = the document's `_ts` (the second of the write). The id and `created_at` are
+/// kept by a replace, as the port says; `updated_at` is the time of the write.
 #[tokio::test]
 async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
     let (store, repos) = user_domain("sub-upsert").await;
@@ -651,6 +655,19 @@ async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
             .expect("none"),
         None
     );
+    let id = a.id.to_string();
+    let timestamps = |doc: &Value| -> Vec<String> {
+        ["CreatedAt", "UpdatedAt"]
+            .into_iter()
+            .filter(|n| doc["Subscription"].get(*n).is_some())
+            .map(str::to_owned)
+            .collect()
+    };
+    let ts_time = |doc: &Value| {
+        Utc.timestamp_opt(doc["_ts"].as_i64().expect("_ts"), 0)
+            .single()
+            .expect("a time")
+    };
 
     let first = subscription(a.id, true, Some(at(28, 0)));
     let stored = repos
@@ -658,24 +675,42 @@ async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
         .upsert_for_account(&first)
         .await
         .expect("insert");
-    assert_eq!(stored, first, "a new subscription is stored as given");
+    let doc = read_raw(&store, "Accounts", &id).await;
+    assert_eq!(
+        timestamps(&doc),
+        Vec::<String>::new(),
+        "the app's subscription has no timestamps"
+    );
+    assert_eq!(
+        stored,
+        Subscription {
+            created_at: first.start_date.expect("start"),
+            updated_at: ts_time(&doc),
+            ..first.clone()
+        },
+        "a new subscription is stored as given, its times derived from the document"
+    );
     assert_eq!(
         repos
             .subscriptions
             .get_for_account(a.id)
             .await
             .expect("get"),
-        Some(first.clone())
+        Some(stored.clone())
     );
     assert_eq!(
         repos
             .subscriptions
             .upsert_for_account(&first)
             .await
-            .expect("again")
-            .id,
-        first.id,
+            .expect("again"),
+        stored,
         "idempotent"
+    );
+    assert_eq!(
+        read_raw(&store, "Accounts", &id).await["_etag"],
+        doc["_etag"],
+        "an upsert that changes nothing writes nothing"
     );
 
     let mut second = subscription(a.id, false, None);
@@ -687,14 +722,17 @@ async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
         .upsert_for_account(&second)
         .await
         .expect("replace");
+    let doc = read_raw(&store, "Accounts", &id).await;
+    assert_eq!(timestamps(&doc), Vec::<String>::new(), "none on a replace");
     assert_eq!(replaced.id, first.id, "keeps the existing id");
-    assert_eq!(replaced.created_at, first.created_at, "keeps created_at");
+    assert_eq!(replaced.created_at, stored.created_at, "keeps created_at");
     assert_eq!(replaced.tier, "Free");
     assert!(!replaced.is_active);
     assert!(
         replaced.updated_at > before,
         "updated_at is the time of the write"
     );
+    assert_eq!(replaced.updated_at, ts_time(&doc));
     assert_eq!(
         repos
             .subscriptions
@@ -714,6 +752,59 @@ async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
         conflict_kind(repos.subscriptions.upsert_for_account(&orphan).await),
         ConflictKind::MissingReference
     );
+    store.delete_database().await.expect("cleanup");
+}
+
+/// A subscription an older writer stored with `CreatedAt`/`UpdatedAt` keeps them, up to date:
+/// `CreatedAt` byte for byte, `UpdatedAt` the time of the write; nothing else of the
+/// subscription but what changed.
+#[tokio::test]
+async fn subscription_timestamps_an_older_writer_left_are_kept_up_to_date() {
+    let (store, repos) = user_domain("sub-times").await;
+    let a = account("times@example.com", at(1, 0));
+    repos.accounts.create(&a).await.expect("create");
+    let id = a.id.to_string();
+    let mut doc = read_raw(&store, "Accounts", &id).await;
+    doc.as_object_mut()
+        .expect("object")
+        .retain(|k, _| !k.starts_with('_'));
+    let sub_id = Uuid::new_v4();
+    doc["Subscription"] = json!({
+        "Id": sub_id.to_string(), "Type": 1, "ProductId": "monthly", "ValidUntil": null,
+        "IsActive": true, "PurchaseToken": null, "LastVerified": null, "PurchasedScenarios": "",
+        "Tier": "Plus", "StartDate": "2025-03-01T10:00:00.1234567+01:00",
+        "EndDate": "9999-12-31T23:59:59.9999999",
+        "CreatedAt": "2025-03-01T09:00:00.1234567Z", "UpdatedAt": "2025-03-02T09:00:00.1234567Z"
+    });
+    raw(&store, "Accounts", &id, &doc).await;
+    let mut sub = repos
+        .subscriptions
+        .get_for_account(a.id)
+        .await
+        .expect("get")
+        .expect("present");
+    sub.tier = "Family".to_owned();
+    let before = Utc::now() - Duration::seconds(5);
+    let written = repos
+        .subscriptions
+        .upsert_for_account(&sub)
+        .await
+        .expect("upsert");
+    assert_eq!(written.id, sub_id);
+    assert!(written.updated_at > before);
+    let after = read_raw(&store, "Accounts", &id).await;
+    let (b, w) = (&doc["Subscription"], &after["Subscription"]);
+    assert_eq!(w["Tier"], "Family");
+    assert_eq!(w["CreatedAt"], b["CreatedAt"]);
+    assert_eq!(w["StartDate"], b["StartDate"]);
+    assert_ne!(w["UpdatedAt"], b["UpdatedAt"]);
+    let changed: Vec<&String> = w
+        .as_object()
+        .expect("object")
+        .keys()
+        .filter(|k| w[k.as_str()] != b[k.as_str()])
+        .collect();
+    assert_eq!(changed, ["Tier", "UpdatedAt"]);
     store.delete_database().await.expect("cleanup");
 }
 

@@ -58,21 +58,24 @@ pub async fn deliver(
     match aggregates::load(delivery.connection(), container.name(), key).await? {
         Some(state) => {
             let v = writer.put(&state).await?;
+            // the accounts' lists a profile's put changed (created: its account's; moved: the
+            // former account's and the new one's)
             let mut listed = v.profile_ids.clone();
             if v.created && container == codec::Container::Accounts {
                 // profiles PostgreSQL gave the account before its document existed found no
                 // list to join (their deliveries ran first): the app's list names them all
                 let profiles = profiles_of_account(delivery.connection(), key).await?;
                 if !profiles.is_empty() {
-                    listed = writer.list_profiles(key, &profiles).await?.or(listed);
+                    listed.extend(writer.list_profiles(key, &profiles).await?);
                 }
             }
             let (mut ts, mut etag) = (v.ts, v.etag);
-            if let Some(listed) = &listed {
+            for listed in &listed {
                 record_profile_ids(delivery.connection(), listed).await?;
                 // this document's list written right after the put: that version is the one
                 // that holds PostgreSQL's state now
                 if container == codec::Container::Accounts
+                    && listed.account_doc_id == v.document_id
                     && listed.before == (Some(ts), etag.clone())
                     && let (Some(after_ts), after_etag) = &listed.after
                 {

@@ -43,6 +43,9 @@ use uuid::Uuid;
 /// Cases per run: each is a few documents written and read over HTTP and a few PostgreSQL
 /// transactions; the codec's own property test covers many more shapes without I/O.
 const CASES: usize = 64;
+/// Subscription changes and profile moves per run, beyond the general cases.
+const SUBSCRIPTION_CASES: usize = 24;
+const MOVE_CASES: usize = 24;
 
 /// One generated case: the documents to create and the write to make.
 #[derive(Debug, Clone)]
@@ -51,6 +54,16 @@ enum Case {
     /// A profile (with its `AccountId` still to be set) and the account it may name.
     Profile(Value, ProfileDraft, Change),
     Signup(Value, Change),
+    /// A profile of account `from` (named as its draft says) moved to account `to` by an update
+    /// of its account. `listed` is how `from`'s `UserProfileIds` names the profile: 0 not at
+    /// all, 1 its document id first, 2 its key upper-case with spaces last, 3 EF 8's
+    /// `UserProfile|<key>` first.
+    Move {
+        from: Value,
+        to: Value,
+        profile: ProfileDraft,
+        listed: u8,
+    },
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -62,17 +75,70 @@ fn case() -> impl Strategy<Value = Case> {
     ]
 }
 
-/// The cases of a run: generated from a fixed seed, so a failure names a case that can be
-/// replayed.
-fn cases() -> Vec<Case> {
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
-    );
-    let strategy = case();
-    (0..CASES)
+/// A time the service writes (whole microseconds), 2026..2027.
+fn service_time() -> impl Strategy<Value = chrono::DateTime<chrono::Utc>> {
+    (1_767_225_600i64..1_798_761_600, 0u32..1_000_000)
+        .prop_map(|(s, us)| chrono::DateTime::from_timestamp(s, us * 1000).unwrap())
+}
+
+/// A subscription change of an account in any shape: a new subscription where it has none,
+/// else its tier and validity changed; with `CreatedAt`/`UpdatedAt` (7 digits, an offset) in
+/// the stored subscription now and then, as an older writer left them.
+fn subscription_case() -> impl Strategy<Value = Case> {
+    (
+        account_doc(),
+        any_bool(),
+        proptest::sample::select(vec!["Plus", "Family"]),
+        service_time(),
+    )
+        .prop_map(|((mut doc, _), timestamps, tier, valid_until)| {
+            if timestamps && let Some(sub) = doc["Subscription"].as_object_mut() {
+                sub.insert("CreatedAt".into(), json!("2025-01-02T03:04:05.1234567Z"));
+                sub.insert(
+                    "UpdatedAt".into(),
+                    json!("2025-01-03T03:04:05.1234567+01:00"),
+                );
+            }
+            let change = Change::Subscribe {
+                tier: tier.to_owned(),
+                valid_until,
+            };
+            Case::Account(doc, change)
+        })
+}
+
+fn any_bool() -> impl Strategy<Value = bool> {
+    proptest::bool::ANY
+}
+
+/// A profile moved from one account to another.
+fn move_case() -> impl Strategy<Value = Case> {
+    (account_doc(), account_doc(), profile_doc(), 0u8..4).prop_map(
+        |((from, _), (to, _), (profile, _), listed)| Case::Move {
+            from,
+            to,
+            profile,
+            listed,
+        },
+    )
+}
+
+/// `count` cases of `strategy`, generated from a fixed seed (one per kind of case, so that
+/// their documents' ids differ), so a failure names a case that can be replayed.
+fn generate(strategy: impl Strategy<Value = Case>, count: usize, seed: u8) -> Vec<Case> {
+    let rng = match seed {
+        0 => TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+        n => TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &[n; 32]),
+    };
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    (0..count)
         .map(|_| strategy.new_tree(&mut runner).unwrap().current())
         .collect()
+}
+
+/// The cases of a run.
+fn cases() -> Vec<Case> {
+    generate(case(), CASES, 0)
 }
 
 struct Setup {
@@ -297,6 +363,15 @@ async fn run(s: &Setup, r: &DualWriteRouter, case: &Case) -> Vec<String> {
                 account_meaning(&after, false)
             );
             untouched_unless_changed(&before_doc, &after_doc, &expected);
+            // the app's `Subscription` has no timestamps: a write never adds them
+            for name in ["CreatedAt", "UpdatedAt"] {
+                if after_doc["Subscription"].get(name).is_some() {
+                    assert!(
+                        before_doc["Subscription"].get(name).is_some(),
+                        "the write added Subscription.{name}"
+                    );
+                }
+            }
             expected
         }
         Case::Profile(account, draft, change) => {
@@ -334,6 +409,12 @@ async fn run(s: &Setup, r: &DualWriteRouter, case: &Case) -> Vec<String> {
             assert_eq!(account_after, account_doc);
             expected
         }
+        Case::Move {
+            from,
+            to,
+            profile,
+            listed,
+        } => run_move(s, r, from, to, profile, *listed).await,
         Case::Signup(doc, change) => {
             let (before_doc, key) = load(s, Container::PendingSignups, doc).await;
             let Aggregate::Signup(before) = state(s, Container::PendingSignups, key).await else {
@@ -354,6 +435,138 @@ async fn run(s: &Setup, r: &DualWriteRouter, case: &Case) -> Vec<String> {
             expected
         }
     }
+}
+
+/// [`Case::Move`]: the profile's document changes as its update means (its `AccountId` names
+/// the new account), the former account's `UserProfileIds` loses the profile's id in whatever
+/// spelling it lists it (only when the profile named that account), the new account's gains
+/// its document id at the end, and nothing else of either account document changes.
+async fn run_move(
+    s: &Setup,
+    r: &DualWriteRouter,
+    from: &Value,
+    to: &Value,
+    draft: &ProfileDraft,
+    listed: u8,
+) -> Vec<String> {
+    let doc = draft.with_account(from);
+    let profile_id = doc["id"].as_str().unwrap().to_owned();
+    let key = codec::document_ref(Container::UserProfiles, &doc)
+        .unwrap()
+        .key;
+    let base = from["UserProfileIds"].as_str().unwrap().to_owned();
+    let item = match listed {
+        0 => None,
+        1 => Some(profile_id.clone()),
+        2 => Some(format!(" {} ", key.to_string().to_uppercase())),
+        _ => Some(format!("UserProfile|{key}")),
+    };
+    let list = match &item {
+        None => base.clone(),
+        Some(item) if base.is_empty() => item.clone(),
+        Some(item) if listed == 2 => format!("{base},{item}"),
+        Some(item) => format!("{item},{base}"),
+    };
+    let mut from = from.clone();
+    from["UserProfileIds"] = json!(list);
+    let (from_before, _) = load(s, Container::Accounts, &from).await;
+    let (to_before, to_key) = load(s, Container::Accounts, to).await;
+    let (before_doc, loaded) = load(s, Container::UserProfiles, &doc).await;
+    assert_eq!(loaded, key);
+    let before = profile_state(state(s, Container::UserProfiles, key).await);
+
+    let mut p = ProfileRepository::get(r, key).await.unwrap().unwrap();
+    p.account_id = Some(to_key);
+    assert!(ProfileRepository::update(r, &p).await.unwrap());
+    drain_outbox(s).await;
+
+    let after = profile_state(state(s, Container::UserProfiles, key).await);
+    assert_eq!(after.profile.account_id, Some(to_key));
+    let after_doc = raw_document(s, Container::UserProfiles, &profile_id, &profile_id).await;
+    let expected = expected_profile_paths(&before_doc, &before, &after);
+    assert!(expected.contains(&"AccountId".to_owned()), "{expected:?}");
+    assert_eq!(changed_paths(&before_doc, &after_doc), expected);
+    let d = codec::decode_profile(&after_doc).unwrap();
+    let decoded = ProfileAggregate {
+        profile: d.profile,
+        badges: d.badges,
+        account_cosmos_id: None,
+    };
+    assert_eq!(
+        profile_meaning(&decoded, true),
+        profile_meaning(&after, true)
+    );
+
+    let id_of = |doc: &Value| doc["id"].as_str().unwrap().to_owned();
+    let from_after = raw_document(
+        s,
+        Container::Accounts,
+        &id_of(&from_before),
+        &id_of(&from_before),
+    )
+    .await;
+    let names_from = matches!(draft.account, AccountRef::Case(_));
+    if names_from && item.is_some() {
+        assert_eq!(
+            changed_paths(&from_before, &from_after),
+            ["UserProfileIds"],
+            "the former account: only its list changes"
+        );
+        assert_eq!(
+            from_after["UserProfileIds"], base,
+            "the former account's list loses the profile, the rest stays as it was"
+        );
+    } else {
+        assert_eq!(from_after, from_before, "the former account was written");
+    }
+    let to_after = raw_document(
+        s,
+        Container::Accounts,
+        &id_of(&to_before),
+        &id_of(&to_before),
+    )
+    .await;
+    assert_eq!(
+        changed_paths(&to_before, &to_after),
+        ["UserProfileIds"],
+        "the new account: only its list changes"
+    );
+    let to_list = to_before["UserProfileIds"].as_str().unwrap();
+    let appended = if to_list.is_empty() {
+        profile_id.clone()
+    } else {
+        format!("{to_list},{profile_id}")
+    };
+    assert_eq!(
+        to_after["UserProfileIds"], appended,
+        "the new account's list gains the profile's id at the end"
+    );
+    // the profile's paths, and which lists changed (for the run's own check)
+    let mut paths = expected;
+    if names_from && item.is_some() {
+        paths.push("from:UserProfileIds".to_owned());
+    }
+    paths.push("to:UserProfileIds".to_owned());
+    paths
+}
+
+/// Runs `cases` one after the other; a failure names its case. Returns the paths each write
+/// changed.
+async fn run_cases(s: &Setup, r: &DualWriteRouter, cases: &[Case]) -> Vec<Vec<String>> {
+    let mut changed = Vec::new();
+    for (n, case) in cases.iter().enumerate() {
+        let outcome =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(s, r, case))).await;
+        match outcome {
+            Ok(paths) => changed.push(paths),
+            Err(panic) => {
+                // the case is synthetic (no personal data): show it, so it can be replayed
+                eprintln!("case {n} of {} failed: {case:#?}", cases.len());
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    changed
 }
 
 /// A delivery that changes nothing writes nothing: the document keeps its `_etag` and `_ts`.
@@ -379,19 +592,10 @@ async fn a_phase1_write_changes_exactly_what_the_write_changed(pool: PgPool) {
 }
 
 async fn changes_exactly_what_the_write_changed(s: &Setup, r: &DualWriteRouter) {
-    let mut changed = Vec::new();
-    for (n, case) in cases().iter().enumerate() {
-        let outcome =
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(s, r, case))).await;
-        match outcome {
-            Ok(paths) => changed.push(paths),
-            Err(panic) => {
-                // the case is synthetic (no personal data): show it, so it can be replayed
-                eprintln!("case {n} of {CASES} failed: {case:#?}");
-                std::panic::resume_unwind(panic);
-            }
-        }
-    }
+    use mystira_migrate::{CosmosSource, Outcome, VerifyOptions, run_verify};
+    use mystira_postgres::phase::VerifyDirection;
+
+    let changed = run_cases(s, r, &cases()).await;
     // the run is not vacuous: most writes changed something, some changed nothing
     let writes = changed.iter().filter(|p| !p.is_empty()).count();
     eprintln!("{writes} of {CASES} writes changed their document: {changed:?}");
@@ -399,6 +603,37 @@ async fn changes_exactly_what_the_write_changed(s: &Setup, r: &DualWriteRouter) 
         (CASES / 2..CASES).contains(&writes),
         "{writes} of {CASES} changed"
     );
+    // subscriptions changed in every shape, and profiles moved between accounts: each write
+    // changes its document
+    let subscribed = run_cases(s, r, &generate(subscription_case(), SUBSCRIPTION_CASES, 1)).await;
+    eprintln!("subscription writes changed: {subscribed:?}");
+    assert!(subscribed.iter().all(|p| !p.is_empty()));
+    assert!(
+        subscribed
+            .iter()
+            .any(|p| p.iter().any(|p| p.starts_with("Subscription."))),
+        "no subscription was changed in place: {subscribed:?}"
+    );
+    let moved = run_cases(s, r, &generate(move_case(), MOVE_CASES, 2)).await;
+    eprintln!("moves changed: {moved:?}");
+    assert!(moved.iter().all(|p| p.contains(&"AccountId".to_owned())));
+    let left = moved
+        .iter()
+        .filter(|p| p.contains(&"from:UserProfileIds".to_owned()))
+        .count();
+    assert!(
+        (1..MOVE_CASES).contains(&left),
+        "{left} of {MOVE_CASES} moves left a list that named the profile"
+    );
+
+    // what no row holds (the accounts' lists among it) is still what the stores agree on
+    let source = CosmosSource::new(s.store.clone());
+    let opts = VerifyOptions {
+        direction: VerifyDirection::PgToCosmos,
+        ..VerifyOptions::default()
+    };
+    let report = run_verify(&s.pool, &source, &opts).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Clean, "{}", report.summary(10));
 }
 
 /// Replaces the document in Cosmos and records the version it now has, as a delivery does.

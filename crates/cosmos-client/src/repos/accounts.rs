@@ -85,13 +85,11 @@ impl CosmosAccountRepository {
                     return Ok(Step::Keep(()));
                 }
                 let doc = write_account(
-                    docs,
                     found,
                     &DecodedAccount {
                         account: changed,
                         ..decoded
                     },
-                    &["Subscription", "CompletedScenarioIds"],
                 );
                 Ok(Step::Write(doc, ()))
             })
@@ -116,24 +114,17 @@ fn decode_all(kind: codec::Container, docs: &[Value]) -> Vec<DecodedAccount> {
         .collect()
 }
 
-/// The account document to write: `decoded` encoded in the current shape and merged onto the
-/// stored document; `keep_raw` names the embedded parts this write does not change (kept
-/// verbatim). `UserProfileIds` is always kept as stored.
-pub(crate) fn write_account(
-    docs: &Docs,
-    found: &Found,
-    decoded: &DecodedAccount,
-    keep_raw: &[&str],
-) -> Value {
-    let encoded = codec::encode_account(
+/// The account document to write: the stored document with `decoded` merged in by meaning
+/// (`codec::account_document`). `decoded` holds what the write means: the parts it does not
+/// change as decoded from the same document, which the merge leaves byte for byte.
+/// `UserProfileIds` is not mapped, so it is never written here.
+pub(crate) fn write_account(found: &Found, decoded: &DecodedAccount) -> Value {
+    codec::account_document(
+        Some(&found.doc),
         &decoded.account,
         decoded.subscription.as_ref(),
         &decoded.completed_scenarios,
-        &decoded.profile_ids_hint,
-    );
-    let mut keep = vec!["UserProfileIds"];
-    keep.extend_from_slice(keep_raw);
-    docs.merge(&found.doc, encoded, &keep)
+    )
 }
 
 #[async_trait]

@@ -21,8 +21,8 @@ use mystira_domain::ports::RepoResult;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::profiles::{ProfileIdsWritten, account_of, maintain_profile_ids};
-use super::{Docs, WRITE_ATTEMPTS, backoff};
+use super::profiles::{ProfileIdsWritten, account_of, maintain_profile_ids, move_profile_ids};
+use super::{Docs, WRITE_ATTEMPTS, backoff, same_content};
 use crate::error::ErrorKind;
 
 /// The version of a document as Cosmos holds it after a put.
@@ -33,8 +33,10 @@ pub struct DocumentVersion {
     pub etag: Option<String>,
     /// The put created the document (Cosmos had none).
     pub created: bool,
-    /// The account document whose `UserProfileIds` the put of a new profile appended to.
-    pub profile_ids: Option<ProfileIdsWritten>,
+    /// The account documents whose `UserProfileIds` the put of a profile changed: the one a
+    /// new profile joined, or the two a moved profile left and joined (each once, from the
+    /// version first written on to the last one written).
+    pub profile_ids: Vec<ProfileIdsWritten>,
 }
 
 /// Writes aggregates into the three containers.
@@ -76,7 +78,7 @@ impl AggregateWriter {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let mut profile_ids = None;
+        let mut profile_ids: Vec<ProfileIdsWritten> = Vec::new();
         for attempt in 0..WRITE_ATTEMPTS {
             // a sign-up is first looked for in the partition its email names (a point read);
             // the id query covers one stored under another spelling of the email
@@ -98,6 +100,15 @@ impl AggregateWriter {
                     let doc = document(Some(&found.doc), aggregate);
                     if same_content(&found.doc, &doc) {
                         return version_of(&found.doc, false, profile_ids);
+                    }
+                    // a profile whose document is to name another account: the lists of both
+                    // accounts first, as the app keeps them (a put repeated after a failure
+                    // finds them so and writes nothing)
+                    if let Aggregate::Profile(_) = aggregate {
+                        let to = account_of(&doc);
+                        for written in move_profile_ids(&self.accounts, &found, to).await? {
+                            join_written(&mut profile_ids, written);
+                        }
                     }
                     let etag = found.etag.as_deref().ok_or_else(|| {
                         RepoError::Store(format!(
@@ -121,11 +132,11 @@ impl AggregateWriter {
                     // failure finds it listed (appended once)
                     if let Aggregate::Profile(p) = aggregate
                         && let Some(account) = p.profile.account_id
-                    {
-                        profile_ids =
+                        && let Some(written) =
                             maintain_profile_ids(&self.accounts, account, key, Some(&doc_id))
                                 .await?
-                                .or(profile_ids);
+                    {
+                        join_written(&mut profile_ids, written);
                     }
                     let partition = docs.partition_of(&encoded_doc);
                     docs.container
@@ -207,23 +218,15 @@ impl AggregateWriter {
         account_key: Uuid,
         profiles: &[(Uuid, String)],
     ) -> RepoResult<Option<ProfileIdsWritten>> {
-        let mut all: Option<ProfileIdsWritten> = None;
+        let mut all: Vec<ProfileIdsWritten> = Vec::new();
         for (key, doc_id) in profiles {
-            let Some(written) =
+            if let Some(written) =
                 maintain_profile_ids(&self.accounts, account_key, *key, Some(doc_id)).await?
-            else {
-                continue;
-            };
-            // one change from the first version written on to the last one written
-            all = Some(match all {
-                Some(first) if first.after == written.before => ProfileIdsWritten {
-                    before: first.before,
-                    ..written
-                },
-                _ => written,
-            });
+            {
+                join_written(&mut all, written);
+            }
         }
-        Ok(all)
+        Ok(all.pop())
     }
 
     /// The raw document of `container` whose `id` is exactly `doc_id` and whose key is `key`.
@@ -261,26 +264,28 @@ fn document(stored: Option<&Value>, aggregate: &Aggregate) -> Value {
     }
 }
 
-/// Whether `doc` would change nothing of `stored` (system properties aside).
-fn same_content(stored: &Value, doc: &Value) -> bool {
-    let user = |v: &Value| -> Vec<(String, Value)> {
-        let mut props: Vec<(String, Value)> = v
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| !k.starts_with('_'))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        props.sort_by(|x, y| x.0.cmp(&y.0));
-        props
-    };
-    user(stored) == user(doc)
+/// Adds a list written to `all`: one change per account document, from the first version
+/// written on to the last one written (a list written again on another version replaces it).
+fn join_written(all: &mut Vec<ProfileIdsWritten>, written: ProfileIdsWritten) {
+    match all
+        .iter_mut()
+        .find(|w| w.account_doc_id == written.account_doc_id)
+    {
+        Some(first) if first.after == written.before => {
+            *first = ProfileIdsWritten {
+                before: first.before.clone(),
+                ..written
+            };
+        }
+        Some(other) => *other = written,
+        None => all.push(written),
+    }
 }
 
 fn version_of(
     doc: &Value,
     created: bool,
-    profile_ids: Option<ProfileIdsWritten>,
+    profile_ids: Vec<ProfileIdsWritten>,
 ) -> RepoResult<DocumentVersion> {
     let document_id = doc
         .get("id")

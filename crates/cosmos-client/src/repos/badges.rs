@@ -8,7 +8,6 @@ use mystira_cosmos::codec;
 use mystira_domain::error::ConflictKind;
 use mystira_domain::ports::{AwardOutcome, BadgeRepository, RepoResult};
 use mystira_domain::{RepoError, UserBadge};
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Docs, Step, conflict, undecodable};
@@ -53,19 +52,12 @@ impl BadgeRepository for CosmosBadgeRepository {
                     user_profile_id: decoded.profile.id,
                     ..badge.clone()
                 };
-                // The badge in the current shape, as the codec writes it inside its profile.
-                let encoded_badge = codec::encode_profile(&decoded.profile, &[new])
-                    .get("EarnedBadges")
-                    .and_then(|b| b.get(0))
-                    .cloned()
-                    .ok_or_else(|| RepoError::Store("a badge did not encode".to_owned()))?;
-                let encoded = codec::encode_profile(&decoded.profile, &[]);
-                let mut doc = docs.merge(&found.doc, encoded, &["EarnedBadges", "AccountId"]);
-                match doc.get_mut("EarnedBadges") {
-                    Some(Value::Array(items)) => items.push(encoded_badge),
-                    // Missing or null: the profile's first badge.
-                    _ => doc["EarnedBadges"] = Value::Array(vec![encoded_badge]),
-                }
+                // appended at the end of `EarnedBadges`, as the app appends it; the stored
+                // badges (duplicates included) stay as they are
+                let mut badges = decoded.badges.clone();
+                badges.push(new);
+                let doc =
+                    codec::profile_document(Some(&found.doc), &decoded.profile, &badges, None);
                 let written = codec::decode_profile(&doc)
                     .map_err(|e| undecodable(docs.kind(), &e))?
                     .badges

@@ -74,7 +74,7 @@ impl CompletedScenarioRepository for CosmosCompletedScenarioRepository {
                     scenario_id: scenario_id.to_owned(),
                     completed_at: at,
                 });
-                let doc = write_account(docs, found, &decoded, &["Subscription"]);
+                let doc = write_account(found, &decoded);
                 let written = codec::decode_account(&doc)
                     .map_err(|e| undecodable(docs.kind(), &e))?
                     .completed_scenarios

@@ -155,8 +155,7 @@ impl CosmosPendingSignupRepository {
     }
 
     fn write(&self, found: &Found, signup: &PendingSignup) -> serde_json::Value {
-        self.docs
-            .merge(&found.doc, codec::encode_pending_signup(signup), &[])
+        codec::signup_document(Some(&found.doc), signup)
     }
 }
 

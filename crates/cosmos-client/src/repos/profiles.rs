@@ -180,6 +180,35 @@ pub(crate) async fn maintain_profile_ids(
     Err(accounts.contended())
 }
 
+/// What the app does to the accounts' `UserProfileIds` when the profile stored as `profile`
+/// is written naming `account` (`None`: no account) instead of the account its `AccountId`
+/// names now: its id leaves the former account's list (any spelling) and is appended to the
+/// new account's (as its document id). Nothing when the account stays the same. Returns the
+/// account documents written, the former account's first.
+pub(crate) async fn move_profile_ids(
+    accounts: &Docs,
+    profile: &Found,
+    account: Option<Uuid>,
+) -> RepoResult<Vec<ProfileIdsWritten>> {
+    let from = account_of(&profile.doc);
+    let mut written = Vec::new();
+    if from == account {
+        return Ok(written);
+    }
+    let Some(key) =
+        codec::document_ref(codec::Container::UserProfiles, &profile.doc).map(|r| r.key)
+    else {
+        return Ok(written);
+    };
+    if let Some(from) = from {
+        written.extend(maintain_profile_ids(accounts, from, key, None).await?);
+    }
+    if let Some(to) = account {
+        written.extend(maintain_profile_ids(accounts, to, key, Some(&profile.doc_id)).await?);
+    }
+    Ok(written)
+}
+
 /// The account key a stored profile document's `AccountId` names, if any.
 pub(crate) fn account_of(profile_doc: &Value) -> Option<Uuid> {
     profile_doc
@@ -256,7 +285,9 @@ impl ProfileRepository for CosmosProfileRepository {
 
     /// Keeps the stored document id and `created_at`, sets `updated_at` to now, and keeps the
     /// badges and (when the account is unchanged) the `AccountId` spelling exactly as stored. A
-    /// changed account must exist (`Conflict(MissingReference)`).
+    /// changed account must exist (`Conflict(MissingReference)`). A profile moved to another
+    /// account (or detached from one) leaves the former account's `UserProfileIds` and joins
+    /// the new one's, as the app keeps the lists ([`move_profile_ids`]).
     async fn update(&self, profile: &UserProfile) -> RepoResult<bool> {
         profile.validate()?;
         let Some(found) = self.docs.locate(profile.id).await? else {
@@ -267,6 +298,9 @@ impl ProfileRepository for CosmosProfileRepository {
             Some(key) if Some(key) != stored_account => Some(self.account_reference(key).await?),
             _ => None,
         };
+        // the lists first, as a create does: a retry after a failure in between finds them
+        // already so and writes nothing
+        move_profile_ids(&self.accounts, &found, profile.account_id).await?;
         let docs = &self.docs;
         let done = docs
             .modify_from(found, |found| {
@@ -278,15 +312,21 @@ impl ProfileRepository for CosmosProfileRepository {
                     updated_at: now_ticks(),
                     ..profile.clone()
                 };
-                let same_account = next.account_id == decoded.profile.account_id;
-                let encoded =
-                    codec::encode_profile_with_account_id(&next, &[], reference.as_deref());
-                let keep: &[&str] = if same_account {
-                    &["EarnedBadges", "AccountId"]
-                } else {
-                    &["EarnedBadges"]
-                };
-                Ok(Step::Write(docs.merge(&found.doc, encoded, keep), ()))
+                let mut doc = codec::profile_document(
+                    Some(&found.doc),
+                    &next,
+                    &decoded.badges,
+                    reference.as_deref(),
+                );
+                // the merge keeps a stored reference when the state has none (PostgreSQL's
+                // detached profile); this write means to clear it
+                if next.account_id.is_none()
+                    && decoded.profile.account_id.is_some()
+                    && let Some(obj) = doc.as_object_mut()
+                {
+                    obj.insert("AccountId".into(), Value::Null);
+                }
+                Ok(Step::Write(doc, ()))
             })
             .await?;
         Ok(done.is_some())
@@ -322,9 +362,8 @@ impl ProfileRepository for CosmosProfileRepository {
                     updated_at: now_ticks(),
                     ..decoded.profile
                 };
-                let encoded = codec::encode_profile(&next, &[]);
                 Ok(Step::Write(
-                    docs.merge(&found.doc, encoded, &["EarnedBadges", "AccountId"]),
+                    codec::profile_document(Some(&found.doc), &next, &decoded.badges, None),
                     (),
                 ))
             })

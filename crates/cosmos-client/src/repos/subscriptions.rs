@@ -9,7 +9,7 @@ use mystira_domain::{RepoError, Subscription};
 use uuid::Uuid;
 
 use super::accounts::{decode_found, write_account};
-use super::{Docs, Step, conflict, decode_window, now_ticks};
+use super::{Docs, conflict, decode_window, now_ticks, same_content};
 
 const ENTITY: &str = "Accounts.Subscription";
 
@@ -39,14 +39,19 @@ impl SubscriptionRepository for CosmosSubscriptionRepository {
         }
     }
 
-    /// Replaces the embedded subscription. An existing one keeps its id, Cosmos id and
-    /// `created_at`, and gets `updated_at` = now (as PostgreSQL's trigger does); a new one is
-    /// stored as given. Returns what a later read returns (times cut to 100 ns ticks).
+    /// Replaces the embedded subscription, property by property (`codec::account_document`):
+    /// an existing one keeps its id and Cosmos id, a new one is written as the app writes one.
+    /// The app's `Subscription` has no `CreatedAt`/`UpdatedAt`, so neither is written (an
+    /// existing one, left by an older writer, is kept up to date: `created_at` kept,
+    /// `updated_at` the time of the write). Returns what a later read returns: without them
+    /// in the document, `created_at` is `StartDate` (else the account's `CreatedAt`) and
+    /// `updated_at` the document's `_ts`, the second this write landed (or the last write's,
+    /// when the subscription already said so and nothing was written).
     async fn upsert_for_account(&self, subscription: &Subscription) -> RepoResult<Subscription> {
         subscription.validate()?;
         let docs = &self.docs;
         let stored = docs
-            .modify(subscription.account_id, |found| {
+            .modify_returning(subscription.account_id, |found| {
                 let mut decoded = decode_found(docs, found)?;
                 let mut next = Subscription {
                     account_id: decoded.account.id,
@@ -59,17 +64,15 @@ impl SubscriptionRepository for CosmosSubscriptionRepository {
                     next.updated_at = now_ticks();
                 }
                 decoded.subscription = Some(next);
-                let doc = write_account(docs, found, &decoded, &["CompletedScenarioIds"]);
-                let written = codec::decode_account(&doc)
-                    .map_err(|e| super::undecodable(docs.kind(), &e))?
-                    .subscription
-                    .ok_or_else(|| {
-                        RepoError::Store("an encoded subscription did not read back".to_owned())
-                    })?;
-                Ok(Step::Write(doc, written))
+                let doc = write_account(found, &decoded);
+                Ok((!same_content(&found.doc, &doc)).then_some(doc))
             })
-            .await?;
-        stored.ok_or_else(|| conflict(ENTITY, ConflictKind::MissingReference, "AccountId"))
+            .await?
+            .ok_or_else(|| conflict(ENTITY, ConflictKind::MissingReference, "AccountId"))?;
+        codec::decode_account(&stored)
+            .map_err(|e| super::undecodable(docs.kind(), &e))?
+            .subscription
+            .ok_or_else(|| RepoError::Store("a written subscription did not read back".to_owned()))
     }
 
     /// Pages over the account documents whose subscription says `IsActive` (in account-id

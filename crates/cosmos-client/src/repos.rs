@@ -66,7 +66,9 @@
 //!   account, so `ProfileRepository::get` still returns `account_id: Some(..)` and
 //!   `list_by_account` of the deleted id still lists them, where PostgreSQL has set
 //!   `account_id` to `None`. An account's `UserProfileIds` is kept as the app keeps it: a
-//!   profile's create appends its id, its delete removes it (`profiles::maintain_profile_ids`).
+//!   profile's create appends its id, its delete removes it, an update that moves it to
+//!   another account removes it from the former account's list and appends it to the new
+//!   one's (`profiles::maintain_profile_ids`, `profiles::move_profile_ids`).
 //! * **Completed scenarios have no stored time.** The codec derives `completed_at` from the
 //!   account's `LastLoginAt`, so `mark_completed` returns (and `list_by_account` reads) that
 //!   derived time, not the `at` passed in, and the time of every completion moves with each

@@ -640,8 +640,9 @@ async fn delete_account_removes_subscription_and_completions_and_leaves_profiles
 
 /// The app's `Subscription` has no `CreatedAt`/`UpdatedAt`: an upsert never writes them, and
 /// what it returns (and a read returns) for them is derived: `created_at` = `StartDate`,
-/// `updated_at` = the document's `_ts` (the second of the write). The id and `created_at` are
-/// kept by a replace, as the port says; `updated_at` is the time of the write.
+/// `updated_at` = the document's `_ts` (the second of the write). A replace keeps the id, and
+/// `created_at` while `StartDate` stays (the port's note on these fields); `updated_at` is the
+/// time of the write.
 #[tokio::test]
 async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
     let (store, repos) = user_domain("sub-upsert").await;
@@ -746,6 +747,16 @@ async fn subscription_upsert_creates_then_replaces_keeping_id_and_created_at() {
         repos.accounts.get(a.id).await.expect("get"),
         Some(a.clone())
     );
+    // with no place in the document, `created_at` follows `StartDate` (PostgreSQL keeps it)
+    let mut third = second.clone();
+    third.start_date = Some(at(3, 0));
+    let moved = repos
+        .subscriptions
+        .upsert_for_account(&third)
+        .await
+        .expect("replace");
+    assert_eq!(moved.created_at, at(3, 0));
+    assert_eq!(moved.id, first.id);
 
     let orphan = subscription(Uuid::new_v4(), true, None);
     assert_eq!(

@@ -75,6 +75,11 @@ pub trait SubscriptionRepository: Send + Sync {
     /// Creates or replaces the account's subscription and returns what is stored. Idempotent.
     /// The stored row keeps its existing id and `created_at` when one exists.
     /// `Conflict(MissingReference)` if the account does not exist.
+    /// `created_at`/`updated_at` are the store's, not the caller's: PostgreSQL keeps
+    /// `created_at` and sets `updated_at` to the time of the write; the app's Cosmos document
+    /// has no place for them, so there (unless an older writer left them in the document) they
+    /// are derived on every read (`StartDate`, else the account's `CreatedAt`; the document's
+    /// `_ts`) and `created_at` follows `StartDate`.
     async fn upsert_for_account(&self, subscription: &Subscription) -> RepoResult<Subscription>;
     /// Subscriptions active at `now` (active and not past `valid_until`), in id order.
     async fn list_active(

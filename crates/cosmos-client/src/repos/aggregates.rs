@@ -13,6 +13,11 @@
 //! and a caller that serialises puts per aggregate (the relay does) and reads the state afresh
 //! for each put can never make Cosmos go back in time. A document Cosmos does not have is
 //! created as the app creates one.
+//!
+//! A profile's put keeps its accounts' `UserProfileIds` as the app does: a new profile's id is
+//! appended to its account's list, and a profile whose document is to name another account
+//! leaves the former account's list and joins the new one's, before the profile's document is
+//! written ([`DocumentVersion::profile_ids`] says which account documents were written).
 
 use mystira_cosmos::codec;
 use mystira_domain::RepoError;

@@ -287,7 +287,7 @@ impl ProfileRepository for CosmosProfileRepository {
     /// badges and (when the account is unchanged) the `AccountId` spelling exactly as stored. A
     /// changed account must exist (`Conflict(MissingReference)`). A profile moved to another
     /// account (or detached from one) leaves the former account's `UserProfileIds` and joins
-    /// the new one's, as the app keeps the lists ([`move_profile_ids`]).
+    /// the new one's, as the app keeps the lists (`move_profile_ids`).
     async fn update(&self, profile: &UserProfile) -> RepoResult<bool> {
         profile.validate()?;
         let Some(found) = self.docs.locate(profile.id).await? else {

@@ -18,6 +18,9 @@ use serde_json::Value;
 pub(crate) enum Kind {
     /// `::text` is already canonical: uuid, text, boolean, integer, enum.
     Plain,
+    /// A `uuid`: canonical as [`Kind::Plain`], and always 36 characters long, so the SQL
+    /// writes its length prefix as a constant instead of counting (see [`Kind::width`]).
+    Uuid,
     /// `timestamptz`, in UTC with microseconds (what PostgreSQL keeps).
     Timestamp,
     Date,
@@ -33,13 +36,26 @@ impl Kind {
     /// The SQL expression for the canonical text of `expr` (null stays null).
     pub(crate) fn sql(self, expr: &str) -> String {
         match self {
-            Self::Plain | Self::Json => format!("({expr})::text"),
+            Self::Plain | Self::Uuid | Self::Json => format!("({expr})::text"),
             Self::Timestamp => {
                 format!("to_char(({expr}) at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
             }
             Self::Date => format!("to_char({expr}, 'YYYY-MM-DD')"),
             Self::Real => format!("encode(float4send({expr}), 'hex')"),
             Self::TextArray => format!("(to_jsonb({expr}))::text"),
+        }
+    }
+
+    /// The length in characters of every (non-null) canonical text of this kind, when it is
+    /// fixed: the SQL side then writes the row text's `<char count>:` prefix as a literal
+    /// instead of counting and formatting it for every value, which was a tenth of the
+    /// PostgreSQL side's CPU (docs/benchmarks.md, "Verify at half a load").
+    pub(crate) fn width(self) -> Option<usize> {
+        match self {
+            Self::Uuid => Some(36),
+            // the hex of four bytes
+            Self::Real => Some(8),
+            _ => None,
         }
     }
 
@@ -232,11 +248,13 @@ fn numeric_text(text: &str) -> String {
 
 /// A row's canonical text from its columns' canonical texts.
 pub(crate) fn row_text(values: &[Option<String>]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(values.iter().flatten().map(|s| s.len() + 4).sum());
     for v in values {
         match v {
             Some(s) => {
-                let _ = write!(out, "{}:{s}", s.chars().count());
+                push_decimal(&mut out, s.chars().count());
+                out.push(':');
+                out.push_str(s);
             }
             None => out.push('~'),
         }
@@ -244,11 +262,31 @@ pub(crate) fn row_text(values: &[Option<String>]) -> String {
     out
 }
 
-/// The SQL expression of a row's canonical text from its columns' canonical expressions.
-pub(crate) fn row_text_sql(columns: &[String]) -> String {
+/// `n` in decimal (what `write!` gives, without going through the formatting machinery, which
+/// was a visible part of the source pass: once per column of every row).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
+/// The SQL expression of a row's canonical text from its columns' canonical expressions, each
+/// with its fixed width if it has one ([`Kind::width`]): the same text either way.
+pub(crate) fn row_text_sql(columns: &[(String, Option<usize>)]) -> String {
     columns
         .iter()
-        .map(|c| format!("coalesce(length({c})::text || ':' || {c}, '~')"))
+        .map(|(c, width)| match width {
+            Some(w) => format!("coalesce('{w}:' || {c}, '~')"),
+            None => format!("coalesce(length({c})::text || ':' || {c}, '~')"),
+        })
         .collect::<Vec<_>>()
         .join(" || ")
 }
@@ -300,12 +338,20 @@ impl Aggregate {
 /// either into the next, which would evaluate every column twice for its `length` and its text,
 /// and the whole row twice for the two sums). The text hashed is [`row_text_sql`]'s, byte for
 /// byte.
-pub(crate) fn aggregate_sql(from: &str, bucket: &str, columns: &[String]) -> String {
-    let names: Vec<String> = (0..columns.len()).map(|i| format!("c.c{i}")).collect();
+pub(crate) fn aggregate_sql(
+    from: &str,
+    bucket: &str,
+    columns: &[(String, Option<usize>)],
+) -> String {
+    let names: Vec<(String, Option<usize>)> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, width))| (format!("c.c{i}"), *width))
+        .collect();
     let values = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{c} as c{i}"))
+        .map(|(i, (c, _))| format!("{c} as c{i}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(

@@ -109,6 +109,7 @@ pub(crate) struct Table {
 }
 
 const P: Kind = Kind::Plain;
+const U: Kind = Kind::Uuid;
 const TS: Kind = Kind::Timestamp;
 
 /// One column of table alias `t`: `"name"` (compared as [`Kind::Plain`]) or `"name" => kind`.
@@ -144,7 +145,7 @@ macro_rules! document_table {
             key: "t.id::text",
             document: "coalesce(t.cosmos_id, t.id::text)",
             columns: &[
-                column!("id"),
+                column!("id" => U),
                 column!("cosmos_id"),
                 $(column!($name $(=> $kind)?),)*
                 col("_ts", "v.source_ts", P),
@@ -200,7 +201,7 @@ macro_rules! embedded_id_columns {
                     $lost,
                     " then mystira_key_for_cosmos_id(t.cosmos_id) else t.id end"
                 ),
-                P,
+                U,
             ),
             col(
                 "cosmos_id",
@@ -254,7 +255,7 @@ static SUBSCRIPTIONS: Table = Table {
     columns: &[
         SUBSCRIPTION_IDS[0],
         SUBSCRIPTION_IDS[1],
-        column!("account_id"),
+        column!("account_id" => U),
         column!("type"),
         column!("product_id"),
         column!("tier"),
@@ -278,14 +279,14 @@ static COMPLETED_SCENARIOS: Table = Table {
     bucket: "t.account_id",
     key: "t.id::text",
     document: ACCOUNT_DOCUMENT,
-    columns: columns!["id", "account_id", "scenario_id",],
+    columns: columns!["id" => U, "account_id" => U, "scenario_id",],
 };
 
 static USER_PROFILES: Table = document_table!(
     "user_profiles",
     "UserProfiles",
     [
-        "account_id",
+        "account_id" => U,
         "name",
         "age_group",
         "date_of_birth" => Kind::Date,
@@ -312,7 +313,7 @@ static USER_BADGES: Table = Table {
     columns: &[
         BADGE_IDS[0],
         BADGE_IDS[1],
-        column!("user_profile_id"),
+        column!("user_profile_id" => U),
         column!("badge_configuration_id"),
         column!("badge_id"),
         column!("badge_name"),
@@ -362,13 +363,25 @@ impl Table {
         self.columns.iter().map(|c| c.kind.sql(c.expr)).collect()
     }
 
+    /// The canonical expressions with the fixed width of their text, if any.
+    fn canonical_columns_with_widths(&self) -> Vec<(String, Option<usize>)> {
+        self.columns
+            .iter()
+            .map(|c| (c.kind.sql(c.expr), c.kind.width()))
+            .collect()
+    }
+
     fn row_text_sql(&self) -> String {
-        canonical::row_text_sql(&self.canonical_columns())
+        canonical::row_text_sql(&self.canonical_columns_with_widths())
     }
 
     /// Per-bucket aggregates; binds `$1`, `$2` = the first and last bucket (int4).
     pub(crate) fn aggregate_sql(&self) -> String {
-        canonical::aggregate_sql(self.from, self.bucket, &self.canonical_columns())
+        canonical::aggregate_sql(
+            self.from,
+            self.bucket,
+            &self.canonical_columns_with_widths(),
+        )
     }
 
     /// A key range's rows as (key, document key, document id, hash); binds `$1` (and `$2`
@@ -463,6 +476,22 @@ fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
+/// A uuid's text (what `to_string` gives, without the formatting machinery: two or three per
+/// row of the source pass).
+fn uuid_text(u: Uuid) -> String {
+    u.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
+}
+
+fn uid(u: Uuid) -> Option<String> {
+    Some(uuid_text(u))
+}
+
+fn boolean(b: bool) -> Option<String> {
+    Some(if b { "true" } else { "false" }.to_owned())
+}
+
 fn ts(t: &chrono::DateTime<chrono::Utc>) -> Option<String> {
     Some(canonical::timestamp(t))
 }
@@ -482,7 +511,7 @@ fn version(v: &mystira_postgres::bulk::SourceVersion) -> [(&'static str, Option<
 pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
     let a = &d.account;
     let mut fields = vec![
-        ("id", s(a.id)),
+        ("id", uid(a.id)),
         ("cosmos_id", a.cosmos_id.clone()),
         ("auth0_user_id", a.auth0_user_id.clone()),
         ("email", s(a.email.as_str())),
@@ -496,22 +525,22 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
     let mut rows = vec![SourceRow::new(
         Entity::Accounts,
         a.id,
-        a.id.to_string(),
+        uuid_text(a.id),
         fields,
     )];
     if let Some(sub) = &d.subscription {
         rows.push(SourceRow::new(
             Entity::Subscriptions,
             a.id,
-            sub.account_id.to_string(),
+            uuid_text(sub.account_id),
             vec![
-                ("id", s(sub.id)),
+                ("id", uid(sub.id)),
                 ("cosmos_id", sub.cosmos_id.clone()),
-                ("account_id", s(sub.account_id)),
+                ("account_id", uid(sub.account_id)),
                 ("type", s(sub.subscription_type.as_str())),
                 ("product_id", sub.product_id.clone()),
                 ("tier", s(&sub.tier)),
-                ("is_active", s(sub.is_active)),
+                ("is_active", boolean(sub.is_active)),
                 ("valid_until", opt_ts(sub.valid_until.as_ref())),
                 ("start_date", opt_ts(sub.start_date.as_ref())),
                 ("end_date", opt_ts(sub.end_date.as_ref())),
@@ -528,10 +557,10 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
         SourceRow::new(
             Entity::CompletedScenarios,
             a.id,
-            c.id.to_string(),
+            uuid_text(c.id),
             vec![
-                ("id", s(c.id)),
-                ("account_id", s(c.account_id)),
+                ("id", uid(c.id)),
+                ("account_id", uid(c.account_id)),
                 ("scenario_id", s(&c.scenario_id)),
             ],
         )
@@ -544,13 +573,11 @@ pub(crate) fn account_rows(d: &AccountDocument) -> Vec<SourceRow> {
 pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<SourceRow> {
     let p = &d.profile;
     let mut fields = vec![
-        ("id", s(p.id)),
+        ("id", uid(p.id)),
         ("cosmos_id", p.cosmos_id.clone()),
         (
             "account_id",
-            p.account_id
-                .filter(|_| account_attached)
-                .map(|a| a.to_string()),
+            p.account_id.filter(|_| account_attached).map(uuid_text),
         ),
         ("name", s(&p.name)),
         ("age_group", s(p.age_group.as_str())),
@@ -560,8 +587,8 @@ pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<S
                 .as_ref()
                 .map(|d| canonical::date(d.expose())),
         ),
-        ("is_guest", s(p.is_guest)),
-        ("is_npc", s(p.is_npc)),
+        ("is_guest", boolean(p.is_guest)),
+        ("is_npc", boolean(p.is_npc)),
         ("pronouns", p.pronouns.clone()),
         ("bio", p.bio.clone()),
         ("avatar_media_id", p.avatar_media_id.clone()),
@@ -570,7 +597,10 @@ pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<S
             p.selected_avatar_media_id.clone(),
         ),
         ("preferred_themes", json(&p.preferred_themes)),
-        ("has_completed_onboarding", s(p.has_completed_onboarding)),
+        (
+            "has_completed_onboarding",
+            boolean(p.has_completed_onboarding),
+        ),
         ("created_at", ts(&p.created_at)),
         ("updated_at", ts(&p.updated_at)),
     ];
@@ -578,18 +608,23 @@ pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<S
     let mut rows = vec![SourceRow::new(
         Entity::UserProfiles,
         p.id,
-        p.id.to_string(),
+        uuid_text(p.id),
         fields,
     )];
     rows.extend(d.badges.iter().map(|b| {
         SourceRow::new(
             Entity::UserBadges,
             p.id,
-            format!("{}:{}", b.user_profile_id, b.badge_configuration_id),
+            {
+                let mut key = uuid_text(b.user_profile_id);
+                key.push(':');
+                key.push_str(&b.badge_configuration_id);
+                key
+            },
             vec![
-                ("id", s(b.id)),
+                ("id", uid(b.id)),
                 ("cosmos_id", b.cosmos_id.clone()),
-                ("user_profile_id", s(b.user_profile_id)),
+                ("user_profile_id", uid(b.user_profile_id)),
                 ("badge_configuration_id", s(&b.badge_configuration_id)),
                 ("badge_id", b.badge_id.clone()),
                 ("badge_name", s(&b.badge_name)),
@@ -610,7 +645,7 @@ pub(crate) fn profile_rows(d: &ProfileDocument, account_attached: bool) -> Vec<S
 pub(crate) fn signup_rows(d: &SignupDocument) -> Vec<SourceRow> {
     let g = &d.signup;
     let mut fields = vec![
-        ("id", s(g.id)),
+        ("id", uid(g.id)),
         ("cosmos_id", g.cosmos_id.clone()),
         ("email", s(g.email.as_str())),
         ("display_name", s(&g.display_name)),
@@ -630,15 +665,15 @@ pub(crate) fn signup_rows(d: &SignupDocument) -> Vec<SourceRow> {
         ),
         ("created_at", ts(&g.created_at)),
         ("expires_at", ts(&g.expires_at)),
-        ("is_used", s(g.is_used)),
-        ("is_signin", s(g.is_signin)),
+        ("is_used", boolean(g.is_used)),
+        ("is_signin", boolean(g.is_signin)),
         ("failed_attempts", s(g.failed_attempts)),
     ];
     fields.extend(version(&d.version));
     vec![SourceRow::new(
         Entity::PendingSignups,
         g.id,
-        g.id.to_string(),
+        uuid_text(g.id),
         fields,
     )]
 }

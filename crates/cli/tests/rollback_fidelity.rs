@@ -642,11 +642,10 @@ async fn phase2_writes_through_serve_come_back_to_cosmos_changed_only_where_they
 }
 
 /// The same experiment, byte for byte: a delivered document keeps its properties in the order
-/// the app wrote them. It does not yet: the codec merges on `serde_json::Value`, whose maps are
-/// sorted by key (the workspace's serde_json has no `preserve_order`), so every delivered
-/// document comes back with its properties in alphabetical order, at every depth.
+/// the app wrote them, at every depth. The codec merges on `serde_json::Value`, whose maps keep
+/// their order only with serde_json's `preserve_order` (without it they are sorted by key, and
+/// every delivered document came back in alphabetical order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 28: a delivery writes the document's properties in alphabetical order"]
 async fn phase2_writes_keep_the_order_the_app_wrote_the_properties_in() {
     let run = experiment().await;
     documents_changed_only_by_the_writes(&run, true).await;

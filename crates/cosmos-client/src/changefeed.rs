@@ -395,7 +395,7 @@ fn delete_of(item: &ChangeFeedItem<Value>) -> FeedDelete {
 /// Removes `_lsn`, which only change-feed copies of a document carry.
 fn without_feed_properties(mut document: Value) -> Value {
     if let Some(map) = document.as_object_mut() {
-        map.remove("_lsn");
+        map.shift_remove("_lsn");
     }
     document
 }

@@ -147,7 +147,7 @@ fn partition_value(container: &Container, doc: &Value) -> Option<String> {
 pub fn strip_system_fields(mut doc: Value) -> Value {
     if let Some(obj) = doc.as_object_mut() {
         for field in ["_rid", "_self", "_etag", "_attachments", "_ts"] {
-            obj.remove(field);
+            obj.shift_remove(field);
         }
     }
     doc
@@ -155,4 +155,21 @@ pub fn strip_system_fields(mut doc: Value) -> Value {
 
 fn config_error(op: &'static str, message: String) -> Error {
     Error::new(ErrorKind::Config, op, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripping_system_fields_keeps_the_other_properties_in_their_order() {
+        // system fields anywhere (Cosmos appends them; an export may hold them elsewhere): the
+        // app's properties stay in the order it wrote them (`shift_remove`, not `swap_remove`)
+        let text = r#"{"id":"a","_rid":"r","Zeta":1,"_ts":5,"Alpha":{"b":1,"a":2},"Mid":true,"_etag":"e","Last":null}"#;
+        let doc: Value = serde_json::from_str(text).expect("json");
+        assert_eq!(
+            serde_json::to_string(&strip_system_fields(doc)).expect("serializes"),
+            r#"{"id":"a","Zeta":1,"Alpha":{"b":1,"a":2},"Mid":true,"Last":null}"#
+        );
+    }
 }

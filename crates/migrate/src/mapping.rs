@@ -127,7 +127,11 @@ fn notes(notes: &[Note]) -> Vec<DocumentNote> {
 /// whenever a document before it is added or removed, and differs between ranges and workers).
 pub fn content_locator(container: &str, raw: &serde_json::Value) -> String {
     use md5::{Digest, Md5};
-    let bytes = serde_json::to_vec(raw).unwrap_or_default();
+    // keys sorted at every depth: the name predates serde_json's `preserve_order`, and must
+    // not depend on the order a reader returned the properties in
+    let mut sorted = raw.clone();
+    sorted.sort_all_objects();
+    let bytes = serde_json::to_vec(&sorted).unwrap_or_default();
     let digest = Md5::digest(&bytes);
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("{container}#no-id-{hex}")
@@ -152,5 +156,17 @@ mod tests {
         // the name carries no value of the document
         assert!(!content_locator("Accounts", &a).contains("example"));
         assert!(content_locator("Accounts", &a).starts_with("Accounts#no-id-"));
+        // the same content with its properties in another order, at any depth: the same name
+        let c = serde_json::json!({"Email": "a@example.com", "$type": "Account"});
+        assert_eq!(
+            content_locator("Accounts", &a),
+            content_locator("Accounts", &c)
+        );
+        let d = serde_json::json!({"x": {"b": 1, "a": 2}});
+        let e = serde_json::json!({"x": {"a": 2, "b": 1}});
+        assert_eq!(
+            content_locator("Accounts", &d),
+            content_locator("Accounts", &e)
+        );
     }
 }

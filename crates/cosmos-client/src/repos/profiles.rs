@@ -128,7 +128,7 @@ pub(crate) async fn maintain_profile_ids(
         };
         let mut doc = crate::transfer::strip_system_fields(found.doc.clone());
         if let Some(obj) = doc.as_object_mut() {
-            obj.remove("_lsn");
+            obj.shift_remove("_lsn");
             obj.insert("UserProfileIds".into(), list.clone());
         }
         let etag = found.etag.as_deref().ok_or_else(|| {

@@ -508,8 +508,7 @@ pub(crate) fn encode_subscription(s: &Subscription, account: &Account) -> Value 
 }
 
 pub(crate) fn encode_settings(s: &AccountSettings) -> Value {
-    // Unknown keys first, so a known key can never be overwritten by a stray extra.
-    let mut obj: Map<String, Value> = s.extra.clone();
+    let mut obj = Map::new();
     if let Some(id) = &s.id {
         obj.insert("Id".into(), json!(id));
     }
@@ -521,5 +520,12 @@ pub(crate) fn encode_settings(s: &AccountSettings) -> Value {
         ("Theme", json!(s.theme)),
     ];
     obj.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    // unknown keys after the app's (the order its serializer writes them in), never over a
+    // known one: a stray extra with a known key's name cannot overwrite it
+    for (k, v) in &s.extra {
+        if !obj.contains_key(k) {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
     Value::Object(obj)
 }

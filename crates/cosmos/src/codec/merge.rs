@@ -229,7 +229,7 @@ pub fn signup_document(stored: Option<&Value>, signup: &PendingSignup) -> Value 
         ),
         None => {
             if get(stored, "Code").is_some() {
-                out.remove("Code");
+                out.shift_remove("Code");
             }
         }
     }
@@ -264,7 +264,7 @@ pub fn signup_document(stored: Option<&Value>, signup: &PendingSignup) -> Value 
         // keeps them in a note): only the hash decides
         None => {
             if get(stored, "VerificationTokenHash").is_some() {
-                out.remove("VerificationTokenHash");
+                out.shift_remove("VerificationTokenHash");
             }
         }
     }
@@ -280,7 +280,7 @@ fn new_account_document(
     let mut doc = encode_account(account, subscription, completed, &[] as &[&str]);
     if let Some(Value::Object(sub)) = doc.get_mut("Subscription") {
         for name in SUBSCRIPTION_TIMESTAMPS {
-            sub.remove(name);
+            sub.shift_remove(name);
         }
     }
     doc
@@ -303,7 +303,7 @@ fn new_subscription(subscription: &Subscription, account: &Account) -> Value {
     let mut v = encode_subscription(subscription, account);
     if let Some(obj) = v.as_object_mut() {
         for name in SUBSCRIPTION_TIMESTAMPS {
-            obj.remove(name);
+            obj.shift_remove(name);
         }
     }
     v
@@ -445,7 +445,7 @@ fn merge_user_id(out: &mut Object, stored: &Object, pg: Option<&str>) {
     }
     out.insert("ExternalUserId".into(), json!(pg.unwrap_or("")));
     // the legacy name would be read when `ExternalUserId` is blank, and contradict it otherwise
-    out.remove("Auth0UserId");
+    out.shift_remove("Auth0UserId");
 }
 
 /// A string property where blank means none; `Err` when it is not a string.

@@ -425,7 +425,9 @@ const EXAMPLES: usize = 10;
 /// A document's content without the system properties, as a digest.
 fn content_digest(doc: Value) -> [u8; 32] {
     let doc = mystira_cosmos_client::transfer::strip_system_fields(doc);
-    // serde_json writes an object's keys in sorted order, so equal documents give equal bytes
+    // the keys in their order (serde_json keeps it): restore writes each document as the
+    // archive holds it, in the order the source returned its properties, and Cosmos keeps that
+    // order, so a document that comes back in another order was not restored as archived
     let bytes = serde_json::to_vec(&doc).unwrap_or_default();
     Sha256::digest(&bytes).into()
 }

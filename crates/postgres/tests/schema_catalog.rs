@@ -156,3 +156,28 @@ async fn sql_id_mapping_agrees_with_the_domain_mapping(pool: PgPool) {
         assert_eq!(original, domain.cosmos_id, "original of {raw}");
     }
 }
+
+/// Autovacuum runs ANALYZE with an empty search_path, and ANALYZE evaluates the expression
+/// indexes on `mystira_key_for_cosmos_id(cosmos_id)`: the function must resolve what it calls
+/// without the session's path, or every automatic ANALYZE of those tables fails.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn tables_with_key_expression_indexes_analyze_under_an_empty_search_path(pool: PgPool) {
+    let mut conn = pool.acquire().await.expect("connection");
+    sqlx::raw_sql(
+        "insert into accounts (id, email, display_name) values
+             ('7d1c3a52-5b7e-4d5a-9f0e-2b1f3c4d5e6f', 'a@example.com', 'A');
+         insert into subscriptions (id, cosmos_id, account_id)
+             values (mystira_key_for_cosmos_id('sub-1'), 'sub-1',
+                     '7d1c3a52-5b7e-4d5a-9f0e-2b1f3c4d5e6f');
+         set search_path = '';",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("setup");
+    for table in ["public.subscriptions", "public.user_badges"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("analyze {table}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("analyze {table} with an empty search_path: {e}"));
+    }
+}

@@ -246,6 +246,9 @@ pub(crate) fn differences(container: &str, source: &Value, encoded: &Value) -> V
     };
     let entity_type = Container::from_name(container).map_or("", |c| c.entity_type());
     compare_object(&Ctx::root(entity_type), src, enc, &mut out);
+    // named in path order, whatever order the document holds its properties in (objects keep
+    // their order since serde_json's preserve_order)
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 

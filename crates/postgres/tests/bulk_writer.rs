@@ -303,6 +303,8 @@ async fn write_in_order(pool: &PgPool, order: &[Either]) -> Vec<String> {
 }
 
 #[derive(Clone)]
+// a handful of test values: their size does not matter
+#[allow(clippy::large_enum_variant)]
 enum Either {
     Account(AccountDocument),
     Profile(ProfileDocument),

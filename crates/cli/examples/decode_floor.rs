@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use mystira_migrate::mapping::{Mapped, map_document};
+use mystira_copy::mapping::{Mapped, map_document};
 use mystira_postgres::initial_load::encoded_size;
 
 // the same allocator as the binary, so the figures are the binary's

@@ -13,7 +13,7 @@
 //! cluster's data, the ledger, the loadgen output and logs) for a post-mortem.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -374,7 +374,7 @@ async fn postgres_outage(test: &str, phase: &str, modes: &[&'static str]) -> (Va
 
 /// Journalled copies are replayed after newer writes were copied directly; the first runs of
 /// this test found two ways that lost writes in PostgreSQL, both fixed (the two focused tests
-/// at the end of `crates/migrate/tests/ledger.rs`).
+/// at the end of `crates/loadtest/tests/ledger.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase1_postgres_down_for_10s_journals_to_files_and_loses_no_acknowledged_write() {
     let (report, _) = postgres_outage("faults-pg1", "dual-write-cosmos-read", &[]).await;

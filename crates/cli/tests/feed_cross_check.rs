@@ -11,14 +11,14 @@
 
 mod support;
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod cosmos_support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosStore, QuerySpec, import_dir};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosStore, QuerySpec, import_dir};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 

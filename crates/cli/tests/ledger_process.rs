@@ -10,7 +10,7 @@
 //! Each test takes a few seconds.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod cosmos_support;
 mod support;
 
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mystira_migrate::ledger::{FieldGroups, LedgerWriter};
+use mystira_loadtest::ledger::{FieldGroups, LedgerWriter};
 use mystira_postgres::journal::{JournalOp, JournalRecord};
 use mystira_postgres::phase::Phase;
 use serde_json::Value;

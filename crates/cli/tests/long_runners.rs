@@ -13,15 +13,15 @@
 //! is bounded; each test takes about 20-30 s.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosStore, QuerySpec, import_dir};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosStore, QuerySpec, import_dir};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 

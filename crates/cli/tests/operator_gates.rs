@@ -23,14 +23,14 @@
 
 mod support;
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod cosmos_support;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mystira_cosmos_client::{CosmosStore, QuerySpec};
+use mystira_cosmos_store::{CosmosStore, QuerySpec};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 use support::serve::{Serve, dev_token, metric};

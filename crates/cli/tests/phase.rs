@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod support;
 
 use std::io::Write as _;

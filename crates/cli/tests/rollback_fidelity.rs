@@ -19,7 +19,7 @@
 
 mod support;
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod cosmos_support;
 
 use std::path::Path;
@@ -41,7 +41,7 @@ const SYSTEM: [&str; 5] = ["_rid", "_self", "_etag", "_ts", "_attachments"];
 /// directory, and an HTTP client that trusts the test server's certificate.
 struct World {
     db: String,
-    store: mystira_cosmos_client::CosmosStore,
+    store: mystira_cosmos_store::CosmosStore,
     work: tempfile::TempDir,
     http: reqwest::Client,
 }

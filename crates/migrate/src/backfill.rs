@@ -2,7 +2,7 @@
 //!
 //! Containers are copied in dependency order (`Accounts` before `UserProfiles`, whose
 //! `AccountId` must find its account; then `PendingSignups`). Each container is read page by
-//! page; each page is decoded, validated and mapped (`crate::mapping`), written in batches
+//! page; each page is decoded, validated and mapped (`mystira_copy::mapping`), written in batches
 //! through the idempotent, version-guarded bulk writer, and its position is checkpointed after
 //! the write. A `kill -9` at any moment loses at most the page in flight, which the re-run reads
 //! again and writes as `unchanged` where it had already landed: the final state is the same.
@@ -19,13 +19,12 @@ use mystira_postgres::rate_budget;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::apply::{Retries, write_page};
-use crate::initial::{self, InitialLoadSummary, LoadMode, LoadPath};
-use crate::source::{DocumentSource, SourceError};
-use mystira_postgres::initial_load::{self, Stage};
+pub use mystira_copy::{CONTAINERS, ContainerCounts, local_owner};
 
-/// The containers of the user domain, in the order they are copied.
-pub const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
+use crate::initial::{self, InitialLoadSummary, LoadMode, LoadPath};
+use mystira_copy::apply::{Retries, write_page};
+use mystira_copy::source::{DocumentSource, SourceError};
+use mystira_postgres::initial_load::{self, Stage};
 
 const JOB: &str = "backfill";
 
@@ -64,51 +63,6 @@ impl Default for BackfillConfig {
             lease: Duration::from_secs(30),
             owner: local_owner(std::process::id()),
             load_mode: LoadMode::Auto,
-        }
-    }
-}
-
-/// What happened to one container's documents.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-// counts recorded by older versions lack the newer fields
-#[serde(default)]
-pub struct ContainerCounts {
-    pub read: u64,
-    pub written: u64,
-    /// Already in PostgreSQL at this version or newer (a re-run, or a resumed page).
-    pub unchanged: u64,
-    pub quarantined: u64,
-    /// Not copied on purpose, by reason.
-    pub skipped: BTreeMap<String, u64>,
-    /// Documents counted `written` earlier that a newer document of the same row, or a newer
-    /// account claiming the same login, displaced later (moved to the quarantine as
-    /// `superseded_duplicate` or `duplicate_auth0_user_id`). Not part of the reconciliation:
-    /// each was read and written once; this says how many of those writes no longer stand.
-    pub superseded: u64,
-    /// Documents the initial load copied, then took out again because they compete with
-    /// another document for a row or value, and applied through the upsert path after its
-    /// rebuild. Their counts are those of that final outcome (each read counted once, see
-    /// `crate::initial`); this says how many took the detour. Not part of the reconciliation.
-    pub set_aside: u64,
-}
-
-impl ContainerCounts {
-    /// Whether every document read is accounted for.
-    pub fn reconciles(&self) -> bool {
-        self.read
-            == self.written + self.unchanged + self.quarantined + self.skipped.values().sum::<u64>()
-    }
-
-    /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &ContainerCounts) {
-        self.read += other.read;
-        self.written += other.written;
-        self.unchanged += other.unchanged;
-        self.quarantined += other.quarantined;
-        self.superseded += other.superseded;
-        self.set_aside += other.set_aside;
-        for (reason, n) in &other.skipped {
-            *self.skipped.entry(reason.clone()).or_default() += n;
         }
     }
 }
@@ -284,12 +238,6 @@ async fn start(
     let joined = leases::start_or_join(pool, JOB, config.restart, plans).await?;
     let path = initial::choose_path(pool, config.load_mode, joined, stage).await?;
     Ok((joined, path, true))
-}
-
-/// `<host>:<pid>`: names the workers of this process in the lease table.
-pub fn local_owner(pid: u32) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}:{pid}", host.trim())
 }
 
 /// Leases held by processes of this host that no longer exist (killed) are released at once,

@@ -13,9 +13,12 @@ use mystira_postgres::leases;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::apply::{MappedPage, Retries, drop_apart, failure_code, map_page_apart, write_page};
-use crate::backfill::{BackfillError, CONTAINERS, ContainerCounts};
-use crate::source::{DocumentSource, SourceDocument, read_page_of_ids};
+use crate::backfill::BackfillError;
+use mystira_copy::apply::{
+    MappedPage, Retries, drop_apart, failure_code, map_page_apart, write_page,
+};
+use mystira_copy::source::{DocumentSource, SourceDocument, read_page_of_ids};
+use mystira_copy::{CONTAINERS, ContainerCounts};
 
 /// Which path `migrate` loads by.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -15,13 +15,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::backfill::{CONTAINERS, ContainerCounts};
+use mystira_copy::{CONTAINERS, ContainerCounts};
 
 /// What the backfill counted for a container; `superseded` is 0 in runs that predate it.
 pub type Counts = ContainerCounts;
 
 /// The note whose `original` is an account's `UserProfileIds` list as stored (a comma-joined
-/// string or an array), as the codec records it (`crates/cosmos/src/codec/account.rs`).
+/// string or an array), as the codec records it (`crates/cosmos-codec/src/codec/account.rs`).
 pub const USER_PROFILE_IDS_NOTE: &str = "user_profile_ids_dropped";
 
 /// The backfill's job name in `migration.runs` and `migration.work_ranges`.

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use mystira_cosmos::codec::Container;
-use mystira_cosmos::generate::{self, DocKind, Expected, GenerateOptions};
-use mystira_migrate::source::SourceError;
+use mystira_copy::source::SourceError;
+use mystira_cosmos_codec::codec::Container;
+use mystira_cosmos_codec::generate::{self, DocKind, Expected, GenerateOptions};
 use mystira_migrate::{BackfillConfig, DocumentSource, ExportDirSource, SourcePage, run_backfill};
 use sqlx::PgPool;
 

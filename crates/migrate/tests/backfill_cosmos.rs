@@ -8,11 +8,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
+use mystira_copy::source::SourceError;
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
 use mystira_domain::Secret;
 use mystira_migrate::backfill::local_owner;
-use mystira_migrate::source::SourceError;
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, ExportDirSource, SourcePage, run_backfill,
 };

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosConfig, CosmosStore, PartitionKey, TlsTrust, import_dir};
+use mystira_copy::source::{RangePlan, SourceError};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosConfig, CosmosStore, PartitionKey, TlsTrust, import_dir};
 use mystira_domain::Secret;
 use mystira_migrate::backfill::local_owner;
-use mystira_migrate::source::{RangePlan, SourceError};
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, ExportDirSource, SourceDocument, SourcePage,
     run_backfill,

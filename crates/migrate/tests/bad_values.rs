@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mystira_cosmos::generate::{self, GenerateOptions};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
 use mystira_migrate::{BackfillConfig, ExportDirSource, LoadPath, run_backfill};
 use mystira_postgres::bookkeeping;
 use serde_json::{Value, json};
@@ -130,7 +130,7 @@ fn plant_bad_documents(dir: &Path) -> Planted {
     plant(dir, "Accounts", &accounts);
     plant(dir, "UserProfiles", &profiles);
     plant(dir, "PendingSignups", &signups);
-    let no_id = mystira_migrate::mapping::content_locator("Accounts", &bad_id_doc);
+    let no_id = mystira_copy::mapping::content_locator("Accounts", &bad_id_doc);
     let bad = vec![
         ("Accounts", id(2), "DisplayName"),
         ("Accounts", no_id.clone(), "id"),
@@ -321,7 +321,7 @@ async fn a_nul_character_quarantines_its_document_on_a_rerun_by_upserts(pool: Pg
     assert_exactly_the_bad_ones_quarantined(&pool, &planted).await;
 
     // a retry reads each stored document back and finds the same reason; still writable
-    let retry = mystira_migrate::quarantine::retry_quarantined(&pool, None, None)
+    let retry = mystira_copy::quarantine::retry_quarantined(&pool, None, None)
         .await
         .unwrap();
     let n = planted.bad.len() as u64;

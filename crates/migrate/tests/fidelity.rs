@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mystira_cosmos::generate::{self, GenerateOptions};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
 use mystira_migrate::{
     BackfillConfig, BackfillReport, ExportDirSource, LoadMode, LoadPath, run_backfill,
 };

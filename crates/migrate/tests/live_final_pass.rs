@@ -6,16 +6,16 @@
 //! change feed keeps the earlier final pass.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-client/tests/support/mod.rs"]
+#[path = "../../cosmos-store/tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosStore, import_dir};
-use mystira_migrate::source::{RangePlan, SourceError};
+use mystira_copy::source::{RangePlan, SourceError};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosStore, import_dir};
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, LoadPath, SourceDocument, SourcePage,
     run_backfill,

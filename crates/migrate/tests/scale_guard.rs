@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mystira_cosmos::generate::{self, GenerateOptions};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
 use mystira_migrate::initial::LoadMode;
 use mystira_migrate::{
     BackfillConfig, BackfillReport, ExportDirSource, RepairOptions, VerifyOptions, repair,

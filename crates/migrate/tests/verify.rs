@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
-use mystira_cosmos::export::ExportWriter;
-use mystira_cosmos::generate::{self, DocKind, GenerateOptions};
+use mystira_cosmos_codec::export::ExportWriter;
+use mystira_cosmos_codec::generate::{self, DocKind, GenerateOptions};
 use mystira_migrate::{
     BackfillConfig, DriftKind, Entity, ExportDirSource, Outcome, RepairOptions, VerifyOptions,
     VerifyReport, repair, run_backfill, run_verify, verify,
@@ -136,7 +136,7 @@ async fn awkward_values_hash_the_same_on_both_sides(pool: PgPool) {
     // times before 2000 with 100 ns digits (sqlx truncates toward zero), and float badges
     let dir = tempfile::tempdir().unwrap();
     let mut writer = ExportWriter::create(dir.path()).unwrap();
-    for c in mystira_cosmos::codec::Container::ALL {
+    for c in mystira_cosmos_codec::codec::Container::ALL {
         writer.add_container(c.name()).unwrap();
     }
     let mut touched = (0i64, 0i64);
@@ -1468,18 +1468,18 @@ async fn accounts_whose_hint_disagrees(pool: &PgPool, dir: &Path) -> BTreeSet<St
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
     {
         let id = id_of(&doc);
-        let key = mystira_cosmos::codec::reference_key(&id, "Account");
+        let key = mystira_cosmos_codec::codec::reference_key(&id, "Account");
         let hint: BTreeSet<uuid::Uuid> = match &doc["UserProfileIds"] {
             serde_json::Value::String(s) => s
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| mystira_cosmos::codec::reference_key(s, "UserProfile"))
+                .map(|s| mystira_cosmos_codec::codec::reference_key(s, "UserProfile"))
                 .collect(),
             serde_json::Value::Array(a) => a
                 .iter()
                 .filter_map(|v| v.as_str())
-                .map(|s| mystira_cosmos::codec::reference_key(s.trim(), "UserProfile"))
+                .map(|s| mystira_cosmos_codec::codec::reference_key(s.trim(), "UserProfile"))
                 .collect(),
             _ => BTreeSet::new(),
         };

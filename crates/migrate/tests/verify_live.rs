@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mystira_cosmos::generate::{self, GenerateOptions};
-use mystira_cosmos_client::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
+use mystira_copy::apply::{Retries, write_page};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
 use mystira_domain::Secret;
-use mystira_migrate::apply::{Retries, write_page};
 use mystira_migrate::verify::DescentHook;
 use mystira_migrate::{
     BackfillConfig, ContainerCounts, CosmosSource, DocumentSource, DriftKind, Entity, Outcome,

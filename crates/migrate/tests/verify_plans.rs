@@ -14,7 +14,7 @@
 //! small tables, as it does at 100,000 accounts.
 #![allow(clippy::unwrap_used)]
 
-use mystira_cosmos::generate::{self, GenerateOptions};
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
 use mystira_migrate::{BackfillConfig, ExportDirSource, Outcome, run_backfill, verify};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

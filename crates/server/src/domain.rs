@@ -8,7 +8,7 @@ use mystira_domain::ports::{
     AccountRepository, BadgeRepository, CompletedScenarioRepository, PendingSignupRepository,
     ProfileRepository, SubscriptionRepository,
 };
-use mystira_migrate::router::DualWriteRouter;
+use mystira_dual_write::router::DualWriteRouter;
 use mystira_postgres::{
     PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
     PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,
@@ -18,7 +18,7 @@ use sqlx::PgPool;
 /// Which stores serve the domain API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// The dual-write router: the phase decides (see `mystira_migrate::router`).
+    /// The dual-write router: the phase decides (see `mystira_dual_write::router`).
     Router,
     /// PostgreSQL alone, whatever the phase says (no Cosmos account is configured).
     PostgresOnly,

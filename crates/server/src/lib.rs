@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use mystira_cosmos_client::CosmosStore;
-use mystira_migrate::phase::PhaseWatcher;
+use mystira_cosmos_store::CosmosStore;
+use mystira_dual_write::phase::PhaseWatcher;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -56,7 +56,7 @@ pub struct AppState {
     /// How long a readiness probe waits for each store.
     pub probe_timeout: Duration,
     /// The phase gates' settings (the maximum verify age), as `mystira-users phase` has them.
-    pub gates: mystira_migrate::phase::GateConfig,
+    pub gates: mystira_dual_write::phase::GateConfig,
 }
 
 /// The service's routes.

@@ -15,7 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use mystira_migrate::router::{Store, WriteObserver};
+use mystira_dual_write::router::{Store, WriteObserver};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -424,8 +424,8 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
     let replication = mystira_postgres::leases::caught_up_lag(
         &mut *tx,
         &[
-            mystira_migrate::replicate::JOB,
-            mystira_migrate::replicate::WATERMARK_JOB,
+            mystira_dual_write::replicate::JOB,
+            mystira_dual_write::replicate::WATERMARK_JOB,
         ],
     )
     .await
@@ -435,7 +435,7 @@ async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     let feed_disagreeing = mystira_postgres::feed_checks::disagreeing_ranges(
         &mut *tx,
-        mystira_migrate::replicate::JOB,
+        mystira_dual_write::replicate::JOB,
     )
     .await
     .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mystira_cosmos::generate::{GenerateOptions, write_export};
+use mystira_cosmos_codec::generate::{GenerateOptions, write_export};
 use mystira_migrate::backfill::BackfillConfig;
 use mystira_postgres::copy_baseline::{
     self, copy_into, count_domain_rows, export_domain_tables, restore_order_load, strip_schema,

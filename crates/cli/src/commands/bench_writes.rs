@@ -1,10 +1,10 @@
 //! `mystira-users bench-writes`: write latency per phase against phase 0, and the relay's
-//! throughput, in one run (the logic is in `mystira_migrate::write_bench`).
+//! throughput, in one run (the logic is in `mystira_loadtest::write_bench`).
 
 use anyhow::Context as _;
 use clap::Args;
-use mystira_cosmos_client::CosmosRepositories;
-use mystira_migrate::write_bench::{WriteBenchConfig, WriteBenchReport, run_write_bench};
+use mystira_cosmos_store::CosmosRepositories;
+use mystira_loadtest::write_bench::{WriteBenchConfig, WriteBenchReport, run_write_bench};
 use serde_json::json;
 
 use super::{Outcome, bench, db, source};

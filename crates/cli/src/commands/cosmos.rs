@@ -1,7 +1,7 @@
 //! `mystira-users cosmos export|import`: export files in and out of a Cosmos account.
 
 use anyhow::Context as _;
-use mystira_cosmos_client::{export_dir, import_dir};
+use mystira_cosmos_store::{export_dir, import_dir};
 use serde_json::json;
 
 use super::{Outcome, source};

@@ -2,7 +2,7 @@
 //! into a Cosmos account.
 
 use anyhow::Context as _;
-use mystira_cosmos::generate::{GenerateOptions, write_export};
+use mystira_cosmos_codec::generate::{GenerateOptions, write_export};
 use serde_json::json;
 
 use super::{Outcome, source};
@@ -37,7 +37,7 @@ pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Out
     let imported_into = match (&args.out, &args.cosmos.cosmos_endpoint) {
         (None, Some(_)) => {
             let store = source::connect_cosmos(&args.cosmos, settings).await?;
-            let counts = mystira_cosmos_client::import_dir(&store, &out, 16)
+            let counts = mystira_cosmos_store::import_dir(&store, &out, 16)
                 .await
                 .context("the import failed")?;
             not_imported = counts.into_iter().flat_map(|(_, c)| c.rejected).collect();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mystira_cosmos_client::{CosmosRepositories, CosmosStore};
-use mystira_migrate::journal::FileJournal;
-use mystira_migrate::phase::PhaseWatcher;
-use mystira_migrate::router::{
+use mystira_cosmos_store::{CosmosRepositories, CosmosStore};
+use mystira_dual_write::journal::FileJournal;
+use mystira_dual_write::phase::PhaseWatcher;
+use mystira_dual_write::router::{
     BackgroundConfig, BackgroundReport, DualWriteRouter, RouterConfig, run_background,
 };
 use sqlx::PgPool;

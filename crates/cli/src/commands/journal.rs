@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use mystira_migrate::journal::{FileJournal, ReplayReport, replay_files, replay_table};
+use mystira_dual_write::journal::{FileJournal, ReplayReport, replay_files, replay_table};
 use mystira_postgres::journal;
 use serde_json::json;
 
-use mystira_cosmos_client::CosmosRepositories;
+use mystira_cosmos_store::CosmosRepositories;
 
 use super::{Outcome, db, source};
 use crate::config::Settings;

@@ -1,13 +1,13 @@
 //! `mystira-users ledger check`: compares a load generator's ledger with both stores (the
-//! logic is in `mystira_migrate::ledger`).
+//! logic is in `mystira_loadtest::ledger`).
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use mystira_cosmos_client::CosmosRepositories;
-use mystira_migrate::journal::FileJournal;
-use mystira_migrate::ledger::{Verdict, check};
+use mystira_cosmos_store::CosmosRepositories;
+use mystira_dual_write::journal::FileJournal;
+use mystira_loadtest::ledger::{Verdict, check};
 
 use super::{Outcome, db, source};
 use crate::cli::CosmosArgs;

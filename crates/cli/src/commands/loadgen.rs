@@ -1,16 +1,16 @@
 //! `mystira-users loadgen`: hosts a dual-write router (the phase from PostgreSQL through a
 //! `PhaseWatcher`, its journal replay and outbox relay beside it) and drives it with
-//! `mystira_migrate::loadgen`, which keeps the ledger.
+//! `mystira_loadtest::loadgen`, which keeps the ledger.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use mystira_migrate::journal::FileJournal;
-use mystira_migrate::loadgen::{LoadConfig, LoadError, run_load};
-use mystira_migrate::phase::PhaseWatcher;
-use mystira_migrate::router::{Phase1Copy, Phase2Delivery, RouterConfig};
+use mystira_dual_write::journal::FileJournal;
+use mystira_dual_write::phase::PhaseWatcher;
+use mystira_dual_write::router::{Phase1Copy, Phase2Delivery, RouterConfig};
+use mystira_loadtest::loadgen::{LoadConfig, LoadError, run_load};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -85,7 +85,7 @@ pub enum DeliveryMode {
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    mystira_migrate::phase::parse_duration(raw)
+    mystira_dual_write::phase::parse_duration(raw)
 }
 
 /// How many writes still wait in the journal (table and this machine's files) and the outbox.

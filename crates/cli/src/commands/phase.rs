@@ -1,5 +1,5 @@
 //! `mystira-users phase show|set|clear|history`: the migration phase, its gates and its audit
-//! trail. The rules live in `mystira_migrate::phase`; this module parses, resolves the actor and
+//! trail. The rules live in `mystira_dual_write::phase`; this module parses, resolves the actor and
 //! the maximum verify age (flag > `MYSTIRA_MAX_VERIFY_AGE` > `[phase] max_verify_age` > 24 h),
 //! asks for the typed confirmation of a move out of postgres-only (only when stdin is a
 //! terminal; otherwise `--yes` or exit 5, never a wait for input), and maps a refusal to exit
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use mystira_migrate::phase::{
+use mystira_dual_write::phase::{
     self, ChangeOptions, Decision, DecisionKind, GateConfig, Phase, PhaseError,
 };
 use serde_json::json;

@@ -64,7 +64,7 @@ pub async fn run(command: &QuarantineCommand, settings: &Settings) -> anyhow::Re
             }
         }
         QuarantineCommand::Retry { container, reason } => {
-            let report = mystira_migrate::quarantine::retry_quarantined(
+            let report = mystira_copy::quarantine::retry_quarantined(
                 &pool,
                 container.as_deref(),
                 reason.as_deref(),

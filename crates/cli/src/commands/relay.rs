@@ -1,15 +1,15 @@
 //! `mystira-users relay`: delivers the outbox to Cosmos (the logic is in
-//! `mystira_migrate::relay`).
+//! `mystira_dual_write::relay`).
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use mystira_cosmos_client::CosmosRepositories;
-use mystira_cosmos_client::CosmosStore;
-use mystira_migrate::heartbeat::{Health, Heartbeat, OutageBackoff, this_process};
-use mystira_migrate::relay::{RelayConfig, RelayReport, drain, run_relay};
+use mystira_cosmos_store::CosmosRepositories;
+use mystira_cosmos_store::CosmosStore;
+use mystira_dual_write::heartbeat::{Health, Heartbeat, OutageBackoff, this_process};
+use mystira_dual_write::relay::{RelayConfig, RelayReport, drain, run_relay};
 use mystira_postgres::heartbeats::WorkerKind;
 use mystira_postgres::outbox;
 use serde_json::json;

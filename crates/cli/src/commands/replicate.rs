@@ -1,15 +1,15 @@
 //! `mystira-users replicate`: flags to a [`ReplicateConfig`], SIGINT/SIGTERM to a stop signal,
 //! progress as log lines, and a summary (human or `--json`). The logic is in
-//! `mystira_migrate::replicate`.
+//! `mystira_dual_write::replicate`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use mystira_cosmos_client::FeedMode;
-use mystira_migrate::heartbeat::{Heartbeat, this_process};
-use mystira_migrate::replicate::{
+use mystira_cosmos_store::FeedMode;
+use mystira_dual_write::heartbeat::{Heartbeat, this_process};
+use mystira_dual_write::replicate::{
     ReplicateConfig, ReplicateReport, ReplicationMode, StartAt, run_replication,
 };
 use mystira_postgres::heartbeats::WorkerKind;
@@ -102,7 +102,7 @@ pub struct ReplicateArgs {
 fn parse_start(value: &str) -> Result<StartAt, String> {
     value
         .parse()
-        .map_err(|e: mystira_migrate::replicate::BadStart| e.to_string())
+        .map_err(|e: mystira_dual_write::replicate::BadStart| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

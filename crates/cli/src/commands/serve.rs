@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use mystira_migrate::phase::PhaseWatcher;
-use mystira_migrate::router::RouterConfig;
+use mystira_dual_write::phase::PhaseWatcher;
+use mystira_dual_write::router::RouterConfig;
 use mystira_postgres::local_cluster::LocalCluster;
 use mystira_server::auth::{Authenticator, DevKey};
 use mystira_server::connections::Limits;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use mystira_cosmos_client::{CosmosConfig, CosmosStore, TlsTrust};
+use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust};
 use mystira_domain::Secret;
 use mystira_migrate::{CosmosSource, DocumentSource, ExportDirSource};
 

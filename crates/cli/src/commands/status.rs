@@ -1,11 +1,11 @@
-//! `mystira-users status`: the whole migration at a glance (see `mystira_migrate::status`).
+//! `mystira-users status`: the whole migration at a glance (see `mystira_dual_write::status`).
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use mystira_migrate::journal::FileJournal;
-use mystira_migrate::status;
+use mystira_dual_write::journal::FileJournal;
+use mystira_dual_write::status;
 use serde_json::json;
 
 use super::phase::{GateArgs, gate_config};

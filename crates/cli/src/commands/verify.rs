@@ -1,6 +1,6 @@
 //! `mystira-users verify [--repair]`: does PostgreSQL hold what the source holds?
 
-use mystira_cosmos_client::CosmosRepositories;
+use mystira_cosmos_store::CosmosRepositories;
 use mystira_migrate::verify::towards_cosmos::repair_towards_cosmos;
 use mystira_migrate::{DocumentSource, Outcome as VerifyOutcome, RepairOptions, VerifyOptions};
 use serde_json::json;
@@ -124,7 +124,12 @@ async fn towards_cosmos(
         delete_extra: args.delete_extra,
         ..RepairOptions::default()
     };
-    match repair_towards_cosmos(pool, source, &repos.writer, options, &repair).await {
+    let delivery = mystira_dual_write::relay::RelayDelivery {
+        pool,
+        writer: &repos.writer,
+        config: mystira_dual_write::relay::RelayConfig::default(),
+    };
+    match repair_towards_cosmos(pool, source, &delivery, options, &repair).await {
         Ok(report) => Outcome {
             exit: exit_for(report.after.outcome),
             human: format!(

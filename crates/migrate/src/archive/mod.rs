@@ -47,8 +47,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::source::{DocumentSource, RangePlan, SourceDocument, SourceError};
 use manifest::{CHUNK_EXTENSION, ChunkEntry, ContainerEntry, MANIFEST, Manifest, RangeEntry};
+use mystira_copy::source::{DocumentSource, RangePlan, SourceDocument, SourceError};
 pub use store::Store;
 
 pub use restore::{RestoreConfig, RestoreReport, RestoreTarget, restore};
@@ -70,7 +70,7 @@ pub enum ArchiveError {
     #[error("the source returned a line that is not a document ({0})")]
     NotADocument(String),
     #[error(transparent)]
-    Cosmos(#[from] mystira_cosmos_client::Error),
+    Cosmos(#[from] mystira_cosmos_store::Error),
     /// A chunk does not match the manifest.
     #[error("chunk {file}: {message}")]
     Damaged {
@@ -165,7 +165,7 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         Self {
-            containers: mystira_cosmos_client::USER_DOMAIN_CONTAINERS
+            containers: mystira_cosmos_store::USER_DOMAIN_CONTAINERS
                 .iter()
                 .map(|(c, pk)| ((*c).to_owned(), (*pk).to_owned()))
                 .collect(),

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use mystira_cosmos_client::{CosmosStore, ErrorKind, PartitionKey, QuerySpec};
+use mystira_cosmos_store::{CosmosStore, ErrorKind, PartitionKey, QuerySpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -305,7 +305,7 @@ pub async fn restore(
         let (writes, bad) = writes_of(documents, pk, &entry.file);
         rejected.extend(bad);
         let n = writes.len() as u64;
-        let results: Vec<Result<(), mystira_cosmos_client::Error>> = futures::stream::iter(writes)
+        let results: Vec<Result<(), mystira_cosmos_store::Error>> = futures::stream::iter(writes)
             .map(|(partition, id, doc)| async move {
                 container
                     .upsert(PartitionKey::from(partition), &id, &doc)
@@ -381,7 +381,7 @@ fn writes_of(
             (Some(id), Some(partition)) => writes.push((
                 partition,
                 id,
-                mystira_cosmos_client::transfer::strip_system_fields(doc),
+                mystira_cosmos_store::transfer::strip_system_fields(doc),
             )),
             _ => rejected.push(format!(
                 "{file} line {}: no string id or value at {partition_key}",
@@ -424,7 +424,7 @@ const EXAMPLES: usize = 10;
 
 /// A document's content without the system properties, as a digest.
 fn content_digest(doc: Value) -> [u8; 32] {
-    let doc = mystira_cosmos_client::transfer::strip_system_fields(doc);
+    let doc = mystira_cosmos_store::transfer::strip_system_fields(doc);
     // the keys in their order (serde_json keeps it): restore writes each document as the
     // archive holds it, in the order the source returned its properties, and Cosmos keeps that
     // order, so a document that comes back in another order was not restored as archived

@@ -6,7 +6,7 @@
 //! row is bucketed by the document it came from, so one document's rows share a bucket).
 //!
 //! 1. **Source pass.** Every source document is read once, page by page, mapped through the
-//!    backfill's own mapping ([`crate::mapping::map_document`]) and checked against the
+//!    backfill's own mapping ([`mystira_copy::mapping::map_document`]) and checked against the
 //!    quarantine; each row it should have produced is written as canonical text
 //!    ([`canonical`]), hashed (md5), and added to its (entity, bucket) aggregate: a count and
 //!    the sums of the hash halves. 6 × 256 aggregates: nothing else is kept.
@@ -99,10 +99,10 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::backfill::CONTAINERS;
-use crate::source::{DocumentSource, SourceError};
 use canonical::Aggregate;
 use futures::TryStreamExt as _;
+use mystira_copy::CONTAINERS;
+use mystira_copy::source::{DocumentSource, SourceError};
 use read::{DocState, Keep, ReadDoc, Wanted};
 pub use recheck::{CHANGING_REASON, DescentHook, RecheckSummary};
 pub use repair::{RepairOptions, RepairReport, RepairRound, repair};
@@ -458,8 +458,6 @@ pub enum VerifyError {
     Store(#[from] RepoError),
     #[error("invalid verify options: {0}")]
     Options(&'static str),
-    #[error(transparent)]
-    Repair(#[from] crate::backfill::BackfillError),
 }
 
 fn sql(e: sqlx::Error) -> VerifyError {

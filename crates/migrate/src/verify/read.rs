@@ -5,14 +5,14 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::{Stream, TryStreamExt as _};
-use mystira_cosmos::codec::{self, Container};
+use mystira_cosmos_codec::codec::{self, Container};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::VerifyError;
 use super::tables::{self, SourceRow};
-use crate::mapping::{Mapped, map_document_with};
-use crate::source::{DocumentSource, SourceDocument, SourceError, UnparsedPage};
+use mystira_copy::mapping::{Mapped, map_document_with};
+use mystira_copy::source::{DocumentSource, SourceDocument, SourceError, UnparsedPage};
 
 /// A container read page by page from its beginning.
 pub(crate) struct Pages<'a> {
@@ -153,7 +153,7 @@ async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
     }
 }
 
-/// Parses and maps one page of `container` (one of [`crate::backfill::CONTAINERS`]). With
+/// Parses and maps one page of `container` (one of [`mystira_copy::CONTAINERS`]). With
 /// `wanted`, only documents whose key it accepts are mapped (the key is read from the id alone,
 /// far cheaper than mapping): the descent's passes skip the rest of the source. Parsing,
 /// mapping, the rows and their hashes are computed on blocking threads; the page's quarantine
@@ -293,7 +293,7 @@ fn map_page(
         // the backfill's name for a document without a usable id (only computed for one:
         // it hashes the whole document)
         let m = map_document_with(container, &raw, || {
-            crate::mapping::content_locator(container, &raw)
+            mystira_copy::mapping::content_locator(container, &raw)
         });
         let (document_id, document_key, ts, state) = match &m {
             Mapped::Account(d) => (

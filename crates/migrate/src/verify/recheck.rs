@@ -54,7 +54,7 @@ use uuid::Uuid;
 use super::read::{self, DocState, Keep};
 use super::tables::Entity;
 use super::{DriftItem, DriftKind, KeptDoc, KeptRow, Verifier, VerifyError};
-use crate::source::SourcePage;
+use mystira_copy::source::SourcePage;
 
 /// The reason given with a [`DriftKind::Changing`] item: what follows the colon is the class
 /// the last recheck gave it.

@@ -27,12 +27,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use mystira_cosmos::codec::{self, Container};
+use mystira_cosmos_codec::codec::{self, Container};
 use serde_json::Value;
 
 use super::{DriftItem, DriftKind, Entity, Verifier, VerifyError, sql};
-use crate::backfill::CONTAINERS;
-use crate::source::{SourceDocument, read_page_of_ids};
+use mystira_copy::CONTAINERS;
+use mystira_copy::source::{SourceDocument, read_page_of_ids};
 
 /// The reason of a drift item for an app-written property the document no longer holds as
 /// the last copy recorded it.

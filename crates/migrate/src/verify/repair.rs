@@ -17,9 +17,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{DriftKind, Entity, VerifyError, VerifyOptions, VerifyReport, run_verify, sql};
-use crate::apply::{Retries, write_page};
-use crate::backfill::{CONTAINERS, ContainerCounts};
-use crate::source::{DocumentSource, SourceDocument, read_page_of_ids};
+use mystira_copy::apply::{Retries, write_page};
+use mystira_copy::source::{DocumentSource, SourceDocument, read_page_of_ids};
+use mystira_copy::{CONTAINERS, ContainerCounts};
 
 /// How repair runs.
 #[derive(Debug, Clone, Serialize)]
@@ -291,9 +291,11 @@ async fn recopy_batch(
     let keys: Vec<uuid::Uuid> = batch
         .iter()
         .filter_map(|d| match d {
-            SourceDocument::Document(v) => mystira_cosmos::codec::Container::from_name(container)
-                .and_then(|c| mystira_cosmos::codec::document_ref(c, v))
-                .map(|r| r.key),
+            SourceDocument::Document(v) => {
+                mystira_cosmos_codec::codec::Container::from_name(container)
+                    .and_then(|c| mystira_cosmos_codec::codec::document_ref(c, v))
+                    .map(|r| r.key)
+            }
             SourceDocument::Malformed { .. } => None,
         })
         .collect();

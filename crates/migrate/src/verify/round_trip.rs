@@ -4,8 +4,8 @@
 //! The checksum comparison maps the source through the backfill's own mapping, so a mapping bug
 //! (a field decoded wrongly, or dropped) lands in PostgreSQL and in the comparison alike and
 //! goes unseen. The round trip does not share it: every PostgreSQL aggregate is encoded by the
-//! phase-2 write path's encoders (`mystira_cosmos::codec::{encode_account, encode_profile_with_
-//! account_id, encode_pending_signup}`, as `mystira_cosmos_client`'s aggregate writer calls
+//! phase-2 write path's encoders (`mystira_cosmos_codec::codec::{encode_account, encode_profile_with_
+//! account_id, encode_pending_signup}`, as `mystira_cosmos_store`'s aggregate writer calls
 //! them) and compared field by field with the raw source document. A difference at field path
 //! `F` is excused when
 //!
@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use mystira_cosmos::codec::{self, Container};
+use mystira_cosmos_codec::codec::{self, Container};
 use mystira_domain::SubscriptionType;
 use mystira_domain::aggregate::Aggregate;
 use serde_json::{Map, Value};
@@ -29,7 +29,7 @@ use futures::TryStreamExt as _;
 
 use super::read::{self, DocState, ReadDoc};
 use super::{DriftItem, DriftKind, Entity, FieldValues, Verifier, VerifyError, canonical, sql};
-use crate::backfill::CONTAINERS;
+use mystira_copy::CONTAINERS;
 
 /// A field path whose values differ.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,16 +17,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mystira_cosmos::codec;
-use mystira_cosmos_client::AggregateWriter;
+use mystira_cosmos_codec::codec;
 use mystira_postgres::outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{DriftKind, RepairOptions, RepairReport, RepairRound, VerifyError, VerifyOptions};
 use super::{VerifyReport, run_verify};
-use crate::relay::{RelayConfig, drain};
-use crate::source::DocumentSource;
+use mystira_copy::delivery::OutboxDelivery;
+use mystira_copy::source::DocumentSource;
 
 /// The aggregates (container, document key) a repair towards Cosmos re-delivers, and how many
 /// drift items it leaves alone.
@@ -85,7 +84,7 @@ fn plan(report: &VerifyReport, opts: &RepairOptions) -> (BTreeSet<(String, Uuid)
 pub async fn repair_towards_cosmos(
     pool: &PgPool,
     cosmos: &dyn DocumentSource,
-    writer: &AggregateWriter,
+    delivery: &dyn OutboxDelivery,
     verify_opts: &VerifyOptions,
     opts: &RepairOptions,
 ) -> Result<RepairReport, VerifyError> {
@@ -115,18 +114,12 @@ pub async fn repair_towards_cosmos(
             counts.written += 1;
         }
         // bounded: 10 minutes of relaying
-        let (_, left) = drain(
-            pool,
-            writer,
-            &RelayConfig::default(),
-            Duration::from_secs(600),
-        )
-        .await?;
-        if left.rows > 0 {
+        let left = delivery.drain(Duration::from_secs(600)).await?;
+        if left > 0 {
             return Err(VerifyError::Store(mystira_domain::RepoError::Unavailable(
                 format!(
                     "the outbox still holds {} rows after 10 minutes of relaying",
-                    left.rows
+                    left
                 ),
             )));
         }

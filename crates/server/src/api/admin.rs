@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use mystira_migrate::phase::{self, ChangeOptions, Decision, DecisionKind, PhaseError};
+use mystira_dual_write::phase::{self, ChangeOptions, Decision, DecisionKind, PhaseError};
 use serde_json::Value;
 
 use super::wire::{
@@ -40,11 +40,11 @@ pub async fn phase(State(state): State<AppState>, caller: Caller) -> Result<Json
     security(("bearer" = [])))]
 pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
     caller.require_admin()?;
-    let report = mystira_migrate::status::collect(&state.pool, &state.gates, None)
+    let report = mystira_dual_write::status::collect(&state.pool, &state.gates, None)
         .await
         .map_err(|e| match e {
-            mystira_migrate::status::StatusError::Phase(e) => phase_problem(e),
-            mystira_migrate::status::StatusError::Store(e) => repo(e),
+            mystira_dual_write::status::StatusError::Phase(e) => phase_problem(e),
+            mystira_dual_write::status::StatusError::Store(e) => repo(e),
             // no journal files are read here; anything else is the store's
             other => {
                 tracing::warn!(error = %other, "admin status: reading the status failed");

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use mystira_migrate::phase::{GateConfig, PhaseWatcher};
+use mystira_dual_write::phase::{GateConfig, PhaseWatcher};
 use mystira_postgres::phase::Phase;
 use mystira_server::auth::{Authenticator, DevKey, EmailClaim};
 use mystira_server::{AppState, Domain, FileMailer, Metrics, SignupSettings};

@@ -157,14 +157,13 @@ impl Verifier<'_> {
                     continue;
                 }
                 self.items.push(DriftItem {
-                    entity: main,
-                    kind: kind.0,
-                    key: Some(key.to_string()),
-                    cosmos_id: Some(d.document_id.clone()),
-                    fields: Vec::new(),
-                    values: None,
                     reason: kind.1.or_else(|| Some(format!("superseded by `{winner}`"))),
-                    source_has_document: true,
+                    ..DriftItem::new(
+                        main,
+                        kind.0,
+                        Some(key.to_string()),
+                        Some(d.document_id.clone()),
+                    )
                 });
                 self.losers.insert((container, d.document_id));
             }

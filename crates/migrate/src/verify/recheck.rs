@@ -51,7 +51,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::read::{self, DocState, Keep};
+use super::read::{self, Keep};
 use super::tables::Entity;
 use super::{DriftItem, DriftKind, KeptDoc, KeptRow, Verifier, VerifyError};
 use mystira_copy::source::SourcePage;
@@ -296,24 +296,17 @@ impl Verifier<'_> {
             if self.is_loser(&doc) {
                 return Ok(None);
             }
-            let kept = match doc.state {
-                DocState::Mapped => KeptDoc::Mapped,
-                DocState::Quarantined { .. } => KeptDoc::Quarantined,
+            let kept = KeptDoc::of(&doc.state);
+            if kept == KeptDoc::Unmigrated {
                 // reported from the source pass, not by the descent: leave it as found
-                DocState::Unmigrated { .. } => return Ok(None),
-            };
+                return Ok(None);
+            }
             docs.insert(key, kept);
             for row in doc.rows {
                 source_hashes.push(row.hash.clone());
-                rows.entry(row.entity).or_default().insert(
-                    row.key,
-                    KeptRow {
-                        document_id: doc.document_id.clone(),
-                        document_key: key,
-                        values: row.values,
-                        hash: row.hash,
-                    },
-                );
+                let entity = row.entity;
+                let (row_key, kept) = KeptRow::keyed(row, &doc.document_id, key);
+                rows.entry(entity).or_default().insert(row_key, kept);
             }
         }
         let (lo, hi) = (key, (key.as_u128().checked_add(1)).map(Uuid::from_u128));

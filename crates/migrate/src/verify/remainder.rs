@@ -113,15 +113,16 @@ impl Verifier<'_> {
                     }
                     let main = Entity::of_container(container).unwrap_or(Entity::Accounts);
                     for path in lost_paths(&doc, notes) {
+                        let entity = entity_of_path(main, &path);
                         self.items.push(DriftItem {
-                            entity: entity_of_path(main, &path),
-                            kind: DriftKind::Changed,
-                            key: Some(r.key.to_string()),
-                            cosmos_id: Some(r.document_id.clone()),
                             fields: vec![path],
-                            values: None,
                             reason: Some(LOST_REASON.to_owned()),
-                            source_has_document: true,
+                            ..DriftItem::new(
+                                entity,
+                                DriftKind::Changed,
+                                Some(r.key.to_string()),
+                                Some(r.document_id.clone()),
+                            )
                         });
                     }
                 }

@@ -156,15 +156,16 @@ impl Verifier<'_> {
                         postgres: d.encoded.clone(),
                     }]
                 });
+                let entity = entity_of_path(main, &d.path);
                 self.items.push(DriftItem {
-                    entity: entity_of_path(main, &d.path),
-                    kind: DriftKind::RoundTrip,
-                    key: Some(key.to_string()),
-                    cosmos_id: Some(doc.document_id.clone()),
                     fields: vec![d.path],
                     values,
-                    reason: None,
-                    source_has_document: true,
+                    ..DriftItem::new(
+                        entity,
+                        DriftKind::RoundTrip,
+                        Some(key.to_string()),
+                        Some(doc.document_id.clone()),
+                    )
                 });
             }
         }

@@ -115,7 +115,7 @@ pub enum Command {
     /// migrating process's peak memory. With --memory-sizes, also migrates data sets of those
     /// sizes and prints each one's peak memory, to show memory does not grow with the data.
     /// Uses temporary databases on the configured server (or the private cluster).
-    Bench(BenchArgs),
+    Bench(crate::commands::BenchArgs),
 
     /// Measure what the dual write costs a caller: write latency p50/p99 per phase against
     /// phase 0, and the relay's throughput, in one run.
@@ -285,36 +285,6 @@ pub struct ReportArgs {
     /// Example document ids listed per reason and per note code at most
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub examples: usize,
-}
-
-/// `mystira-users bench`
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Accounts to generate (about 15 rows each: 100000 gives ~1.5 million rows)
-    #[arg(long, default_value_t = 100_000, value_name = "N")]
-    pub accounts: u64,
-
-    /// Also migrate data sets of these sizes (accounts, comma-separated) and report the peak
-    /// memory of each
-    #[arg(long, value_delimiter = ',', value_name = "N,N")]
-    pub memory_sizes: Vec<u64>,
-
-    /// Passed to `migrate`
-    #[arg(long, value_name = "ROWS")]
-    pub batch_rows: Option<usize>,
-
-    /// Passed to `migrate`; the COPY baselines use as many parallel streams
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-
-    /// Times each measure is taken, each run in fresh databases
-    #[arg(long, default_value_t = 3, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub runs: u32,
-
-    /// Keep the benchmark databases and files instead of dropping them
-    #[arg(long)]
-    pub keep: bool,
 }
 
 /// Where documents come from: export files, or a live Cosmos account.

@@ -453,7 +453,7 @@ async fn the_initial_load_reaches_the_upsert_paths_state_whatever_the_order_batc
 ) {
     let forward = export_with_competitors(false);
     let backward = export_with_competitors(true);
-    let catalog = mystira_postgres::copy_baseline::domain_catalog(&pool)
+    let catalog = mystira_postgres::initial_load::schema::domain_catalog(&pool)
         .await
         .unwrap();
 
@@ -511,7 +511,7 @@ async fn the_initial_load_reaches_the_upsert_paths_state_whatever_the_order_batc
         assert_eq!(state(&pool).await, reference, "{what}");
         assert_eq!(outcomes(&report), outcomes(&upserted), "{what}");
         assert_eq!(
-            mystira_postgres::copy_baseline::domain_catalog(&pool)
+            mystira_postgres::initial_load::schema::domain_catalog(&pool)
                 .await
                 .unwrap(),
             catalog,

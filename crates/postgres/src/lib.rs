@@ -5,7 +5,6 @@
 pub mod aggregates;
 pub mod bookkeeping;
 pub mod bulk;
-pub mod copy_baseline;
 pub mod error;
 pub mod feed_checks;
 pub mod heartbeats;

@@ -484,7 +484,7 @@ async fn two_claimants_of_one_login_written_at_once_give_the_result_of_any_order
 /// catalog of `db migrate`.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn while_an_initial_load_has_the_tables_stripped_other_writers_wait(pool: PgPool) {
-    use mystira_postgres::copy_baseline::domain_catalog;
+    use mystira_postgres::initial_load::schema::domain_catalog;
     use mystira_postgres::initial_load::{self, Stage};
     use mystira_postgres::phase::{self, ChangeRequest, Phase, Ungated};
 

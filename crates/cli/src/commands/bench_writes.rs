@@ -4,10 +4,11 @@
 use anyhow::Context as _;
 use clap::Args;
 use mystira_cosmos_store::CosmosRepositories;
+use mystira_loadtest::bench::databases::{database, drop_database, prepared};
 use mystira_loadtest::write_bench::{WriteBenchConfig, WriteBenchReport, run_write_bench};
 use serde_json::json;
 
-use super::{Outcome, bench, db, source};
+use super::{Outcome, db, source};
 use crate::cli::CosmosArgs;
 use crate::config::Settings;
 use crate::exit::Exit;
@@ -40,8 +41,8 @@ pub struct BenchWritesArgs {
 pub async fn run(args: &BenchWritesArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let (server, _) = db::database_url(settings).await?;
     let tag = std::process::id();
-    let url = bench::database(&server, &format!("bench_{tag}_writes"));
-    let pool = bench::prepared(&url).await?;
+    let url = database(&server, &format!("bench_{tag}_writes"));
+    let pool = prepared(&url).await?;
     let mut cosmos_args = args.cosmos.clone();
     if cosmos_args.cosmos_database.is_none() {
         cosmos_args.cosmos_database = Some(format!("bench-writes-{tag}"));
@@ -63,7 +64,7 @@ pub async fn run(args: &BenchWritesArgs, settings: &Settings) -> anyhow::Result<
         .context("the write benchmark failed")?;
     pool.close().await;
     if !args.keep {
-        bench::drop_database(&server, &url, false).await;
+        drop_database(&server, &url, false).await;
         if let Err(e) = store.delete_database().await {
             tracing::warn!(error = %e, "could not delete the benchmark's Cosmos database");
         }

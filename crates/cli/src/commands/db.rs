@@ -36,13 +36,6 @@ pub(crate) async fn database_url(settings: &Settings) -> anyhow::Result<(String,
     }
 }
 
-/// A small pool on `url`.
-pub(crate) async fn pool_on(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    mystira_postgres::connect(url, 4)
-        .await
-        .context("cannot connect to the database")
-}
-
 /// A pool on the configured database (the private cluster when none is), created and with
 /// the schema migrated first: the data commands work on a fresh machine with nothing set up.
 pub(crate) async fn prepared_pool(

@@ -24,6 +24,7 @@ mod stop;
 mod verify;
 
 pub use archive::{ArchiveArgs, RestoreArgs};
+pub use bench::BenchArgs;
 pub use bench_writes::BenchWritesArgs;
 pub use journal::JournalCommand;
 pub use ledger::LedgerCommand;

@@ -26,14 +26,15 @@
 
 mod copy_rows;
 mod encode;
+pub mod schema;
 
 use mystira_domain::RepoError;
 use sqlx::{PgConnection, PgPool};
 
 use crate::bulk::{BulkDocument, SourceVersion, insert_notes};
-use crate::copy_baseline::{self, StrippedSchema};
 use crate::error::map_sqlx_error;
 use copy_rows::CopyRows;
+use schema::StrippedSchema;
 
 type Result<T> = std::result::Result<T, RepoError>;
 
@@ -140,8 +141,8 @@ pub async fn begin(pool: &PgPool) -> Result<Option<String>> {
         return Ok(Some(reason));
     }
     // the keys' columns first: stripping drops them from the catalog
-    let unique_keys = copy_baseline::unique_keys(&mut tx).await.map_err(map)?;
-    let stripped = copy_baseline::strip_tables_in(&mut tx, stripped_tables())
+    let unique_keys = schema::unique_keys(&mut tx).await.map_err(map)?;
+    let stripped = schema::strip_tables_in(&mut tx, stripped_tables())
         .await
         .map_err(map)?;
     let record = serde_json::json!({ "schema": stripped, "unique_keys": unique_keys });
@@ -159,7 +160,7 @@ pub async fn begin(pool: &PgPool) -> Result<Option<String>> {
 /// 20,000 accounts, against 0.6 s for the COPY of 247,412 badges). A document id read twice
 /// is then found set-based, with the other competitors, in [`set_aside`].
 fn stripped_tables() -> Vec<String> {
-    copy_baseline::DOMAIN_TABLES
+    schema::DOMAIN_TABLES
         .iter()
         .map(|t| (*t).to_owned())
         .chain(["migration.document_versions".to_owned()])
@@ -414,9 +415,8 @@ pub async fn set_aside(pool: &PgPool) -> Result<SetAside> {
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-    let keys: Vec<copy_baseline::UniqueKey> =
-        serde_json::from_value(stripped["unique_keys"].clone())
-            .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;
+    let keys: Vec<schema::UniqueKey> = serde_json::from_value(stripped["unique_keys"].clone())
+        .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;
     // a document id copied twice (an export line repeated in another page, a live document
     // written during the run and read by a first pass and the final pass): the versions have
     // no key while loading
@@ -625,14 +625,14 @@ pub async fn rebuild(pool: &PgPool, streams: usize) -> Result<()> {
     if Stage::parse(&stage)? != Stage::Rebuilding {
         return Ok(());
     }
-    let schema: StrippedSchema = serde_json::from_value(stripped["schema"].clone())
+    let stripped: StrippedSchema = serde_json::from_value(stripped["schema"].clone())
         .map_err(|e| RepoError::Store(format!("migration.load_state: {e}")))?;
-    copy_baseline::rebuild_schema(pool, &schema, streams)
+    schema::rebuild_schema(pool, &stripped, streams)
         .await
-        .map_err(|e| baseline_error("rebuild", e))?;
+        .map_err(|e| schema_error("rebuild", e))?;
     // the statistics the checks went without: the upsert pass, verify and the service must
     // not plan for empty tables (a verify right after a load ran 50 times slower without them)
-    let mut tables: Vec<String> = copy_baseline::DOMAIN_TABLES
+    let mut tables: Vec<String> = schema::DOMAIN_TABLES
         .iter()
         .map(|t| (*t).to_owned())
         .collect();
@@ -640,18 +640,18 @@ pub async fn rebuild(pool: &PgPool, streams: usize) -> Result<()> {
         "migration.document_versions".into(),
         "migration.document_notes".into(),
     ]);
-    copy_baseline::analyze_tables(pool, tables, streams)
+    schema::analyze_tables(pool, tables, streams)
         .await
-        .map_err(|e| baseline_error("analyze", e))?;
+        .map_err(|e| schema_error("analyze", e))?;
     let mut tx = pool.begin().await.map_err(map)?;
     set_stage(&mut tx, Stage::Redoing).await?;
     tx.commit().await.map_err(map)?;
     Ok(())
 }
 
-fn baseline_error(step: &'static str, e: copy_baseline::BaselineError) -> RepoError {
+fn schema_error(step: &'static str, e: schema::SchemaError) -> RepoError {
     match e {
-        copy_baseline::BaselineError::Database(e) => map_sqlx_error(step, e),
+        schema::SchemaError::Database(e) => map_sqlx_error(step, e),
         other => RepoError::Store(other.to_string()),
     }
 }

@@ -1,24 +1,13 @@
-//! The baselines a backfill is measured against, both PostgreSQL's own binary `COPY` of the
-//! same final rows, at its best:
-//!
-//! - **full schema**: into an empty, migrated database with every index, key, foreign key,
-//!   check and trigger in place, in as many parallel streams as the backfill has workers, with
-//!   send buffers of at least [`SEND_BUFFER_BYTES`];
-//! - **restore order** (the ceiling): the same COPY into tables as pg_restore creates them
-//!   (columns, defaults, NOT NULL and checks only), then the indexes, keys, foreign keys and
-//!   triggers rebuilt the way pg_restore does, and the catalog checked to be the migrated one
-//!   again, so the ceiling measures the real schema.
-//!
-//! The rows are exported from the source database first, into memory, untimed: they stand for
-//! rows that are already at hand.
+//! The domain tables' schema as a load in pg_restore's order handles it: which tables there
+//! are, their unique keys, stripping their secondary indexes, keys, foreign keys and triggers
+//! (the definitions recorded) and building them again in parallel sessions, checked against
+//! the catalog. The initial load strips and rebuilds with it; `bench`'s restore-order baseline
+//! (in the load-test kit) measures the same rebuild.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::TryStreamExt as _;
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinSet;
 
@@ -32,27 +21,14 @@ pub const DOMAIN_TABLES: [&str; 6] = [
     "pending_signups",
 ];
 
-/// The domain tables by foreign-key depth: every table's parents are in an earlier level, so
-/// the tables of one level can load at the same time once the levels before it committed (a
-/// foreign-key check sees only committed parents).
-const LOAD_LEVELS: [&[&str]; 3] = [
-    &["accounts", "pending_signups"],
-    &["subscriptions", "user_profiles", "completed_scenarios"],
-    &["user_badges"],
-];
-
-/// The least size of one `CopyData` message the baselines send. `COPY ... TO STDOUT` yields
-/// about one row per message; sending them as they come would measure round trips of the
-/// client library, not PostgreSQL's loading.
-pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
-
 /// `maintenance_work_mem` of the sessions that rebuild indexes and constraints, as one would
 /// raise it for pg_restore (the default, 64MB, spills the larger sorts to disk).
 const REBUILD_MAINTENANCE_WORK_MEM: &str = "256MB";
 
-/// What can make a baseline fail: the database, or a schema that did not come back as it was.
+/// What can make a strip's rebuild fail: the database, or a schema that did not come back as
+/// it was.
 #[derive(Debug, thiserror::Error)]
-pub enum BaselineError {
+pub enum SchemaError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(
@@ -69,115 +45,8 @@ pub enum BaselineError {
     Worker(String),
 }
 
-/// The rows of the domain tables, exported in binary COPY format: each table split into
-/// streams by a hash of its key, each stream a complete COPY input of its own (header, rows,
-/// trailer) in buffers of at least [`SEND_BUFFER_BYTES`] (the last of a stream excepted).
-#[derive(Debug, Clone)]
-pub struct Export {
-    /// Rows in the source when it was exported.
-    pub rows: u64,
-    streams: Vec<Stream>,
-}
-
-#[derive(Debug, Clone)]
-struct Stream {
-    table: &'static str,
-    level: usize,
-    buffers: Vec<Bytes>,
-}
-
-impl Export {
-    /// Bytes of COPY data, all streams together.
-    pub fn bytes(&self) -> usize {
-        self.streams
-            .iter()
-            .flat_map(|s| &s.buffers)
-            .map(Bytes::len)
-            .sum()
-    }
-}
-
-/// Exports every domain table of `from` as `streams` streams per table (split by a hash of the
-/// primary key, so they are about even and disjoint).
-pub async fn export_domain_tables(from: &PgPool, streams: usize) -> Result<Export, sqlx::Error> {
-    let streams = streams.max(1);
-    let rows = count_domain_rows(from).await?;
-    let mut out = Vec::new();
-    for (level, tables) in LOAD_LEVELS.iter().enumerate() {
-        for &table in *tables {
-            for part in 0..streams {
-                // hashtext is signed: shift it to 0..2^32 before the remainder
-                let sql = format!(
-                    "copy (select * from {table} \
-                     where (hashtext(id::text)::bigint + 2147483648) % {streams} = {part}) \
-                     to stdout (format binary)"
-                );
-                let mut conn = from.acquire().await?;
-                let mut chunks = conn.copy_out_raw(&sql).await?;
-                let mut buffers = Vec::new();
-                let mut buffer = BytesMut::with_capacity(2 * SEND_BUFFER_BYTES);
-                while let Some(chunk) = chunks.try_next().await? {
-                    buffer.extend_from_slice(&chunk);
-                    if buffer.len() >= SEND_BUFFER_BYTES {
-                        buffers.push(buffer.split().freeze());
-                    }
-                }
-                if !buffer.is_empty() {
-                    buffers.push(buffer.freeze());
-                }
-                out.push(Stream {
-                    table,
-                    level,
-                    buffers,
-                });
-            }
-        }
-    }
-    Ok(Export { rows, streams: out })
-}
-
-/// Loads `export` into the domain tables of `to` (empty, whatever their indexes and
-/// constraints), `streams` COPY streams at a time, parents' level before children's. Returns
-/// the rows PostgreSQL reports loaded. Untimed here: the caller times it.
-pub async fn copy_into(to: &PgPool, export: &Export, streams: usize) -> Result<u64, BaselineError> {
-    let mut rows = 0;
-    for level in 0..LOAD_LEVELS.len() {
-        let jobs: Vec<Stream> = export
-            .streams
-            .iter()
-            .filter(|s| s.level == level)
-            .cloned()
-            .collect();
-        let pool = to.clone();
-        let loaded = in_parallel(jobs, streams, move |stream| {
-            copy_stream(pool.clone(), stream)
-        })
-        .await?;
-        rows += loaded.into_iter().sum::<u64>();
-    }
-    Ok(rows)
-}
-
-async fn copy_stream(pool: PgPool, stream: Stream) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // the backfill's own setting: its writes are copies from Cosmos, so the outbox trigger
-    // (fired per row here as there) returns without writing an outbox row
-    sqlx::query("set local mystira.keep_source_timestamps = 'on'")
-        .execute(&mut *tx)
-        .await?;
-    let mut copy = tx
-        .copy_in_raw(&format!("copy {} from stdin (format binary)", stream.table))
-        .await?;
-    for buffer in stream.buffers {
-        copy.send(buffer).await?;
-    }
-    let rows = copy.finish().await?;
-    tx.commit().await?;
-    Ok(rows)
-}
-
 /// The definitions of the domain tables' secondary indexes, keys, foreign keys and triggers,
-/// taken from the catalog and dropped by [`strip_schema`], to be rebuilt by
+/// taken from the catalog and dropped by [`strip_tables_in`], to be rebuilt by
 /// [`rebuild_schema`]. Serializable: the initial load keeps it in `migration.load_state`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StrippedSchema {
@@ -243,28 +112,16 @@ select kind, tbl, drop_sql, create_sql from (
 order by step, tbl, drop_sql
 "#;
 
-/// Takes the definitions of the domain tables' secondary indexes, primary/unique keys, foreign
-/// keys and triggers from the catalog of `pool` (a freshly migrated, empty database) and drops
-/// them, leaving the tables pg_restore creates before it loads data: columns, defaults, NOT
-/// NULL and checks. The checks stay because pg_dump writes them into CREATE TABLE, and
-/// because one of ours does not survive a round trip through its definition text:
-/// `pg_get_constraintdef` of `accounts_role_check` (`role in (...)` on a varchar), added
-/// again, is stored as a different expression, so the schema would not come back.
-pub async fn strip_schema(pool: &PgPool) -> Result<StrippedSchema, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let stripped = strip_schema_in(&mut tx).await?;
-    tx.commit().await?;
-    Ok(stripped)
-}
-
-/// [`strip_schema`] inside the caller's transaction, so that the caller can record the
-/// definitions in the same commit that drops the objects.
-pub async fn strip_schema_in(conn: &mut PgConnection) -> Result<StrippedSchema, sqlx::Error> {
-    strip_tables_in(conn, table_names()).await
-}
-
-/// [`strip_schema_in`] of `tables` (names as `regclass` reads them): the initial load also
-/// strips `migration.document_versions`, whose keys cost more per row than a domain table's.
+/// Takes the definitions of the secondary indexes, primary/unique keys, foreign keys and
+/// triggers of `tables` (names as `regclass` reads them) from the catalog and drops them,
+/// inside the caller's transaction (so that the caller can record the definitions in the same
+/// commit that drops the objects), leaving the tables pg_restore creates before it loads data:
+/// columns, defaults, NOT NULL and checks. The checks stay because pg_dump writes them into
+/// CREATE TABLE, and because one of ours does not survive a round trip through its definition
+/// text: `pg_get_constraintdef` of `accounts_role_check` (`role in (...)` on a varchar), added
+/// again, is stored as a different expression, so the schema would not come back. The initial
+/// load strips the domain tables and `migration.document_versions`, whose keys cost more per
+/// row than a domain table's.
 pub async fn strip_tables_in(
     conn: &mut PgConnection,
     tables: Vec<String>,
@@ -354,59 +211,17 @@ pub async fn unique_keys(conn: &mut PgConnection) -> Result<Vec<UniqueKey>, sqlx
         .collect())
 }
 
-/// What the restore-order ceiling measured.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreOrder {
-    pub rows: u64,
-    /// COPY into the bare tables.
-    pub copy_seconds: f64,
-    /// Indexes, keys, foreign keys, triggers.
-    pub rebuild_seconds: f64,
-}
-
-impl RestoreOrder {
-    pub fn seconds(&self) -> f64 {
-        self.copy_seconds + self.rebuild_seconds
-    }
-}
-
-/// The restore-order ceiling on a database stripped by [`strip_schema`]: COPY of `export` into
-/// the bare tables, then, as pg_restore does, the secondary indexes (in parallel sessions),
-/// the primary and unique keys, the foreign keys (validated as they are added, one `alter
-/// table` per table), the triggers; `streams` sessions at a time, each with
-/// `maintenance_work_mem` raised. Timed from
-/// the first COPY to the last trigger; then checks, untimed, that the catalog of the domain
-/// tables is the one [`strip_schema`] found.
-pub async fn restore_order_load(
-    pool: &PgPool,
-    schema: &StrippedSchema,
-    export: &Export,
-    streams: usize,
-) -> Result<RestoreOrder, BaselineError> {
-    let started = Instant::now();
-    let rows = copy_into(pool, export, streams).await?;
-    let copied = started.elapsed();
-    rebuild_objects(pool, schema, streams).await?;
-    let timing = RestoreOrder {
-        rows,
-        copy_seconds: copied.as_secs_f64(),
-        rebuild_seconds: (started.elapsed() - copied).as_secs_f64(),
-    };
-    check_catalog(pool, schema).await?;
-    Ok(timing)
-}
-
-/// Makes again what [`strip_schema`] dropped, as pg_restore does: the secondary indexes (in
+/// Makes again what [`strip_tables_in`] dropped, as pg_restore does: the secondary indexes (in
 /// parallel sessions), the primary and unique keys, the foreign keys (validated as they are
 /// added, one `alter table` per table), the triggers; `streams` sessions at a time, each with
 /// `maintenance_work_mem` raised. A rebuild that a kill left half done is finished by running
 /// this again: the drops run first (each `if exists`), so every object is made once.
-/// Then checks that the catalog of the domain tables is the one [`strip_schema`] found.
+/// Then checks that the catalog of the tables is the one [`strip_tables_in`] found.
 pub async fn rebuild_schema(
     pool: &PgPool,
     schema: &StrippedSchema,
     streams: usize,
-) -> Result<(), BaselineError> {
+) -> Result<(), SchemaError> {
     let mut tx = pool.begin().await?;
     // most of the objects are gone already: no notice per `if exists` that finds nothing
     sqlx::query("set local client_min_messages = warning")
@@ -422,11 +237,13 @@ pub async fn rebuild_schema(
     check_catalog(pool, schema).await
 }
 
-async fn rebuild_objects(
+/// The rebuild of [`rebuild_schema`] without its drops and check: the secondary indexes, keys,
+/// foreign keys and triggers of `schema`, in that order, `streams` sessions at a time.
+pub async fn rebuild_objects(
     pool: &PgPool,
     schema: &StrippedSchema,
     streams: usize,
-) -> Result<(), BaselineError> {
+) -> Result<(), SchemaError> {
     for stage in [
         &schema.indexes,
         &schema.keys,
@@ -448,7 +265,7 @@ pub async fn analyze_tables(
     pool: &PgPool,
     tables: Vec<String>,
     streams: usize,
-) -> Result<(), BaselineError> {
+) -> Result<(), SchemaError> {
     let pool = pool.clone();
     in_parallel(tables, streams, move |table| {
         let pool = pool.clone();
@@ -464,10 +281,11 @@ pub async fn analyze_tables(
     Ok(())
 }
 
-async fn check_catalog(pool: &PgPool, schema: &StrippedSchema) -> Result<(), BaselineError> {
+/// Checks that the catalog of the stripped tables is again the one [`strip_tables_in`] found.
+pub async fn check_catalog(pool: &PgPool, schema: &StrippedSchema) -> Result<(), SchemaError> {
     let after = catalog_of(pool, &schema.tables).await?;
     if after != schema.catalog {
-        return Err(BaselineError::CatalogDiffers {
+        return Err(SchemaError::CatalogDiffers {
             missing: schema.catalog.difference(&after).cloned().collect(),
             unexpected: after.difference(&schema.catalog).cloned().collect(),
         });
@@ -527,77 +345,19 @@ async fn catalog_of<'e>(
     Ok(lines.into_iter().collect())
 }
 
-/// What [`settle`] found.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Settled {
-    /// Time spent waiting for autovacuum workers to finish.
-    pub waited_seconds: f64,
-    /// Whether autovacuum was still busy when the wait's bound ran out.
-    pub gave_up: bool,
-}
-
-/// Prepares a timed phase: waits (at most `bound`) until no autovacuum worker runs on the
-/// server, then `CHECKPOINT`s, so the phase neither competes with autovacuum nor pays for
-/// writing out the dirty buffers of the phase before it. Needs a superuser or the
-/// pg_checkpoint role (the private cluster's user is a superuser).
-pub async fn settle(pool: &PgPool, bound: Duration) -> Result<Settled, sqlx::Error> {
-    let started = Instant::now();
-    let mut gave_up = false;
-    loop {
-        // the whole server, not only this database: autovacuum of a database loaded by an
-        // earlier phase takes the same disk and cores
-        let busy: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where backend_type = 'autovacuum worker' or query like 'autovacuum:%'",
-        )
-        .fetch_one(pool)
-        .await?;
-        if busy == 0 {
-            break;
-        }
-        if started.elapsed() >= bound {
-            gave_up = true;
-            tracing::warn!(
-                busy,
-                "autovacuum still running when the wait ran out; measuring anyway"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let waited = started.elapsed();
-    sqlx::raw_sql("checkpoint").execute(pool).await?;
-    Ok(Settled {
-        waited_seconds: waited.as_secs_f64(),
-        gave_up,
-    })
-}
-
-/// Rows in the domain tables.
-pub async fn count_domain_rows(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut total = 0i64;
-    for table in DOMAIN_TABLES {
-        let n: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
-                .fetch_one(pool)
-                .await?;
-        total += n;
-    }
-    Ok(u64::try_from(total).unwrap_or(0))
-}
-
-fn table_names() -> Vec<String> {
+/// [`DOMAIN_TABLES`] as owned names, as [`strip_tables_in`] takes them.
+pub fn table_names() -> Vec<String> {
     DOMAIN_TABLES.iter().map(|t| (*t).to_owned()).collect()
 }
 
 /// Runs `work` on every job, `workers` at a time (each worker takes the next job when it is
 /// done with one, so a long job does not hold the others back); the results in no particular
 /// order. The first failure is returned and the other workers are stopped.
-async fn in_parallel<T, R, F, Fut>(
+pub async fn in_parallel<T, R, F, Fut>(
     jobs: Vec<T>,
     workers: usize,
     work: F,
-) -> Result<Vec<R>, BaselineError>
+) -> Result<Vec<R>, SchemaError>
 where
     T: Send + 'static,
     R: Send + 'static,
@@ -623,7 +383,7 @@ where
     }
     let mut results = Vec::new();
     while let Some(joined) = set.join_next().await {
-        let done = joined.map_err(|e| BaselineError::Worker(e.to_string()))??;
+        let done = joined.map_err(|e| SchemaError::Worker(e.to_string()))??;
         results.extend(done);
     }
     Ok(results)

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mystira_postgres::copy_baseline::{
-    DOMAIN_TABLES, copy_into, count_domain_rows, domain_catalog, export_domain_tables,
-    restore_order_load, settle, strip_schema,
+use mystira_loadtest::copy_baseline::{
+    copy_into, count_domain_rows, export_domain_tables, restore_order_load, settle, strip_schema,
 };
+use mystira_postgres::initial_load::schema::{DOMAIN_TABLES, domain_catalog};
 use sqlx::PgPool;
 
 /// Accounts with a subscription, a profile with two badges and two completed scenarios each,

@@ -1,0 +1,89 @@
+//! The benchmarks' temporary databases on one server: their urls, creating and migrating them,
+//! dropping them.
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+
+/// `server`'s url with the database name replaced.
+pub fn database(server: &str, name: &str) -> String {
+    match url_with_path(server, name) {
+        Some(u) => u,
+        None => server.to_owned(),
+    }
+}
+
+fn url_with_path(server: &str, name: &str) -> Option<String> {
+    let (scheme_host, rest) = server.split_once("://")?;
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    Some(format!("{scheme_host}://{authority}/{name}{query}"))
+}
+
+/// A new database at `url` with the schema migrated, and a small pool on it.
+pub async fn prepared(url: &str) -> anyhow::Result<PgPool> {
+    prepared_with(url, 4).await
+}
+
+/// A new database at `url` with the schema migrated, and a pool of `connections` on it.
+pub(super) async fn prepared_with(url: &str, connections: usize) -> anyhow::Result<PgPool> {
+    mystira_postgres::ensure_database(url)
+        .await
+        .context("cannot create a benchmark database")?;
+    let pool = mystira_postgres::connect(url, u32::try_from(connections).unwrap_or(u32::MAX))
+        .await
+        .context("cannot connect to a benchmark database")?;
+    mystira_postgres::migrate(&pool)
+        .await
+        .context("cannot migrate the benchmark schema")?;
+    Ok(pool)
+}
+
+/// A small pool on `url`.
+pub(super) async fn pool_on(url: &str) -> anyhow::Result<PgPool> {
+    mystira_postgres::connect(url, 4)
+        .await
+        .context("cannot connect to the database")
+}
+
+/// Drops the database at `url` (a warning when that fails), unless `keep`.
+pub async fn drop_database(server: &str, url: &str, keep: bool) {
+    if keep {
+        return;
+    }
+    let Some(name) = url
+        .rsplit('/')
+        .next()
+        .map(|n| n.split('?').next().unwrap_or(n).to_owned())
+    else {
+        return;
+    };
+    let admin_url = database(server, "postgres");
+    if let Ok(pool) = pool_on(&admin_url).await {
+        let sql = format!("drop database if exists \"{name}\" with (force)");
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+            tracing::warn!(error = %e, "could not drop a benchmark database");
+        }
+        pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_swapped_keeping_host_and_query() {
+        assert_eq!(
+            database(
+                "postgres://postgres@localhost:5432/mystira_users?host=/tmp/s",
+                "b1"
+            ),
+            "postgres://postgres@localhost:5432/b1?host=/tmp/s"
+        );
+        assert_eq!(database("postgres://u:p@h/db", "b2"), "postgres://u:p@h/b2");
+        assert_eq!(database("postgres://h:5432", "b3"), "postgres://h:5432/b3");
+    }
+}

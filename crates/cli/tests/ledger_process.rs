@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mystira_domain::phase::Phase;
 use mystira_loadtest::ledger::{FieldGroups, LedgerWriter};
 use mystira_postgres::journal::{JournalOp, JournalRecord};
-use mystira_postgres::phase::Phase;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -1,5 +1,6 @@
 //! The mystira user domain: entities, validated value types, the mapping from Cosmos ids to
-//! PostgreSQL keys, and the repository ports that every store implements.
+//! PostgreSQL keys, the repository ports that every store implements, and the migration
+//! phase with its routing policy.
 //!
 //! This crate does no I/O. Its value types reject exactly what the PostgreSQL schema's CHECK
 //! constraints and column widths reject, so a value that gets this far will not be turned away
@@ -11,6 +12,7 @@ pub mod entities;
 pub mod error;
 pub mod ids;
 pub mod input;
+pub mod phase;
 pub mod ports;
 pub mod values;
 

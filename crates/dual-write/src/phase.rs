@@ -52,6 +52,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mystira_domain::RepoError;
+use mystira_domain::phase::{Phase, left_on_wrong_side};
 use mystira_postgres::phase::{
     self as store, ChangeFlags, ChangeKind, ChangeOutcome, ChangeRequest, GateRequest, Move,
     OutboxBacklog, PhaseGate, Transition,
@@ -64,8 +65,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 pub use mystira_postgres::phase::{
-    AffectedOverride, OverrideAction, PHASE_CHANNEL, Phase, PhaseOverride, PhaseState,
-    VerifyDirection, left_on_wrong_side,
+    AffectedOverride, OverrideAction, PHASE_CHANNEL, PhaseOverride, PhaseState, VerifyDirection,
 };
 
 /// The `migration.runs` job name of backfill runs.
@@ -1814,48 +1814,6 @@ mod tests {
             [Check::ThroughPhase2, Check::Outbox]
         );
         assert!(needs_empty_outbox(PostgresOnly, DualWriteCosmosRead));
-    }
-
-    #[test]
-    fn an_override_is_on_the_wrong_side_behind_a_forward_move_or_ahead_of_a_backward_one() {
-        use Phase::*;
-        // forward 1 -> 2
-        assert!(left_on_wrong_side(
-            DualWriteCosmosRead,
-            DualWritePostgresRead,
-            CosmosOnly
-        ));
-        assert!(left_on_wrong_side(
-            DualWriteCosmosRead,
-            DualWritePostgresRead,
-            DualWriteCosmosRead
-        ));
-        assert!(!left_on_wrong_side(
-            DualWriteCosmosRead,
-            DualWritePostgresRead,
-            DualWritePostgresRead
-        ));
-        assert!(!left_on_wrong_side(
-            DualWriteCosmosRead,
-            DualWritePostgresRead,
-            PostgresOnly
-        ));
-        // backward 2 -> 1
-        assert!(left_on_wrong_side(
-            DualWritePostgresRead,
-            DualWriteCosmosRead,
-            DualWritePostgresRead
-        ));
-        assert!(!left_on_wrong_side(
-            DualWritePostgresRead,
-            DualWriteCosmosRead,
-            DualWriteCosmosRead
-        ));
-        assert!(!left_on_wrong_side(
-            DualWritePostgresRead,
-            DualWriteCosmosRead,
-            CosmosOnly
-        ));
     }
 
     #[test]

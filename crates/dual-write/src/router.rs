@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use mystira_cosmos_codec::codec::Container;
 use mystira_cosmos_store::CosmosRepositories;
 use mystira_cosmos_store::capture::{WrittenDocument, capture_writes};
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, AwardOutcome, BadgeRepository, CompletedScenarioRepository, Page,
     PageRequest, PendingSignupRepository, ProfileRepository, RepoResult, SubscriptionRepository,
@@ -41,7 +42,6 @@ use mystira_domain::{
 };
 use mystira_postgres::journal::{self, JournalOp, JournalRecord};
 use mystira_postgres::outbox;
-use mystira_postgres::phase::Phase;
 use mystira_postgres::{
     PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
     PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use mystira_domain::phase::Phase;
 use mystira_postgres::heartbeats::{self, WorkerHeartbeat};
 use mystira_postgres::phase::{self as store, RunSummary, VerifyFacts};
 use mystira_postgres::{journal as journal_table, leases, outbox};
@@ -310,7 +311,7 @@ pub fn attention(r: &StatusReport) -> Vec<Attention> {
     // the replicator matters while Cosmos still takes writes the router may not see
     if matches!(
         domain,
-        store::Phase::DualWriteCosmosRead | store::Phase::DualWritePostgresRead
+        Phase::DualWriteCosmosRead | Phase::DualWritePostgresRead
     ) {
         let replicating = r.workers.iter().any(|w| {
             w.kind == heartbeats::WorkerKind::Replicate.as_str()

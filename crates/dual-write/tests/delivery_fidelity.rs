@@ -23,6 +23,7 @@ use mystira_copy::apply::{Retries, write_page};
 use mystira_cosmos_codec::codec::{self, Container};
 use mystira_domain::SignupStatus;
 use mystira_domain::aggregate::{AccountAggregate, Aggregate, ProfileAggregate};
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, BadgeRepository, CompletedScenarioRepository, PendingSignupRepository,
     ProfileRepository, SubscriptionRepository,
@@ -32,7 +33,6 @@ use mystira_dual_write::relay::{RelayConfig, drain};
 use mystira_dual_write::router::{DualWriteRouter, FixedPhase, RouterConfig};
 use mystira_migrate::{ContainerCounts, SourceDocument};
 use mystira_postgres::outbox;
-use mystira_postgres::phase::Phase;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRng, TestRunner};
 use serde_json::{Value, json};

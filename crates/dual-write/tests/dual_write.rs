@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use mystira_cosmos_codec::codec::{self, Container};
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, BadgeRepository, CompletedScenarioRepository, PendingSignupRepository,
     ProfileRepository, SubscriptionRepository,
@@ -23,7 +24,6 @@ use mystira_dual_write::journal::{FileJournal, apply_record, replay_files, repla
 use mystira_dual_write::relay::{RelayConfig, relay_once};
 use mystira_dual_write::router::{DualWriteRouter, FixedPhase, RouterConfig};
 use mystira_postgres::journal::{self, JournalOp, JournalRecord};
-use mystira_postgres::phase::Phase;
 use mystira_postgres::{PgAccountRepository, PgProfileRepository, outbox};
 use serde_json::{Value, json};
 use sqlx::PgPool;

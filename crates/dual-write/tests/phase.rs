@@ -12,9 +12,10 @@
 
 use std::time::Duration;
 
+use mystira_domain::phase::Phase;
 use mystira_dual_write::phase::{
     self, ChangeOptions, DecisionKind, GateConfig, OverrideAction, OverrideEffect,
-    OverridePosition, Phase, PhaseError, PhaseSnapshot, PhaseWatcher, VerifyDirection,
+    OverridePosition, PhaseError, PhaseSnapshot, PhaseWatcher, VerifyDirection,
     WATCHER_APPLICATION_NAME, WatcherOptions,
 };
 use mystira_postgres::phase::{self as store, ChangeRequest, Ungated};

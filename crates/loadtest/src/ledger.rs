@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use mystira_cosmos_store::CosmosRepositories;
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, BadgeRepository, CompletedScenarioRepository, PendingSignupRepository,
     ProfileRepository, SubscriptionRepository,
@@ -69,7 +70,6 @@ use mystira_domain::ports::{
 use mystira_domain::{
     Account, CompletedScenario, PendingSignup, RepoError, Subscription, UserBadge, UserProfile,
 };
-use mystira_postgres::phase::Phase;
 use mystira_postgres::{
     PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
     PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,

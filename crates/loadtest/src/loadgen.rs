@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mystira_domain::error::ConflictKind;
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, AwardOutcome, BadgeRepository, CompletedScenarioRepository,
     PendingSignupRepository, ProfileRepository, RepoResult, SubscriptionRepository, VerifyOutcome,
@@ -48,7 +49,6 @@ use mystira_domain::{
     Account, AccountSettings, AgeGroup, Email, PendingSignup, RepoError, Role, SignupCode,
     Subscription, SubscriptionType, UserBadge, UserProfile,
 };
-use mystira_postgres::phase::Phase;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;

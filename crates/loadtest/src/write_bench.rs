@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use mystira_cosmos_store::CosmosRepositories;
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::{
     AccountRepository, BadgeRepository, CompletedScenarioRepository, ProfileRepository, RepoResult,
     SubscriptionRepository,
@@ -22,7 +23,6 @@ use mystira_domain::{
     Account, AccountSettings, AgeGroup, Email, RepoError, Role, Subscription, SubscriptionType,
     UserBadge, UserProfile,
 };
-use mystira_postgres::phase::Phase;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;

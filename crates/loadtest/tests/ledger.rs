@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use mystira_cosmos_codec::codec::Container;
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::AccountRepository;
 use mystira_domain::{Account, AccountSettings, Email, Role};
 use mystira_dual_write::journal::FileJournal;
@@ -25,7 +26,6 @@ use mystira_loadtest::ledger::{
     FieldGroups, LedgerError, LedgerRecord, LedgerWriter, Store, Verdict, check,
 };
 use mystira_loadtest::loadgen::{LoadConfig, LoadError, run_load};
-use mystira_postgres::phase::Phase;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -484,9 +484,10 @@ async fn two_claimants_of_one_login_written_at_once_give_the_result_of_any_order
 /// catalog of `db migrate`.
 #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
 async fn while_an_initial_load_has_the_tables_stripped_other_writers_wait(pool: PgPool) {
+    use mystira_domain::phase::Phase;
     use mystira_postgres::initial_load::schema::domain_catalog;
     use mystira_postgres::initial_load::{self, Stage};
-    use mystira_postgres::phase::{self, ChangeRequest, Phase, Ungated};
+    use mystira_postgres::phase::{self, ChangeRequest, Ungated};
 
     let migrated = domain_catalog(&pool).await.unwrap();
     assert_eq!(initial_load::begin(&pool).await.unwrap(), None);

@@ -8,9 +8,10 @@
 
 use async_trait::async_trait;
 use mystira_domain::RepoError;
+use mystira_domain::phase::Phase;
 use mystira_postgres::phase::{
     self, AffectedOverride, ChangeFlags, ChangeOutcome, ChangeRequest, GateRequest, OverrideAction,
-    Phase, PhaseGate, Ungated, VerifyDirection,
+    PhaseGate, Ungated, VerifyDirection,
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;

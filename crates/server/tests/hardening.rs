@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use mystira_postgres::phase::Phase;
+use mystira_domain::phase::Phase;
 use mystira_server::auth::Authenticator;
 use mystira_server::{FileMailer, SignupSettings};
 use sqlx::PgPool;

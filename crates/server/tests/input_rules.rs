@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use axum::http::StatusCode;
+use mystira_domain::phase::Phase;
 use mystira_domain::ports::ProfileRepository as _;
 use mystira_domain::{AgeGroup, Secret, UserProfile};
 use mystira_postgres::PgProfileRepository;
-use mystira_postgres::phase::Phase;
 use mystira_server::auth::Authenticator;
 use serde_json::{Value, json};
 use sqlx::PgPool;

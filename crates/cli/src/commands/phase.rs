@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use mystira_domain::phase::Phase;
 use mystira_dual_write::phase::{
-    self, ChangeOptions, Decision, DecisionKind, GateConfig, Phase, PhaseError,
+    self, ChangeOptions, Decision, DecisionKind, GateConfig, PhaseError,
 };
 use serde_json::json;
 use uuid::Uuid;

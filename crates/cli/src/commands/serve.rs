@@ -468,7 +468,7 @@ fn refuse_dev_on_network(resolved: &Resolved, allowed: bool) -> Result<(), Confi
 fn refuse_postgres_alone(
     production: bool,
     with_cosmos: bool,
-    phase: mystira_postgres::phase::Phase,
+    phase: mystira_domain::phase::Phase,
 ) -> Result<(), ConfigError> {
     if !production || with_cosmos || !phase.writes_cosmos() {
         return Ok(());

@@ -786,7 +786,7 @@ pub struct PhaseChange {
 }
 
 impl PhaseChange {
-    pub fn phase(&self) -> Result<mystira_dual_write::phase::Phase, crate::Problem> {
+    pub fn phase(&self) -> Result<mystira_domain::phase::Phase, crate::Problem> {
         self.phase.trim().parse().map_err(|_| {
             crate::Problem::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,

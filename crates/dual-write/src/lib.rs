@@ -7,6 +7,7 @@
 //! replicator copy documents by the same version-guarded apply as the backfill.
 
 pub mod heartbeat;
+pub mod hosting;
 pub mod journal;
 pub mod phase;
 pub mod relay;

@@ -6,7 +6,8 @@
 //!
 //! Read-only, and every figure comes from one query of an index or a small table, so it is
 //! cheap enough to run between every step of a drill. Ids, counts and times only: never a
-//! value of a document.
+//! value of a document. The figures are one [`MigrationState`] snapshot, which the service's
+//! `/metrics` and `GET /v1/admin/migration` and `loadgen` read too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -202,13 +203,8 @@ pub async fn collect(
     gates: &GateConfig,
     files: Option<&FileJournal>,
 ) -> Result<StatusReport, StatusError> {
-    let map = |e| mystira_postgres::map_sqlx_error("status", e);
     let phase = crate::phase::status(pool, gates).await?;
-    let read_at: DateTime<Utc> = sqlx::query_scalar("select now()")
-        .fetch_one(pool)
-        .await
-        .map_err(map)?;
-    let table = journal_table::depth(pool).await?;
+    let state = MigrationState::read(pool).await?;
     let files = match files {
         Some(f) => Some(LocalFiles {
             dir: f.dir().display().to_string(),
@@ -216,45 +212,116 @@ pub async fn collect(
         }),
         None => None,
     };
-    let outbox = outbox::depth(pool).await?;
-    let replication_lag_seconds = leases::caught_up_lag(
-        pool,
-        &[crate::replicate::JOB, crate::replicate::WATERMARK_JOB],
-    )
-    .await?
-    .into_iter()
-    .collect();
-    let verify = VerifyStatus {
-        latest: store::latest_run(pool, "verify").await?,
-        facts: store::verify_facts(pool).await?,
-    };
-    let latest_backfill = store::latest_run(pool, "backfill").await?;
-    let workers = heartbeats::list(pool).await?;
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "select container, reason_code, count(*) from migration.quarantine
-         where resolved_at is null group by container, reason_code",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(map)?;
-    let mut quarantine: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (container, reason, n) in rows {
-        quarantine.entry(container).or_default().insert(reason, n);
-    }
     let mut report = StatusReport {
-        read_at,
-        journal: JournalStatus { table, files },
-        outbox,
-        replication_lag_seconds,
-        workers,
-        verify,
-        latest_backfill,
-        quarantine,
+        read_at: state.read_at,
+        journal: JournalStatus {
+            table: state.journal,
+            files,
+        },
+        outbox: state.outbox,
+        replication_lag_seconds: state.replication_lag_seconds.into_iter().collect(),
+        workers: state.workers,
+        verify: VerifyStatus {
+            latest: state.latest_verify,
+            facts: state.verify,
+        },
+        latest_backfill: state.latest_backfill,
+        quarantine: state.quarantine,
         attention: Vec::new(),
         phase,
     };
     report.attention = attention(&report);
     Ok(report)
+}
+
+/// One snapshot of the migration's shared state in PostgreSQL: the one read that `status`
+/// and `GET /v1/admin/status` ([`collect`]), `GET /v1/admin/migration` and `/metrics` (the
+/// service) and `loadgen`'s drain report from. The phase is not in it: the service reports its
+/// phase watcher's, and [`collect`] the phase with its gates.
+///
+/// Read in one transaction, so every age is measured from the same [`read_at`](Self::read_at)
+/// by the server's clock (not this host's), each figure by its own function of
+/// `mystira_postgres`.
+#[derive(Debug, Clone)]
+pub struct MigrationState {
+    /// When it was read (PostgreSQL's clock: the transaction's start).
+    pub read_at: DateTime<Utc>,
+    /// The retry journal table of phase 1.
+    pub journal: journal_table::Depth,
+    pub outbox: outbox::Depth,
+    /// Per container, in container order: seconds since its least recently caught-up
+    /// replication range caught up, `None` while a range never has. Empty when replication
+    /// never ran.
+    pub replication_lag_seconds: Vec<(String, Option<f64>)>,
+    /// Per container probed at least once: how many of its replication ranges' last change
+    /// feed probe disagreed.
+    pub feed_disagreeing_ranges: Vec<(String, i64)>,
+    /// Every `replicate` and `relay` process heard of in the last day, with its last beat.
+    pub workers: Vec<WorkerHeartbeat>,
+    /// Per kind of worker (every kind): seconds since the newest beat (`None`: none in the
+    /// last day) and how many live ones wait out a store outage.
+    pub worker_beats: Vec<(heartbeats::WorkerKind, Option<f64>, i64)>,
+    /// The newest clean and drifted verify runs.
+    pub verify: VerifyFacts,
+    pub latest_verify: Option<RunSummary>,
+    pub latest_backfill: Option<RunSummary>,
+    /// The backfill job's work ranges.
+    pub backfill_ranges: RangeProgress,
+    /// Open quarantine entries by container and reason.
+    pub quarantine: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+/// How far a job's work ranges are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeProgress {
+    pub total: i64,
+    pub done: i64,
+}
+
+impl MigrationState {
+    /// Reads the snapshot. Every figure comes from an index or a small table.
+    pub async fn read(pool: &PgPool) -> Result<Self, mystira_domain::RepoError> {
+        let map = |e| mystira_postgres::map_sqlx_error("status", e);
+        let mut tx = pool.begin().await.map_err(map)?;
+        let read_at = mystira_postgres::server_now(&mut *tx).await.map_err(map)?;
+        let journal = journal_table::depth(&mut *tx).await?;
+        let outbox = outbox::depth(&mut *tx).await?;
+        let replication_lag_seconds = leases::caught_up_lag(
+            &mut *tx,
+            &[crate::replicate::JOB, crate::replicate::WATERMARK_JOB],
+        )
+        .await?;
+        let feed_disagreeing_ranges =
+            mystira_postgres::feed_checks::disagreeing_ranges(&mut *tx, crate::replicate::JOB)
+                .await?;
+        let workers = heartbeats::list(&mut *tx).await?;
+        let worker_beats = heartbeats::beat_ages(&mut *tx).await?;
+        let verify = store::verify_facts(&mut *tx).await?;
+        let latest_verify = store::latest_run(&mut *tx, "verify").await?;
+        let latest_backfill = store::latest_run(&mut *tx, "backfill").await?;
+        let (total, done) = leases::job_progress(&mut *tx, "backfill").await?;
+        let mut quarantine: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (container, reason, n) in
+            mystira_postgres::bookkeeping::open_quarantine_counts(&mut *tx).await?
+        {
+            quarantine.entry(container).or_default().insert(reason, n);
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(Self {
+            read_at,
+            journal,
+            outbox,
+            replication_lag_seconds,
+            feed_disagreeing_ranges,
+            workers,
+            worker_beats,
+            verify,
+            latest_verify,
+            latest_backfill,
+            backfill_ranges: RangeProgress { total, done },
+            quarantine,
+        })
+    }
 }
 
 /// What needs an operator, from the figures of a report.

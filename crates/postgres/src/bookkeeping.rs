@@ -285,6 +285,19 @@ pub async fn resolve_quarantined<'e>(
     .map_err(|e| map_sqlx_error("quarantine", e))
 }
 
+/// How many entries are open, by container and reason code (what `status` reports).
+pub async fn open_quarantine_counts<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "select container, reason_code, count(*) from migration.quarantine
+         where resolved_at is null group by container, reason_code",
+    )
+    .fetch_all(exec)
+    .await
+    .map_err(|e| map_sqlx_error("quarantine", e))
+}
+
 /// One quarantine entry, as an operator sees it (without the document unless asked).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct QuarantineEntry {

@@ -307,6 +307,18 @@ pub async fn caught_up_lag<'e>(
     .map_err(map)
 }
 
+/// (ranges, ranges done) of the whole job, every unit together.
+pub async fn job_progress<'e>(exec: impl sqlx::PgExecutor<'e>, job: &str) -> Result<(i64, i64)> {
+    sqlx::query_as(
+        "select count(*), count(*) filter (where done) from migration.work_ranges
+         where job = $1",
+    )
+    .bind(job)
+    .fetch_one(exec)
+    .await
+    .map_err(map)
+}
+
 /// (ranges, ranges done) of a unit.
 pub async fn unit_progress(pool: &PgPool, job: &str, unit: &str) -> Result<(i64, i64)> {
     sqlx::query_as(

@@ -25,4 +25,6 @@ pub use repos::{
     PgAccountRepository, PgBadgeRepository, PgCompletedScenarioRepository,
     PgPendingSignupRepository, PgProfileRepository, PgSubscriptionRepository,
 };
-pub use schema::{MIGRATOR, MigrationStatus, connect, ensure_database, migrate, status};
+pub use schema::{
+    MIGRATOR, MigrationStatus, connect, ensure_database, migrate, ping, server_now, status,
+};

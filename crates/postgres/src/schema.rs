@@ -1,5 +1,6 @@
 //! The schema: embedded sqlx migrations (`crates/postgres/migrations`), creating the database
-//! when it does not exist, and reporting which migrations are applied.
+//! when it does not exist, and reporting which migrations are applied; connecting to the
+//! server, and the two round trips that check it (it answers, its clock).
 
 use std::str::FromStr;
 
@@ -62,6 +63,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .max_connections(max_connections)
         .connect_with(PgConnectOptions::from_str(url)?)
         .await
+}
+
+/// One round trip to the server (`select 1`): whether it answers, for a readiness probe.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
+}
+
+/// The server's clock (`now()`: in a transaction, its start), so that ages computed from it
+/// do not depend on this host's clock.
+pub async fn server_now<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar("select now()").fetch_one(exec).await
 }
 
 /// Applies every pending migration. Idempotent. Returns how many were applied.

@@ -81,7 +81,7 @@ pub async fn check(state: &AppState) -> Readiness {
         "postgresql",
         true,
         state.probe_timeout,
-        sqlx::query("select 1").execute(&state.pool),
+        mystira_postgres::ping(&state.pool),
     )
     .await;
     let cosmos_needed = phase.writes_cosmos();

@@ -9,10 +9,14 @@
 //! admins (shown and set through the CLI's gates and audit), the retry journal, the outbox,
 //! the runs and the quarantine for admins, and `/openapi.json` generated from the handlers.
 //!
-//! Layering: the CLI wires (flags, config, connections); this crate holds the HTTP layer; the
-//! stores and the phase logic stay in `mystira-postgres` and `mystira-migrate`.
+//! Layering: the CLI parses the flags and the config file and makes the connections;
+//! [`Application::build`] assembles the service from them (the phase watcher, the router and
+//! its lifecycle, the listener) and [`Application::run_until_stopped`] runs it; this crate
+//! holds the HTTP layer; the stores stay in `mystira-postgres`, the phase logic, the router and
+//! the status read in `mystira-dual-write`.
 
 pub mod api;
+pub mod application;
 pub mod auth;
 pub mod client_addr;
 pub mod connections;
@@ -34,6 +38,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub use api::signups::{FileMailer, RateLimit, SignupSettings};
+pub use application::{Application, ApplicationConfig, BuildError};
 pub use client_addr::{Cidr, TrustedProxies};
 pub use domain::{Backend, Domain};
 pub use metrics::Metrics;

@@ -3,8 +3,10 @@
 //! Two kinds of figures: request counters and latency histograms, kept in the process by a
 //! middleware, and the dual-write router's store-write latencies and failures, which it reports
 //! to [`Metrics`] as its [`WriteObserver`]; and the migration's state (phase, retry journal,
-//! outbox, last verify, backfill ranges, replication lag, the long-runners' heartbeats), read from PostgreSQL at each scrape, so every replica reports the same shared state
-//! and nothing has to be pushed. When PostgreSQL does not answer, those gauges keep their last
+//! outbox, last verify, backfill ranges, replication lag, the long-runners' heartbeats), read
+//! from PostgreSQL at each scrape as one [`MigrationState`] snapshot (the admin API's and
+//! `status`'s read), so every replica reports the same shared state and nothing has to be
+//! pushed. When PostgreSQL does not answer, those gauges keep their last
 //! values and `mystira_postgres_up` drops to 0.
 
 use std::sync::atomic::AtomicU64;
@@ -16,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use mystira_dual_write::router::{Store, WriteObserver};
+use mystira_dual_write::status::MigrationState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -326,37 +329,38 @@ impl Metrics {
     /// Reads the migration state into the gauges.
     async fn refresh(&self, pool: &PgPool, phase: u8) {
         self.phase.set(i64::from(phase));
-        match read_state(pool).await {
+        match MigrationState::read(pool).await {
             Ok(s) => {
                 self.postgres_up.set(1);
                 let age = |t: Option<DateTime<Utc>>| {
-                    t.map_or(0.0, |t| (s.now - t).num_milliseconds() as f64 / 1000.0)
+                    t.map_or(0.0, |t| (s.read_at - t).num_milliseconds() as f64 / 1000.0)
                 };
-                self.journal_entries.set(s.journal_entries);
-                self.journal_oldest_age.set(age(s.journal_oldest));
-                self.outbox_rows.set(s.outbox_rows);
-                self.outbox_oldest_age.set(age(s.outbox_oldest));
+                self.journal_entries.set(s.journal.entries);
+                self.journal_oldest_age.set(age(s.journal.oldest));
+                self.outbox_rows.set(s.outbox.rows);
+                self.outbox_oldest_age.set(age(s.outbox.oldest));
+                let (clean, drift) = (s.verify.latest_clean, s.verify.latest_drift);
                 self.verify_clean_age
-                    .set(s.verify_clean.map_or(-1.0, |t| age(Some(t))));
-                let drift = match (s.verify_clean, s.verify_drift) {
+                    .set(clean.map_or(-1.0, |t| age(Some(t))));
+                let drift = match (clean, drift) {
                     (_, None) => false,
                     (None, Some(_)) => true,
                     (Some(clean), Some(drift)) => drift > clean,
                 };
                 self.verify_drift_since_clean.set(i64::from(drift));
-                self.backfill_ranges_done.set(s.ranges_done);
-                self.backfill_ranges_total.set(s.ranges_total);
-                for (container, lag) in s.replication {
+                self.backfill_ranges_done.set(s.backfill_ranges.done);
+                self.backfill_ranges_total.set(s.backfill_ranges.total);
+                for (container, lag) in s.replication_lag_seconds {
                     self.replication_lag
                         .get_or_create(&ContainerLabels { container })
                         .set(lag.unwrap_or(-1.0));
                 }
-                for (container, ranges) in s.feed_disagreeing {
+                for (container, ranges) in s.feed_disagreeing_ranges {
                     self.feed_disagreeing_ranges
                         .get_or_create(&ContainerLabels { container })
                         .set(ranges);
                 }
-                for (kind, age, retrying) in s.workers {
+                for (kind, age, retrying) in s.worker_beats {
                     let labels = WorkerLabels {
                         kind: kind.as_str().to_owned(),
                     };
@@ -380,80 +384,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
-}
-
-struct StateFigures {
-    now: DateTime<Utc>,
-    journal_entries: i64,
-    journal_oldest: Option<DateTime<Utc>>,
-    outbox_rows: i64,
-    outbox_oldest: Option<DateTime<Utc>>,
-    verify_clean: Option<DateTime<Utc>>,
-    verify_drift: Option<DateTime<Utc>>,
-    ranges_done: i64,
-    ranges_total: i64,
-    replication: Vec<(String, Option<f64>)>,
-    workers: Vec<(mystira_postgres::heartbeats::WorkerKind, Option<f64>, i64)>,
-    feed_disagreeing: Vec<(String, i64)>,
-}
-
-/// One round trip's worth of state (the times are the server's, so ages do not depend on
-/// this host's clock).
-async fn read_state(pool: &PgPool) -> Result<StateFigures, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("select now()")
-        .fetch_one(&mut *tx)
-        .await?;
-    let (journal_entries, journal_oldest): (i64, Option<DateTime<Utc>>) =
-        sqlx::query_as("select count(*), min(enqueued_at) from migration.retry_journal")
-            .fetch_one(&mut *tx)
-            .await?;
-    let (outbox_rows, outbox_oldest): (i64, Option<DateTime<Utc>>) =
-        sqlx::query_as("select count(*), min(enqueued_at) from migration.outbox")
-            .fetch_one(&mut *tx)
-            .await?;
-    let facts = mystira_postgres::phase::verify_facts(&mut *tx)
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let (ranges_done, ranges_total): (i64, i64) = sqlx::query_as(
-        "select count(*) filter (where done), count(*) from migration.work_ranges
-         where job = 'backfill'",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let replication = mystira_postgres::leases::caught_up_lag(
-        &mut *tx,
-        &[
-            mystira_dual_write::replicate::JOB,
-            mystira_dual_write::replicate::WATERMARK_JOB,
-        ],
-    )
-    .await
-    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let workers = mystira_postgres::heartbeats::beat_ages(&mut *tx)
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let feed_disagreeing = mystira_postgres::feed_checks::disagreeing_ranges(
-        &mut *tx,
-        mystira_dual_write::replicate::JOB,
-    )
-    .await
-    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    tx.commit().await?;
-    Ok(StateFigures {
-        now,
-        journal_entries,
-        journal_oldest,
-        outbox_rows,
-        outbox_oldest,
-        verify_clean: facts.latest_clean,
-        verify_drift: facts.latest_drift,
-        ranges_done,
-        ranges_total,
-        replication,
-        workers,
-        feed_disagreeing,
-    })
 }
 
 impl WriteObserver for Metrics {

@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use mystira_dual_write::hosting::HostedRouter;
 use mystira_dual_write::journal::FileJournal;
 use mystira_dual_write::phase::PhaseWatcher;
 use mystira_dual_write::router::{Phase1Copy, Phase2Delivery, RouterConfig};
+use mystira_dual_write::status::MigrationState;
 use mystira_loadtest::loadgen::{LoadConfig, LoadError, run_load};
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::hosting::HostedRouter;
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
 use crate::config::ConfigError;
@@ -90,16 +91,13 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 
 /// How many writes still wait in the journal (table and this machine's files) and the outbox.
 async fn backlog(pool: &PgPool, files: &FileJournal) -> anyhow::Result<(i64, u64, i64)> {
-    let table = mystira_postgres::journal::depth(pool)
+    let state = MigrationState::read(pool)
         .await
-        .context("cannot read the journal")?;
+        .context("cannot read the migration state")?;
     let files = files
         .pending()
         .context("cannot read the journal directory")?;
-    let outbox = mystira_postgres::outbox::depth(pool)
-        .await
-        .context("cannot read the outbox")?;
-    Ok((table.entries, files.records, outbox.rows))
+    Ok((state.journal.entries, files.records, state.outbox.rows))
 }
 
 pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outcome> {

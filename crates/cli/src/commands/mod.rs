@@ -7,7 +7,6 @@ mod bench_writes;
 mod cosmos;
 mod db;
 mod generate;
-mod hosting;
 mod journal;
 mod ledger;
 mod loadgen;

@@ -1,6 +1,8 @@
-//! `mystira-users serve`: the user-domain service (the HTTP layer is `mystira_server`). This
-//! wires it: the database (the self-started cluster when none is configured), the Cosmos
-//! account when one is configured, the phase watcher, the listener and the stop signal.
+//! `mystira-users serve`: the user-domain service (`mystira_server`). This parses its flags
+//! and the config file's `[serve]`, makes the connections (the database, the self-started
+//! cluster when none is configured; the Cosmos account when one is configured), the
+//! authenticator and the sign-up settings, and hands them to `mystira_server::Application`,
+//! which assembles the service and runs it until the stop signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,17 +11,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use mystira_dual_write::phase::PhaseWatcher;
-use mystira_dual_write::router::RouterConfig;
 use mystira_postgres::local_cluster::LocalCluster;
 use mystira_server::auth::{Authenticator, DevKey};
 use mystira_server::connections::Limits;
 use mystira_server::{
-    AppState, Cidr, Domain, FileMailer, Metrics, RateLimit, SignupSettings, TrustedProxies,
+    Application, ApplicationConfig, BuildError, Cidr, FileMailer, RateLimit, SignupSettings,
+    TrustedProxies,
 };
 use serde_json::json;
 
-use super::hosting::HostedRouter;
 use super::phase::{GateArgs, gate_config};
 use super::{Outcome, db, source, stop};
 use crate::cli::CosmosArgs;
@@ -461,27 +461,6 @@ fn refuse_dev_on_network(resolved: &Resolved, allowed: bool) -> Result<(), Confi
     )))
 }
 
-/// Production with no Cosmos account answers from PostgreSQL alone: right only once the phase
-/// is `postgres-only`. Before, Cosmos is a store the phase writes (and, in phases 0 and 1, the
-/// primary), so such a process would answer from the wrong store: it does not start.
-/// (Development mode serves PostgreSQL alone whatever the phase, and `/readyz` says so.)
-fn refuse_postgres_alone(
-    production: bool,
-    with_cosmos: bool,
-    phase: mystira_domain::phase::Phase,
-) -> Result<(), ConfigError> {
-    if !production || with_cosmos || !phase.writes_cosmos() {
-        return Ok(());
-    }
-    Err(ConfigError::Usage(format!(
-        "no Cosmos account is configured, and the phase is {}, which writes Cosmos: in \
-         production (a JWKS is configured) serve would answer from PostgreSQL alone. Configure \
-         the account (--cosmos-endpoint, COSMOS_ENDPOINT or [cosmos] endpoint, with its key), \
-         or serve without Cosmos only once the phase is postgres-only",
-        phase.name()
-    )))
-}
-
 /// The clock leeway: 0 to 300 s (more would keep an expired token good for minutes).
 fn leeway(seconds: Option<u64>) -> Result<Duration, ConfigError> {
     let seconds = seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
@@ -576,38 +555,9 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
     let limits = args.limits.limits()?;
     warn_on_descriptor_limit(limits.max_connections);
     let pool = db::prepared_pool(settings, 16).await?;
-    let phase = PhaseWatcher::start(pool.clone(), Duration::from_millis(args.phase_poll_ms))
-        .await
-        .context("cannot read the migration phase")?;
-    let metrics = Arc::new(Metrics::new());
-    let with_cosmos = source::cosmos_endpoint(&args.cosmos, settings).is_some();
-    refuse_postgres_alone(resolved.production(), with_cosmos, phase.domain_phase())?;
-    let (cosmos, hosted) = if with_cosmos {
-        let store = source::connect_cosmos(&args.cosmos, settings).await?;
-        let hosted = HostedRouter::start(
-            &pool,
-            &store,
-            args.journal_dir.as_deref(),
-            phase.clone(),
-            RouterConfig {
-                // the router's store-write times and dual-write failures, in /metrics
-                observer: Some(metrics.clone()),
-                phase2_delivery_deadline: Duration::from_millis(args.delivery_deadline_ms),
-                ..RouterConfig::default()
-            },
-        )
-        .await?;
-        (Some(store), Some(hosted))
-    } else {
-        tracing::warn!(
-            "no Cosmos account configured: the domain API serves PostgreSQL alone, whatever \
-             the phase says"
-        );
-        (None, None)
-    };
-    let domain = match &hosted {
-        Some(h) => Domain::router(h.router.clone()),
-        None => Domain::postgres(&pool),
+    let cosmos = match source::cosmos_endpoint(&args.cosmos, settings) {
+        Some(_) => Some(source::connect_cosmos(&args.cosmos, settings).await?),
+        None => None,
     };
     let auth = Arc::new(resolved.authenticator(&args.token).await?);
     // development mode mails codes to a file beside the development key
@@ -628,57 +578,29 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
             ))
         })?;
     }
-    let listener = tokio::net::TcpListener::bind(resolved.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", resolved.listen))?;
-    let address = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    // scripts (and the tests) read this line to find a port chosen with :0
-    tracing::info!(
-        %address,
-        phase = phase.domain_phase().name(),
-        backend = domain.backend.name(),
-        mail_file = ?signups.mailer.as_ref().map(|m| m.path().display().to_string()),
-        "serving"
-    );
-    let state = AppState {
-        pool: pool.clone(),
+    let config = ApplicationConfig {
+        pool,
         cosmos,
-        phase,
-        metrics,
-        domain,
-        signups,
+        listen: resolved.listen,
+        phase_poll: Duration::from_millis(args.phase_poll_ms),
+        delivery_deadline: Duration::from_millis(args.delivery_deadline_ms),
+        journal_dir: args.journal_dir.clone(),
         auth,
+        signups,
+        limits,
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
         gates: gate_config(&args.gates, settings)?,
     };
-    let served = mystira_server::serve_with(listener, state, limits, stop::stop_signal()).await;
-    // the requests are answered (or cut at the deadline); what they left to the background
-    // work is finished or journalled before the process goes. The background pass and the
-    // database connections get the same deadline again: a Cosmos that hangs holds a
-    // delivery (inline or the relay's) and its connection, and must not keep the process
-    // from ending; what such a delivery did not finish stays in the outbox for the next relay
-    if let Some(hosted) = hosted
-        && hosted.stop_within(limits.shutdown_timeout).await.is_none()
-    {
-        tracing::warn!(
-            deadline_seconds = limits.shutdown_timeout.as_secs(),
-            "the background pass (journal replay, outbox relay) did not finish by the \
-             shutdown deadline: dropped, its work stays queued"
-        );
-    }
-    let stopped = served.context("the server failed")?;
-    if tokio::time::timeout(limits.shutdown_timeout, pool.close())
+    let application = Application::build(config).await.map_err(|e| match e {
+        // a configuration mistake: the usage exit code
+        BuildError::PostgresAlone { .. } => anyhow::Error::new(ConfigError::Usage(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    let address = application.address();
+    let stopped = application
+        .run_until_stopped(stop::stop_signal())
         .await
-        .is_err()
-    {
-        tracing::warn!(
-            deadline_seconds = limits.shutdown_timeout.as_secs(),
-            "database connections still in use at the shutdown deadline (a delivery waiting \
-             on Cosmos): closed with the process"
-        );
-    }
+        .context("the server failed")?;
     let human = if stopped.cut == 0 {
         format!("stopped serving on {address}: requests in flight were answered")
     } else {

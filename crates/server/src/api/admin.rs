@@ -341,28 +341,19 @@ pub async fn migration(
     caller: Caller,
 ) -> Result<Json<MigrationState>, Problem> {
     caller.require_admin()?;
-    let pool = &state.pool;
-    let journal = mystira_postgres::journal::depth(pool).await.map_err(repo)?;
-    let outbox = mystira_postgres::outbox::depth(pool).await.map_err(repo)?;
-    let backfill = mystira_postgres::phase::latest_run(pool, "backfill")
-        .await
-        .map_err(repo)?;
-    let verify = mystira_postgres::phase::latest_run(pool, "verify")
-        .await
-        .map_err(repo)?;
-    let facts = mystira_postgres::phase::verify_facts(pool)
+    let s = mystira_dual_write::status::MigrationState::read(&state.pool)
         .await
         .map_err(repo)?;
     Ok(Json(MigrationState {
-        retry_journal_entries: journal.entries,
-        retry_journal_oldest: journal.oldest,
-        outbox_rows: outbox.rows,
-        outbox_aggregates: outbox.aggregates,
-        outbox_oldest: outbox.oldest,
-        latest_backfill: backfill.map(Into::into),
-        latest_verify: verify.map(Into::into),
-        latest_clean_verify: facts.latest_clean,
-        latest_drift: facts.latest_drift,
+        retry_journal_entries: s.journal.entries,
+        retry_journal_oldest: s.journal.oldest,
+        outbox_rows: s.outbox.rows,
+        outbox_aggregates: s.outbox.aggregates,
+        outbox_oldest: s.outbox.oldest,
+        latest_backfill: s.latest_backfill.map(Into::into),
+        latest_verify: s.latest_verify.map(Into::into),
+        latest_clean_verify: s.verify.latest_clean,
+        latest_drift: s.verify.latest_drift,
     }))
 }
 

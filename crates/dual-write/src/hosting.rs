@@ -1,4 +1,4 @@
-//! Hosting a dual-write router in a long-running command (`loadgen`, `serve`): the Cosmos
+//! The router's lifecycle in a long-running process (`serve`, `loadgen`): the Cosmos
 //! containers, the local journal directory, the router over the phase watcher, and its
 //! background work (journal replay, outbox relay) running beside it until told to stop.
 
@@ -6,16 +6,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use mystira_cosmos_store::{CosmosRepositories, CosmosStore};
-use mystira_dual_write::journal::FileJournal;
-use mystira_dual_write::phase::PhaseWatcher;
-use mystira_dual_write::router::{
-    BackgroundConfig, BackgroundReport, DualWriteRouter, RouterConfig, run_background,
-};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::journal::{FileJournal, FileJournalError};
+use crate::phase::PhaseWatcher;
+use crate::router::{
+    BackgroundConfig, BackgroundReport, DualWriteRouter, RouterConfig, run_background,
+};
+
+/// Why a router could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostingError {
+    #[error("cannot open (or create) the Cosmos containers")]
+    Containers(#[source] mystira_cosmos_store::Error),
+    /// No journal directory was given and this user has no default one (no home directory).
+    #[error("no default journal directory: pass --journal-dir")]
+    NoJournalDir,
+    #[error("cannot open the journal directory")]
+    JournalDir(#[source] FileJournalError),
+}
 
 /// A router and its background work.
 #[derive(Debug)]
@@ -36,16 +49,15 @@ impl HostedRouter {
         journal_dir: Option<&Path>,
         watcher: PhaseWatcher,
         config: RouterConfig,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HostingError> {
         let repos = CosmosRepositories::ensure(store)
             .await
-            .context("cannot open (or create) the Cosmos containers")?;
+            .map_err(HostingError::Containers)?;
         let journal_dir = match journal_dir {
             Some(d) => d.to_owned(),
-            None => FileJournal::default_dir()
-                .context("no default journal directory: pass --journal-dir")?,
+            None => FileJournal::default_dir().ok_or(HostingError::NoJournalDir)?,
         };
-        let files = FileJournal::open(&journal_dir).context("cannot open the journal directory")?;
+        let files = FileJournal::open(&journal_dir).map_err(HostingError::JournalDir)?;
         let router = DualWriteRouter::new(
             pool.clone(),
             repos,

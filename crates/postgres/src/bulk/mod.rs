@@ -223,10 +223,17 @@ macro_rules! document_accessors {
 
 // after the macro: the document kinds' modules use it
 mod accounts;
+mod delete;
 pub mod embedded;
 mod identity;
+mod notes;
 mod profiles;
 mod signups;
+
+use delete::remove_main_row;
+pub use delete::{DeleteOutcome, delete_document};
+use notes::delete_notes;
+pub(crate) use notes::{insert_notes, replace_notes};
 
 /// A transaction that copies source values: `mystira.keep_source_timestamps` makes the
 /// `updated_at` trigger keep the source's timestamps and the outbox trigger stay silent (a copy
@@ -645,192 +652,4 @@ async fn quarantine_snapshot<D: BulkDocument>(
         },
     )
     .await
-}
-
-/// Drops the notes of a document whose rows are gone.
-async fn delete_notes(conn: &mut PgConnection, container: &str, document_id: &str) -> Result<()> {
-    sqlx::query("delete from migration.document_notes where container = $1 and document_id = $2")
-        .bind(container)
-        .bind(document_id)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| map_sqlx_error("document_notes", e))?;
-    Ok(())
-}
-
-pub(crate) async fn replace_notes<D: BulkDocument>(
-    conn: &mut PgConnection,
-    docs: &[&D],
-    extra: &[NotesFor],
-) -> Result<()> {
-    let map = |e| map_sqlx_error("document_notes", e);
-    let ids: Vec<String> = docs
-        .iter()
-        .map(|d| d.version().document_id.clone())
-        .collect();
-    // By key whatever the statistics and the batch's size: each document's notes are found by
-    // one descent of the primary key, which leads with (container, document_id), in a lateral
-    // subquery the planner may not flatten (`offset 0`), and deleted by their row addresses (an
-    // array the planner cannot count: a TID scan). Joined with `unnest($2)` and planned for a
-    // batch's 1,000 ids, the delete hashed every note of the container per batch (27 ms a
-    // batch at 100,000 accounts, issue 33). `document_id = any(array(...))` is no better: on
-    // the key's second column the planner may leave it out of the index condition and filter
-    // every note of the container with it, as it did when the notes had last been analyzed
-    // while they held only accounts' (92 ms a batch; 1.6 s for 120,000 notes).
-    sqlx::query(
-        "delete from migration.document_notes
-         where ctid = any(array(
-             select n.ctid from unnest($2::text[]) as d(id)
-             cross join lateral (select ctid from migration.document_notes
-                                 where container = $1 and document_id = d.id offset 0) as n))",
-    )
-    .bind(D::CONTAINER)
-    .bind(&ids)
-    .execute(&mut *conn)
-    .await
-    .map_err(map)?;
-    insert_notes(conn, docs, extra).await
-}
-
-/// Writes the notes of `docs` (and `extra`) without removing the documents' earlier notes:
-/// for documents known to have none.
-pub(crate) async fn insert_notes<D: BulkDocument>(
-    conn: &mut PgConnection,
-    docs: &[&D],
-    extra: &[NotesFor],
-) -> Result<()> {
-    let map = |e| map_sqlx_error("document_notes", e);
-    let notes: Vec<(&str, &DocumentNote)> = docs
-        .iter()
-        .flat_map(|d| {
-            d.notes()
-                .iter()
-                .map(|n| (d.version().document_id.as_str(), n))
-        })
-        .chain(extra.iter().map(|n| (n.document_id.as_str(), &n.note)))
-        .collect();
-    if notes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "insert into migration.document_notes (container, document_id, code, subject, detail, original)
-         select $1, d, c, s, x, o
-         from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[]) as n(d, c, s, x, o)
-         on conflict (container, document_id, code, subject) do update
-             set detail = excluded.detail, original = excluded.original",
-    )
-    .bind(D::CONTAINER)
-    .bind(notes.iter().map(|(d, _)| (*d).to_owned()).collect::<Vec<_>>())
-    .bind(notes.iter().map(|(_, n)| n.code.clone()).collect::<Vec<_>>())
-    .bind(notes.iter().map(|(_, n)| n.subject.clone()).collect::<Vec<_>>())
-    .bind(notes.iter().map(|(_, n)| n.detail.clone()).collect::<Vec<_>>())
-    .bind(notes.iter().map(|(_, n)| n.original.clone()).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await
-    .map_err(map)?;
-    Ok(())
-}
-
-/// The table holding the main row of a container's documents (the others cascade from it).
-fn main_table(container: &str) -> Result<&'static str> {
-    match container {
-        "Accounts" => Ok("accounts"),
-        "UserProfiles" => Ok("user_profiles"),
-        "PendingSignups" => Ok("pending_signups"),
-        _ => Err(RepoError::Store(format!(
-            "container `{container}` is not part of the user domain"
-        ))),
-    }
-}
-
-/// Deletes the main row of `key` (its dependants cascade) and says whether there was one. The
-/// embedded ids its rows held pass to the next documents claiming them, and an account's
-/// profiles are detached with a `missing_account` note, as a profile landing before its
-/// account would be, so that they attach again when the account lands again.
-async fn remove_main_row(conn: &mut PgConnection, container: &str, key: Uuid) -> Result<bool> {
-    let table = main_table(container)?;
-    let embedded_table = match container {
-        "Accounts" => Some(embedded::EmbeddedTable::Subscriptions),
-        "UserProfiles" => Some(embedded::EmbeddedTable::Badges),
-        _ => None,
-    };
-    let released = match embedded_table {
-        Some(t) => embedded::keys_held_by(conn, t, &[key]).await?,
-        None => Vec::new(),
-    };
-    if container == "Accounts" {
-        accounts::note_profiles_to_detach(conn, key).await?;
-    }
-    // `table` is one of three constants, never input
-    let removed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "delete from {table} where id = $1"
-    )))
-    .bind(key)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_sqlx_error(table, e))?
-    .rows_affected()
-        > 0;
-    if let Some(t) = embedded_table
-        && !released.is_empty()
-    {
-        embedded::resolve(conn, t, &[], &released, &[]).await?;
-    }
-    Ok(removed)
-}
-
-/// What applying a delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOutcome {
-    /// The tombstone is recorded; `removed` says whether a row was there to delete.
-    Deleted { removed: bool },
-    /// A newer version of the document is already recorded (it was written again after this
-    /// delete): nothing changed.
-    Superseded,
-}
-
-/// Applies a delete that Cosmos has taken: records a tombstone version for the document
-/// (`source_ts` = the `_ts` of the version that was deleted, or when the delete was seen) and
-/// deletes its main row, whose
-/// dependants cascade (an account's profiles are detached). A tombstone is a version like any
-/// other: a late copy of the document from before the delete is refused by the same guard as a
-/// stale write, and a delete older than the recorded version changes nothing.
-///
-/// Runs as a copy from Cosmos (`mystira.keep_source_timestamps`), so no outbox row is written:
-/// the delete came from Cosmos and must not echo back to it.
-pub async fn delete_document(
-    pool: &PgPool,
-    container: &str,
-    document_id: &str,
-    key: Uuid,
-    source_ts: i64,
-) -> Result<DeleteOutcome> {
-    let table = main_table(container)?;
-    let map = |e| map_sqlx_error(table, e);
-    let mut tx = begin_copy(pool, table).await?;
-    crate::initial_load::guard_writers(&mut tx).await?;
-    let claimed: Option<i32> = sqlx::query_scalar(
-        "insert into migration.document_versions as v
-             (container, document_id, key, source_ts, source_etag, deleted)
-         values ($1, $2, $3, $4, null, true)
-         on conflict (container, document_id) do update set
-             key = excluded.key, source_ts = excluded.source_ts, source_etag = null,
-             deleted = true, written_at = now()
-         where v.source_ts <= excluded.source_ts
-         returning 1",
-    )
-    .bind(container)
-    .bind(document_id)
-    .bind(key)
-    .bind(source_ts)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(map)?;
-    if claimed.is_none() {
-        return Ok(DeleteOutcome::Superseded);
-    }
-    let removed = remove_main_row(&mut tx, container, key).await?;
-    delete_notes(&mut tx, container, document_id).await?;
-    tx.commit().await.map_err(map)?;
-    Ok(DeleteOutcome::Deleted { removed })
 }

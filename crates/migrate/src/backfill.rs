@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use mystira_postgres::bookkeeping;
 use mystira_postgres::leases;
-use mystira_postgres::rate_budget;
+use mystira_postgres::read_budget;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -429,7 +429,7 @@ impl Shared<'_> {
         let Some(rate) = self.config.max_docs_per_second.filter(|r| *r > 0) else {
             return Ok(());
         };
-        let wait = rate_budget::reserve(self.pool, JOB, documents as u64, rate).await?;
+        let wait = read_budget::reserve(self.pool, JOB, documents as u64, rate).await?;
         tokio::time::sleep(wait).await;
         Ok(())
     }

@@ -75,7 +75,7 @@ pub async fn start_or_join(
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-    // a new run starts with a fresh read-rate budget (`crate::rate_budget`), in the same
+    // a new run starts with a fresh read-rate budget (`crate::read_budget`), in the same
     // transaction, so a process joining it cannot reserve from the old one first
     sqlx::query(
         "insert into migration.rate_budgets (job, next_free, updated_at)

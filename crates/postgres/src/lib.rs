@@ -14,11 +14,11 @@ pub mod leases;
 pub mod local_cluster;
 pub mod outbox;
 pub mod phase;
-pub mod rate_budget;
-pub mod rate_limits;
+pub mod read_budget;
 pub mod repos;
 pub mod schema;
 pub mod signup_guesses;
+pub mod signup_throttle;
 
 pub use error::map_sqlx_error;
 pub use repos::{

@@ -4,7 +4,7 @@
 //! Three rules, enforced before a code is compared ([`admit`]):
 //!
 //! - **A budget per email.** At most [`Limits::per_email`] codes are compared per email per
-//!   window (a fixed window, as in [`crate::rate_limits`]), whichever clients send them and
+//!   window (a fixed window, as in [`crate::signup_throttle`]), whichever clients send them and
 //!   across every sign-up of the email: new sign-ups give no new guesses.
 //! - **The requester's share.** The client that asked for the email's newest code (its
 //!   *requester*, known by its bucket) may compare up to [`Limits::lockout`] codes against it,

@@ -238,7 +238,7 @@ impl ArchiveReport {
 }
 
 /// Per-process read pacing, the same arithmetic as the backfill's shared budget
-/// (`mystira_postgres::rate_budget`): reading `n` documents moves the next free instant on by
+/// (`mystira_postgres::read_budget`): reading `n` documents moves the next free instant on by
 /// `n / rate` seconds, and the reader waits until it.
 #[derive(Debug)]
 struct Pacer {

@@ -325,7 +325,7 @@ pub async fn cleanup_signups(
 ) -> Result<Json<Removed>, Problem> {
     caller.require_admin()?;
     let removed = state.domain.signups.cleanup_expired().await.map_err(repo)?;
-    mystira_postgres::rate_limits::sweep(&state.pool)
+    mystira_postgres::signup_throttle::sweep(&state.pool)
         .await
         .map_err(repo)?;
     Ok(Json(Removed { removed }))

@@ -1,7 +1,7 @@
 //! Sign-ups by emailed code: request a code, type it back. Both are unauthenticated (they
 //! come before an account exists), so both are rate-limited, per email and per client (an
 //! IPv4 address or an IPv6 /64, [`crate::client_addr::bucket`]), in PostgreSQL
-//! ([`mystira_postgres::rate_limits`]) so that every replica counts against one budget.
+//! ([`mystira_postgres::signup_throttle`]) so that every replica counts against one budget.
 //!
 //! Guessing codes has its own budget per email ([`mystira_postgres::signup_guesses`]): at
 //! most [`GUESSES_PER_EMAIL`] codes compared per email per window, across its sign-ups and
@@ -160,7 +160,7 @@ fn guess_limits(state: &AppState) -> mystira_postgres::signup_guesses::Limits {
 
 async fn admit(state: &AppState, bucket: &str, limit: RateLimit) -> Result<(), Problem> {
     let admission =
-        mystira_postgres::rate_limits::hit(&state.pool, bucket, limit.max, limit.window)
+        mystira_postgres::signup_throttle::hit(&state.pool, bucket, limit.max, limit.window)
             .await
             .map_err(repo)?;
     if admission.allowed {

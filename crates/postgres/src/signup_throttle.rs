@@ -1,8 +1,9 @@
-//! Fixed-window rate limits kept in PostgreSQL (`service.rate_limit_hits`), so that every
-//! replica of the service counts against one budget. A window is `[start, start + window)`
-//! with `start` a multiple of the window since the epoch, by the database's clock (one clock
-//! for all replicas). Like every fixed window, a caller can spend up to twice the budget
-//! across a window boundary; that is the accepted price of one statement per hit.
+//! The throttle of sign-up requests (per email and per client, `api/signups.rs`): fixed-window
+//! rate limits kept in PostgreSQL (`service.rate_limit_hits`), so that every replica of the
+//! service counts against one budget. A window is `[start, start + window)` with `start` a
+//! multiple of the window since the epoch, by the database's clock (one clock for all
+//! replicas). Like every fixed window, a caller can spend up to twice the budget across a
+//! window boundary; that is the accepted price of one statement per hit.
 
 use std::time::Duration;
 

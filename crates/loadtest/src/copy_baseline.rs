@@ -40,7 +40,6 @@ const LOAD_LEVELS: [&[&str]; 3] = [
 /// client library, not PostgreSQL's loading.
 pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
-
 /// The rows of the domain tables, exported in binary COPY format: each table split into
 /// streams by a hash of its key, each stream a complete COPY input of its own (header, rows,
 /// trailer) in buffers of at least [`SEND_BUFFER_BYTES`] (the last of a stream excepted).
@@ -148,7 +147,6 @@ async fn copy_stream(pool: PgPool, stream: Stream) -> Result<u64, sqlx::Error> {
     Ok(rows)
 }
 
-
 /// Takes the definitions of the domain tables' secondary indexes, primary/unique keys, foreign
 /// keys and triggers from the catalog of `pool` (a freshly migrated, empty database) and drops
 /// them, leaving the tables pg_restore creates before it loads data: columns, defaults, NOT
@@ -208,7 +206,6 @@ pub async fn restore_order_load(
     Ok(timing)
 }
 
-
 /// What [`settle`] found.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Settled {
@@ -267,4 +264,3 @@ pub async fn count_domain_rows(pool: &PgPool) -> Result<u64, sqlx::Error> {
     }
     Ok(u64::try_from(total).unwrap_or(0))
 }
-

@@ -1,6 +1,7 @@
 //! The command line: global flags and the command tree (clap derive). Adding a command means a
-//! variant in [`Command`] (or [`DbCommand`]) with a one-sentence doc comment and a match arm in
-//! `commands::run`; the top-level `--help` overview is generated from the tree.
+//! variant in [`Command`] with a one-sentence doc comment, its arguments beside its handler in
+//! `commands/<command>.rs`, and a match arm in `commands::run`; the top-level `--help` overview
+//! is generated from the tree.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,10 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::UrlSource;
 use crate::exit::EXIT_CODES_HELP;
+
+/// `commands::serve` (being rewritten) still names the Cosmos flags here; they live beside
+/// their handler, in `commands::source`.
+pub use crate::commands::CosmosArgs;
 
 /// Moves the user domain of Mystira (accounts, subscriptions, profiles, badges, completed
 /// scenarios, pending sign-ups) from Azure Cosmos DB to PostgreSQL.
@@ -74,7 +79,7 @@ pub enum Command {
     /// bundled sample (examples/sample); with no database configured, into the private cluster.
     /// Exit code 0 when every document read is accounted for (written, unchanged, quarantined
     /// or skipped with a reason), 1 otherwise.
-    Migrate(MigrateArgs),
+    Migrate(crate::commands::MigrateArgs),
 
     /// Prove that PostgreSQL holds what the source holds: counts, missing, extra and changed rows.
     ///
@@ -87,19 +92,19 @@ pub enum Command {
     /// document through the backfill's idempotent path (and deletes rows the source does not
     /// have, only with --delete-extra), then verifies again. Exit code 0 clean, 1 drift found
     /// (after --repair: drift left), 2 could not verify.
-    Verify(VerifyArgs),
+    Verify(crate::commands::VerifyArgs),
 
     /// Write a deterministic synthetic data set (every historical document shape, and a share
     /// of problem documents) as export files, or straight into a Cosmos account.
-    Generate(GenerateArgs),
+    Generate(crate::commands::GenerateArgs),
 
     /// Move export files in and out of a Cosmos account.
     #[command(subcommand)]
-    Cosmos(CosmosCommand),
+    Cosmos(crate::commands::CosmosCommand),
 
     /// Look at documents that could not be migrated, and retry them.
     #[command(subcommand)]
-    Quarantine(QuarantineCommand),
+    Quarantine(crate::commands::QuarantineCommand),
 
     /// Measure the backfill against PostgreSQL's own COPY of the same rows, and its memory.
     ///
@@ -177,7 +182,7 @@ pub enum Command {
 
     /// Manage the database: schema migrations and the private PostgreSQL cluster.
     #[command(subcommand)]
-    Db(DbCommand),
+    Db(crate::commands::DbCommand),
 
     /// Copy writes that reach Cosmos directly (bypassing the router) into PostgreSQL, from
     /// Cosmos's change feed.
@@ -205,7 +210,7 @@ pub enum Command {
     /// the profiles' `AccountId`. Markdown, or with --json an object with stable field names
     /// (see docs/report.md). Never creates the database or applies the schema: an unreachable
     /// or unmigrated database is an error (exit code 1). Exit code 0 otherwise.
-    Report(ReportArgs),
+    Report(crate::commands::ReportArgs),
 
     /// The whole migration at a glance: the phase, its canary overrides and the gate of the
     /// next move; the retry journal (the table, and this machine's local files); the outbox;
@@ -279,279 +284,6 @@ pub enum Command {
     Restore(crate::commands::RestoreArgs),
 }
 
-/// `mystira-users report`
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    /// Example document ids listed per reason and per note code at most
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    pub examples: usize,
-}
-
-/// Where documents come from: export files, or a live Cosmos account.
-#[derive(Debug, Args, Clone, Default)]
-pub struct SourceArgs {
-    /// A directory of export files (<Container>.jsonl, optional manifest.json); wins over any
-    /// Cosmos settings from the environment or the config file
-    #[arg(long, value_name = "DIR")]
-    pub export_dir: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub cosmos: CosmosArgs,
-}
-
-/// A Cosmos account (flags > environment > `[cosmos]` in the config file).
-#[derive(Debug, Args, Clone, Default)]
-pub struct CosmosArgs {
-    /// Cosmos account endpoint, e.g. https://myaccount.documents.azure.com:443/
-    #[arg(long, env = "COSMOS_ENDPOINT", value_name = "URL")]
-    pub cosmos_endpoint: Option<String>,
-
-    /// Cosmos account key (never printed)
-    #[arg(long, env = "COSMOS_KEY", value_name = "KEY", hide_env_values = true)]
-    pub cosmos_key: Option<String>,
-
-    /// Cosmos database [default: MystiraAppDb]
-    #[arg(long, env = "COSMOS_DATABASE", value_name = "NAME")]
-    pub cosmos_database: Option<String>,
-
-    /// PEM certificate to trust for the Cosmos endpoint (an emulator or test server); the
-    /// process must also be started with SSL_CERT_FILE set to it (an SDK limitation)
-    #[arg(long, env = "COSMOS_CERT_FILE", value_name = "FILE")]
-    pub cosmos_ca_file: Option<PathBuf>,
-}
-
-/// `mystira-users migrate`
-#[derive(Debug, Args)]
-pub struct MigrateArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-
-    /// Documents per write transaction and per source page [default: 1000]
-    #[arg(long, value_name = "ROWS")]
-    pub batch_rows: Option<usize>,
-
-    /// Concurrent workers in this process (each holds one key range at a time) [default: 2]
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-
-    /// Ranges each container is split into when a run starts [default: 16]: byte ranges of an
-    /// export file; for a live account, the container's feed ranges, each split further by
-    /// `_ts` when there are fewer feed ranges than N (see docs/backfill.md)
-    #[arg(long, value_name = "N")]
-    pub ranges: Option<usize>,
-
-    /// At most this many documents read per second by the whole run, every process together
-    /// (a Cosmos RU budget kept in PostgreSQL; give each process of a run the same value)
-    #[arg(long, value_name = "DOCS_PER_SECOND")]
-    pub max_rps: Option<u32>,
-
-    /// Seconds a range stays leased without progress before another worker takes it over
-    /// [default: 30]
-    #[arg(long, value_name = "SECONDS")]
-    pub lease_seconds: Option<u64>,
-
-    /// Start over instead of resuming or joining an unfinished run
-    #[arg(long)]
-    pub restart: bool,
-
-    /// How rows are loaded [default: auto]. `initial`: binary COPY into the tables stripped of
-    /// their keys, indexes, foreign keys and triggers, which are built again at the end (as
-    /// pg_restore does); needs PostgreSQL to hold nothing of the domain, phase cosmos-only.
-    /// `upsert`: version-guarded batched upserts, for any state. `auto`: `initial` when it can
-    /// run, `upsert` otherwise. The summary says which ran (docs/initial-load.md)
-    #[arg(long, env = "MYSTIRA_LOAD_MODE", value_name = "MODE")]
-    pub load_mode: Option<mystira_migrate::LoadMode>,
-}
-
-/// `mystira-users verify`
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-
-    /// Print the differing values too (personal data: only where that is allowed)
-    #[arg(long)]
-    pub show_values: bool,
-
-    /// Re-copy drifted documents from the source, then verify again
-    #[arg(long)]
-    pub repair: bool,
-
-    /// With --repair: also delete rows the source does not have
-    #[arg(long, requires = "repair")]
-    pub delete_extra: bool,
-
-    /// Also encode every PostgreSQL aggregate back into the app's document shape and compare
-    /// it field by field with its source document (differences a note or a documented
-    /// normalisation does not excuse are drift of kind round_trip)
-    #[arg(long)]
-    pub round_trip: bool,
-
-    /// Only this slice of the key space (first byte of the key, 0-255), e.g. 0-127: lets
-    /// several processes split one verification
-    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_buckets)]
-    pub buckets: Option<(u8, u8)>,
-
-    /// Against a live Cosmos source: how many times a document found differing is read again
-    /// from both sides (with a short pause) before it is reported; what compares equal was a
-    /// write in flight. 0 disables the rechecks
-    #[arg(long, default_value_t = 3)]
-    pub recheck_rounds: u32,
-
-    /// Drift items printed at most (the JSON output has all of them)
-    #[arg(long, default_value_t = 50)]
-    pub max_items: usize,
-
-    /// cosmos-to-pg: PostgreSQL must hold what the source holds (repairs re-copy from the
-    /// source). pg-to-cosmos: a live Cosmos account must hold what PostgreSQL holds (before a
-    /// rollback from phase 2; repairs deliver PostgreSQL's state through the outbox relay, and
-    /// --delete-extra removes documents PostgreSQL does not have)
-    #[arg(long, value_enum, default_value_t = VerifyDirection::CosmosToPg)]
-    pub direction: VerifyDirection,
-}
-
-/// Which store is the reference in `verify`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum VerifyDirection {
-    CosmosToPg,
-    PgToCosmos,
-}
-
-fn parse_buckets(raw: &str) -> Result<(u8, u8), String> {
-    let (a, b) = raw
-        .split_once('-')
-        .ok_or("expected FIRST-LAST, e.g. 0-127")?;
-    let first: u8 = a.trim().parse().map_err(|_| "FIRST must be 0-255")?;
-    let last: u8 = b.trim().parse().map_err(|_| "LAST must be 0-255")?;
-    if first > last {
-        return Err("FIRST must not be after LAST".into());
-    }
-    Ok((first, last))
-}
-
-/// `mystira-users generate`
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    /// Number of accounts (each with 1-4 profiles, 0-10 badges per profile, ...)
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub accounts: u64,
-
-    /// Seed: the same seed gives byte-identical files
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-
-    /// Share of documents (0.0-1.0) carrying a known problem (bad emails, legacy age groups,
-    /// duplicate badges, orphan profiles, foreign types, ...)
-    #[arg(long, default_value_t = 0.02, value_name = "SHARE")]
-    pub dirty: f64,
-
-    /// Directory to write the export files to (created)
-    #[arg(long, value_name = "DIR", required_unless_present = "cosmos_endpoint")]
-    pub out: Option<PathBuf>,
-
-    /// Write straight into this Cosmos account instead (also `COSMOS_KEY`, ...)
-    #[command(flatten)]
-    pub cosmos: CosmosArgs,
-}
-
-/// `mystira-users cosmos ...`
-#[derive(Debug, Subcommand)]
-pub enum CosmosCommand {
-    /// Dump the Accounts, UserProfiles and PendingSignups containers into export files.
-    Export {
-        #[command(flatten)]
-        cosmos: CosmosArgs,
-        /// Directory to write <Container>.jsonl and manifest.json to (created)
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-    /// Load export files into a Cosmos account, creating the database and containers (with
-    /// their partition keys) when missing; a malformed line is reported and skipped.
-    Import {
-        #[command(flatten)]
-        cosmos: CosmosArgs,
-        /// Directory of export files
-        #[arg(long, value_name = "DIR")]
-        export_dir: PathBuf,
-        /// Documents written concurrently
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-    },
-}
-
-/// `mystira-users quarantine ...`
-#[derive(Debug, Subcommand)]
-pub enum QuarantineCommand {
-    /// List quarantined documents: container, id, reason code and message (never values).
-    List {
-        /// Only this container (Accounts, UserProfiles, PendingSignups)
-        #[arg(long)]
-        container: Option<String>,
-        /// Only this reason code (e.g. invalid_email)
-        #[arg(long)]
-        reason: Option<String>,
-        /// Include entries already resolved by a later migration or retry
-        #[arg(long)]
-        all: bool,
-        /// At most this many entries
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-    },
-    /// Show one quarantined document's entry; with --show-document, the raw document too
-    /// (personal data: print it only where that is allowed).
-    Show {
-        container: String,
-        document_id: String,
-        #[arg(long)]
-        show_document: bool,
-    },
-    /// Map the quarantined documents again with the current code and write the ones that now
-    /// pass; the rest stay quarantined with their new reason.
-    Retry {
-        #[arg(long)]
-        container: Option<String>,
-        #[arg(long)]
-        reason: Option<String>,
-    },
-}
-
-/// `mystira-users db ...`
-#[derive(Debug, Subcommand)]
-pub enum DbCommand {
-    /// Apply every pending schema migration, creating the database if it does not exist.
-    ///
-    /// Prints each migration it applied (nothing when all were already applied: running it
-    /// again is harmless). With no database configured, starts the private cluster first.
-    Migrate,
-
-    /// List the applied and pending schema migrations; exit code 3 when any are pending.
-    ///
-    /// Exit code 0: every migration is applied. 3: some are pending (run `db migrate`), or an
-    /// applied migration's file differs from what was applied (someone edited it). With no
-    /// database configured, starts the private cluster first.
-    Status,
-
-    /// Start the private PostgreSQL cluster (or reuse it when running) and print its url.
-    ///
-    /// Creates the cluster on first use (initdb), starts it, waits until it accepts
-    /// connections (at most 30 s), creates the `mystira_users` database, and prints its url.
-    /// With --json prints {"database_url": ..., "action": "initialized"|"started"|"reused",
-    /// "dir": ...}. Always the private cluster, even when a database url is configured.
-    Start,
-
-    /// Stop the private PostgreSQL cluster (its data stays for the next start).
-    ///
-    /// Open sessions are ended; committed data is kept. Doing nothing when it is not running
-    /// is not an error.
-    Stop,
-
-    /// Print the database url the other commands use, without starting anything.
-    ///
-    /// The configured url (flag, env or config file), or else the private cluster's url (which
-    /// accepts connections only after `db start` or any command that starts it).
-    Url,
-}
-
 /// Parses the process's arguments (exiting with code 2 on a usage error, 0 for --help) and
 /// says where the database url came from.
 pub fn parse() -> (Cli, Option<UrlSource>) {
@@ -611,6 +343,7 @@ fn collect_leaves(command: &clap::Command, prefix: &str, out: &mut Vec<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::DbCommand;
 
     #[test]
     fn the_command_tree_is_consistent() {

@@ -12,8 +12,8 @@ use mystira_migrate::archive::{
 };
 use serde_json::json;
 
+use super::source::CosmosArgs;
 use super::{Outcome, source};
-use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, DatabaseTarget, Settings};
 use crate::exit::Exit;
 

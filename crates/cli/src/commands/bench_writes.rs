@@ -8,8 +8,8 @@ use mystira_loadtest::bench::databases::{database, drop_database, prepared};
 use mystira_loadtest::write_bench::{WriteBenchConfig, WriteBenchReport, run_write_bench};
 use serde_json::json;
 
+use super::source::CosmosArgs;
 use super::{Outcome, db, source};
-use crate::cli::CosmosArgs;
 use crate::config::Settings;
 use crate::exit::Exit;
 

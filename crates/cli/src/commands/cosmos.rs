@@ -1,13 +1,41 @@
 //! `mystira-users cosmos export|import`: export files in and out of a Cosmos account.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
+use clap::Subcommand;
 use mystira_cosmos_store::{export_dir, import_dir};
 use serde_json::json;
 
+use super::source::CosmosArgs;
 use super::{Outcome, source};
-use crate::cli::CosmosCommand;
 use crate::config::Settings;
 use crate::exit::Exit;
+
+/// `mystira-users cosmos ...`
+#[derive(Debug, Subcommand)]
+pub enum CosmosCommand {
+    /// Dump the Accounts, UserProfiles and PendingSignups containers into export files.
+    Export {
+        #[command(flatten)]
+        cosmos: CosmosArgs,
+        /// Directory to write <Container>.jsonl and manifest.json to (created)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Load export files into a Cosmos account, creating the database and containers (with
+    /// their partition keys) when missing; a malformed line is reported and skipped.
+    Import {
+        #[command(flatten)]
+        cosmos: CosmosArgs,
+        /// Directory of export files
+        #[arg(long, value_name = "DIR")]
+        export_dir: PathBuf,
+        /// Documents written concurrently
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
 
 pub async fn run(command: &CosmosCommand, settings: &Settings) -> anyhow::Result<Outcome> {
     match command {

@@ -1,14 +1,51 @@
 //! `mystira-users db ...`: schema migrations and the private PostgreSQL cluster.
 
 use anyhow::Context as _;
+use clap::Subcommand;
 use mystira_postgres::MigrationStatus;
 use mystira_postgres::local_cluster::{LocalCluster, StopOutcome};
 use serde_json::json;
 
 use super::Outcome;
-use crate::cli::DbCommand;
 use crate::config::{DatabaseTarget, Settings};
 use crate::exit::Exit;
+
+/// `mystira-users db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply every pending schema migration, creating the database if it does not exist.
+    ///
+    /// Prints each migration it applied (nothing when all were already applied: running it
+    /// again is harmless). With no database configured, starts the private cluster first.
+    Migrate,
+
+    /// List the applied and pending schema migrations; exit code 3 when any are pending.
+    ///
+    /// Exit code 0: every migration is applied. 3: some are pending (run `db migrate`), or an
+    /// applied migration's file differs from what was applied (someone edited it). With no
+    /// database configured, starts the private cluster first.
+    Status,
+
+    /// Start the private PostgreSQL cluster (or reuse it when running) and print its url.
+    ///
+    /// Creates the cluster on first use (initdb), starts it, waits until it accepts
+    /// connections (at most 30 s), creates the `mystira_users` database, and prints its url.
+    /// With --json prints {"database_url": ..., "action": "initialized"|"started"|"reused",
+    /// "dir": ...}. Always the private cluster, even when a database url is configured.
+    Start,
+
+    /// Stop the private PostgreSQL cluster (its data stays for the next start).
+    ///
+    /// Open sessions are ended; committed data is kept. Doing nothing when it is not running
+    /// is not an error.
+    Stop,
+
+    /// Print the database url the other commands use, without starting anything.
+    ///
+    /// The configured url (flag, env or config file), or else the private cluster's url (which
+    /// accepts connections only after `db start` or any command that starts it).
+    Url,
+}
 
 /// Connections the db commands need: they run one statement at a time.
 const POOL_SIZE: u32 = 2;

@@ -1,14 +1,42 @@
 //! `mystira-users generate`: a deterministic synthetic data set, as export files or straight
 //! into a Cosmos account.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
+use clap::Args;
 use mystira_cosmos_codec::generate::{GenerateOptions, write_export};
 use serde_json::json;
 
+use super::source::CosmosArgs;
 use super::{Outcome, source};
-use crate::cli::GenerateArgs;
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
+
+/// `mystira-users generate`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of accounts (each with 1-4 profiles, 0-10 badges per profile, ...)
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub accounts: u64,
+
+    /// Seed: the same seed gives byte-identical files
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Share of documents (0.0-1.0) carrying a known problem (bad emails, legacy age groups,
+    /// duplicate badges, orphan profiles, foreign types, ...)
+    #[arg(long, default_value_t = 0.02, value_name = "SHARE")]
+    pub dirty: f64,
+
+    /// Directory to write the export files to (created)
+    #[arg(long, value_name = "DIR", required_unless_present = "cosmos_endpoint")]
+    pub out: Option<PathBuf>,
+
+    /// Write straight into this Cosmos account instead (also `COSMOS_KEY`, ...)
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+}
 
 pub async fn run(args: &GenerateArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     if !(0.0..=1.0).contains(&args.dirty) {

@@ -34,7 +34,7 @@ pub enum JournalCommand {
     /// wait (deferred after a failure, or held by a running process).
     Replay {
         #[command(flatten)]
-        cosmos: crate::cli::CosmosArgs,
+        cosmos: super::source::CosmosArgs,
         /// The local journal files' directory [default: /var/lib/mystira-users/journal as
         /// root, else ~/.local/share/mystira-users/journal]
         #[arg(long, env = "MYSTIRA_JOURNAL_DIR", value_name = "DIR")]

@@ -9,8 +9,8 @@ use mystira_cosmos_store::CosmosRepositories;
 use mystira_dual_write::journal::FileJournal;
 use mystira_loadtest::ledger::{Verdict, check};
 
+use super::source::CosmosArgs;
 use super::{Outcome, db, source};
-use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 

@@ -16,8 +16,8 @@ use mystira_loadtest::loadgen::{LoadConfig, LoadError, run_load};
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::source::CosmosArgs;
 use super::{Outcome, db, source, stop};
-use crate::cli::CosmosArgs;
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::exit::Exit;

@@ -7,15 +7,59 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mystira_migrate::backfill::CONTAINERS;
 use mystira_migrate::{BackfillConfig, BackfillReport, ContainerCounts, run_backfill};
 use serde_json::json;
 
+use super::source::SourceArgs;
 use super::{Outcome, db, source};
-use crate::cli::MigrateArgs;
 use crate::config::Settings;
 use crate::exit::Exit;
+
+/// `mystira-users migrate`
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Documents per write transaction and per source page [default: 1000]
+    #[arg(long, value_name = "ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// Concurrent workers in this process (each holds one key range at a time) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Ranges each container is split into when a run starts [default: 16]: byte ranges of an
+    /// export file; for a live account, the container's feed ranges, each split further by
+    /// `_ts` when there are fewer feed ranges than N (see docs/backfill.md)
+    #[arg(long, value_name = "N")]
+    pub ranges: Option<usize>,
+
+    /// At most this many documents read per second by the whole run, every process together
+    /// (a Cosmos RU budget kept in PostgreSQL; give each process of a run the same value)
+    #[arg(long, value_name = "DOCS_PER_SECOND")]
+    pub max_rps: Option<u32>,
+
+    /// Seconds a range stays leased without progress before another worker takes it over
+    /// [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
+
+    /// Start over instead of resuming or joining an unfinished run
+    #[arg(long)]
+    pub restart: bool,
+
+    /// How rows are loaded [default: auto]. `initial`: binary COPY into the tables stripped of
+    /// their keys, indexes, foreign keys and triggers, which are built again at the end (as
+    /// pg_restore does); needs PostgreSQL to hold nothing of the domain, phase cosmos-only.
+    /// `upsert`: version-guarded batched upserts, for any state. `auto`: `initial` when it can
+    /// run, `upsert` otherwise. The summary says which ran (docs/initial-load.md)
+    #[arg(long, env = "MYSTIRA_LOAD_MODE", value_name = "MODE")]
+    pub load_mode: Option<mystira_migrate::LoadMode>,
+}
 
 pub async fn run(args: &MigrateArgs, settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     let file = settings.file.migrate.clone().unwrap_or_default();

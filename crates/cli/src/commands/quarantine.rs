@@ -1,13 +1,49 @@
 //! `mystira-users quarantine list|show|retry`: what could not be migrated, and why.
 
 use anyhow::Context as _;
+use clap::Subcommand;
 use mystira_postgres::bookkeeping::{self, QuarantineEntry};
 use serde_json::json;
 
 use super::{Outcome, db};
-use crate::cli::QuarantineCommand;
 use crate::config::Settings;
 use crate::exit::Exit;
+
+/// `mystira-users quarantine ...`
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined documents: container, id, reason code and message (never values).
+    List {
+        /// Only this container (Accounts, UserProfiles, PendingSignups)
+        #[arg(long)]
+        container: Option<String>,
+        /// Only this reason code (e.g. invalid_email)
+        #[arg(long)]
+        reason: Option<String>,
+        /// Include entries already resolved by a later migration or retry
+        #[arg(long)]
+        all: bool,
+        /// At most this many entries
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one quarantined document's entry; with --show-document, the raw document too
+    /// (personal data: print it only where that is allowed).
+    Show {
+        container: String,
+        document_id: String,
+        #[arg(long)]
+        show_document: bool,
+    },
+    /// Map the quarantined documents again with the current code and write the ones that now
+    /// pass; the rest stay quarantined with their new reason.
+    Retry {
+        #[arg(long)]
+        container: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
 
 pub async fn run(command: &QuarantineCommand, settings: &Settings) -> anyhow::Result<Outcome> {
     let pool = db::prepared_pool(settings, 4).await?;

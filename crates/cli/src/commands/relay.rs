@@ -14,8 +14,8 @@ use mystira_postgres::heartbeats::WorkerKind;
 use mystira_postgres::outbox;
 use serde_json::json;
 
+use super::source::CosmosArgs;
 use super::{Outcome, db, source, stop};
-use crate::cli::CosmosArgs;
 use crate::config::Settings;
 use crate::exit::Exit;
 

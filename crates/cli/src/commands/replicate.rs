@@ -16,8 +16,8 @@ use mystira_postgres::heartbeats::WorkerKind;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::source::CosmosArgs;
 use super::{Outcome, db, source, stop};
-use crate::cli::CosmosArgs;
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 

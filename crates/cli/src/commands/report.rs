@@ -2,11 +2,19 @@
 //! terminal or a ticket, `--json` for scripts.
 
 use anyhow::{Context as _, bail};
+use clap::Args;
 
 use super::{Outcome, db};
-use crate::cli::ReportArgs;
 use crate::config::Settings;
 use crate::exit::Exit;
+
+/// `mystira-users report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Example document ids listed per reason and per note code at most
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub examples: usize,
+}
 
 pub async fn run(args: &ReportArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     let (url, source) = db::database_url(settings).await?;

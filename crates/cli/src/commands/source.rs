@@ -4,12 +4,45 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use clap::Args;
 use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust};
 use mystira_domain::Secret;
 use mystira_migrate::{CosmosSource, DocumentSource, ExportDirSource};
 
-use crate::cli::{CosmosArgs, SourceArgs};
 use crate::config::{ConfigError, Settings};
+
+/// Where documents come from: export files, or a live Cosmos account.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SourceArgs {
+    /// A directory of export files (<Container>.jsonl, optional manifest.json); wins over any
+    /// Cosmos settings from the environment or the config file
+    #[arg(long, value_name = "DIR")]
+    pub export_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cosmos: CosmosArgs,
+}
+
+/// A Cosmos account (flags > environment > `[cosmos]` in the config file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CosmosArgs {
+    /// Cosmos account endpoint, e.g. https://myaccount.documents.azure.com:443/
+    #[arg(long, env = "COSMOS_ENDPOINT", value_name = "URL")]
+    pub cosmos_endpoint: Option<String>,
+
+    /// Cosmos account key (never printed)
+    #[arg(long, env = "COSMOS_KEY", value_name = "KEY", hide_env_values = true)]
+    pub cosmos_key: Option<String>,
+
+    /// Cosmos database [default: MystiraAppDb]
+    #[arg(long, env = "COSMOS_DATABASE", value_name = "NAME")]
+    pub cosmos_database: Option<String>,
+
+    /// PEM certificate to trust for the Cosmos endpoint (an emulator or test server); the
+    /// process must also be started with SSL_CERT_FILE set to it (an SDK limitation)
+    #[arg(long, env = "COSMOS_CERT_FILE", value_name = "FILE")]
+    pub cosmos_ca_file: Option<PathBuf>,
+}
 
 /// The sample data set `migrate` uses when no source is given.
 pub fn bundled_sample() -> Option<PathBuf> {

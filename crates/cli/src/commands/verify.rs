@@ -1,14 +1,81 @@
 //! `mystira-users verify [--repair]`: does PostgreSQL hold what the source holds?
 
+use clap::Args;
 use mystira_cosmos_store::CosmosRepositories;
 use mystira_migrate::verify::towards_cosmos::repair_towards_cosmos;
 use mystira_migrate::{DocumentSource, Outcome as VerifyOutcome, RepairOptions, VerifyOptions};
 use serde_json::json;
 
+use super::source::SourceArgs;
 use super::{Outcome, db, source};
-use crate::cli::{VerifyArgs, VerifyDirection};
 use crate::config::Settings;
 use crate::exit::Exit;
+
+/// `mystira-users verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Print the differing values too (personal data: only where that is allowed)
+    #[arg(long)]
+    pub show_values: bool,
+
+    /// Re-copy drifted documents from the source, then verify again
+    #[arg(long)]
+    pub repair: bool,
+
+    /// With --repair: also delete rows the source does not have
+    #[arg(long, requires = "repair")]
+    pub delete_extra: bool,
+
+    /// Also encode every PostgreSQL aggregate back into the app's document shape and compare
+    /// it field by field with its source document (differences a note or a documented
+    /// normalisation does not excuse are drift of kind round_trip)
+    #[arg(long)]
+    pub round_trip: bool,
+
+    /// Only this slice of the key space (first byte of the key, 0-255), e.g. 0-127: lets
+    /// several processes split one verification
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_buckets)]
+    pub buckets: Option<(u8, u8)>,
+
+    /// Against a live Cosmos source: how many times a document found differing is read again
+    /// from both sides (with a short pause) before it is reported; what compares equal was a
+    /// write in flight. 0 disables the rechecks
+    #[arg(long, default_value_t = 3)]
+    pub recheck_rounds: u32,
+
+    /// Drift items printed at most (the JSON output has all of them)
+    #[arg(long, default_value_t = 50)]
+    pub max_items: usize,
+
+    /// cosmos-to-pg: PostgreSQL must hold what the source holds (repairs re-copy from the
+    /// source). pg-to-cosmos: a live Cosmos account must hold what PostgreSQL holds (before a
+    /// rollback from phase 2; repairs deliver PostgreSQL's state through the outbox relay, and
+    /// --delete-extra removes documents PostgreSQL does not have)
+    #[arg(long, value_enum, default_value_t = VerifyDirection::CosmosToPg)]
+    pub direction: VerifyDirection,
+}
+
+/// Which store is the reference in `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyDirection {
+    CosmosToPg,
+    PgToCosmos,
+}
+
+fn parse_buckets(raw: &str) -> Result<(u8, u8), String> {
+    let (a, b) = raw
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 0-127")?;
+    let first: u8 = a.trim().parse().map_err(|_| "FIRST must be 0-255")?;
+    let last: u8 = b.trim().parse().map_err(|_| "LAST must be 0-255")?;
+    if first > last {
+        return Err("FIRST must not be after LAST".into());
+    }
+    Ok((first, last))
+}
 
 pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outcome> {
     // an unreachable source or database is "could not verify" (2), not "drift" (1)

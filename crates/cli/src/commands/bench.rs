@@ -6,7 +6,7 @@ use clap::Args;
 use mystira_loadtest::bench::{BenchOptions, run_bench};
 use mystira_migrate::backfill::BackfillConfig;
 
-use super::{Outcome, db};
+use super::{Outcome, database};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -41,7 +41,7 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result<Outcome> {
-    let (server, _) = db::database_url(settings).await?;
+    let (server, _) = database::database_url(settings).await?;
     // the baselines get as many parallel streams as `migrate` has workers, found the way the
     // `migrate` child finds them (flag, then config file, then its default)
     let streams = args

@@ -9,7 +9,7 @@ use mystira_loadtest::write_bench::{WriteBenchConfig, WriteBenchReport, run_writ
 use serde_json::json;
 
 use super::source::CosmosArgs;
-use super::{Outcome, db, source};
+use super::{Outcome, database, source};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -39,7 +39,7 @@ pub struct BenchWritesArgs {
 }
 
 pub async fn run(args: &BenchWritesArgs, settings: &Settings) -> anyhow::Result<Outcome> {
-    let (server, _) = db::database_url(settings).await?;
+    let (server, _) = database::database_url(settings).await?;
     let tag = std::process::id();
     let url = database(&server, &format!("bench_{tag}_writes"));
     let pool = prepared(&url).await?;

@@ -7,8 +7,12 @@ use mystira_postgres::local_cluster::{LocalCluster, StopOutcome};
 use serde_json::json;
 
 use super::Outcome;
+use super::database::database_url;
 use crate::config::{DatabaseTarget, Settings};
 use crate::exit::Exit;
+
+// `serve` (being rewritten in another change) still calls it here; it lives in `database`
+pub(crate) use super::database::prepared_pool;
 
 /// `mystira-users db ...`
 #[derive(Debug, Subcommand)]
@@ -58,42 +62,6 @@ pub async fn run(command: &DbCommand, settings: &Settings) -> anyhow::Result<Out
         DbCommand::Stop => stop().await,
         DbCommand::Url => url(settings),
     }
-}
-
-/// The url to use, starting the private cluster when nothing is configured; and where it came
-/// from, for output.
-pub(crate) async fn database_url(settings: &Settings) -> anyhow::Result<(String, &'static str)> {
-    let source = settings.database.source_label();
-    match &settings.database {
-        DatabaseTarget::Url { url, .. } => Ok((url.clone(), source)),
-        DatabaseTarget::PrivateCluster => {
-            let running = LocalCluster::discover(None)?.ensure_running().await?;
-            Ok((running.url, source))
-        }
-    }
-}
-
-/// A pool on the configured database (the private cluster when none is), created and with
-/// the schema migrated first: the data commands work on a fresh machine with nothing set up.
-pub(crate) async fn prepared_pool(
-    settings: &Settings,
-    max_connections: u32,
-) -> anyhow::Result<sqlx::PgPool> {
-    let (url, source) = database_url(settings).await?;
-    tracing::debug!(source, "database chosen");
-    mystira_postgres::ensure_database(&url)
-        .await
-        .context("cannot create the database")?;
-    let pool = mystira_postgres::connect(&url, max_connections)
-        .await
-        .context("cannot connect to the database")?;
-    let applied = mystira_postgres::migrate(&pool)
-        .await
-        .context("migrating the schema failed")?;
-    if applied > 0 {
-        tracing::info!(applied, "schema migrations applied");
-    }
-    Ok(pool)
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<Outcome> {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use mystira_cosmos_store::CosmosRepositories;
 
-use super::{Outcome, db, source};
+use super::{Outcome, database, source};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -52,7 +52,7 @@ fn journal_dir(flag: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn run(command: &JournalCommand, settings: &Settings) -> anyhow::Result<Outcome> {
-    let pool = db::prepared_pool(settings, 4).await?;
+    let pool = database::prepared_pool(settings, 4).await?;
     let (dir, replayed) = match command {
         JournalCommand::Status { journal_dir: d } => (journal_dir(d)?, None),
         JournalCommand::Replay {

@@ -10,7 +10,7 @@ use mystira_dual_write::journal::FileJournal;
 use mystira_loadtest::ledger::{Verdict, check};
 
 use super::source::CosmosArgs;
-use super::{Outcome, db, source};
+use super::{Outcome, database, source};
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
@@ -69,7 +69,7 @@ pub async fn run(command: &LedgerCommand, settings: &Settings) -> anyhow::Result
             )
         })?,
     };
-    let pool = db::prepared_pool(settings, 4).await?;
+    let pool = database::prepared_pool(settings, 4).await?;
     let store = source::connect_cosmos(cosmos, settings).await?;
     let repos = CosmosRepositories::open(&store)
         .await

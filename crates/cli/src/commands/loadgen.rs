@@ -17,7 +17,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::source::CosmosArgs;
-use super::{Outcome, db, source, stop};
+use super::{Outcome, database, source, stop};
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::exit::Exit;
@@ -104,7 +104,7 @@ pub async fn run(args: &LoadgenArgs, settings: &Settings) -> anyhow::Result<Outc
     if !(args.rate.is_finite() && args.rate > 0.0) {
         return Err(ConfigError::Usage("--rate must be a positive number".into()).into());
     }
-    let pool = db::prepared_pool(settings, (args.concurrency as u32 + 6).max(8)).await?;
+    let pool = database::prepared_pool(settings, (args.concurrency as u32 + 6).max(8)).await?;
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
     let watcher = PhaseWatcher::start(pool.clone(), Duration::from_secs(1))
         .await

@@ -14,7 +14,7 @@ use mystira_migrate::{BackfillConfig, BackfillReport, ContainerCounts, run_backf
 use serde_json::json;
 
 use super::source::SourceArgs;
-use super::{Outcome, db, source};
+use super::{Outcome, database, source};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -93,7 +93,7 @@ pub async fn run(args: &MigrateArgs, settings: &Settings, json: bool) -> anyhow:
         ..defaults
     };
     let source = source::document_source(&args.source, settings).await?;
-    let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
+    let pool = database::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
 
     let progress = Reporter::new(!json && std::io::stderr().is_terminal(), source.as_ref()).await;
     let report = run_backfill(&pool, source.as_ref(), &config, &|c, counts| {

@@ -5,6 +5,7 @@ mod archive;
 mod bench;
 mod bench_writes;
 mod cosmos;
+mod database;
 mod db;
 mod generate;
 mod journal;

@@ -17,7 +17,7 @@ use mystira_dual_write::phase::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Outcome, db};
+use super::{Outcome, database};
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
@@ -133,7 +133,7 @@ pub struct ChangeArgs {
 }
 
 pub async fn run(command: &PhaseCommand, settings: &Settings) -> anyhow::Result<Outcome> {
-    let pool = db::prepared_pool(settings, 2).await?;
+    let pool = database::prepared_pool(settings, 2).await?;
     let outcome = match command {
         PhaseCommand::Show { gates } => {
             let gates = gate_config(gates, settings)?;

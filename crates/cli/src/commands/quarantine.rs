@@ -5,7 +5,7 @@ use clap::Subcommand;
 use mystira_postgres::bookkeeping::{self, QuarantineEntry};
 use serde_json::json;
 
-use super::{Outcome, db};
+use super::{Outcome, database};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -46,7 +46,7 @@ pub enum QuarantineCommand {
 }
 
 pub async fn run(command: &QuarantineCommand, settings: &Settings) -> anyhow::Result<Outcome> {
-    let pool = db::prepared_pool(settings, 4).await?;
+    let pool = database::prepared_pool(settings, 4).await?;
     let outcome = match command {
         QuarantineCommand::List {
             container,

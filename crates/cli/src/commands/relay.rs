@@ -15,7 +15,7 @@ use mystira_postgres::outbox;
 use serde_json::json;
 
 use super::source::CosmosArgs;
-use super::{Outcome, db, source, stop};
+use super::{Outcome, database, source, stop};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -49,7 +49,7 @@ pub struct RelayArgs {
 }
 
 pub async fn run(args: &RelayArgs, settings: &Settings) -> anyhow::Result<Outcome> {
-    let pool = db::prepared_pool(settings, (args.concurrency as u32 + 2).max(4)).await?;
+    let pool = database::prepared_pool(settings, (args.concurrency as u32 + 2).max(4)).await?;
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
     let config = RelayConfig {
         batch_aggregates: args.batch.max(1),

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::source::CosmosArgs;
-use super::{Outcome, db, source, stop};
+use super::{Outcome, database, source, stop};
 use crate::config::{ConfigError, Settings};
 use crate::exit::Exit;
 
@@ -166,7 +166,7 @@ pub async fn run(args: &ReplicateArgs, settings: &Settings) -> anyhow::Result<Ou
         ));
     }
     let store = source::connect_cosmos(&args.cosmos, settings).await?;
-    let pool = db::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
+    let pool = database::prepared_pool(settings, config.workers as u32 * 2 + 2).await?;
     // a continuous run keeps a heartbeat (`--once` is a one-off)
     let heartbeat = if config.once {
         None

@@ -4,7 +4,7 @@
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::{Outcome, db};
+use super::{Outcome, database};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -17,7 +17,7 @@ pub struct ReportArgs {
 }
 
 pub async fn run(args: &ReportArgs, settings: &Settings) -> anyhow::Result<Outcome> {
-    let (url, source) = db::database_url(settings).await?;
+    let (url, source) = database::database_url(settings).await?;
     tracing::debug!(source, "database chosen");
     // a report reads: it never creates the database or applies the schema, so a wrong url is
     // an error instead of an empty sheet

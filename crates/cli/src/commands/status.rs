@@ -9,7 +9,7 @@ use mystira_dual_write::status;
 use serde_json::json;
 
 use super::phase::{GateArgs, gate_config};
-use super::{Outcome, db};
+use super::{Outcome, database};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -39,7 +39,7 @@ pub async fn run(args: &StatusArgs, settings: &Settings) -> anyhow::Result<Outco
         }
         _ => None,
     };
-    let pool = db::prepared_pool(settings, 2).await?;
+    let pool = database::prepared_pool(settings, 2).await?;
     let report = status::collect(&pool, &gates, files.as_ref())
         .await
         .context("cannot read the migration's status")?;

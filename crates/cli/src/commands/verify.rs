@@ -7,7 +7,7 @@ use mystira_migrate::{DocumentSource, Outcome as VerifyOutcome, RepairOptions, V
 use serde_json::json;
 
 use super::source::SourceArgs;
-use super::{Outcome, db, source};
+use super::{Outcome, database, source};
 use crate::config::Settings;
 use crate::exit::Exit;
 
@@ -83,7 +83,7 @@ pub async fn run(args: &VerifyArgs, settings: &Settings) -> anyhow::Result<Outco
         Ok(s) => s,
         Err(e) => return Ok(could_not_verify(&format!("{e:#}"))),
     };
-    let pool = match db::prepared_pool(settings, 8).await {
+    let pool = match database::prepared_pool(settings, 8).await {
         Ok(p) => p,
         Err(e) => return Ok(could_not_verify(&format!("{e:#}"))),
     };

@@ -9,9 +9,8 @@
 //! `restore`, then a re-run, ends where an uninterrupted run ends.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/archive_rig.rs"]
-mod archive_rig;
-use archive_rig::{
+mod support;
+use support::archive_rig::{
     AZURITE_KEY, Documents, add_chunk, archive_files, archive_to, command, kill_at, read_back,
     required, restore_from, run, seeded_source, succeed, without_system,
 };

@@ -8,11 +8,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 
-#[path = "support/archive_rig.rs"]
-mod archive_rig;
-use archive_rig::{
+use support::archive_rig::{
     CONTAINERS, Documents, add_chunk, archive_to, command, kill_at, path, read_back, restore_from,
     run, seeded_source, succeed, without_system,
 };

@@ -4,8 +4,7 @@
 //! reason `nul_character`. Against the PostgreSQL server in `DATABASE_URL`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 
 use std::path::Path;
 use std::process::{Command, Output};

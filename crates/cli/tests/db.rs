@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use mystira_test_support::postgres::{database_url, server_url, unique_database_name};
+use mystira_test_support::process::SpawnGuarded;
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -158,13 +160,13 @@ fn concurrent_starts_initialize_the_cluster_once() {
                 .command(&["db", "start", "--json"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
-                .spawn()
+                .spawn_guarded()
                 .expect("spawn mystira-users")
         })
         .collect();
     let results: Vec<(i32, Value)> = children
         .into_iter()
-        .map(|c| json_of(&c.wait_with_output().expect("wait")))
+        .map(|c| json_of(&c.into_inner().wait_with_output().expect("wait")))
         .collect();
     for (code, value) in &results {
         assert_eq!(*code, 0, "{value}");
@@ -240,30 +242,8 @@ fn config_file_url_is_used_below_the_environment_and_unknown_keys_exit_2() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
-/// The server `./scripts/test` started (or any PostgreSQL the developer points DATABASE_URL at).
-fn shared_server_url() -> url::Url {
-    let url = std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must point at a PostgreSQL server (./scripts/test sets it)");
-    url::Url::parse(&url).expect("DATABASE_URL is a url")
-}
-
-/// A database name no other test run uses.
-fn fresh_database_name(purpose: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!("mystira_cli_{purpose}_{}_{nanos}", std::process::id())
-}
-
-fn with_database(server: &url::Url, name: &str) -> String {
-    let mut url = server.clone();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-async fn database_exists(server: &url::Url, name: &str) -> bool {
-    let mut conn = sqlx::PgConnection::connect(server.as_str())
+async fn database_exists(server: &str, name: &str) -> bool {
+    let mut conn = sqlx::PgConnection::connect(server)
         .await
         .expect("connect to DATABASE_URL");
     let exists = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
@@ -275,8 +255,8 @@ async fn database_exists(server: &url::Url, name: &str) -> bool {
     exists
 }
 
-async fn execute_on_server(server: &url::Url, statement: String) {
-    let mut conn = sqlx::PgConnection::connect(server.as_str())
+async fn execute_on_server(server: &str, statement: String) {
+    let mut conn = sqlx::PgConnection::connect(server)
         .await
         .expect("connect to DATABASE_URL");
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
@@ -289,9 +269,9 @@ async fn execute_on_server(server: &url::Url, statement: String) {
 #[tokio::test]
 async fn database_url_flag_makes_migrate_create_the_database() {
     let sandbox = Sandbox::new();
-    let server = shared_server_url();
-    let name = fresh_database_name("create");
-    let url = with_database(&server, &name);
+    let server = server_url();
+    let name = unique_database_name("create");
+    let url = database_url(&server, &name);
     assert!(!database_exists(&server, &name).await);
 
     let missing = sandbox.run(&["db", "status", "--database-url", &url]);
@@ -321,10 +301,10 @@ async fn database_url_flag_makes_migrate_create_the_database() {
 #[tokio::test]
 async fn status_exits_3_while_migrations_are_pending() {
     let sandbox = Sandbox::new();
-    let server = shared_server_url();
-    let name = fresh_database_name("pending");
+    let server = server_url();
+    let name = unique_database_name("pending");
     execute_on_server(&server, format!("create database \"{name}\"")).await;
-    let url = with_database(&server, &name);
+    let url = database_url(&server, &name);
 
     let (code, status) = sandbox.run_json(&["db", "status", "--database-url", &url]);
     assert_eq!(code, 3, "{status}");

@@ -13,8 +13,8 @@
 //! cluster's data, the ledger, the loadgen output and logs) for a post-mortem.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
+use mystira_test_support::process::{ChildGuard, SpawnGuarded};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -171,7 +171,7 @@ impl Rig {
     }
 
     /// Starts `loadgen` for `seconds`; its output goes to files in the work directory.
-    fn loadgen(&mut self, seconds: u64) -> Child {
+    fn loadgen(&mut self, seconds: u64) -> ChildGuard {
         self.runs += 1;
         let out =
             std::fs::File::create(self.work.path().join(format!("loadgen-{}.json", self.runs)))
@@ -200,7 +200,7 @@ impl Rig {
         .args(modes)
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
-        .spawn()
+        .spawn_guarded()
         .unwrap()
     }
 

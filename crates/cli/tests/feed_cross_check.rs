@@ -9,10 +9,7 @@
 //! Environment: `DATABASE_URL` and the Cosmos test server, as `scripts/test` exports them.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod cosmos_support;
+use mystira_test_support::cosmos as cosmos_support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -77,7 +74,7 @@ async fn display_name(db: &str, id: &str) -> String {
 
 #[tokio::test]
 async fn a_frozen_change_feed_is_reported_in_change_feed_mode_and_worked_around_in_auto_mode() {
-    let db = support::fresh_database("feed_check").await;
+    let db = mystira_test_support::postgres::fresh_database("feed_check").await;
     let (store, _repos) = cosmos_support::user_domain("feedcheck").await;
     let cosmos_db = store.database_name().to_owned();
     let dir = tempfile::tempdir().unwrap();

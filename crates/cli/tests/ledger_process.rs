@@ -10,9 +10,8 @@
 //! Each test takes a few seconds.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod cosmos_support;
-mod support;
+use mystira_test_support::cosmos as cosmos_support;
+use mystira_test_support::process::SpawnGuarded;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -39,7 +38,7 @@ struct World {
 
 impl World {
     async fn new(tag: &str) -> Self {
-        let url = support::fresh_database(tag).await;
+        let url = mystira_test_support::postgres::fresh_database(tag).await;
         let (store, _repos) = cosmos_support::user_domain(tag).await;
         let world = Self {
             pool: PgPool::connect(&url).await.unwrap(),
@@ -214,7 +213,7 @@ async fn loadgen_stops_at_once_when_its_ledger_cannot_be_written() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = c.spawn().unwrap();
+    let mut child = c.spawn_guarded().unwrap();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -225,7 +224,7 @@ async fn loadgen_stops_at_once_when_its_ledger_cannot_be_written() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -262,7 +261,7 @@ async fn loadgen_exits_1_when_a_ledger_write_fails_during_the_run() {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     // the reader: once 20 records have arrived it goes away, and the next write fails
     let (tx, rx) = std::sync::mpsc::channel();
@@ -286,7 +285,7 @@ async fn loadgen_exits_1_when_a_ledger_write_fails_during_the_run() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         status.code(),

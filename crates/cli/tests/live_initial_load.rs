@@ -7,19 +7,18 @@
 //! with its summary.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use mystira_test_support::cosmos::EMULATOR_KEY;
+use mystira_test_support::postgres::{copied_row_text, digests};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
 const TABLES: [&str; 9] = [
     "accounts",
@@ -83,33 +82,16 @@ fn succeed(mut command: Command) -> Value {
 }
 
 /// Every row of every table the backfill writes, as a digest per table (bookkeeping times
-/// left out).
+/// left out; of the quarantine, whether an entry is still open is kept).
 async fn state(db: &str) -> BTreeMap<&'static str, (i64, String)> {
     let mut conn = PgConnection::connect(db).await.unwrap();
-    let mut out = BTreeMap::new();
-    for table in TABLES {
-        let row_text = match table {
-            "migration.quarantine" => {
-                "(t.container, t.document_id, t.reason_code, t.message, t.resolved_at is null)::text"
-            }
-            "migration.document_notes" => {
-                "(t.container, t.document_id, t.code, t.subject, t.detail)::text"
-            }
-            "migration.document_versions" => {
-                "(t.container, t.document_id, t.key, t.source_ts, t.source_etag)::text"
-            }
-            _ => "t::text",
-        };
-        let sql = format!(
-            "select count(*), coalesce(md5(string_agg({row_text}, '|' order by {row_text})), '') from {table} t"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        out.insert(table, row);
-    }
-    out
+    digests(&mut conn, &TABLES, |table| match table {
+        "migration.quarantine" => {
+            "(t.container, t.document_id, t.reason_code, t.message, t.resolved_at is null)::text"
+        }
+        _ => copied_row_text(table),
+    })
+    .await
 }
 
 /// Lines per export file: what the live account holds, one document a line.

@@ -13,8 +13,8 @@
 //! is bounded; each test takes about 20-30 s.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
+use mystira_test_support::process::{ChildGuard, SpawnGuarded};
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -189,13 +189,13 @@ fn now_epoch() -> f64 {
 }
 
 /// SIGTERM, then the exit status and stdout.
-fn terminate(child: Child) -> (std::process::ExitStatus, String) {
+fn terminate(child: ChildGuard) -> (std::process::ExitStatus, String) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -235,7 +235,7 @@ async fn continuous_replicate_survives_postgresql_and_cosmos_outages() {
         ],
         &log,
     )
-    .spawn()
+    .spawn_guarded()
     .unwrap();
     let accounts = |n: i64| {
         let cluster = &cluster;
@@ -381,7 +381,7 @@ async fn continuous_relay_survives_postgresql_and_cosmos_outages() {
         &["relay", "--json", "--max-retry-wait-seconds", "2"],
         &log,
     )
-    .spawn()
+    .spawn_guarded()
     .unwrap();
     until(&mut child, "a heartbeat", || async {
         heartbeat(&cluster, "relay")

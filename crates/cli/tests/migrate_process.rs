@@ -4,14 +4,15 @@
 //! in `DATABASE_URL` (which `./scripts/test` starts), one fresh database per run.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mystira_test_support::postgres::{copied_row_text, digests};
+use mystira_test_support::process::SpawnGuarded;
 use sqlx::{Connection, PgConnection};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
@@ -71,30 +72,7 @@ fn generate(dir: &Path, accounts: u64) {
 /// bookkeeping (when a copy was made) are left out: they differ between any two runs.
 async fn state(db: &str) -> BTreeMap<&'static str, (i64, String)> {
     let mut conn = PgConnection::connect(db).await.unwrap();
-    let mut out = BTreeMap::new();
-    for table in TABLES {
-        let row_text = match table {
-            "migration.quarantine" => {
-                "(t.container, t.document_id, t.reason_code, t.message)::text"
-            }
-            "migration.document_notes" => {
-                "(t.container, t.document_id, t.code, t.subject, t.detail)::text"
-            }
-            "migration.document_versions" => {
-                "(t.container, t.document_id, t.key, t.source_ts, t.source_etag)::text"
-            }
-            _ => "t::text",
-        };
-        let sql = format!(
-            "select count(*), coalesce(md5(string_agg({row_text}, '|' order by {row_text})), '') from {table} t"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        out.insert(table, row);
-    }
-    out
+    digests(&mut conn, &TABLES, copied_row_text).await
 }
 
 async fn copied_documents(db: &str) -> i64 {
@@ -150,7 +128,7 @@ async fn kill_9_at_several_points_then_rerun_reaches_the_clean_state_row_by_row(
     // in Accounts, later in Accounts, in UserProfiles, in UserProfiles again
     for n in [50, 400, 900, 1700] {
         let mut child = migrate(export.path(), &db, &["--workers", "2"])
-            .spawn()
+            .spawn_guarded()
             .unwrap();
         if kill_after(&mut child, &db, n).await {
             kills += 1;
@@ -179,7 +157,7 @@ async fn two_processes_share_a_run_and_one_takes_over_when_the_other_is_killed()
 
     let db = fresh_database("shared").await;
     let lease = ["--lease-seconds", "2", "--workers", "1"];
-    let mut victim = migrate(export.path(), &db, &lease).spawn().unwrap();
+    let mut victim = migrate(export.path(), &db, &lease).spawn_guarded().unwrap();
     // let the victim plan the run and take a range, then start the survivor
     let deadline = Instant::now() + Duration::from_secs(60);
     while copied_documents(&db).await == 0 {
@@ -189,12 +167,12 @@ async fn two_processes_share_a_run_and_one_takes_over_when_the_other_is_killed()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let survivor = migrate(export.path(), &db, &lease).spawn().unwrap();
+    let survivor = migrate(export.path(), &db, &lease).spawn_guarded().unwrap();
     assert!(
         kill_after(&mut victim, &db, 300).await,
         "the victim finished before it was killed"
     );
-    let out = survivor.wait_with_output().unwrap();
+    let out = survivor.into_inner().wait_with_output().unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -321,7 +299,9 @@ async fn initial_load_killed_while_copying_and_while_rebuilding_reaches_the_upse
     let mut kills = 0;
     // while copying: in Accounts, then in UserProfiles
     for n in [100, 1200] {
-        let mut child = migrate(export.path(), &db, &initial).spawn().unwrap();
+        let mut child = migrate(export.path(), &db, &initial)
+            .spawn_guarded()
+            .unwrap();
         if kill_after(&mut child, &db, n).await {
             kills += 1;
             assert_eq!(load_stage(&db).await.as_deref(), Some("loading"));
@@ -336,7 +316,9 @@ async fn initial_load_killed_while_copying_and_while_rebuilding_reaches_the_upse
         .execute(&mut blocker)
         .await
         .unwrap();
-    let mut child = migrate(export.path(), &db, &initial).spawn().unwrap();
+    let mut child = migrate(export.path(), &db, &initial)
+        .spawn_guarded()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while load_stage(&db).await.as_deref() != Some("rebuilding") {
         assert!(

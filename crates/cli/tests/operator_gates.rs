@@ -23,8 +23,8 @@
 
 mod support;
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod cosmos_support;
+use mystira_test_support::cosmos as cosmos_support;
+use mystira_test_support::process::{ChildGuard, SpawnGuarded};
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -47,7 +47,7 @@ struct World {
 
 impl World {
     async fn new(tag: &str) -> Self {
-        let db = support::fresh_database(&tag.replace('-', "_")).await;
+        let db = mystira_test_support::postgres::fresh_database(&tag.replace('-', "_")).await;
         let (store, _repos) = cosmos_support::user_domain(tag).await;
         Self {
             db,
@@ -98,12 +98,12 @@ impl World {
     }
 
     /// A long-runner started in the background, logging at info level to `log`.
-    fn spawn(&self, args: &[&str], log: &str) -> Child {
+    fn spawn(&self, args: &[&str], log: &str) -> ChildGuard {
         self.command(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.path(log)).unwrap())
-            .spawn()
+            .spawn_guarded()
             .unwrap()
     }
 
@@ -487,7 +487,7 @@ async fn until_beats(w: &World, pid: u32, state: &str) {
 }
 
 /// A continuous `replicate`, once it beats; returns the child and its heartbeat's worker name.
-async fn live_replicator(w: &World, log: &str) -> (Child, String) {
+async fn live_replicator(w: &World, log: &str) -> (ChildGuard, String) {
     let mut child = w.spawn(
         &[
             "replicate",
@@ -517,7 +517,7 @@ async fn live_replicator(w: &World, log: &str) -> (Child, String) {
 /// Kills the replicator without letting it stop cleanly (SIGKILL: its row still says
 /// `running`), then moves its last beat a minute back: the 30 s of silence that make a
 /// heartbeat stale, without sleeping through them.
-async fn dies(w: &World, mut child: Child) {
+async fn dies(w: &World, mut child: ChildGuard) {
     let pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();

@@ -10,8 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
+use mystira_test_support::process::SpawnGuarded;
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
@@ -588,7 +588,7 @@ fn run_on_a_terminal(db: &Database, args: &[&str], typed: &str) -> i32 {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_guarded()
         .expect("run script(1) from util-linux");
     child
         .stdin

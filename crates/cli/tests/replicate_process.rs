@@ -10,11 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mystira_test_support::cosmos::EMULATOR_KEY;
+use mystira_test_support::postgres::{copied_row_text, digests, fresh_database};
+use mystira_test_support::process::SpawnGuarded;
 use sqlx::{Connection, PgConnection};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 const TABLES: [&str; 9] = [
     "accounts",
     "subscriptions",
@@ -34,19 +35,6 @@ fn required(name: &str) -> String {
              `eval \"$(tools/cosmos-server/start)\"` first"
         )
     })
-}
-
-async fn fresh_database(tag: &str) -> String {
-    let name = format!("mu_{tag}_{}", uuid::Uuid::new_v4().simple());
-    let server = required("DATABASE_URL");
-    let mut admin = PgConnection::connect(&server).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&server).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
 }
 
 /// The binary with the Cosmos test server's settings and database `cosmos_db`.
@@ -108,30 +96,7 @@ fn import(cosmos_db: &str, dir: &Path) {
 /// left out).
 async fn state(db: &str) -> BTreeMap<&'static str, (i64, String)> {
     let mut conn = PgConnection::connect(db).await.unwrap();
-    let mut out = BTreeMap::new();
-    for table in TABLES {
-        let row_text = match table {
-            "migration.quarantine" => {
-                "(t.container, t.document_id, t.reason_code, t.message)::text"
-            }
-            "migration.document_notes" => {
-                "(t.container, t.document_id, t.code, t.subject, t.detail)::text"
-            }
-            "migration.document_versions" => {
-                "(t.container, t.document_id, t.key, t.source_ts, t.source_etag)::text"
-            }
-            _ => "t::text",
-        };
-        let sql = format!(
-            "select count(*), coalesce(md5(string_agg({row_text}, '|' order by {row_text})), '') from {table} t"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        out.insert(table, row);
-    }
-    out
+    digests(&mut conn, &TABLES, copied_row_text).await
 }
 
 /// Documents written or re-written by replication since `since` (a PostgreSQL timestamp).
@@ -237,7 +202,7 @@ async fn replicate_killed_with_sigkill_mid_run_and_restarted_ends_row_by_row_equ
     let mut kills = 0;
     for n in [20, 150, 300] {
         let mut child = command(&cosmos_db, Some(&killed_db), &continuous)
-            .spawn()
+            .spawn_guarded()
             .unwrap();
         if kill_after(&mut child, &killed_db, &since, n).await {
             kills += 1;
@@ -264,7 +229,7 @@ async fn sigterm_stops_a_running_replicator_cleanly_and_releases_its_leases() {
         Some(&db),
         &["replicate", "--json", "--poll-ms", "50"],
     )
-    .spawn()
+    .spawn_guarded()
     .unwrap();
     // Bounded wait until it has caught up once (every range checkpointed).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -288,7 +253,7 @@ async fn sigterm_stops_a_running_replicator_cleanly_and_releases_its_leases() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",

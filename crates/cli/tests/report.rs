@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

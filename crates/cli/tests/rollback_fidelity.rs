@@ -19,8 +19,7 @@
 
 mod support;
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod cosmos_support;
+use mystira_test_support::cosmos as cosmos_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -48,7 +47,7 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let db = support::fresh_database("rollback").await;
+        let db = mystira_test_support::postgres::fresh_database("rollback").await;
         let (store, _repos) = cosmos_support::user_domain("rollback").await;
         let pem = std::fs::read(cosmos_support::cert_file()).unwrap();
         let http = reqwest::Client::builder()

@@ -7,11 +7,12 @@
 
 mod support;
 
+use mystira_test_support::process::SpawnGuarded;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fresh_database;
+use mystira_test_support::postgres::fresh_database;
 use support::serve::{EMULATOR_KEY, Serve, dev_token, metric};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
@@ -591,7 +592,7 @@ fn refused(db: &str, args: &[&str]) -> (i32, String) {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_guarded()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {

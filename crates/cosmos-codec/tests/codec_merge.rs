@@ -6,7 +6,7 @@
 //! `crates/dual-write/tests/delivery_fidelity.rs`.
 #![allow(clippy::unwrap_used)]
 
-mod shapes;
+use mystira_test_support::shapes;
 
 use chrono::{DateTime, TimeZone, Utc};
 use mystira_cosmos_codec::codec::{

@@ -2,7 +2,7 @@
 //! `tools/cosmos-server/launch.js`), including injected 429s, 503s and dropped connections.
 //! Each test works in its own database, so they run in parallel against one server.
 
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::collections::HashSet;
 use std::time::Instant;

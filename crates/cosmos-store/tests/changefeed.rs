@@ -2,7 +2,7 @@
 //! incremental latest-version feed: `tools/cosmos-server/launch.js`). Each test has its own
 //! database, so they run in parallel on one server.
 
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 //! them, and read back through the repositories.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::collections::HashSet;
 

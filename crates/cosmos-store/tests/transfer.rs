@@ -2,7 +2,7 @@
 //! same documents, and a malformed line is reported with its file and line without stopping
 //! the rest.
 
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -11,10 +11,8 @@
 //! `crates/cosmos-codec/tests/codec_merge.rs`.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-codec/tests/shapes/mod.rs"]
-mod shapes;
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
+use mystira_test_support::shapes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,27 +192,7 @@ fn partition(container: Container, doc: &Value) -> String {
 /// The document as an independent HTTP client reads it (plain GET on the REST path, no SDK;
 /// the test server does not check the signature).
 async fn raw_document(s: &Setup, container: Container, id: &str, pk: &str) -> Value {
-    let pem = std::fs::read(support::cert_file()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .build()
-        .unwrap();
-    let url = format!(
-        "{}/dbs/{}/colls/{}/docs/{}",
-        support::endpoint().trim_end_matches('/'),
-        s.store.database_name(),
-        container.name(),
-        id.replace('|', "%7C")
-    );
-    let response = http
-        .get(url)
-        .header("x-ms-documentdb-partitionkey", json!([pk]).to_string())
-        .header("x-ms-version", "2020-07-15")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200, "GET {container}/{id}");
-    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    support::raw_document(s.store.database_name(), container.name(), id, pk).await
 }
 
 /// Creates the document in Cosmos, copies it into PostgreSQL the way the backfill does, and

@@ -3,8 +3,7 @@
 //! test needs Cosmos to fail). Each test has its own PostgreSQL database and Cosmos database.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,25 +96,7 @@ async fn raw_document(
     id: &str,
     pk: &str,
 ) -> Value {
-    let pem = std::fs::read(support::cert_file()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .build()
-        .unwrap();
-    let url = format!(
-        "{}/dbs/{}/colls/{container}/docs/{id}",
-        support::endpoint().trim_end_matches('/'),
-        store.database_name()
-    );
-    let response = http
-        .get(url)
-        .header("x-ms-documentdb-partitionkey", json!([pk]).to_string())
-        .header("x-ms-version", "2020-07-15")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200, "GET {container}/{id}");
-    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    support::raw_document(store.database_name(), container, id, pk).await
 }
 
 /// The account's document as Cosmos stores it (with `_ts` and `_etag`).

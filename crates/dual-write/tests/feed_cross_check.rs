@@ -9,13 +9,12 @@
 //! agrees and clears the record.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::time::{Duration, Instant};
 
-use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosStore, QuerySpec, import_dir};
+use mystira_cosmos_codec::generate::GenerateOptions;
+use mystira_cosmos_store::{CosmosStore, QuerySpec};
 use mystira_dual_write::replicate::{
     JOB, ReplicateConfig, ReplicateReport, ReplicationMode, run_replication,
 };
@@ -25,21 +24,12 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 async fn seeded_store(test: &str, accounts: u64, seed: u64) -> CosmosStore {
-    let store = CosmosStore::connect(support::config(&support::unique_db(test)))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed,
-            dirty: 0.0,
-        },
-    )
-    .unwrap();
-    import_dir(&store, dir.path(), 8).await.unwrap();
-    store
+    let options = GenerateOptions {
+        accounts,
+        seed,
+        dirty: 0.0,
+    };
+    support::generated_store(test, &options).await.0
 }
 
 fn config(mode: ReplicationMode) -> ReplicateConfig {

@@ -8,8 +8,7 @@
 //! (PostgreSQL outages need a server of the test's own: `crates/cli/tests/long_runners.rs`.)
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -10,47 +10,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosConfig, CosmosStore, QuerySpec, TlsTrust, import_dir};
-use mystira_domain::Secret;
+use mystira_cosmos_store::{CosmosStore, QuerySpec, import_dir};
 use mystira_dual_write::replicate::{
     PageDone, PageHook, ReplicateConfig, ReplicationMode, StartAt, run_replication,
 };
 use mystira_migrate::{BackfillConfig, CosmosSource, run_backfill};
+use mystira_test_support::cosmos::generated_store;
+use mystira_test_support::postgres::{copied_row_text, digests};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the Cosmos test server (scripts/test does)")
-    })
-}
-
-async fn connect(database: &str) -> CosmosStore {
-    let config = CosmosConfig::new(env("COSMOS_ENDPOINT"), Secret::new(EMULATOR_KEY.to_owned()))
-        .with_database(database)
-        .with_tls(TlsTrust::CaFile(env("COSMOS_CERT_FILE").into()));
-    CosmosStore::connect(config).await.unwrap()
-}
-
 /// A Cosmos database holding a generated data set (no problem documents: counts stay exact).
 async fn seeded_store(accounts: u64, seed: u64) -> CosmosStore {
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed,
-            dirty: 0.0,
-        },
-    )
-    .unwrap();
-    let store = connect(&format!("replicate-{}", uuid::Uuid::new_v4().simple())).await;
-    import_dir(&store, dir.path(), 16).await.unwrap();
-    store
+    let options = GenerateOptions {
+        accounts,
+        seed,
+        dirty: 0.0,
+    };
+    generated_store("replicate", &options).await.0
 }
 
 async fn backfill(pool: &PgPool, store: &CosmosStore) {
@@ -140,8 +118,7 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
 /// Every row the backfill and replication write, as a digest per table (bookkeeping times
 /// left out: they differ between any two runs).
 async fn state(pool: &PgPool) -> BTreeMap<&'static str, (i64, String)> {
-    let mut out = BTreeMap::new();
-    for table in [
+    let tables = [
         "accounts",
         "subscriptions",
         "user_profiles",
@@ -150,24 +127,16 @@ async fn state(pool: &PgPool) -> BTreeMap<&'static str, (i64, String)> {
         "pending_signups",
         "migration.quarantine",
         "migration.document_versions",
-    ] {
-        let row_text = match table {
-            "migration.quarantine" => "(t.container, t.document_id, t.reason_code)::text",
-            "migration.document_versions" => {
-                "(t.container, t.document_id, t.key, t.source_ts, t.source_etag, t.deleted)::text"
-            }
-            _ => "t::text",
-        };
-        let sql = format!(
-            "select count(*), coalesce(md5(string_agg({row_text}, '|' order by {row_text})), '') from {table} t"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(table, row);
-    }
-    out
+    ];
+    let mut conn = pool.acquire().await.unwrap();
+    digests(&mut conn, &tables, |table| match table {
+        "migration.quarantine" => "(t.container, t.document_id, t.reason_code)::text",
+        "migration.document_versions" => {
+            "(t.container, t.document_id, t.key, t.source_ts, t.source_etag, t.deleted)::text"
+        }
+        _ => copied_row_text(table),
+    })
+    .await
 }
 
 async fn reset(pool: &PgPool) {

@@ -6,8 +6,7 @@
 //! acknowledgement). Each test has its own PostgreSQL database and Cosmos database.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::sync::Arc;
 use std::time::Duration;

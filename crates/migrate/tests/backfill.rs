@@ -10,6 +10,7 @@ use mystira_copy::source::SourceError;
 use mystira_cosmos_codec::codec::Container;
 use mystira_cosmos_codec::generate::{self, DocKind, Expected, GenerateOptions};
 use mystira_migrate::{BackfillConfig, DocumentSource, ExportDirSource, SourcePage, run_backfill};
+use mystira_test_support::postgres::digests;
 use sqlx::PgPool;
 
 const TABLES: [&str; 6] = [
@@ -44,20 +45,10 @@ fn config(batch_rows: usize) -> BackfillConfig {
 
 fn no_progress(_: &str, _: &mystira_migrate::ContainerCounts) {}
 
-/// A digest of every row of every domain table, in key order.
+/// A digest of every row of every domain table.
 async fn state(pool: &PgPool) -> BTreeMap<&'static str, (i64, String)> {
-    let mut out = BTreeMap::new();
-    for table in TABLES {
-        let sql = format!(
-            "select count(*), coalesce(md5(string_agg(t::text, '|' order by t.id)), '') from {table} t"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(table, row);
-    }
-    out
+    let mut conn = pool.acquire().await.unwrap();
+    digests(&mut conn, &TABLES, |_| "t::text").await
 }
 
 async fn reset(pool: &PgPool) {

@@ -9,41 +9,23 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use futures::channel::oneshot;
 use mystira_copy::source::SourceError;
-use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
-use mystira_domain::Secret;
+use mystira_cosmos_codec::generate::GenerateOptions;
+use mystira_cosmos_store::CosmosStore;
 use mystira_migrate::backfill::local_owner;
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, ExportDirSource, SourcePage, run_backfill,
 };
+use mystira_test_support::cosmos::generated_store;
+use mystira_test_support::postgres::{migrated_database_beside, unique_database_name};
 use sqlx::PgPool;
 
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the Cosmos test server (scripts/test does)")
-    })
-}
-
 async fn seeded_store(accounts: u64) -> (CosmosStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed: 5,
-            dirty: 0.05,
-        },
-    )
-    .unwrap();
-    let database = format!("backfill-{}", uuid::Uuid::new_v4().simple());
-    let config = CosmosConfig::new(env("COSMOS_ENDPOINT"), Secret::new(EMULATOR_KEY.to_owned()))
-        .with_database(database)
-        .with_tls(TlsTrust::CaFile(env("COSMOS_CERT_FILE").into()));
-    let store = CosmosStore::connect(config).await.unwrap();
-    import_dir(&store, dir.path(), 16).await.unwrap();
+    let options = GenerateOptions {
+        accounts,
+        seed: 5,
+        dirty: 0.05,
+    };
+    let (store, dir) = generated_store("backfill", &options).await;
     (store, dir)
 }
 
@@ -217,22 +199,6 @@ async fn run_until_killed(
     }
 }
 
-/// A new database `name` on the server of `pool`, with the schema, and a pool on it.
-async fn fresh_database(pool: &PgPool, name: &str) -> PgPool {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(pool)
-        .await
-        .unwrap();
-    let options = pool.connect_options().as_ref().clone().database(name);
-    let other = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
-    mystira_postgres::MIGRATOR.run(&other).await.unwrap();
-    other
-}
-
 /// Every row the backfill writes, as text, in key order. Of the bookkeeping tables, the times a
 /// copy was made or a problem seen are left out: they differ between any two runs.
 const ROWS: [(&str, &str); 9] = [
@@ -334,8 +300,8 @@ async fn a_run_killed_mid_container_resumes_from_its_continuation_token_to_the_c
     // the reference: a clean, uninterrupted run into another fresh database, through the
     // same wrapper (which reads each container as one range, like a run planned before live
     // containers were split; `backfill_ranges.rs` tests the split ranges)
-    let clean_db = format!("mu_resume_clean_{}", uuid::Uuid::new_v4().simple());
-    let clean_pool = fresh_database(&pool, &clean_db).await;
+    let clean_db = unique_database_name("resume_clean");
+    let clean_pool = migrated_database_beside(&pool, &clean_db).await;
     let (whole, _never) = Killable::new(&source, None);
     let clean = run_backfill(&clean_pool, &whole, &config, &|_, _| {})
         .await

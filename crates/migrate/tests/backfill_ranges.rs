@@ -14,26 +14,18 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use mystira_copy::source::{RangePlan, SourceError};
 use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosConfig, CosmosStore, PartitionKey, TlsTrust, import_dir};
-use mystira_domain::Secret;
+use mystira_cosmos_store::{CosmosStore, PartitionKey};
 use mystira_migrate::backfill::local_owner;
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, ExportDirSource, SourceDocument, SourcePage,
     run_backfill,
 };
+use mystira_test_support::cosmos::generated_store;
+use mystira_test_support::postgres::{migrated_database_beside, unique_database_name};
 use serde_json::Value;
 use sqlx::PgPool;
 
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-
 const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the Cosmos test server (scripts/test does)")
-    })
-}
 
 fn partition_of(container: &str, doc: &Value) -> PartitionKey {
     let field = if container == "PendingSignups" {
@@ -82,25 +74,13 @@ async fn spread_ts(store: &CosmosStore) {
     }
 }
 
-/// A fresh Cosmos database with `accounts` generated accounts (clean data, so every document
-/// lands in a domain table), their `_ts` spread over four seconds.
 async fn seeded_store(accounts: u64) -> (CosmosStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed: 11,
-            dirty: 0.0,
-        },
-    )
-    .unwrap();
-    let database = format!("ranges-{}", uuid::Uuid::new_v4().simple());
-    let config = CosmosConfig::new(env("COSMOS_ENDPOINT"), Secret::new(EMULATOR_KEY.to_owned()))
-        .with_database(database)
-        .with_tls(TlsTrust::CaFile(env("COSMOS_CERT_FILE").into()));
-    let store = CosmosStore::connect(config).await.unwrap();
-    import_dir(&store, dir.path(), 16).await.unwrap();
+    let options = GenerateOptions {
+        accounts,
+        seed: 11,
+        dirty: 0.0,
+    };
+    let (store, dir) = generated_store("ranges", &options).await;
     spread_ts(&store).await;
     (store, dir)
 }
@@ -248,22 +228,6 @@ impl DocumentSource for Probe<'_> {
     }
 }
 
-/// A new database `name` on the server of `pool`, with the schema, and a pool on it.
-async fn fresh_database(pool: &PgPool, name: &str) -> PgPool {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(pool)
-        .await
-        .unwrap();
-    let options = pool.connect_options().as_ref().clone().database(name);
-    let other = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
-    mystira_postgres::MIGRATOR.run(&other).await.unwrap();
-    other
-}
-
 /// Every row the backfill writes, as text, in key order (times of copy left out).
 const ROWS: [(&str, &str); 8] = [
     ("accounts", "select t::text from accounts t order by t.id"),
@@ -333,8 +297,8 @@ async fn reference_rows(
     source: &CosmosSource,
     batch_rows: usize,
 ) -> BTreeMap<&'static str, Vec<String>> {
-    let name = format!("mu_ranges_ref_{}", uuid::Uuid::new_v4().simple());
-    let reference = fresh_database(pool, &name).await;
+    let name = unique_database_name("ranges_ref");
+    let reference = migrated_database_beside(pool, &name).await;
     let config = BackfillConfig {
         batch_rows,
         workers: 1,

@@ -6,8 +6,7 @@
 //! change feed keeps the earlier final pass.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../cosmos-store/tests/support/mod.rs"]
-mod support;
+use mystira_test_support::cosmos as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -15,7 +14,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use mystira_copy::source::{RangePlan, SourceError};
 use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosStore, import_dir};
+use mystira_cosmos_store::CosmosStore;
 use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, LoadPath, SourceDocument, SourcePage,
     run_backfill,
@@ -28,21 +27,12 @@ const CONTAINERS: [&str; 3] = ["Accounts", "UserProfiles", "PendingSignups"];
 /// Writes `accounts` generated accounts (clean data, with their profiles and sign-ups) to a
 /// fresh database of the test server.
 async fn seeded_store(test: &str, accounts: u64) -> CosmosStore {
-    let store = CosmosStore::connect(support::config(&support::unique_db(test)))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed: 21,
-            dirty: 0.0,
-        },
-    )
-    .unwrap();
-    import_dir(&store, dir.path(), 8).await.unwrap();
-    store
+    let options = GenerateOptions {
+        accounts,
+        seed: 21,
+        dirty: 0.0,
+    };
+    support::generated_store(test, &options).await.0
 }
 
 async fn all_documents(store: &CosmosStore, container: &str) -> Vec<Value> {

@@ -9,44 +9,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mystira_copy::apply::{Retries, write_page};
-use mystira_cosmos_codec::generate::{self, GenerateOptions};
-use mystira_cosmos_store::{CosmosConfig, CosmosStore, TlsTrust, import_dir};
-use mystira_domain::Secret;
+use mystira_cosmos_codec::generate::GenerateOptions;
+use mystira_cosmos_store::CosmosStore;
 use mystira_migrate::verify::DescentHook;
 use mystira_migrate::{
     BackfillConfig, ContainerCounts, CosmosSource, DocumentSource, DriftKind, Entity, Outcome,
     SourceDocument, VerifyOptions, VerifyReport, run_backfill, verify,
 };
+use mystira_test_support::cosmos::generated_store;
 use sqlx::PgPool;
-
-const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start the Cosmos test server (scripts/test does)")
-    })
-}
 
 /// A live Cosmos database of `accounts` generated accounts (no dirty documents), migrated into
 /// `pool`.
 async fn migrated_store(pool: &PgPool, accounts: u64) -> CosmosStore {
-    let dir = tempfile::tempdir().unwrap();
-    generate::write_export(
-        dir.path(),
-        &GenerateOptions {
-            accounts,
-            seed: 11,
-            dirty: 0.0,
-        },
-    )
-    .unwrap();
-    let database = format!("verify-live-{}", uuid::Uuid::new_v4().simple());
-    let config = CosmosConfig::new(env("COSMOS_ENDPOINT"), Secret::new(EMULATOR_KEY.to_owned()))
-        .with_database(database)
-        .with_tls(TlsTrust::CaFile(env("COSMOS_CERT_FILE").into()));
-    let store = CosmosStore::connect(config).await.unwrap();
-    import_dir(&store, dir.path(), 16).await.unwrap();
+    let options = GenerateOptions {
+        accounts,
+        seed: 11,
+        dirty: 0.0,
+    };
+    let (store, _dir) = generated_store("verify-live", &options).await;
     let report = run_backfill(
         pool,
         &CosmosSource::new(store.clone()),

@@ -2,8 +2,7 @@
 //! `archive_blob.rs`: in Azure Blob Storage, on Azurite): the binary with the Cosmos-protocol
 //! test server's settings, a seeded source database and what it holds as `cosmos export` reads
 //! it, chunks decoded independently of the binary, and the deterministic kill (the process
-//! stops at a test-hook point, then gets SIGKILL). Included with `#[path]` by those two tests.
-#![allow(clippy::unwrap_used, dead_code)]
+//! stops at a test-hook point, then gets SIGKILL).
 
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
@@ -11,11 +10,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mystira_test_support::cosmos::EMULATOR_KEY;
+use mystira_test_support::process::ChildGuard;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
-pub const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 /// Azurite's well-known account key (devstoreaccount1), public by design.
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -234,7 +233,7 @@ pub fn restore_from(archive: &str, database: &str, extra: &[&str]) -> Command {
 /// stopped there, and kills it with SIGKILL (what `kill -9` sends).
 pub fn kill_at(mut command: Command, point: &str) {
     command.env("MYSTIRA_ARCHIVE_TEST_STALL", point);
-    let mut child = command.spawn().unwrap();
+    let mut child = ChildGuard::new(command.spawn().unwrap());
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -3,19 +3,20 @@
 //! development token from `dev-token`, and a metric read from `/metrics`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mystira-users");
 
 /// The Cosmos emulator's well-known key, which the test server accepts (scripts/test exports
 /// the server's endpoint and certificate, not a key).
-pub const EMULATOR_KEY: &str =
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+pub use mystira_test_support::cosmos::EMULATOR_KEY;
+use mystira_test_support::process::ChildGuard;
 
 /// A running `serve`, the address it bound and what it has logged.
 pub struct Serve {
-    pub child: Child,
+    /// Killed on drop: a test that fails before `stop` must not leave the server running.
+    pub child: ChildGuard,
     pub base: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -50,7 +51,7 @@ impl Serve {
                 command.env_remove(name);
             }
         }
-        let mut child = command.spawn().unwrap();
+        let mut child = ChildGuard::new(command.spawn().unwrap());
         // the "serving" log line names the bound address
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
@@ -156,16 +157,6 @@ impl Serve {
             std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
         }
         (status, stdout)
-    }
-}
-
-impl Drop for Serve {
-    /// A test that fails before `stop` must not leave the server running.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

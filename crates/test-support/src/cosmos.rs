@@ -1,5 +1,5 @@
-//! Test support: connect to the Cosmos-protocol test server started by
-//! `tools/cosmos-server/start`, give each test its own database, and arm faults on the
+//! The Cosmos-protocol test server started by `tools/cosmos-server/start`: its key, a client on
+//! a database of its own per test, seeded containers and the user domain's containers, and the
 //! server's `/_faults` admin endpoint.
 //!
 //! Environment (all required; a missing one fails the test with the fix, never skips it):
@@ -8,12 +8,15 @@
 //! - `SSL_CERT_FILE`: the same file (the SDK trusts extra roots only through it).
 //!
 //! `eval "$(tools/cosmos-server/start)"` exports all three.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mystira_cosmos_store::{Container, CosmosConfig, CosmosStore, RetryPolicy, TlsTrust};
+use futures::StreamExt as _;
+use mystira_cosmos_codec::generate::{self, GenerateOptions};
+use mystira_cosmos_store::{
+    Container, CosmosConfig, CosmosRepositories, CosmosStore, RetryPolicy, TlsTrust, import_dir,
+};
 use mystira_domain::Secret;
 use serde_json::{Value, json};
 
@@ -31,10 +34,12 @@ fn required_env(name: &str) -> String {
     })
 }
 
+/// The test server's endpoint (`COSMOS_ENDPOINT`).
 pub fn endpoint() -> String {
     required_env("COSMOS_ENDPOINT")
 }
 
+/// The test server's certificate (`COSMOS_CERT_FILE`).
 pub fn cert_file() -> PathBuf {
     PathBuf::from(required_env("COSMOS_CERT_FILE"))
 }
@@ -55,6 +60,7 @@ pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
     }
 }
 
+/// The test server's settings for `database` (the emulator's key, its certificate trusted).
 pub fn config(database: &str) -> CosmosConfig {
     CosmosConfig::new(endpoint(), Secret::new(EMULATOR_KEY.to_owned()))
         .with_database(database)
@@ -73,9 +79,26 @@ pub async fn fresh_store(test: &str, retry: RetryPolicy) -> CosmosStore {
     store
 }
 
+/// A fresh database (named for `test`) holding the data set `options` generates, imported
+/// with `cosmos import`'s upserts (what the app does when it writes to Cosmos directly), and
+/// the export files it was imported from.
+pub async fn generated_store(
+    test: &str,
+    options: &GenerateOptions,
+) -> (CosmosStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    generate::write_export(dir.path(), options).expect("generate the export files");
+    let store = CosmosStore::connect(config(&unique_db(test)))
+        .await
+        .expect("connect to the cosmos test server");
+    import_dir(&store, dir.path(), 16)
+        .await
+        .expect("import the generated documents");
+    (store, dir)
+}
+
 /// Creates `count` documents `{id, n, group}` with `id = doc-00000..`, 32 at a time.
 pub async fn seed(container: &Container, count: usize) {
-    use futures::StreamExt;
     futures::stream::iter(0..count)
         .map(|n| async move {
             let id = format!("doc-{n:05}");
@@ -90,23 +113,34 @@ pub async fn seed(container: &Container, count: usize) {
         .await;
 }
 
+/// An HTTP client that trusts the test server's certificate, for raw requests beside the SDK.
+pub fn http_client() -> reqwest::Client {
+    let pem = std::fs::read(cert_file()).expect("read COSMOS_CERT_FILE");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("COSMOS_CERT_FILE is PEM");
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("build admin http client")
+}
+
 /// Client for the launcher's fault-injection admin endpoint.
+#[derive(Debug)]
 pub struct Faults {
     http: reqwest::Client,
     base: String,
 }
 
+impl Default for Faults {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Faults {
     pub fn new() -> Self {
-        let pem = std::fs::read(cert_file()).expect("read COSMOS_CERT_FILE");
-        let cert = reqwest::Certificate::from_pem(&pem).expect("COSMOS_CERT_FILE is PEM");
-        let http = reqwest::Client::builder()
-            .tls_certs_only([cert])
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("build admin http client");
         Self {
-            http,
+            http: http_client(),
             base: endpoint().trim_end_matches('/').to_owned(),
         }
     }
@@ -157,10 +191,10 @@ impl Faults {
 /// holds a `/`, which azure_data_cosmos 1.0 refuses when it opens the container ("invalid
 /// container _rid"; real Cosmos never writes `/` in a rid). Such a database is dropped and the
 /// setup retried on a new one; any other failure fails the test.
-pub async fn user_domain(test: &str) -> (CosmosStore, mystira_cosmos_store::CosmosRepositories) {
+pub async fn user_domain(test: &str) -> (CosmosStore, CosmosRepositories) {
     for _ in 0..5 {
         let store = fresh_store(test, fast_retry(3)).await;
-        match mystira_cosmos_store::CosmosRepositories::ensure(&store).await {
+        match CosmosRepositories::ensure(&store).await {
             Ok(repos) => return (store, repos),
             Err(e) if format!("{e:?}").contains("invalid container _rid") => {
                 store
@@ -172,4 +206,23 @@ pub async fn user_domain(test: &str) -> (CosmosStore, mystira_cosmos_store::Cosm
         }
     }
     panic!("the test server minted unusable container rids five times in a row");
+}
+
+/// The document as an independent HTTP client reads it from the test server: a plain GET on
+/// the REST path, no SDK (the server does not check the signature).
+pub async fn raw_document(database: &str, container: &str, id: &str, pk: &str) -> Value {
+    let url = format!(
+        "{}/dbs/{database}/colls/{container}/docs/{}",
+        endpoint().trim_end_matches('/'),
+        id.replace('|', "%7C")
+    );
+    let response = http_client()
+        .get(url)
+        .header("x-ms-documentdb-partitionkey", json!([pk]).to_string())
+        .header("x-ms-version", "2020-07-15")
+        .send()
+        .await
+        .expect("GET the raw document");
+    assert_eq!(response.status().as_u16(), 200, "GET {container}/{id}");
+    serde_json::from_str(&response.text().await.expect("document body")).expect("document json")
 }

@@ -5,9 +5,8 @@
 //! sides of "a delivery changes exactly what PostgreSQL changed": the property paths at which two
 //! documents differ, and the paths at which two states of an aggregate differ in meaning.
 //!
-//! Shared by the codec's merge properties (`codec_merge.rs`) and the end-to-end delivery test
-//! (`crates/dual-write/tests/delivery_fidelity.rs`), which includes this file by path.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Used by the codec's merge properties (`crates/cosmos-codec/tests/codec_merge.rs`) and the
+//! end-to-end delivery test (`crates/dual-write/tests/delivery_fidelity.rs`).
 
 use std::collections::BTreeMap;
 

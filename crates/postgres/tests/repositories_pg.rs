@@ -1,138 +1,71 @@
-//! The PostgreSQL repositories against a real, freshly migrated database per test: every port
-//! method, every constraint surfacing as its domain error, the cascades, the `updated_at`
-//! trigger, the views, the schema's functions, and the concurrency promises of the ports.
+//! The PostgreSQL repositories against a real, freshly migrated database per test: the ports'
+//! contract (`mystira_test_support::contract`, the same cases Cosmos and the dual-write router
+//! run), and what only PostgreSQL has: every constraint surfacing as its domain error, the
+//! cascades and the `updated_at` trigger as rows, the views, the schema's functions, and the
+//! concurrency promises of the ports across connections.
 #![allow(clippy::unwrap_used)]
 
-use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
+use chrono::Duration;
 use mystira_domain::error::ConflictKind;
 use mystira_domain::ports::*;
 use mystira_domain::*;
 use mystira_postgres::map_sqlx_error;
 use mystira_postgres::repos::*;
+use mystira_test_support::contract::fixtures::{badge, email, now, subscription};
+use mystira_test_support::contract::{self, Ports};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Now, at the microsecond precision PostgreSQL keeps, so round trips compare equal.
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+/// The six PostgreSQL repositories on one pool.
+struct PgStore {
+    accounts: PgAccountRepository,
+    subscriptions: PgSubscriptionRepository,
+    profiles: PgProfileRepository,
+    badges: PgBadgeRepository,
+    completions: PgCompletedScenarioRepository,
+    signups: PgPendingSignupRepository,
 }
 
-fn email(raw: &str) -> Email {
-    Email::parse(raw).expect("test email is valid")
-}
+impl PgStore {
+    fn new(pool: &PgPool) -> Self {
+        Self {
+            accounts: PgAccountRepository::new(pool.clone()),
+            subscriptions: PgSubscriptionRepository::new(pool.clone()),
+            profiles: PgProfileRepository::new(pool.clone()),
+            badges: PgBadgeRepository::new(pool.clone()),
+            completions: PgCompletedScenarioRepository::new(pool.clone()),
+            signups: PgPendingSignupRepository::new(pool.clone()),
+        }
+    }
 
-fn account(address: &str) -> Account {
-    let id = Uuid::new_v4();
-    Account {
-        id,
-        cosmos_id: None,
-        auth0_user_id: Some(format!("auth0|{id}")),
-        email: email(address),
-        display_name: "Ada".into(),
-        role: Role::User,
-        settings: AccountSettings {
-            theme: "dark".into(),
-            ..AccountSettings::default()
-        },
-        created_at: now(),
-        last_login_at: now(),
+    fn ports(&self) -> Ports<'_> {
+        Ports {
+            accounts: &self.accounts,
+            subscriptions: &self.subscriptions,
+            profiles: &self.profiles,
+            badges: &self.badges,
+            completions: &self.completions,
+            signups: &self.signups,
+        }
     }
 }
 
-fn subscription(account_id: Uuid) -> Subscription {
-    Subscription {
-        id: Uuid::new_v4(),
-        cosmos_id: None,
-        account_id,
-        subscription_type: SubscriptionType::Monthly,
-        product_id: Some("mystira.monthly".into()),
-        tier: "Premium".into(),
-        is_active: true,
-        valid_until: Some(now() + Duration::days(30)),
-        start_date: Some(now()),
-        end_date: None,
-        purchase_token: Some(Secret::new("token-123".into())),
-        last_verified: Some(now()),
-        purchased_scenarios: vec!["scenario-a".into(), "scenario-b".into()],
-        created_at: now(),
-        updated_at: now(),
-    }
-}
-
-fn profile(account_id: Option<Uuid>) -> UserProfile {
-    UserProfile {
-        id: Uuid::new_v4(),
-        cosmos_id: None,
-        account_id,
-        name: "Pip".into(),
-        age_group: AgeGroup::parse("6-9").expect("valid age group"),
-        date_of_birth: Some(Secret::new(
-            NaiveDate::from_ymd_opt(2018, 4, 1).expect("valid date"),
-        )),
-        is_guest: false,
-        is_npc: false,
-        pronouns: Some("they/them".into()),
-        bio: Some("likes dragons".into()),
-        avatar_media_id: Some("avatar-1".into()),
-        selected_avatar_media_id: None,
-        preferred_themes: vec!["space".into(), "pirates".into()],
-        has_completed_onboarding: false,
-        created_at: now(),
-        updated_at: now(),
-    }
-}
-
-fn badge(profile_id: Uuid, configuration: &str) -> UserBadge {
-    UserBadge {
-        id: Uuid::new_v4(),
-        cosmos_id: None,
-        user_profile_id: profile_id,
-        badge_configuration_id: configuration.into(),
-        badge_id: Some("badge-1".into()),
-        badge_name: "Brave".into(),
-        badge_message: "You were brave".into(),
-        axis: "courage".into(),
-        trigger_value: 3.5,
-        threshold: 3.25,
-        earned_at: now(),
-        game_session_id: Some("session-1".into()),
-        scenario_id: Some("scenario-a".into()),
-        image_id: "image-1".into(),
-    }
-}
-
-fn signup(address: &str, code: &str, expires_at: DateTime<Utc>) -> PendingSignup {
-    PendingSignup {
-        id: Uuid::new_v4(),
-        cosmos_id: None,
-        email: email(address),
-        display_name: "Ada".into(),
-        code: Some(SignupCode::parse(code).expect("valid code")),
-        magic_link: None,
-        created_at: now(),
-        expires_at,
-        is_used: false,
-        is_signin: false,
-        failed_attempts: 0,
-    }
+/// One `#[sqlx::test]` per contract case of `module`, on a fresh database.
+macro_rules! contract_cases {
+    ($module:ident: $($case:ident),* $(,)?) => {$(
+        #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+        async fn $case(pool: PgPool) {
+            contract::$module::$case(&PgStore::new(&pool).ports()).await;
+        }
+    )*};
 }
 
 async fn stored_account(pool: &PgPool, address: &str) -> Account {
-    let a = account(address);
-    PgAccountRepository::new(pool.clone())
-        .create(&a)
-        .await
-        .expect("create account");
-    a
+    contract::accounts::stored_account(&PgStore::new(pool).ports(), address).await
 }
 
 async fn stored_profile(pool: &PgPool, account_id: Option<Uuid>) -> UserProfile {
-    let p = profile(account_id);
-    PgProfileRepository::new(pool.clone())
-        .create(&p)
-        .await
-        .expect("create profile");
-    p
+    contract::profiles::stored_profile(&PgStore::new(pool).ports(), account_id).await
 }
 
 async fn count(pool: &PgPool, sql: &'static str, id: Uuid) -> i64 {
@@ -141,20 +74,6 @@ async fn count(pool: &PgPool, sql: &'static str, id: Uuid) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count query")
-}
-
-fn assert_conflict<T: std::fmt::Debug>(result: RepoResult<T>, expected: ConflictKind) {
-    match result {
-        Err(e) => assert_eq!(e.conflict_kind(), Some(expected), "{e}"),
-        Ok(v) => panic!("expected a {expected:?} conflict, got {v:?}"),
-    }
-}
-
-fn assert_invalid<T: std::fmt::Debug>(result: RepoResult<T>, field: &str) {
-    match result {
-        Err(RepoError::Invalid(v)) => assert_eq!(v.field(), field, "{v}"),
-        other => panic!("expected an invalid `{field}`, got {other:?}"),
-    }
 }
 
 /// Runs a statement that PostgreSQL refuses and maps its error the way the repositories do.
@@ -169,27 +88,25 @@ async fn refused(pool: &PgPool, entity: &'static str, sql: &'static str) -> Repo
 mod accounts {
     use super::*;
 
+    contract_cases!(accounts:
+        an_empty_auth0_id_is_stored_as_none,
+        creating_an_existing_id_or_cosmos_id_is_a_duplicate_id_conflict,
+        a_second_account_with_the_same_auth0_id_is_refused,
+        an_overlong_display_name_is_refused_before_anything_is_written,
+        find_by_email_ignores_case_and_returns_the_oldest_first,
+        update_replaces_every_field_but_id_and_created_at,
+        record_login_sets_last_login_at,
+        list_pages_through_every_account_in_id_order,
+        get_by_cosmos_id_finds_accounts_by_the_original_spelling_of_their_id,
+    );
+
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn a_created_account_reads_back_equal_by_id_and_auth0_id(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let mut a = account("ada@example.com");
-        a.settings
-            .extra
-            .insert("FutureFlag".into(), serde_json::json!(3));
-        repo.create(&a).await.expect("create");
-        assert_eq!(repo.get(a.id).await.expect("get"), Some(a.clone()));
-        let auth0 = a.auth0_user_id.clone().expect("has auth0 id");
-        assert_eq!(
-            repo.get_by_auth0_id(&auth0).await.expect("by auth0"),
-            Some(a.clone())
-        );
-        assert_eq!(repo.get(Uuid::new_v4()).await.expect("get missing"), None);
-        assert_eq!(
-            repo.get_by_auth0_id("auth0|nobody")
-                .await
-                .expect("by auth0"),
-            None
-        );
+        let a = contract::accounts::a_created_account_reads_back_equal_by_id_and_auth0_id(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
+        // the settings are stored under the app's property names, unknown ones kept
         let settings: serde_json::Value =
             sqlx::query_scalar("select settings from accounts where id = $1")
                 .bind(a.id)
@@ -201,56 +118,32 @@ mod accounts {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn an_empty_auth0_id_is_stored_as_none(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool);
-        let mut first = account("a@example.com");
-        first.auth0_user_id = Some(String::new());
-        let mut second = account("b@example.com");
-        second.auth0_user_id = Some(String::new());
-        repo.create(&first).await.expect("first");
-        repo.create(&second).await.expect("second does not collide");
-        let read = repo.get(first.id).await.expect("get").expect("exists");
-        assert_eq!(read.auth0_user_id, None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn creating_an_existing_id_or_cosmos_id_is_a_duplicate_id_conflict(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool);
-        let mut a = account("a@example.com");
-        a.cosmos_id = Some("user-42".into());
-        repo.create(&a).await.expect("create");
-        let mut same_id = account("b@example.com");
-        same_id.id = a.id;
-        assert_conflict(repo.create(&same_id).await, ConflictKind::DuplicateId);
-        let mut same_cosmos_id = account("c@example.com");
-        same_cosmos_id.cosmos_id = Some("user-42".into());
-        assert_conflict(
-            repo.create(&same_cosmos_id).await,
-            ConflictKind::DuplicateId,
+    async fn deleting_an_account_removes_its_subscription_and_completions_and_detaches_its_profiles(
+        pool: PgPool,
+    ) {
+        let deleted = contract::accounts::deleting_an_account_removes_its_subscription_and_completions_and_detaches_its_profiles(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
+        // the rows are gone, not merely hidden from the ports
+        assert_eq!(
+            count(
+                &pool,
+                "select count(*) from subscriptions where account_id = $1",
+                deleted.deleted
+            )
+            .await,
+            0
         );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn a_second_account_with_the_same_auth0_id_is_refused(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool);
-        let a = account("a@example.com");
-        repo.create(&a).await.expect("create");
-        let mut b = account("b@example.com");
-        b.auth0_user_id = a.auth0_user_id.clone();
-        assert_conflict(repo.create(&b).await, ConflictKind::DuplicateAuth0UserId);
-        let mut c = account("c@example.com");
-        repo.create(&c).await.expect("create c");
-        c.auth0_user_id = a.auth0_user_id.clone();
-        assert_conflict(repo.update(&c).await, ConflictKind::DuplicateAuth0UserId);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn an_overlong_display_name_is_refused_before_anything_is_written(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool);
-        let mut a = account("a@example.com");
-        a.display_name = "x".repeat(256);
-        assert_invalid(repo.create(&a).await, "display_name");
-        assert_eq!(repo.get(a.id).await.expect("get"), None);
+        assert_eq!(
+            count(
+                &pool,
+                "select count(*) from completed_scenarios where account_id = $1",
+                deleted.deleted
+            )
+            .await,
+            0
+        );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -392,193 +285,6 @@ mod accounts {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn find_by_email_ignores_case_and_returns_the_oldest_first(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool);
-        let mut newer = account("Ada@Example.com");
-        let mut older = account("ada@example.COM");
-        older.created_at = now() - Duration::days(2);
-        newer.created_at = now() - Duration::days(1);
-        repo.create(&newer).await.expect("newer");
-        repo.create(&older).await.expect("older");
-        repo.create(&account("someone@example.com"))
-            .await
-            .expect("other");
-        let found = repo
-            .find_by_email(&email("ADA@example.com"))
-            .await
-            .expect("find");
-        assert_eq!(found, vec![older, newer]);
-        assert!(
-            repo.find_by_email(&email("nobody@example.com"))
-                .await
-                .expect("find none")
-                .is_empty()
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn update_replaces_every_field_but_id_and_created_at(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let mut changed = a.clone();
-        changed.email = email("new@example.com");
-        changed.display_name = "Ada L.".into();
-        changed.role = Role::Admin;
-        changed.settings.theme = "light".into();
-        changed.cosmos_id = Some("legacy-1".into());
-        changed.auth0_user_id = Some("auth0|other".into());
-        changed.last_login_at = now() + Duration::hours(1);
-        changed.created_at = now() - Duration::days(100);
-        assert!(repo.update(&changed).await.expect("update"));
-        let read = repo.get(a.id).await.expect("get").expect("exists");
-        assert_eq!(read.created_at, a.created_at);
-        assert_eq!(
-            read,
-            Account {
-                created_at: a.created_at,
-                ..changed
-            }
-        );
-        assert!(
-            !repo
-                .update(&account("ghost@example.com"))
-                .await
-                .expect("update missing")
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn record_login_sets_last_login_at(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let at = now() + Duration::minutes(5);
-        assert!(repo.record_login(a.id, at).await.expect("login"));
-        assert!(repo.record_login(a.id, at).await.expect("login again"));
-        let read = repo.get(a.id).await.expect("get").expect("exists");
-        assert_eq!(read.last_login_at, at);
-        assert!(
-            !repo
-                .record_login(Uuid::new_v4(), at)
-                .await
-                .expect("missing")
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn deleting_an_account_removes_its_subscription_and_completions_and_detaches_its_profiles(
-        pool: PgPool,
-    ) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let kept = stored_account(&pool, "b@example.com").await;
-        PgSubscriptionRepository::new(pool.clone())
-            .upsert_for_account(&subscription(a.id))
-            .await
-            .expect("subscription");
-        let completions = PgCompletedScenarioRepository::new(pool.clone());
-        completions
-            .mark_completed(a.id, "scenario-a", now())
-            .await
-            .expect("completion");
-        completions
-            .mark_completed(kept.id, "scenario-a", now())
-            .await
-            .expect("other completion");
-        let p = stored_profile(&pool, Some(a.id)).await;
-
-        assert!(repo.delete(a.id).await.expect("delete"));
-        assert!(!repo.delete(a.id).await.expect("delete again"));
-        assert_eq!(repo.get(a.id).await.expect("get"), None);
-        assert_eq!(
-            count(
-                &pool,
-                "select count(*) from subscriptions where account_id = $1",
-                a.id
-            )
-            .await,
-            0
-        );
-        assert_eq!(
-            count(
-                &pool,
-                "select count(*) from completed_scenarios where account_id = $1",
-                a.id
-            )
-            .await,
-            0
-        );
-        assert_eq!(
-            completions
-                .list_by_account(kept.id)
-                .await
-                .expect("list")
-                .len(),
-            1
-        );
-        let detached = PgProfileRepository::new(pool.clone())
-            .get(p.id)
-            .await
-            .expect("get profile")
-            .expect("profile stays");
-        assert_eq!(detached.account_id, None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn list_pages_through_every_account_in_id_order(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(
-                stored_account(&pool, &format!("user{i}@example.com"))
-                    .await
-                    .id,
-            );
-        }
-        ids.sort();
-        let mut seen = Vec::new();
-        let mut request = Some(PageRequest::first(2));
-        let mut pages = 0;
-        while let Some(page) = request {
-            let result = repo.list(page).await.expect("list");
-            assert!(result.items.len() <= 2);
-            seen.extend(result.items.iter().map(|a| a.id));
-            request = result.next;
-            pages += 1;
-        }
-        assert_eq!(seen, ids);
-        assert_eq!(pages, 3);
-        let exact = repo.list(PageRequest::first(5)).await.expect("list all");
-        assert_eq!(exact.items.len(), 5);
-        assert_eq!(exact.next, None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn get_by_cosmos_id_finds_accounts_by_the_original_spelling_of_their_id(pool: PgPool) {
-        let repo = PgAccountRepository::new(pool.clone());
-        let mut non_uuid = account("a@example.com");
-        let mapped = MappedId::from_source("user-42");
-        (non_uuid.id, non_uuid.cosmos_id) = (mapped.uuid, mapped.cosmos_id);
-        repo.create(&non_uuid).await.expect("non-uuid");
-
-        let upper = "7D1C3A52-5B7E-4D5A-9F0E-2B1F3C4D5E6F";
-        let mut upper_case = account("b@example.com");
-        let mapped = MappedId::from_source(upper);
-        (upper_case.id, upper_case.cosmos_id) = (mapped.uuid, mapped.cosmos_id);
-        repo.create(&upper_case).await.expect("upper-case guid");
-
-        let native = stored_account(&pool, "c@example.com").await;
-
-        let by = async |id: &str| repo.get_by_cosmos_id(id).await.expect("lookup");
-        assert_eq!(by("user-42").await, Some(non_uuid));
-        assert_eq!(by(upper).await, Some(upper_case));
-        // the same key spelled another way is another Cosmos id
-        assert_eq!(by(&upper.to_lowercase()).await, None);
-        assert_eq!(by(&native.id.to_string()).await, Some(native.clone()));
-        assert_eq!(by(&native.id.to_string().to_uppercase()).await, None);
-        assert_eq!(by("user-43").await, None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn migrate_account_from_cosmos_keeps_a_non_uuid_id_and_updates_on_rerun(pool: PgPool) {
         let repo = PgAccountRepository::new(pool.clone());
         let cosmos_id = "01HF3K9Q2Z8Y7X6W5V4T3S2R1Q";
@@ -617,6 +323,13 @@ mod accounts {
 
 mod subscriptions {
     use super::*;
+    use mystira_test_support::contract::subscriptions::mixed_subscriptions;
+
+    contract_cases!(subscriptions:
+        upserting_for_a_missing_account_is_a_missing_reference,
+        an_overlong_tier_is_refused_before_anything_is_written,
+        list_active_excludes_inactive_and_expired_and_pages_in_id_order,
+    );
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn upsert_creates_then_replaces_keeping_id_and_created_at(pool: PgPool) {
@@ -670,25 +383,6 @@ mod subscriptions {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn upserting_for_a_missing_account_is_a_missing_reference(pool: PgPool) {
-        let repo = PgSubscriptionRepository::new(pool);
-        assert_conflict(
-            repo.upsert_for_account(&subscription(Uuid::new_v4())).await,
-            ConflictKind::MissingReference,
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn an_overlong_tier_is_refused_before_anything_is_written(pool: PgPool) {
-        let repo = PgSubscriptionRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let mut s = subscription(a.id);
-        s.tier = "x".repeat(51);
-        assert_invalid(repo.upsert_for_account(&s).await, "tier");
-        assert_eq!(repo.get_for_account(a.id).await.expect("get"), None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn null_purchased_scenarios_read_as_none_bought(pool: PgPool) {
         let repo = PgSubscriptionRepository::new(pool.clone());
         let a = stored_account(&pool, "a@example.com").await;
@@ -708,67 +402,9 @@ mod subscriptions {
         assert!(read.purchased_scenarios.is_empty());
     }
 
-    /// Four accounts' subscriptions: active without end, active until tomorrow, inactive, and
-    /// expired. Returns the active ones' ids (sorted) and the others'.
-    async fn mixed_subscriptions(pool: &PgPool) -> (Vec<Uuid>, Vec<Uuid>) {
-        let repo = PgSubscriptionRepository::new(pool.clone());
-        let mut active = Vec::new();
-        let mut inactive = Vec::new();
-        for (i, (is_active, valid_until)) in [
-            (true, None),
-            (true, Some(now() + Duration::days(1))),
-            (false, None),
-            (true, Some(now() - Duration::days(1))),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let a = stored_account(pool, &format!("user{i}@example.com")).await;
-            let mut s = subscription(a.id);
-            s.is_active = is_active;
-            s.valid_until = valid_until;
-            repo.upsert_for_account(&s).await.expect("subscription");
-            if s.is_active_at(now()) {
-                active.push(s.id);
-            } else {
-                inactive.push(s.id);
-            }
-        }
-        active.sort();
-        (active, inactive)
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn list_active_excludes_inactive_and_expired_and_pages_in_id_order(pool: PgPool) {
-        let repo = PgSubscriptionRepository::new(pool.clone());
-        let (active, _) = mixed_subscriptions(&pool).await;
-        let first = repo
-            .list_active(now(), PageRequest::first(1))
-            .await
-            .expect("page 1");
-        assert_eq!(first.items.len(), 1);
-        let next = first.next.expect("a second page");
-        let second = repo.list_active(now(), next).await.expect("page 2");
-        assert_eq!(second.next, None);
-        let ids: Vec<Uuid> = first
-            .items
-            .iter()
-            .chain(&second.items)
-            .map(|s| s.id)
-            .collect();
-        assert_eq!(ids, active);
-        // two days on, the one valid until tomorrow has lapsed too
-        let later = repo
-            .list_active(now() + Duration::days(2), PageRequest::first(10))
-            .await
-            .expect("later");
-        assert_eq!(later.items.len(), 1);
-        assert_eq!(later.items[0].valid_until, None);
-    }
-
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn the_active_subscriptions_view_excludes_inactive_and_expired(pool: PgPool) {
-        let (active, _) = mixed_subscriptions(&pool).await;
+        let (active, _) = mixed_subscriptions(&PgStore::new(&pool).ports()).await;
         let rows: Vec<(Uuid, String)> =
             sqlx::query_as("select id, email from active_subscriptions order by id")
                 .fetch_all(&pool)
@@ -782,85 +418,14 @@ mod subscriptions {
 mod profiles {
     use super::*;
 
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn a_created_profile_reads_back_equal(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let p = stored_profile(&pool, Some(a.id)).await;
-        assert_eq!(repo.get(p.id).await.expect("get"), Some(p.clone()));
-        let mut guest = profile(None);
-        guest.is_guest = true;
-        guest.date_of_birth = None;
-        guest.preferred_themes = vec![];
-        repo.create(&guest).await.expect("guest without account");
-        assert_eq!(repo.get(guest.id).await.expect("get"), Some(guest));
-        assert_eq!(repo.get(Uuid::new_v4()).await.expect("missing"), None);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn creating_conflicting_profiles_is_refused_with_the_reason(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        assert_conflict(repo.create(&p).await, ConflictKind::DuplicateId);
-        assert_conflict(
-            repo.create(&profile(Some(Uuid::new_v4()))).await,
-            ConflictKind::MissingReference,
-        );
-        let mut long = profile(None);
-        long.pronouns = Some("x".repeat(51));
-        assert_invalid(repo.create(&long).await, "pronouns");
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn list_by_account_returns_the_accounts_profiles_oldest_first(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let mut newer = profile(Some(a.id));
-        newer.created_at = now() - Duration::days(1);
-        let mut older = profile(Some(a.id));
-        older.created_at = now() - Duration::days(2);
-        repo.create(&newer).await.expect("newer");
-        repo.create(&older).await.expect("older");
-        stored_profile(&pool, None).await;
-        assert_eq!(
-            repo.list_by_account(a.id).await.expect("list"),
-            vec![older, newer]
-        );
-        assert!(
-            repo.list_by_account(Uuid::new_v4())
-                .await
-                .expect("none")
-                .is_empty()
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn update_replaces_the_fields_and_moves_updated_at_forward(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let mut p = profile(None);
-        p.created_at = now() - Duration::days(3);
-        p.updated_at = now() - Duration::days(3);
-        repo.create(&p).await.expect("create");
-        let mut changed = p.clone();
-        changed.name = "Pippa".into();
-        changed.age_group = AgeGroup::parse("10-12").expect("valid");
-        changed.date_of_birth = None;
-        changed.preferred_themes = vec!["ocean".into()];
-        changed.created_at = now();
-        let before = now();
-        assert!(repo.update(&changed).await.expect("update"));
-        let read = repo.get(p.id).await.expect("get").expect("exists");
-        assert_eq!(read.name, "Pippa");
-        assert_eq!(read.age_group.as_str(), "10-12");
-        assert_eq!(read.date_of_birth, None);
-        assert_eq!(read.preferred_themes, vec!["ocean".to_owned()]);
-        assert_eq!(read.created_at, p.created_at);
-        assert!(
-            read.updated_at >= before,
-            "the trigger stamps the time of the write"
-        );
-        assert!(!repo.update(&profile(None)).await.expect("missing"));
-    }
+    contract_cases!(profiles:
+        a_created_profile_reads_back_equal,
+        creating_conflicting_profiles_is_refused_with_the_reason,
+        list_by_account_returns_the_accounts_profiles_oldest_first,
+        update_replaces_the_fields_and_moves_updated_at_forward,
+        deleting_a_profile_removes_its_badges,
+        mark_onboarded_sets_the_flag_idempotently,
+    );
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn keep_source_timestamps_makes_the_trigger_keep_the_written_updated_at(pool: PgPool) {
@@ -897,38 +462,6 @@ mod profiles {
             .expect("get")
             .expect("exists");
         assert!(read.updated_at > copied.updated_at);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn deleting_a_profile_removes_its_badges(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let badges = PgBadgeRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        let other = stored_profile(&pool, None).await;
-        badges.award(&badge(p.id, "cfg-1")).await.expect("award");
-        badges
-            .award(&badge(other.id, "cfg-1"))
-            .await
-            .expect("award other");
-        assert!(repo.delete(p.id).await.expect("delete"));
-        assert!(!repo.delete(p.id).await.expect("delete again"));
-        assert_eq!(repo.get(p.id).await.expect("get"), None);
-        assert!(badges.list_by_profile(p.id).await.expect("list").is_empty());
-        assert_eq!(
-            badges.list_by_profile(other.id).await.expect("list").len(),
-            1
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn mark_onboarded_sets_the_flag_idempotently(pool: PgPool) {
-        let repo = PgProfileRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        assert!(repo.mark_onboarded(p.id).await.expect("mark"));
-        assert!(repo.mark_onboarded(p.id).await.expect("mark again"));
-        let read = repo.get(p.id).await.expect("get").expect("exists");
-        assert!(read.has_completed_onboarding);
-        assert!(!repo.mark_onboarded(Uuid::new_v4()).await.expect("missing"));
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
@@ -979,212 +512,62 @@ mod profiles {
 mod badges {
     use super::*;
 
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn a_second_award_of_a_configuration_returns_the_first_badge(pool: PgPool) {
-        let repo = PgBadgeRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        let first = badge(p.id, "cfg-1");
-        assert_eq!(
-            repo.award(&first).await.expect("award"),
-            AwardOutcome::Awarded(first.clone())
-        );
-        let mut again = badge(p.id, "cfg-1");
-        again.badge_name = "Braver".into();
-        assert_eq!(
-            repo.award(&again).await.expect("award again"),
-            AwardOutcome::AlreadyHeld(first.clone())
-        );
-        assert_eq!(
-            repo.award(&first).await.expect("retry of the same award"),
-            AwardOutcome::AlreadyHeld(first.clone())
-        );
-        assert_eq!(repo.list_by_profile(p.id).await.expect("list"), vec![first]);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn list_by_profile_returns_the_earliest_badge_first(pool: PgPool) {
-        let repo = PgBadgeRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        let mut later = badge(p.id, "cfg-later");
-        later.earned_at = now() - Duration::hours(1);
-        let mut earlier = badge(p.id, "cfg-earlier");
-        earlier.earned_at = now() - Duration::hours(2);
-        earlier.badge_id = None;
-        earlier.trigger_value = 0.1;
-        repo.award(&later).await.expect("later");
-        repo.award(&earlier).await.expect("earlier");
-        assert_eq!(
-            repo.list_by_profile(p.id).await.expect("list"),
-            vec![earlier, later]
-        );
-        assert!(
-            repo.list_by_profile(Uuid::new_v4())
-                .await
-                .expect("none")
-                .is_empty()
-        );
-    }
+    contract_cases!(badges:
+        a_second_award_of_a_configuration_returns_the_first_badge,
+        list_by_profile_returns_the_earliest_badge_first,
+        awarding_to_a_missing_profile_or_without_configuration_is_refused,
+    );
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn two_concurrent_awards_of_one_configuration_store_exactly_one_badge(pool: PgPool) {
-        let repo = PgBadgeRepository::new(pool.clone());
-        let p = stored_profile(&pool, None).await;
-        for round in 0..5 {
-            let configuration = format!("cfg-{round}");
-            let (a, b) = (badge(p.id, &configuration), badge(p.id, &configuration));
-            let (ra, rb) = tokio::join!(repo.award(&a), repo.award(&b));
-            let outcomes = [ra.expect("award a"), rb.expect("award b")];
-            let awarded: Vec<&UserBadge> = outcomes
-                .iter()
-                .filter_map(|o| match o {
-                    AwardOutcome::Awarded(b) => Some(b),
-                    AwardOutcome::AlreadyHeld(_) => None,
-                })
-                .collect();
-            assert_eq!(awarded.len(), 1, "exactly one award wins");
-            for outcome in &outcomes {
-                if let AwardOutcome::AlreadyHeld(held) = outcome {
-                    assert_eq!(held, awarded[0]);
-                }
-            }
-        }
+        let profile =
+            contract::badges::two_concurrent_awards_of_one_configuration_store_exactly_one_badge(
+                &PgStore::new(&pool).ports(),
+            )
+            .await;
         assert_eq!(
             count(
                 &pool,
                 "select count(*) from user_badges where user_profile_id = $1",
-                p.id
+                profile
             )
             .await,
             5
         );
     }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn awarding_to_a_missing_profile_or_without_configuration_is_refused(pool: PgPool) {
-        let repo = PgBadgeRepository::new(pool.clone());
-        assert_conflict(
-            repo.award(&badge(Uuid::new_v4(), "cfg-1")).await,
-            ConflictKind::MissingReference,
-        );
-        let p = stored_profile(&pool, None).await;
-        assert_invalid(repo.award(&badge(p.id, "")).await, "badge_configuration_id");
-        let mut long_axis = badge(p.id, "cfg-1");
-        long_axis.axis = "x".repeat(101);
-        assert_invalid(repo.award(&long_axis).await, "axis");
-        let stolen_id = badge(p.id, "cfg-1");
-        repo.award(&stolen_id).await.expect("award");
-        let mut same_id = badge(p.id, "cfg-2");
-        same_id.id = stolen_id.id;
-        assert_conflict(repo.award(&same_id).await, ConflictKind::DuplicateId);
-    }
 }
 
 mod completed_scenarios {
     use super::*;
-    use mystira_domain::ids::derived_key;
 
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn completing_again_keeps_the_first_completion(pool: PgPool) {
-        let repo = PgCompletedScenarioRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let first_at = now() - Duration::hours(1);
-        let first = repo
-            .mark_completed(a.id, "scenario-a", first_at)
-            .await
-            .expect("complete");
-        assert_eq!(
-            first,
-            CompletedScenario {
-                id: derived_key("completed_scenario", a.id, "scenario-a"),
-                account_id: a.id,
-                scenario_id: "scenario-a".into(),
-                completed_at: first_at,
-            }
-        );
-        let again = repo
-            .mark_completed(a.id, "scenario-a", now())
-            .await
-            .expect("complete again");
-        assert_eq!(again, first);
-        assert_eq!(repo.list_by_account(a.id).await.expect("list"), vec![first]);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn list_by_account_returns_the_earliest_completion_first(pool: PgPool) {
-        let repo = PgCompletedScenarioRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        let later = repo
-            .mark_completed(a.id, "scenario-b", now() - Duration::hours(1))
-            .await
-            .expect("later");
-        let earlier = repo
-            .mark_completed(a.id, "scenario-a", now() - Duration::hours(2))
-            .await
-            .expect("earlier");
-        assert_eq!(
-            repo.list_by_account(a.id).await.expect("list"),
-            vec![earlier, later]
-        );
-        assert!(
-            repo.list_by_account(Uuid::new_v4())
-                .await
-                .expect("none")
-                .is_empty()
-        );
-    }
+    contract_cases!(completed_scenarios:
+        completing_again_keeps_the_first_completion,
+        list_by_account_returns_the_earliest_completion_first,
+        completing_for_a_missing_account_or_an_empty_scenario_is_refused,
+    );
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn concurrent_completions_store_one_row(pool: PgPool) {
-        // The race is narrow (both inserts past the arbiter's pre-check before either commits),
-        // so it is run many times; it once failed CI on the primary key of the derived id.
-        const ROUNDS: usize = 40;
-        let repo = PgCompletedScenarioRepository::new(pool.clone());
-        let a = stored_account(&pool, "a@example.com").await;
-        for round in 0..ROUNDS {
-            let scenario = format!("scenario-{round}");
-            let (x, y) = tokio::join!(
-                repo.mark_completed(a.id, &scenario, now()),
-                repo.mark_completed(a.id, &scenario, now() + Duration::seconds(1))
-            );
-            assert_eq!(x.expect("x"), y.expect("y"), "round {round}");
-        }
+        let (account, rounds) =
+            contract::completed_scenarios::concurrent_completions_store_one_row(
+                &PgStore::new(&pool).ports(),
+            )
+            .await;
         assert_eq!(
             count(
                 &pool,
                 "select count(*) from completed_scenarios where account_id = $1",
-                a.id
+                account
             )
             .await,
-            ROUNDS as i64
+            rounds as i64
         );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn completing_for_a_missing_account_or_an_empty_scenario_is_refused(pool: PgPool) {
-        let repo = PgCompletedScenarioRepository::new(pool.clone());
-        assert_conflict(
-            repo.mark_completed(Uuid::new_v4(), "scenario-a", now())
-                .await,
-            ConflictKind::MissingReference,
-        );
-        let a = stored_account(&pool, "a@example.com").await;
-        assert_invalid(repo.mark_completed(a.id, "", now()).await, "scenario_id");
     }
 }
 
 mod pending_signups {
     use super::*;
-
-    const LOCKOUT: i32 = PendingSignup::DEFAULT_LOCKOUT_ATTEMPTS;
-
-    async fn stored_signup(pool: &PgPool, address: &str, code: &str) -> PendingSignup {
-        let s = signup(address, code, now() + Duration::minutes(15));
-        PgPendingSignupRepository::new(pool.clone())
-            .create(&s)
-            .await
-            .expect("create signup");
-        s
-    }
+    use mystira_test_support::contract::pending_signups::{LOCKOUT, stored_signup};
 
     async fn failed_attempts(pool: &PgPool, id: Uuid) -> i32 {
         sqlx::query_scalar("select failed_attempts from pending_signups where id = $1")
@@ -1194,97 +577,38 @@ mod pending_signups {
             .expect("failed_attempts")
     }
 
+    contract_cases!(pending_signups:
+        a_created_signup_reads_back_equal_and_its_id_is_unique,
+        the_right_code_verifies_the_newest_open_signup_ignoring_case,
+        verify_reports_missing_and_expired_signups,
+        cleanup_deletes_only_signups_expired_more_than_a_day_ago,
+    );
+
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn a_created_signup_reads_back_equal_and_its_id_is_unique(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
-        assert_eq!(repo.get(s.id).await.expect("get"), Some(s.clone()));
-        assert_eq!(repo.get(Uuid::new_v4()).await.expect("missing"), None);
-        assert_conflict(repo.create(&s).await, ConflictKind::DuplicateId);
-        let mut bad = signup("b@example.com", "1", now());
-        bad.failed_attempts = 11;
-        assert_invalid(repo.create(&bad).await, "failed_attempts");
+    async fn wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code(pool: PgPool) {
+        let id = contract::pending_signups::wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
+        assert_eq!(failed_attempts(&pool, id).await, LOCKOUT);
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn the_right_code_verifies_the_newest_open_signup_ignoring_case(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let mut old = signup("Ada@Example.com", "111111", now() + Duration::minutes(15));
-        old.created_at = now() - Duration::minutes(5);
-        repo.create(&old).await.expect("old");
-        let newest = stored_signup(&pool, "ada@example.com", "222222").await;
-        let verified = repo
-            .verify_code(&email("ADA@example.com"), "222222", now(), LOCKOUT)
-            .await
-            .expect("verify");
-        assert_eq!(verified, VerifyOutcome::Verified(newest.clone()));
-        // verifying does not use the sign-up up
-        assert!(
-            !repo
-                .get(newest.id)
-                .await
-                .expect("get")
-                .expect("exists")
-                .is_used
-        );
-        // the older sign-up's code is not the newest one's
+    async fn a_lockout_above_the_schema_ceiling_is_clamped_so_the_check_never_fires(pool: PgPool) {
+        let id = contract::pending_signups::a_lockout_above_the_schema_ceiling_is_clamped_so_the_check_never_fires(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
         assert_eq!(
-            repo.verify_code(&email("ada@example.com"), "111111", now(), LOCKOUT)
-                .await
-                .expect("old code"),
-            VerifyOutcome::WrongCode {
-                attempts_left: LOCKOUT - 1
-            }
-        );
-        assert!(repo.mark_used(newest.id).await.expect("mark used"));
-        assert!(repo.mark_used(newest.id).await.expect("mark used again"));
-        assert!(!repo.mark_used(Uuid::new_v4()).await.expect("missing"));
-        // with the newest used, the older one stays superseded: its code never verifies
-        assert_eq!(
-            repo.verify_code(&email("ada@example.com"), "111111", now(), LOCKOUT)
-                .await
-                .expect("older now"),
-            VerifyOutcome::NotFound
-        );
-        assert!(
-            !repo
-                .get(old.id)
-                .await
-                .expect("get")
-                .expect("exists")
-                .is_used
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn verify_reports_missing_and_expired_signups(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        assert_eq!(
-            repo.verify_code(&email("nobody@example.com"), "123456", now(), LOCKOUT)
-                .await
-                .expect("none"),
-            VerifyOutcome::NotFound
-        );
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
-        assert_eq!(
-            repo.verify_code(&email("a@example.com"), "123456", s.expires_at, LOCKOUT)
-                .await
-                .expect("expired"),
-            VerifyOutcome::Expired
-        );
-        repo.mark_used(s.id).await.expect("mark used");
-        assert_eq!(
-            repo.verify_code(&email("a@example.com"), "123456", now(), LOCKOUT)
-                .await
-                .expect("used"),
-            VerifyOutcome::NotFound
+            failed_attempts(&pool, id).await,
+            PendingSignup::MAX_FAILED_ATTEMPTS
         );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn of_concurrent_redemptions_of_the_right_code_exactly_one_wins(pool: PgPool) {
         let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
+        let s = stored_signup(&PgStore::new(&pool).ports(), "a@example.com", "123456").await;
         let address = email("a@example.com");
         // a wrong code redeemed is counted as by verify_code and leaves the sign-up open
         assert_eq!(
@@ -1315,7 +639,7 @@ mod pending_signups {
         assert!(stored.is_used);
         assert_eq!(stored.failed_attempts, 1);
         // verify_code checks without using
-        let t = stored_signup(&pool, "b@example.com", "654321").await;
+        let t = stored_signup(&PgStore::new(&pool).ports(), "b@example.com", "654321").await;
         let checked = repo
             .verify_code(&email("b@example.com"), "654321", now(), LOCKOUT)
             .await
@@ -1325,62 +649,9 @@ mod pending_signups {
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
-        let address = email("a@example.com");
-        for left in (0..LOCKOUT).rev() {
-            assert_eq!(
-                repo.verify_code(&address, "000000", now(), LOCKOUT)
-                    .await
-                    .expect("wrong"),
-                VerifyOutcome::WrongCode {
-                    attempts_left: left
-                }
-            );
-        }
-        for guess in ["000000", "123456"] {
-            assert_eq!(
-                repo.verify_code(&address, guess, now(), LOCKOUT)
-                    .await
-                    .expect("locked"),
-                VerifyOutcome::LockedOut
-            );
-        }
-        assert_eq!(failed_attempts(&pool, s.id).await, LOCKOUT);
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn a_lockout_above_the_schema_ceiling_is_clamped_so_the_check_never_fires(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
-        let address = email("a@example.com");
-        for _ in 0..PendingSignup::MAX_FAILED_ATTEMPTS {
-            let outcome = repo
-                .verify_code(&address, "000000", now(), 50)
-                .await
-                .expect("wrong");
-            assert!(
-                matches!(outcome, VerifyOutcome::WrongCode { .. }),
-                "{outcome:?}"
-            );
-        }
-        assert_eq!(
-            repo.verify_code(&address, "000000", now(), 50)
-                .await
-                .expect("locked"),
-            VerifyOutcome::LockedOut
-        );
-        assert_eq!(
-            failed_attempts(&pool, s.id).await,
-            PendingSignup::MAX_FAILED_ATTEMPTS
-        );
-    }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn concurrent_wrong_guesses_are_each_counted_and_never_pass_the_limit(pool: PgPool) {
         let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = stored_signup(&pool, "a@example.com", "123456").await;
+        let s = stored_signup(&PgStore::new(&pool).ports(), "a@example.com", "123456").await;
         let address = email("a@example.com");
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..12 {
@@ -1414,47 +685,13 @@ mod pending_signups {
         assert_eq!(left, (0..LOCKOUT).collect::<Vec<_>>());
         assert_eq!(failed_attempts(&pool, s.id).await, LOCKOUT);
     }
-
-    #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
-    async fn cleanup_deletes_only_signups_expired_more_than_a_day_ago(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let long_expired = signup("a@example.com", "1", now() - Duration::hours(25));
-        let recently_expired = signup("b@example.com", "2", now() - Duration::hours(23));
-        let open = signup("c@example.com", "3", now() + Duration::hours(1));
-        for s in [&long_expired, &recently_expired, &open] {
-            repo.create(s).await.expect("create");
-        }
-        assert_eq!(repo.cleanup_expired().await.expect("cleanup"), 1);
-        assert_eq!(repo.get(long_expired.id).await.expect("get"), None);
-        assert!(repo.get(recently_expired.id).await.expect("get").is_some());
-        assert!(repo.get(open.id).await.expect("get").is_some());
-        assert_eq!(repo.cleanup_expired().await.expect("cleanup again"), 0);
-    }
 }
 
 /// The magic-link version of a sign-up (issue 10 item 4): stored beside the code version in
 /// the same table, and found, verified and consumed through its token hash.
 mod magic_link_signups {
     use super::*;
-
-    const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
-
-    fn link(hash: &str, status: i64) -> MagicLink {
-        MagicLink {
-            verification_token_hash: Secret::new(hash.to_owned()),
-            status: SignupStatus::new("status", status).expect("valid status"),
-            verified_at: None,
-            consumed_at: None,
-        }
-    }
-
-    fn magic_signup(address: &str, hash: &str) -> PendingSignup {
-        PendingSignup {
-            code: None,
-            magic_link: Some(link(hash, 0)),
-            ..signup(address, "1", now() + Duration::minutes(15))
-        }
-    }
+    use mystira_test_support::contract::pending_signups::HASH;
 
     async fn columns(pool: &PgPool, id: Uuid) -> (Option<String>, Option<String>, Option<i16>) {
         sqlx::query_as(
@@ -1468,144 +705,37 @@ mod magic_link_signups {
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn a_magic_link_signup_is_stored_found_verified_and_consumed(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let s = magic_signup("ml@example.com", HASH);
-        repo.create(&s).await.expect("create");
-        assert_eq!(repo.get(s.id).await.expect("get"), Some(s.clone()));
+        let stored =
+            contract::pending_signups::a_magic_link_signup_is_stored_found_verified_and_consumed(
+                &PgStore::new(&pool).ports(),
+            )
+            .await;
+        // the link in its columns, no code; a code-only sign-up has no status
         assert_eq!(
-            columns(&pool, s.id).await,
-            (None, Some(HASH.to_owned()), Some(0))
+            columns(&pool, stored.magic).await,
+            (None, Some(HASH.to_owned()), Some(3))
         );
-        assert_eq!(
-            repo.find_by_token_hash(HASH).await.expect("find"),
-            Some(s.clone())
-        );
-        assert_eq!(repo.find_by_token_hash("0000").await.expect("find"), None);
-        // exactly as stored: a hash in another case is another hash
-        assert_eq!(
-            repo.find_by_token_hash(&HASH.to_uppercase())
-                .await
-                .expect("find"),
-            None
-        );
-
-        // a code is refused without counting anything
-        assert_eq!(
-            repo.verify_code(&email("ML@example.com"), "123456", now(), 5)
-                .await
-                .expect("verify"),
-            VerifyOutcome::NotACodeSignup
-        );
-        assert_eq!(
-            repo.get(s.id)
-                .await
-                .expect("get")
-                .expect("row")
-                .failed_attempts,
-            0
-        );
-
-        let verified_at = now() - Duration::minutes(1);
-        let one = SignupStatus::new("status", 1).expect("valid");
-        assert!(
-            repo.mark_verified(s.id, one, verified_at)
-                .await
-                .expect("verify")
-        );
-        // again, later: idempotent, the first time is kept
-        assert!(repo.mark_verified(s.id, one, now()).await.expect("again"));
-        let three = SignupStatus::new("status", 3).expect("valid");
-        let consumed_at = now();
-        assert!(
-            repo.mark_consumed(s.id, three, consumed_at)
-                .await
-                .expect("consume")
-        );
-        let stored = repo.get(s.id).await.expect("get").expect("row");
-        assert_eq!(
-            stored.magic_link,
-            Some(MagicLink {
-                status: three,
-                verified_at: Some(verified_at),
-                consumed_at: Some(consumed_at),
-                ..link(HASH, 0)
-            })
-        );
-        // the code version's state is untouched by the link's
-        assert!(!stored.is_used);
-        assert_eq!(
-            repo.find_by_token_hash(HASH).await.expect("find"),
-            Some(stored)
-        );
-
-        // no link to mark: a code-only sign-up, or none at all
-        let code_only = signup("c@example.com", "123456", now() + Duration::minutes(15));
-        repo.create(&code_only).await.expect("create");
-        assert!(
-            !repo
-                .mark_verified(code_only.id, one, now())
-                .await
-                .expect("code")
-        );
-        assert!(
-            !repo
-                .mark_consumed(code_only.id, one, now())
-                .await
-                .expect("code")
-        );
-        assert!(
-            !repo
-                .mark_verified(Uuid::new_v4(), one, now())
-                .await
-                .expect("none")
-        );
-        assert_eq!(columns(&pool, code_only.id).await.2, None);
+        assert_eq!(columns(&pool, stored.code_only).await.2, None);
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn a_signup_with_both_versions_keeps_both(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let both = PendingSignup {
-            magic_link: Some(MagicLink {
-                verified_at: Some(now()),
-                ..link(HASH, 2)
-            }),
-            ..signup("both@example.com", "123456", now() + Duration::minutes(15))
-        };
-        repo.create(&both).await.expect("create");
-        assert_eq!(repo.get(both.id).await.expect("get"), Some(both.clone()));
+        let id = contract::pending_signups::a_signup_with_both_versions_keeps_both(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
         assert_eq!(
-            columns(&pool, both.id).await,
+            columns(&pool, id).await,
             (Some("123456".to_owned()), Some(HASH.to_owned()), Some(2))
-        );
-        // either flow finds it
-        assert_eq!(
-            repo.verify_code(&email("both@example.com"), "123456", now(), 5)
-                .await
-                .expect("verify"),
-            VerifyOutcome::Verified(both.clone())
-        );
-        assert_eq!(
-            repo.find_by_token_hash(HASH).await.expect("find"),
-            Some(both)
         );
     }
 
     #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
     async fn a_signup_without_code_or_token_or_with_a_bad_status_is_refused(pool: PgPool) {
-        let repo = PgPendingSignupRepository::new(pool.clone());
-        let neither = PendingSignup {
-            code: None,
-            ..signup("n@example.com", "1", now())
-        };
-        match repo.create(&neither).await {
-            Err(RepoError::Invalid(v)) => assert_eq!(v.code(), "no_code_or_token", "{v}"),
-            other => panic!("expected no_code_or_token, got {other:?}"),
-        }
-        assert_invalid(
-            repo.create(&magic_signup("e@example.com", "")).await,
-            "verification_token_hash",
-        );
+        contract::pending_signups::a_signup_without_code_or_token_is_refused(
+            &PgStore::new(&pool).ports(),
+        )
+        .await;
         // the schema's own checks, mapped to the same rules
         let refused_neither = refused(
             &pool,

@@ -67,3 +67,48 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a process with this id exists (a zombie counts: it has not been waited for).
+    fn exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_its_child() {
+        let guard = Command::new("sleep").arg("30").spawn_guarded().unwrap();
+        let pid = guard.id();
+        assert!(exists(pid));
+        drop(guard);
+        assert!(!exists(pid), "the child outlived its guard");
+    }
+
+    #[test]
+    fn a_guard_unwinding_from_a_panic_kills_its_child() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = std::thread::spawn(move || {
+            let guard = Command::new("sleep").arg("30").spawn_guarded().unwrap();
+            tx.send(guard.id()).unwrap();
+            panic!("a failing test");
+        })
+        .join();
+        assert!(failed.is_err());
+        let pid = rx.recv().unwrap();
+        assert!(!exists(pid), "the child outlived the panicking test");
+    }
+
+    #[test]
+    fn a_released_child_is_left_running() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn_guarded()
+            .unwrap()
+            .into_inner();
+        assert!(exists(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -20,7 +20,7 @@ use mystira_migrate::{
     BackfillConfig, CosmosSource, DocumentSource, ExportDirSource, SourceDocument, SourcePage,
     run_backfill,
 };
-use mystira_test_support::cosmos::generated_store;
+use mystira_test_support::cosmos::{all_documents, generated_store, without_system_properties};
 use mystira_test_support::postgres::{migrated_database_beside, unique_database_name};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -36,25 +36,6 @@ fn partition_of(container: &str, doc: &Value) -> PartitionKey {
     doc[field].as_str().unwrap().to_owned().into()
 }
 
-/// The document without the system properties the service sets.
-fn body(doc: &Value) -> Value {
-    let mut doc = doc.clone();
-    if let Some(map) = doc.as_object_mut() {
-        map.retain(|k, _| !k.starts_with('_'));
-    }
-    doc
-}
-
-async fn all_documents(store: &CosmosStore, container: &str) -> Vec<Value> {
-    let handle = store.container(container).await.unwrap();
-    let mut pages = handle.read_all::<Value>(None);
-    let mut out = Vec::new();
-    while let Some(page) = pages.next_page().await.unwrap() {
-        out.extend(page.items);
-    }
-    out
-}
-
 /// Rewrites a quarter of each container's documents, a second apart, three times, so that
 /// their `_ts` (whole seconds, set by the server) span four seconds: enough to split by `_ts`.
 async fn spread_ts(store: &CosmosStore) {
@@ -67,7 +48,10 @@ async fn spread_ts(store: &CosmosStore) {
                 if i % 4 == wave {
                     let pk = partition_of(container, doc);
                     let id = doc["id"].as_str().unwrap();
-                    handle.upsert(pk, id, &body(doc)).await.unwrap();
+                    handle
+                        .upsert(pk, id, &without_system_properties(doc))
+                        .await
+                        .unwrap();
                 }
             }
         }
@@ -461,7 +445,11 @@ async fn documents_written_while_the_run_goes_are_all_in_postgresql_at_their_ver
         for doc in &docs {
             let id = doc["id"].as_str().unwrap();
             handle
-                .upsert(partition_of("Accounts", doc), id, &body(doc))
+                .upsert(
+                    partition_of("Accounts", doc),
+                    id,
+                    &without_system_properties(doc),
+                )
                 .await
                 .unwrap();
         }

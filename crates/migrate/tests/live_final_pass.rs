@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mystira_test_support::cosmos as support;
+use support::{all_documents, without_system_properties};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -35,27 +36,8 @@ async fn seeded_store(test: &str, accounts: u64) -> CosmosStore {
     support::generated_store(test, &options).await.0
 }
 
-async fn all_documents(store: &CosmosStore, container: &str) -> Vec<Value> {
-    let handle = store.container(container).await.unwrap();
-    let mut pages = handle.read_all::<Value>(None);
-    let mut out = Vec::new();
-    while let Some(page) = pages.next_page().await.unwrap() {
-        out.extend(page.items);
-    }
-    out
-}
-
 fn id_of(doc: &Value) -> String {
     doc["id"].as_str().unwrap().to_owned()
-}
-
-/// The document without the system properties the service sets.
-fn body(doc: &Value) -> Value {
-    let mut doc = doc.clone();
-    if let Some(map) = doc.as_object_mut() {
-        map.retain(|k, _| !k.starts_with('_'));
-    }
-    doc
 }
 
 /// The live source, wrapped: records the ids each page of each pass served, and before the
@@ -194,7 +176,7 @@ async fn the_final_pass_reads_the_documents_written_after_planning_once_and_noth
     let writes = async {
         for doc in rewritten
             .iter()
-            .map(body)
+            .map(without_system_properties)
             .chain(new_accounts.iter().cloned())
         {
             let id = id_of(&doc);

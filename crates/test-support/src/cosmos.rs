@@ -226,3 +226,26 @@ pub async fn raw_document(database: &str, container: &str, id: &str, pk: &str) -
     assert_eq!(response.status().as_u16(), 200, "GET {container}/{id}");
     serde_json::from_str(&response.text().await.expect("document body")).expect("document json")
 }
+
+/// Every document of `container`, as the server returns them (system properties included).
+pub async fn all_documents(store: &CosmosStore, container: &str) -> Vec<Value> {
+    let handle = store
+        .container(container)
+        .await
+        .expect("open the container");
+    let mut pages = handle.read_all::<Value>(None);
+    let mut out = Vec::new();
+    while let Some(page) = pages.next_page().await.expect("read a page") {
+        out.extend(page.items);
+    }
+    out
+}
+
+/// The document without the system properties the service sets (`_rid`, `_etag`, `_ts`, ...).
+pub fn without_system_properties(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    if let Some(map) = doc.as_object_mut() {
+        map.retain(|k, _| !k.starts_with('_'));
+    }
+    doc
+}

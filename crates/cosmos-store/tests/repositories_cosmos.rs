@@ -1570,8 +1570,9 @@ mod contract {
         ($module:ident: $($case:ident),* $(,)?) => {$(
             #[tokio::test]
             async fn $case() {
-                let (_store, repos) = user_domain("contract").await;
+                let (store, repos) = user_domain("contract").await;
                 contract::$module::$case(&ports(&repos)).await;
+                store.delete_database().await.expect("cleanup");
             }
         )*};
     }

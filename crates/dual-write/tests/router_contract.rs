@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use mystira_cosmos_store::CosmosStore;
 use mystira_domain::phase::Phase;
 use mystira_dual_write::journal::FileJournal;
 use mystira_dual_write::router::{DualWriteRouter, FixedPhase, RouterConfig};
@@ -13,10 +14,10 @@ use mystira_test_support::contract::{self, Ports};
 use mystira_test_support::cosmos::user_domain;
 use sqlx::PgPool;
 
-/// The router in `phase` over `pool` and a fresh Cosmos database, and the directory of its
-/// journal files (kept while the router lives).
-async fn router(pool: PgPool, phase: Phase) -> (DualWriteRouter, tempfile::TempDir) {
-    let (_store, repos) = user_domain("router-contract").await;
+/// The router in `phase` over `pool` and a fresh Cosmos database, that database (to drop after
+/// the case) and the directory of the router's journal files (kept while the router lives).
+async fn router(pool: PgPool, phase: Phase) -> (DualWriteRouter, CosmosStore, tempfile::TempDir) {
+    let (store, repos) = user_domain("router-contract").await;
     let dir = tempfile::tempdir().unwrap();
     let files = FileJournal::open(dir.path().join("journal")).unwrap();
     let router = DualWriteRouter::new(
@@ -26,7 +27,7 @@ async fn router(pool: PgPool, phase: Phase) -> (DualWriteRouter, tempfile::TempD
         files,
         RouterConfig::default(),
     );
-    (router, dir)
+    (router, store, dir)
 }
 
 /// One `#[sqlx::test]` per contract case of `module`, through the router in the phase of the
@@ -35,8 +36,9 @@ macro_rules! contract_cases {
     ($module:ident: $($case:ident),* $(,)?) => {$(
         #[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
         async fn $case(pool: PgPool) {
-            let (router, _dir) = router(pool, PHASE).await;
+            let (router, store, _dir) = router(pool, PHASE).await;
             contract::$module::$case(&Ports::of(&router)).await;
+            store.delete_database().await.expect("cleanup");
         }
     )*};
 }

@@ -1579,10 +1579,11 @@ mod contract {
 
     // Not run here: the cases where the Cosmos repositories differ from the contract today
     // (listed in `mystira_test_support::contract`'s module doc): an update keeps the stored
-    // cosmos id; an account's subscription reads back after the account is deleted; a badge's
-    // id is not unique across configurations; a completion's time is not the one given and
-    // the list is not in completion order; the last page of active subscriptions still names
-    // a next page.
+    // cosmos id; a deleted account's profile keeps naming it (see
+    // `delete_account_removes_subscription_and_completions_and_leaves_profiles`); a badge's id
+    // is not unique across configurations; a completion's time is not the one given and the
+    // list is not in completion order; the last page of active subscriptions still names a
+    // next page.
 
     mod accounts {
         use super::*;

@@ -13,7 +13,7 @@
 //! - the Cosmos repositories (and the router in phases 0 and 1, which reads Cosmos):
 //!   `accounts::update_replaces_every_field_but_id_and_created_at` (the stored cosmos id is
 //!   kept), `accounts::deleting_an_account_removes_its_subscription_and_completions_and_detaches_its_profiles`
-//!   (the subscription still reads back), `badges::awarding_to_a_missing_profile_or_without_configuration_is_refused`
+//!   (the profile keeps naming the deleted account, as `delete_account_removes_subscription_and_completions_and_leaves_profiles` documents), `badges::awarding_to_a_missing_profile_or_without_configuration_is_refused`
 //!   (a badge id is not unique across configurations), `completed_scenarios::completing_again_keeps_the_first_completion`
 //!   and `completed_scenarios::list_by_account_returns_the_earliest_completion_first` (a
 //!   completion's time is not the one given), `subscriptions::list_active_excludes_inactive_and_expired_and_pages_in_id_order`

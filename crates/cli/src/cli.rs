@@ -11,10 +11,6 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::config::UrlSource;
 use crate::exit::EXIT_CODES_HELP;
 
-/// `commands::serve` (being rewritten) still names the Cosmos flags here; they live beside
-/// their handler, in `commands::source`.
-pub use crate::commands::CosmosArgs;
-
 /// Moves the user domain of Mystira (accounts, subscriptions, profiles, badges, completed
 /// scenarios, pending sign-ups) from Azure Cosmos DB to PostgreSQL.
 ///

@@ -11,9 +11,6 @@ use super::database::database_url;
 use crate::config::{DatabaseTarget, Settings};
 use crate::exit::Exit;
 
-// `serve` (being rewritten in another change) still calls it here; it lives in `database`
-pub(crate) use super::database::prepared_pool;
-
 /// `mystira-users db ...`
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {

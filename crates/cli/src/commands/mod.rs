@@ -39,7 +39,6 @@ pub use relay::RelayArgs;
 pub use replicate::ReplicateArgs;
 pub use report::ReportArgs;
 pub use serve::{DevTokenArgs, ServeArgs};
-pub use source::CosmosArgs;
 pub use status::StatusArgs;
 pub use verify::VerifyArgs;
 

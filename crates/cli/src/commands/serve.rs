@@ -21,8 +21,8 @@ use mystira_server::{
 use serde_json::json;
 
 use super::phase::{GateArgs, gate_config};
-use super::{Outcome, db, source, stop};
-use crate::cli::CosmosArgs;
+use super::source::CosmosArgs;
+use super::{Outcome, database, source, stop};
 use crate::config::{ConfigError, ServeSection, Settings};
 use crate::exit::Exit;
 
@@ -554,7 +554,7 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
     refuse_dev_on_network(&resolved, args.allow_dev_on_network)?;
     let limits = args.limits.limits()?;
     warn_on_descriptor_limit(limits.max_connections);
-    let pool = db::prepared_pool(settings, 16).await?;
+    let pool = database::prepared_pool(settings, 16).await?;
     let cosmos = match source::cosmos_endpoint(&args.cosmos, settings) {
         Some(_) => Some(source::connect_cosmos(&args.cosmos, settings).await?),
         None => None,

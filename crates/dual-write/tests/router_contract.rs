@@ -51,78 +51,7 @@ mod phase0 {
     // Reads and writes go to Cosmos: the cases where the Cosmos repositories differ from the
     // contract are not run (see `repositories_cosmos.rs`).
 
-    mod accounts {
-        use super::*;
-
-        contract_cases!(accounts:
-            a_created_account_reads_back_equal_by_id_and_auth0_id,
-            an_empty_auth0_id_is_stored_as_none,
-            creating_an_existing_id_or_cosmos_id_is_a_duplicate_id_conflict,
-            a_second_account_with_the_same_auth0_id_is_refused,
-            an_overlong_display_name_is_refused_before_anything_is_written,
-            find_by_email_ignores_case_and_returns_the_oldest_first,
-            record_login_sets_last_login_at,
-            list_pages_through_every_account_in_id_order,
-            get_by_cosmos_id_finds_accounts_by_the_original_spelling_of_their_id,
-        );
-    }
-
-    mod subscriptions {
-        use super::*;
-
-        contract_cases!(subscriptions:
-            upserting_for_a_missing_account_is_a_missing_reference,
-            an_overlong_tier_is_refused_before_anything_is_written,
-        );
-    }
-
-    mod profiles {
-        use super::*;
-
-        contract_cases!(profiles:
-            a_created_profile_reads_back_equal,
-            creating_conflicting_profiles_is_refused_with_the_reason,
-            list_by_account_returns_the_accounts_profiles_oldest_first,
-            update_replaces_the_fields_and_moves_updated_at_forward,
-            deleting_a_profile_removes_its_badges,
-            mark_onboarded_sets_the_flag_idempotently,
-        );
-    }
-
-    mod badges {
-        use super::*;
-
-        contract_cases!(badges:
-            a_second_award_of_a_configuration_returns_the_first_badge,
-            list_by_profile_returns_the_earliest_badge_first,
-            two_concurrent_awards_of_one_configuration_store_exactly_one_badge,
-        );
-    }
-
-    mod completed_scenarios {
-        use super::*;
-
-        contract_cases!(completed_scenarios:
-            concurrent_completions_store_one_row,
-            completing_for_a_missing_account_or_an_empty_scenario_is_refused,
-        );
-    }
-
-    mod pending_signups {
-        use super::*;
-
-        contract_cases!(pending_signups:
-            a_created_signup_reads_back_equal_and_its_id_is_unique,
-            the_right_code_verifies_the_newest_open_signup_ignoring_case,
-            verify_reports_missing_and_expired_signups,
-            wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code,
-            a_lockout_above_the_schema_ceiling_is_clamped_so_the_check_never_fires,
-            cleanup_deletes_only_signups_expired_more_than_a_day_ago,
-            a_magic_link_signup_is_stored_found_verified_and_consumed,
-            a_signup_with_both_versions_keeps_both,
-            a_signup_without_code_or_token_is_refused,
-        );
-    }
+    mystira_test_support::cosmos_contract_cases!(contract_cases);
 }
 
 mod phase1 {
@@ -133,78 +62,7 @@ mod phase1 {
     // Reads go to Cosmos: the cases where the Cosmos repositories differ from the contract are
     // not run (see `repositories_cosmos.rs`).
 
-    mod accounts {
-        use super::*;
-
-        contract_cases!(accounts:
-            a_created_account_reads_back_equal_by_id_and_auth0_id,
-            an_empty_auth0_id_is_stored_as_none,
-            creating_an_existing_id_or_cosmos_id_is_a_duplicate_id_conflict,
-            a_second_account_with_the_same_auth0_id_is_refused,
-            an_overlong_display_name_is_refused_before_anything_is_written,
-            find_by_email_ignores_case_and_returns_the_oldest_first,
-            record_login_sets_last_login_at,
-            list_pages_through_every_account_in_id_order,
-            get_by_cosmos_id_finds_accounts_by_the_original_spelling_of_their_id,
-        );
-    }
-
-    mod subscriptions {
-        use super::*;
-
-        contract_cases!(subscriptions:
-            upserting_for_a_missing_account_is_a_missing_reference,
-            an_overlong_tier_is_refused_before_anything_is_written,
-        );
-    }
-
-    mod profiles {
-        use super::*;
-
-        contract_cases!(profiles:
-            a_created_profile_reads_back_equal,
-            creating_conflicting_profiles_is_refused_with_the_reason,
-            list_by_account_returns_the_accounts_profiles_oldest_first,
-            update_replaces_the_fields_and_moves_updated_at_forward,
-            deleting_a_profile_removes_its_badges,
-            mark_onboarded_sets_the_flag_idempotently,
-        );
-    }
-
-    mod badges {
-        use super::*;
-
-        contract_cases!(badges:
-            a_second_award_of_a_configuration_returns_the_first_badge,
-            list_by_profile_returns_the_earliest_badge_first,
-            two_concurrent_awards_of_one_configuration_store_exactly_one_badge,
-        );
-    }
-
-    mod completed_scenarios {
-        use super::*;
-
-        contract_cases!(completed_scenarios:
-            concurrent_completions_store_one_row,
-            completing_for_a_missing_account_or_an_empty_scenario_is_refused,
-        );
-    }
-
-    mod pending_signups {
-        use super::*;
-
-        contract_cases!(pending_signups:
-            a_created_signup_reads_back_equal_and_its_id_is_unique,
-            the_right_code_verifies_the_newest_open_signup_ignoring_case,
-            verify_reports_missing_and_expired_signups,
-            wrong_codes_count_down_to_a_lockout_that_refuses_even_the_right_code,
-            a_lockout_above_the_schema_ceiling_is_clamped_so_the_check_never_fires,
-            cleanup_deletes_only_signups_expired_more_than_a_day_ago,
-            a_magic_link_signup_is_stored_found_verified_and_consumed,
-            a_signup_with_both_versions_keeps_both,
-            a_signup_without_code_or_token_is_refused,
-        );
-    }
+    mystira_test_support::cosmos_contract_cases!(contract_cases);
 }
 
 mod phase2 {

@@ -90,9 +90,9 @@ pub struct Application {
 impl Application {
     /// Starts the phase watcher, refuses what would be unsafe to serve (production with no
     /// Cosmos account while the phase writes Cosmos), starts the dual-write router and its
-    /// background work when a Cosmos account is given, binds the listener and logs `serving`
-    /// with the bound address (scripts and the tests read that line to find a port chosen
-    /// with `:0`).
+    /// background work when a Cosmos account is given and binds the listener (the caller
+    /// logs `serving` with [`Application::address`]: scripts read that line under the
+    /// command's own log target).
     pub async fn build(config: ApplicationConfig) -> Result<Self, BuildError> {
         let ApplicationConfig {
             pool,
@@ -147,13 +147,6 @@ impl Application {
                 source,
             })?;
         let address = listener.local_addr().map_err(BuildError::Address)?;
-        tracing::info!(
-            %address,
-            phase = phase.domain_phase().name(),
-            backend = domain.backend.name(),
-            mail_file = ?signups.mailer.as_ref().map(|m| m.path().display().to_string()),
-            "serving"
-        );
         let state = AppState {
             pool,
             cosmos,

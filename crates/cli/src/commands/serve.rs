@@ -597,6 +597,16 @@ pub async fn run(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Outcom
         other => anyhow::Error::new(other),
     })?;
     let address = application.address();
+    // scripts (and the tests) read this line to find a port chosen with :0; logged here, under
+    // this command's target, as before `Application` existed (`RUST_LOG=mystira_users=info`)
+    let state = application.state();
+    tracing::info!(
+        %address,
+        phase = state.phase.domain_phase().name(),
+        backend = state.domain.backend.name(),
+        mail_file = ?state.signups.mailer.as_ref().map(|m| m.path().display().to_string()),
+        "serving"
+    );
     let stopped = application
         .run_until_stopped(stop::stop_signal())
         .await

@@ -744,34 +744,34 @@ async fn verify_towards_cosmos_reports_an_app_property_removed_out_of_band(pool:
     let drift = run_verify(&pool, &source, &opts).await.unwrap();
     assert_eq!(drift.outcome, Outcome::Drift);
     assert_eq!(drift.outcome.exit_code(), 1);
-    let lost: Vec<(Entity, Option<String>, Vec<String>)> = drift
+    // compared as sets: verify names a document's items in path order, and whether the
+    // duplicate's `EarnedBadges[<random id>]` sorts before `EarnedBadges[1]` depends on its id
+    let mut lost: Vec<(Entity, Option<String>, Vec<String>)> = drift
         .drift()
         .filter(|i| i.reason.as_deref() == Some(LOST_REASON))
         .map(|i| (i.entity, i.cosmos_id.clone(), i.fields.clone()))
         .collect();
-    assert_eq!(
-        lost,
-        [
-            (
-                Entity::Subscriptions,
-                Some(account_id.clone()),
-                vec!["Subscription.SubExtra".to_owned()]
-            ),
-            // the duplicate's own unknown property went with it
-            (
-                Entity::UserBadges,
-                Some(profile_id.clone()),
-                vec!["EarnedBadges[1].BadgeExtra".to_owned()]
-            ),
-            (
-                Entity::UserBadges,
-                Some(profile_id.clone()),
-                vec![format!("EarnedBadges[{duplicate_id}]")]
-            ),
-        ],
-        "{}",
-        drift.summary(10)
-    );
+    lost.sort_by(|a, b| a.2.cmp(&b.2));
+    let mut expected = vec![
+        (
+            Entity::Subscriptions,
+            Some(account_id.clone()),
+            vec!["Subscription.SubExtra".to_owned()],
+        ),
+        // the duplicate's own unknown property went with it
+        (
+            Entity::UserBadges,
+            Some(profile_id.clone()),
+            vec!["EarnedBadges[1].BadgeExtra".to_owned()],
+        ),
+        (
+            Entity::UserBadges,
+            Some(profile_id.clone()),
+            vec![format!("EarnedBadges[{duplicate_id}]")],
+        ),
+    ];
+    expected.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(lost, expected, "{}", drift.summary(10));
     assert!(drift.drift().all(|i| i.values.is_none()));
     assert_eq!(drift.drift_count(), 3, "{}", drift.summary(10));
 }

@@ -318,3 +318,53 @@ async fn status_exits_3_while_migrations_are_pending() {
 
     execute_on_server(&server, format!("drop database \"{name}\" with (force)")).await;
 }
+
+/// A setting of the server behind `url`, as `SHOW` prints it.
+async fn show(url: &str, setting: &str) -> String {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the private cluster");
+    let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("show {setting}")))
+        .fetch_one(&mut conn)
+        .await
+        .expect("show a setting");
+    conn.close().await.expect("close");
+    value
+}
+
+/// The private cluster is created with the shared buffers a load of a whole user domain needs
+/// (docs/initial-load.md, "Server settings for a load"), and an operator's `ALTER SYSTEM` still
+/// overrides them.
+#[tokio::test]
+async fn a_new_private_cluster_sizes_its_shared_buffers_and_alter_system_overrides_them() {
+    let sandbox = Sandbox::new();
+    let (code, started) = sandbox.run_json(&["db", "start"]);
+    assert_eq!(code, 0, "{started}");
+    let url = started["database_url"].as_str().expect("a url").to_owned();
+
+    let shared_buffers = show(&url, "shared_buffers").await;
+    let memory_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .expect("read /proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    if memory_kb >= 1024 * 1024 {
+        assert_ne!(
+            shared_buffers, "128MB",
+            "sized from this machine's memory, not PostgreSQL's default"
+        );
+    }
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("alter system set shared_buffers = '64MB'")
+        .execute(&mut conn)
+        .await
+        .expect("alter system");
+    conn.close().await.expect("close");
+    let (code, stopped) = sandbox.run_json(&["db", "stop"]);
+    assert_eq!(code, 0, "{stopped}");
+    let (code, restarted) = sandbox.run_json(&["db", "start"]);
+    assert_eq!(code, 0, "{restarted}");
+    assert_eq!(show(&url, "shared_buffers").await, "64MB");
+}

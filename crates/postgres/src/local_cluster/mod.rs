@@ -21,6 +21,11 @@
 //! directory's permissions are the access control. The database url is
 //! `postgres://postgres@localhost:5432/mystira_users?host=<dir>/socket`.
 //!
+//! # Settings
+//! A new cluster gets `shared_buffers` sized from the machine's memory (a quarter, 128 MB to
+//! 4 GB) written into its `postgresql.conf`, because PostgreSQL's default of 128 MB makes a
+//! large load slow down as its indexes grow (see [`settings`]); `ALTER SYSTEM` overrides it.
+//!
 //! # Concurrency
 //! Starting and stopping take an exclusive lock on `<dir>/.lock`, so two processes starting the
 //! cluster at once do not both run initdb: the second waits, then finds it running. initdb
@@ -31,6 +36,7 @@
 mod account;
 mod binaries;
 mod error;
+mod settings;
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -357,6 +363,7 @@ impl LocalCluster {
                 .await?;
             match self.check_success(&binaries.initdb(), "initdb", &output) {
                 Ok(()) => {
+                    settings::write(&staging)?;
                     let data = self.data_dir();
                     std::fs::rename(&staging, &data).map_err(|e| {
                         LocalClusterError::io("rename the new cluster to", &data, e)

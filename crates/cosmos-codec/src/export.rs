@@ -470,6 +470,11 @@ impl DocumentReader {
         &self.file
     }
 
+    /// The container this reader reads documents of.
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
     /// The next line that is not blank, unparsed. Parsing is most of the cost of reading, so
     /// a caller may do it ([`Line::parse`]) on other threads while it reads on; the iterator
     /// reads and parses in one step.
@@ -507,11 +512,13 @@ impl DocumentReader {
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            // the line takes the buffer (no copy); the next line gets one of about its size
+            let capacity = self.buf.len().max(4096);
             return Some(Ok(Line {
                 line_no: start.line_no,
                 byte_offset: start.byte_offset,
                 next: self.pos,
-                bytes: self.buf.clone(),
+                bytes: std::mem::replace(&mut self.buf, Vec::with_capacity(capacity)),
             }));
         }
     }

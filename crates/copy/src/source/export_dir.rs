@@ -2,6 +2,7 @@
 //! byte offset, and split into byte ranges at line starts for parallel workers.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mystira_cosmos_codec::export::{DocumentReader, Position};
@@ -12,12 +13,15 @@ use super::{DocumentSource, RangePlan, SourceError, SourcePage, Unparsed, Unpars
 #[derive(Debug, Clone)]
 pub struct ExportDirSource {
     dir: PathBuf,
+    /// Readers left where a page ended, for the page that starts there (shared by clones).
+    open: Arc<OpenReaders>,
 }
 
 impl ExportDirSource {
     pub fn new(dir: impl AsRef<Path>) -> Self {
         Self {
             dir: dir.as_ref().to_path_buf(),
+            open: Arc::default(),
         }
     }
 
@@ -111,11 +115,54 @@ impl ExportDirSource {
     ) -> Result<T, SourceError> {
         let path = self.file(container);
         let container = container.to_owned();
+        let open = Arc::clone(&self.open);
         tokio::task::spawn_blocking(move || {
-            read_export_lines(&path, &container, at, end, max).map(then)
+            let reader = open.take(&path, &container, at);
+            let (page, reader) = read_export_lines(reader, &path, &container, at, end, max)?;
+            if let Some(reader) = reader {
+                open.keep(path, reader);
+            }
+            Ok(then(page))
         })
         .await
         .map_err(|e| SourceError::Unavailable(e.to_string()))?
+    }
+}
+
+/// Readers that stopped at the end of a page, each kept for the read of the page after it.
+///
+/// Opening the file again for every page cost more than the reading itself: a new 1 MiB
+/// buffer per page, and its last fill, read past the page's end, read again by the next page
+/// (the kernel's copy of file data was 11 % of a verify's CPU, docs/benchmarks.md). A reader
+/// is taken only by a read that starts exactly where it stopped, in the same file, so what a
+/// page holds is the same either way. At most [`MAX_OPEN_READERS`] are kept (one per worker
+/// and container is the usual need); the oldest goes first.
+#[derive(Debug, Default)]
+struct OpenReaders(Mutex<Vec<(PathBuf, DocumentReader)>>);
+
+const MAX_OPEN_READERS: usize = 16;
+
+impl OpenReaders {
+    fn take(&self, path: &Path, container: &str, at: Position) -> Option<DocumentReader> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = open
+            .iter()
+            .position(|(p, r)| p == path && r.container() == container && r.position() == at)?;
+        Some(open.remove(i).1)
+    }
+
+    fn keep(&self, path: PathBuf, reader: DocumentReader) {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.len() >= MAX_OPEN_READERS {
+            open.remove(0);
+        }
+        open.push((path, reader));
     }
 }
 
@@ -170,19 +217,26 @@ fn plan_file_ranges(path: &Path, n: usize) -> Result<Vec<RangePlan>, SourceError
         .collect())
 }
 
-/// Up to `max` lines of an export file from `at` (stopping at the byte offset `end`), unparsed.
+/// Up to `max` lines of an export file from `at` (stopping at the byte offset `end`), unparsed,
+/// read with `reader` when given (one that stopped at `at`), else with the file opened at `at`.
+/// Returns the reader too while the file or range has more to read and no read failed (a
+/// failed read ends its reader; the next page opens the file again and retries that line).
 fn read_export_lines(
+    reader: Option<DocumentReader>,
     path: &Path,
     container: &str,
     at: Position,
     end: Option<u64>,
     max: usize,
-) -> Result<UnparsedPage, SourceError> {
+) -> Result<(UnparsedPage, Option<DocumentReader>), SourceError> {
     let io = |e: mystira_cosmos_codec::export::ExportError| SourceError::Io {
         what: path.display().to_string(),
         message: e.to_string(),
     };
-    let mut reader = DocumentReader::open_at(path, container, at).map_err(io)?;
+    let mut reader = match reader {
+        Some(reader) => reader,
+        None => DocumentReader::open_at(path, container, at).map_err(io)?,
+    };
     let mut lines = Vec::with_capacity(max);
     let mut range_done = false;
     while lines.len() < max {
@@ -198,7 +252,8 @@ fn read_export_lines(
     }
     // a full page may end exactly at the end: the next read then returns an empty last page
     let next = (!range_done).then(|| serde_json::to_value(reader.position()).unwrap_or_default());
-    Ok(UnparsedPage {
+    let read_failed = lines.iter().any(Result::is_err);
+    let page = UnparsedPage {
         documents: Unparsed::Lines {
             file: reader.file().to_owned(),
             file_name: file_name_of(path),
@@ -206,7 +261,9 @@ fn read_export_lines(
             lines,
         },
         next,
-    })
+    };
+    let reusable = !range_done && !read_failed;
+    Ok((page, reusable.then_some(reader)))
 }
 
 /// Where a read starts: the beginning, or a saved [`Position`].
@@ -226,4 +283,110 @@ fn start_position(
 fn file_name_of(path: &Path) -> String {
     path.file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export file with a byte-order mark, blank lines, a line that is not JSON and lines
+    /// longer than the reader's first buffer, in a directory of its own.
+    fn export_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mu-export-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the directory");
+        let mut text = String::from("\u{feff}");
+        for i in 0..40 {
+            match i {
+                7 => text.push_str("not json\n"),
+                11 | 12 => text.push_str("  \n"),
+                _ => text.push_str(&format!(
+                    "{{\"id\":\"{i}\",\"pad\":\"{}\",\"_ts\":{i}}}\n",
+                    "x".repeat(i * 300)
+                )),
+            }
+        }
+        std::fs::write(dir.join("Accounts.jsonl"), text).expect("write the export file");
+        dir
+    }
+
+    fn shown(page: &SourcePage) -> String {
+        format!("{:?} next {:?}", page.documents, page.next)
+    }
+
+    /// Pages read with the readers kept between them are the pages read with the file opened
+    /// for each, for the whole file and for ranges, and the readers are in fact kept.
+    #[tokio::test]
+    async fn pages_read_with_a_kept_reader_are_the_pages_read_from_a_fresh_open() {
+        let dir = export_dir("kept");
+        let kept = ExportDirSource::new(&dir);
+        let (mut position, mut pages) = (None, 0);
+        loop {
+            let page = kept
+                .read_page("Accounts", position.as_ref(), 3)
+                .await
+                .unwrap();
+            let fresh = ExportDirSource::new(&dir)
+                .read_page("Accounts", position.as_ref(), 3)
+                .await
+                .unwrap();
+            assert_eq!(shown(&page), shown(&fresh), "page {pages}");
+            pages += 1;
+            let kept_readers = kept.open.0.lock().unwrap().len();
+            assert_eq!(
+                kept_readers,
+                usize::from(page.next.is_some()),
+                "page {pages}"
+            );
+            match page.next {
+                Some(next) => position = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 13, "38 lines that are not blank, in pages of 3");
+
+        // two passes over the file, one page behind the other: each read takes only the reader
+        // that stopped where it starts
+        let (mut ahead, mut behind) = (None::<serde_json::Value>, None::<serde_json::Value>);
+        let mut read = |at: Option<serde_json::Value>| {
+            let kept = kept.clone();
+            let dir = dir.clone();
+            async move {
+                let page = kept.read_page("Accounts", at.as_ref(), 4).await.unwrap();
+                let fresh = ExportDirSource::new(&dir)
+                    .read_page("Accounts", at.as_ref(), 4)
+                    .await
+                    .unwrap();
+                assert_eq!(shown(&page), shown(&fresh), "from {at:?}");
+                page.next
+            }
+        };
+        ahead = read(ahead).await;
+        for _ in 0..8 {
+            let Some(next) = ahead.clone() else { break };
+            ahead = read(Some(next)).await;
+            behind = read(behind).await;
+        }
+        assert!(behind.is_some(), "the second pass is still one page behind");
+
+        let ranges = kept.plan_ranges("Accounts", 3).await.unwrap();
+        for range in &ranges {
+            let mut position: Option<serde_json::Value> = None;
+            loop {
+                let page = kept
+                    .read_range_page("Accounts", range, position.as_ref(), 2)
+                    .await
+                    .unwrap();
+                let fresh = ExportDirSource::new(&dir)
+                    .read_range_page("Accounts", range, position.as_ref(), 2)
+                    .await
+                    .unwrap();
+                assert_eq!(shown(&page), shown(&fresh));
+                match page.next {
+                    Some(next) => position = Some(next),
+                    None => break,
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).expect("remove the directory");
+    }
 }

@@ -324,14 +324,14 @@ mod tests {
             let page = kept
                 .read_page("Accounts", position.as_ref(), 3)
                 .await
-                .unwrap();
+                .expect("read a page");
             let fresh = ExportDirSource::new(&dir)
                 .read_page("Accounts", position.as_ref(), 3)
                 .await
-                .unwrap();
+                .expect("read a page");
             assert_eq!(shown(&page), shown(&fresh), "page {pages}");
             pages += 1;
-            let kept_readers = kept.open.0.lock().unwrap().len();
+            let kept_readers = kept.open.0.lock().expect("the readers' lock").len();
             assert_eq!(
                 kept_readers,
                 usize::from(page.next.is_some()),
@@ -347,15 +347,18 @@ mod tests {
         // two passes over the file, one page behind the other: each read takes only the reader
         // that stopped where it starts
         let (mut ahead, mut behind) = (None::<serde_json::Value>, None::<serde_json::Value>);
-        let mut read = |at: Option<serde_json::Value>| {
+        let read = |at: Option<serde_json::Value>| {
             let kept = kept.clone();
             let dir = dir.clone();
             async move {
-                let page = kept.read_page("Accounts", at.as_ref(), 4).await.unwrap();
+                let page = kept
+                    .read_page("Accounts", at.as_ref(), 4)
+                    .await
+                    .expect("read a page");
                 let fresh = ExportDirSource::new(&dir)
                     .read_page("Accounts", at.as_ref(), 4)
                     .await
-                    .unwrap();
+                    .expect("read a page");
                 assert_eq!(shown(&page), shown(&fresh), "from {at:?}");
                 page.next
             }
@@ -368,18 +371,18 @@ mod tests {
         }
         assert!(behind.is_some(), "the second pass is still one page behind");
 
-        let ranges = kept.plan_ranges("Accounts", 3).await.unwrap();
+        let ranges = kept.plan_ranges("Accounts", 3).await.expect("plan ranges");
         for range in &ranges {
             let mut position: Option<serde_json::Value> = None;
             loop {
                 let page = kept
                     .read_range_page("Accounts", range, position.as_ref(), 2)
                     .await
-                    .unwrap();
+                    .expect("read a page");
                 let fresh = ExportDirSource::new(&dir)
                     .read_range_page("Accounts", range, position.as_ref(), 2)
                     .await
-                    .unwrap();
+                    .expect("read a page");
                 assert_eq!(shown(&page), shown(&fresh));
                 match page.next {
                     Some(next) => position = Some(next),

@@ -131,12 +131,14 @@ impl ExportDirSource {
 
 /// Readers that stopped at the end of a page, each kept for the read of the page after it.
 ///
-/// Opening the file again for every page cost more than the reading itself: a new 1 MiB
-/// buffer per page, and its last fill, read past the page's end, read again by the next page
-/// (the kernel's copy of file data was 11 % of a verify's CPU, docs/benchmarks.md). A reader
-/// is taken only by a read that starts exactly where it stopped, in the same file, so what a
-/// page holds is the same either way. At most [`MAX_OPEN_READERS`] are kept (one per worker
-/// and container is the usual need); the oldest goes first.
+/// Opening the file again for every page meant a new 1 MiB buffer per page, and its last
+/// fill, read past the page's end, was read again by the next page (the kernel's copy of file
+/// data was 11 % of a verify's CPU samples; an A/B of the change showed no gain beyond the
+/// machine's noise, docs/benchmarks.md). A reader is taken only by a read that starts exactly
+/// where it stopped, in the same file, so what a page holds is the same either way, as long as
+/// export files do not change while they are read (the format's contract: a kept reader
+/// would go on reading a file replaced under it). At most [`MAX_OPEN_READERS`] are kept (one
+/// per worker and container is the usual need); the oldest goes first.
 #[derive(Debug, Default)]
 struct OpenReaders(Mutex<Vec<(PathBuf, DocumentReader)>>);
 

@@ -315,6 +315,24 @@ mod tests {
         format!("{:?} next {:?}", page.documents, page.next)
     }
 
+    /// The page at `at` read through `kept`, after checking it is the page a fresh open reads.
+    async fn same_page(
+        kept: &ExportDirSource,
+        at: Option<&serde_json::Value>,
+        max: usize,
+    ) -> SourcePage {
+        let page = kept
+            .read_page("Accounts", at, max)
+            .await
+            .expect("read a page");
+        let fresh = ExportDirSource::new(&kept.dir)
+            .read_page("Accounts", at, max)
+            .await
+            .expect("read a page");
+        assert_eq!(shown(&page), shown(&fresh), "from {at:?}");
+        page
+    }
+
     /// Pages read with the readers kept between them are the pages read with the file opened
     /// for each, for the whole file and for ranges, and the readers are in fact kept.
     #[tokio::test]
@@ -323,15 +341,7 @@ mod tests {
         let kept = ExportDirSource::new(&dir);
         let (mut position, mut pages) = (None, 0);
         loop {
-            let page = kept
-                .read_page("Accounts", position.as_ref(), 3)
-                .await
-                .expect("read a page");
-            let fresh = ExportDirSource::new(&dir)
-                .read_page("Accounts", position.as_ref(), 3)
-                .await
-                .expect("read a page");
-            assert_eq!(shown(&page), shown(&fresh), "page {pages}");
+            let page = same_page(&kept, position.as_ref(), 3).await;
             pages += 1;
             let kept_readers = kept.open.0.lock().expect("the readers' lock").len();
             assert_eq!(
@@ -348,28 +358,12 @@ mod tests {
 
         // two passes over the file, one page behind the other: each read takes only the reader
         // that stopped where it starts
-        let (mut ahead, mut behind) = (None::<serde_json::Value>, None::<serde_json::Value>);
-        let read = |at: Option<serde_json::Value>| {
-            let kept = kept.clone();
-            let dir = dir.clone();
-            async move {
-                let page = kept
-                    .read_page("Accounts", at.as_ref(), 4)
-                    .await
-                    .expect("read a page");
-                let fresh = ExportDirSource::new(&dir)
-                    .read_page("Accounts", at.as_ref(), 4)
-                    .await
-                    .expect("read a page");
-                assert_eq!(shown(&page), shown(&fresh), "from {at:?}");
-                page.next
-            }
-        };
-        ahead = read(ahead).await;
+        let mut ahead = same_page(&kept, None, 4).await.next;
+        let mut behind = None;
         for _ in 0..8 {
-            let Some(next) = ahead.clone() else { break };
-            ahead = read(Some(next)).await;
-            behind = read(behind).await;
+            let Some(next) = ahead else { break };
+            ahead = same_page(&kept, Some(&next), 4).await.next;
+            behind = same_page(&kept, behind.as_ref(), 4).await.next;
         }
         assert!(behind.is_some(), "the second pass is still one page behind");
 

@@ -336,7 +336,7 @@ async fn show(url: &str, setting: &str) -> String {
 /// (docs/initial-load.md, "Server settings for a load"), and an operator's `ALTER SYSTEM` still
 /// overrides them.
 #[tokio::test]
-async fn a_new_private_cluster_sizes_its_shared_buffers_and_alter_system_overrides_them() {
+async fn a_new_private_cluster_is_sized_for_a_load_and_alter_system_overrides_it() {
     let sandbox = Sandbox::new();
     let (code, started) = sandbox.run_json(&["db", "start"]);
     assert_eq!(code, 0, "{started}");
@@ -355,6 +355,9 @@ async fn a_new_private_cluster_sizes_its_shared_buffers_and_alter_system_overrid
             "sized from this machine's memory, not PostgreSQL's default"
         );
     }
+    // checkpoints spaced for a load (the default 1GB and 5min are not)
+    assert_eq!(show(&url, "max_wal_size").await, "16GB");
+    assert_eq!(show(&url, "checkpoint_timeout").await, "30min");
 
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
     sqlx::query("alter system set shared_buffers = '64MB'")

@@ -415,17 +415,15 @@ impl Verifier<'_> {
         &mut self,
     ) -> Result<(HashMap<(Entity, u8), Aggregate>, duplicates::Candidates), VerifyError> {
         let mut aggs: HashMap<(Entity, u8), Aggregate> = HashMap::new();
-        let mut seen = duplicates::SeenKeys::new();
-        let mut candidates = duplicates::Candidates::default();
+        let mut seen = duplicates::SeenKeys::default();
         self.each_doc(None, Keep::HASHES, |v, doc| {
             if !v.in_slice(doc.bucket()) {
                 return;
             }
             if doc.contender
                 && let Some(key) = doc.document_key
-                && seen.insert(doc.container, key)
             {
-                candidates.insert((doc.container, key));
+                seen.insert(doc.container, key);
             }
             let main = Entity::of_container(doc.container).unwrap_or(Entity::Accounts);
             let (kind, reason) = match doc.state {
@@ -454,6 +452,6 @@ impl Verifier<'_> {
             });
         })
         .await?;
-        Ok((aggs, candidates))
+        Ok((aggs, seen.candidates()))
     }
 }

@@ -2,15 +2,25 @@
 //! domain, not PostgreSQL's defaults (sized to start on any machine).
 //!
 //! Why (docs/initial-load.md, "Server settings for a load"): the upsert path inserts rows into
-//! b-trees keyed by random uuids, so every insert touches a random leaf page. With the default
-//! 128 MB of `shared_buffers`, once the indexes outgrow it (they are 2.8 GB at 1,000,000
-//! accounts) almost every insert evicts a dirty page and reads another back: the upsert path
-//! of a million accounts took 1,235 s with the default and 991 s with 4 GB, and 100,000
-//! accounts 78.5 s and about 70 s. Spacing checkpoints out (`max_wal_size` 16 GB,
-//! `checkpoint_timeout` 30 min) was measured too and left out: it saved 4 % at a million
-//! accounts and cost about 15 % at 100,000.
+//! b-trees keyed by random uuids, so every insert touches a random leaf page.
 //!
-//! The setting is written once, into `postgresql.conf`, when the cluster is created: an
+//! - `shared_buffers`: with the default 128 MB, once the indexes outgrow it (they are 2.8 GB
+//!   at 1,000,000 accounts) almost every insert evicts a dirty page and reads another back.
+//!   The upsert path of a million accounts took 1,235 s with the default and 991 s with 4 GB.
+//! - `max_wal_size` and `checkpoint_timeout`: after each checkpoint the first change to a page
+//!   writes the whole page to the WAL. With the default 1 GB a checkpoint is due after about
+//!   half a gigabyte of WAL; once the pages a load touches add up to more than that, the full
+//!   pages alone fill it, the next checkpoint is due at once, and the load writes whole pages
+//!   for ever more of its changes. Measured in `bench --accounts 1000000` (2026-12-07): by
+//!   the end of the upsert path a checkpoint every 4 seconds and 1.2 million full-page images
+//!   a minute; 114 GB of WAL for an 8 GB database. With 16 GB and 30 minutes the same load
+//!   wrote 16 GB of WAL with one checkpoint and took 841 s instead of 1,522 s; at 100,000
+//!   accounts, where the loop never starts, they cost about 3 % (measured alternating the
+//!   two). The cost is disk: `pg_wal` may hold up to about 16 GB during such a load (what was
+//!   written since the last checkpoint, so a small load keeps it small), and a crash replays
+//!   up to that much.
+//!
+//! The settings are written once, into `postgresql.conf`, when the cluster is created: an
 //! operator's `ALTER SYSTEM` (in `postgresql.auto.conf`, read after it) still wins.
 
 use std::path::Path;
@@ -24,6 +34,12 @@ const MAX_SHARED_BUFFERS_MB: u64 = 4096;
 /// PostgreSQL's default, and the least the cluster takes.
 const MIN_SHARED_BUFFERS_MB: u64 = 128;
 
+/// WAL between checkpoints (a soft limit; the module's comment says why so much).
+const MAX_WAL_SIZE: &str = "16GB";
+
+/// The longest time between checkpoints.
+const CHECKPOINT_TIMEOUT: &str = "30min";
+
 /// The lines appended to a new cluster's `postgresql.conf`, for a machine with `memory_mb` of
 /// memory (what the kernel or the cgroup allows, whichever is less).
 pub(crate) fn conf_lines(memory_mb: Option<u64>) -> String {
@@ -35,7 +51,9 @@ pub(crate) fn conf_lines(memory_mb: Option<u64>) -> String {
         "\n# Written by mystira-users when it created this private cluster: sized for loading\n\
          # a whole user domain (docs/initial-load.md, \"Server settings for a load\").\n\
          # ALTER SYSTEM overrides it.\n\
-         shared_buffers = {shared_buffers_mb}MB\n"
+         shared_buffers = {shared_buffers_mb}MB\n\
+         max_wal_size = {MAX_WAL_SIZE}\n\
+         checkpoint_timeout = {CHECKPOINT_TIMEOUT}\n"
     )
 }
 
@@ -91,6 +109,7 @@ mod tests {
         assert!(conf_lines(Some(8 * 1024)).contains("shared_buffers = 2048MB\n"));
         assert!(conf_lines(Some(256)).contains("shared_buffers = 128MB\n"));
         assert!(conf_lines(None).contains("shared_buffers = 128MB\n"));
+        assert!(conf_lines(None).contains("max_wal_size = 16GB\ncheckpoint_timeout = 30min\n"));
         let lines = conf_lines(Some(1024));
         // every line is a comment or a setting postgresql.conf can read
         for line in lines

@@ -13,13 +13,9 @@ pub fn database(server: &str, name: &str) -> String {
 }
 
 fn url_with_path(server: &str, name: &str) -> Option<String> {
-    let (scheme_host, rest) = server.split_once("://")?;
-    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let query = tail
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    Some(format!("{scheme_host}://{authority}/{name}{query}"))
+    let (scheme, authority, _, query) = url_parts(server)?;
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Some(format!("{scheme}://{authority}/{name}{query}"))
 }
 
 /// The database `url` names: its path, read the way [`database`] writes it. Not the text after
@@ -27,10 +23,20 @@ fn url_with_path(server: &str, name: &str) -> Option<String> {
 /// socket's directory for the database, so `bench` dropped nothing on a private cluster (found
 /// at a million accounts, when three 8 GB databases filled the disk).
 fn database_name(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let (_, tail) = rest.split_once('/')?;
-    let name = tail.split_once('?').map_or(tail, |(name, _)| name);
-    (!name.is_empty()).then_some(name)
+    let (_, _, path, _) = url_parts(url)?;
+    (!path.is_empty()).then_some(path)
+}
+
+/// A url's scheme, authority, path (without its `/`) and query (without its `?`): the one
+/// reading of a url both [`database`] and [`database_name`] use.
+fn url_parts(url: &str) -> Option<(&str, &str, &str, Option<&str>)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    Some((scheme, authority, path, query))
 }
 
 /// A new database at `url` with the schema migrated, and a small pool on it.
@@ -68,19 +74,18 @@ pub async fn drop_database(server: &str, url: &str, keep: bool) {
         tracing::warn!("could not drop a benchmark database: its url names none");
         return;
     };
-    let admin_url = database(server, "postgres");
-    let pool = match pool_on(&admin_url).await {
-        Ok(pool) => pool,
-        Err(e) => {
-            tracing::warn!(error = %e, database = name, "could not drop a benchmark database");
-            return;
-        }
-    };
-    let sql = format!("drop database if exists \"{name}\" with (force)");
-    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+    if let Err(e) = drop_named(server, name).await {
         tracing::warn!(error = %e, database = name, "could not drop a benchmark database");
     }
+}
+
+async fn drop_named(server: &str, name: &str) -> anyhow::Result<()> {
+    let pool = pool_on(&database(server, "postgres")).await?;
+    let sql = format!("drop database if exists \"{name}\" with (force)");
+    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
     pool.close().await;
+    dropped?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -35,6 +35,18 @@ pub fn map_document_with(
     raw: &serde_json::Value,
     locator: impl FnOnce() -> String,
 ) -> Mapped {
+    map_document_hinted(container, raw, true, locator)
+}
+
+/// [`map_document_with`] for a document whose JSON text showed whether it may hold a NUL
+/// character (`codec::text_may_hold_nul`): with `may_hold_nul` false the document is not
+/// walked for one. The result is the same; only the walk is saved.
+pub fn map_document_hinted(
+    container: &str,
+    raw: &serde_json::Value,
+    may_hold_nul: bool,
+    locator: impl FnOnce() -> String,
+) -> Mapped {
     // an id holding a NUL cannot name a quarantine entry (PostgreSQL text refuses it)
     let reject_id = || {
         raw.get("id")
@@ -45,7 +57,10 @@ pub fn map_document_with(
     let ts = codec::source_version(raw).ts;
     // before decoding: a NUL anywhere (a value, a kept unknown property, a name) reaches a
     // text or jsonb column and PostgreSQL refuses it, whichever load path writes it
-    if let Some(e) = codec::find_nul_character(raw) {
+    if let Some(e) = may_hold_nul
+        .then(|| codec::find_nul_character(raw))
+        .flatten()
+    {
         return Mapped::Reject {
             document_id: reject_id(),
             code: e.code,

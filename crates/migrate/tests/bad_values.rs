@@ -363,3 +363,40 @@ async fn a_byte_order_mark_at_the_start_of_an_export_file_is_skipped(pool: PgPoo
     let written: u64 = report.job_totals.values().map(|c| c.written).sum();
     assert_eq!(written, total);
 }
+
+/// Verify reads export lines for a NUL from their text (the escape `\u0000`) before it walks
+/// the parsed document: a document holding one that was never migrated (no quarantine entry)
+/// is still reported unmigrated with `nul_character`, wherever the NUL hides, and its good
+/// twins are not.
+#[sqlx::test(migrator = "mystira_postgres::MIGRATOR")]
+async fn verify_names_every_unmigrated_document_holding_a_nul(pool: PgPool) {
+    let dir = export();
+    let planted = plant_bad_documents(dir.path());
+    let verified = mystira_migrate::verify(
+        &pool,
+        &ExportDirSource::new(dir.path()),
+        &mystira_migrate::VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut seen: Vec<(String, String)> = verified
+        .items
+        .iter()
+        .filter(|i| i.reason.as_deref() == Some("nul_character"))
+        .map(|i| {
+            assert_eq!(i.kind, mystira_migrate::DriftKind::Unmigrated, "{i:?}");
+            (
+                i.entity.container().to_owned(),
+                i.cosmos_id.clone().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, String)> = planted
+        .bad
+        .iter()
+        .map(|(c, d, _)| ((*c).to_owned(), d.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}

@@ -10,6 +10,7 @@ mod export_dir;
 mod live_ranges;
 
 use async_trait::async_trait;
+use mystira_cosmos_codec::codec;
 use mystira_cosmos_codec::export::{Line, LineError};
 pub use mystira_postgres::leases::RangePlan;
 
@@ -76,17 +77,51 @@ impl UnparsedPage {
     /// [`Self::parse`], leaving out the unparsed lines `skip` rejects from their text alone
     /// (parsed pages are returned whole: their caller filters the documents).
     pub fn parse_skipping(self, skip: impl Fn(&[u8]) -> bool) -> SourcePage {
-        let documents = match self.documents {
-            Unparsed::Parsed(documents) => documents,
-            Unparsed::Lines {
-                file,
-                file_name,
-                container,
-                lines,
-            } => lines
-                .into_iter()
-                .filter(|line| line.as_ref().map_or(true, |l| !skip(&l.bytes)))
-                .map(|line| match line.and_then(|l| l.parse(&file, &container)) {
+        let UnparsedPage { documents, next } = self;
+        SourcePage {
+            documents: parse_each(documents, skip).map(|(doc, _)| doc).collect(),
+            next,
+        }
+    }
+
+    /// The page's documents one at a time, each parsed when it is asked for (so a caller that
+    /// maps each as it comes maps a document its parse just left in the cache), with whether
+    /// it may hold a NUL character (`codec::text_may_hold_nul`): false only for an export
+    /// line whose text shows it holds none, so the mapping need not look
+    /// ([`crate::mapping::map_document_hinted`]). Lines `skip` rejects are left out, as in
+    /// [`Self::parse_skipping`].
+    pub fn into_documents(
+        self,
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> impl Iterator<Item = (SourceDocument, bool)> {
+        parse_each(self.documents, skip)
+    }
+}
+
+/// [`UnparsedPage::into_documents`] of a page's documents.
+fn parse_each(
+    documents: Unparsed,
+    skip: impl Fn(&[u8]) -> bool,
+) -> impl Iterator<Item = (SourceDocument, bool)> {
+    let (parsed, lines) = match documents {
+        Unparsed::Parsed(documents) => (Some(documents), None),
+        Unparsed::Lines {
+            file,
+            file_name,
+            container,
+            lines,
+        } => (None, Some((file, file_name, container, lines))),
+    };
+    let parsed = parsed.into_iter().flatten().map(|doc| (doc, true));
+    let lines = lines.map(move |(file, file_name, container, lines)| {
+        lines
+            .into_iter()
+            .filter(move |line| line.as_ref().map_or(true, |l| !skip(&l.bytes)))
+            .map(move |line| {
+                let may_hold_nul = line
+                    .as_ref()
+                    .map_or(true, |l| codec::text_may_hold_nul(&l.bytes));
+                let doc = match line.and_then(|l| l.parse(&file, &container)) {
                     Ok(doc) => SourceDocument::Document(doc.value),
                     Err(e) => SourceDocument::Malformed {
                         locator: format!("{file_name}:{}", e.line_no),
@@ -97,14 +132,11 @@ impl UnparsedPage {
                         }),
                         message: e.message,
                     },
-                })
-                .collect(),
-        };
-        SourcePage {
-            documents,
-            next: self.next,
-        }
-    }
+                };
+                (doc, may_hold_nul)
+            })
+    });
+    parsed.chain(lines.into_iter().flatten())
 }
 
 /// The page of `container` at `position`, parsed on a blocking thread, without the export lines

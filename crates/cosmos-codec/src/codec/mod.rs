@@ -71,7 +71,7 @@ pub use account::{DecodedAccount, decode_account, encode_account};
 pub use merge::{
     account_document, profile_document, profile_ids_with, profile_ids_without, signup_document,
 };
-pub use nul::{NUL_CHARACTER, find_nul_character, has_nul_character};
+pub use nul::{NUL_CHARACTER, find_nul_character, has_nul_character, text_may_hold_nul};
 pub use profile::{DecodedProfile, decode_profile, encode_profile, encode_profile_with_account_id};
 pub use signup::{DecodedPendingSignup, decode_pending_signup, encode_pending_signup};
 pub use time::{DOTNET_MAX_VALUE, format_dotnet, parse_dotnet};

@@ -1,6 +1,14 @@
 //! The canonical text of a stored value, produced identically in Rust (from a mapped source
 //! document) and in PostgreSQL (from the stored row), and the row hash built from it.
 //!
+//! The row hash is PostgreSQL's own `hashtextextended(text, 0)` (the 64-bit Jenkins hash its
+//! hash indexes and hash partitions use), computed here by [`pg_hash`], a port of
+//! `hash_bytes_extended` (`src/common/hashfn.c`). It replaced `md5`, which cost PostgreSQL
+//! twice as much per row (a hash context per call, and hex text to parse back into numbers):
+//! docs/benchmarks.md, "Verify's row hash". A server whose hash differs from the port (the
+//! function has separate big-endian code paths) is refused before anything is compared
+//! ([`hash_agrees`]), so a difference can never pass for drift.
+//!
 //! Each column kind has one SQL expression and one Rust function that must agree byte for
 //! byte; the verification tests check that a clean copy hashes equal, including awkward values
 //! (sub-microsecond times, times before 2000, JSON numbers in exponent form, control
@@ -10,7 +18,6 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike as _, NaiveDate, TimeDelta, Timelike as _, Utc};
-use md5::{Digest, Md5};
 use serde_json::Value;
 
 /// How a column's value is written as text.
@@ -291,52 +298,153 @@ pub(crate) fn row_text_sql(columns: &[(String, Option<usize>)]) -> String {
         .join(" || ")
 }
 
-/// The md5 of a row's canonical text, as the lower-case hex PostgreSQL's `md5()` returns.
-pub(crate) fn row_hash(values: &[Option<String>]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for b in Md5::digest(row_text(values).as_bytes()) {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
+/// A row's hash: [`pg_hash`] of its canonical text, as the SQL side's [`row_hash_sql`] gives it.
+pub(crate) type RowHash = i64;
+
+/// The hash of a row's canonical text (see [`row_text`]).
+pub(crate) fn row_hash(values: &[Option<String>]) -> RowHash {
+    pg_hash(row_text(values).as_bytes())
 }
 
-/// Per key range: how many rows and the sums of the two halves of their hashes (as signed
-/// 64-bit integers, like the SQL side's `bit(64)::int8`). Sums, unlike xor, do not cancel
-/// out a pair of equal hashes.
+/// The SQL of a row's hash from the SQL of its canonical text. `collate "C"`: with a
+/// non-deterministic collation `hashtextextended` would hash a sort key, not the bytes.
+pub(crate) fn row_hash_sql(row_text: &str) -> String {
+    format!("hashtextextended(({row_text}) collate \"C\", 0)")
+}
+
+/// PostgreSQL's `hashtextextended(text, 0)` of UTF-8 `bytes` (as an `int8`): its
+/// `hash_bytes_extended` with seed 0, on a little-endian server (every server this tool is
+/// run against in practice; [`hash_agrees`] checks it).
+pub fn pg_hash(bytes: &[u8]) -> i64 {
+    // the key length is an `int` in C: a text value is at most 1 GB
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let init = 0x9e37_79b9_u32.wrapping_add(len).wrapping_add(3_923_095);
+    let (mut a, mut b, mut c) = (init, init, init);
+    let word = |w: &[u8]| u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    let mut blocks = bytes.chunks_exact(12);
+    for block in &mut blocks {
+        a = a.wrapping_add(word(&block[0..4]));
+        b = b.wrapping_add(word(&block[4..8]));
+        c = c.wrapping_add(word(&block[8..12]));
+        mix(&mut a, &mut b, &mut c);
+    }
+    // the last 11 bytes: the first four into a and the next four into b, little-endian; the
+    // rest into c from its second byte up (its lowest byte is "reserved for the length")
+    for (i, &byte) in blocks.remainder().iter().enumerate() {
+        let byte = u32::from(byte);
+        match i {
+            0..4 => a = a.wrapping_add(byte << (8 * i)),
+            4..8 => b = b.wrapping_add(byte << (8 * (i - 4))),
+            _ => c = c.wrapping_add(byte << (8 * (i - 7))),
+        }
+    }
+    finish(&mut a, &mut b, &mut c);
+    ((u64::from(b) << 32) | u64::from(c)) as i64
+}
+
+/// `mix()` of hashfn.c.
+fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *a = a.wrapping_sub(*c);
+    *a ^= c.rotate_left(4);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a);
+    *b ^= a.rotate_left(6);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b);
+    *c ^= b.rotate_left(8);
+    *b = b.wrapping_add(*a);
+    *a = a.wrapping_sub(*c);
+    *a ^= c.rotate_left(16);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a);
+    *b ^= a.rotate_left(19);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b);
+    *c ^= b.rotate_left(4);
+    *b = b.wrapping_add(*a);
+}
+
+/// `final()` of hashfn.c.
+fn finish(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(14));
+    *a ^= *c;
+    *a = a.wrapping_sub(c.rotate_left(11));
+    *b ^= *a;
+    *b = b.wrapping_sub(a.rotate_left(25));
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(16));
+    *a ^= *c;
+    *a = a.wrapping_sub(c.rotate_left(4));
+    *b ^= *a;
+    *b = b.wrapping_sub(a.rotate_left(14));
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(24));
+}
+
+/// Texts whose hashes [`hash_agrees`] compares with the server's: every tail length of the
+/// block loop (0 to 11 bytes past a multiple of 12), and multi-byte characters.
+const HASH_PROBES: [&str; 14] = [
+    "",
+    "a",
+    "ab",
+    "abc",
+    "abcd",
+    "abcde",
+    "abcdef",
+    "abcdefg",
+    "abcdefgh",
+    "abcdefghi",
+    "abcdefghij",
+    "abcdefghijk",
+    "abcdefghijkl",
+    "36:0b3e4f3a-8d7e-4c55-9b3f-2c6d8e9f0a1b~5:é✓🙂~",
+];
+
+/// Whether the server's `hashtextextended` is [`pg_hash`] (it is on every little-endian
+/// server). Verify refuses to compare anything when it is not: every row would differ.
+pub(crate) async fn hash_agrees(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    let server: Vec<i64> = sqlx::query_scalar(
+        "select hashtextextended(t collate \"C\", 0) from unnest($1::text[]) with ordinality as p(t, n) order by n",
+    )
+    .bind(&HASH_PROBES[..])
+    .fetch_all(pool)
+    .await?;
+    Ok(server
+        .iter()
+        .copied()
+        .eq(HASH_PROBES.iter().map(|t| pg_hash(t.as_bytes()))))
+}
+
+/// Per key range: how many rows and the sum of their hashes (signed 64-bit, summed without
+/// wrapping, like the SQL side's `sum(int8)`). A sum, unlike xor, does not cancel out a pair
+/// of equal hashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Aggregate {
     pub count: u64,
-    pub hi: i128,
-    pub lo: i128,
+    pub sum: i128,
 }
 
 impl Aggregate {
-    pub(crate) fn add(&mut self, hash_hex: &str) {
-        let half = |s: &str| u64::from_str_radix(s, 16).map_or(0, |u| i128::from(u as i64));
+    pub(crate) fn add(&mut self, hash: RowHash) {
         self.count += 1;
-        self.hi += half(hash_hex.get(..16).unwrap_or(""));
-        self.lo += half(hash_hex.get(16..).unwrap_or(""));
+        self.sum += i128::from(hash);
     }
 
     /// Takes back a row [`Self::add`] added (a superseded document's, found later).
-    pub(crate) fn sub(&mut self, hash_hex: &str) {
-        let mut row = Self::default();
-        row.add(hash_hex);
+    pub(crate) fn sub(&mut self, hash: RowHash) {
         self.count = self.count.saturating_sub(1);
-        self.hi -= row.hi;
-        self.lo -= row.lo;
+        self.sum -= i128::from(hash);
     }
 }
 
-/// The SQL of one table's per-range aggregates: `(bucket, count, sum hi, sum lo)`, from the
+/// The SQL of one table's per-range aggregates: `(bucket, count, sum of hashes)`, from the
 /// canonical expressions of its columns (`columns`, in order).
 ///
 /// Each value is computed once per row: the canonical expressions in an inner subquery, the
 /// row's hash from their results in a second one (`offset 0` keeps PostgreSQL from folding
 /// either into the next, which would evaluate every column twice for its `length` and its text,
-/// and the whole row twice for the two sums). The text hashed is [`row_text_sql`]'s, byte for
+/// and the whole row's hash for each use). The text hashed is [`row_text_sql`]'s, byte for
 /// byte.
 pub(crate) fn aggregate_sql(
     from: &str,
@@ -355,14 +463,13 @@ pub(crate) fn aggregate_sql(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "select bucket, count(*)::int8, coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8), 0)::text,
-                coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8), 0)::text
-         from (select c.bucket, md5({row_text}) as h
+        "select bucket, count(*)::int8, coalesce(sum(h), 0)::text
+         from (select c.bucket, {row_hash} as h
                from (select get_byte(uuid_send({bucket}), 0) as bucket, {values} from {from}
                      where get_byte(uuid_send({bucket}), 0) between $1 and $2 offset 0) c
                offset 0) r
          group by bucket",
-        row_text = row_text_sql(&names),
+        row_hash = row_hash_sql(&row_text_sql(&names)),
     )
 }
 
@@ -424,19 +531,31 @@ mod tests {
         }
     }
 
+    /// Known answers of `hashtextextended(t collate "C", 0)`, read from PostgreSQL 15 on
+    /// x86-64: the port must give exactly these (verify also asks the server itself).
     #[test]
-    fn row_hash_is_the_md5_of_row_text() {
+    fn pg_hash_is_postgresqls_hashtextextended() {
+        for (text, expected) in [
+            (String::new(), -6_939_563_903_564_495_251_i64),
+            ("a".into(), 3_591_986_179_850_072_241),
+            ("abcdefghijkl".into(), -7_556_637_188_122_330_412),
+            ("abcdefghijklmnopqrstuvw".into(), -1_198_571_854_151_947_912),
+            ("3:é:~~".into(), -919_288_677_833_400_241),
+            ("x".repeat(123), 4_363_099_748_873_645_600),
+        ] {
+            assert_eq!(pg_hash(text.as_bytes()), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn row_hash_is_the_hash_of_row_text() {
         let values = [
             Some("é:~".to_owned()),
             None,
             Some(String::new()),
             Some("x".repeat(123)),
         ];
-        let expected: String = Md5::digest(row_text(&values).as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(row_hash(&values), expected);
+        assert_eq!(row_hash(&values), pg_hash(row_text(&values).as_bytes()));
         assert_eq!(row_text(&values[..2]), "3:é:~~");
     }
 

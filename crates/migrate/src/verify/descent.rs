@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::canonical::RowHash;
 use super::pg_aggregates::hash_joined;
 use super::read::{DocState, Keep, Wanted};
 use super::tables::{self, Entity, SourceRow};
@@ -18,7 +19,7 @@ pub(super) struct KeptRow {
     pub(super) document_id: String,
     pub(super) document_key: Uuid,
     pub(super) values: Vec<Option<String>>,
-    pub(super) hash: String,
+    pub(super) hash: RowHash,
 }
 
 impl KeptRow {
@@ -153,7 +154,7 @@ impl Verifier<'_> {
     ) -> Result<Compared, VerifyError> {
         let table = tables::table(entity);
         let mut out = Compared::default();
-        let pg: Vec<(String, Uuid, Option<String>, String)> = {
+        let pg: Vec<(String, Uuid, Option<String>, RowHash)> = {
             let q =
                 sqlx::query_as(sqlx::AssertSqlSafe(table.bucket_rows_sql(hi.is_none()))).bind(lo);
             let q = match hi {
@@ -168,7 +169,7 @@ impl Verifier<'_> {
         let mut changed: Vec<String> = Vec::new();
         let mut matched = 0u64;
         for (key, document_key, pg_document_id, hash) in pg {
-            out.pg_hashes.push(hash.clone());
+            out.pg_hashes.push(hash);
             match src.get(&key) {
                 Some(s) if s.hash == hash => {
                     matched += 1;
@@ -274,7 +275,7 @@ impl Verifier<'_> {
 pub(super) struct Compared {
     pub(super) items: Vec<(Uuid, DriftItem)>,
     pub(super) matched: u64,
-    pub(super) pg_hashes: Vec<String>,
+    pub(super) pg_hashes: Vec<RowHash>,
 }
 
 /// Compares (`_ts`, `_etag`) of the source and of PostgreSQL's copy.

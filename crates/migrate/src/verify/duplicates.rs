@@ -27,7 +27,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use uuid::Uuid;
 
-use super::canonical::Aggregate;
+use super::canonical::{Aggregate, RowHash};
 use super::read::{DocState, Keep, ReadDoc};
 use super::{DriftItem, DriftKind, Entity, Verifier, VerifyError};
 
@@ -85,7 +85,7 @@ struct Contender {
     ts: i64,
     state: DocState,
     /// (entity, bucket, row hash) of the rows the first pass added (when mapped).
-    rows: Vec<(Entity, u8, String)>,
+    rows: Vec<(Entity, u8, RowHash)>,
 }
 
 impl Verifier<'_> {
@@ -115,7 +115,7 @@ impl Verifier<'_> {
                     rows: doc
                         .rows
                         .iter()
-                        .map(|r| (r.entity, r.bucket(), r.hash.clone()))
+                        .map(|r| (r.entity, r.bucket(), r.hash))
                         .collect(),
                     document_id: doc.document_id,
                     ts: doc.ts,
@@ -148,7 +148,7 @@ impl Verifier<'_> {
                 let kind = match d.state {
                     DocState::Mapped => {
                         for (entity, bucket, hash) in &d.rows {
-                            aggs.entry((*entity, *bucket)).or_default().sub(hash);
+                            aggs.entry((*entity, *bucket)).or_default().sub(*hash);
                         }
                         (DriftKind::SupersededNotRecorded, None)
                     }

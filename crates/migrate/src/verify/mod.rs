@@ -8,8 +8,9 @@
 //! 1. **Source pass.** Every source document is read once, page by page, mapped through the
 //!    backfill's own mapping ([`mystira_copy::mapping::map_document`]) and checked against the
 //!    quarantine; each row it should have produced is written as canonical text
-//!    ([`canonical`]), hashed (md5), and added to its (entity, bucket) aggregate: a count and
-//!    the sums of the hash halves. 6 × 256 aggregates: nothing else is kept.
+//!    ([`canonical`]), hashed (PostgreSQL's 64-bit `hashtextextended`, ported), and added to
+//!    its (entity, bucket) aggregate: a count and the sum of the hashes. 6 × 256 aggregates:
+//!    nothing else is kept.
 //! 2. **PostgreSQL aggregates.** One query per table computes the same aggregates inside
 //!    PostgreSQL from the same column list (the canonical text is built by SQL that agrees
 //!    byte for byte with the Rust side; each column's text is computed once per row, see
@@ -184,6 +185,13 @@ pub enum VerifyError {
     Store(#[from] RepoError),
     #[error("invalid verify options: {0}")]
     Options(&'static str),
+    /// The server's `hashtextextended` is not the one verify computes on its side (see
+    /// [`canonical::pg_hash`]): every row would compare as changed.
+    #[error(
+        "this PostgreSQL server hashes text differently from verify (a big-endian server?), \
+         so rows cannot be compared by their hashes"
+    )]
+    ServerHashDiffers,
 }
 
 fn sql(e: sqlx::Error) -> VerifyError {
@@ -229,6 +237,9 @@ pub async fn verify(
 ) -> Result<VerifyReport, VerifyError> {
     if opts.first_bucket > opts.last_bucket {
         return Err(VerifyError::Options("first_bucket is after last_bucket"));
+    }
+    if !canonical::hash_agrees(pool).await.map_err(sql)? {
+        return Err(VerifyError::ServerHashDiffers);
     }
     let started = Instant::now();
     let mut v = Verifier {
@@ -431,7 +442,7 @@ impl Verifier<'_> {
                     for row in &doc.rows {
                         aggs.entry((row.entity, row.bucket()))
                             .or_default()
-                            .add(&row.hash);
+                            .add(row.hash);
                     }
                     return;
                 }

@@ -36,7 +36,7 @@ pub(super) async fn pg_aggregates(
 ) -> Result<HashMap<u8, Aggregate>, VerifyError> {
     let started = Instant::now();
     let mut tx = aggregate_tx(pool).await?;
-    let rows: Vec<(i32, i64, String, String)> =
+    let rows: Vec<(i32, i64, String)> =
         sqlx::query_as(sqlx::AssertSqlSafe(tables::table(entity).aggregate_sql()))
             .bind(i32::from(first))
             .bind(i32::from(last))
@@ -51,12 +51,11 @@ pub(super) async fn pg_aggregates(
     );
     Ok(rows
         .into_iter()
-        .map(|(b, count, hi, lo)| {
+        .map(|(b, count, sum)| {
             let bucket = u8::try_from(b).unwrap_or(0);
             let agg = Aggregate {
                 count: u64::try_from(count).unwrap_or(0),
-                hi: hi.parse().unwrap_or(0),
-                lo: lo.parse().unwrap_or(0),
+                sum: sum.parse().unwrap_or(0),
             };
             (bucket, agg)
         })

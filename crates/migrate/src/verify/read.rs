@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::VerifyError;
 use super::tables::{self, SourceRow};
-use mystira_copy::mapping::{Mapped, map_document_with};
+use mystira_copy::mapping::{Mapped, map_document_hinted};
 use mystira_copy::source::{DocumentSource, SourceDocument, SourceError, UnparsedPage};
 
 /// A container read page by page from its beginning.
@@ -175,19 +175,15 @@ pub(crate) async fn read_docs(
             }
             _ => false,
         };
-        let docs = page.parse_skipping(unwanted).documents;
-        let docs: Vec<SourceDocument> = match wanted {
-            None => docs,
-            Some(wanted) => docs
-                .into_iter()
-                .filter(|doc| match doc {
-                    SourceDocument::Malformed { .. } => true,
-                    SourceDocument::Document(raw) => kind
-                        .and_then(|k| codec::document_ref(k, raw))
-                        .is_none_or(|r| wanted(r.key)),
-                })
-                .collect(),
-        };
+        // parsed one at a time and mapped at once, while the parse is still in the cache
+        let docs = page
+            .into_documents(unwanted)
+            .filter(|(doc, _)| match (doc, &wanted) {
+                (SourceDocument::Document(raw), Some(wanted)) => kind
+                    .and_then(|k| codec::document_ref(k, raw))
+                    .is_none_or(|r| wanted(r.key)),
+                _ => true,
+            });
         map_page(container, docs, keep.raw)
     })
     .await;
@@ -260,17 +256,17 @@ pub(crate) async fn read_docs(
     .await)
 }
 
-/// The mapping of one page's documents (CPU only): each as a [`ReadDoc`] without rows yet,
-/// and what the mapping made of it.
+/// The mapping of one page's documents (CPU only), each with whether it may hold a NUL
+/// character: each as a [`ReadDoc`] without rows yet, and what the mapping made of it.
 fn map_page(
     container: &'static str,
-    docs: Vec<SourceDocument>,
+    docs: impl Iterator<Item = (SourceDocument, bool)>,
     keep_raw: bool,
 ) -> (Vec<ReadDoc>, Vec<Option<Mapped>>) {
     let kind = Container::from_name(container);
-    let mut out = Vec::with_capacity(docs.len());
-    let mut mapped = Vec::with_capacity(docs.len());
-    for doc in docs {
+    let mut out = Vec::with_capacity(docs.size_hint().0);
+    let mut mapped = Vec::with_capacity(docs.size_hint().0);
+    for (doc, may_hold_nul) in docs {
         let raw = match doc {
             SourceDocument::Malformed { locator, .. } => {
                 out.push(ReadDoc {
@@ -292,7 +288,7 @@ fn map_page(
         };
         // the backfill's name for a document without a usable id (only computed for one:
         // it hashes the whole document)
-        let m = map_document_with(container, &raw, || {
+        let m = map_document_hinted(container, &raw, may_hold_nul, || {
             mystira_copy::mapping::content_locator(container, &raw)
         });
         let (document_id, document_key, ts, state) = match &m {

@@ -51,6 +51,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::canonical::RowHash;
 use super::read::{self, Keep};
 use super::tables::Entity;
 use super::{DriftItem, DriftKind, KeptDoc, KeptRow, Verifier, VerifyError};
@@ -129,7 +130,7 @@ struct Pending {
 }
 
 /// The hashes of a document's source rows and of PostgreSQL's rows of it.
-type Fingerprint = (Vec<String>, Vec<String>);
+type Fingerprint = (Vec<RowHash>, Vec<RowHash>);
 
 /// One recheck of one document: `None` when it cannot be rechecked as one document.
 type Round = Option<(Vec<DriftItem>, Fingerprint)>;
@@ -303,7 +304,7 @@ impl Verifier<'_> {
             }
             docs.insert(key, kept);
             for row in doc.rows {
-                source_hashes.push(row.hash.clone());
+                source_hashes.push(row.hash);
                 let entity = row.entity;
                 let (row_key, kept) = KeptRow::keyed(row, &doc.document_id, key);
                 rows.entry(entity).or_default().insert(row_key, kept);

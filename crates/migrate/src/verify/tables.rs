@@ -388,11 +388,11 @@ impl Table {
     /// unless `open_end`) = the range's uuid bounds.
     pub(crate) fn bucket_rows_sql(&self, open_end: bool) -> String {
         format!(
-            "select {key}, {bucket}, {document}, md5({row}) from {from} where {range}",
+            "select {key}, {bucket}, {document}, {hash} from {from} where {range}",
             key = self.key,
             bucket = self.bucket,
             document = self.document,
-            row = self.row_text_sql(),
+            hash = canonical::row_hash_sql(&self.row_text_sql()),
             from = self.from,
             range = self.range_sql(open_end),
         )
@@ -438,9 +438,9 @@ pub(crate) struct SourceRow {
     pub document_key: Uuid,
     pub key: String,
     pub values: Vec<Option<String>>,
-    /// The md5 of the canonical text ([`canonical::row_hash`]), computed with the row (on the
+    /// The hash of the canonical text ([`canonical::row_hash`]), computed with the row (on the
     /// thread that maps the page).
-    pub hash: String,
+    pub hash: canonical::RowHash,
 }
 
 impl SourceRow {

@@ -61,6 +61,17 @@ fn plant(dir: &Path, container: &str, docs: &[Value]) {
     std::fs::write(&path, out.join("\n") + "\n").unwrap();
 }
 
+/// Verifies the database against the export files in `dir`, with the default options.
+async fn verify_export(pool: &PgPool, dir: &Path) -> mystira_migrate::VerifyReport {
+    mystira_migrate::verify(
+        pool,
+        &ExportDirSource::new(dir),
+        &mystira_migrate::VerifyOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn id(n: u128) -> String {
     uuid::Uuid::from_u128(0x29_0000 + n).to_string()
 }
@@ -244,13 +255,7 @@ async fn a_nul_character_quarantines_its_document_and_the_initial_load_goes_on(p
     assert_eq!(twin, "twin");
 
     // verify maps the source the same way: the documents are accounted for, not drift
-    let verified = mystira_migrate::verify(
-        &pool,
-        &ExportDirSource::new(dir.path()),
-        &mystira_migrate::VerifyOptions::default(),
-    )
-    .await
-    .unwrap();
+    let verified = verify_export(&pool, dir.path()).await;
     assert_eq!(
         verified.outcome,
         mystira_migrate::Outcome::Clean,
@@ -372,13 +377,7 @@ async fn a_byte_order_mark_at_the_start_of_an_export_file_is_skipped(pool: PgPoo
 async fn verify_names_every_unmigrated_document_holding_a_nul(pool: PgPool) {
     let dir = export();
     let planted = plant_bad_documents(dir.path());
-    let verified = mystira_migrate::verify(
-        &pool,
-        &ExportDirSource::new(dir.path()),
-        &mystira_migrate::VerifyOptions::default(),
-    )
-    .await
-    .unwrap();
+    let verified = verify_export(&pool, dir.path()).await;
     let mut seen: Vec<(String, String)> = verified
         .items
         .iter()

@@ -404,9 +404,11 @@ const HASH_PROBES: [&str; 14] = [
 /// Whether the server's `hashtextextended` is [`pg_hash`] (it is on every little-endian
 /// server). Verify refuses to compare anything when it is not: every row would differ.
 pub(crate) async fn hash_agrees(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
-    let server: Vec<i64> = sqlx::query_scalar(
-        "select hashtextextended(t collate \"C\", 0) from unnest($1::text[]) with ordinality as p(t, n) order by n",
-    )
+    // the very expression the aggregates use, applied to each probe text
+    let server: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select {} from unnest($1::text[]) with ordinality as p(t, n) order by n",
+        row_hash_sql("t")
+    )))
     .bind(&HASH_PROBES[..])
     .fetch_all(pool)
     .await?;
